@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * mfs-tc map contract, layout version 1.
+ *
+ * The maps are the contract between the controller (any process that opens the pins under
+ * /sys/fs/bpf/mfs/<netns>/<ifname>/) and the tc egress classifier. Python mirrors every
+ * struct in mfs_tc/layout.py; tests/test_layout.py checks the two agree. Any change here
+ * bumps MFS_LAYOUT_VERSION.
+ *
+ * Level evaluation (one threshold table per flow, PIAS-style, tunable at run time):
+ *   metric = f(mode, entry, now, sent, request cursor)
+ *   i      = number of j < nthresh with metric >= thresh[j]      (thresh ascending)
+ *   level  = lvl[i]
+ * then: request scavenged (or MFS_F_AUTO_SCAVENGE and deadline passed) -> scavenger level;
+ *       MFS_F_MONOTONIC: level = min(level, cur_level)  (a live flow is only ever promoted).
+ */
+#ifndef MFS_MAPS_H
+#define MFS_MAPS_H
+
+#define MFS_LAYOUT_MAGIC   0x4d465331u /* "MFS1" */
+#define MFS_LAYOUT_VERSION 1u
+#define MFS_MAX_LEVELS     8
+#define MFS_MAX_THRESH     (MFS_MAX_LEVELS - 1)
+#define MFS_MLU_ONE        65536ll     /* MLU fixed point: 1.0 */
+#define MFS_MLU_CAP        (64ll * MFS_MLU_ONE)
+#define MFS_DSCP_KEEP      0xff
+
+/* flow entry modes: what the metric is */
+#define MFS_MODE_STATIC    0 /* metric = 0 (table with nthresh=0: level = lvl[0])           */
+#define MFS_MODE_MLU       1 /* metric = MLU * 65536 = remaining*ps_per_byte/1000/(deadline-now) */
+#define MFS_MODE_RLI       2 /* metric = target_layer - requests[request_id].cursor          */
+#define MFS_MODE_LAXITY    3 /* metric = base_ns + sent*ps_per_byte/1000 - now   (ns, signed) */
+#define MFS_MODE_SENT      4 /* metric = sent bytes (PIAS: demote as bytes are sent)         */
+#define MFS_MODE_REMAINING 5 /* metric = max(total - sent, 0) (SRPT)                         */
+
+/* flow entry flags */
+#define MFS_F_MONOTONIC      0x01 /* never demote a live flow (min with cur_level)            */
+#define MFS_F_AUTO_SCAVENGE  0x02 /* mlu/laxity: deadline passed -> scavenger level            */
+#define MFS_F_ROUND_FIRST    0x04 /* reserved                                                  */
+
+/* request flags */
+#define MFS_R_SCAVENGER      0x01
+
+/* config flags */
+#define MFS_C_TRUST_DSCP     0x01 /* switch port: level from the packet's DSCP                 */
+
+/* stats slots (per-CPU array, value struct mfs_counter) */
+#define MFS_STAT_LEVEL0     0   /* 0..7: packets/bytes sent at that level                        */
+#define MFS_STAT_MISS       8   /* IP packet with no flow entry (default level)                 */
+#define MFS_STAT_MALFORMED  9   /* truncated / malformed headers (default level, untouched)     */
+#define MFS_STAT_NONIP      10  /* not IPv4/IPv6 (ARP, LLDP, ...)                               */
+#define MFS_STAT_FRAGMENT   11  /* IPv4 fragment (non-first or first) / IPv6 fragment header    */
+#define MFS_STAT_NOL4       12  /* IP but neither TCP nor UDP (ICMP, ...)                       */
+#define MFS_STAT_HIT        13  /* flow entry found                                             */
+#define MFS_STAT_SCAVENGED  14  /* packets sent at the scavenger level because of a request flag */
+#define MFS_STAT_DSCP_SET   15  /* DSCP rewritten                                               */
+#define MFS_NSTATS          16
+
+/* 5-tuple; IPv4 addresses as IPv4-mapped IPv6 (::ffff:a.b.c.d); ports in host byte order */
+struct mfs_flow_key {
+	__u8  saddr[16];
+	__u8  daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u8  proto;
+	__u8  pad[3];
+};                                                   /* 40 bytes */
+
+struct mfs_flow_entry {
+	__u8  mode;          /* MFS_MODE_*                                                    */
+	__u8  flags;         /* MFS_F_*                                                       */
+	__u8  nthresh;       /* thresholds used, 0..7                                         */
+	__u8  cur_level;     /* last level the packet path chose (written by the kernel)      */
+	__u8  lvl[8];        /* level for each threshold index 0..nthresh                     */
+	__u32 target_layer;  /* rli                                                           */
+	__u32 stage;         /* informational: 0 other, 1 kv_fetch, 2 collective, 3 p2d       */
+	__u32 rsvd;
+	__u64 request_id;    /* key in `requests` (0: none)                                   */
+	__s64 deadline_ns;   /* mlu: deadline; laxity: base (CLOCK_MONOTONIC ns)              */
+	__u64 total_bytes;   /* mlu, remaining: bytes this flow carries                       */
+	__u64 ps_per_byte;   /* mlu, laxity: picoseconds per byte at the reference rate       */
+	__s64 thresh[7];     /* ascending; units of the mode's metric                         */
+	__u64 sent_bytes;    /* L4 payload bytes seen (kernel, atomic add)                    */
+	__u64 sent_pkts;     /* packets seen (kernel, atomic add)                             */
+	__s64 created_ns;    /* when the controller wrote the entry                           */
+};                                                   /* 136 bytes */
+
+struct mfs_request {
+	__s32 cursor;        /* compute layer the request (its batch) is at                   */
+	__u32 flags;         /* MFS_R_*                                                       */
+	__s64 deadline_ns;   /* for gc and status                                             */
+	__u64 owner_pid;     /* process that registered it (gc of crashed owners)             */
+};                                                   /* 24 bytes */
+
+struct mfs_level {
+	__u32 priority;      /* skb->priority for this level (qdisc class handle or band)     */
+	__u8  dscp;          /* DSCP to write, or MFS_DSCP_KEEP                                */
+	__u8  pad[3];
+};                                                   /* 8 bytes */
+
+struct mfs_config {
+	__u32 magic;         /* MFS_LAYOUT_MAGIC                                              */
+	__u32 version;       /* MFS_LAYOUT_VERSION                                            */
+	__u32 nlevels;
+	__u32 default_level; /* unknown flows, non-IP, malformed                              */
+	__u32 scavenger_level;
+	__u32 flags;         /* MFS_C_*                                                       */
+	__u8  dscp2level[64];/* trust-dscp                                                    */
+};                                                   /* 88 bytes */
+
+struct mfs_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+#endif

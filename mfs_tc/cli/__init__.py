@@ -1,0 +1,56 @@
+"""The `mfs-tc` command line. Each verb group lives in its own module and registers itself here.
+
+  datapath.py   attach, detach, status, plan, doctor
+  flows.py      flows, set, gc, policy show
+  testbed.py    testbed run / report
+  sim.py        sim run
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import MfsError
+
+app = typer.Typer(
+    name="mfs-tc",
+    help="MFS multi-stage flow scheduling for LLM serving: tc egress eBPF + strict-priority qdiscs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    from . import datapath, flows, sim, testbed
+
+    for mod in (datapath, flows, testbed, sim):
+        mod.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except MfsError as exc:
+        typer.echo(f"mfs-tc: error: {exc}", err=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("mfs-tc: aborted", err=True)
+        return 130
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""CLI verbs: flows (placeholder until implemented)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

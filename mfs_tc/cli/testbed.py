@@ -1,0 +1,7 @@
+"""CLI verbs: testbed (placeholder until implemented)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

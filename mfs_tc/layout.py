@@ -1,0 +1,269 @@
+"""The map contract, Python side: mirrors bpf/mfs_maps.h (layout version 1).
+
+Every struct here has the same size and field order as its C twin; tests/test_layout.py checks
+the sizes against what the C compiler lays out. Nothing here needs root or bcc.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LAYOUT_MAGIC = 0x4D465331  # "MFS1"
+LAYOUT_VERSION = 1
+MAX_LEVELS = 8
+MAX_THRESH = MAX_LEVELS - 1
+MLU_ONE = 65536
+MLU_CAP = 64 * MLU_ONE
+DSCP_KEEP = 0xFF
+INT64_MAX = (1 << 63) - 1
+INT64_MIN = -(1 << 63)
+
+# modes
+MODE_STATIC = 0
+MODE_MLU = 1
+MODE_RLI = 2
+MODE_LAXITY = 3
+MODE_SENT = 4
+MODE_REMAINING = 5
+MODE_NAMES = {
+    MODE_STATIC: "static",
+    MODE_MLU: "mlu",
+    MODE_RLI: "rli",
+    MODE_LAXITY: "laxity",
+    MODE_SENT: "sent",
+    MODE_REMAINING: "remaining",
+}
+MODE_BY_NAME = {v: k for k, v in MODE_NAMES.items()}
+
+# flow flags
+F_MONOTONIC = 0x01
+F_AUTO_SCAVENGE = 0x02
+
+# request flags
+R_SCAVENGER = 0x01
+
+# config flags
+C_TRUST_DSCP = 0x01
+
+# stats slots
+STAT_MISS = 8
+STAT_MALFORMED = 9
+STAT_NONIP = 10
+STAT_FRAGMENT = 11
+STAT_NOL4 = 12
+STAT_HIT = 13
+STAT_SCAVENGED = 14
+STAT_DSCP_SET = 15
+NSTATS = 16
+STAT_NAMES = {
+    STAT_MISS: "miss",
+    STAT_MALFORMED: "malformed",
+    STAT_NONIP: "non_ip",
+    STAT_FRAGMENT: "fragment",
+    STAT_NOL4: "no_l4",
+    STAT_HIT: "hit",
+    STAT_SCAVENGED: "scavenged",
+    STAT_DSCP_SET: "dscp_set",
+}
+
+# stage codes carried in entries (informational)
+STAGE_CODES = {"other": 0, "kv_fetch": 1, "collective": 2, "p2d": 3}
+STAGE_NAMES = {v: k for k, v in STAGE_CODES.items()}
+
+# default DSCP per level: EF, CS5, AF41, AF31, AF21, AF11, best effort, LE (RFC 8622) for scavenger
+DEFAULT_DSCP = (46, 40, 34, 26, 18, 10, 0, 1)
+
+BPFFS = Path("/sys/fs/bpf")
+PIN_ROOT = BPFFS / "mfs"
+MAP_NAMES = ("flows", "requests", "levels", "config", "stats")
+FLOWS_MAX = 65536
+REQUESTS_MAX = 16384
+
+KEY_FMT = "<16s16sHHB3x"
+ENTRY_FMT = "<BBBB8BIIIQqQQ7qQQq"
+REQUEST_FMT = "<iIqQ"
+LEVEL_FMT = "<IB3x"
+CONFIG_FMT = "<6I64s"
+COUNTER_FMT = "<QQ"
+KEY_SIZE = struct.calcsize(KEY_FMT)
+ENTRY_SIZE = struct.calcsize(ENTRY_FMT)
+REQUEST_SIZE = struct.calcsize(REQUEST_FMT)
+LEVEL_SIZE = struct.calcsize(LEVEL_FMT)
+CONFIG_SIZE = struct.calcsize(CONFIG_FMT)
+COUNTER_SIZE = struct.calcsize(COUNTER_FMT)
+assert (KEY_SIZE, ENTRY_SIZE, REQUEST_SIZE, LEVEL_SIZE, CONFIG_SIZE) == (40, 136, 24, 8, 88)
+
+# (key size, value size, max entries) per map: what the controller checks before it writes
+MAP_SHAPES = {
+    "flows": (KEY_SIZE, ENTRY_SIZE, FLOWS_MAX),
+    "requests": (8, REQUEST_SIZE, REQUESTS_MAX),
+    "levels": (4, LEVEL_SIZE, MAX_LEVELS),
+    "config": (4, CONFIG_SIZE, 1),
+    "stats": (4, COUNTER_SIZE, NSTATS),
+}
+
+
+def netns_label(netns: str | None) -> str:
+    """Directory name of a network namespace under the pin root ("host" for the initial one)."""
+    return netns if netns else "host"
+
+
+def pin_dir(ifname: str, netns: str | None = None, root: Path = PIN_ROOT) -> Path:
+    if not ifname or "/" in ifname or ifname in (".", ".."):
+        raise ValueError(f"bad interface name {ifname!r}")
+    return root / netns_label(netns) / ifname
+
+
+def _addr16(addr: str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    if isinstance(addr, bytes):
+        if len(addr) == 4:
+            return b"\0" * 10 + b"\xff\xff" + addr
+        if len(addr) == 16:
+            return addr
+        raise ValueError(f"address of {len(addr)} bytes")
+    ip = ipaddress.ip_address(addr) if not isinstance(addr, ipaddress._BaseAddress) else addr
+    if ip.version == 4:
+        return b"\0" * 10 + b"\xff\xff" + ip.packed
+    return ip.packed
+
+
+def _addr_str(raw: bytes) -> str:
+    if raw[:12] == b"\0" * 10 + b"\xff\xff":
+        return str(ipaddress.IPv4Address(raw[12:]))
+    return str(ipaddress.IPv6Address(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class FlowKey:
+    """A 5-tuple as the classifier sees it on egress: source is this host."""
+
+    saddr: str
+    daddr: str
+    sport: int
+    dport: int
+    proto: int = socket.IPPROTO_TCP
+
+    def __post_init__(self) -> None:
+        for p in (self.sport, self.dport):
+            if not 0 <= p <= 0xFFFF:
+                raise ValueError(f"port {p} out of range")
+        if self.proto not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+            raise ValueError(f"protocol {self.proto}: only TCP (6) and UDP (17) flows are classified")
+        a, b = ipaddress.ip_address(self.saddr), ipaddress.ip_address(self.daddr)
+        if a.version != b.version:
+            raise ValueError(f"address families differ: {self.saddr} -> {self.daddr}")
+
+    def pack(self) -> bytes:
+        return struct.pack(
+            KEY_FMT, _addr16(self.saddr), _addr16(self.daddr), self.sport, self.dport, self.proto
+        )
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "FlowKey":
+        s, d, sp, dp, pr = struct.unpack(KEY_FMT, raw)
+        return cls(_addr_str(s), _addr_str(d), sp, dp, pr)
+
+    def reversed(self) -> "FlowKey":
+        return FlowKey(self.daddr, self.saddr, self.dport, self.sport, self.proto)
+
+    @classmethod
+    def from_socket(cls, sock: socket.socket) -> "FlowKey":
+        """The egress 5-tuple of a connected socket (local -> peer)."""
+        if sock.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            raise ValueError("only TCP and UDP sockets")
+        proto = socket.IPPROTO_TCP if sock.type == socket.SOCK_STREAM else socket.IPPROTO_UDP
+        local = sock.getsockname()
+        try:
+            peer = sock.getpeername()
+        except OSError as exc:
+            raise ValueError("socket is not connected: its peer is unknown") from exc
+        return cls(_unmap(local[0]), _unmap(peer[0]), local[1], peer[1], proto)
+
+    def __str__(self) -> str:
+        proto = {6: "tcp", 17: "udp"}.get(self.proto, str(self.proto))
+        return f"{proto} {_fmt_ep(self.saddr, self.sport)} -> {_fmt_ep(self.daddr, self.dport)}"
+
+
+def _unmap(addr: str) -> str:
+    ip = ipaddress.ip_address(addr.split("%")[0])
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def _fmt_ep(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    cursor: int = 0
+    flags: int = 0
+    deadline_ns: int = 0
+    owner_pid: int = field(default_factory=os.getpid)
+
+    def pack(self) -> bytes:
+        return struct.pack(REQUEST_FMT, self.cursor, self.flags, self.deadline_ns, self.owner_pid)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "RequestRecord":
+        return cls(*struct.unpack(REQUEST_FMT, raw))
+
+    @property
+    def scavenged(self) -> bool:
+        return bool(self.flags & R_SCAVENGER)
+
+
+@dataclass(slots=True)
+class LevelRecord:
+    priority: int
+    dscp: int = DSCP_KEEP
+
+    def pack(self) -> bytes:
+        return struct.pack(LEVEL_FMT, self.priority, self.dscp)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "LevelRecord":
+        return cls(*struct.unpack(LEVEL_FMT, raw))
+
+
+@dataclass(slots=True)
+class ConfigRecord:
+    nlevels: int
+    default_level: int
+    scavenger_level: int
+    flags: int = 0
+    dscp2level: bytes = b"\0" * 64
+    magic: int = LAYOUT_MAGIC
+    version: int = LAYOUT_VERSION
+
+    def pack(self) -> bytes:
+        return struct.pack(
+            CONFIG_FMT,
+            self.magic,
+            self.version,
+            self.nlevels,
+            self.default_level,
+            self.scavenger_level,
+            self.flags,
+            self.dscp2level,
+        )
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "ConfigRecord":
+        magic, version, n, dl, sl, fl, table = struct.unpack(CONFIG_FMT, raw)
+        return cls(n, dl, sl, fl, table, magic, version)
+
+
+def dscp_to_level_table(dscp_per_level: tuple[int, ...] | list[int], default_level: int) -> bytes:
+    """trust-dscp table: DSCP value -> level; DSCPs no level uses map to the default level."""
+    table = [default_level] * 64
+    for level, dscp in enumerate(dscp_per_level):
+        if dscp != DSCP_KEEP and 0 <= dscp < 64 and table[dscp] == default_level:
+            table[dscp] = level
+    return bytes(table)

@@ -1,0 +1,81 @@
+"""The scheduling model of DESIGN.md section 1, as plain data the policies read.
+
+Times are integer nanoseconds of CLOCK_MONOTONIC (`time.monotonic_ns()`), the clock the
+classifier reads with bpf_ktime_get_ns(). The testbed and the simulator fill the same objects
+(the simulator with its own virtual clock), so one policy object serves the kernel, the testbed
+and the simulator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .layout import FlowKey
+
+STAGES = ("kv_fetch", "collective", "p2d")
+
+
+def check_stage(name: str) -> str:
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}: expected one of {', '.join(STAGES)}")
+    return name
+
+
+@dataclass(slots=True)
+class Batch:
+    """Requests prefilled together on one prefill group; they share kv_fetch and collective
+    flows. `deadlines_ns` are the member requests' deadlines (for RED)."""
+
+    batch_id: int
+    deadlines_ns: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Request:
+    """What a policy knows of a request at decision time."""
+
+    request_id: int
+    arrival_ns: int
+    slo_ns: int
+    num_layers: int = 1
+    cursor: int = 0  # compute layer the request (its batch) is at
+    remaining_bytes: int = 0  # estimate of bytes still to move for this request, all stages
+    remaining_compute_ns: int = 0  # estimate of compute still ahead (layers left + decode step)
+    batch: Batch | None = None
+    scavenged: bool = False
+
+    def __post_init__(self) -> None:
+        if self.slo_ns <= 0:
+            raise ValueError(f"SLO must be positive, got {self.slo_ns} ns")
+        if self.remaining_bytes < 0 or self.remaining_compute_ns < 0:
+            raise ValueError("remaining work must not be negative")
+
+    @property
+    def deadline_ns(self) -> int:
+        return self.arrival_ns + self.slo_ns
+
+
+@dataclass(slots=True)
+class Stage:
+    name: str
+    bytes: int = 0  # bytes of the whole stage (all its flows)
+    compute_after_ns: int = 0  # compute that follows this stage before the first token
+    layer: int | None = None  # layer the stage feeds (kv_fetch, collective)
+
+    def __post_init__(self) -> None:
+        check_stage(self.name)
+        if self.bytes < 0:
+            raise ValueError(f"stage bytes must not be negative, got {self.bytes}")
+
+
+@dataclass(slots=True)
+class Flow:
+    bytes: int
+    target_layer: int = 0
+    key: FlowKey | None = None
+    sent: int = 0  # bytes already sent when the decision is made
+    true_remaining_work_ns: int | None = None  # only the testbed/simulator oracle knows this
+
+    def __post_init__(self) -> None:
+        if self.bytes < 0:
+            raise ValueError(f"flow bytes must not be negative, got {self.bytes}")

@@ -1,0 +1,55 @@
+"""The policy interface: (request, stage, flow, now) -> flow entry.
+
+A policy turns what is known of a request, one of its stages and one flow of that stage into the
+`FlowEntry` the classifier evaluates per packet. Entries that depend on time, bytes sent or the
+request's layer cursor (modes mlu, rli, laxity, sent, remaining) keep re-levelling themselves in
+the kernel with no controller action; a policy is asked again only when the serving process
+updates its estimates.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from ..entry import FlowEntry
+from ..layout import MAX_LEVELS
+from ..model import Flow, Request, Stage
+
+
+@dataclass(slots=True)
+class PolicyConfig:
+    """What every policy shares. Policies add their own fields in subclasses."""
+
+    nlevels: int = MAX_LEVELS  # K strict-priority levels, 0 most urgent
+    ref_rate_bps: float = 200e6  # reference (bottleneck) rate for byte -> time conversions
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.nlevels <= MAX_LEVELS:
+            raise ValueError(f"levels must be in 2..{MAX_LEVELS}, got {self.nlevels}")
+        if self.ref_rate_bps <= 0:
+            raise ValueError("reference rate must be positive")
+
+    @property
+    def scavenger_level(self) -> int:
+        return self.nlevels - 1
+
+
+class Policy(ABC):
+    name: str = ""
+    config: PolicyConfig
+
+    def __init__(self, config: PolicyConfig | None = None) -> None:
+        self.config = config or PolicyConfig()
+
+    @abstractmethod
+    def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
+        """The map entry for `flow` of `stage` of `request`, decided at `now_ns`."""
+
+    def is_hopeless(self, request: Request, now_ns: int) -> bool:
+        """True when the request should go to the scavenger level (only MFS-style policies)."""
+        return False
+
+    def describe(self) -> dict:
+        """Thresholds and level layout, for `mfs-tc policy show`."""
+        return {"policy": self.name, "levels": self.config.nlevels}

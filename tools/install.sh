@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Idempotent install for a fresh Debian 12 machine, run as root.
+#   - system packages: python3-bpfcc (bcc), iproute2, tcpdump, kernel headers
+#   - kernel headers for the running kernel; where Debian has none for it, linux-headers-amd64
+#     with /lib/modules/$(uname -r)/{build,source} linked to it (tc programs only use uapi headers)
+#   - .venv from /usr/bin/python3 --system-site-packages (bcc lives in the system dist-packages;
+#     the PyPI package named "bcc" is unrelated), the project installed in it (editable, with test extras)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+say() { printf '[install] %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  say "must run as root (apt-get, /lib/modules links)"; exit 1
+fi
+
+pkgs=(python3-bpfcc python3-venv python3-dev iproute2 tcpdump ethtool iperf3)
+kver=$(uname -r)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+hdr_pkg="linux-headers-$kver"
+need_generic_headers=0
+if [ ! -e "/lib/modules/$kver/build/include" ]; then
+  if apt-cache show "$hdr_pkg" >/dev/null 2>&1; then
+    dpkg -s "$hdr_pkg" >/dev/null 2>&1 || missing+=("$hdr_pkg")
+  else
+    need_generic_headers=1
+    dpkg -s linux-headers-amd64 >/dev/null 2>&1 || missing+=(linux-headers-amd64)
+  fi
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  say "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if [ "$need_generic_headers" = 1 ] || [ ! -e "/lib/modules/$kver/build/include" ]; then
+  hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
+  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$hdr" ]; then say "no kernel headers found under /usr/src"; exit 1; fi
+  say "Debian has no headers for kernel $kver: linking /lib/modules/$kver/{build,source} to $hdr (tc programs only use uapi headers)"
+  mkdir -p "/lib/modules/$kver"
+  ln -sfn "$hdr" "/lib/modules/$kver/build"
+  ln -sfn "${common:-$hdr}" "/lib/modules/$kver/source"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv (system site packages, for bcc)"
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.mfs-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "pip install -e .[test]"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  touch "$stamp"
+fi
+.venv/bin/python -c 'import bcc, pyroute2, typer, scapy' || { say "import check failed"; exit 1; }
+say "ready: .venv/bin/mfs-tc"
