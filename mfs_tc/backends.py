@@ -1,0 +1,125 @@
+"""Root qdisc backends that enforce the levels as strict priorities.
+
+Each backend is the list of `tc` commands that builds it (what `mfs-tc plan` prints is exactly
+what attach runs) and the skb->priority value the classifier writes for each level:
+
+  ets     root ets, K strict bands; skb->priority = <handle>:<band+1> selects the band directly
+  mqprio  root mqprio with hardware DCB offload (the NIC enforces priority); skb->priority = level
+  htb     root htb shaped at the link rate, one leaf per level with `prio i`, a tiny guaranteed rate
+          and ceil = link rate, so spare bandwidth goes to the lowest prio value first (strict
+          priority among borrowing classes); skb->priority = <handle>:<10+i>
+  none    no qdisc change, packets are only marked (skb->priority = level, DSCP)
+
+`auto` takes the first of ets, mqprio, htb that the kernel (and, for mqprio, the device) has.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from dataclasses import dataclass
+
+HANDLE_MAJOR = 0x4D46  # "MF"
+HANDLE = f"{HANDLE_MAJOR:x}:"
+BACKENDS = ("ets", "mqprio", "htb", "none")
+HTB_LEAF_MINOR = 0x10
+HTB_QUANTUM = 6056  # > a few MTUs: DRR share among equal prios
+MIN_LEAF_RATE_BPS = 8_000
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    nlevels: int
+    rate_bps: int | None = None
+    default_level: int = 0
+
+    def priority(self, level: int) -> int:
+        """skb->priority the classifier writes for `level`."""
+        if self.name == "htb":
+            return (HANDLE_MAJOR << 16) | (HTB_LEAF_MINOR + level)
+        if self.name == "ets":
+            return (HANDLE_MAJOR << 16) | (level + 1)
+        return level
+
+    def class_of(self, level: int) -> str:
+        """The qdisc class (tc notation) that carries `level`, for status output."""
+        if self.name == "htb":
+            return f"{HANDLE}{HTB_LEAF_MINOR + level:x}"
+        if self.name == "ets":
+            return f"{HANDLE}{level + 1:x}"
+        if self.name == "mqprio":
+            return f"tc {level}"
+        return "-"
+
+    def commands(self, dev: str) -> list[list[str]]:
+        """The tc commands that install this backend as the root qdisc of `dev`."""
+        k = self.nlevels
+        if self.name == "none":
+            return []
+        if self.name == "ets":
+            priomap = [str(min(p, k - 1)) for p in range(16)]
+            return [
+                ["tc", "qdisc", "replace", "dev", dev, "root", "handle", HANDLE, "ets",
+                 "bands", str(k), "strict", str(k), "priomap", *priomap]
+            ]
+        if self.name == "mqprio":
+            prio_map = [str(min(p, k - 1)) for p in range(16)]
+            queues = [f"1@{i}" for i in range(k)]
+            return [
+                ["tc", "qdisc", "replace", "dev", dev, "root", "handle", HANDLE, "mqprio",
+                 "num_tc", str(k), "map", *prio_map, "queues", *queues, "hw", "1", "mode", "dcb"]
+            ]
+        if self.name == "htb":
+            if not self.rate_bps:
+                raise ValueError("the htb backend needs a rate (the link speed, or --rate)")
+            rate = self.rate_bps
+            leaf = max(MIN_LEAF_RATE_BPS, rate // (100 * k))
+            burst = max(rate // 8 // 500, 3 * 65536)  # 2 ms at rate, at least three GSO packets
+            cmds = [
+                ["tc", "qdisc", "replace", "dev", dev, "root", "handle", HANDLE, "htb",
+                 "default", f"{HTB_LEAF_MINOR + self.default_level:x}"],
+                ["tc", "class", "replace", "dev", dev, "parent", HANDLE, "classid", f"{HANDLE}1",
+                 "htb", "rate", f"{rate}bit", "ceil", f"{rate}bit", "burst", str(burst),
+                 "cburst", str(burst)],
+            ]
+            for i in range(k):
+                cmds.append(
+                    ["tc", "class", "replace", "dev", dev, "parent", f"{HANDLE}1", "classid",
+                     self.class_of(i), "htb", "rate", f"{leaf}bit", "ceil", f"{rate}bit",
+                     "prio", str(i), "quantum", str(HTB_QUANTUM), "burst", str(burst),
+                     "cburst", str(burst)]
+                )
+            return cmds
+        raise ValueError(f"unknown qdisc backend {self.name!r}: expected one of {', '.join(BACKENDS)}")
+
+
+def probe_qdisc_kinds(kinds: tuple[str, ...] = ("ets", "mqprio", "htb", "clsact")) -> dict[str, bool]:
+    """Which qdisc kinds the running kernel has, tried on a veth in a throwaway namespace (the
+    host's own interfaces are never touched)."""
+    ns = f"mfsprobe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    result = {k: False for k in kinds}
+
+    def sh(*argv: str) -> bool:
+        return subprocess.run(list(argv), capture_output=True).returncode == 0
+
+    if not sh("ip", "netns", "add", ns):
+        return result
+    try:
+        sh("ip", "-n", ns, "link", "add", "p0", "numtxqueues", "8", "numrxqueues", "8",
+           "type", "veth", "peer", "name", "p1", "numtxqueues", "8", "numrxqueues", "8")
+        sh("ip", "-n", ns, "link", "set", "p0", "up")
+        trials = {
+            "ets": ["root", "ets", "bands", "2", "strict", "2"],
+            "mqprio": ["root", "mqprio", "num_tc", "2", "map", "0", "1", "queues", "1@0", "1@1",
+                       "hw", "0"],
+            "htb": ["root", "htb"],
+            "clsact": ["clsact"],
+        }
+        for kind in kinds:
+            result[kind] = sh("tc", "-n", ns, "qdisc", "add", "dev", "p0", *trials[kind])
+            sh("tc", "-n", ns, "qdisc", "del", "dev", "p0", *(["clsact"] if kind == "clsact" else ["root"]))
+    finally:
+        sh("ip", "netns", "del", ns)
+    return result

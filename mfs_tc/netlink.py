@@ -1,0 +1,103 @@
+"""Netlink and tc plumbing shared by the loader, doctor and tests: an IPRoute bound to a network
+namespace, interface lookup with clear errors, and `tc -j` queries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from pyroute2 import IPRoute
+from pyroute2.netns import popns, pushns
+
+from .errors import InterfaceError, KernelFeatureError, MfsError, PermissionDeniedError
+
+NETNS_RUN_DIR = Path("/run/netns")
+
+
+def check_netns(netns: str | None) -> None:
+    if netns is None:
+        return
+    if not netns or "/" in netns or not (NETNS_RUN_DIR / netns).exists():
+        known = sorted(p.name for p in NETNS_RUN_DIR.glob("*")) if NETNS_RUN_DIR.exists() else []
+        raise InterfaceError(
+            f"no network namespace {netns!r} (known: {', '.join(known) or 'none'}; see `ip netns list`)"
+        )
+
+
+@contextmanager
+def iproute(netns: str | None = None) -> Iterator[IPRoute]:
+    """An IPRoute socket living in `netns` (the caller's own namespace when None). The socket is
+    created inside the namespace with setns and used from this process, so file descriptors
+    passed in messages (a BPF program's fd) are this process's."""
+    check_netns(netns)
+    if netns:
+        pushns(netns)
+        try:
+            ipr = IPRoute()
+        finally:
+            popns()
+    else:
+        ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def ifindex(ipr: IPRoute, ifname: str, netns: str | None = None) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        names = sorted(l.get_attr("IFLA_IFNAME") for l in ipr.get_links())
+        where = f" in network namespace {netns!r}" if netns else ""
+        raise InterfaceError(f"no interface {ifname!r}{where} (have: {', '.join(names)})")
+    return found[0]
+
+
+def link_speed_bps(ifname: str, netns: str | None = None) -> int | None:
+    """The link speed the driver reports (ethtool speed in /sys), or None (veth, virtual)."""
+    if netns:
+        out = run(["cat", f"/sys/class/net/{ifname}/speed"], netns=netns, check=False, via_ip=True)
+        text = out.strip()
+    else:
+        try:
+            text = Path(f"/sys/class/net/{ifname}/speed").read_text().strip()
+        except OSError:
+            return None
+    try:
+        mbit = int(text)
+    except ValueError:
+        return None
+    return mbit * 1_000_000 if mbit > 0 else None
+
+
+def run(
+    argv: list[str], netns: str | None = None, check: bool = True, via_ip: bool = False
+) -> str:
+    """Run a command (tc, ...) in `netns`. tc takes `-n NS` itself; others go through ip netns exec."""
+    if netns and argv and argv[0] == "tc" and not via_ip:
+        argv = ["tc", "-n", netns] + argv[1:]
+    elif netns:
+        argv = ["ip", "netns", "exec", netns] + argv
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except FileNotFoundError as exc:
+        raise KernelFeatureError(f"{argv[0]} not found: install iproute2") from exc
+    if check and r.returncode != 0:
+        err = r.stderr.strip() or r.stdout.strip()
+        if "Operation not permitted" in err:
+            raise PermissionDeniedError(f"`{' '.join(argv)}`: {err} (run as root or with CAP_NET_ADMIN)")
+        raise MfsError(f"`{' '.join(argv)}` failed: {err}")
+    return r.stdout
+
+
+def tc_json(args: list[str], netns: str | None = None) -> list[dict]:
+    out = run(["tc", "-j"] + args, netns=netns)
+    return json.loads(out) if out.strip() else []
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
