@@ -1,0 +1,100 @@
+"""Network-namespace plumbing: run `ip`/`tc` in a namespace, enter one from a thread.
+
+Python 3.11 has no os.setns, so `enter_netns` calls setns(2) through libc. setns with
+CLONE_NEWNET only changes the calling thread's network namespace (the mount namespace, and so
+bpffs pins, stay those of the root), and a socket keeps the namespace it was created in: the
+testbed creates each host's sockets in a thread that entered that host's namespace.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from mfs_tc.errors import MfsError, PermissionDeniedError
+
+CLONE_NEWNET = 0x40000000
+NETNS_RUN = "/run/netns"
+T = TypeVar("T")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class CommandError(MfsError):
+    """An `ip`/`tc` command of the testbed failed."""
+
+
+def run(*args: str, ns: str | None = None, check: bool = True, timeout: float = 30) -> str:
+    """Run a command (in namespace `ns` through `ip netns exec` when given)."""
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError as exc:
+        raise CommandError(f"{cmd[0]} not found: install iproute2 (tools/install.sh)") from exc
+    if check and r.returncode != 0:
+        raise CommandError(f"`{' '.join(cmd)}` failed ({r.returncode}): {r.stderr.strip()}")
+    return r.stdout
+
+
+def ip(*args: str, ns: str | None = None, check: bool = True) -> str:
+    """`ip [-n ns] ...` (no remount of /sys, unlike `ip netns exec`)."""
+    return run("ip", *(["-n", ns] if ns else []), *args, check=check)
+
+
+def list_netns() -> list[str]:
+    try:
+        return sorted(os.listdir(NETNS_RUN))
+    except FileNotFoundError:
+        return []
+
+
+def enter_netns(ns: str) -> None:
+    """Move the calling thread into network namespace `ns` (a name under /run/netns)."""
+    path = os.path.join(NETNS_RUN, ns)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise MfsError(f"network namespace {ns!r} does not exist") from exc
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            if err == 1:
+                raise PermissionDeniedError(f"setns({ns}): not permitted: run as root")
+            raise OSError(err, f"setns({ns}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def call_in_netns(ns: str, fn: Callable[[], T], timeout: float = 30) -> T:
+    """Run `fn` in a short-lived thread inside namespace `ns` and return its result."""
+    box: dict[str, object] = {}
+
+    def body() -> None:
+        try:
+            enter_netns(ns)
+            box["v"] = fn()
+        except BaseException as exc:  # handed to the caller
+            box["e"] = exc
+
+    t = threading.Thread(target=body, name=f"netns-{ns}", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise MfsError(f"call in namespace {ns} timed out after {timeout}s")
+    if "e" in box:
+        raise box["e"]  # type: ignore[misc]
+    return box["v"]  # type: ignore[return-value]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,310 @@
+"""The agents: replay a Scenario on a Topology as real TCP flows with emulated compute.
+
+One dispatcher thread per prefill group takes batches from its queue (the workload's batching
+rule) and runs them layer by layer (see netns_testbed.plan for the dependencies). Every flow is a
+fresh TCP connection made from inside the sending host's namespace, registered with that host's
+controller (through a Scheduler) before its first data byte, and counted delivered only when the
+receiving host's sink acknowledges the byte count. Compute and the decode step are sleeps.
+Times are CLOCK_MONOTONIC nanoseconds, the clock the classifier reads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .netns import enter_netns
+from .plan import BatchJob, RequestJob, Scenario, Transfer
+from .sched import Scheduler, level_bytes
+from .topology import Topology
+from .transfer import Sink, open_flow_here
+
+LEAD_NS = 300_000_000  # time between start() and the first arrival
+
+
+@dataclass(slots=True)
+class RequestResult:
+    request_id: int
+    policy: str
+    arrival_s: float
+    slo_s: float
+    ttft_s: float | None = None
+    met: bool = False
+    kv_fetch_s: float = 0.0
+    collective_s: float = 0.0
+    p2d_s: float = 0.0
+    p2d_earliness_s: float | None = None
+    seed: int = 0
+    queue_s: float = 0.0
+    prefill_group: int = 0
+    batch_id: int = -1
+    unloaded_ttft_s: float = 0.0
+    error: str = ""
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    policy: str
+    requests: list[RequestResult]
+    ccts_s: list[float]
+    level_bytes: list[int]
+    bytes_intended: int
+    bytes_delivered: int
+    flows: int
+    duration_s: float
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> int:
+        return sum(1 for r in self.requests if r.ttft_s is not None)
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+class Replay:
+    def __init__(self, topology: Topology, scenario: Scenario, scheduler: Scheduler, *,
+                 seed: int = 0, progress: ProgressFn | None = None,
+                 timeout_s: float | None = None) -> None:
+        self.topo = topology
+        self.sc = scenario
+        self.sched = scheduler
+        self.seed = seed
+        self.progress = progress
+        jobs = scenario.requests
+        last = max((r.arrival_s for r in jobs), default=0.0)
+        slack = max((r.slo_s for r in jobs), default=1.0)
+        self.timeout_s = timeout_s if timeout_s is not None else last + max(60.0, 10 * slack)
+        self.jobs = {r.request_id: r for r in jobs}
+        self.results = {r.request_id: RequestResult(
+            r.request_id, scheduler.policy, r.arrival_s, r.slo_s, seed=seed,
+            prefill_group=r.prefill_group, unloaded_ttft_s=r.unloaded_ttft_s) for r in jobs}
+        self.arrival_ns: dict[int, int] = {}
+        self.ccts: list[float] = []
+        self.errors: list[str] = []
+        self.flows = 0
+        self.intended = 0
+        self.delivered = 0
+        self._lock = threading.Lock()
+        self._done = 0
+        self._all_done = threading.Event()
+        self._stop = threading.Event()
+        ngroups = topology.config.prefill_groups
+        self._queues: list[list[RequestJob]] = [[] for _ in range(ngroups)]
+        self._cv = threading.Condition()
+        self._arrivals_over = False
+        self._batch_seq = 0
+        for r in jobs:
+            if not 0 <= r.prefill_group < ngroups:
+                raise ValueError(f"request {r.request_id}: prefill group {r.prefill_group} not in "
+                                 f"0..{ngroups - 1}")
+
+    # ---- public -------------------------------------------------------------------------------
+    def run(self) -> ReplayResult:
+        before = level_bytes(self.topo)
+        t_start = time.monotonic_ns()
+        self.t0 = t_start + LEAD_NS
+        groups = [threading.Thread(target=self._group_loop, args=(g,), daemon=True,
+                                   name=f"group{g}") for g in range(len(self._queues))]
+        for t in groups:
+            t.start()
+        if not self.jobs:
+            self._all_done.set()
+        self._arrivals()
+        deadline = self.t0 + int(self.timeout_s * 1e9)
+        while not self._all_done.is_set():
+            left = (deadline - time.monotonic_ns()) / 1e9
+            if left <= 0:
+                self._note(f"timed out after {self.timeout_s:.0f}s with "
+                           f"{len(self.jobs) - self._done} requests unfinished")
+                break
+            self._all_done.wait(min(left, 1.0))
+        self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
+        for t in groups:
+            t.join(5)
+        after = level_bytes(self.topo)
+        return ReplayResult(
+            policy=self.sched.policy,
+            requests=[self.results[r.request_id] for r in self.sc.requests],
+            ccts_s=list(self.ccts),
+            level_bytes=[a - b for a, b in zip(after, before)],
+            bytes_intended=self.intended,
+            bytes_delivered=self.delivered,
+            flows=self.flows,
+            duration_s=(time.monotonic_ns() - t_start) / 1e9,
+            errors=list(self.errors),
+        )
+
+    # ---- arrivals and dispatch ----------------------------------------------------------------
+    def _arrivals(self) -> None:
+        for job in self.sc.requests:
+            at = self.t0 + int(job.arrival_s * 1e9)
+            while (wait := at - time.monotonic_ns()) > 0 and not self._stop.is_set():
+                time.sleep(min(wait / 1e9, 0.5))
+            self.arrival_ns[job.request_id] = at
+            for h in self.topo.hosts:
+                self.sched.open_request(h.name, job, at)
+            with self._cv:
+                self._queues[job.prefill_group].append(job)
+                self._cv.notify_all()
+        with self._cv:
+            self._arrivals_over = True
+            self._cv.notify_all()
+
+    def _group_loop(self, g: int) -> None:
+        q = self._queues[g]
+        while True:
+            with self._cv:
+                while not q and not self._stop.is_set():
+                    if self._arrivals_over and not q:
+                        return
+                    self._cv.wait(0.5)
+                if self._stop.is_set():
+                    return
+                members = self.sc.batcher(list(q)) or [q[0]]
+                for m in members:
+                    q.remove(m)
+                self._batch_seq += 1
+                bid = self._batch_seq
+            try:
+                job = self.sc.planner(bid, g, members)
+                self._run_batch(job, members)
+            except Exception as exc:  # keep the group going; the request is reported failed
+                self._note(f"batch {bid} on group {g}: {type(exc).__name__}: {exc}")
+                for m in members:
+                    self._finish(m.request_id, None, f"{type(exc).__name__}: {exc}")
+
+    # ---- one batch ----------------------------------------------------------------------------
+    def _run_batch(self, job: BatchJob, members: list[RequestJob]) -> None:
+        start = time.monotonic_ns()
+        rids = list(job.request_ids)
+        lead = min(rids, key=lambda r: (self.arrival_ns[r] + int(self.jobs[r].slo_s * 1e9), r))
+        for rid in rids:
+            res = self.results[rid]
+            res.batch_id = job.batch_id
+            res.queue_s = (start - self.arrival_ns[rid]) / 1e9
+        nl = len(job.layers)
+        compute_after = [sum(lj.compute_s for lj in job.layers[i:]) + job.decode_step_s
+                         for i in range(nl + 1)]
+        if len(rids) > 1:
+            for host in {t.src for lj in job.layers for t in (*lj.kv_fetch, *lj.collective)}:
+                try:
+                    self.sched.tie_batch(host, rids)
+                except Exception as exc:
+                    self._note(f"batch {job.batch_id}: tie on {host}: {exc}")
+        # all kv_fetch flows start now; layer g waits for its own
+        kv_threads: list[list[threading.Thread]] = []
+        kv_end = start
+        for g, lj in enumerate(job.layers):
+            sb = sum(t.nbytes for t in lj.kv_fetch)
+            kv_threads.append([self._spawn(t, lead, sb, compute_after[g]) for t in lj.kv_fetch])
+        coll_s = 0.0
+        for g, lj in enumerate(job.layers):
+            for t in kv_threads[g]:
+                t.join()
+            kv_end = max(kv_end, time.monotonic_ns())
+            for rid in rids:
+                self._safe(lambda rid=rid: self.sched.at_layer(rid, g))
+            if lj.compute_s > 0:
+                time.sleep(lj.compute_s)
+            if lj.collective:
+                c0 = time.monotonic_ns()
+                sb = sum(t.nbytes for t in lj.collective)
+                ths = [self._spawn(t, lead, sb, compute_after[g + 1]) for t in lj.collective]
+                for t in ths:
+                    t.join()
+                cct = (time.monotonic_ns() - c0) / 1e9
+                coll_s += cct
+                with self._lock:
+                    self.ccts.append(cct)
+        any_kv = any(lj.kv_fetch for lj in job.layers)
+        for rid in rids:
+            self._safe(lambda rid=rid: self.sched.at_layer(rid, nl))
+            res = self.results[rid]
+            res.kv_fetch_s = (kv_end - start) / 1e9 if any_kv else 0.0
+            res.collective_s = coll_s
+            flows = job.p2d.get(rid, ())
+            threading.Thread(target=self._p2d, args=(rid, flows, job.decode_step_s),
+                             daemon=True, name=f"p2d-{rid}").start()
+
+    def _p2d(self, rid: int, flows: tuple[Transfer, ...], decode_step_s: float) -> None:
+        p0 = time.monotonic_ns()
+        sb = sum(t.nbytes for t in flows)
+        ths = [self._spawn(t, rid, sb, decode_step_s) for t in flows]
+        for t in ths:
+            t.join()
+        p1 = time.monotonic_ns()
+        res = self.results[rid]
+        res.p2d_s = (p1 - p0) / 1e9
+        deadline = self.arrival_ns[rid] + int(self.jobs[rid].slo_s * 1e9)
+        res.p2d_earliness_s = (deadline - p1) / 1e9
+        if decode_step_s > 0:
+            time.sleep(decode_step_s)
+        self._finish(rid, time.monotonic_ns())
+
+    def _finish(self, rid: int, token_ns: int | None, error: str = "") -> None:
+        res = self.results[rid]
+        if token_ns is not None:
+            res.ttft_s = (token_ns - self.arrival_ns[rid]) / 1e9
+            res.met = res.ttft_s <= res.slo_s
+        if error:
+            res.error = error
+        self._safe(lambda: self.sched.done(rid))
+        with self._lock:
+            self._done += 1
+            done = self._done
+        if self.progress:
+            self.progress(done, len(self.jobs))
+        if done >= len(self.jobs):
+            self._all_done.set()
+
+    # ---- flows --------------------------------------------------------------------------------
+    def _spawn(self, t: Transfer, rid: int, stage_bytes: int, compute_after_s: float) -> threading.Thread:
+        th = threading.Thread(target=self._transfer, args=(t, rid, stage_bytes, compute_after_s),
+                              daemon=True)
+        th.start()
+        return th
+
+    def _transfer(self, t: Transfer, rid: int, stage_bytes: int, compute_after_s: float) -> None:
+        if t.nbytes == 0:
+            return
+        src, dst = self.topo.host(t.src), self.topo.host(t.dst)
+        delivered = 0
+        try:
+            enter_netns(src.netns)
+            conn = open_flow_here(dst.addr, t.nbytes)
+            rate = self.topo.config.rate_bps
+            true_ns = int((t.nbytes * 8 / rate + compute_after_s) * 1e9)
+            try:
+                self.sched.add_flow(t.src, rid, t, conn.key, stage_bytes=stage_bytes,
+                                    compute_after_s=compute_after_s, true_remaining_ns=true_ns)
+            except Exception as exc:
+                self._note(f"register {conn.key} ({t.stage}) for request {rid}: {exc}")
+            delivered = conn.send_all()
+            if delivered != t.nbytes:
+                self._note(f"{t.stage} {t.src}->{t.dst}: delivered {delivered} of {t.nbytes} bytes")
+        except Exception as exc:
+            self._note(f"{t.stage} {t.src}->{t.dst} ({t.nbytes} B): {type(exc).__name__}: {exc}")
+        with self._lock:
+            self.flows += 1
+            self.intended += t.nbytes
+            self.delivered += delivered
+
+    def _safe(self, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            self._note(f"scheduler: {type(exc).__name__}: {exc}")
+
+    def _note(self, msg: str) -> None:
+        with self._lock:
+            if len(self.errors) < 200:
+                self.errors.append(msg)
+
+
+def start_sinks(topology: Topology) -> list[Sink]:
+    return [Sink(h.netns, h.addr).start() for h in topology.hosts]
