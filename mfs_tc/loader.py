@@ -1,0 +1,466 @@
+"""Attach and detach the classifier: bcc compile, pinned maps, clsact + cls_bpf filter, root qdisc.
+
+attach(opts) is all-or-nothing: on any failure the steps already taken are undone. It is
+idempotent: attaching again replaces the program and qdisc in place and keeps the pinned maps
+(flows, requests, stats) so controllers keep working. detach() removes only what attach created,
+restores the previous root qdisc, and unpins. What attach found and made is recorded in
+/run/mfs-tc/<netns>/<ifname>.json, which detach and status read.
+
+Only this module (and the benchmark tools) import bcc; the controller library never does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import bpfsys
+from .backends import BACKENDS, HANDLE, Backend, probe_qdisc_kinds
+from .errors import KernelFeatureError, LayoutMismatchError, MfsError, PermissionDeniedError
+from .layout import (
+    C_TRUST_DSCP,
+    DEFAULT_DSCP,
+    DSCP_KEEP,
+    LAYOUT_MAGIC,
+    LAYOUT_VERSION,
+    MAP_NAMES,
+    MAP_SHAPES,
+    MAX_LEVELS,
+    PIN_ROOT,
+    ConfigRecord,
+    LevelRecord,
+    dscp_to_level_table,
+    netns_label,
+    pin_dir,
+)
+from .netlink import check_netns, ifindex, iproute, is_root, link_speed_bps, run, tc_json
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+STATE_ROOT = Path("/run/mfs-tc")
+FILTER_PREF = 0xC0DE  # tc filter priority ("pref") of our egress filter
+FILTER_HANDLE = 1
+FILTER_NAME = "mfs_egress"
+EGRESS_PARENT = 0xFFFFFFF3  # clsact egress (ffff:fff3)
+ETH_P_ALL = 0x0003
+
+
+@dataclass
+class AttachOptions:
+    ifname: str
+    netns: str | None = None
+    levels: int = MAX_LEVELS
+    qdisc: str = "auto"
+    rate_bps: int | None = None
+    dscp: list[int] | None = None  # None: the default table; []: keep DSCP unchanged
+    default_level: int = 0
+    trust_dscp: bool = False
+
+    def validate(self) -> None:
+        if not 2 <= self.levels <= MAX_LEVELS:
+            raise MfsError(f"--levels must be 2..{MAX_LEVELS}, got {self.levels}")
+        if self.qdisc not in ("auto",) + BACKENDS:
+            raise MfsError(f"--qdisc must be auto, {', '.join(BACKENDS)}; got {self.qdisc!r}")
+        if not 0 <= self.default_level < self.levels:
+            raise MfsError(f"--default-level must be 0..{self.levels - 1}, got {self.default_level}")
+        if self.rate_bps is not None and self.rate_bps <= 0:
+            raise MfsError("--rate must be positive")
+        if self.dscp:
+            if len(self.dscp) != self.levels:
+                raise MfsError(f"--dscp needs {self.levels} values (one per level), got {len(self.dscp)}")
+            bad = [d for d in self.dscp if not (0 <= d < 64 or d == DSCP_KEEP)]
+            if bad:
+                raise MfsError(f"DSCP values must be 0..63 (or 'keep'): {bad}")
+
+    def dscp_table(self) -> list[int]:
+        if self.dscp is None:
+            return default_dscp(self.levels)
+        if not self.dscp:
+            return [DSCP_KEEP] * self.levels
+        return list(self.dscp)
+
+
+def default_dscp(levels: int) -> list[int]:
+    """The default DSCP per level: the first levels-1 of DEFAULT_DSCP, LE (1) for the scavenger."""
+    return list(DEFAULT_DSCP[: levels - 1]) + [DEFAULT_DSCP[-1]]
+
+
+@dataclass
+class AttachState:
+    ifname: str
+    netns: str | None
+    backend: str
+    nlevels: int
+    rate_bps: int | None
+    dscp: list[int]
+    default_level: int
+    trust_dscp: bool
+    pin_dir: str
+    prev_root: dict | None = None  # root qdisc found before the first attach
+    created_clsact: bool = False
+    attached_at: float = field(default_factory=time.time)
+    program: str = FILTER_NAME
+
+    @property
+    def scavenger_level(self) -> int:
+        return self.nlevels - 1
+
+    def backend_obj(self) -> Backend:
+        return Backend(self.backend, self.nlevels, self.rate_bps, self.default_level)
+
+
+def state_path(ifname: str, netns: str | None) -> Path:
+    return STATE_ROOT / netns_label(netns) / f"{ifname}.json"
+
+
+def load_state(ifname: str, netns: str | None = None) -> AttachState | None:
+    p = state_path(ifname, netns)
+    try:
+        return AttachState(**json.loads(p.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as exc:
+        raise MfsError(f"attach state {p} is unreadable ({exc}); remove it and run detach again") from exc
+
+
+def _save_state(st: AttachState) -> None:
+    p = state_path(st.ifname, st.netns)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(st), indent=2))
+    tmp.replace(p)
+
+
+# ---- planning ---------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    opts: AttachOptions
+    backend: Backend
+    commands: list[list[str]]
+    notes: list[str]
+
+    def as_text(self) -> str:
+        lines = [f"# {n}" for n in self.notes]
+        lines += [" ".join(c) for c in self.commands]
+        return "\n".join(lines)
+
+
+def _root_qdisc(ifname: str, netns: str | None) -> dict | None:
+    roots = [q for q in tc_json(["qdisc", "show", "dev", ifname, "root"], netns) if q.get("root")]
+    return roots[0] if roots else None
+
+
+def _is_default_root(q: dict | None) -> bool:
+    """Kernel-made default root qdiscs carry handle 0: (noqueue, pfifo_fast, mq, fq_codel...)."""
+    return q is None or q.get("handle") in ("0:", None)
+
+
+def choose_backend(opts: AttachOptions, probe: dict[str, bool] | None = None) -> tuple[Backend, list[str]]:
+    notes: list[str] = []
+    rate = opts.rate_bps
+    if rate is None:
+        rate = link_speed_bps(opts.ifname, opts.netns)
+    names = [opts.qdisc] if opts.qdisc != "auto" else ["ets", "mqprio", "htb"]
+    if opts.qdisc == "auto" or opts.qdisc in ("ets", "mqprio"):
+        probe = probe or probe_qdisc_kinds(tuple(n for n in names if n != "none"))
+        missing = [n for n in names if not probe.get(n, True)]
+        if missing:
+            notes.append(f"kernel lacks qdisc {', '.join(missing)}")
+        names = [n for n in names if probe.get(n, True)]
+    if opts.qdisc != "auto" and opts.qdisc in ("ets", "mqprio") and not names:
+        raise KernelFeatureError(
+            f"this kernel has no {opts.qdisc} qdisc (CONFIG_NET_SCH_{opts.qdisc.upper()}); "
+            "use --qdisc htb (with --rate) or --qdisc none"
+        )
+    if opts.qdisc == "auto" and "mqprio" in names:
+        names.remove("mqprio")  # mqprio only enforces priority in NIC hardware: tried at apply time
+        names.insert(1 if "ets" in names else 0, "mqprio")
+    for n in names:
+        if n == "htb" and not rate:
+            if opts.qdisc == "htb" or n == names[-1]:
+                raise MfsError(
+                    f"the HTB backend shapes at the link rate and {opts.ifname} reports no speed: pass --rate "
+                    "(e.g. --rate 10gbit)"
+                )
+            continue
+        return Backend(n, opts.levels, rate if n == "htb" else opts.rate_bps, opts.default_level), notes
+    if opts.qdisc == "none":
+        return Backend("none", opts.levels, None, opts.default_level), notes
+    raise KernelFeatureError("no strict-priority qdisc available (ets, mqprio, htb); use --qdisc none")
+
+
+def filter_command(ifname: str, pin: Path) -> list[str]:
+    return ["tc", "filter", "replace", "dev", ifname, "egress", "pref", str(FILTER_PREF), "handle",
+            str(FILTER_HANDLE), "bpf", "direct-action", "name", FILTER_NAME,
+            f"# fd of {FILTER_NAME} compiled from bpf/mfs_classifier.c, maps pinned in {pin}"]
+
+
+def plan(opts: AttachOptions) -> Plan:
+    """What attach would do, without doing it (root not needed except for the qdisc probe)."""
+    opts.validate()
+    backend, notes = choose_backend(opts)
+    pin = pin_dir(opts.ifname, opts.netns)
+    notes.insert(0, f"backend {backend.name}, {opts.levels} levels, pins in {pin}")
+    cmds = [["mount", "-t", "bpf", "bpf", "/sys/fs/bpf", "# only if not mounted"]]
+    cmds += backend.commands(opts.ifname)
+    cmds.append(["tc", "qdisc", "add", "dev", opts.ifname, "clsact", "# only if absent"])
+    cmds.append(filter_command(opts.ifname, pin))
+    if opts.netns:
+        cmds = [(["ip", "netns", "exec", opts.netns] + c) if c[0] == "tc" else c for c in cmds]
+    return Plan(opts, backend, cmds, notes)
+
+
+# ---- compile & maps ---------------------------------------------------------------------------
+def _check_pins(pin: Path) -> bool:
+    """True when maps are already pinned here (and compatible); raises on an incompatible layout."""
+    present = [n for n in MAP_NAMES if (pin / n).exists()]
+    if not present:
+        return False
+    if len(present) != len(MAP_NAMES):
+        raise LayoutMismatchError(
+            f"{pin} holds only {', '.join(present)}: a partial pin set; run `mfs-tc detach` first"
+        )
+    for name in MAP_NAMES:
+        with bpfsys.BpfMap.open(pin / name) as m:
+            shape = (m.info.key_size, m.info.value_size, m.info.max_entries)
+            if shape != MAP_SHAPES[name]:
+                raise LayoutMismatchError(
+                    f"pinned map {pin / name} has shape {shape}, this mfs-tc needs {MAP_SHAPES[name]}: "
+                    "maps of another layout version; run `mfs-tc detach` first"
+                )
+    with bpfsys.BpfMap.open(pin / "config") as m:
+        raw = m.lookup((0).to_bytes(4, "little"))
+    cfg = ConfigRecord.unpack(raw) if raw else None
+    if cfg and cfg.magic == LAYOUT_MAGIC and cfg.version != LAYOUT_VERSION:
+        raise LayoutMismatchError(
+            f"maps in {pin} have layout version {cfg.version}, this mfs-tc writes {LAYOUT_VERSION}; "
+            "run `mfs-tc detach` with the version that attached, then attach again"
+        )
+    return True
+
+
+def compile_classifier(pin: Path):
+    """Compile bpf/mfs_classifier.c with bcc, creating or reusing the maps pinned in `pin`.
+    Returns (bpf, fn)."""
+    try:
+        from bcc import BPF  # noqa: PLC0415 - only attach needs LLVM
+    except ImportError as exc:
+        raise KernelFeatureError(
+            "bcc is missing: install Debian's python3-bpfcc (sudo ./tools/install.sh); "
+            "the PyPI package named bcc is unrelated"
+        ) from exc
+    src = BPF_DIR / "mfs_classifier.c"
+    kver = os.uname().release
+    if not Path(f"/lib/modules/{kver}/build").exists():
+        raise KernelFeatureError(
+            f"no kernel headers at /lib/modules/{kver}/build: run sudo ./tools/install.sh "
+            "(links linux-headers-amd64 where Debian has none for this kernel)"
+        )
+    cflags = [f"-I{BPF_DIR}", f'-DMFS_PIN_DIR="{pin}"', "-Wno-unused-function"]
+    try:
+        b = BPF(src_file=str(src).encode(), cflags=cflags)
+        fn = b.load_func(FILTER_NAME.encode(), BPF.SCHED_CLS)
+    except Exception as exc:  # bcc raises bare Exception with the verifier log printed
+        raise KernelFeatureError(f"loading the classifier failed: {exc}") from exc
+    return b, fn
+
+
+def _write_config(pin: Path, opts: AttachOptions, backend: Backend) -> None:
+    dscp = opts.dscp_table()
+    cfg = ConfigRecord(
+        nlevels=opts.levels,
+        default_level=opts.default_level,
+        scavenger_level=opts.levels - 1,
+        flags=C_TRUST_DSCP if opts.trust_dscp else 0,
+        dscp2level=dscp_to_level_table(dscp if any(d != DSCP_KEEP for d in dscp) else default_dscp(opts.levels), opts.default_level),
+    )
+    with bpfsys.BpfMap.open(pin / "levels") as m:
+        for level in range(MAX_LEVELS):
+            lv = min(level, opts.levels - 1)
+            rec = LevelRecord(backend.priority(lv), DSCP_KEEP if opts.trust_dscp else dscp[lv])
+            m.update(level.to_bytes(4, "little"), rec.pack())
+    with bpfsys.BpfMap.open(pin / "config") as m:  # last: the program acts once magic is set
+        m.update((0).to_bytes(4, "little"), cfg.pack())
+
+
+def _unpin(pin: Path) -> None:
+    for name in MAP_NAMES:
+        try:
+            (pin / name).unlink()
+        except FileNotFoundError:
+            pass
+    for d in (pin, pin.parent, pin.parent.parent):
+        if d == PIN_ROOT.parent:
+            break
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
+# ---- attach / detach --------------------------------------------------------------------------
+def _require_root(what: str) -> None:
+    if not is_root():
+        raise PermissionDeniedError(f"{what} needs root (or CAP_BPF + CAP_NET_ADMIN): run it with sudo")
+
+
+def _our_filter(ifname: str, netns: str | None) -> list[dict]:
+    try:
+        flt = tc_json(["filter", "show", "dev", ifname, "egress"], netns)
+    except MfsError:
+        return []
+    return [f for f in flt if f.get("pref") == FILTER_PREF]
+
+
+def _has_clsact(ifname: str, netns: str | None) -> bool:
+    return any(q.get("kind") == "clsact" for q in tc_json(["qdisc", "show", "dev", ifname], netns))
+
+
+def attach(opts: AttachOptions) -> AttachState:
+    opts.validate()
+    _require_root("attach")
+    check_netns(opts.netns)
+    with iproute(opts.netns) as ipr:
+        idx = ifindex(ipr, opts.ifname, opts.netns)
+    prev_state = load_state(opts.ifname, opts.netns)
+    root = _root_qdisc(opts.ifname, opts.netns)
+    ours = root is not None and root.get("handle") == HANDLE
+    if ours and prev_state:
+        prev_root = prev_state.prev_root
+    elif ours:
+        prev_root = None  # our qdisc without a state file: treat the kernel default as previous
+    else:
+        prev_root = root
+    backend, notes = choose_backend(opts)
+    if backend.name != "none" and not ours and not _is_default_root(root):
+        raise MfsError(
+            f"{opts.ifname} has a configured root qdisc ({root.get('kind')} {root.get('handle')}) that attach "
+            "would replace: remove it first, or use --qdisc none to only mark packets"
+        )
+    pin = pin_dir(opts.ifname, opts.netns)
+    bpfsys.ensure_bpffs()
+    had_pins = _check_pins(pin)
+    pin.mkdir(parents=True, exist_ok=True)
+    undo: list = []
+    try:
+        if not had_pins:
+            undo.append(lambda: _unpin(pin))
+        b, fn = compile_classifier(pin)
+        _write_config(pin, opts, backend)
+        # root qdisc
+        if backend.name != "none":
+            if not ours:
+                undo.append(lambda: run(["tc", "qdisc", "del", "dev", opts.ifname, "root"], opts.netns, check=False))
+            cmds = backend.commands(opts.ifname)
+            if ours and root.get("kind") == backend.name == "htb":
+                cmds = cmds[1:]  # HTB cannot change in place: keep the qdisc, replace its classes
+            elif ours:
+                _restore_root(opts.ifname, opts.netns)
+            try:
+                for cmd in cmds:
+                    run(cmd, opts.netns)
+            except MfsError:
+                if opts.qdisc != "auto" or backend.name == "htb":
+                    raise
+                fallback = Backend("htb", opts.levels, opts.rate_bps or link_speed_bps(opts.ifname, opts.netns), opts.default_level)
+                if not fallback.rate_bps:
+                    raise MfsError(
+                        f"{backend.name} could not be set up on {opts.ifname} and the HTB fallback needs --rate"
+                    )
+                backend = fallback
+                _write_config(pin, opts, backend)
+                for cmd in backend.commands(opts.ifname):
+                    run(cmd, opts.netns)
+        elif ours:
+            # re-attach with --qdisc none over our own qdisc: give the host its default back
+            _restore_root(opts.ifname, opts.netns)
+        # clsact + filter
+        created_clsact = prev_state.created_clsact if prev_state else False
+        if not _has_clsact(opts.ifname, opts.netns):
+            with iproute(opts.netns) as ipr:
+                ipr.tc("add", "clsact", idx)
+            created_clsact = True
+            undo.append(lambda: run(["tc", "qdisc", "del", "dev", opts.ifname, "clsact"], opts.netns, check=False))
+        with iproute(opts.netns) as ipr:
+            ipr.tc(
+                "replace-filter", "bpf", idx, FILTER_HANDLE, fd=fn.fd, name=FILTER_NAME,
+                parent=EGRESS_PARENT, direct_action=True, prio=FILTER_PREF, protocol=ETH_P_ALL,
+            )
+        st = AttachState(
+            ifname=opts.ifname, netns=opts.netns, backend=backend.name, nlevels=opts.levels,
+            rate_bps=backend.rate_bps, dscp=opts.dscp_table(), default_level=opts.default_level,
+            trust_dscp=opts.trust_dscp, pin_dir=str(pin), prev_root=prev_root,
+            created_clsact=created_clsact,
+        )
+        _save_state(st)
+        del b  # the filter holds the program, the pins hold the maps
+        return st
+    except BaseException:
+        for step in reversed(undo):
+            try:
+                step()
+            except Exception:
+                pass
+        raise
+
+
+def _restore_root(ifname: str, netns: str | None) -> None:
+    """Delete our root qdisc: the kernel puts its default back (attach only ever replaces a
+    kernel-made default root, so that is the previous one)."""
+    root = _root_qdisc(ifname, netns)
+    if root is not None and root.get("handle") == HANDLE:
+        run(["tc", "qdisc", "del", "dev", ifname, "root"], netns, check=False)
+
+
+def detach(ifname: str, netns: str | None = None) -> list[str]:
+    """Undo attach. Returns what was removed (empty when nothing was attached)."""
+    _require_root("detach")
+    check_netns(netns)
+    removed: list[str] = []
+    st = load_state(ifname, netns)
+    pin = pin_dir(ifname, netns)
+    present = True
+    try:
+        with iproute(netns) as ipr:
+            ifindex(ipr, ifname, netns)
+    except MfsError:
+        present = False  # interface gone: only pins and state remain to clean
+    if present:
+        if _our_filter(ifname, netns):
+            run(["tc", "filter", "del", "dev", ifname, "egress", "pref", str(FILTER_PREF)], netns)
+            removed.append("egress filter")
+        if st and st.created_clsact and _has_clsact(ifname, netns):
+            others = tc_json(["filter", "show", "dev", ifname, "egress"], netns) + tc_json(
+                ["filter", "show", "dev", ifname, "ingress"], netns
+            )
+            if not others:
+                run(["tc", "qdisc", "del", "dev", ifname, "clsact"], netns)
+                removed.append("clsact qdisc")
+        root = _root_qdisc(ifname, netns)
+        if root is not None and root.get("handle") == HANDLE:
+            _restore_root(ifname, netns)
+            removed.append(f"root {root.get('kind')} qdisc")
+    if any((pin / n).exists() for n in MAP_NAMES):
+        _unpin(pin)
+        removed.append(f"pinned maps in {pin}")
+    sp = state_path(ifname, netns)
+    if sp.exists():
+        sp.unlink()
+        for d in (sp.parent, STATE_ROOT):
+            try:
+                d.rmdir()
+            except OSError:
+                break
+    return removed
+
+
+def attached() -> list[tuple[str | None, str]]:
+    """(netns, ifname) of every attachment with a state file."""
+    out = []
+    for p in sorted(STATE_ROOT.glob("*/*.json")):
+        ns = None if p.parent.name == "host" else p.parent.name
+        out.append((ns, p.stem))
+    return out
+
