@@ -1,0 +1,1027 @@
+"""The controller library serving processes import: requests, stages and flows -> pinned maps.
+
+    ctl = Controller.open("eth0", policy="mfs")
+    with ctl.request("req-17", slo_s=0.5) as req:
+        st = req.stage("kv_fetch", bytes=64 << 20, layer=3)
+        st.add_flow(sock, bytes=16 << 20)          # or ("10.0.0.1", "10.0.0.2", 40000, 5201, "tcp")
+        req.at_layer(1)                             # one map write: its rli flows re-level in the kernel
+        req.update_estimate(remaining_bytes=...)    # re-asks the policy, rewrites its flows
+    # leaving the block (or req.done()) removes the request and its flows
+
+It opens the maps through the bpf syscall (mfs_tc.bpfsys) and never imports bcc, so importing it is
+cheap. Thread-safe (one lock per Controller); several processes may write the same maps, each owns
+the entries it wrote. Entries of a crashed process expire: `flows` is an LRU hash and `gc()`
+(`mfs-tc gc`) removes requests long past their deadline or whose owner died, and their flows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence, Union
+
+from . import bpfsys
+from .bpfsys import BpfMap
+from .entry import FlowEntry
+from .errors import LayoutMismatchError, MfsError, NotAttachedError
+from .layout import (
+    CONFIG_SIZE,
+    COUNTER_FMT,
+    DEFAULT_DSCP,
+    DSCP_KEEP,
+    ENTRY_SIZE,
+    KEY_FMT,
+    LAYOUT_MAGIC,
+    LAYOUT_VERSION,
+    MAP_NAMES,
+    MAP_SHAPES,
+    MAX_LEVELS,
+    NSTATS,
+    PIN_ROOT,
+    R_SCAVENGER,
+    STAGE_CODES,
+    STAT_NAMES,
+    ConfigRecord,
+    FlowKey,
+    LevelRecord,
+    RequestRecord,
+    dscp_to_level_table,
+    pin_dir,
+)
+from .model import Batch, Flow, Request, Stage, check_stage
+from .policy.base import Policy
+
+__all__ = [
+    "Controller",
+    "RequestHandle",
+    "BatchHandle",
+    "StageHandle",
+    "FlowHandle",
+    "PinnedMaps",
+    "FlowView",
+    "GcResult",
+    "request_key",
+    "pack_flow_key",
+    "rdma_table",
+    "gc",
+]
+
+FlowTarget = Union[socket.socket, FlowKey, tuple]
+
+# map type each pinned map must have (the loader may pick HASH for flows where LRU is missing)
+_MAP_TYPES = {
+    "flows": {bpfsys.MAP_TYPE_LRU_HASH, bpfsys.MAP_TYPE_HASH},
+    "requests": {bpfsys.MAP_TYPE_HASH, bpfsys.MAP_TYPE_LRU_HASH},
+    "levels": {bpfsys.MAP_TYPE_ARRAY},
+    "config": {bpfsys.MAP_TYPE_ARRAY},
+    "stats": {bpfsys.MAP_TYPE_PERCPU_ARRAY},
+}
+_CREATE_TYPES = {
+    "flows": bpfsys.MAP_TYPE_LRU_HASH,
+    "requests": bpfsys.MAP_TYPE_HASH,
+    "levels": bpfsys.MAP_TYPE_ARRAY,
+    "config": bpfsys.MAP_TYPE_ARRAY,
+    "stats": bpfsys.MAP_TYPE_PERCPU_ARRAY,
+}
+_U32_0 = b"\0\0\0\0"
+_U64 = struct.Struct("<Q")
+_REQ = struct.Struct("<iIqQ")
+
+
+# ---- identifiers ----------------------------------------------------------------------------------
+def request_key(request_id: int | str) -> int:
+    """The 64-bit map key of a request id: ints as they are (1..2**64-1), strings hashed
+    (BLAKE2b, stable across processes and runs, never 0)."""
+    if isinstance(request_id, bool):
+        raise ValueError("request id must be an int or a str, not a bool")
+    if isinstance(request_id, int):
+        if not 0 < request_id < 1 << 64:
+            raise ValueError(f"request id {request_id} out of range: use 1..2**64-1 or a string")
+        return request_id
+    if isinstance(request_id, str):
+        if not request_id:
+            raise ValueError("request id must not be empty")
+        h = int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "little")
+        return h or 1
+    raise ValueError(f"request id must be an int or a str, got {type(request_id).__name__}")
+
+
+_V4MAPPED = b"\0" * 10 + b"\xff\xff"
+_PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, 6: 6, 17: 17}
+_KEY = struct.Struct(KEY_FMT)
+
+
+def _addr16(addr: str) -> tuple[bytes, bool]:
+    """(16-byte address, is_v4) of a textual address; IPv4 as IPv4-mapped IPv6."""
+    try:
+        if ":" in addr:
+            raw = socket.inet_pton(socket.AF_INET6, addr.split("%", 1)[0])
+            return raw, raw[:12] == _V4MAPPED
+        return _V4MAPPED + socket.inet_pton(socket.AF_INET, addr), True
+    except (OSError, TypeError) as exc:
+        raise ValueError(f"bad IP address {addr!r}") from exc
+
+
+def pack_flow_key(target: FlowTarget) -> bytes:
+    """The `flows` map key of a connected socket, a FlowKey, or a tuple
+    (saddr, daddr, sport, dport[, proto]) with proto "tcp"/"udp"/6/17 (default tcp).
+    The source is this host (the classifier runs on egress)."""
+    if isinstance(target, tuple):
+        if len(target) == 4:
+            saddr, daddr, sport, dport = target
+            proto: Any = socket.IPPROTO_TCP
+        elif len(target) == 5:
+            saddr, daddr, sport, dport, proto = target
+        else:
+            raise ValueError(
+                f"a 5-tuple is (saddr, daddr, sport, dport[, proto]), got {len(target)} items"
+            )
+        p = _PROTOS.get(proto.lower() if isinstance(proto, str) else proto)
+        if p is None:
+            raise ValueError(f"protocol {proto!r}: only tcp and udp flows are classified")
+        s, s4 = _addr16(str(saddr))
+        d, d4 = _addr16(str(daddr))
+        if s4 != d4:
+            raise ValueError(f"address families differ: {saddr} -> {daddr}")
+        if not (isinstance(sport, int) and isinstance(dport, int) and 0 <= sport <= 0xFFFF and 0 <= dport <= 0xFFFF):
+            raise ValueError(f"ports must be integers in 0..65535, got {sport!r}, {dport!r}")
+        return _KEY.pack(s, d, sport, dport, p)
+    if isinstance(target, FlowKey):
+        return target.pack()
+    if isinstance(target, socket.socket):
+        return FlowKey.from_socket(target).pack()
+    raise ValueError(
+        f"a flow is a connected socket, a FlowKey or a (saddr, daddr, sport, dport[, proto]) tuple, "
+        f"got {type(target).__name__}"
+    )
+
+
+def _seconds_to_ns(s: float, what: str) -> int:
+    try:
+        ns = int(round(float(s) * 1e9))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be a number of seconds, got {s!r}") from exc
+    return ns
+
+
+def _nonneg(v: int | float, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{what} must be a number, got {v!r}")
+    if v < 0:
+        raise ValueError(f"{what} must not be negative, got {v}")
+    return int(v)
+
+
+# ---- the pinned maps ------------------------------------------------------------------------------
+@dataclass
+class FlowView:
+    """One live `flows` entry as `mfs-tc flows` shows it."""
+
+    key: FlowKey
+    entry: FlowEntry
+    level: int
+    cursor: int | None
+    scavenged: bool
+    request_id: int
+    owner_pid: int | None
+
+    def as_dict(self) -> dict:
+        e = self.entry
+        return {
+            "saddr": self.key.saddr,
+            "daddr": self.key.daddr,
+            "sport": self.key.sport,
+            "dport": self.key.dport,
+            "proto": {6: "tcp", 17: "udp"}.get(self.key.proto, self.key.proto),
+            "stage": e.stage_name,
+            "mode": e.mode_name,
+            "level": self.level,
+            "cur_level": None if e.cur_level == 0xFF else e.cur_level,
+            "target_layer": e.target_layer,
+            "cursor": self.cursor,
+            "scavenged": self.scavenged,
+            "sent_bytes": e.sent_bytes,
+            "sent_pkts": e.sent_pkts,
+            "total_bytes": e.total_bytes,
+            "request_id": self.request_id,
+            "owner_pid": self.owner_pid,
+            "deadline_ns": e.deadline_ns,
+            "thresholds": list(e.thresholds),
+            "levels": list(e.levels),
+        }
+
+
+class PinnedMaps:
+    """The five maps of one attached interface, opened once. Serves the controller and the
+    `flows`/`status`/`gc` commands."""
+
+    def __init__(self, path: Path, maps: dict[str, BpfMap]) -> None:
+        self.path = path
+        self.flows = maps["flows"]
+        self.requests = maps["requests"]
+        self.levels = maps["levels"]
+        self.config_map = maps["config"]
+        self.stats_map = maps["stats"]
+        self.config = self.read_config()
+        self._level_records: list[LevelRecord] | None = None
+
+    # -- open / create
+    @classmethod
+    def open(cls, ifname: str, netns: str | None = None, root: Path | str = PIN_ROOT) -> "PinnedMaps":
+        return cls.open_dir(pin_dir(ifname, netns, Path(root)), what=_describe(ifname, netns))
+
+    @classmethod
+    def open_dir(cls, path: Path | str, what: str | None = None) -> "PinnedMaps":
+        path = Path(path)
+        what = what or str(path)
+        if not path.is_dir():
+            raise NotAttachedError(f"mfs-tc is not attached to {what} ({path} is missing): run `mfs-tc attach {_attach_arg(what)}`")
+        maps: dict[str, BpfMap] = {}
+        try:
+            for name in MAP_NAMES:
+                p = path / name
+                try:
+                    maps[name] = BpfMap.open(p, name)
+                except NotAttachedError:
+                    raise NotAttachedError(
+                        f"mfs-tc is not (fully) attached to {what}: {p} is missing: run `mfs-tc attach {_attach_arg(what)}`"
+                    ) from None
+                _check_shape(name, maps[name], p)
+            return cls(path, maps)
+        except BaseException:
+            for m in maps.values():
+                m.close()
+            raise
+
+    @classmethod
+    def create(
+        cls,
+        path: Path | str,
+        *,
+        nlevels: int = MAX_LEVELS,
+        default_level: int | None = None,
+        scavenger_level: int | None = None,
+        dscp: Sequence[int] | None = None,
+        priorities: Sequence[int] | None = None,
+        flags: int = 0,
+        flows_max: int | None = None,
+        requests_max: int | None = None,
+    ) -> "PinnedMaps":
+        """Create the five maps shaped per layout.MAP_SHAPES, pin them in `path` (made if
+        missing, under a mounted bpffs) and write config and levels. For tests, benchmarks and
+        loaders that do not get their maps from the compiled program."""
+        if not 2 <= nlevels <= MAX_LEVELS:
+            raise ValueError(f"levels must be in 2..{MAX_LEVELS}, got {nlevels}")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        maps: dict[str, BpfMap] = {}
+        try:
+            for name in MAP_NAMES:
+                ks, vs, n = MAP_SHAPES[name]
+                if name == "flows" and flows_max:
+                    n = flows_max
+                if name == "requests" and requests_max:
+                    n = requests_max
+                m = BpfMap.create(_CREATE_TYPES[name], ks, vs, n, name)
+                m.pin(path / name)
+                maps[name] = m
+            dl = nlevels - 2 if default_level is None else default_level
+            sl = nlevels - 1 if scavenger_level is None else scavenger_level
+            dscps = list(dscp) if dscp is not None else list(DEFAULT_DSCP[: nlevels - 1]) + [DEFAULT_DSCP[-1]]
+            if len(dscps) != nlevels:
+                raise ValueError(f"{len(dscps)} DSCP values for {nlevels} levels")
+            prios = list(priorities) if priorities is not None else list(range(nlevels))
+            cfg = ConfigRecord(nlevels, dl, sl, flags, dscp_to_level_table(dscps, dl))
+            maps["config"].update(_U32_0, cfg.pack())
+            for lv in range(MAX_LEVELS):
+                rec = LevelRecord(prios[min(lv, nlevels - 1)], dscps[min(lv, nlevels - 1)])
+                maps["levels"].update(lv.to_bytes(4, "little"), rec.pack())
+            return cls(path, maps)
+        except BaseException:
+            for m in maps.values():
+                m.close()
+            raise
+
+    @staticmethod
+    def unpin(path: Path | str) -> None:
+        """Remove the pins in `path` and the directory (maps go when the last fd closes)."""
+        path = Path(path)
+        for name in MAP_NAMES:
+            try:
+                (path / name).unlink()
+            except FileNotFoundError:
+                pass
+        try:
+            path.rmdir()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for m in (self.flows, self.requests, self.levels, self.config_map, self.stats_map):
+            m.close()
+
+    def __enter__(self) -> "PinnedMaps":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reads
+    def read_config(self) -> ConfigRecord:
+        raw = self.config_map.lookup(_U32_0)
+        if raw is None:
+            raise LayoutMismatchError(f"{self.path}/config has no record 0")
+        cfg = ConfigRecord.unpack(raw)
+        if cfg.magic != LAYOUT_MAGIC or cfg.version != LAYOUT_VERSION:
+            raise LayoutMismatchError(
+                f"{self.path}: maps have layout magic {cfg.magic:#x} version {cfg.version}, this "
+                f"mfs-tc speaks {LAYOUT_MAGIC:#x} version {LAYOUT_VERSION}: detach and re-attach "
+                f"with this mfs-tc (`mfs-tc detach IFACE && mfs-tc attach IFACE`), or use the "
+                f"mfs-tc that attached them"
+            )
+        if not 1 <= cfg.nlevels <= MAX_LEVELS:
+            raise LayoutMismatchError(f"{self.path}/config: nlevels {cfg.nlevels} out of range")
+        return cfg
+
+    def level_records(self, refresh: bool = False) -> list[LevelRecord]:
+        if self._level_records is None or refresh:
+            recs = []
+            for lv in range(MAX_LEVELS):
+                raw = self.levels.lookup(lv.to_bytes(4, "little"))
+                recs.append(LevelRecord.unpack(raw) if raw else LevelRecord(lv, DSCP_KEEP))
+            self._level_records = recs
+        return self._level_records
+
+    def dscp(self, level: int) -> int:
+        """DSCP of `level`: what the levels map says, or the default table where it keeps DSCP."""
+        n = self.config.nlevels
+        if not isinstance(level, int) or not 0 <= level < n:
+            raise ValueError(f"level {level!r} out of range: this interface has levels 0..{n - 1}")
+        d = self.level_records()[level].dscp
+        return DEFAULT_DSCP[level] if d == DSCP_KEEP else d
+
+    def request_records(self) -> dict[int, RequestRecord]:
+        return {_U64.unpack(k)[0]: RequestRecord.unpack(v) for k, v in self.requests.items()}
+
+    def flow_entries(self) -> Iterator[tuple[FlowKey, FlowEntry]]:
+        for k, v in self.flows.items():
+            yield FlowKey.unpack(k), FlowEntry.unpack(v)
+
+    def flow_views(self, now_ns: int | None = None) -> list[FlowView]:
+        """Live flows with the level the classifier would pick now."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        cfg = self.config
+        entries = list(self.flow_entries())
+        reqs = self.request_records()
+        out = []
+        for key, e in entries:
+            rec = reqs.get(e.request_id) if e.request_id else None
+            scav = bool(rec and rec.scavenged)
+            cursor = rec.cursor if rec else None
+            lv = e.level(
+                now,
+                cursor=cursor or 0,
+                scavenged=scav,
+                scavenger_level=cfg.scavenger_level,
+                nlevels=cfg.nlevels,
+            )
+            out.append(FlowView(key, e, lv, cursor, scav, e.request_id, rec.owner_pid if rec else None))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Per-level and event counters summed over CPUs."""
+        per_level = []
+        events: dict[str, dict[str, int]] = {}
+        for slot in range(NSTATS):
+            vals = self.stats_map.lookup_percpu(slot.to_bytes(4, "little")) or []
+            pk = by = 0
+            for v in vals:
+                p, b = struct.unpack(COUNTER_FMT, v)
+                pk += p
+                by += b
+            if slot < MAX_LEVELS:
+                per_level.append({"level": slot, "packets": pk, "bytes": by})
+            elif slot in STAT_NAMES:
+                events[STAT_NAMES[slot]] = {"packets": pk, "bytes": by}
+        return {"levels": per_level, "events": events}
+
+
+def _describe(ifname: str, netns: str | None) -> str:
+    return f"{ifname} (netns {netns})" if netns else ifname
+
+
+def _attach_arg(what: str) -> str:
+    if " (netns " in what:
+        ifname, ns = what.split(" (netns ", 1)
+        return f"{ifname} --netns {ns.rstrip(')')}"
+    return what
+
+
+def _check_shape(name: str, m: BpfMap, path: Path) -> None:
+    ks, vs, n = MAP_SHAPES[name]
+    info = m.info
+    problems = []
+    if info.type not in _MAP_TYPES[name]:
+        want = "/".join(sorted(bpfsys.MAP_TYPE_NAMES[t] for t in _MAP_TYPES[name]))
+        problems.append(f"type {info.type_name} (want {want})")
+    if info.key_size != ks:
+        problems.append(f"key size {info.key_size} (want {ks})")
+    if info.value_size != vs:
+        problems.append(f"value size {info.value_size} (want {vs})")
+    if info.type in bpfsys.ARRAY_TYPES and info.max_entries != n:
+        problems.append(f"{info.max_entries} entries (want {n})")
+    if problems:
+        raise LayoutMismatchError(
+            f"{path} does not have the layout {LAYOUT_VERSION} shape: {', '.join(problems)}. It was "
+            f"made by another mfs-tc version: detach and re-attach with this one"
+        )
+
+
+# ---- policy resolution ----------------------------------------------------------------------------
+def resolve_policy(policy: Policy | str, nlevels: int, **config: Any) -> Policy:
+    if isinstance(policy, Policy):
+        if config:
+            raise ValueError("policy options go to make_policy: pass a policy name, not an instance, with options")
+        return policy
+    if not isinstance(policy, str):
+        raise ValueError(f"policy must be a name or a Policy, got {type(policy).__name__}")
+    try:
+        from .policy import make_policy  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise MfsError(f"policy {policy!r}: the policy registry (mfs_tc.policy.make_policy) is not available") from exc
+    config.setdefault("nlevels", nlevels)
+    return make_policy(policy, **config)
+
+
+# ---- handles -------------------------------------------------------------------------------------
+class FlowHandle:
+    """One registered flow. `update()` re-asks the policy with new bytes/target; `remove()`."""
+
+    __slots__ = ("owner", "stage", "key", "flow", "entry", "removed")
+
+    def __init__(self, owner: "_Owner", stage: "StageHandle", key: bytes, flow: Flow) -> None:
+        self.owner = owner
+        self.stage = stage
+        self.key = key
+        self.flow = flow
+        self.entry: FlowEntry | None = None
+        self.removed = False
+
+    @property
+    def flow_key(self) -> FlowKey:
+        return FlowKey.unpack(self.key)
+
+    def update(self, *, bytes: int | None = None, target_layer: int | None = None) -> None:
+        with self.owner.ctl._lock:
+            if bytes is not None:
+                self.flow.bytes = _nonneg(bytes, "flow bytes")
+            if target_layer is not None:
+                self.flow.target_layer = _nonneg(target_layer, "target layer")
+            self.owner._rewrite([self])
+
+    def read(self) -> FlowEntry | None:
+        """The entry as the kernel has it now (with sent bytes and cur_level)."""
+        raw = self.owner.ctl.maps.flows.lookup(self.key)
+        return FlowEntry.unpack(raw) if raw else None
+
+    def remove(self) -> None:
+        with self.owner.ctl._lock:
+            self.owner._drop([self])
+
+
+class StageHandle:
+    """A stage of a request (or batch): registers its flows."""
+
+    def __init__(self, owner: "_Owner", stage: Stage) -> None:
+        self.owner = owner
+        self.stage = stage
+        self.flows: list[FlowHandle] = []
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+    def add_flow(
+        self, target: FlowTarget, *, bytes: int = 0, target_layer: int | None = None, sent: int = 0
+    ) -> FlowHandle:
+        """Register one flow (a connected socket, FlowKey or 5-tuple) of this stage."""
+        return self.add_flows([target], bytes=bytes, target_layer=target_layer, sent=sent)[0]
+
+    def add_flows(
+        self,
+        targets: Iterable[FlowTarget],
+        *,
+        bytes: int | Sequence[int] = 0,
+        target_layer: int | Sequence[int] | None = None,
+        sent: int = 0,
+    ) -> list[FlowHandle]:
+        """Register many flows in one batched map write. `bytes` / `target_layer` are one value
+        for all or one per flow."""
+        tl_default = self.stage.layer if self.stage.layer is not None else 0
+        keys = [pack_flow_key(t) for t in targets]
+        n = len(keys)
+        bl = _per_flow(bytes, n, "bytes")
+        tl = _per_flow(tl_default if target_layer is None else target_layer, n, "target_layer")
+        s = _nonneg(sent, "sent bytes")
+        flows = [Flow(_nonneg(b, "flow bytes"), _nonneg(t, "target layer"), None, s) for b, t in zip(bl, tl)]
+        with self.owner.ctl._lock:
+            self.owner._check_live()
+            handles = [FlowHandle(self.owner, self, k, f) for k, f in zip(keys, flows)]
+            self.owner._register(handles)
+            self.flows.extend(handles)
+        return handles
+
+    def update(self, *, bytes: int | None = None, compute_after_s: float | None = None) -> None:
+        """New estimates for the stage; its flows are rewritten."""
+        with self.owner.ctl._lock:
+            if bytes is not None:
+                self.stage.bytes = _nonneg(bytes, "stage bytes")
+            if compute_after_s is not None:
+                self.stage.compute_after_ns = _nonneg(_seconds_to_ns(compute_after_s, "compute_after_s"), "compute_after_s")
+            self.owner._rewrite([f for f in self.flows if not f.removed])
+
+
+def _per_flow(v: Any, n: int, what: str) -> list:
+    if isinstance(v, (list, tuple)):
+        if len(v) != n:
+            raise ValueError(f"{len(v)} values of {what} for {n} flows")
+        return list(v)
+    return [v] * n
+
+
+class _Owner:
+    """What requests and batches share: a map record (cursor, scavenger flag) and flows."""
+
+    def __init__(self, ctl: "Controller", key: int, model: Request, deadline_ns: int) -> None:
+        self.ctl = ctl
+        self.id = key
+        self.model = model
+        self.record = RequestRecord(0, 0, deadline_ns, ctl.owner_pid)
+        self.stages: list[StageHandle] = []
+        self.flows: dict[bytes, FlowHandle] = {}
+        self.closed = False
+
+    # -- lifecycle
+    def _check_live(self) -> None:
+        if self.closed:
+            raise MfsError(f"request {self.id:#x} is done: register flows before done()")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done()
+
+    def done(self) -> None:
+        """Remove the record and every flow this request still owns. Idempotent."""
+        with self.ctl._lock:
+            if self.closed:
+                return
+            self.closed = True
+            self._drop(list(self.flows.values()))
+            self.ctl.maps.requests.delete(_U64.pack(self.id))
+            self.ctl._owners.pop(self.id, None)
+
+    # -- stages
+    def stage(
+        self, name: str, *, bytes: int = 0, compute_after_s: float = 0.0, layer: int | None = None
+    ) -> StageHandle:
+        """A stage of this request: "kv_fetch", "collective" or "p2d"."""
+        check_stage(name)
+        st = Stage(
+            name,
+            _nonneg(bytes, "stage bytes"),
+            _nonneg(_seconds_to_ns(compute_after_s, "compute_after_s"), "compute_after_s"),
+            None if layer is None else _nonneg(layer, "layer"),
+        )
+        with self.ctl._lock:
+            self._check_live()
+            h = StageHandle(self, st)
+            self.stages.append(h)
+            self._check_hopeless()
+        return h
+
+    # -- cursor
+    def at_layer(self, layer: int) -> None:
+        """Move the compute cursor: one write of the request record; the kernel re-levels this
+        request's rli flows on their next packet."""
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -(1 << 31) <= layer < 1 << 31:
+            raise ValueError(f"layer must be a 32-bit integer, got {layer!r}")
+        with self.ctl._lock:
+            self._check_live()
+            self.model.cursor = layer
+            self.record.cursor = layer
+            if not self._check_hopeless():
+                self._write_record()
+
+    # -- policy plumbing
+    def _hopeless(self, now: int) -> bool:
+        return self.ctl.policy.is_hopeless(self.model, now)
+
+    def _check_hopeless(self) -> bool:
+        """Set the scavenger flag (sticky) when the policy gives up on this request and write
+        the record; True if it wrote."""
+        if self.record.flags & R_SCAVENGER:
+            return False
+        if self._hopeless(self.ctl.clock()):
+            self.record.flags |= R_SCAVENGER
+            self.model.scavenged = True
+            self._write_record()
+            return True
+        return False
+
+    def _write_record(self) -> None:
+        self.ctl.maps.requests.update(_U64.pack(self.id), self.record.pack())
+
+    def _entry(self, fh: FlowHandle, now: int) -> bytes:
+        e = self.ctl.policy.entry(self.model, fh.stage.stage, fh.flow, now)
+        e.request_id = self.id
+        e.stage = STAGE_CODES.get(fh.stage.stage.name, 0)
+        e.created_ns = now
+        fh.entry = e
+        return e.pack()
+
+    def _register(self, handles: list[FlowHandle]) -> None:
+        now = self.ctl.clock()
+        values: list[bytes] = []
+        # flows of one stage with the same bytes/target get the same entry: ask the policy once
+        cache: dict[tuple, tuple[bytes, FlowEntry | None]] = {}
+        for fh in handles:
+            f = fh.flow
+            ck = (id(fh.stage), f.bytes, f.target_layer, f.sent)
+            hit = cache.get(ck)
+            if hit is None:
+                v = self._entry(fh, now)
+                cache[ck] = (v, fh.entry)
+            else:
+                v, fh.entry = hit
+            values.append(v)
+        maps = self.ctl.maps
+        if len(handles) == 1:
+            maps.flows.update(handles[0].key, values[0])
+        else:
+            maps.flows.update_batch_raw(b"".join(fh.key for fh in handles), b"".join(values), len(handles))
+        for fh in handles:
+            self.ctl._claim(fh)
+            self.flows[fh.key] = fh
+
+    def _rewrite(self, handles: list[FlowHandle]) -> None:
+        """Re-ask the policy; keep what the kernel counted (sent bytes/packets, cur_level)."""
+        self._check_live()
+        now = self.ctl.clock()
+        flows = self.ctl.maps.flows
+        keys, vals = [], []
+        for fh in handles:
+            old_raw = flows.lookup(fh.key)
+            old = FlowEntry.unpack(old_raw) if old_raw else None
+            if old is not None:
+                fh.flow.sent = old.sent_bytes
+            e = self.ctl.policy.entry(self.model, fh.stage.stage, fh.flow, now)
+            e.request_id = self.id
+            e.stage = STAGE_CODES.get(fh.stage.stage.name, 0)
+            if old is not None:
+                e.sent_bytes, e.sent_pkts, e.cur_level = old.sent_bytes, old.sent_pkts, old.cur_level
+                e.created_ns = old.created_ns
+            else:
+                e.created_ns = now
+            fh.entry = e
+            keys.append(fh.key)
+            vals.append(e.pack())
+        if keys:
+            flows.update_batch_raw(b"".join(keys), b"".join(vals), len(keys))
+
+    def _drop(self, handles: list[FlowHandle]) -> None:
+        mine = [fh for fh in handles if not fh.removed and self.ctl._owner_of.get(fh.key) is fh]
+        for fh in handles:
+            fh.removed = True
+            self.flows.pop(fh.key, None)
+        if mine:
+            self.ctl.maps.flows.delete_batch([fh.key for fh in mine])
+            for fh in mine:
+                self.ctl._owner_of.pop(fh.key, None)
+
+    def update_estimate(
+        self,
+        *,
+        remaining_bytes: int | None = None,
+        remaining_compute_s: float | None = None,
+        slo_s: float | None = None,
+    ) -> None:
+        """New estimates of the work ahead: the policy is asked again for every flow (kernel
+        counters kept) and the scavenger flag is set if the request became hopeless."""
+        with self.ctl._lock:
+            self._check_live()
+            if remaining_bytes is not None:
+                self.model.remaining_bytes = _nonneg(remaining_bytes, "remaining_bytes")
+            if remaining_compute_s is not None:
+                self.model.remaining_compute_ns = _nonneg(
+                    _seconds_to_ns(remaining_compute_s, "remaining_compute_s"), "remaining_compute_s"
+                )
+            if slo_s is not None:
+                ns = _seconds_to_ns(slo_s, "slo_s")
+                if ns <= 0:
+                    raise ValueError(f"SLO must be positive, got {slo_s} s")
+                self.model.slo_ns = ns
+                self.record.deadline_ns = self.model.deadline_ns
+                self._write_record()
+            self._check_hopeless()
+            self._rewrite([fh for fh in self.flows.values() if not fh.removed])
+
+    @property
+    def scavenged(self) -> bool:
+        return bool(self.record.flags & R_SCAVENGER)
+
+    def read_record(self) -> RequestRecord | None:
+        raw = self.ctl.maps.requests.lookup(_U64.pack(self.id))
+        return RequestRecord.unpack(raw) if raw else None
+
+
+class RequestHandle(_Owner):
+    """A request: its record in `requests` (cursor, scavenger flag) and its flows."""
+
+    @property
+    def deadline_ns(self) -> int:
+        return self.model.deadline_ns
+
+
+class BatchHandle(_Owner):
+    """Requests prefilled together. Flows added through the batch serve all members: the policy
+    sees the members' deadlines (RED), the entries point at the batch's own record, whose cursor
+    `at_layer` moves (with the members'). The batch is scavenged only when every member is."""
+
+    def __init__(self, ctl: "Controller", key: int, members: list[RequestHandle]) -> None:
+        deadlines = sorted(m.model.deadline_ns for m in members)
+        tight = min(members, key=lambda m: m.model.deadline_ns).model
+        model = Request(
+            request_id=key,
+            arrival_ns=tight.arrival_ns,
+            slo_ns=tight.slo_ns,
+            num_layers=max(m.model.num_layers for m in members),
+            cursor=0,
+            remaining_bytes=sum(m.model.remaining_bytes for m in members),
+            remaining_compute_ns=max(m.model.remaining_compute_ns for m in members),
+            batch=Batch(key, deadlines),
+        )
+        super().__init__(ctl, key, model, deadlines[-1])
+        self.members = members
+        for m in members:
+            m.model.batch = model.batch
+
+    def _hopeless(self, now: int) -> bool:
+        return all(m.scavenged or m._hopeless(now) for m in self.members)
+
+    def at_layer(self, layer: int) -> None:
+        """Move the batch's cursor and its live members' (one batched write)."""
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -(1 << 31) <= layer < 1 << 31:
+            raise ValueError(f"layer must be a 32-bit integer, got {layer!r}")
+        with self.ctl._lock:
+            self._check_live()
+            now = self.ctl.clock()
+            owners: list[_Owner] = [m for m in self.members if not m.closed]
+            for o in owners:
+                o.model.cursor = o.record.cursor = layer
+                if not o.record.flags & R_SCAVENGER and o._hopeless(now):
+                    o.record.flags |= R_SCAVENGER
+                    o.model.scavenged = True
+            self.model.cursor = self.record.cursor = layer
+            if not self.record.flags & R_SCAVENGER and self._hopeless(now):
+                self.record.flags |= R_SCAVENGER
+                self.model.scavenged = True
+            owners.append(self)
+            self.ctl.maps.requests.update_batch_raw(
+                b"".join(_U64.pack(o.id) for o in owners), b"".join(o.record.pack() for o in owners), len(owners)
+            )
+
+
+# ---- the controller -------------------------------------------------------------------------------
+class Controller:
+    """Registers requests, stages and flows of one attached interface."""
+
+    def __init__(self, maps: PinnedMaps, policy: Policy, *, clock=time.monotonic_ns, owner_pid: int | None = None) -> None:
+        self.maps = maps
+        self.policy = policy
+        self.clock = clock
+        self.owner_pid = os.getpid() if owner_pid is None else owner_pid
+        self._lock = threading.RLock()
+        self._owners: dict[int, _Owner] = {}
+        self._owner_of: dict[bytes, FlowHandle] = {}
+
+    @classmethod
+    def open(
+        cls,
+        ifname: str,
+        netns: str | None = None,
+        policy: Policy | str = "mfs",
+        *,
+        root: Path | str = PIN_ROOT,
+        pin_path: Path | str | None = None,
+        **config: Any,
+    ) -> "Controller":
+        """Open the maps mfs-tc pinned for `ifname` (in `netns`) and build the policy
+        (`make_policy(policy, **config)`; nlevels defaults to the attached level count)."""
+        maps = PinnedMaps.open_dir(pin_path) if pin_path is not None else PinnedMaps.open(ifname, netns, root)
+        try:
+            pol = resolve_policy(policy, maps.config.nlevels, **config)
+        except BaseException:
+            maps.close()
+            raise
+        return cls(maps, pol)
+
+    def close(self) -> None:
+        """Finish every open request of this controller and close the maps."""
+        with self._lock:
+            for o in list(self._owners.values()):
+                if isinstance(o, BatchHandle):
+                    o.done()
+            for o in list(self._owners.values()):
+                o.done()
+            self.maps.close()
+
+    def __enter__(self) -> "Controller":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests
+    def request(
+        self,
+        request_id: int | str,
+        slo_s: float,
+        arrival: float | None = None,
+        *,
+        arrival_ns: int | None = None,
+        num_layers: int = 1,
+        remaining_bytes: int = 0,
+        remaining_compute_s: float = 0.0,
+    ) -> RequestHandle:
+        """Register a request: `slo_s` its TTFT SLO in seconds, `arrival` in seconds of
+        time.monotonic() (or `arrival_ns` of time.monotonic_ns(); default now)."""
+        key = request_key(request_id)
+        slo_ns = _seconds_to_ns(slo_s, "slo_s")
+        if slo_ns <= 0:
+            raise ValueError(f"SLO must be positive, got {slo_s} s")
+        if arrival_ns is None:
+            arrival_ns = self.clock() if arrival is None else _seconds_to_ns(arrival, "arrival")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        model = Request(
+            request_id=key,
+            arrival_ns=int(arrival_ns),
+            slo_ns=slo_ns,
+            num_layers=num_layers,
+            remaining_bytes=_nonneg(remaining_bytes, "remaining_bytes"),
+            remaining_compute_ns=_nonneg(_seconds_to_ns(remaining_compute_s, "remaining_compute_s"), "remaining_compute_s"),
+        )
+        with self._lock:
+            if key in self._owners:
+                raise ValueError(f"request {request_id!r} is already registered: call done() on it first")
+            h = RequestHandle(self, key, model, model.deadline_ns)
+            if policy_hopeless(self.policy, model, self.clock()):
+                h.record.flags |= R_SCAVENGER
+                model.scavenged = True
+            h._write_record()
+            self._owners[key] = h
+        return h
+
+    def batch(self, requests: Sequence[RequestHandle], batch_id: int | str | None = None) -> BatchHandle:
+        """Group requests prefilled together; flows added through it serve all of them."""
+        members = list(requests)
+        if not members:
+            raise ValueError("a batch needs at least one request")
+        for m in members:
+            if not isinstance(m, RequestHandle) or m.ctl is not self:
+                raise ValueError("batch members must be requests of this controller")
+            if m.closed:
+                raise ValueError(f"request {m.id:#x} is done: it cannot join a batch")
+        if batch_id is None:
+            batch_id = "batch:" + ",".join(str(m.id) for m in sorted(members, key=lambda m: m.id))
+        key = request_key(batch_id)
+        with self._lock:
+            if key in self._owners:
+                raise ValueError(f"batch {batch_id!r} is already registered")
+            b = BatchHandle(self, key, members)
+            if b._hopeless(self.clock()):
+                b.record.flags |= R_SCAVENGER
+                b.model.scavenged = True
+            b._write_record()
+            self._owners[key] = b
+        return b
+
+    def _claim(self, fh: FlowHandle) -> None:
+        prev = self._owner_of.get(fh.key)
+        if prev is not None and prev is not fh:
+            prev.owner.flows.pop(fh.key, None)  # the connection now belongs to the new flow
+        self._owner_of[fh.key] = fh
+
+    # -- static entries (operators, `mfs-tc set`)
+    def set_static(self, target: FlowTarget, level: int) -> bytes:
+        return set_static(self.maps, target, level, now_ns=self.clock())
+
+    # -- RoCE
+    def traffic_class(self, level: int) -> int:
+        """The RoCE/IB traffic class of `level` (DSCP << 2) for NCCL_IB_TC, UCX_IB_TRAFFIC_CLASS
+        and MC_IB_TC: RDMA bypasses tc, so the application marks its own queue pairs."""
+        return self.maps.dscp(level) << 2
+
+    def rdma_table(self) -> list[dict]:
+        return rdma_table(self.maps.level_records()[: self.maps.config.nlevels])
+
+    def flows(self) -> list[FlowView]:
+        return self.maps.flow_views(self.clock())
+
+
+def policy_hopeless(policy: Policy, model: Request, now: int) -> bool:
+    return policy.is_hopeless(model, now)
+
+
+def set_static(maps: PinnedMaps, target: FlowTarget, level: int, now_ns: int | None = None) -> bytes:
+    """Write a static entry (no request) for an operator: `level` for every packet of the flow."""
+    n = maps.config.nlevels
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < n:
+        raise ValueError(f"level {level!r} out of range: this interface has levels 0..{n - 1}")
+    key = pack_flow_key(target)
+    e = FlowEntry.static(level, created_ns=time.monotonic_ns() if now_ns is None else now_ns)
+    maps.flows.update(key, e.pack())
+    return key
+
+
+def rdma_table(levels: int | Sequence[LevelRecord | int]) -> list[dict]:
+    """Per level: DSCP and the traffic class (DSCP << 2) to give NCCL_IB_TC,
+    UCX_IB_TRAFFIC_CLASS and MC_IB_TC. `levels` is a level count (default DSCP table), a list of
+    DSCPs or the LevelRecords of an attached interface."""
+    if isinstance(levels, int):
+        if not 1 <= levels <= MAX_LEVELS:
+            raise ValueError(f"levels must be in 1..{MAX_LEVELS}, got {levels}")
+        dscps = list(DEFAULT_DSCP[: levels - 1]) + [DEFAULT_DSCP[-1]] if levels > 1 else [DEFAULT_DSCP[0]]
+    else:
+        dscps = []
+        for i, lv in enumerate(levels):
+            d = lv.dscp if isinstance(lv, LevelRecord) else int(lv)
+            if d == DSCP_KEEP:
+                d = DEFAULT_DSCP[min(i, len(DEFAULT_DSCP) - 1)]
+            if not 0 <= d < 64:
+                raise ValueError(f"DSCP {d} of level {i} out of range 0..63")
+            dscps.append(d)
+    out = []
+    for i, d in enumerate(dscps):
+        tc = d << 2
+        out.append(
+            {"level": i, "dscp": d, "traffic_class": tc, "NCCL_IB_TC": tc, "UCX_IB_TRAFFIC_CLASS": tc, "MC_IB_TC": tc}
+        )
+    return out
+
+
+# ---- garbage collection ---------------------------------------------------------------------------
+@dataclass
+class GcResult:
+    requests_removed: list[int] = field(default_factory=list)
+    flows_removed: int = 0
+
+    def as_dict(self) -> dict:
+        return {"requests_removed": [f"{r:#x}" for r in self.requests_removed], "flows_removed": self.flows_removed}
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # unknown owner: judge by deadline only
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def gc(maps: PinnedMaps, grace_s: float = 10.0, now_ns: int | None = None, check_pids: bool = True) -> GcResult:
+    """Remove requests whose deadline passed more than `grace_s` ago or whose owner process is
+    gone, and every flow whose request is gone. Static entries (no request) stay."""
+    if grace_s < 0:
+        raise ValueError(f"grace must not be negative, got {grace_s}")
+    now = time.monotonic_ns() if now_ns is None else now_ns
+    grace = _seconds_to_ns(grace_s, "grace")
+    # flows first, then requests: a request is always written before its flows, so a flow seen
+    # here whose request is missing below really lost it
+    flow_rids = [(k, _U64.unpack_from(v, 24)[0]) for k, v in maps.flows.items()]
+    reqs = maps.request_records()
+    res = GcResult()
+    live = set()
+    for rid, rec in reqs.items():
+        if rec.deadline_ns + grace < now or (check_pids and not _pid_alive(rec.owner_pid)):
+            if maps.requests.delete(_U64.pack(rid)):
+                res.requests_removed.append(rid)
+        else:
+            live.add(rid)
+    dead = [k for k, rid in flow_rids if rid and rid not in live]
+    res.flows_removed = maps.flows.delete_batch(dead) if dead else 0
+    return res
+
+
+assert ENTRY_SIZE == 136 and CONFIG_SIZE == 88
