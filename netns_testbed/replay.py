@@ -146,8 +146,7 @@ class Replay:
             while (wait := at - time.monotonic_ns()) > 0 and not self._stop.is_set():
                 time.sleep(min(wait / 1e9, 0.5))
             self.arrival_ns[job.request_id] = at
-            for h in self.topo.hosts:
-                self.sched.open_request(h.name, job, at)
+            self._safe(lambda job=job, at=at: self.sched.open_request(job, at))
             with self._cv:
                 self._queues[job.prefill_group].append(job)
                 self._cv.notify_all()
@@ -182,7 +181,7 @@ class Replay:
     def _run_batch(self, job: BatchJob, members: list[RequestJob]) -> None:
         start = time.monotonic_ns()
         rids = list(job.request_ids)
-        lead = min(rids, key=lambda r: (self.arrival_ns[r] + int(self.jobs[r].slo_s * 1e9), r))
+        bid = job.batch_id
         for rid in rids:
             res = self.results[rid]
             res.batch_id = job.batch_id
@@ -190,31 +189,25 @@ class Replay:
         nl = len(job.layers)
         compute_after = [sum(lj.compute_s for lj in job.layers[i:]) + job.decode_step_s
                          for i in range(nl + 1)]
-        if len(rids) > 1:
-            for host in {t.src for lj in job.layers for t in (*lj.kv_fetch, *lj.collective)}:
-                try:
-                    self.sched.tie_batch(host, rids)
-                except Exception as exc:
-                    self._note(f"batch {job.batch_id}: tie on {host}: {exc}")
+        self._safe(lambda: self.sched.begin_batch(bid, rids))
         # all kv_fetch flows start now; layer g waits for its own
         kv_threads: list[list[threading.Thread]] = []
         kv_end = start
         for g, lj in enumerate(job.layers):
             sb = sum(t.nbytes for t in lj.kv_fetch)
-            kv_threads.append([self._spawn(t, lead, sb, compute_after[g]) for t in lj.kv_fetch])
+            kv_threads.append([self._spawn(t, bid, None, sb, compute_after[g]) for t in lj.kv_fetch])
         coll_s = 0.0
         for g, lj in enumerate(job.layers):
             for t in kv_threads[g]:
                 t.join()
             kv_end = max(kv_end, time.monotonic_ns())
-            for rid in rids:
-                self._safe(lambda rid=rid: self.sched.at_layer(rid, g))
+            self._safe(lambda: self.sched.at_layer(bid, g))
             if lj.compute_s > 0:
                 time.sleep(lj.compute_s)
             if lj.collective:
                 c0 = time.monotonic_ns()
                 sb = sum(t.nbytes for t in lj.collective)
-                ths = [self._spawn(t, lead, sb, compute_after[g + 1]) for t in lj.collective]
+                ths = [self._spawn(t, bid, None, sb, compute_after[g + 1]) for t in lj.collective]
                 for t in ths:
                     t.join()
                 cct = (time.monotonic_ns() - c0) / 1e9
@@ -222,8 +215,9 @@ class Replay:
                 with self._lock:
                     self.ccts.append(cct)
         any_kv = any(lj.kv_fetch for lj in job.layers)
+        self._safe(lambda: self.sched.at_layer(bid, nl))
+        self._safe(lambda: self.sched.end_batch(bid))
         for rid in rids:
-            self._safe(lambda rid=rid: self.sched.at_layer(rid, nl))
             res = self.results[rid]
             res.kv_fetch_s = (kv_end - start) / 1e9 if any_kv else 0.0
             res.collective_s = coll_s
@@ -234,7 +228,7 @@ class Replay:
     def _p2d(self, rid: int, flows: tuple[Transfer, ...], decode_step_s: float) -> None:
         p0 = time.monotonic_ns()
         sb = sum(t.nbytes for t in flows)
-        ths = [self._spawn(t, rid, sb, decode_step_s) for t in flows]
+        ths = [self._spawn(t, None, rid, sb, decode_step_s) for t in flows]
         for t in ths:
             t.join()
         p1 = time.monotonic_ns()
@@ -263,13 +257,15 @@ class Replay:
             self._all_done.set()
 
     # ---- flows --------------------------------------------------------------------------------
-    def _spawn(self, t: Transfer, rid: int, stage_bytes: int, compute_after_s: float) -> threading.Thread:
-        th = threading.Thread(target=self._transfer, args=(t, rid, stage_bytes, compute_after_s),
-                              daemon=True)
+    def _spawn(self, t: Transfer, bid: int | None, rid: int | None, stage_bytes: int,
+               compute_after_s: float) -> threading.Thread:
+        th = threading.Thread(target=self._transfer,
+                              args=(t, bid, rid, stage_bytes, compute_after_s), daemon=True)
         th.start()
         return th
 
-    def _transfer(self, t: Transfer, rid: int, stage_bytes: int, compute_after_s: float) -> None:
+    def _transfer(self, t: Transfer, bid: int | None, rid: int | None, stage_bytes: int,
+                  compute_after_s: float) -> None:
         if t.nbytes == 0:
             return
         src, dst = self.topo.host(t.src), self.topo.host(t.dst)
@@ -280,10 +276,12 @@ class Replay:
             rate = self.topo.config.rate_bps
             true_ns = int((t.nbytes * 8 / rate + compute_after_s) * 1e9)
             try:
-                self.sched.add_flow(t.src, rid, t, conn.key, stage_bytes=stage_bytes,
-                                    compute_after_s=compute_after_s, true_remaining_ns=true_ns)
+                self.sched.add_flow(t.src, t, conn.key, batch_id=bid, request_id=rid,
+                                    stage_bytes=stage_bytes, compute_after_s=compute_after_s,
+                                    true_remaining_ns=true_ns)
             except Exception as exc:
-                self._note(f"register {conn.key} ({t.stage}) for request {rid}: {exc}")
+                self._note(f"register {conn.key} ({t.stage}, batch {bid}, request {rid}): "
+                           f"{type(exc).__name__}: {exc}")
             delivered = conn.send_all()
             if delivered != t.nbytes:
                 self._note(f"{t.stage} {t.src}->{t.dst}: delivered {delivered} of {t.nbytes} bytes")

@@ -2,9 +2,10 @@
 
 A flow is registered in the controller of the host that sends it (its classifier sees it), with
 its request's deadline, its stage and its target layer. A batch's kv_fetch and collective flows
-serve every member: they are registered under the batch's lead request (earliest deadline) and
-the members are tied into one batch (RED). When the prefill group's compute reaches layer g the
-testbed moves the cursor of every member in every host's maps (the request metadata travels).
+serve every member: they are registered through the controller's batch (RED over the members'
+deadlines; a batch of one is just its request); p2d flows through their own request. When the
+prefill group's compute reaches layer g the testbed moves the cursor of the batch and its
+members in every host's maps that know them (the request metadata travels).
 `NullScheduler` registers nothing (datapath "plain").
 """
 
@@ -27,21 +28,25 @@ class Scheduler:
 
     policy: str = "none"
 
-    def open_request(self, host: str, job: RequestJob, arrival_ns: int) -> None:
-        pass
+    def open_request(self, job: RequestJob, arrival_ns: int) -> None:
+        """The request arrived (its deadline is known from now on)."""
 
-    def tie_batch(self, host: str, request_ids: list[int]) -> None:
-        pass
+    def begin_batch(self, batch_id: int, request_ids: list[int]) -> None:
+        """The prefill group starts a batch of these members."""
 
-    def add_flow(self, host: str, request_id: int, t: Transfer, key: FlowKey, *,
-                 stage_bytes: int, compute_after_s: float, true_remaining_ns: int | None) -> None:
-        pass
+    def add_flow(self, host: str, t: Transfer, key: FlowKey, *, batch_id: int | None,
+                 request_id: int | None, stage_bytes: int, compute_after_s: float,
+                 true_remaining_ns: int | None) -> None:
+        """Register a flow sent by `host`: a batch's (kv_fetch, collective) or a request's (p2d)."""
 
-    def at_layer(self, request_id: int, layer: int) -> None:
-        pass
+    def at_layer(self, batch_id: int, layer: int) -> None:
+        """The batch's compute reached `layer`: move its and its members' cursors everywhere."""
+
+    def end_batch(self, batch_id: int) -> None:
+        """The batch's kv_fetch and collective flows are over."""
 
     def done(self, request_id: int) -> None:
-        pass
+        """The request has its first token (or failed)."""
 
     def close(self) -> None:
         pass
@@ -53,12 +58,16 @@ class NullScheduler(Scheduler):
 
 @dataclass
 class ControllerScheduler(Scheduler):
+    """One Controller per host egress; requests and batches registered lazily per host."""
+
     topology: Topology
     policy: str
     config: dict = field(default_factory=dict)
     _ctls: dict[str, object] = field(default_factory=dict)
     _reqs: dict[tuple[str, int], object] = field(default_factory=dict)
-    _stages: dict[tuple[str, int, str, int], object] = field(default_factory=dict)
+    _batches: dict[tuple[str, int], object] = field(default_factory=dict)
+    _members: dict[int, list[int]] = field(default_factory=dict)
+    _stages: dict[tuple, object] = field(default_factory=dict)
     _jobs: dict[int, tuple[RequestJob, int]] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -68,71 +77,111 @@ class ControllerScheduler(Scheduler):
         except ImportError as exc:
             raise MfsError(f"mfs_tc.controller is not available ({exc}): use --datapath plain") from exc
         cfg = dict(self.config)
-        cfg.setdefault("ref_rate_bps", self.topology.config.rate_bps)
-        cfg.setdefault("nlevels", self.topology.config.levels)
-        for h in self.topology.hosts:
-            self._ctls[h.name] = Controller.open(h.ifname, netns=h.netns, policy=self.policy, **cfg)
+        try:
+            for h in self.topology.hosts:
+                self._ctls[h.name] = Controller.open(h.ifname, netns=h.netns, policy=self.policy, **cfg)
+        except BaseException:
+            self.close()
+            raise
 
     def _req(self, host: str, request_id: int) -> object:
         key = (host, request_id)
         r = self._reqs.get(key)
         if r is None:
             job, arrival_ns = self._jobs[request_id]
-            ctl = self._ctls[host]
-            r = ctl.request(request_id, job.slo_s, arrival=arrival_ns,  # type: ignore[attr-defined]
-                            num_layers=job.num_layers, remaining_bytes=job.remaining_bytes,
-                            remaining_compute_s=job.remaining_compute_s)
+            r = self._ctls[host].request(  # type: ignore[attr-defined]
+                request_id, job.slo_s, arrival_ns=arrival_ns, num_layers=job.num_layers,
+                remaining_bytes=job.remaining_bytes, remaining_compute_s=job.remaining_compute_s)
             self._reqs[key] = r
         return r
 
-    def open_request(self, host: str, job: RequestJob, arrival_ns: int) -> None:
+    def _owner(self, host: str, batch_id: int) -> object:
+        key = (host, batch_id)
+        b = self._batches.get(key)
+        if b is None:
+            members = [self._req(host, rid) for rid in self._members[batch_id]]
+            if len(members) == 1:
+                b = members[0]
+            else:
+                b = self._ctls[host].batch(members, batch_id=f"batch:{batch_id}")  # type: ignore[attr-defined]
+            self._batches[key] = b
+        return b
+
+    def open_request(self, job: RequestJob, arrival_ns: int) -> None:
         with self._lock:
             self._jobs[job.request_id] = (job, arrival_ns)
 
-    def tie_batch(self, host: str, request_ids: list[int]) -> None:
+    def begin_batch(self, batch_id: int, request_ids: list[int]) -> None:
         with self._lock:
-            reqs = [self._req(host, rid) for rid in request_ids]
-            self._ctls[host].batch(reqs)  # type: ignore[attr-defined]
+            self._members[batch_id] = list(request_ids)
 
-    def add_flow(self, host: str, request_id: int, t: Transfer, key: FlowKey, *,
-                 stage_bytes: int, compute_after_s: float, true_remaining_ns: int | None) -> None:
+    def add_flow(self, host: str, t: Transfer, key: FlowKey, *, batch_id: int | None,
+                 request_id: int | None, stage_bytes: int, compute_after_s: float,
+                 true_remaining_ns: int | None) -> None:
         with self._lock:
-            req = self._req(host, request_id)
-            skey = (host, request_id, t.stage, t.target_layer)
+            if batch_id is not None:
+                owner = self._owner(host, batch_id)
+                okey: tuple = (host, "b", batch_id)
+            elif request_id is not None:
+                owner = self._req(host, request_id)
+                okey = (host, "r", request_id)
+            else:
+                raise ValueError("a flow belongs to a batch or a request")
+            skey = okey + (t.stage, t.target_layer)
             stage = self._stages.get(skey)
             if stage is None:
-                stage = req.stage(t.stage, bytes=stage_bytes,  # type: ignore[attr-defined]
-                                  compute_after_s=compute_after_s)
+                stage = owner.stage(t.stage, bytes=stage_bytes,  # type: ignore[attr-defined]
+                                    compute_after_s=compute_after_s, layer=t.target_layer)
                 self._stages[skey] = stage
-            stage.add_flow(key, bytes=t.nbytes, target_layer=t.target_layer,  # type: ignore[attr-defined]
-                           true_remaining_work_ns=true_remaining_ns)
+            fh = stage.add_flow(key, bytes=t.nbytes, target_layer=t.target_layer)  # type: ignore[attr-defined]
+            if true_remaining_ns is not None and self.policy == "llf-oracle":
+                fh.flow.true_remaining_work_ns = true_remaining_ns
+                fh.update()
 
-    def at_layer(self, request_id: int, layer: int) -> None:
+    def at_layer(self, batch_id: int, layer: int) -> None:
         with self._lock:
+            rids = self._members.get(batch_id, [])
+            for (host, bid), b in list(self._batches.items()):
+                if bid == batch_id:
+                    b.at_layer(layer)  # type: ignore[attr-defined]
+            # members registered on hosts where the batch itself has no flows yet (p2d senders)
             for (host, rid), r in list(self._reqs.items()):
-                if rid == request_id:
+                if rid in rids and (host, batch_id) not in self._batches:
                     r.at_layer(layer)  # type: ignore[attr-defined]
+
+    def end_batch(self, batch_id: int) -> None:
+        with self._lock:
+            for key in [k for k in self._batches if k[1] == batch_id]:
+                b = self._batches.pop(key)
+                if len(self._members.get(batch_id, [])) > 1:
+                    _quiet(b.done)  # type: ignore[attr-defined]
+            for skey in [k for k in self._stages if k[1] == "b" and k[2] == batch_id]:
+                del self._stages[skey]
+            self._members.pop(batch_id, None)
 
     def done(self, request_id: int) -> None:
         with self._lock:
             for key in [k for k in self._reqs if k[1] == request_id]:
-                try:
-                    self._reqs.pop(key).done()  # type: ignore[attr-defined]
-                except MfsError:
-                    pass
-            for skey in [k for k in self._stages if k[1] == request_id]:
+                _quiet(self._reqs.pop(key).done)  # type: ignore[attr-defined]
+            for skey in [k for k in self._stages if k[1] == "r" and k[2] == request_id]:
                 del self._stages[skey]
             self._jobs.pop(request_id, None)
 
     def close(self) -> None:
         with self._lock:
-            for rid in {k[1] for k in self._reqs}:
-                self.done(rid)
             for ctl in self._ctls.values():
-                close = getattr(ctl, "close", None)
-                if close:
-                    close()
+                _quiet(ctl.close)  # type: ignore[attr-defined]
             self._ctls.clear()
+            self._reqs.clear()
+            self._batches.clear()
+            self._stages.clear()
+
+
+def _quiet(fn: object) -> None:
+    try:
+        fn()  # type: ignore[operator]
+    except MfsError:
+        pass
 
 
 def level_bytes(topology: Topology) -> list[int]:

@@ -30,9 +30,10 @@ def shape(ns: str, dev: str, rate_bps: float, *, levels: int = 8, trust_dscp: bo
         raise MfsError(
             f"mfs-tc loader not available ({exc}): reinstall mfs-tc or use --datapath plain"
         ) from exc
-    attach(AttachOptions(ifname=dev, netns=ns, levels=levels, qdisc="htb", rate_bps=rate_bps,
-                         dscp="default", default_level=levels - 2 if levels > 2 else 0,
-                         trust_dscp=trust_dscp))
+    # default level 0: what no flow entry names is the reverse direction's ACKs and handshakes;
+    # they must not starve behind bulk data of the other direction
+    attach(AttachOptions(ifname=dev, netns=ns, levels=levels, qdisc="htb", rate_bps=int(rate_bps),
+                         dscp=None, default_level=0, trust_dscp=trust_dscp))
 
 
 def shape_plain(ns: str, dev: str, rate_bps: float) -> None:

@@ -204,9 +204,17 @@ def _mac(h: Host) -> str:
 
 
 def remove_pins(ns: str, root: Path = PIN_ROOT) -> None:
+    """Pinned maps and the loader's attach state of namespace `ns` (its interfaces are gone)."""
     d = root / ns
     if d.is_dir():
         shutil.rmtree(d, ignore_errors=True)
+    try:
+        from mfs_tc.loader import state_path
+    except ImportError:
+        return
+    sd = state_path("x", ns).parent
+    if sd.is_dir() and sd.name == ns:
+        shutil.rmtree(sd, ignore_errors=True)
 
 
 _LEFTOVER = re.compile(r"^(?P<prefix>[a-z]+?)(?P<pid>\d+)(?:x\w+)?-")

@@ -1,0 +1,270 @@
+"""Results: per-request CSV, summary JSON, PNG plots and a text table. No root, no bcc.
+
+Shared with the flow-level simulator: whoever produces results hands `write_results` a list of
+runs, each a dict made by `summarize_run` (one policy at one seed and one load / slo_scale point)
+with the per-request rows in CSV_FIELDS. `mfs-tc testbed report DIR` re-renders from the files.
+
+Files in DIR: requests.csv (one row per request per run), summary.json (schema
+"mfs-tc-results/1": `runs`, `policies` aggregated over seeds at each point, `sweep`), ttft_cdf.png,
+attainment.png, and attainment_vs_<load|slo_scale>.png when several points were run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+SCHEMA = "mfs-tc-results/1"
+CSV_FIELDS = ["request_id", "policy", "arrival_s", "slo_s", "ttft_s", "met", "kv_fetch_s",
+              "collective_s", "p2d_s", "p2d_earliness_s", "seed", "load", "slo_scale",
+              "queue_s", "prefill_group", "batch_id", "unloaded_ttft_s", "error"]
+STAGE_FIELDS = ("queue_s", "kv_fetch_s", "collective_s", "p2d_s")
+TARGET_ATTAINMENT = 0.9
+
+
+def percentile(xs: Sequence[float], p: float) -> float | None:
+    """Nearest-rank-interpolated percentile (p in 0..100); None for no data."""
+    if not xs:
+        return None
+    s = sorted(xs)
+    k = (len(s) - 1) * p / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def _mean(xs: Iterable[float | None]) -> float | None:
+    v = [x for x in xs if x is not None]
+    return statistics.fmean(v) if v else None
+
+
+def summarize_run(policy: str, rows: list[dict], *, ccts_s: Sequence[float] = (),
+                  level_bytes: Sequence[int] = (), seed: int = 0, load: float | None = None,
+                  slo_scale: float | None = None, extra: dict | None = None) -> dict:
+    """One run's summary. Unfinished requests (ttft None) count as missed; TTFT percentiles are
+    over finished ones."""
+    n = len(rows)
+    ttfts = [float(r["ttft_s"]) for r in rows if r.get("ttft_s") not in (None, "")]
+    met = sum(1 for r in rows if _truthy(r.get("met")))
+    out = {
+        "policy": policy, "seed": seed, "load": load, "slo_scale": slo_scale,
+        "requests": n, "finished": len(ttfts), "met": met,
+        "attainment": met / n if n else None,
+        "ttft_p50_s": percentile(ttfts, 50), "ttft_p90_s": percentile(ttfts, 90),
+        "ttft_p99_s": percentile(ttfts, 99), "ttft_mean_s": _mean(ttfts),
+        "cct_mean_s": _mean(ccts_s), "cct_p99_s": percentile(list(ccts_s), 99),
+        "collectives": len(ccts_s),
+        "p2d_earliness_mean_s": _mean(_f(r.get("p2d_earliness_s")) for r in rows),
+        "stage_times_mean_s": {k: _mean(_f(r.get(k)) for r in rows) for k in STAGE_FIELDS},
+        "level_bytes": list(level_bytes),
+        "rows": rows,
+    }
+    if extra:
+        out.update(extra)
+    return out
+
+
+def _f(v: object) -> float | None:
+    if v in (None, ""):
+        return None
+    return float(v)  # type: ignore[arg-type]
+
+
+def _truthy(v: object) -> bool:
+    return v is True or v in ("True", "true", "1", 1)
+
+
+def _point(run: dict) -> tuple:
+    return (run.get("load"), run.get("slo_scale"))
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    """Per (policy, load, slo_scale): mean, min, max, stdev over seeds of the key metrics."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["policy"],) + _point(r), []).append(r)
+    out = []
+    for (policy, load, slo), rs in groups.items():
+        agg: dict = {"policy": policy, "load": load, "slo_scale": slo, "seeds": [r["seed"] for r in rs]}
+        for k in ("attainment", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "cct_mean_s",
+                  "p2d_earliness_mean_s"):
+            v = [r[k] for r in rs if r.get(k) is not None]
+            agg[k] = statistics.fmean(v) if v else None
+            agg[k + "_min"] = min(v) if v else None
+            agg[k + "_max"] = max(v) if v else None
+            agg[k + "_std"] = statistics.pstdev(v) if len(v) > 1 else 0.0 if v else None
+        out.append(agg)
+    return out
+
+
+def sweep(aggs: list[dict], target: float = TARGET_ATTAINMENT) -> dict:
+    """Attainment against load (or slo_scale) per policy, and the highest load held at `target`."""
+    loads = sorted({a["load"] for a in aggs if a["load"] is not None})
+    slos = sorted({a["slo_scale"] for a in aggs if a["slo_scale"] is not None})
+    axis = "load" if len(loads) > 1 else "slo_scale" if len(slos) > 1 else None
+    if axis is None:
+        return {}
+    out: dict = {"axis": axis, "target_attainment": target, "curves": {}, "max_load_at_target": {}}
+    for a in sorted(aggs, key=lambda a: (a["policy"], a[axis] or 0)):
+        out["curves"].setdefault(a["policy"], []).append([a[axis], a["attainment"]])
+    if axis == "load":
+        for pol, pts in out["curves"].items():
+            held = [x for x, att in pts if att is not None and att >= target]
+            out["max_load_at_target"][pol] = max(held) if held else None
+    return out
+
+
+def write_results(out_dir: Path, runs: list[dict], meta: dict | None = None, *,
+                  plots: bool = True) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "requests.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for run in runs:
+            for row in run["rows"]:
+                w.writerow({k: _csv(row.get(k)) for k in CSV_FIELDS})
+    aggs = aggregate(runs)
+    summary = {
+        "schema": SCHEMA, "meta": meta or {},
+        "runs": [{k: v for k, v in r.items() if k != "rows"} for r in runs],
+        "policies": aggs, "sweep": sweep(aggs),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if plots:
+        render_plots(out_dir, summary, runs)
+    return summary
+
+
+def _csv(v: object) -> object:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6f}"
+    return v
+
+
+def load_results(out_dir: Path) -> tuple[dict, list[dict]]:
+    """summary.json and the runs with their rows put back (for re-rendering)."""
+    out_dir = Path(out_dir)
+    sfile = out_dir / "summary.json"
+    if not sfile.is_file():
+        raise FileNotFoundError(f"{sfile} not found: point at a directory written by `testbed run`")
+    summary = json.loads(sfile.read_text())
+    if summary.get("schema") != SCHEMA:
+        raise ValueError(f"{sfile}: schema {summary.get('schema')!r}, expected {SCHEMA}")
+    rows: list[dict] = []
+    cfile = out_dir / "requests.csv"
+    if cfile.is_file():
+        with open(cfile, newline="") as f:
+            rows = list(csv.DictReader(f))
+    runs = []
+    for r in summary["runs"]:
+        mine = [x for x in rows if x["policy"] == r["policy"] and str(x["seed"]) == str(r["seed"])
+                and _same(x.get("load"), r.get("load")) and _same(x.get("slo_scale"), r.get("slo_scale"))]
+        runs.append(dict(r, rows=mine))
+    return summary, runs
+
+
+def _same(a: object, b: object) -> bool:
+    if a in (None, "") and b in (None, ""):
+        return True
+    try:
+        return math.isclose(float(a), float(b))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def render_plots(out_dir: Path, summary: dict, runs: list[dict]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made: list[Path] = []
+    aggs = summary["policies"]
+    policies = list(dict.fromkeys(a["policy"] for a in aggs))
+    # TTFT CDF per policy (normalised by SLO so requests of different sizes compare), at the
+    # highest load point run
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    top = max((_point(r) for r in runs), key=lambda p: tuple(x or 0 for x in p), default=None)
+    for pol in policies:
+        v = sorted(float(x["ttft_s"]) / float(x["slo_s"]) for r in runs
+                   if r["policy"] == pol and _point(r) == top for x in r["rows"]
+                   if x.get("ttft_s") not in (None, ""))
+        if v:
+            ax.plot(v, [(i + 1) / len(v) for i in range(len(v))], label=pol)
+    ax.axvline(1.0, color="grey", ls="--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("TTFT / SLO")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title("TTFT CDF (left of the dashed line: SLO met)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    made.append(out_dir / "ttft_cdf.png")
+    fig.savefig(made[-1], dpi=110)
+    plt.close(fig)
+    # attainment per policy (mean over seeds, min-max as error bars), at the top point
+    pts = [a for a in aggs if (a["load"], a["slo_scale"]) == top] or aggs
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    names = [a["policy"] for a in pts]
+    means = [a["attainment"] or 0.0 for a in pts]
+    lo = [m - (a["attainment_min"] or 0.0) for m, a in zip(means, pts)]
+    hi = [(a["attainment_max"] or 0.0) - m for m, a in zip(means, pts)]
+    ax.bar(names, means, yerr=[lo, hi], capsize=4,
+           color=["tab:red" if n.startswith("mfs") else "tab:blue" for n in names])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("TTFT SLO attainment")
+    ax.set_title("SLO attainment per policy" + (f" (load {top[0]})" if top and top[0] else ""))
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig.tight_layout()
+    made.append(out_dir / "attainment.png")
+    fig.savefig(made[-1], dpi=110)
+    plt.close(fig)
+    sw = summary.get("sweep") or {}
+    if sw.get("curves"):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for pol, curve in sw["curves"].items():
+            ax.plot([x for x, _ in curve], [y for _, y in curve], marker="o", label=pol)
+        ax.axhline(sw.get("target_attainment", TARGET_ATTAINMENT), color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("load (requests/s)" if sw["axis"] == "load" else "SLO scale")
+        ax.set_ylabel("TTFT SLO attainment")
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        made.append(out_dir / f"attainment_vs_{sw['axis']}.png")
+        fig.savefig(made[-1], dpi=110)
+        plt.close(fig)
+    return made
+
+
+def _fmt(v: object, scale: float = 1.0, spec: str = ".3f") -> str:
+    if v is None:
+        return "-"
+    return format(float(v) * scale, spec)  # type: ignore[arg-type]
+
+
+def table(summary: dict) -> str:
+    """A readable table: one line per policy and point (means over seeds, spread of attainment)."""
+    head = f"{'policy':<12} {'load':>6} {'slo':>5} {'seeds':>5} {'attain':>7} {'spread':>13} " \
+           f"{'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'CCT ms':>8} {'p2d early ms':>12}"
+    lines = [head, "-" * len(head)]
+    for a in summary["policies"]:
+        spread = f"{_fmt(a['attainment_min'], 1, '.2f')}-{_fmt(a['attainment_max'], 1, '.2f')}"
+        if a.get("attainment_std") is not None:
+            spread += f" ±{a['attainment_std']:.2f}"
+        lines.append(
+            f"{a['policy']:<12} {_fmt(a['load'], 1, '.2f'):>6} {_fmt(a['slo_scale'], 1, '.1f'):>5} "
+            f"{len(a['seeds']):>5} {_fmt(a['attainment'], 1, '.3f'):>7} {spread:>13} "
+            f"{_fmt(a['ttft_p50_s'], 1e3, '.0f'):>8} {_fmt(a['ttft_p90_s'], 1e3, '.0f'):>8} "
+            f"{_fmt(a['ttft_p99_s'], 1e3, '.0f'):>8} {_fmt(a['cct_mean_s'], 1e3, '.1f'):>8} "
+            f"{_fmt(a['p2d_earliness_mean_s'], 1e3, '.0f'):>12}")
+    sw = summary.get("sweep") or {}
+    if sw.get("max_load_at_target"):
+        lines.append("")
+        lines.append(f"highest load held at {sw['target_attainment']:.0%} attainment: " + ", ".join(
+            f"{p} {_fmt(v, 1, '.2f')}" for p, v in sw["max_load_at_target"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,236 @@
+"""`mfs-tc testbed run`: replay the same arrivals under each policy in turn, write the results.
+
+One topology serves the whole run (policies live in the controllers, not in the datapath), so
+every policy sees the same links, the same arrivals and the same batching rule. The topology is
+removed at the end, on Ctrl-C / SIGTERM, or when anything fails (try/finally plus a SIGTERM ->
+KeyboardInterrupt handler); leftovers of crashed runs are removed at start.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from mfs_tc.errors import MfsError
+
+from .plan import Scenario
+from .replay import Replay, ReplayResult, start_sinks
+from .report import summarize_run, table, write_results
+from .sched import ControllerScheduler, NullScheduler, Scheduler
+from .topology import DEFAULT_PREFIX, Topology, TopologyConfig
+
+DEFAULT_POLICIES = ("mfs", "fair", "edf", "karuna", "sjf", "pias")
+
+
+@dataclass(slots=True)
+class RunConfig:
+    policies: list[str] = field(default_factory=lambda: list(DEFAULT_POLICIES))
+    seeds: list[int] = field(default_factory=lambda: [1])
+    loads: list[float | None] = field(default_factory=lambda: [None])
+    slo_scales: list[float] = field(default_factory=lambda: [5.0])
+    workload: str = "mooncake"
+    num_requests: int = 60
+    model: str = "dense-small"
+    rate_bps: float = 200e6
+    byte_scale: float | None = None  # None: the workload's default
+    max_batch: int | None = None
+    time_scale: float | None = None
+    datapath: str = "mfs"
+    levels: int = 8
+    prefix: str = DEFAULT_PREFIX
+    pause_s: float = 1.0
+    policy_config: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.policies:
+            raise ValueError("no policy given: e.g. --policy mfs,fair")
+        if len(set(self.policies)) != len(self.policies):
+            raise ValueError(f"a policy is listed twice: {','.join(self.policies)}")
+        if self.datapath == "mfs":
+            known = _policy_names()
+            bad = [p for p in self.policies if known is not None and p not in known]
+            if bad:
+                raise ValueError(f"unknown policy {', '.join(bad)}: choose from {', '.join(known or ())}")
+        if not self.seeds or not self.loads or not self.slo_scales:
+            raise ValueError("seeds, loads and slo scales must not be empty")
+        if self.num_requests < 1:
+            raise ValueError("--requests must be at least 1")
+
+    def workload_config(self, seed: int, load: float | None, slo_scale: float) -> object:
+        from mfs_tc.workload import ClusterShape, WorkloadConfig
+
+        kw: dict = dict(kind=self.workload, num_requests=self.num_requests, seed=seed,
+                        load=load, slo_scale=slo_scale, model=self.model,
+                        cluster=ClusterShape(link_rate_bps=self.rate_bps))
+        if self.byte_scale is not None:
+            kw["byte_scale"] = self.byte_scale
+        if self.max_batch is not None:
+            kw["max_batch"] = self.max_batch
+        if self.time_scale is not None:
+            kw["time_scale"] = self.time_scale
+        return WorkloadConfig(**kw)
+
+
+def _policy_names() -> tuple[str, ...] | None:
+    try:
+        from mfs_tc.policy import POLICY_NAMES
+    except ImportError:
+        return None
+    return tuple(POLICY_NAMES)
+
+
+def rows_of(result: ReplayResult, seed: int, load: float | None, slo_scale: float | None) -> list[dict]:
+    rows = []
+    for r in result.requests:
+        d = asdict(r)
+        d.update(seed=seed, load=load, slo_scale=slo_scale)
+        rows.append(d)
+    return rows
+
+
+class Progress:
+    """One line per policy run with a live counter (rewritten in place on a terminal)."""
+
+    def __init__(self, out: TextIO | None) -> None:
+        self.out = out
+        self.tty = bool(out and out.isatty())
+        self.label = ""
+        self._last = 0.0
+
+    def begin(self, label: str, total: int) -> None:
+        self.label = label
+        self.update(0, total, force=True)
+
+    def update(self, done: int, total: int, force: bool = False) -> None:
+        if not self.out:
+            return
+        now = time.monotonic()
+        if self.tty and (force or done == total or now - self._last > 0.2):
+            self.out.write(f"\r{self.label}: {done}/{total} requests")
+            self.out.flush()
+            self._last = now
+
+    def end(self, text: str) -> None:
+        if not self.out:
+            return
+        self.out.write(("\r" if self.tty else "") + f"{self.label}: {text}\n")
+        self.out.flush()
+
+
+def make_scheduler(topo: Topology, policy: str, datapath: str, config: dict) -> Scheduler:
+    if datapath == "plain":
+        s = NullScheduler()
+        s.policy = policy
+        return s
+    return ControllerScheduler(topo, policy, dict(config))
+
+
+def run_scenarios(
+    topo: Topology,
+    points: list[tuple[int, float | None, float, Callable[[], Scenario]]],
+    cfg: RunConfig,
+    out_dir: Path | None,
+    progress: Progress,
+    meta: dict,
+) -> dict:
+    """Replay each (seed, load, slo_scale, scenario) under every policy on a live topology."""
+    runs: list[dict] = []
+    summary: dict = {}
+    for seed, load, slo, make in points:
+        scenario = make()
+        for policy in cfg.policies:
+            sched = make_scheduler(topo, policy, cfg.datapath, cfg.policy_config)
+            label = f"{policy:<11} seed {seed}" + (f" load {load:g}" if load else "") + \
+                f" slo x{slo:g}"
+            progress.begin(label, len(scenario.requests))
+            try:
+                res = Replay(topo, scenario, sched, seed=seed, progress=progress.update).run()
+            finally:
+                sched.close()
+            run = summarize_run(policy, rows_of(res, seed, load, slo), ccts_s=res.ccts_s,
+                                level_bytes=res.level_bytes, seed=seed, load=load, slo_scale=slo,
+                                extra={"bytes_intended": res.bytes_intended,
+                                       "bytes_delivered": res.bytes_delivered,
+                                       "flows": res.flows, "duration_s": res.duration_s,
+                                       "errors": res.errors, "workload": scenario.meta})
+            runs.append(run)
+            att = run["attainment"]
+            progress.end(f"{run['met']}/{run['requests']} met (attainment {att:.3f}), "
+                         f"p99 TTFT {_ms(run['ttft_p99_s'])}, {res.duration_s:.1f}s"
+                         + (f", {len(res.errors)} errors" if res.errors else ""))
+            if out_dir is not None:
+                summary = write_results(out_dir, runs, meta, plots=False)
+            time.sleep(cfg.pause_s)
+    if out_dir is not None:
+        summary = write_results(out_dir, runs, meta, plots=True)
+    else:
+        from .report import aggregate, sweep
+
+        aggs = aggregate(runs)
+        summary = {"runs": runs, "policies": aggs, "sweep": sweep(aggs), "meta": meta}
+    return summary
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1e3:.0f} ms"
+
+
+def run(cfg: RunConfig, out_dir: Path, *, progress_out: TextIO | None = sys.stderr) -> dict:
+    """The default comparison / sweep on the workload. Returns the summary (also in out_dir)."""
+    from mfs_tc.workload import generate
+
+    from .workload_adapter import scenario_from_workload
+
+    first = generate(cfg.workload_config(cfg.seeds[0], cfg.loads[0], cfg.slo_scales[0]))
+    tcfg = TopologyConfig.from_cluster(first.cluster, levels=cfg.levels, datapath=cfg.datapath,
+                                       prefix=cfg.prefix)
+    points = []
+    for load in cfg.loads:
+        for slo in cfg.slo_scales:
+            for seed in cfg.seeds:
+                points.append((seed, load, slo, lambda s=seed, l=load, x=slo:
+                               scenario_from_workload(generate(cfg.workload_config(s, l, x)))))
+    meta = {"source": "testbed", "config": {k: v for k, v in asdict(cfg).items()},
+            "topology": asdict(tcfg), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    progress = Progress(progress_out)
+    with live_topology(tcfg) as topo:
+        return run_scenarios(topo, points, cfg, out_dir, progress, meta)
+
+
+class live_topology:
+    """Context manager: topology up with sinks; down on exit, Ctrl-C or SIGTERM."""
+
+    def __init__(self, tcfg: TopologyConfig, tag: str | None = None) -> None:
+        self.topo = Topology(tcfg, tag=tag) if tag else Topology(tcfg)
+        self._old: object = None
+
+    def __enter__(self) -> Topology:
+        def on_term(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        try:
+            self._old = signal.signal(signal.SIGTERM, on_term)
+        except ValueError:  # not the main thread
+            self._old = None
+        self.topo.up()
+        try:
+            self.sinks = start_sinks(self.topo)
+        except BaseException:
+            self.topo.down()
+            raise
+        return self.topo
+
+    def __exit__(self, *exc: object) -> None:
+        for s in getattr(self, "sinks", []):
+            s.close()
+        self.topo.down()
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)  # type: ignore[arg-type]
+
+
+__all__ = ["RunConfig", "run", "run_scenarios", "live_topology", "DEFAULT_POLICIES", "MfsError"]
