@@ -1,7 +1,168 @@
-"""CLI verbs: datapath (placeholder until implemented)."""
+"""CLI verbs of the datapath: attach, detach, status, plan, doctor."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
 
 import typer
 
+from ..errors import MfsError
+from ..layout import MAX_LEVELS
+from ..units import format_rate, parse_dscp_list, parse_rate
+from .output import emit_json, human_bytes, table
+
+Iface = Annotated[str, typer.Argument(help="Interface name, e.g. eth0")]
+Netns = Annotated[Optional[str], typer.Option("--netns", "-n", help="Network namespace (ip netns name)")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+
+
+def _options(
+    iface: str, netns: str | None, levels: int, qdisc: str, rate: str | None, dscp: str | None,
+    default_level: int, trust_dscp: bool,
+):
+    from ..loader import AttachOptions
+
+    try:
+        rate_bps = parse_rate(rate) if rate else None
+        dscp_list = parse_dscp_list(dscp)
+    except ValueError as exc:
+        raise MfsError(str(exc)) from exc
+    opts = AttachOptions(iface, netns, levels, qdisc, rate_bps, dscp_list, default_level, trust_dscp)
+    opts.validate()
+    return opts
+
+
+def attach(
+    iface: Iface,
+    netns: Netns = None,
+    levels: Annotated[int, typer.Option("--levels", "-k", help=f"Strict-priority levels K (2..{MAX_LEVELS})")] = MAX_LEVELS,
+    qdisc: Annotated[str, typer.Option(help="auto | ets | mqprio | htb | none (mark only)")] = "auto",
+    rate: Annotated[Optional[str], typer.Option(help="Link rate for HTB, e.g. 10gbit (default: link speed)")] = None,
+    dscp: Annotated[Optional[str], typer.Option(help="DSCP per level: 'default', 'none' (keep), or a list 46,40,...")] = None,
+    default_level: Annotated[int, typer.Option(help="Level of unknown flows and non-IP traffic")] = 0,
+    trust_dscp: Annotated[bool, typer.Option("--trust-dscp", help="Switch port: level from the packet's DSCP")] = False,
+    json_out: Json = False,
+) -> None:
+    """Compile and attach the classifier on IFACE egress, pin its maps, set up the root qdisc."""
+    from dataclasses import asdict
+
+    from ..loader import attach as do_attach
+
+    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp)
+    st = do_attach(opts)
+    if json_out:
+        emit_json(asdict(st))
+        return
+    where = f" in netns {netns}" if netns else ""
+    typer.echo(
+        f"attached to {iface}{where}: {st.nlevels} levels, backend {st.backend}"
+        + (f" at {format_rate(st.rate_bps)}" if st.backend == "htb" else "")
+        + (", trust-dscp" if st.trust_dscp else "")
+        + f"; maps in {st.pin_dir}"
+    )
+
+
+def detach(iface: Iface, netns: Netns = None, json_out: Json = False) -> None:
+    """Remove what attach created and restore the previous root qdisc (safe to repeat)."""
+    from ..loader import detach as do_detach
+
+    removed = do_detach(iface, netns)
+    if json_out:
+        emit_json({"ifname": iface, "netns": netns, "removed": removed})
+    elif removed:
+        typer.echo(f"detached from {iface}: removed " + ", ".join(removed))
+    else:
+        typer.echo(f"nothing of mfs-tc on {iface}: nothing to do")
+
+
+def status(iface: Annotated[Optional[str], typer.Argument(help="Interface (default: every attached one)")] = None,
+           netns: Netns = None, json_out: Json = False) -> None:
+    """Backend, levels and per-level packets/bytes, counters, flow count."""
+    from ..loader import attached
+    from ..status import read_status
+
+    targets = [(netns, iface)] if iface else attached()
+    if not targets:
+        if json_out:
+            emit_json([])
+        else:
+            typer.echo("mfs-tc is not attached anywhere")
+        return
+    results = [read_status(i, n) for n, i in targets]
+    if json_out:
+        emit_json(results if not iface else results[0])
+        return
+    for s in results:
+        where = f" (netns {s['netns']})" if s["netns"] else ""
+        typer.echo(
+            f"{s['ifname']}{where}: backend {s['backend']}"
+            + (f" {format_rate(s['rate_bps'])}" if s["backend"] == "htb" else "")
+            + f", {len(s['levels'])} levels, default {s['default_level']}, scavenger {s['scavenger_level']}"
+            + (", trust-dscp" if s["trust_dscp"] else "")
+            + f"; {s['flows']} flows, {s['requests']} requests"
+        )
+        table(
+            ["level", "class", "dscp", "packets", "bytes"],
+            [[l["level"], l["class"], "-" if l["dscp"] is None else l["dscp"], l["packets"], human_bytes(l["bytes"])]
+             for l in s["levels"]],
+        )
+        c = s["counters"]
+        typer.echo("counters: " + ", ".join(f"{k} {v['packets']}" for k, v in c.items()))
+        for p in s["problems"]:
+            typer.echo(f"warning: {p}")
+        typer.echo("")
+
+
+def plan(
+    iface: Iface,
+    netns: Netns = None,
+    levels: Annotated[int, typer.Option("--levels", "-k")] = MAX_LEVELS,
+    qdisc: Annotated[str, typer.Option()] = "auto",
+    rate: Annotated[Optional[str], typer.Option()] = None,
+    dscp: Annotated[Optional[str], typer.Option()] = None,
+    default_level: Annotated[int, typer.Option()] = 0,
+    trust_dscp: Annotated[bool, typer.Option("--trust-dscp")] = False,
+    rdma: Annotated[bool, typer.Option("--rdma", help="Per-level traffic classes for RoCE (NCCL, UCX, Mooncake)")] = False,
+    json_out: Json = False,
+) -> None:
+    """Dry run: print the exact commands attach would run (nothing is changed)."""
+    from ..loader import plan as make_plan
+
+    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp)
+    if rdma:
+        from ..controller import rdma_table
+
+        rows = rdma_table(opts.dscp_table())
+        if json_out:
+            emit_json(rows)
+        else:
+            typer.echo("RoCE bypasses tc: set these on the transport per level (traffic class = DSCP << 2)")
+            headers = list(rows[0].keys())
+            table(headers, [[r[h] for h in headers] for r in rows])
+        return
+    p = make_plan(opts)
+    if json_out:
+        emit_json({"backend": p.backend.name, "notes": p.notes, "commands": [" ".join(c) for c in p.commands]})
+    else:
+        typer.echo(p.as_text())
+
+
+def doctor(json_out: Json = False) -> None:
+    """Check kernel features, bpffs, bcc and headers, each with a fix."""
+    from dataclasses import asdict
+
+    from ..doctor import run_checks
+
+    checks = run_checks()
+    if json_out:
+        emit_json([asdict(c) for c in checks])
+    else:
+        table(["check", "ok", "detail", "fix"],
+              [[c.name, "yes" if c.ok else ("NO" if c.required else "no"), c.detail, "" if c.ok else c.fix] for c in checks])
+    if any(c.required and not c.ok for c in checks):
+        raise typer.Exit(1)
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    for fn in (attach, detach, status, plan, doctor):
+        app.command(fn.__name__)(fn)

@@ -1,0 +1,70 @@
+"""`mfs-tc doctor`: is this host able to run mfs-tc? Each check says how to fix what fails."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import bpfsys
+from .backends import probe_qdisc_kinds
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def _kallsyms(*names: str) -> dict[str, bool]:
+    found = {n: False for n in names}
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                sym = line.rstrip().split(" ")[2].split("\t")[0]
+                if sym in found:
+                    found[sym] = True
+    except OSError:
+        pass
+    return found
+
+
+def run_checks() -> list[Check]:
+    checks: list[Check] = []
+    root = os.geteuid() == 0
+    checks.append(Check("root", root, "running as root" if root else f"uid {os.geteuid()}",
+                        "run with sudo (attach needs CAP_BPF + CAP_NET_ADMIN)"))
+    kver = os.uname().release
+    checks.append(Check("kernel", True, kver, required=False))
+    bpffs = bpfsys.is_bpffs()
+    checks.append(Check("bpffs", bpffs, "/sys/fs/bpf is bpffs" if bpffs else "/sys/fs/bpf not mounted",
+                        "mount -t bpf bpf /sys/fs/bpf (attach mounts it when needed)", required=False))
+    btf = Path("/sys/kernel/btf/vmlinux").exists()
+    checks.append(Check("BTF", btf, "/sys/kernel/btf/vmlinux" if btf else "no kernel BTF",
+                        "a kernel with CONFIG_DEBUG_INFO_BTF=y (not needed by the classifier itself)", required=False))
+    syms = _kallsyms("cls_bpf_classify")
+    if root:
+        checks.append(Check("cls_bpf", syms["cls_bpf_classify"], "cls_bpf classifier in the kernel" if syms["cls_bpf_classify"] else "cls_bpf not found",
+                            "a kernel with CONFIG_NET_CLS_BPF"))
+        kinds = probe_qdisc_kinds()
+        checks.append(Check("clsact", kinds["clsact"], "clsact qdisc" if kinds["clsact"] else "missing",
+                            "a kernel with CONFIG_NET_SCH_INGRESS"))
+        fix = {"ets": "CONFIG_NET_SCH_ETS (else HTB is used)", "mqprio": "CONFIG_NET_SCH_MQPRIO and a NIC with DCB offload (else HTB is used)",
+               "htb": "CONFIG_NET_SCH_HTB"}
+        for k in ("ets", "mqprio", "htb"):
+            checks.append(Check(f"qdisc {k}", kinds[k], "available" if kinds[k] else "not in this kernel",
+                                fix[k], required=(k == "htb" and not (kinds["ets"] or kinds["mqprio"]))))
+    try:
+        import bcc  # noqa: F401
+
+        checks.append(Check("bcc", True, f"bcc {getattr(bcc, '__version__', '')} (python3-bpfcc)".strip()))
+    except ImportError:
+        checks.append(Check("bcc", False, "python bcc not importable",
+                            "apt-get install python3-bpfcc and use a venv with --system-site-packages (sudo ./tools/install.sh)"))
+    hdr = Path(f"/lib/modules/{kver}/build")
+    checks.append(Check("kernel headers", hdr.exists(), str(hdr.resolve()) if hdr.exists() else f"{hdr} missing",
+                        "sudo ./tools/install.sh (installs linux-headers and links them for this kernel)"))
+    return checks
