@@ -1,0 +1,429 @@
+"""Event-driven flow-level simulator of layer-wise prefill, with the real policy objects.
+
+Model (what one run computes):
+- Requests arrive as the shared workload says (`mfs_tc.workload`); each prefill group runs one
+  batch at a time, formed by `form_batch` (FCFS) from the requests routed to it; the batch's
+  transfers and compute come from `plan_batch`, with the dependencies documented there.
+- Every transfer is a fluid flow on its fabric path (`fabric.Fabric`); rates follow strict
+  priority across levels and max-min fairness within a level (`fluid.FluidNetwork`).
+- A flow's level is its `FlowEntry.level(now, sent=..., cursor=..., scavenged=...)`, the kernel's
+  exact function, with the entry the policy gave when the flow started (the serving process
+  registers each flow once; the kernel does the rest) and the kernel's MONOTONIC state. Levels
+  are re-evaluated when the flow starts, when its request's layer cursor moves, and at every
+  re-level tick (`tick_s`, default 1 ms of simulated time): the model's time resolution for
+  promotions that depend on time or bytes sent (modes mlu, laxity, sent, remaining). At each tick
+  `policy.is_hopeless` is asked for requests with live flows; a hopeless request is scavenged
+  (its flows drop to the scavenger level), as the controller would set the kernel's flag.
+- Compute and the decode step are fixed delays (no contention).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..entry import FlowEntry
+from ..layout import MODE_RLI, MODE_STATIC
+from ..model import Batch, Flow, Request, Stage
+from ..policy.base import Policy
+from ..workload import (
+    BatchPlan,
+    RequestSpec,
+    Transfer,
+    Workload,
+    batch_of,
+    form_batch,
+    plan_batch,
+    request_bytes,
+    to_model_request,
+)
+from .fabric import Fabric
+from .fluid import FluidFlow, FluidNetwork
+
+NS = 1_000_000_000
+_ARRIVAL, _DONE, _COMPUTE, _TOKEN, _TICK = range(5)
+
+
+@dataclass(slots=True)
+class RequestOutcome:
+    """One request's result (the testbed's per-request row)."""
+
+    request_id: int
+    arrival_s: float
+    slo_s: float
+    unloaded_ttft_s: float
+    prefill_group: int
+    ttft_s: float | None = None
+    met: bool = False
+    queue_s: float = 0.0
+    kv_fetch_s: float = 0.0
+    collective_s: float = 0.0
+    compute_s: float = 0.0
+    p2d_s: float = 0.0
+    p2d_earliness_s: float | None = None
+    batch_id: int = -1
+    scavenged: bool = False
+
+
+@dataclass(slots=True)
+class SimResult:
+    policy: str
+    requests: list[RequestOutcome]
+    ccts_s: list[float]
+    level_bytes: list[float]
+    stage_bytes: dict[str, float]
+    sim_time_s: float
+    wall_s: float
+    events: int
+    recomputes: int
+    flows: int
+    tick_s: float
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def attainment(self) -> float:
+        n = len(self.requests)
+        return sum(1 for r in self.requests if r.met) / n if n else 0.0
+
+
+class _FMeta:
+    """What the simulator keeps per flow beside the fluid state."""
+
+    __slots__ = ("stage", "layer", "batch", "rid", "entry", "req", "cur", "dynamic")
+
+    def __init__(self, stage: str, layer: int, batch: "_BState", rid: int, entry: FlowEntry,
+                 req: Request) -> None:
+        self.stage = stage
+        self.layer = layer
+        self.batch = batch
+        self.rid = rid
+        self.entry = entry
+        self.req = req
+        self.cur = entry.cur_level
+        self.dynamic = entry.mode not in (MODE_STATIC, MODE_RLI)
+
+
+class _BState:
+    __slots__ = ("bid", "group", "members", "plan", "reqs", "rep", "kv_left", "coll_left",
+                 "layer", "waiting_kv", "start_t", "coll_t0", "coll_total", "kv_end",
+                 "flows", "p2d_left", "p2d_t0", "compute_total", "mbatch")
+
+    def __init__(self, bid: int, group: int, members: list[RequestSpec], plan: BatchPlan,
+                 reqs: dict[int, Request], t: float, mbatch: Batch) -> None:
+        self.bid = bid
+        self.group = group
+        self.members = members
+        self.plan = plan
+        self.reqs = reqs
+        self.rep = min(reqs.values(), key=lambda r: (r.deadline_ns, r.request_id))
+        self.kv_left = [0] * len(plan.layers)
+        self.coll_left = 0
+        self.layer = 0
+        self.waiting_kv = False
+        self.start_t = t
+        self.coll_t0 = 0.0
+        self.coll_total = 0.0
+        self.kv_end = t
+        self.flows: set[FluidFlow] = set()
+        self.p2d_left: dict[int, int] = {}
+        self.p2d_t0: dict[int, float] = {}
+        self.compute_total = 0.0
+        self.mbatch = mbatch
+
+
+class Simulator:
+    def __init__(self, workload: Workload, policy: Policy, *, tick_s: float = 0.001,
+                 fabric: Fabric | None = None, max_batch: int | None = None,
+                 max_batch_tokens: int | None = None, horizon_s: float | None = None) -> None:
+        if tick_s <= 0:
+            raise ValueError(f"tick_s must be positive, got {tick_s}")
+        self.w = workload
+        self.policy = policy
+        self.tick_s = tick_s
+        self.fabric = fabric or Fabric.for_cluster(workload.cluster)
+        self.max_batch = max_batch or workload.cfg.max_batch
+        self.max_batch_tokens = (workload.cfg.max_batch_tokens if max_batch_tokens is None
+                                 else max_batch_tokens)
+        self.horizon_s = horizon_s
+        self.nlevels = policy.config.nlevels
+        self.scav_level = policy.config.scavenger_level
+        self.net = FluidNetwork(self.nlevels)
+        self.rate_Bps = workload.cluster.link_rate_bps / 8.0
+        self._heap: list = []
+        self._seq = 0
+        self.t = 0.0
+        self.queues: list[deque[RequestSpec]] = [deque() for _ in range(workload.cluster.prefill_groups)]
+        self.busy = [False] * workload.cluster.prefill_groups
+        self.out: dict[int, RequestOutcome] = {}
+        self.ccts: list[float] = []
+        self.stage_bytes = {"kv_fetch": 0.0, "collective": 0.0, "p2d": 0.0}
+        self._bid = 0
+        self._tick_on = False
+        self._live_dynamic = 0
+        self.events = 0
+        self.flows_started = 0
+        self._finished = 0
+
+    # ---- event plumbing -----------------------------------------------------------------------
+    def _push(self, t: float, kind: int, payload: object, extra: object = None) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, payload, extra))
+
+    def now_ns(self) -> int:
+        return int(round(self.t * NS))
+
+    def run(self) -> SimResult:
+        wall0 = time.perf_counter()
+        for spec in self.w.requests:
+            self.out[spec.request_id] = RequestOutcome(
+                request_id=spec.request_id, arrival_s=spec.arrival_s, slo_s=spec.slo_s,
+                unloaded_ttft_s=spec.unloaded_ttft_s, prefill_group=spec.prefill_group)
+            self._push(spec.arrival_s, _ARRIVAL, spec)
+        heap = self._heap
+        total = len(self.w.requests)
+        while heap and self._finished < total:
+            t = heap[0][0]
+            if self.horizon_s is not None and t > self.horizon_s:
+                break
+            self.t = t
+            # every event of this instant, then one rate recomputation
+            while heap and heap[0][0] <= t:
+                _, _, kind, payload, extra = heapq.heappop(heap)
+                self.events += 1
+                if kind == _DONE:
+                    self._on_flow_event(payload, extra)
+                elif kind == _ARRIVAL:
+                    self._on_arrival(payload)
+                elif kind == _COMPUTE:
+                    self._on_compute_done(payload)
+                elif kind == _TOKEN:
+                    self._on_token(payload, extra)
+                else:
+                    self._on_tick()
+            if self.net.dirty:
+                for f in self.net.recompute(t):
+                    f.version += 1
+                    if f.rate > 0:
+                        self._push(t + f.rem / f.rate, _DONE, f, f.version)
+        # settle bytes of anything still live (horizon reached)
+        for f in list(self.net.flows):
+            self.net.settle(f, self.t)
+        return SimResult(
+            policy=self.policy.name, requests=[self.out[s.request_id] for s in self.w.requests],
+            ccts_s=self.ccts, level_bytes=list(self.net.level_bytes), stage_bytes=self.stage_bytes,
+            sim_time_s=self.t, wall_s=time.perf_counter() - wall0, events=self.events,
+            recomputes=self.net.recomputes, flows=self.flows_started, tick_s=self.tick_s,
+        )
+
+    # ---- requests and batches -----------------------------------------------------------------
+    def _on_arrival(self, spec: RequestSpec) -> None:
+        self.queues[spec.prefill_group].append(spec)
+        self._try_start(spec.prefill_group)
+
+    def _try_start(self, group: int) -> None:
+        if self.busy[group] or not self.queues[group]:
+            return
+        q = self.queues[group]
+        members = form_batch(q, self.max_batch, self.max_batch_tokens)
+        for _ in members:
+            q.popleft()
+        self.busy[group] = True
+        self._bid += 1
+        plan = plan_batch(members, self.w.model, self.w.cluster)
+        arr = {m.request_id: int(round(m.arrival_s * NS)) for m in members}
+        mb = batch_of(self._bid, members, arr) if len(members) > 1 else None
+        reqs = {m.request_id: to_model_request(m, arr[m.request_id], plan, batch=mb) for m in members}
+        b = _BState(self._bid, group, members, plan, reqs, self.t, mb)
+        for m in members:
+            o = self.out[m.request_id]
+            o.queue_s = self.t - m.arrival_s
+            o.batch_id = b.bid
+        for lp in plan.layers:
+            sb = sum(t.bytes for t in lp.kv_fetch)
+            for tr in lp.kv_fetch:
+                rep = min((reqs[r] for r in tr.request_ids), key=lambda r: (r.deadline_ns, r.request_id))
+                self._start_flow(b, "kv_fetch", lp.layer, tr, rep, sb, self._compute_after(b, lp.layer))
+                b.kv_left[lp.layer] += 1
+        self._layer_ready(b)
+
+    def _compute_after(self, b: _BState, layer: int) -> int:
+        s = sum(lp.compute_s for lp in b.plan.layers[layer:]) + b.plan.decode_step_s
+        return int(round(s * NS))
+
+    def _layer_ready(self, b: _BState) -> None:
+        """Layer b.layer may compute once its kv_fetch flows are done."""
+        if b.kv_left[b.layer] > 0:
+            b.waiting_kv = True
+            return
+        b.waiting_kv = False
+        c = b.plan.layers[b.layer].compute_s
+        b.compute_total += c
+        self._push(self.t + c, _COMPUTE, b)
+
+    def _on_compute_done(self, b: _BState) -> None:
+        lp = b.plan.layers[b.layer]
+        if lp.collective:
+            b.coll_t0 = self.t
+            sb = sum(t.bytes for t in lp.collective)
+            ca = self._compute_after(b, b.layer + 1)
+            for tr in lp.collective:
+                self._start_flow(b, "collective", b.layer, tr, b.rep, sb, ca)
+            b.coll_left = len(lp.collective)
+        else:
+            self._layer_done(b)
+
+    def _layer_done(self, b: _BState) -> None:
+        b.layer += 1
+        self._set_cursor(b, b.layer)
+        if b.layer < len(b.plan.layers):
+            self._layer_ready(b)
+            return
+        # prefill done: the group is free, p2d starts for every member
+        self.busy[b.group] = False
+        for m in b.members:
+            o = self.out[m.request_id]
+            o.kv_fetch_s = b.kv_end - b.start_t
+            o.collective_s = b.coll_total
+            o.compute_s = b.compute_total
+            trs = b.plan.p2d.get(m.request_id, [])
+            b.p2d_t0[m.request_id] = self.t
+            if not trs:
+                self._p2d_done(b, m.request_id)
+                continue
+            sb = sum(t.bytes for t in trs)
+            req = b.reqs[m.request_id]
+            b.p2d_left[m.request_id] = len(trs)
+            for tr in trs:
+                self._start_flow(b, "p2d", len(b.plan.layers), tr, req, sb,
+                                 int(round(b.plan.decode_step_s * NS)), rid=m.request_id)
+        self._try_start(b.group)
+
+    def _set_cursor(self, b: _BState, cursor: int) -> None:
+        for m in b.members:
+            r = b.reqs[m.request_id]
+            r.cursor = cursor
+            r.remaining_bytes = request_bytes(m, b.plan, cursor)
+            r.remaining_compute_ns = self._compute_after(b, cursor)
+        self._relevel(b.flows)
+
+    def _p2d_done(self, b: _BState, rid: int) -> None:
+        o = self.out[rid]
+        o.p2d_s = self.t - b.p2d_t0[rid]
+        spec_deadline = o.arrival_s + o.slo_s
+        o.p2d_earliness_s = spec_deadline - self.t
+        self._push(self.t + b.plan.decode_step_s, _TOKEN, b, rid)
+
+    def _on_token(self, b: _BState, rid: int) -> None:
+        o = self.out[rid]
+        o.ttft_s = self.t - o.arrival_s
+        o.met = o.ttft_s <= o.slo_s * (1 + 1e-12)
+        o.scavenged = b.reqs[rid].scavenged
+        self._finished += 1
+
+    # ---- flows ------------------------------------------------------------------------------
+    def _start_flow(self, b: _BState, stage: str, layer: int, tr: Transfer, req: Request,
+                    stage_bytes: int, compute_after_ns: int, rid: int = 0) -> None:
+        now = self.now_ns()
+        true_work = compute_after_ns + int(tr.bytes / self.rate_Bps * NS)
+        entry = self.policy.entry(
+            req, Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns, layer=layer),
+            Flow(bytes=tr.bytes, target_layer=layer, true_remaining_work_ns=true_work), now)
+        meta = _FMeta(stage, layer, b, rid, entry, req)
+        if not req.scavenged and self.policy.is_hopeless(req, now):
+            self._scavenge(req)
+        f = FluidFlow(self.net.new_id(), self.fabric.path(tr.src, tr.dst), tr.bytes,
+                      self._level(meta, 0.0, now), self.t, owner=meta)
+        self.net.add(f)
+        b.flows.add(f)
+        self.flows_started += 1
+        self.stage_bytes[stage] += tr.bytes
+        if meta.dynamic:
+            self._live_dynamic += 1
+        if not self._tick_on:
+            self._tick_on = True
+            self._push(self.t + self.tick_s, _TICK, None)
+
+    def _level(self, meta: _FMeta, sent: float, now_ns: int) -> int:
+        lv = meta.entry.level(now_ns, sent=int(sent), cursor=meta.req.cursor,
+                              scavenged=meta.req.scavenged, scavenger_level=self.scav_level,
+                              nlevels=self.nlevels, cur_level=meta.cur)
+        meta.cur = lv
+        return lv
+
+    def _relevel(self, flows) -> None:
+        now = self.now_ns()
+        net = self.net
+        for f in flows:
+            if f.rem <= 0:
+                continue
+            net.settle(f, self.t)
+            lv = self._level(f.owner, f.size - f.rem, now)
+            if lv != f.level:
+                net.set_level(f, lv, self.t)
+
+    def _scavenge(self, req: Request) -> None:
+        req.scavenged = True
+
+    def _on_flow_event(self, f: FluidFlow, version: int) -> None:
+        if version != f.version or f not in self.net.flows:
+            return
+        self.net.settle(f, self.t)
+        if f.rem > max(1e-9 * f.size, 1e-6):
+            # finish time moved by float rounding: rescheduled by the next recompute
+            self.net._dirty.update(f.links)
+            return
+        f.rem = 0.0
+        self.net.remove(f)
+        meta: _FMeta = f.owner
+        b = meta.batch
+        b.flows.discard(f)
+        if meta.dynamic:
+            self._live_dynamic -= 1
+        if meta.stage == "kv_fetch":
+            b.kv_left[meta.layer] -= 1
+            if self.t > b.kv_end:
+                b.kv_end = self.t
+            if b.kv_left[meta.layer] == 0 and b.waiting_kv and b.layer == meta.layer:
+                self._layer_ready(b)
+        elif meta.stage == "collective":
+            b.coll_left -= 1
+            if b.coll_left == 0:
+                cct = self.t - b.coll_t0
+                self.ccts.append(cct)
+                b.coll_total += cct
+                self._layer_done(b)
+        else:
+            b.p2d_left[meta.rid] -= 1
+            if b.p2d_left[meta.rid] == 0:
+                self._p2d_done(b, meta.rid)
+
+    def _on_tick(self) -> None:
+        net = self.net
+        if not net.flows:
+            self._tick_on = False
+            return
+        now = self.now_ns()
+        policy = self.policy
+        seen: set[int] = set()
+        for f in list(net.flows):
+            meta: _FMeta = f.owner
+            req = meta.req
+            rid = req.request_id
+            if rid not in seen:
+                seen.add(rid)
+                if not req.scavenged and policy.is_hopeless(req, now):
+                    self._scavenge(req)
+            if meta.dynamic or req.scavenged:
+                net.settle(f, self.t)
+                lv = self._level(meta, f.size - f.rem, now)
+                if lv != f.level:
+                    net.set_level(f, lv, self.t)
+        self._push(self.t + self.tick_s, _TICK, None)
+
+
+def simulate(workload: Workload, policy: Policy, **kw) -> SimResult:
+    """Run `workload` under `policy`; see `Simulator` for the keyword options."""
+    return Simulator(workload, policy, **kw).run()

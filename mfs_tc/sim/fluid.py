@@ -1,0 +1,176 @@
+"""Fluid network: strict priority across levels, max-min fair sharing within a level.
+
+Flows are fluids on fixed paths of links. After any change (a flow starts, ends or changes level)
+the rates of the flows connected to the change through shared links (its component) are
+recomputed by water-filling, level by level from 0 (most urgent): a level gets the capacity the
+more urgent levels left, shared max-min fairly (progressive filling with a heap of link fair
+shares). Flows not connected to a change keep their rates, which is exact because max-min
+allocations of disjoint components are independent.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable
+
+from .fabric import Link
+
+EPS_BYTES = 1e-6
+
+
+class FluidFlow:
+    __slots__ = ("fid", "links", "size", "rem", "rate", "t0", "level", "version", "owner",
+                 "done_cb", "start_t", "level_bytes")
+
+    def __init__(self, fid: int, links: tuple[Link, ...], size: float, level: int, t: float,
+                 owner: object = None, done_cb: Callable[["FluidFlow", float], None] | None = None):
+        self.fid = fid
+        self.links = links
+        self.size = float(size)
+        self.rem = float(size)
+        self.rate = 0.0
+        self.t0 = t
+        self.level = level
+        self.version = 0
+        self.owner = owner
+        self.done_cb = done_cb
+        self.start_t = t
+        self.level_bytes: dict[int, float] | None = None
+
+    @property
+    def sent(self) -> float:
+        return self.size - self.rem
+
+    def __repr__(self) -> str:
+        return f"FluidFlow({self.fid}, level={self.level}, rem={self.rem:.0f}, rate={self.rate:.0f})"
+
+
+class FluidNetwork:
+    """Holds active flows and their rates; the event loop owns the clock."""
+
+    def __init__(self, nlevels: int = 8) -> None:
+        self.nlevels = nlevels
+        self.flows: set[FluidFlow] = set()
+        self.level_bytes = [0.0] * nlevels
+        self._dirty: set[Link] = set()
+        self._next_id = 0
+        self.recomputes = 0
+
+    def new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    # ---- bookkeeping ----------------------------------------------------------------------
+    def settle(self, f: FluidFlow, t: float) -> None:
+        """Advance `f`'s remaining bytes to time `t` at its current rate."""
+        dt = t - f.t0
+        if dt > 0 and f.rate > 0:
+            b = f.rate * dt
+            if b > f.rem:
+                b = f.rem
+            f.rem -= b
+            self.level_bytes[f.level] += b
+            for ln in f.links:
+                ln.bytes += b
+        f.t0 = t
+
+    def add(self, f: FluidFlow) -> None:
+        self.flows.add(f)
+        for ln in f.links:
+            ln.flows.add(f)
+        self._dirty.update(f.links)
+
+    def remove(self, f: FluidFlow) -> None:
+        self.flows.discard(f)
+        for ln in f.links:
+            ln.flows.discard(f)
+        self._dirty.update(f.links)
+        f.rate = 0.0
+        f.version += 1
+
+    def set_level(self, f: FluidFlow, level: int, t: float) -> None:
+        if level != f.level:
+            self.settle(f, t)
+            f.level = level
+            self._dirty.update(f.links)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty)
+
+    # ---- allocation -----------------------------------------------------------------------
+    def component(self, seeds: Iterable[Link]) -> tuple[set[Link], set[FluidFlow]]:
+        links: set[Link] = set()
+        flows: set[FluidFlow] = set()
+        stack = list(seeds)
+        while stack:
+            ln = stack.pop()
+            if ln in links:
+                continue
+            links.add(ln)
+            for f in ln.flows:
+                if f not in flows:
+                    flows.add(f)
+                    for l2 in f.links:
+                        if l2 not in links:
+                            stack.append(l2)
+        return links, flows
+
+    def recompute(self, t: float) -> list[FluidFlow]:
+        """Re-allocate rates in the components touched since the last call. Returns the flows
+        whose rate was (re)set, already settled to `t` (their finish times need rescheduling)."""
+        if not self._dirty:
+            return []
+        self.recomputes += 1
+        links, flows = self.component(self._dirty)
+        self._dirty.clear()
+        for f in flows:
+            self.settle(f, t)
+        allocate(links, flows)
+        return list(flows)
+
+
+def allocate(links: set[Link], flows: set[FluidFlow]) -> None:
+    """Strict priority across levels, max-min fair within a level (progressive filling)."""
+    resid = {ln: ln.capacity for ln in links}
+    by_level: dict[int, list[FluidFlow]] = {}
+    for f in flows:
+        by_level.setdefault(f.level, []).append(f)
+    for level in sorted(by_level):
+        group = by_level[level]
+        cnt: dict[Link, int] = {}
+        members: dict[Link, list[FluidFlow]] = {}
+        for f in group:
+            f.rate = -1.0  # unfrozen
+            for ln in f.links:
+                cnt[ln] = cnt.get(ln, 0) + 1
+                members.setdefault(ln, []).append(f)
+        heap = [(resid[ln] / c, id(ln), ln) for ln, c in cnt.items()]
+        heapq.heapify(heap)
+        while heap:
+            share, _, ln = heapq.heappop(heap)
+            c = cnt[ln]
+            if c == 0:
+                continue
+            cur = resid[ln] / c
+            if cur > share * (1 + 1e-12) + 1e-12:
+                heapq.heappush(heap, (cur, id(ln), ln))
+                continue
+            if cur < 0:
+                cur = 0.0
+            touched: set[Link] = set()
+            for f in members[ln]:
+                if f.rate >= 0:
+                    continue
+                f.rate = cur
+                for l2 in f.links:
+                    resid[l2] -= cur
+                    cnt[l2] -= 1
+                    touched.add(l2)
+            touched.discard(ln)
+            for l2 in touched:
+                if cnt[l2] > 0:
+                    heapq.heappush(heap, (max(resid[l2], 0.0) / cnt[l2], id(l2), l2))
+        for ln in cnt:
+            if resid[ln] < 0:
+                resid[ln] = 0.0

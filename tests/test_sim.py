@@ -1,0 +1,171 @@
+"""Flow-level simulator: fluid sharing and the engine on tiny cases with hand-computed answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from mfs_tc.entry import FlowEntry
+from mfs_tc.layout import MODE_LAXITY
+from mfs_tc.model import Flow, Request, Stage
+from mfs_tc.policy.base import Policy
+from mfs_tc.sim.engine import simulate
+from mfs_tc.sim.fabric import Fabric, Link
+from mfs_tc.sim.fluid import FluidFlow, allocate
+from mfs_tc.workload import ClusterShape, ModelShape, RequestSpec, Workload, WorkloadConfig
+
+# ---- fluid allocation ---------------------------------------------------------------------------
+
+
+def _flow(fid: int, links: tuple[Link, ...], level: int = 0) -> FluidFlow:
+    return FluidFlow(fid, links, 1000.0, level, 0.0)
+
+
+def test_strict_priority_between_levels() -> None:
+    ln = Link("l", 100.0)
+    hi, lo = _flow(1, (ln,), 0), _flow(2, (ln,), 1)
+    allocate({ln}, {hi, lo})
+    assert (hi.rate, lo.rate) == (100.0, 0.0)
+
+
+def test_max_min_with_different_bottlenecks() -> None:
+    l1, l2 = Link("l1", 100.0), Link("l2", 30.0)
+    x, y, z = _flow(1, (l1, l2)), _flow(2, (l1,)), _flow(3, (l1,))
+    allocate({l1, l2}, {x, y, z})
+    assert x.rate == pytest.approx(30.0)
+    assert y.rate == pytest.approx(35.0) and z.rate == pytest.approx(35.0)
+
+
+def test_lower_level_takes_leftover() -> None:
+    l1, l2 = Link("l1", 100.0), Link("l2", 100.0)
+    hi = _flow(1, (l1,), 0)
+    lo_a, lo_b = _flow(2, (l1, l2), 3), _flow(3, (l2,), 3)
+    allocate({l1, l2}, {hi, lo_a, lo_b})
+    assert (hi.rate, lo_a.rate, lo_b.rate) == (100.0, 0.0, 100.0)
+
+
+def test_leaf_spine_paths() -> None:
+    fab = Fabric(["a", "b", "c", "d"], 8e9, hosts_per_rack=2, oversubscription=2.0)
+    assert [ln.name for ln in fab.path("a", "b")] == ["a:up", "b:down"]
+    p = fab.path("a", "c")
+    assert [ln.name for ln in p] == ["a:up", "rack0:up", "rack1:down", "c:down"]
+    assert p[1].capacity == pytest.approx(1e9)  # 2 hosts x 1 GB/s / 2
+    with pytest.raises(ValueError, match="unknown host"):
+        fab.path("a", "zz")
+
+
+# ---- the engine on hand-built workloads ---------------------------------------------------------
+
+P2D_ONLY = ModelShape(name="p2d-only", layer_groups=1, kv_bytes_per_token_per_group=1.0,
+                      act_bytes_per_token_per_group=0.0, collective="all_reduce",
+                      compute_a_s=0.0, compute_b_s_per_token=0.0, decode_step_s=0.01)
+
+
+def _workload(inputs: list[int], rate_bps: float, model: ModelShape = P2D_ONLY,
+              group_size: int = 1, reused: int = 0, max_batch: int = 8) -> Workload:
+    cl = ClusterShape(kv_hosts=1, prefill_groups=1, group_size=group_size, decode_hosts=1,
+                      link_rate_bps=rate_bps)
+    cfg = WorkloadConfig(kind="poisson", load=1.0, num_requests=len(inputs), model=model,
+                         cluster=cl, byte_scale=1.0, max_batch=max_batch)
+    reqs = [RequestSpec(i + 1, 0.0, n, reused, 1, 0, "d0", "kv0", 100.0, 1.0)
+            for i, n in enumerate(inputs)]
+    return Workload(cfg=cfg, model=model, cluster=cl, requests=reqs)
+
+
+class ById(Policy):
+    """Static level = table[request_id] (0 if absent); a laxity entry for ids in `promote`."""
+
+    name = "by-id"
+
+    def __init__(self, table: dict[int, int], promote: dict[int, int] | None = None) -> None:
+        super().__init__()
+        self.table = table
+        self.promote = promote or {}
+
+    def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
+        rid = request.request_id
+        if rid in self.promote:
+            # level 5 while base - now >= 0, level 0 after: a promotion at `base`
+            return FlowEntry(mode=MODE_LAXITY, levels=[0, 5], thresholds=[0],
+                             deadline_ns=self.promote[rid], ps_per_byte=0, request_id=rid)
+        return FlowEntry.static(self.table.get(rid, 0), request_id=rid)
+
+
+def _ttfts(res) -> dict[int, float]:
+    return {r.request_id: r.ttft_s for r in res.requests}
+
+
+def test_two_flows_strict_priority() -> None:
+    # 1000 B/s; r1 1000 B at level 0, r2 500 B at level 1: r1 done at 1.0, r2 at 1.5
+    w = _workload([1000, 500], 8000.0)
+    res = simulate(w, ById({1: 0, 2: 1}))
+    t = _ttfts(res)
+    assert t[1] == pytest.approx(1.0 + 0.01)
+    assert t[2] == pytest.approx(1.5 + 0.01)
+    # the other way round
+    t = _ttfts(simulate(w, ById({1: 1, 2: 0})))
+    assert t[2] == pytest.approx(0.5 + 0.01) and t[1] == pytest.approx(1.5 + 0.01)
+
+
+def test_three_flows_share_fairly() -> None:
+    # 90 B/s shared by 300, 600, 900 B: 30 B/s each until 10 s, 45 B/s until 16.67 s, then 90
+    w = _workload([300, 600, 900], 720.0)
+    res = simulate(w, ById({}))
+    t = _ttfts(res)
+    assert t[1] == pytest.approx(10.0 + 0.01)
+    assert t[2] == pytest.approx(10.0 + 300 / 45 + 0.01)
+    assert t[3] == pytest.approx(20.0 + 0.01)
+    assert res.level_bytes[0] == pytest.approx(1800.0)
+    p = {r.request_id: r.p2d_earliness_s for r in res.requests}
+    assert p[1] == pytest.approx(100.0 - 10.0)
+
+
+def test_promotion_in_mid_flow() -> None:
+    # r1 static level 1 (1000 B), r2 (500 B) at level 5 until 0.5 s, then promoted to level 0:
+    # 0..0.5 r1 alone sends 500 B; 0.5..1.0 r2 at full rate; 1.0..1.5 r1 finishes.
+    w = _workload([1000, 500], 8000.0)
+    res = simulate(w, ById({1: 1}, promote={2: 500_000_000}), tick_s=0.001)
+    t = _ttfts(res)
+    assert t[2] == pytest.approx(1.0 + 0.01, abs=2e-3)
+    assert t[1] == pytest.approx(1.5 + 0.01, abs=2e-3)
+    assert res.level_bytes[1] == pytest.approx(1000.0)
+    assert res.level_bytes[0] == pytest.approx(500.0, abs=2.0)
+
+
+def test_lone_request_matches_unloaded_ttft() -> None:
+    # kv_fetch then compute per layer, no collective (G = 1): the simulator reproduces the
+    # analytical unloaded TTFT when kv flows are served layer by layer (levels by layer)
+    model = ModelShape(name="m", layer_groups=3, kv_bytes_per_token_per_group=10.0,
+                       act_bytes_per_token_per_group=0.0, collective="all_reduce",
+                       compute_a_s=0.05, compute_b_s_per_token=1e-4, decode_step_s=0.02)
+
+    class ByLayer(Policy):
+        name = "by-layer"
+
+        def entry(self, request, stage, flow, now_ns):
+            return FlowEntry.static(min(flow.target_layer, 6))
+
+    w = _workload([200], 80_000.0, model=model, reused=100)
+    from mfs_tc.workload import unloaded_ttft_s
+
+    expect = unloaded_ttft_s(w.requests[0], model, w.cluster)
+    res = simulate(w, ByLayer())
+    # 10 kB/s: kv 1000 B/layer = 0.1 s; compute 0.06 s; layers at 0.1, 0.2, 0.3 (kv-bound),
+    # last compute ends 0.36; p2d 200 x 10 x 3 = 6000 B = 0.6 s; decode 0.02
+    assert expect == pytest.approx(0.36 + 0.6 + 0.02)
+    assert res.requests[0].ttft_s == pytest.approx(expect)
+    assert res.requests[0].kv_fetch_s == pytest.approx(0.3)
+
+
+def test_collective_and_group_busy() -> None:
+    # two requests, max_batch 1: the second batch starts when the first's last collective ends
+    model = ModelShape(name="m", layer_groups=2, kv_bytes_per_token_per_group=0.0,
+                       act_bytes_per_token_per_group=10.0, collective="all_reduce",
+                       compute_a_s=0.1, compute_b_s_per_token=0.0, decode_step_s=0.0)
+    w = _workload([100, 100], 8000.0, model=model, group_size=2, max_batch=1)
+    res = simulate(w, ById({}))
+    # shard = 100 x 10 / 2 = 500 B; ring: 500 B per rank pair at 1000 B/s = 0.5 s per layer
+    a, b = res.requests
+    assert res.ccts_s == pytest.approx([0.5, 0.5, 0.5, 0.5])
+    assert a.ttft_s == pytest.approx(1.2)  # 2 x (0.1 + 0.5); no p2d bytes (kv bytes 0)
+    assert b.queue_s == pytest.approx(1.2)
+    assert b.ttft_s == pytest.approx(2.4)
