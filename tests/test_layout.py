@@ -1,0 +1,214 @@
+"""The map contract: bpf/mfs_maps.h (what the C compiler lays out) against mfs_tc/layout.py.
+
+A small C program prints sizeof/offsetof of every field; the Python side computes the same from
+its struct formats. Also the round trips of keys, entries and records.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mfs_tc import layout
+from mfs_tc.entry import FlowEntry
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+
+# C struct -> (Python struct format, its fields in order; the key's C `pad` is the format's 3x)
+STRUCTS = {
+    "mfs_flow_key": (layout.KEY_FMT, ["saddr", "daddr", "sport", "dport", "proto"]),
+    "mfs_flow_entry": (
+        layout.ENTRY_FMT,
+        ["mode", "flags", "nthresh", "cur_level", "lvl", "target_layer", "stage", "rsvd",
+         "request_id", "deadline_ns", "total_bytes", "ps_per_byte", "thresh", "sent_bytes",
+         "sent_pkts", "created_ns"],
+    ),
+    "mfs_request": (layout.REQUEST_FMT, ["cursor", "flags", "deadline_ns", "owner_pid"]),
+    "mfs_level": (layout.LEVEL_FMT, ["priority", "dscp"]),
+    "mfs_config": (
+        layout.CONFIG_FMT,
+        ["magic", "version", "nlevels", "default_level", "scavenger_level", "flags", "dscp2level"],
+    ),
+    "mfs_counter": (layout.COUNTER_FMT, ["packets", "bytes"]),
+}
+
+DEFINES = {
+    "MFS_LAYOUT_MAGIC": layout.LAYOUT_MAGIC,
+    "MFS_LAYOUT_VERSION": layout.LAYOUT_VERSION,
+    "MFS_MAX_LEVELS": layout.MAX_LEVELS,
+    "MFS_MAX_THRESH": layout.MAX_THRESH,
+    "MFS_MLU_ONE": layout.MLU_ONE,
+    "MFS_MLU_CAP": layout.MLU_CAP,
+    "MFS_DSCP_KEEP": layout.DSCP_KEEP,
+    "MFS_MODE_STATIC": layout.MODE_STATIC,
+    "MFS_MODE_MLU": layout.MODE_MLU,
+    "MFS_MODE_RLI": layout.MODE_RLI,
+    "MFS_MODE_LAXITY": layout.MODE_LAXITY,
+    "MFS_MODE_SENT": layout.MODE_SENT,
+    "MFS_MODE_REMAINING": layout.MODE_REMAINING,
+    "MFS_F_MONOTONIC": layout.F_MONOTONIC,
+    "MFS_F_AUTO_SCAVENGE": layout.F_AUTO_SCAVENGE,
+    "MFS_R_SCAVENGER": layout.R_SCAVENGER,
+    "MFS_C_TRUST_DSCP": layout.C_TRUST_DSCP,
+    "MFS_STAT_MISS": layout.STAT_MISS,
+    "MFS_STAT_MALFORMED": layout.STAT_MALFORMED,
+    "MFS_STAT_NONIP": layout.STAT_NONIP,
+    "MFS_STAT_FRAGMENT": layout.STAT_FRAGMENT,
+    "MFS_STAT_NOL4": layout.STAT_NOL4,
+    "MFS_STAT_HIT": layout.STAT_HIT,
+    "MFS_STAT_SCAVENGED": layout.STAT_SCAVENGED,
+    "MFS_STAT_DSCP_SET": layout.STAT_DSCP_SET,
+    "MFS_NSTATS": layout.NSTATS,
+}
+
+
+def _py_offsets(fmt: str) -> list[int]:
+    """Offset of each item of a struct format (an `Ns` string is one item, `8B` is eight)."""
+    order = fmt[0]
+    out = []
+    prefix = order
+    for m in re.finditer(r"(\d*)([a-zA-Z?])", fmt[1:]):
+        n, code = int(m.group(1) or 1), m.group(2)
+        if code == "x":
+            prefix += f"{n}x"
+            continue
+        reps, one = (1, f"{n}s") if code == "s" else (n, code)
+        for _ in range(reps):
+            size = struct.calcsize(order + one)
+            out.append(struct.calcsize(prefix + one) - size)
+            prefix += one
+    return out
+
+
+ARRAYS = {"lvl": 8, "thresh": 7}  # fields that are arrays of items in the Python format
+
+
+@pytest.fixture(scope="module")
+def c_layout(tmp_path_factory) -> dict[str, int]:
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.fail("no C compiler (cc): apt-get install gcc")
+    d = tmp_path_factory.mktemp("layout")
+    lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <linux/types.h>",
+             '#include "mfs_maps.h"', "int main(void) {"]
+    for cs, (_fmt, fields) in STRUCTS.items():
+        lines.append(f'printf("sizeof {cs} %zu\\n", sizeof(struct {cs}));')
+        for f in fields:
+            lines.append(f'printf("{cs}.{f} %zu\\n", offsetof(struct {cs}, {f}));')
+    for name in DEFINES:
+        lines.append(f'printf("{name} %lld\\n", (long long)({name}));')
+    lines += ["return 0;", "}"]
+    src = d / "layout.c"
+    src.write_text("\n".join(lines) + "\n")
+    exe = d / "layout"
+    subprocess.run([cc, f"-I{BPF_DIR}", "-o", str(exe), str(src)], check=True, capture_output=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    return {k: int(v) for k, v in (line.rsplit(" ", 1) for line in out.splitlines())}
+
+
+@pytest.mark.parametrize("cstruct", sorted(STRUCTS))
+def test_struct_size_and_offsets_match_c(c_layout: dict[str, int], cstruct: str) -> None:
+    fmt, fields = STRUCTS[cstruct]
+    assert c_layout[f"sizeof {cstruct}"] == struct.calcsize(fmt), cstruct
+    items = _py_offsets(fmt)
+    assert len(items) == sum(ARRAYS.get(f, 1) for f in fields), (cstruct, items, fields)
+    i = 0
+    for f in fields:
+        off = items[i]
+        assert c_layout[f"{cstruct}.{f}"] == off, f"{cstruct}.{f}: C {c_layout[f'{cstruct}.{f}']}, Python {off}"
+        i += ARRAYS.get(f, 1)
+
+
+def test_defines_match(c_layout: dict[str, int]) -> None:
+    for name, value in DEFINES.items():
+        assert c_layout[name] == value, name
+
+
+def test_map_shapes_match_sizes() -> None:
+    assert layout.MAP_SHAPES["flows"][:2] == (40, 136)
+    assert layout.MAP_SHAPES["requests"][:2] == (8, 24)
+    assert layout.MAP_SHAPES["levels"][:2] == (4, 8)
+    assert layout.MAP_SHAPES["config"][:2] == (4, 88)
+    assert layout.MAP_SHAPES["stats"] == (4, 16, layout.NSTATS)
+
+
+def test_classifier_source_uses_the_layout_limits() -> None:
+    src = (BPF_DIR / "mfs_classifier.c").read_text()
+    m = re.search(r"#define MFS_FLOWS_MAX (\d+)", src)
+    assert m and int(m.group(1)) == layout.FLOWS_MAX
+    m = re.search(r"#define MFS_REQUESTS_MAX (\d+)", src)
+    assert m and int(m.group(1)) == layout.REQUESTS_MAX
+
+
+def test_flow_key_round_trip_v4_v6() -> None:
+    k4 = layout.FlowKey("10.1.2.3", "10.1.2.4", 40000, 5201)
+    raw = k4.pack()
+    assert len(raw) == 40
+    assert raw[:16] == b"\0" * 10 + b"\xff\xff" + bytes([10, 1, 2, 3])
+    assert struct.unpack_from("<HH", raw, 32) == (40000, 5201)
+    assert raw[36] == socket.IPPROTO_TCP and raw[37:] == b"\0\0\0"
+    assert layout.FlowKey.unpack(raw) == k4
+    k6 = layout.FlowKey("fd77::1", "fd77::2", 1, 2, socket.IPPROTO_UDP)
+    assert layout.FlowKey.unpack(k6.pack()) == k6
+    assert k6.reversed() == layout.FlowKey("fd77::2", "fd77::1", 2, 1, socket.IPPROTO_UDP)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fix",
+    [
+        (dict(saddr="10.0.0.1", daddr="fd77::1", sport=1, dport=2), "families"),
+        (dict(saddr="10.0.0.1", daddr="10.0.0.2", sport=70000, dport=2), "port"),
+        (dict(saddr="10.0.0.1", daddr="10.0.0.2", sport=1, dport=2, proto=1), "TCP"),
+    ],
+)
+def test_flow_key_rejects_bad_input(kwargs: dict, fix: str) -> None:
+    with pytest.raises(ValueError, match=fix):
+        layout.FlowKey(**kwargs)
+
+
+def test_flow_entry_round_trip() -> None:
+    e = FlowEntry(
+        mode=layout.MODE_MLU, levels=[6, 4, 2, 0], thresholds=[100, 200, 300],
+        flags=layout.F_MONOTONIC, target_layer=7, stage=3, request_id=(1 << 63) + 5,
+        deadline_ns=-12345, total_bytes=1 << 40, ps_per_byte=80, sent_bytes=99, sent_pkts=3,
+        created_ns=42, cur_level=5,
+    )
+    raw = e.pack()
+    assert len(raw) == 136
+    back = FlowEntry.unpack(raw)
+    for f in ("mode", "levels", "thresholds", "flags", "target_layer", "stage", "request_id",
+              "deadline_ns", "total_bytes", "ps_per_byte", "sent_bytes", "sent_pkts",
+              "created_ns", "cur_level"):
+        assert getattr(back, f) == getattr(e, f), f
+    # unused level slots repeat the last level (the kernel masks the index, never reads junk)
+    assert raw[4:12] == bytes([6, 4, 2, 0, 0, 0, 0, 0])
+
+
+def test_records_round_trip() -> None:
+    r = layout.RequestRecord(cursor=-3, flags=layout.R_SCAVENGER, deadline_ns=5, owner_pid=9)
+    assert layout.RequestRecord.unpack(r.pack()) == r and r.scavenged
+    lv = layout.LevelRecord(0x4D460011, 46)
+    assert layout.LevelRecord.unpack(lv.pack()) == lv
+    c = layout.ConfigRecord(8, 0, 7, layout.C_TRUST_DSCP, bytes(range(64)))
+    assert layout.ConfigRecord.unpack(c.pack()) == c
+
+
+def test_dscp_table_maps_each_level_dscp_back() -> None:
+    table = layout.dscp_to_level_table(layout.DEFAULT_DSCP, 6)
+    for level, dscp in enumerate(layout.DEFAULT_DSCP):
+        assert table[dscp] == level
+    assert table[63] == 6
+
+
+def test_pin_dir_rejects_bad_names() -> None:
+    assert layout.pin_dir("eth0", "ns1") == layout.PIN_ROOT / "ns1" / "eth0"
+    assert layout.pin_dir("eth0") == layout.PIN_ROOT / "host" / "eth0"
+    for bad in ("", "a/b", "..", "."):
+        with pytest.raises(ValueError):
+            layout.pin_dir(bad)
