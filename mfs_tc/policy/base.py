@@ -37,10 +37,18 @@ class PolicyConfig:
 
 class Policy(ABC):
     name: str = ""
+    config_class: type[PolicyConfig] = PolicyConfig  # the configuration this policy reads
     config: PolicyConfig
 
     def __init__(self, config: PolicyConfig | None = None) -> None:
-        self.config = config or PolicyConfig()
+        if config is None:
+            config = self.config_class()
+        if not isinstance(config, self.config_class):
+            raise ValueError(
+                f"policy {self.name or type(self).__name__} needs a {self.config_class.__name__}, "
+                f"got {type(config).__name__}: build it with mfs_tc.policy.make_policy(name, **keys)"
+            )
+        self.config = config
 
     @abstractmethod
     def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:

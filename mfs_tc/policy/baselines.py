@@ -1,0 +1,421 @@
+"""Baselines (DESIGN section 2), each one small class: (request, stage, flow, now) -> entry.
+
+The paper's:
+  fair    one static level for everything: TCP fair sharing.
+  sjf     static level by flow size (smaller flow, higher level; pFabric-like, size known).
+  edf     MODE_LAXITY with no rate term: metric = deadline - now, promoted as the deadline nears.
+          Batch flows take the earliest deadline of their batch.
+  karuna  deadline flows (p2d) at the top level; the others demoted by bytes sent (MODE_SENT).
+Ours:
+  fifo    MODE_LAXITY with base = arrival: metric = -(age); older requests are more urgent.
+  srpt    MODE_REMAINING: level by bytes still to send; promoted as the flow drains.
+  pias    MODE_SENT: MLFQ, start at the top and demote by bytes sent (size unknown).
+  stage   static level by stage: collective > kv_fetch > p2d.
+  llf-oracle  MODE_LAXITY with the exact work ahead (flow.true_remaining_work_ns, which only the
+          testbed and simulator know): the reference no online policy can beat.
+None of them scavenges (is_hopeless is always False).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..entry import FlowEntry, ps_per_byte
+from ..layout import MODE_LAXITY, MODE_REMAINING, MODE_SENT, MODE_STATIC
+from ..model import Flow, Request, Stage
+from .base import Policy, PolicyConfig
+from .laxity import DEFAULT_LAXITY_THRESHOLDS_NS
+from .levels import (
+    REF_TOP,
+    LevelTable,
+    build_table,
+    check_level,
+    int_levels,
+    int_thresholds,
+    layout,
+    make_entry,
+    ms,
+    nbytes,
+    spread_levels,
+    squeeze,
+)
+from .work import bytes_ns
+
+KiB, MiB = 1 << 10, 1 << 20
+DEFAULT_SIZE_THRESHOLDS = (64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB, 16 * MiB, 64 * MiB)
+DEFAULT_KARUNA_THRESHOLDS = (64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB, 16 * MiB)
+DEFAULT_DEADLINE_THRESHOLDS_NS = tuple(x * 1_000_000 for x in (50, 100, 200, 500, 1000, 2000))
+DEFAULT_AGE_THRESHOLDS_NS = tuple(x * 1_000_000 for x in (10, 50, 100, 200, 500, 1000))
+NO_SCAVENGER = "scavenger: unused by this policy"
+
+
+def _static(level: int) -> LevelTable:
+    return LevelTable(MODE_STATIC, (), (level,))
+
+
+def _header(policy: Policy) -> dict:
+    c = policy.config
+    return {
+        "policy": policy.name,
+        "levels": c.nlevels,
+        "default_level": 0,
+        "scavenger_level": c.scavenger_level,
+        "ref_rate_bps": c.ref_rate_bps,
+    }
+
+
+# ---- fair ------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class FairConfig(PolicyConfig):
+    level: int = 0  # the one level every flow uses
+
+    def __post_init__(self) -> None:
+        PolicyConfig.__post_init__(self)
+        check_level(self.level, self.nlevels, "level")
+
+
+class FairPolicy(Policy):
+    name = "fair"
+    config_class = FairConfig
+    config: FairConfig
+
+    def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
+        return make_entry(request, stage, flow, now_ns, _static(self.config.level))
+
+    def describe(self) -> dict:
+        lv = self.config.level
+        return _header(self) | {
+            "mode": "static",
+            "level": lv,
+            "layout": layout(self.config.nlevels, [(lv, "every flow")], scavenger=NO_SCAVENGER),
+        }
+
+
+# ---- size based: sjf, srpt, pias -------------------------------------------------------------
+@dataclass(slots=True)
+class SizeConfig(PolicyConfig):
+    size_thresholds: tuple[int, ...] = DEFAULT_SIZE_THRESHOLDS  # ascending bytes
+    size_levels: tuple[int, ...] | None = None  # level per size interval; None: 0, 1, ... (K-2)
+
+    def __post_init__(self) -> None:
+        PolicyConfig.__post_init__(self)
+        self.size_thresholds = int_thresholds(self.size_thresholds, "size_thresholds")
+        self.size_levels = int_levels(self.size_levels, "size_levels")
+
+
+class _SizePolicy(Policy):
+    config_class = SizeConfig
+    config: SizeConfig
+    mode = MODE_STATIC
+    metric = "size"
+
+    def __init__(self, config: SizeConfig | None = None) -> None:
+        super().__init__(config)
+        th = self.config.size_thresholds
+        self.table = build_table(
+            self.mode,  # sjf: a static lookup table evaluated here, not in the kernel
+            th,
+            self.config.size_levels,
+            self.config.nlevels,
+            "size_levels",
+            spread_levels(len(th)),
+        )
+
+    def describe(self) -> dict:
+        rows = self.table.rows("every flow", nbytes, self.metric)
+        return _header(self) | {
+            "mode": {MODE_STATIC: "static", MODE_REMAINING: "remaining", MODE_SENT: "sent"}[self.mode],
+            "metric": self.metric,
+            "thresholds_bytes": list(self.table.thresholds),
+            "table_levels": list(self.table.levels),
+            "layout": layout(self.config.nlevels, rows, scavenger=NO_SCAVENGER),
+        }
+
+
+class SjfPolicy(_SizePolicy):
+    """Smallest flow first: a static level from the flow's total size."""
+
+    name = "sjf"
+    metric = "flow size"
+
+    def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
+        return make_entry(request, stage, flow, now_ns, _static(self.table.level_for(flow.bytes)))
+
+
+class SrptPolicy(_SizePolicy):
+    """Shortest remaining first: the kernel re-levels by bytes still to send."""
+
+    name = "srpt"
+    mode = MODE_REMAINING
+    metric = "remaining bytes"
+
+    def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
+        return make_entry(request, stage, flow, now_ns, self.table)
+
+
+class PiasPolicy(_SizePolicy):
+    """PIAS MLFQ: every flow starts at the top, demoted as its bytes sent cross thresholds."""
+
+    name = "pias"
+    mode = MODE_SENT
+    metric = "bytes sent"
+
+    def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
+        return make_entry(request, stage, flow, now_ns, self.table)
+
+
+# ---- karuna ----------------------------------------------------------------------------------
+@dataclass(slots=True)
+class KarunaConfig(PolicyConfig):
+    deadline_level: int = 0  # level of deadline flows (p2d)
+    sent_thresholds: tuple[int, ...] = DEFAULT_KARUNA_THRESHOLDS  # ascending bytes sent
+    sent_levels: tuple[int, ...] | None = None  # None: 1, 2, ... below the deadline flows
+
+    def __post_init__(self) -> None:
+        PolicyConfig.__post_init__(self)
+        check_level(self.deadline_level, self.nlevels, "deadline_level")
+        self.sent_thresholds = int_thresholds(self.sent_thresholds, "sent_thresholds")
+        self.sent_levels = int_levels(self.sent_levels, "sent_levels")
+
+
+class KarunaPolicy(Policy):
+    name = "karuna"
+    config_class = KarunaConfig
+    config: KarunaConfig
+
+    def __init__(self, config: KarunaConfig | None = None) -> None:
+        super().__init__(config)
+        c = self.config
+        th = c.sent_thresholds
+        ref = tuple(min(lv + 1, REF_TOP) for lv in spread_levels(len(th), REF_TOP - 1))
+        self.table = build_table(MODE_SENT, th, c.sent_levels, c.nlevels, "sent_levels", ref)
+        if c.sent_levels is None and c.nlevels > 2:
+            # keep the non-deadline flows strictly below level 0 whatever the squeeze did
+            self.table = LevelTable(MODE_SENT, th, tuple(max(lv, 1) for lv in self.table.levels))
+
+    def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
+        if stage.name == "p2d":
+            return make_entry(request, stage, flow, now_ns, _static(self.config.deadline_level))
+        return make_entry(request, stage, flow, now_ns, self.table)
+
+    def describe(self) -> dict:
+        c = self.config
+        rows = [(c.deadline_level, "p2d (deadline flows)")]
+        rows += self.table.rows("kv_fetch, collective", nbytes, "bytes sent")
+        return _header(self) | {
+            "stages": {
+                "p2d": {"mode": "static", "level": c.deadline_level},
+                "kv_fetch": {"mode": "sent", "thresholds_bytes": list(self.table.thresholds),
+                             "levels": list(self.table.levels)},
+                "collective": {"mode": "sent", "thresholds_bytes": list(self.table.thresholds),
+                               "levels": list(self.table.levels)},
+            },
+            "layout": layout(c.nlevels, rows, scavenger=NO_SCAVENGER),
+        }
+
+
+# ---- edf -------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class EdfConfig(PolicyConfig):
+    deadline_thresholds_ns: tuple[int, ...] = DEFAULT_DEADLINE_THRESHOLDS_NS  # ascending time to deadline
+    deadline_levels: tuple[int, ...] | None = None  # None: 0, 1, ... (K-2)
+
+    def __post_init__(self) -> None:
+        PolicyConfig.__post_init__(self)
+        self.deadline_thresholds_ns = int_thresholds(
+            self.deadline_thresholds_ns, "deadline_thresholds_ns", positive=False
+        )
+        self.deadline_levels = int_levels(self.deadline_levels, "deadline_levels")
+
+
+class EdfPolicy(Policy):
+    name = "edf"
+    config_class = EdfConfig
+    config: EdfConfig
+
+    def __init__(self, config: EdfConfig | None = None) -> None:
+        super().__init__(config)
+        th = self.config.deadline_thresholds_ns
+        self.table = build_table(
+            MODE_LAXITY, th, self.config.deadline_levels, self.config.nlevels, "deadline_levels",
+            spread_levels(len(th)),
+        )
+
+    @staticmethod
+    def deadline(request: Request, stage: Stage) -> int:
+        """The request's deadline; a batch flow serves its whole batch: the earliest one."""
+        batch = request.batch
+        if stage.name != "p2d" and batch is not None and batch.deadlines_ns:
+            return min(min(batch.deadlines_ns), request.deadline_ns)
+        return request.deadline_ns
+
+    def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
+        return make_entry(
+            request, stage, flow, now_ns, self.table, deadline_ns=self.deadline(request, stage), ps=0
+        )
+
+    def describe(self) -> dict:
+        rows = self.table.rows("every flow", ms, "deadline - now")
+        return _header(self) | {
+            "mode": "laxity",
+            "metric": "deadline - now (batch flows: earliest deadline of the batch)",
+            "thresholds_ms": [t / 1e6 for t in self.table.thresholds],
+            "table_levels": list(self.table.levels),
+            "layout": layout(self.config.nlevels, rows, scavenger=NO_SCAVENGER),
+        }
+
+
+# ---- fifo ------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class FifoConfig(PolicyConfig):
+    age_thresholds_ns: tuple[int, ...] = DEFAULT_AGE_THRESHOLDS_NS  # ascending request ages
+    age_levels: tuple[int, ...] | None = None  # level when the age exceeds exactly i thresholds
+
+    def __post_init__(self) -> None:
+        PolicyConfig.__post_init__(self)
+        self.age_thresholds_ns = int_thresholds(self.age_thresholds_ns, "age_thresholds_ns")
+        self.age_levels = int_levels(self.age_levels, "age_levels")
+
+
+class FifoPolicy(Policy):
+    """First come first served by request arrival: metric = arrival - now = -age (the kernel's
+    laxity mode with no rate term), so the table is the age table mirrored."""
+
+    name = "fifo"
+    config_class = FifoConfig
+    config: FifoConfig
+
+    def __init__(self, config: FifoConfig | None = None) -> None:
+        super().__init__(config)
+        c = self.config
+        ages = c.age_thresholds_ns
+        age_levels = c.age_levels
+        if age_levels is None:
+            age_levels = tuple(squeeze(lv, c.nlevels) for lv in reversed(spread_levels(len(ages))))
+        if len(age_levels) != len(ages) + 1:
+            raise ValueError(f"age_levels: {len(ages)} age thresholds need {len(ages) + 1} levels")
+        # age > a_j  <=>  -age < -a_j: kernel index = #{j: a_j >= age} = n - #{j: a_j < age}
+        self.age_levels = tuple(age_levels)
+        self.table = LevelTable(MODE_LAXITY, tuple(-a for a in reversed(ages)), tuple(reversed(age_levels)))
+        self.table.check(c.nlevels, "age_levels")
+
+    def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
+        return make_entry(request, stage, flow, now_ns, self.table, deadline_ns=request.arrival_ns, ps=0)
+
+    def describe(self) -> dict:
+        ages = self.config.age_thresholds_ns
+        rows = []
+        for i, lv in enumerate(self.age_levels):
+            if i == 0:
+                cond = f"age <= {ms(ages[0])}"
+            elif i == len(ages):
+                cond = f"age > {ms(ages[-1])}"
+            else:
+                cond = f"{ms(ages[i - 1])} < age <= {ms(ages[i])}"
+            rows.append((lv, f"every flow: request {cond}"))
+        return _header(self) | {
+            "mode": "laxity",
+            "metric": "arrival - now (= -age of the request)",
+            "age_thresholds_ms": [a / 1e6 for a in ages],
+            "age_levels": list(self.age_levels),
+            "layout": layout(self.config.nlevels, rows, scavenger=NO_SCAVENGER),
+        }
+
+
+# ---- stage -----------------------------------------------------------------------------------
+STAGE_DEFAULT_LEVELS = {"collective": 0, "kv_fetch": 1, "p2d": 2}
+
+
+@dataclass(slots=True)
+class StageConfig(PolicyConfig):
+    # None: collective 0, kv_fetch 1, p2d 2 (capped at K-2 when K < 4)
+    collective_level: int | None = None
+    kv_fetch_level: int | None = None
+    p2d_level: int | None = None
+
+    def __post_init__(self) -> None:
+        PolicyConfig.__post_init__(self)
+        for stage, default in STAGE_DEFAULT_LEVELS.items():
+            key = f"{stage}_level"
+            if getattr(self, key) is None:
+                setattr(self, key, min(default, self.nlevels - 2))
+            check_level(getattr(self, key), self.nlevels, key)
+
+
+class StagePolicy(Policy):
+    name = "stage"
+    config_class = StageConfig
+    config: StageConfig
+
+    def level_of(self, stage: Stage) -> int:
+        return getattr(self.config, f"{stage.name}_level")
+
+    def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
+        return make_entry(request, stage, flow, now_ns, _static(self.level_of(stage)))
+
+    def describe(self) -> dict:
+        c = self.config
+        levels = {s: getattr(c, f"{s}_level") for s in ("collective", "kv_fetch", "p2d")}
+        return _header(self) | {
+            "mode": "static",
+            "stage_levels": levels,
+            "layout": layout(c.nlevels, [(lv, s) for s, lv in levels.items()], scavenger=NO_SCAVENGER),
+        }
+
+
+# ---- llf-oracle ------------------------------------------------------------------------------
+@dataclass(slots=True)
+class LlfOracleConfig(PolicyConfig):
+    laxity_thresholds_ns: tuple[int, ...] = DEFAULT_LAXITY_THRESHOLDS_NS  # ascending laxity
+    laxity_levels: tuple[int, ...] | None = None  # None: 0, 1, ...
+    allow_estimate: bool = False  # no true work on the flow: use the request's estimates
+
+    def __post_init__(self) -> None:
+        PolicyConfig.__post_init__(self)
+        self.laxity_thresholds_ns = int_thresholds(
+            self.laxity_thresholds_ns, "laxity_thresholds_ns", positive=False
+        )
+        self.laxity_levels = int_levels(self.laxity_levels, "laxity_levels")
+
+
+class LlfOraclePolicy(Policy):
+    """Exact least-laxity-first: base = deadline - true work ahead (at decision, as the testbed or
+    simulator knows it), ps_per_byte at the reference rate so sending keeps the laxity honest."""
+
+    name = "llf-oracle"
+    config_class = LlfOracleConfig
+    config: LlfOracleConfig
+
+    def __init__(self, config: LlfOracleConfig | None = None) -> None:
+        super().__init__(config)
+        c = self.config
+        self.ps = ps_per_byte(c.ref_rate_bps)
+        th = c.laxity_thresholds_ns
+        self.table = build_table(MODE_LAXITY, th, c.laxity_levels, c.nlevels, "laxity_levels",
+                                 spread_levels(len(th)))
+
+    def true_work_ns(self, request: Request, flow: Flow) -> int:
+        if flow.true_remaining_work_ns is not None:
+            return flow.true_remaining_work_ns
+        if self.config.allow_estimate:
+            return bytes_ns(request.remaining_bytes, self.ps) + request.remaining_compute_ns
+        raise ValueError(
+            "llf-oracle needs flow.true_remaining_work_ns (the testbed or simulator fills it); "
+            "pass allow_estimate=True to fall back to the request's estimates"
+        )
+
+    def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
+        base = request.deadline_ns - self.true_work_ns(request, flow) - bytes_ns(flow.sent, self.ps)
+        return make_entry(request, stage, flow, now_ns, self.table, deadline_ns=base, ps=self.ps)
+
+    def describe(self) -> dict:
+        rows = self.table.rows("every flow", ms, "laxity")
+        return _header(self) | {
+            "mode": "laxity",
+            "metric": "deadline - now - true work ahead (flow.true_remaining_work_ns)",
+            "ref_ns_per_byte": self.ps / 1000,
+            "allow_estimate": self.config.allow_estimate,
+            "thresholds_ms": [t / 1e6 for t in self.table.thresholds],
+            "table_levels": list(self.table.levels),
+            "layout": layout(self.config.nlevels, rows, scavenger=NO_SCAVENGER),
+        }

@@ -1,0 +1,211 @@
+"""Threshold tables and the level layout every policy shares.
+
+A `LevelTable` is what one flow entry's threshold table holds, in the kernel's units: for a
+metric m, level = levels[number of thresholds <= m]. Policies build tables from their
+configuration (in human units), then stamp them into a `FlowEntry` with `make_entry`.
+
+The reference layout is written for K = 8 levels: 0 most urgent (also where unknown traffic goes:
+the datapath's default level), 1..6 ever less urgent, 7 the scavenger. `squeeze` maps a level of
+that layout onto fewer levels (K = 2..7), keeping 0 at 0 and never reaching the scavenger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..entry import FlowEntry
+from ..layout import MAX_LEVELS, MAX_THRESH, MODE_NAMES, MODE_STATIC, STAGE_CODES
+from ..model import Flow, Request, Stage
+
+REF_TOP = MAX_LEVELS - 2  # 6: the least urgent non-scavenger level of the K = 8 layout
+
+
+def squeeze(level: int, nlevels: int) -> int:
+    """A level of the K = 8 reference layout on K = `nlevels` levels.
+
+    0..6 map proportionally (rounded half up) onto 0..K-2; 7 (scavenger) maps onto K-1."""
+    if level >= MAX_LEVELS - 1:
+        return nlevels - 1
+    return (level * (nlevels - 2) * 2 + REF_TOP) // (2 * REF_TOP)
+
+
+def spread_levels(n_thresholds: int, top: int = REF_TOP) -> tuple[int, ...]:
+    """Ascending levels 0..min(n, top) for a table of n thresholds (reference layout)."""
+    hi = min(n_thresholds, top)
+    if n_thresholds == 0:
+        return (0,)
+    return tuple((i * hi * 2 + n_thresholds) // (2 * n_thresholds) for i in range(n_thresholds + 1))
+
+
+@dataclass(frozen=True, slots=True)
+class LevelTable:
+    """One threshold table: `levels[i]` applies when the metric is >= exactly i thresholds."""
+
+    mode: int
+    thresholds: tuple[int, ...]
+    levels: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODE_NAMES:
+            raise ValueError(f"unknown mode {self.mode}")
+        if len(self.thresholds) > MAX_THRESH:
+            raise ValueError(f"at most {MAX_THRESH} thresholds, got {len(self.thresholds)}")
+        if len(self.levels) != len(self.thresholds) + 1:
+            raise ValueError(
+                f"{len(self.thresholds)} thresholds need {len(self.thresholds) + 1} levels, "
+                f"got {len(self.levels)}"
+            )
+        if any(a >= b for a, b in zip(self.thresholds, self.thresholds[1:])):
+            raise ValueError(f"thresholds must strictly ascend: {list(self.thresholds)}")
+        if any(not 0 <= lv < MAX_LEVELS for lv in self.levels):
+            raise ValueError(f"levels must be in 0..{MAX_LEVELS - 1}: {list(self.levels)}")
+
+    def level_for(self, metric: int) -> int:
+        return self.levels[sum(1 for t in self.thresholds if metric >= t)]
+
+    def shifted(self, by: int, cap: int) -> "LevelTable":
+        """The same table with every level `by` steps less urgent, capped at `cap`."""
+        return LevelTable(self.mode, self.thresholds, tuple(min(lv + by, max(cap, lv)) for lv in self.levels))
+
+    def squeezed(self, nlevels: int) -> "LevelTable":
+        return LevelTable(self.mode, self.thresholds, tuple(squeeze(lv, nlevels) for lv in self.levels))
+
+    def check(self, nlevels: int, what: str) -> None:
+        bad = [lv for lv in self.levels if lv >= nlevels]
+        if bad:
+            raise ValueError(
+                f"{what}: levels {list(self.levels)} do not fit nlevels={nlevels}: "
+                f"use levels 0..{nlevels - 1} (or raise nlevels)"
+            )
+
+    def rows(self, label: str, fmt: Callable[[int], str], metric: str) -> list[tuple[int, str]]:
+        """(level, human condition) for each interval of the table, for the level layout."""
+        if not self.thresholds:
+            return [(self.levels[0], label)]
+        out: list[tuple[int, str]] = []
+        n = len(self.thresholds)
+        for i, lv in enumerate(self.levels):
+            if i == 0:
+                cond = f"{metric} < {fmt(self.thresholds[0])}"
+            elif i == n:
+                cond = f"{metric} >= {fmt(self.thresholds[-1])}"
+            else:
+                cond = f"{fmt(self.thresholds[i - 1])} <= {metric} < {fmt(self.thresholds[i])}"
+            out.append((lv, f"{label}: {cond}"))
+        return out
+
+
+def build_table(
+    mode: int,
+    thresholds: Sequence[int],
+    levels: Sequence[int] | None,
+    nlevels: int,
+    key: str,
+    ref_levels: Sequence[int],
+) -> LevelTable:
+    """A table from configured thresholds (kernel units) and levels; levels None: `ref_levels`
+    (written for the K = 8 reference layout) squeezed onto `nlevels`."""
+    if levels is None:
+        table = LevelTable(mode, tuple(thresholds), tuple(ref_levels)).squeezed(nlevels)
+    else:
+        table = LevelTable(mode, tuple(thresholds), tuple(levels))
+    table.check(nlevels, key)
+    return table
+
+
+def int_thresholds(value: Sequence[int], key: str, *, positive: bool = True) -> tuple[int, ...]:
+    t = as_tuple(value, key)
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in t):
+        raise ValueError(f"{key} must be whole numbers, got {list(t)}")
+    ascending(t, key, positive=positive)
+    return t
+
+
+def check_level(level: int, nlevels: int, key: str) -> None:
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < nlevels:
+        raise ValueError(f"{key} must be a level in 0..{nlevels - 1}, got {level!r}")
+
+
+def as_tuple(value: Sequence[float] | Sequence[int] | None, key: str) -> tuple | None:
+    """Config values arrive as lists (JSON, CLI) or tuples; keep tuples."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{key} must be a list of numbers, got {value!r}")
+    return tuple(value)
+
+
+def int_levels(value: Sequence[int] | None, key: str) -> tuple[int, ...] | None:
+    t = as_tuple(value, key)
+    if t is None:
+        return None
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in t):
+        raise ValueError(f"{key} must be a list of integer levels, got {list(t)}")
+    return t
+
+
+def ascending(values: Sequence[float], key: str, *, positive: bool = False) -> None:
+    if len(values) > MAX_THRESH:
+        raise ValueError(f"{key}: at most {MAX_THRESH} thresholds (K <= 8 levels), got {len(values)}")
+    if any(a >= b for a, b in zip(values, values[1:])):
+        raise ValueError(f"{key} must strictly ascend, got {list(values)}")
+    if positive and any(v <= 0 for v in values):
+        raise ValueError(f"{key} must be positive, got {list(values)}")
+
+
+def target_layer(stage: Stage, flow: Flow) -> int:
+    """The layer a flow feeds: the flow's own target_layer, else its stage's layer."""
+    if flow.target_layer:
+        return flow.target_layer
+    return stage.layer or 0
+
+
+def make_entry(
+    request: Request,
+    stage: Stage,
+    flow: Flow,
+    now_ns: int,
+    table: LevelTable,
+    *,
+    flags: int = 0,
+    deadline_ns: int = 0,
+    ps: int = 0,
+) -> FlowEntry:
+    """A flow entry carrying `table` and the fields every policy sets."""
+    static = table.mode == MODE_STATIC
+    return FlowEntry(
+        mode=table.mode,
+        levels=[table.levels[0]] if static else list(table.levels),
+        thresholds=[] if static else list(table.thresholds),
+        flags=flags,
+        target_layer=target_layer(stage, flow),
+        stage=STAGE_CODES.get(stage.name, 0),
+        request_id=request.request_id,
+        deadline_ns=deadline_ns,
+        total_bytes=flow.bytes,
+        ps_per_byte=ps,
+        sent_bytes=flow.sent,
+        created_ns=now_ns,
+    )
+
+
+def layout(nlevels: int, rows: Sequence[tuple[int, str]], *, scavenger: str) -> list[dict]:
+    """The level layout of a policy: for each level, what traffic it carries."""
+    table: list[list[str]] = [[] for _ in range(nlevels)]
+    table[0].append("unknown traffic (TCP ACKs of reverse flows, control): the default level")
+    for lv, what in rows:
+        table[min(lv, nlevels - 1)].append(what)
+    table[nlevels - 1].append(scavenger)
+    return [{"level": i, "carries": what} for i, what in enumerate(table)]
+
+
+def ms(ns: int) -> str:
+    return f"{ns / 1e6:g} ms"
+
+
+def nbytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n} B"
