@@ -1,0 +1,152 @@
+"""`mfs-tc sim run`: every policy over the same workloads, results in the testbed's shape.
+
+For each (seed, load, slo_scale) point the workload is generated once (`mfs_tc.workload`, the
+testbed's generator) and simulated under each policy (`mfs_tc.policy.make_policy`, the objects
+that drive the eBPF maps). Results go through `netns_testbed.report` (requests.csv, summary.json
+schema "mfs-tc-results/1", plots), so `report` renders testbed and simulator runs alike.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TextIO
+
+from ..policy.base import Policy
+from ..workload import ClusterShape, Workload, WorkloadConfig, cluster_preset, generate
+from .engine import SimResult, simulate
+
+DEFAULT_POLICIES = ("mfs", "fair", "edf", "karuna", "sjf", "pias")
+
+
+def make_sim_policy(name: str, *, nlevels: int, ref_rate_bps: float, config: dict) -> Policy:
+    from ..policy.registry import make_policy
+
+    kw = {"nlevels": nlevels, "ref_rate_bps": ref_rate_bps}
+    kw.update(config)
+    return make_policy(name, **kw)
+
+
+@dataclass(slots=True)
+class SimRunConfig:
+    policies: list[str] = field(default_factory=lambda: list(DEFAULT_POLICIES))
+    seeds: list[int] = field(default_factory=lambda: [1])
+    loads: list[float | None] = field(default_factory=lambda: [None])
+    slo_scales: list[float] = field(default_factory=lambda: [5.0])
+    workload: str = "mooncake"
+    num_requests: int = 200
+    model: str = "dense-small"
+    cluster: str = "testbed"
+    rate_bps: float | None = None  # None: the cluster preset's link rate
+    byte_scale: float | None = None
+    max_batch: int | None = None
+    time_scale: float | None = None
+    trace_path: Path | None = None
+    levels: int = 8
+    tick_s: float = 0.001
+    policy_config: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.policies:
+            raise ValueError("no policy given: e.g. --policy mfs,fair")
+        if len(set(self.policies)) != len(self.policies):
+            raise ValueError(f"a policy is listed twice: {','.join(self.policies)}")
+        from ..policy.registry import POLICY_NAMES
+
+        bad = [p for p in self.policies if p not in POLICY_NAMES]
+        if bad:
+            raise ValueError(f"unknown policy {', '.join(bad)}: choose from {', '.join(POLICY_NAMES)}")
+        if not self.seeds or not self.loads or not self.slo_scales:
+            raise ValueError("seeds, loads and slo scales must not be empty")
+        if self.num_requests < 1:
+            raise ValueError("--requests must be at least 1")
+        if self.tick_s <= 0:
+            raise ValueError("--tick-ms must be positive")
+        cluster_preset(self.cluster)
+
+    def cluster_shape(self) -> ClusterShape:
+        c = cluster_preset(self.cluster)
+        return replace(c, link_rate_bps=self.rate_bps) if self.rate_bps else c
+
+    def workload_config(self, seed: int, load: float | None, slo_scale: float) -> WorkloadConfig:
+        kw: dict = dict(kind=self.workload, num_requests=self.num_requests, seed=seed, load=load,
+                        slo_scale=slo_scale, model=self.model, cluster=self.cluster_shape())
+        for k in ("byte_scale", "max_batch", "time_scale", "trace_path"):
+            v = getattr(self, k)
+            if v is not None:
+                kw[k] = v
+        return WorkloadConfig(**kw)
+
+
+def rows_of(res: SimResult, seed: int, load: float | None, slo_scale: float | None) -> list[dict]:
+    rows = []
+    for r in res.requests:
+        rows.append({
+            "request_id": r.request_id, "policy": res.policy, "arrival_s": r.arrival_s,
+            "slo_s": r.slo_s, "ttft_s": r.ttft_s, "met": r.met, "kv_fetch_s": r.kv_fetch_s,
+            "collective_s": r.collective_s, "p2d_s": r.p2d_s,
+            "p2d_earliness_s": r.p2d_earliness_s, "seed": seed, "load": load,
+            "slo_scale": slo_scale, "queue_s": r.queue_s, "prefill_group": r.prefill_group,
+            "batch_id": r.batch_id, "unloaded_ttft_s": r.unloaded_ttft_s,
+            "error": "" if r.ttft_s is not None else "unfinished",
+        })
+    return rows
+
+
+def summarize(res: SimResult, seed: int, load: float | None, slo_scale: float | None,
+              wl: Workload) -> dict:
+    from netns_testbed.report import summarize_run
+
+    return summarize_run(
+        res.policy, rows_of(res, seed, load, slo_scale), ccts_s=res.ccts_s,
+        level_bytes=[int(round(b)) for b in res.level_bytes], seed=seed, load=load,
+        slo_scale=slo_scale,
+        extra={"source": "sim", "stage_bytes": {k: int(v) for k, v in res.stage_bytes.items()},
+               "sim_time_s": res.sim_time_s, "wall_s": res.wall_s, "events": res.events,
+               "flows": res.flows, "recomputes": res.recomputes, "tick_s": res.tick_s,
+               "workload": wl.summary()})
+
+
+def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> list[dict]:
+    runs: list[dict] = []
+    for seed in cfg.seeds:
+        for load in cfg.loads:
+            for slo in cfg.slo_scales:
+                wl = generate(cfg.workload_config(seed, load, slo))
+                for name in cfg.policies:
+                    pol = make_sim_policy(name, nlevels=cfg.levels,
+                                          ref_rate_bps=wl.cluster.link_rate_bps,
+                                          config=cfg.policy_config)
+                    t0 = time.perf_counter()
+                    res = simulate(wl, pol, tick_s=cfg.tick_s)
+                    run = summarize(res, seed, load, slo, wl)
+                    runs.append(run)
+                    if progress_out is not None:
+                        print(f"sim {name:10s} seed={seed} load={load} slo_scale={slo}: "
+                              f"attainment {run['attainment']:.3f}, p99 TTFT "
+                              f"{(run['ttft_p99_s'] or 0) * 1e3:.1f} ms "
+                              f"({res.events} events, {time.perf_counter() - t0:.1f} s)",
+                              file=progress_out, flush=True)
+    return runs
+
+
+def run(cfg: SimRunConfig, out_dir: Path | None, *, plots: bool = True,
+        progress_out: TextIO | None = sys.stderr) -> dict:
+    """Run every point and policy; write the results under `out_dir` (if given)."""
+    from netns_testbed.report import aggregate, sweep, write_results
+
+    runs = run_points(cfg, progress_out)
+    meta = {"source": "sim", "config": {k: (str(v) if isinstance(v, Path) else v)
+                                        for k, v in _asdict(cfg).items()}}
+    if out_dir is None:
+        aggs = aggregate(runs)
+        return {"schema": "mfs-tc-results/1", "meta": meta,
+                "runs": [{k: v for k, v in r.items() if k != "rows"} for r in runs],
+                "policies": aggs, "sweep": sweep(aggs)}
+    return write_results(Path(out_dir), runs, meta, plots=plots)
+
+
+def _asdict(cfg: SimRunConfig) -> dict:
+    return {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
