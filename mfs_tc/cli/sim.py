@@ -1,7 +1,92 @@
-"""CLI verbs: sim (placeholder until implemented)."""
+"""CLI verbs: `mfs-tc sim run` (flow-level simulator; the testbed's policy and workload flags)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from ..errors import MfsError
+
+sim_app = typer.Typer(help="Flow-level simulator: the same policies and workloads at cluster scale.",
+                      no_args_is_help=True)
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        out = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise MfsError(f"bad {what} {text!r}: give numbers separated by commas, e.g. 2,4,8") from None
+    if not out:
+        raise MfsError(f"no {what} given")
+    return out
+
+
+def _policy_config(items: list[str]) -> dict:
+    cfg: dict = {}
+    for it in items:
+        if "=" not in it:
+            raise MfsError(f"bad --policy-config {it!r}: use KEY=VALUE (VALUE as JSON, e.g. "
+                           "mlu_thresholds=[0.1,0.5])")
+        k, v = it.split("=", 1)
+        try:
+            cfg[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            cfg[k.strip()] = v
+    return cfg
+
+
+@sim_app.command("run")
+def run_cmd(
+    policy: Annotated[str, typer.Option("--policy", "-p", help="Comma-separated policies")] = "mfs,fair,edf,karuna,sjf,pias",
+    workload: Annotated[str, typer.Option(help="mooncake | poisson")] = "mooncake",
+    requests: Annotated[int, typer.Option(help="Requests per run")] = 200,
+    load: Annotated[Optional[str], typer.Option(help="Arrival rate(s) in requests/s, comma-separated (sweep); default: the trace's own times")] = None,
+    slo_scale: Annotated[str, typer.Option(help="SLO scale(s) x unloaded TTFT, comma-separated (sweep)")] = "5",
+    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated")] = "1",
+    model: Annotated[str, typer.Option(help="dense-small | dense-70b | moe-8x")] = "dense-small",
+    cluster: Annotated[str, typer.Option(help="testbed | c256 | c1024")] = "testbed",
+    rate: Annotated[Optional[str], typer.Option(help="Host link rate, e.g. 200mbit, 400gbit (default: the cluster's)")] = None,
+    byte_scale: Annotated[Optional[float], typer.Option(help="Multiply every byte count (default 1/256, the testbed's)")] = None,
+    max_batch: Annotated[Optional[int], typer.Option(help="Requests per prefill batch")] = None,
+    time_scale: Annotated[Optional[float], typer.Option(help="Multiply trace inter-arrival times")] = None,
+    trace: Annotated[Optional[Path], typer.Option(help="Mooncake trace JSONL (default: shared/traces)")] = None,
+    levels: Annotated[int, typer.Option("--levels", "-k", help="Strict-priority levels K")] = 8,
+    tick_ms: Annotated[float, typer.Option(help="Re-level tick in simulated ms (the model's resolution)")] = 1.0,
+    policy_config: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE policy setting (repeatable)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Results directory (requests.csv, summary.json, plots)")] = None,
+    plots: Annotated[bool, typer.Option(help="Write PNG plots")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+) -> None:
+    """Simulate every policy on the same workload; print a table, write results under --out."""
+    from ..units import parse_rate
+    from ..sim.runner import SimRunConfig, run
+
+    try:
+        cfg = SimRunConfig(
+            policies=[p.strip() for p in policy.split(",") if p.strip()],
+            seeds=[int(s) for s in _floats(seeds, "seeds")],
+            loads=list(_floats(load, "load")) if load else [None],
+            slo_scales=_floats(slo_scale, "slo scale"),
+            workload=workload, num_requests=requests, model=model, cluster=cluster,
+            rate_bps=float(parse_rate(rate)) if rate else None, byte_scale=byte_scale,
+            max_batch=max_batch, time_scale=time_scale, trace_path=trace, levels=levels,
+            tick_s=tick_ms / 1e3, policy_config=_policy_config(policy_config or []),
+        )
+        summary = run(cfg, out, plots=plots)
+    except ValueError as exc:
+        raise MfsError(str(exc)) from None
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    from netns_testbed.report import table
+
+    typer.echo(table(summary))
+    if out:
+        typer.echo(f"results in {out}/ (requests.csv, summary.json, plots)")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.add_typer(sim_app, name="sim")

@@ -85,7 +85,7 @@ def _read_trace(cfg: WorkloadConfig, block_tokens: int) -> list[_Raw]:
     if not path.is_file():
         raise MfsError(
             f"Mooncake trace not found at {path}: pass --trace PATH (or trace_path=) pointing at "
-            "mooncake_conversation_trace.jsonl, or use --kind poisson"
+            "mooncake_conversation_trace.jsonl, or use a poisson workload (--workload poisson)"
         )
     seen: set[int] = set()
     out: list[_Raw] = []
