@@ -1,0 +1,181 @@
+"""The kernel's level function equals FlowEntry.level() (its Python mirror) on many random entries.
+
+The classifier runs through BPF_PROG_TEST_RUN on a crafted packet of the entry's flow; the level
+comes back as skb->priority (the test's levels map writes PRIO_BASE + level). The kernel reads
+bpf_ktime_get_ns() during the run: the oracle is evaluated at CLOCK_MONOTONIC just before and just
+after, and the kernel's level must be one of the two (they differ only when a threshold is crossed
+inside those few microseconds, which the test counts and bounds).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from datapath_support import LoadedClassifier
+from mfs_tc import layout
+from mfs_tc.entry import FlowEntry, mlu_fixed, ps_per_byte
+from mfs_tc.layout import FlowKey, RequestRecord
+
+pytestmark = pytest.mark.privileged
+
+KEY = FlowKey("10.9.0.1", "10.9.0.2", 41000, 5201)
+PAYLOAD = 1000
+PACKET = bytes(
+    Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    / IP(src=KEY.saddr, dst=KEY.daddr)
+    / TCP(sport=KEY.sport, dport=KEY.dport, flags="A")
+    / Raw(b"\x55" * PAYLOAD)
+)
+RID = 77
+RATES = [ps_per_byte(r) for r in (100e9, 10e9, 1e9, 100e6)]
+
+
+@pytest.fixture(scope="module")
+def clf():
+    with LoadedClassifier() as c:
+        yield c
+
+
+def _thresholds(rng: random.Random, lo: int, hi: int) -> list[int]:
+    n = rng.randint(0, layout.MAX_THRESH)
+    return sorted(rng.randint(lo, hi) for _ in range(n))
+
+
+def random_entry(rng: random.Random, mode: int, now: int) -> tuple[FlowEntry, RequestRecord | None]:
+    sec = 1_000_000_000
+    th: list[int] = []
+    kw: dict = {}
+    if mode == layout.MODE_MLU:
+        total = rng.choice([rng.randint(1, 10_000), rng.randint(10_000, 1 << 30)])
+        kw = dict(total_bytes=total, ps_per_byte=rng.choice(RATES),
+                  deadline_ns=now + rng.randint(-sec, 5 * sec),
+                  sent_bytes=rng.randint(0, total + total // 4))
+        th = sorted(mlu_fixed(rng.uniform(0.001, 3.0)) for _ in range(rng.randint(0, 7)))
+    elif mode == layout.MODE_RLI:
+        kw = dict(target_layer=rng.randint(0, 80))
+        th = _thresholds(rng, -4, 60)
+    elif mode == layout.MODE_LAXITY:
+        kw = dict(deadline_ns=now + rng.randint(-2 * sec, 4 * sec), ps_per_byte=rng.choice(RATES),
+                  sent_bytes=rng.randint(0, 1 << 26))
+        th = _thresholds(rng, -sec, 6 * sec)
+    elif mode == layout.MODE_SENT:
+        kw = dict(sent_bytes=rng.randint(0, 1 << 24))
+        th = _thresholds(rng, 0, 1 << 24)
+    elif mode == layout.MODE_REMAINING:
+        total = rng.randint(0, 1 << 24)
+        kw = dict(total_bytes=total, sent_bytes=rng.randint(0, total + 5000))
+        th = _thresholds(rng, 0, 1 << 24)
+    levels = [rng.randint(0, 7) for _ in range(len(th) + 1)]
+    flags = rng.choice([0, layout.F_MONOTONIC, layout.F_AUTO_SCAVENGE,
+                        layout.F_MONOTONIC | layout.F_AUTO_SCAVENGE])
+    cur = rng.choice([0xFF, rng.randint(0, 7)])
+    req = None
+    rid = 0
+    if rng.random() < 0.6:
+        rid = RID
+        if rng.random() < 0.9:  # else: the entry names a request that is not in the map
+            req = RequestRecord(cursor=rng.randint(-5, 70),
+                                flags=layout.R_SCAVENGER if rng.random() < 0.1 else 0)
+    e = FlowEntry(mode=mode, levels=levels, thresholds=th, flags=flags, cur_level=cur,
+                  request_id=rid, **kw)
+    return e, req
+
+
+def _check(clf: LoadedClassifier, e: FlowEntry, req: RequestRecord | None, nlevels: int) -> bool:
+    """Run one packet; assert the kernel agrees with the oracle. True when the oracle was
+    ambiguous (a threshold crossed during the run)."""
+    flows, requests = clf.map("flows"), clf.map("requests")
+    try:
+        rkey = RID.to_bytes(8, "little")
+        if req is not None:
+            requests.update(rkey, req.pack())
+        else:
+            requests.delete(rkey)
+        flows.update(KEY.pack(), e.pack())
+        t0 = time.monotonic_ns()
+        r = clf.run(PACKET)
+        t1 = time.monotonic_ns()
+        after = FlowEntry.unpack(flows.lookup(KEY.pack()))
+    finally:
+        flows.close()
+        requests.close()
+    kw = dict(cursor=req.cursor if req else 0, scavenged=bool(req and req.scavenged),
+              scavenger_level=nlevels - 1, nlevels=nlevels)
+    expect = {e.level(t0, **kw), e.level(t1, **kw)}
+    got = r.priority - 0x100
+    assert r.retval == 0  # TC_ACT_OK: never drops
+    assert got in expect, f"kernel level {got}, oracle {expect} for {e} request {req}"
+    # the kernel records what it chose and counts the packet's L4 payload
+    assert after.cur_level == got
+    assert after.sent_bytes == e.sent_bytes + PAYLOAD
+    assert after.sent_pkts == e.sent_pkts + 1
+    assert r.data == PACKET  # levels keep DSCP here: the packet is untouched
+    return len(expect) > 1
+
+
+@pytest.mark.parametrize("nlevels", [8, 4])
+@pytest.mark.parametrize(
+    "mode",
+    [layout.MODE_STATIC, layout.MODE_MLU, layout.MODE_RLI, layout.MODE_LAXITY, layout.MODE_SENT,
+     layout.MODE_REMAINING],
+    ids=lambda m: layout.MODE_NAMES[m],
+)
+def test_kernel_level_equals_python_mirror(clf: LoadedClassifier, mode: int, nlevels: int) -> None:
+    clf.nlevels = nlevels
+    clf.configure()
+    rng = random.Random(1000 * mode + nlevels)
+    n, ambiguous = 1000, 0
+    levels_seen: set[int] = set()
+    for _ in range(n):
+        e, req = random_entry(rng, mode, time.monotonic_ns())
+        ambiguous += _check(clf, e, req, nlevels)
+        levels_seen.add(FlowEntry.unpack(clf.map("flows").lookup(KEY.pack())).cur_level)
+    assert ambiguous <= n // 100, f"{ambiguous} of {n} runs crossed a threshold mid-run"
+    assert len(levels_seen) >= min(nlevels, 4)  # the random entries exercise many levels
+
+
+def test_mlu_large_values_and_cap(clf: LoadedClassifier) -> None:
+    """Extremes of the fixed point: far deadlines (the >= 2^40 ns rescale), huge flows (cap 64)."""
+    clf.nlevels = 8
+    clf.configure()
+    rng = random.Random(7)
+    now = time.monotonic_ns()
+    cases = []
+    for _ in range(100):
+        far = now + rng.randint(1 << 40, 1 << 50)
+        total = rng.randint(1 << 30, 1 << 44)
+        th = sorted(mlu_fixed(x) for x in rng.sample([0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 63.9], 5))
+        cases.append(FlowEntry(mode=layout.MODE_MLU, levels=[6, 5, 4, 3, 2, 1], thresholds=th,
+                               total_bytes=total, ps_per_byte=rng.choice(RATES), deadline_ns=far))
+    cases.append(FlowEntry(mode=layout.MODE_MLU, levels=[5, 0], thresholds=[layout.MLU_CAP],
+                           total_bytes=1 << 40, ps_per_byte=80000, deadline_ns=now + 10**9))
+    for e in cases:
+        _check(clf, e, None, 8)
+
+
+def test_request_cursor_drives_rli_level(clf: LoadedClassifier) -> None:
+    """An rli entry's level follows its request's cursor, read at each packet."""
+    clf.nlevels = 8
+    clf.configure()
+    e = FlowEntry(mode=layout.MODE_RLI, levels=[0, 2, 4, 6], thresholds=[1, 3, 6], target_layer=10,
+                  request_id=RID)
+    for cursor, want in [(10, 0), (9, 2), (8, 2), (7, 4), (5, 4), (4, 6), (0, 6), (12, 0)]:
+        _check(clf, e, RequestRecord(cursor=cursor), 8)
+        assert clf.level_of(PACKET) == want, cursor
+
+
+def test_entry_counters_accumulate_over_packets(clf: LoadedClassifier) -> None:
+    clf.nlevels = 8
+    clf.configure()
+    with clf.map("flows") as m:
+        m.update(KEY.pack(), FlowEntry.static(2).pack())
+        for _ in range(10):
+            assert clf.level_of(PACKET) == 2
+        after = FlowEntry.unpack(m.lookup(KEY.pack()))
+    assert (after.sent_pkts, after.sent_bytes) == (10, 10 * PAYLOAD)
