@@ -644,6 +644,8 @@ class _Owner:
         e.request_id = self.id
         e.stage = STAGE_CODES.get(fh.stage.stage.name, 0)
         e.created_ns = now
+        if not e.total_bytes:  # unused by modes that ignore it; shown by `mfs-tc flows`
+            e.total_bytes = fh.flow.bytes
         fh.entry = e
         return e.pack()
 
@@ -685,6 +687,8 @@ class _Owner:
             e = self.ctl.policy.entry(self.model, fh.stage.stage, fh.flow, now)
             e.request_id = self.id
             e.stage = STAGE_CODES.get(fh.stage.stage.name, 0)
+            if not e.total_bytes:
+                e.total_bytes = fh.flow.bytes
             if old is not None:
                 e.sent_bytes, e.sent_pkts, e.cur_level = old.sent_bytes, old.sent_pkts, old.cur_level
                 e.created_ns = old.created_ns
