@@ -337,7 +337,7 @@ class BpfMap:
         self.slot_size = _round8(self.info.value_size) if self.percpu else self.info.value_size
         self.value_size = self.slot_size * self.ncpus
         self._batch_ok: dict[int, bool] = {}
-        self._lock = threading.Lock()
+        self._tls = threading.local()
 
     # -- lifecycle
     @classmethod
@@ -363,6 +363,7 @@ class BpfMap:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+            self._tls = threading.local()  # drop scratch attrs naming the old fd
 
     def __enter__(self) -> "BpfMap":
         return self
@@ -381,33 +382,47 @@ class BpfMap:
         if len(key) != self.key_size:
             raise ValueError(f"{self.name}: key of {len(key)} bytes, the map wants {self.key_size}")
 
+    def _scratch(self) -> "_Scratch":
+        """This thread's preallocated attr + key/value buffers (no allocation per call)."""
+        try:
+            return self._tls.s
+        except AttributeError:
+            sc = self._tls.s = _Scratch(self.fd, self.key_size, self.value_size)
+            return sc
+
     def lookup(self, key: bytes) -> bytes | None:
         if len(key) != self.key_size:
             self._check_key(key)
-        buf = ctypes.create_string_buffer(self.value_size)
-        attr = _ElemAttr(self.fd, 0, key, ctypes.addressof(buf), 0)
-        r = _SYSCALL(_NR, BPF_MAP_LOOKUP_ELEM, ctypes.addressof(attr), _ELEM_SIZE)
+        sc = self._scratch()
+        sc.kbuf.raw = key
+        sc.attr.flags = 0
+        r = _SYSCALL(_NR, BPF_MAP_LOOKUP_ELEM, sc.addr, _ELEM_SIZE)
         if r < 0:
             err = _get_errno()
             if err == E.ENOENT:
                 return None
             raise error_for(BPF_MAP_LOOKUP_ELEM, err, self.name)
-        return buf.raw
+        return sc.vbuf.raw
 
     def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
         if len(key) != self.key_size or len(value) != self.value_size:
             self._check_key(key)
             raise ValueError(f"{self.name}: value of {len(value)} bytes, the map wants {self.value_size}")
-        attr = _ElemAttr(self.fd, 0, key, ctypes.cast(value, ctypes.c_void_p), flags)
-        r = _SYSCALL(_NR, BPF_MAP_UPDATE_ELEM, ctypes.addressof(attr), _ELEM_SIZE)
+        sc = self._scratch()
+        sc.kbuf.raw = key
+        sc.vbuf.raw = value
+        sc.attr.flags = flags
+        r = _SYSCALL(_NR, BPF_MAP_UPDATE_ELEM, sc.addr, _ELEM_SIZE)
         if r < 0:
             raise error_for(BPF_MAP_UPDATE_ELEM, _get_errno(), self.name)
 
     def delete(self, key: bytes) -> bool:
         """Delete `key`; False when it was not there."""
-        self._check_key(key)
-        attr = _ElemAttr(self.fd, 0, key, None, 0)
-        r = _SYSCALL(_NR, BPF_MAP_DELETE_ELEM, ctypes.addressof(attr), _ELEM_SIZE)
+        if len(key) != self.key_size:
+            self._check_key(key)
+        sc = self._scratch()
+        sc.kbuf.raw = key
+        r = _SYSCALL(_NR, BPF_MAP_DELETE_ELEM, sc.daddr, _ELEM_SIZE)
         if r < 0:
             err = _get_errno()
             if err == E.ENOENT:
@@ -577,3 +592,21 @@ class BpfMap:
 
 class _BatchUnsupported(Exception):
     pass
+
+
+class _Scratch:
+    """Per-thread element attr whose key and value pointers aim at owned buffers."""
+
+    __slots__ = ("kbuf", "vbuf", "attr", "addr", "dattr", "daddr")
+
+    def __init__(self, fd: int, key_size: int, value_size: int) -> None:
+        self.kbuf = ctypes.create_string_buffer(key_size)
+        self.vbuf = ctypes.create_string_buffer(value_size)
+        self.attr = _ElemAttr(fd, 0, None, ctypes.addressof(self.vbuf), 0)
+        # the key field is a c_char_p: point it at kbuf by address
+        ctypes.c_void_p.from_address(ctypes.addressof(self.attr) + _ElemAttr.key.offset).value = ctypes.addressof(self.kbuf)
+        self.addr = ctypes.addressof(self.attr)
+        # delete wants every field after the key zero
+        self.dattr = _ElemAttr(fd, 0, None, None, 0)
+        ctypes.c_void_p.from_address(ctypes.addressof(self.dattr) + _ElemAttr.key.offset).value = ctypes.addressof(self.kbuf)
+        self.daddr = ctypes.addressof(self.dattr)
