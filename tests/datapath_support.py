@@ -183,3 +183,72 @@ class LoadedClassifier:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---- odd packets ------------------------------------------------------------------------------
+# frames the kernel's BPF_PROG_TEST_RUN refuses (shorter than the L3 header their EtherType
+# announces): they can only be tested on the real egress path
+TESTRUN_REFUSES = frozenset({"ether-only", "v4-truncated-ip", "v6-truncated"})
+
+
+def _trunc(p, n: int) -> bytes:
+    return bytes(p)[:n]
+
+
+def odd_packets(eth, a4: str, b4: str, a6: str, b6: str, sp: int, dp: int) -> dict[str, tuple[bytes, int]]:
+    """Packets the classifier must pass unharmed at the default level: name -> (frame, the stats
+    slot that counts it). A flow entry is assumed for a4->b4 / a6->b6 sp->dp, TCP and UDP."""
+    from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP  # noqa: PLC0415
+    from scapy.layers.inet6 import (  # noqa: PLC0415
+        ICMPv6EchoRequest,
+        IPv6,
+        IPv6ExtHdrDestOpt,
+        IPv6ExtHdrFragment,
+        IPv6ExtHdrHopByHop,
+    )
+    from scapy.layers.l2 import ARP, Dot1Q, Ether  # noqa: PLC0415
+    from scapy.packet import Raw  # noqa: PLC0415
+
+    from mfs_tc import layout as L  # noqa: PLC0415
+
+    body = Raw(bytes(range(200)))
+    src, dst = eth.src, eth.dst
+    e = lambda t: Ether(src=src, dst=dst, type=t)  # noqa: E731
+    v4 = lambda **kw: IP(src=a4, dst=b4, **kw)  # noqa: E731
+    v6 = lambda **kw: IPv6(src=a6, dst=b6, **kw)  # noqa: E731
+    tcp = lambda **kw: TCP(sport=sp, dport=dp, **kw)  # noqa: E731
+    udp = lambda: UDP(sport=sp, dport=dp)  # noqa: E731
+    six = IPv6ExtHdrDestOpt
+    return {
+        "arp": (bytes(eth / ARP(psrc=a4, pdst=b4)), L.STAT_NONIP),
+        "lldp-like": (bytes(Ether(src=src, dst="01:80:c2:00:00:0e", type=0x88CC) / Raw(b"\x02\x07" + b"\0" * 40)),
+                      L.STAT_NONIP),
+        "ether-only": (bytes(e(0x0800)), L.STAT_MALFORMED),
+        "v4-truncated-ip": (_trunc(eth / v4() / tcp(), 14 + 12), L.STAT_MALFORMED),
+        "v4-truncated-tcp": (_trunc(eth / v4() / tcp(), 14 + 20 + 10), L.STAT_MALFORMED),
+        "v4-truncated-udp": (_trunc(eth / v4() / udp(), 14 + 20 + 6), L.STAT_MALFORMED),
+        "v4-ihl-too-small": (bytes(eth / v4(ihl=4) / tcp() / body), L.STAT_MALFORMED),
+        "v4-bad-version": (bytes(eth / v4(version=5) / tcp() / body), L.STAT_MALFORMED),
+        "v4-totlen-below-ihl": (bytes(eth / v4(len=12) / tcp()), L.STAT_MALFORMED),
+        "v4-tcp-doff-too-small": (bytes(eth / v4() / tcp(dataofs=3) / body), L.STAT_MALFORMED),
+        "v4-first-fragment": (bytes(eth / v4(flags="MF") / tcp() / body), L.STAT_FRAGMENT),
+        "v4-later-fragment": (bytes(eth / v4(frag=100, proto=6) / body), L.STAT_FRAGMENT),
+        "v4-icmp": (bytes(eth / v4() / ICMP() / body), L.STAT_NOL4),
+        "v4-options-icmp": (bytes(eth / v4(options=[IPOption_NOP()] * 8) / ICMP()), L.STAT_NOL4),
+        "v6-truncated": (_trunc(eth / v6() / tcp(), 14 + 30), L.STAT_MALFORMED),
+        "v6-bad-version": (bytes(eth / v6(version=4) / tcp()), L.STAT_MALFORMED),
+        "v6-fragment": (bytes(eth / v6() / IPv6ExtHdrFragment(m=1) / udp() / body), L.STAT_FRAGMENT),
+        "v6-hbh-then-fragment": (bytes(eth / v6() / IPv6ExtHdrHopByHop() / IPv6ExtHdrFragment(offset=5) / body),
+                                 L.STAT_FRAGMENT),
+        "v6-truncated-ext": (_trunc(eth / v6() / IPv6ExtHdrHopByHop() / tcp(), 14 + 40 + 1), L.STAT_MALFORMED),
+        "v6-ext-past-end": (bytes(eth / v6() / six(len=200, nh=6) / Raw(b"\0" * 6)), L.STAT_MALFORMED),
+        "v6-ext-then-nothing": (bytes(eth / v6() / six(len=1) / Raw(b"\0" * 14)), L.STAT_NOL4),
+        "v6-too-many-ext": (bytes(eth / v6() / IPv6ExtHdrHopByHop() / six() / six() / six() / six() / six() / six()
+                                  / tcp()), L.STAT_NOL4),
+        "v6-icmp": (bytes(eth / v6() / ICMPv6EchoRequest() / body), L.STAT_NOL4),
+        "vlan-arp": (bytes(eth / Dot1Q(vlan=3) / ARP(psrc=a4, pdst=b4)), L.STAT_NONIP),
+        "vlan-truncated": (bytes(e(0x8100) / Raw(b"\x00")), L.STAT_MALFORMED),
+        "v4-unknown-flow": (bytes(eth / v4() / TCP(sport=sp + 1, dport=dp) / body), L.STAT_MISS),
+        "v6-unknown-flow": (bytes(eth / v6() / UDP(sport=sp, dport=dp + 1) / body), L.STAT_MISS),
+        "v4-reverse-direction": (bytes(eth / IP(src=b4, dst=a4) / TCP(sport=dp, dport=sp) / body), L.STAT_MISS),
+    }
