@@ -35,7 +35,7 @@
 
 /* flow entry flags */
 #define MFS_F_MONOTONIC      0x01 /* never demote a live flow (min with cur_level)            */
-#define MFS_F_AUTO_SCAVENGE  0x02 /* mlu/laxity: deadline passed -> scavenger level            */
+#define MFS_F_AUTO_SCAVENGE  0x02 /* mlu only: deadline passed -> scavenger level                */
 #define MFS_F_ROUND_FIRST    0x04 /* reserved                                                  */
 
 /* request flags */
