@@ -192,15 +192,15 @@ class Replay:
         self._safe(lambda: self.sched.begin_batch(bid, rids))
         # all kv_fetch flows start now; layer g waits for its own
         kv_threads: list[list[threading.Thread]] = []
-        kv_end = start
+        kv_ends: list[int] = []
         for g, lj in enumerate(job.layers):
             sb = sum(t.nbytes for t in lj.kv_fetch)
-            kv_threads.append([self._spawn(t, bid, None, sb, compute_after[g]) for t in lj.kv_fetch])
+            kv_threads.append([self._spawn(t, bid, None, sb, compute_after[g], kv_ends)
+                               for t in lj.kv_fetch])
         coll_s = 0.0
         for g, lj in enumerate(job.layers):
             for t in kv_threads[g]:
                 t.join()
-            kv_end = max(kv_end, time.monotonic_ns())
             self._safe(lambda: self.sched.at_layer(bid, g))
             if lj.compute_s > 0:
                 time.sleep(lj.compute_s)
@@ -214,12 +214,12 @@ class Replay:
                 coll_s += cct
                 with self._lock:
                     self.ccts.append(cct)
-        any_kv = any(lj.kv_fetch for lj in job.layers)
+        kv_end = max(kv_ends, default=start)
         self._safe(lambda: self.sched.at_layer(bid, nl))
         self._safe(lambda: self.sched.end_batch(bid))
         for rid in rids:
             res = self.results[rid]
-            res.kv_fetch_s = (kv_end - start) / 1e9 if any_kv else 0.0
+            res.kv_fetch_s = (kv_end - start) / 1e9
             res.collective_s = coll_s
             flows = job.p2d.get(rid, ())
             threading.Thread(target=self._p2d, args=(rid, flows, job.decode_step_s),
@@ -258,14 +258,14 @@ class Replay:
 
     # ---- flows --------------------------------------------------------------------------------
     def _spawn(self, t: Transfer, bid: int | None, rid: int | None, stage_bytes: int,
-               compute_after_s: float) -> threading.Thread:
+               compute_after_s: float, ends: list[int] | None = None) -> threading.Thread:
         th = threading.Thread(target=self._transfer,
-                              args=(t, bid, rid, stage_bytes, compute_after_s), daemon=True)
+                              args=(t, bid, rid, stage_bytes, compute_after_s, ends), daemon=True)
         th.start()
         return th
 
     def _transfer(self, t: Transfer, bid: int | None, rid: int | None, stage_bytes: int,
-                  compute_after_s: float) -> None:
+                  compute_after_s: float, ends: list[int] | None = None) -> None:
         if t.nbytes == 0:
             return
         src, dst = self.topo.host(t.src), self.topo.host(t.dst)
@@ -291,6 +291,8 @@ class Replay:
             self.flows += 1
             self.intended += t.nbytes
             self.delivered += delivered
+            if ends is not None:
+                ends.append(time.monotonic_ns())
 
     def _safe(self, fn: Callable[[], object]) -> None:
         try:

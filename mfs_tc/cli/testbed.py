@@ -1,7 +1,148 @@
-"""CLI verbs: testbed (placeholder until implemented)."""
+"""CLI verbs: testbed run / report / contention / clean (the netns testbed, netns_testbed/)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from ..errors import MfsError
+
+testbed_app = typer.Typer(help="Emulated cluster in network namespaces: replay a workload under "
+                          "each policy, real TCP flows, SLO attainment.", no_args_is_help=True)
+
+
+def _floats(text: str | None, what: str) -> list[float]:
+    if text is None:
+        return []
+    try:
+        out = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise MfsError(f"--{what}: expected numbers separated by commas, got {text!r}") from None
+    if any(x <= 0 for x in out):
+        raise MfsError(f"--{what}: values must be positive")
+    return out
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        if "-" in text and "," not in text:
+            a, b = (int(x) for x in text.split("-"))
+            return list(range(a, b + 1))
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise MfsError(f"--{what}: expected integers like 1,2,3 or 1-3, got {text!r}") from None
+
+
+def _rate(text: str) -> float:
+    from ..units import parse_rate
+
+    try:
+        return float(parse_rate(text))
+    except ValueError as exc:
+        raise MfsError(str(exc)) from exc
+
+
+@testbed_app.command("run")
+def run_cmd(
+    policy: Annotated[str, typer.Option("--policy", "-p", help="Policies to compare, comma separated")] = "mfs,fair,edf,karuna,sjf,pias",
+    workload: Annotated[str, typer.Option(help="mooncake (the real trace) or poisson")] = "mooncake",
+    requests: Annotated[int, typer.Option("--requests", "-n", help="Requests per run")] = 60,
+    load: Annotated[Optional[str], typer.Option(help="Arrival rate(s) in requests/s, comma separated for a sweep (default: the trace's own rate, 3 rps for poisson)")] = "3",
+    slo_scale: Annotated[str, typer.Option(help="SLO = this x unloaded TTFT; comma separated for a sweep")] = "5",
+    seed: Annotated[str, typer.Option(help="Seeds: 1,2,3 or 1-3")] = "1",
+    rate: Annotated[str, typer.Option(help="Link rate of every host and switch port")] = "200mbit",
+    model: Annotated[str, typer.Option(help="Model shape: dense-small, dense-70b, moe-8x")] = "dense-small",
+    max_batch: Annotated[Optional[int], typer.Option(help="Requests per prefill batch (workload default 4)")] = None,
+    byte_scale: Annotated[Optional[float], typer.Option(help="Multiply every byte count (workload default 1/256)")] = None,
+    datapath: Annotated[str, typer.Option(help="mfs (classifier + strict-priority HTB) or plain (HTB only: no scheduling)")] = "mfs",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results directory (default results/testbed-<time>)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+) -> None:
+    """Replay the same arrivals under each policy in turn; write requests.csv, summary.json, plots."""
+    from netns_testbed.report import table
+    from netns_testbed.runner import RunConfig, run
+
+    loads: list[float | None] = list(_floats(load, "load")) or [None]
+    if load is not None and load.strip().lower() in ("", "trace", "native"):
+        loads = [None]
+    try:
+        cfg = RunConfig(
+            policies=[p.strip() for p in policy.split(",") if p.strip()],
+            seeds=_ints(seed, "seed"), loads=loads, slo_scales=_floats(slo_scale, "slo-scale"),
+            workload=workload, num_requests=requests, model=model, rate_bps=_rate(rate),
+            byte_scale=byte_scale, max_batch=max_batch, datapath=datapath)
+        cfg.workload_config(cfg.seeds[0], cfg.loads[0], cfg.slo_scales[0])
+    except ValueError as exc:
+        raise MfsError(str(exc)) from exc
+    out_dir = out or Path("results") / time.strftime("testbed-%Y%m%d-%H%M%S")
+    summary = run(cfg, out_dir, progress_out=sys.stderr)
+    if json_out:
+        typer.echo(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2, default=str))
+        return
+    typer.echo(table(summary))
+    typer.echo(f"\nresults in {out_dir}/ (requests.csv, summary.json, *.png)")
+
+
+@testbed_app.command("report")
+def report_cmd(
+    directory: Annotated[Path, typer.Argument(help="A directory written by `testbed run` (or the simulator)")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Only print the table")] = False,
+) -> None:
+    """Re-render the table, summary.json and the plots of a results directory."""
+    from netns_testbed.report import load_results, table, write_results
+
+    try:
+        summary, runs = load_results(directory)
+    except (FileNotFoundError, ValueError) as exc:
+        raise MfsError(str(exc)) from exc
+    summary = write_results(directory, runs, summary.get("meta"), plots=not no_plots)
+    if json_out:
+        typer.echo(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2, default=str))
+        return
+    typer.echo(table(summary))
+
+
+@testbed_app.command("contention")
+def contention_cmd(
+    policy: Annotated[str, typer.Option("--policy", "-p", help="Policies, comma separated")] = "mfs,fair",
+    rate: Annotated[str, typer.Option(help="Link rate")] = "100mbit",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results directory (none: do not write)")] = None,
+) -> None:
+    """The purpose-built case: a tight and a loose request's p2d on one bottleneck link."""
+    from netns_testbed.runner import Progress, RunConfig, live_topology, run_scenarios
+    from netns_testbed.report import table
+    from netns_testbed.scenarios import contention_scenario, contention_topology
+
+    rbps = _rate(rate)
+    try:
+        cfg = RunConfig(policies=[p.strip() for p in policy.split(",") if p.strip()], rate_bps=rbps)
+    except ValueError as exc:
+        raise MfsError(str(exc)) from exc
+    with live_topology(contention_topology(rbps)) as topo:
+        summary = run_scenarios(topo, [(0, None, 1.0, lambda: contention_scenario(rbps))], cfg,
+                                out, Progress(sys.stderr), {"source": "testbed", "scenario": "contention"})
+    typer.echo(table(summary))
+    for r in summary["runs"]:
+        typer.echo(f"{r['policy']}: " + ", ".join(
+            f"{'tight' if int(x['request_id']) == 1 else 'loose'} TTFT "
+            f"{float(x['ttft_s']) * 1e3:.0f} ms / SLO {float(x['slo_s']) * 1e3:.0f} ms"
+            for x in (r.get("rows") or []) if x.get("ttft_s") not in (None, "")))
+
+
+@testbed_app.command("clean")
+def clean_cmd(prefix: Annotated[str, typer.Option(help="Name prefix of testbed namespaces")] = "mfsb") -> None:
+    """Remove namespaces and pins left by crashed testbed runs (live runs are kept)."""
+    from netns_testbed.topology import cleanup_leftovers
+
+    removed = cleanup_leftovers(prefix)
+    typer.echo("removed: " + (", ".join(removed) if removed else "nothing"))
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.add_typer(testbed_app, name="testbed")

@@ -1,0 +1,33 @@
+"""Bad input to `mfs-tc testbed` gives a clear error and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+CLI = [sys.executable, "-c", "import sys; from mfs_tc.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "testbed", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_unknown_policy_is_named():
+    r = _run("run", "--policy", "mfs,nope", "--out", "/tmp/mfs-tc-never")
+    assert r.returncode != 0
+    assert "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_numbers_are_named():
+    r = _run("run", "--load", "fast")
+    assert r.returncode != 0 and "--load" in r.stderr and "Traceback" not in r.stderr
+    r = _run("run", "--rate", "lots")
+    assert r.returncode != 0 and "rate" in r.stderr and "Traceback" not in r.stderr
+    r = _run("run", "--seed", "a-b")
+    assert r.returncode != 0 and "--seed" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_report_of_missing_directory(tmp_path):
+    r = _run("report", str(tmp_path / "none"))
+    assert r.returncode != 0 and "summary.json" in r.stderr and "Traceback" not in r.stderr

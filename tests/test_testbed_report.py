@@ -1,0 +1,81 @@
+"""Results schema, aggregation, table and plots of the testbed report (no root needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from netns_testbed.report import (
+    CSV_FIELDS, SCHEMA, aggregate, load_results, percentile, summarize_run, sweep, table,
+    write_results,
+)
+
+
+def _rows(policy: str, seed: int, load: float, ttfts: list[float | None], slo: float = 1.0) -> list[dict]:
+    rows = []
+    for i, t in enumerate(ttfts, start=1):
+        rows.append({"request_id": i, "policy": policy, "arrival_s": 0.1 * i, "slo_s": slo,
+                     "ttft_s": t, "met": t is not None and t <= slo, "kv_fetch_s": 0.1,
+                     "collective_s": 0.2, "p2d_s": 0.3, "p2d_earliness_s": 0.05, "seed": seed,
+                     "load": load, "slo_scale": 5.0, "queue_s": 0.0})
+    return rows
+
+
+def test_percentile_interpolates_and_handles_empty():
+    assert percentile([], 50) is None
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == pytest.approx(2.5)
+    assert percentile([1.0, 2.0, 3.0, 4.0], 100) == 4.0
+
+
+def test_summarize_counts_unfinished_as_missed():
+    run = summarize_run("mfs", _rows("mfs", 1, 2.0, [0.5, 0.9, 1.5, None]), ccts_s=[0.1, 0.3],
+                        level_bytes=[10, 0, 5], seed=1, load=2.0, slo_scale=5.0)
+    assert run["requests"] == 4 and run["finished"] == 3 and run["met"] == 2
+    assert run["attainment"] == pytest.approx(0.5)
+    assert run["ttft_p50_s"] == pytest.approx(0.9)
+    assert run["cct_mean_s"] == pytest.approx(0.2)
+    assert run["stage_times_mean_s"]["p2d_s"] == pytest.approx(0.3)
+    assert run["level_bytes"] == [10, 0, 5]
+
+
+def test_aggregate_over_seeds_and_sweep_finds_highest_load_at_target():
+    runs = []
+    for load, good in ((1.0, 10), (2.0, 9), (3.0, 5)):
+        for seed in (1, 2):
+            t = [0.5] * good + [2.0] * (10 - good)
+            runs.append(summarize_run("mfs", _rows("mfs", seed, load, t), seed=seed, load=load, slo_scale=5.0))
+            t2 = [0.5] * (good - 2) + [2.0] * (12 - good)
+            runs.append(summarize_run("fair", _rows("fair", seed, load, t2), seed=seed, load=load, slo_scale=5.0))
+    aggs = aggregate(runs)
+    mfs1 = next(a for a in aggs if a["policy"] == "mfs" and a["load"] == 1.0)
+    assert mfs1["seeds"] == [1, 2] and mfs1["attainment"] == pytest.approx(1.0)
+    assert mfs1["attainment_std"] == pytest.approx(0.0)
+    sw = sweep(aggs)
+    assert sw["axis"] == "load"
+    assert sw["max_load_at_target"]["mfs"] == 2.0
+    assert sw["max_load_at_target"]["fair"] == 1.0 or sw["max_load_at_target"]["fair"] is None
+
+
+def test_write_and_reload_round_trip_with_plots(tmp_path):
+    runs = [summarize_run(p, _rows(p, 1, l, [0.5, 0.8, 1.2]), ccts_s=[0.01], seed=1, load=l, slo_scale=5.0)
+            for p in ("mfs", "fair") for l in (1.0, 2.0)]
+    summary = write_results(tmp_path, runs, {"source": "test"})
+    assert summary["schema"] == SCHEMA
+    for name in ("requests.csv", "summary.json", "ttft_cdf.png", "attainment.png", "attainment_vs_load.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    header = (tmp_path / "requests.csv").read_text().splitlines()[0].split(",")
+    assert header == CSV_FIELDS
+    assert len((tmp_path / "requests.csv").read_text().splitlines()) == 1 + 4 * 3
+    s2, runs2 = load_results(tmp_path)
+    assert [len(r["rows"]) for r in runs2] == [3, 3, 3, 3]
+    again = write_results(tmp_path, runs2, s2["meta"])
+    assert again["policies"] == json.loads(json.dumps(summary["policies"]))
+    text = table(again)
+    assert "mfs" in text and "fair" in text and "attain" in text
+
+
+def test_load_results_rejects_missing_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="testbed run"):
+        load_results(tmp_path / "nope")
