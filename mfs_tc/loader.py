@@ -361,6 +361,10 @@ def attach(opts: AttachOptions) -> AttachState:
             try:
                 for cmd in cmds:
                     run(cmd, opts.netns)
+                if ours and root.get("kind") == backend.name == "htb":
+                    for lv in range(backend.nlevels, MAX_LEVELS):  # re-attach with fewer levels
+                        run(["tc", "class", "del", "dev", opts.ifname, "classid", backend.class_of(lv)],
+                            opts.netns, check=False)
             except MfsError:
                 if opts.qdisc != "auto" or backend.name == "htb":
                     raise

@@ -10,7 +10,9 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import socket
 import struct
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,3 +254,61 @@ def odd_packets(eth, a4: str, b4: str, a6: str, b6: str, sp: int, dp: int) -> di
         "v6-unknown-flow": (bytes(eth / v6() / UDP(sport=sp, dport=dp + 1) / body), L.STAT_MISS),
         "v4-reverse-direction": (bytes(eth / IP(src=b4, dst=a4) / TCP(sport=dp, dport=sp) / body), L.STAT_MISS),
     }
+
+
+# ---- raw frames on a real interface -----------------------------------------------------------
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+
+
+def packet_socket(netns: str, dev: str, receive: bool = False) -> socket.socket:
+    """An AF_PACKET socket bound to `dev` inside `netns` (made there with setns, used from here).
+    Frames sent on it go through the device's tc egress (clsact filters, then the root qdisc)."""
+    from pyroute2.netns import popns, pushns  # noqa: PLC0415
+
+    pushns(netns)
+    try:
+        proto = socket.htons(ETH_P_ALL) if receive else 0
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, proto)
+        s.bind((dev, proto))
+    finally:
+        popns()
+    return s
+
+
+@dataclass
+class Capture:
+    """Frames arriving on `dev` in `netns` (incoming only), from the moment it is opened."""
+
+    netns: str
+    dev: str
+    sock: socket.socket | None = None
+
+    def __enter__(self) -> "Capture":
+        self.sock = packet_socket(self.netns, self.dev, receive=True)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        return self
+
+    def frames(self, want: int, timeout: float = 2.0, match=None) -> list[bytes]:
+        """Up to `want` incoming frames that satisfy `match` (all when None), within `timeout`."""
+        assert self.sock is not None
+        out: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < want:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.sock.settimeout(left)
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except TimeoutError:
+                break
+            if addr[2] == PACKET_OUTGOING:
+                continue
+            if match is None or match(data):
+                out.append(data)
+        return out
+
+    def __exit__(self, *exc: object) -> None:
+        if self.sock is not None:
+            self.sock.close()
