@@ -16,6 +16,7 @@ the entries it wrote. Entries of a crashed process expire: `flows` is an LRU has
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import socket
@@ -117,6 +118,7 @@ _PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, 6: 6, 17: 17}
 _KEY = struct.Struct(KEY_FMT)
 
 
+@functools.lru_cache(maxsize=8192)
 def _addr16(addr: str) -> tuple[bytes, bool]:
     """(16-byte address, is_v4) of a textual address; IPv4 as IPv4-mapped IPv6."""
     try:
@@ -145,8 +147,8 @@ def pack_flow_key(target: FlowTarget) -> bytes:
         p = _PROTOS.get(proto.lower() if isinstance(proto, str) else proto)
         if p is None:
             raise ValueError(f"protocol {proto!r}: only tcp and udp flows are classified")
-        s, s4 = _addr16(str(saddr))
-        d, d4 = _addr16(str(daddr))
+        s, s4 = _addr16(saddr if type(saddr) is str else str(saddr))
+        d, d4 = _addr16(daddr if type(daddr) is str else str(daddr))
         if s4 != d4:
             raise ValueError(f"address families differ: {saddr} -> {daddr}")
         if not (isinstance(sport, int) and isinstance(dport, int) and 0 <= sport <= 0xFFFF and 0 <= dport <= 0xFFFF):
@@ -465,12 +467,14 @@ class FlowHandle:
 
     __slots__ = ("owner", "stage", "key", "flow", "entry", "removed")
 
-    def __init__(self, owner: "_Owner", stage: "StageHandle", key: bytes, flow: Flow) -> None:
+    def __init__(
+        self, owner: "_Owner", stage: "StageHandle", key: bytes, flow: Flow, entry: FlowEntry | None = None
+    ) -> None:
         self.owner = owner
         self.stage = stage
         self.key = key
-        self.flow = flow
-        self.entry: FlowEntry | None = None
+        self.flow = flow  # replaced, never mutated: flows registered together may share one
+        self.entry = entry  # the entry last written (the kernel's copy also has counters)
         self.removed = False
 
     @property
@@ -478,11 +482,13 @@ class FlowHandle:
         return FlowKey.unpack(self.key)
 
     def update(self, *, bytes: int | None = None, target_layer: int | None = None) -> None:
+        f = self.flow
+        nb = f.bytes if bytes is None else _nonneg(bytes, "flow bytes")
+        nt = f.target_layer if target_layer is None else _nonneg(target_layer, "target layer")
         with self.owner.ctl._lock:
-            if bytes is not None:
-                self.flow.bytes = _nonneg(bytes, "flow bytes")
-            if target_layer is not None:
-                self.flow.target_layer = _nonneg(target_layer, "target layer")
+            if self.removed:
+                raise MfsError("this flow was removed (or its connection re-registered): add it again")
+            self.flow = Flow(nb, nt, f.key, f.sent)
             self.owner._rewrite([self])
 
     def read(self) -> FlowEntry | None:
@@ -502,16 +508,37 @@ class StageHandle:
         self.owner = owner
         self.stage = stage
         self.flows: list[FlowHandle] = []
+        # (owner version, bytes, target, sent) -> (decided at, packed, entry): see _entry_for
+        self._cache: dict[tuple, tuple[int, bytes, FlowEntry]] = {}
 
     @property
     def name(self) -> str:
         return self.stage.name
 
+    def _default_layer(self) -> int:
+        return self.stage.layer if self.stage.layer is not None else 0
+
     def add_flow(
         self, target: FlowTarget, *, bytes: int = 0, target_layer: int | None = None, sent: int = 0
     ) -> FlowHandle:
         """Register one flow (a connected socket, FlowKey or 5-tuple) of this stage."""
-        return self.add_flows([target], bytes=bytes, target_layer=target_layer, sent=sent)[0]
+        key = pack_flow_key(target)
+        flow = Flow(
+            _nonneg(bytes, "flow bytes"),
+            _nonneg(self._default_layer() if target_layer is None else target_layer, "target layer"),
+            None,
+            _nonneg(sent, "sent bytes"),
+        )
+        owner = self.owner
+        ctl = owner.ctl
+        with ctl._lock:
+            owner._check_live()
+            v, e = owner._entry_for(self, flow, ctl.clock())
+            fh = FlowHandle(owner, self, key, flow, e)
+            ctl.maps.flows.update(key, v)
+            ctl._claim(fh)
+            self.flows.append(fh)
+        return fh
 
     def add_flows(
         self,
@@ -521,19 +548,40 @@ class StageHandle:
         target_layer: int | Sequence[int] | None = None,
         sent: int = 0,
     ) -> list[FlowHandle]:
-        """Register many flows in one batched map write. `bytes` / `target_layer` are one value
-        for all or one per flow."""
-        tl_default = self.stage.layer if self.stage.layer is not None else 0
+        """Register many flows in one batched map write (BPF_MAP_UPDATE_BATCH). `bytes` and
+        `target_layer` are one value for all or one per flow."""
         keys = [pack_flow_key(t) for t in targets]
         n = len(keys)
-        bl = _per_flow(bytes, n, "bytes")
-        tl = _per_flow(tl_default if target_layer is None else target_layer, n, "target_layer")
+        if n == 0:
+            return []
         s = _nonneg(sent, "sent bytes")
-        flows = [Flow(_nonneg(b, "flow bytes"), _nonneg(t, "target layer"), None, s) for b, t in zip(bl, tl)]
-        with self.owner.ctl._lock:
-            self.owner._check_live()
-            handles = [FlowHandle(self.owner, self, k, f) for k, f in zip(keys, flows)]
-            self.owner._register(handles)
+        tl = self._default_layer() if target_layer is None else target_layer
+        uniform = not isinstance(bytes, (list, tuple)) and not isinstance(tl, (list, tuple))
+        if uniform:
+            flows = [Flow(_nonneg(bytes, "flow bytes"), _nonneg(tl, "target layer"), None, s)] * n
+        else:
+            bl = _per_flow(bytes, n, "bytes")
+            tll = _per_flow(tl, n, "target_layer")
+            flows = [Flow(_nonneg(b, "flow bytes"), _nonneg(t, "target layer"), None, s) for b, t in zip(bl, tll)]
+        owner = self.owner
+        ctl = owner.ctl
+        with ctl._lock:
+            owner._check_live()
+            now = ctl.clock()
+            if uniform:
+                v, e = owner._entry_for(self, flows[0], now)
+                f0 = flows[0]
+                handles = [FlowHandle(owner, self, k, f0, e) for k in keys]
+                values = v * n
+            else:
+                handles, vals = [], []
+                for k, f in zip(keys, flows):
+                    v, e = owner._entry_for(self, f, now)
+                    handles.append(FlowHandle(owner, self, k, f, e))
+                    vals.append(v)
+                values = b"".join(vals)
+            ctl.maps.flows.update_batch_raw(b"".join(keys), values, n)
+            ctl._claim_many(handles, keys)
             self.flows.extend(handles)
         return handles
 
@@ -544,6 +592,7 @@ class StageHandle:
                 self.stage.bytes = _nonneg(bytes, "stage bytes")
             if compute_after_s is not None:
                 self.stage.compute_after_ns = _nonneg(_seconds_to_ns(compute_after_s, "compute_after_s"), "compute_after_s")
+            self.owner._version += 1
             self.owner._rewrite([f for f in self.flows if not f.removed])
 
 
@@ -566,6 +615,7 @@ class _Owner:
         self.stages: list[StageHandle] = []
         self.flows: dict[bytes, FlowHandle] = {}
         self.closed = False
+        self._version = 0  # bumped whenever what the policy sees of this request changes
 
     # -- lifecycle
     def _check_live(self) -> None:
@@ -617,6 +667,7 @@ class _Owner:
             self._check_live()
             self.model.cursor = layer
             self.record.cursor = layer
+            self._version += 1
             if not self._check_hopeless():
                 self._write_record()
 
@@ -632,6 +683,7 @@ class _Owner:
         if self._hopeless(self.ctl.clock()):
             self.record.flags |= R_SCAVENGER
             self.model.scavenged = True
+            self._version += 1
             self._write_record()
             return True
         return False
@@ -639,39 +691,26 @@ class _Owner:
     def _write_record(self) -> None:
         self.ctl.maps.requests.update(_U64.pack(self.id), self.record.pack())
 
-    def _entry(self, fh: FlowHandle, now: int) -> bytes:
-        e = self.ctl.policy.entry(self.model, fh.stage.stage, fh.flow, now)
+    def _entry_for(self, stage: StageHandle, flow: Flow, now: int) -> tuple[bytes, FlowEntry]:
+        """The packed entry for a new flow. Flows of one stage with the same bytes, target layer
+        and sent bytes, registered at the same instant (one add_flows call) or within the
+        controller's `entry_cache_ns` of each other while nothing the policy sees of the request
+        changed, share one policy decision."""
+        ck = (self._version, flow.bytes, flow.target_layer, flow.sent)
+        hit = stage._cache.get(ck)
+        if hit is not None and now - hit[0] <= self.ctl.entry_cache_ns:
+            return hit[1], hit[2]
+        e = self.ctl.policy.entry(self.model, stage.stage, flow, now)
         e.request_id = self.id
-        e.stage = STAGE_CODES.get(fh.stage.stage.name, 0)
+        e.stage = STAGE_CODES.get(stage.stage.name, 0)
         e.created_ns = now
         if not e.total_bytes:  # unused by modes that ignore it; shown by `mfs-tc flows`
-            e.total_bytes = fh.flow.bytes
-        fh.entry = e
-        return e.pack()
-
-    def _register(self, handles: list[FlowHandle]) -> None:
-        now = self.ctl.clock()
-        values: list[bytes] = []
-        # flows of one stage with the same bytes/target get the same entry: ask the policy once
-        cache: dict[tuple, tuple[bytes, FlowEntry | None]] = {}
-        for fh in handles:
-            f = fh.flow
-            ck = (id(fh.stage), f.bytes, f.target_layer, f.sent)
-            hit = cache.get(ck)
-            if hit is None:
-                v = self._entry(fh, now)
-                cache[ck] = (v, fh.entry)
-            else:
-                v, fh.entry = hit
-            values.append(v)
-        maps = self.ctl.maps
-        if len(handles) == 1:
-            maps.flows.update(handles[0].key, values[0])
-        else:
-            maps.flows.update_batch_raw(b"".join(fh.key for fh in handles), b"".join(values), len(handles))
-        for fh in handles:
-            self.ctl._claim(fh)
-            self.flows[fh.key] = fh
+            e.total_bytes = flow.bytes
+        v = e.pack()
+        if len(stage._cache) >= 64:
+            stage._cache.clear()
+        stage._cache[ck] = (now, v, e)
+        return v, e
 
     def _rewrite(self, handles: list[FlowHandle]) -> None:
         """Re-ask the policy; keep what the kernel counted (sent bytes/packets, cur_level)."""
@@ -682,8 +721,9 @@ class _Owner:
         for fh in handles:
             old_raw = flows.lookup(fh.key)
             old = FlowEntry.unpack(old_raw) if old_raw else None
-            if old is not None:
-                fh.flow.sent = old.sent_bytes
+            if old is not None and old.sent_bytes != fh.flow.sent:
+                f = fh.flow
+                fh.flow = Flow(f.bytes, f.target_layer, f.key, old.sent_bytes)
             e = self.ctl.policy.entry(self.model, fh.stage.stage, fh.flow, now)
             e.request_id = self.id
             e.stage = STAGE_CODES.get(fh.stage.stage.name, 0)
@@ -734,6 +774,7 @@ class _Owner:
                 self.model.slo_ns = ns
                 self.record.deadline_ns = self.model.deadline_ns
                 self._write_record()
+            self._version += 1
             self._check_hopeless()
             self._rewrite([fh for fh in self.flows.values() if not fh.removed])
 
@@ -790,10 +831,12 @@ class BatchHandle(_Owner):
             owners: list[_Owner] = [m for m in self.members if not m.closed]
             for o in owners:
                 o.model.cursor = o.record.cursor = layer
+                o._version += 1
                 if not o.record.flags & R_SCAVENGER and o._hopeless(now):
                     o.record.flags |= R_SCAVENGER
                     o.model.scavenged = True
             self.model.cursor = self.record.cursor = layer
+            self._version += 1
             if not self.record.flags & R_SCAVENGER and self._hopeless(now):
                 self.record.flags |= R_SCAVENGER
                 self.model.scavenged = True
@@ -807,10 +850,24 @@ class BatchHandle(_Owner):
 class Controller:
     """Registers requests, stages and flows of one attached interface."""
 
-    def __init__(self, maps: PinnedMaps, policy: Policy, *, clock=time.monotonic_ns, owner_pid: int | None = None) -> None:
+    def __init__(
+        self,
+        maps: PinnedMaps,
+        policy: Policy,
+        *,
+        clock=time.monotonic_ns,
+        owner_pid: int | None = None,
+        entry_cache_ns: int = 1_000_000,
+    ) -> None:
+        """`entry_cache_ns`: flows of one stage with equal bytes/target registered within this
+        long of each other (and no request change between) reuse the policy's decision; 0 asks
+        the policy for every add_flow (one add_flows call always asks once per distinct shape)."""
+        if entry_cache_ns < 0:
+            raise ValueError("entry_cache_ns must not be negative")
         self.maps = maps
         self.policy = policy
         self.clock = clock
+        self.entry_cache_ns = entry_cache_ns
         self.owner_pid = os.getpid() if owner_pid is None else owner_pid
         self._lock = threading.RLock()
         self._owners: dict[int, _Owner] = {}
@@ -825,6 +882,7 @@ class Controller:
         *,
         root: Path | str = PIN_ROOT,
         pin_path: Path | str | None = None,
+        entry_cache_ns: int = 1_000_000,
         **config: Any,
     ) -> "Controller":
         """Open the maps mfs-tc pinned for `ifname` (in `netns`) and build the policy
@@ -835,7 +893,7 @@ class Controller:
         except BaseException:
             maps.close()
             raise
-        return cls(maps, pol)
+        return cls(maps, pol, entry_cache_ns=entry_cache_ns)
 
     def close(self) -> None:
         """Finish every open request of this controller and close the maps."""
@@ -919,10 +977,22 @@ class Controller:
         return b
 
     def _claim(self, fh: FlowHandle) -> None:
-        prev = self._owner_of.get(fh.key)
+        k = fh.key
+        prev = self._owner_of.get(k)
         if prev is not None and prev is not fh:
-            prev.owner.flows.pop(fh.key, None)  # the connection now belongs to the new flow
-        self._owner_of[fh.key] = fh
+            prev.owner.flows.pop(k, None)  # the connection now belongs to the new flow
+            prev.removed = True
+        self._owner_of[k] = fh
+        fh.owner.flows[k] = fh
+
+    def _claim_many(self, handles: list[FlowHandle], keys: list[bytes]) -> None:
+        new = dict(zip(keys, handles))
+        if len(new) != len(handles) or not self._owner_of.keys().isdisjoint(new):
+            for fh in handles:  # some connections change hands (or repeat): one by one
+                self._claim(fh)
+            return
+        self._owner_of.update(new)
+        handles[0].owner.flows.update(new)
 
     # -- static entries (operators, `mfs-tc set`)
     def set_static(self, target: FlowTarget, level: int) -> bytes:

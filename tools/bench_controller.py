@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Controller speed: flow registrations per second (single and batched), cursor moves per second,
+raw map updates per second, and `import mfs_tc.controller` time. Prints JSON.
+
+single: one `stage.add_flow` per flow (default entry cache: flows of a stage with the same shape
+registered within 1 ms share one policy decision; `single_uncached` asks the policy every time);
+batched: `stage.add_flows` of --batch flows (one BPF_MAP_UPDATE_BATCH each). Best of --repeat.
+
+Runs on real maps pinned in a scratch bpffs directory (root needed; no classifier attached).
+
+    .venv/bin/python tools/bench_controller.py [--flows 50000] [--policy mfs] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mfs_tc import bpfsys  # noqa: E402
+from mfs_tc.controller import Controller, PinnedMaps  # noqa: E402
+from mfs_tc.layout import pin_dir  # noqa: E402
+
+TARGETS = {"single_per_s": 100_000, "batched_per_s": 500_000, "import_ms": 100.0}
+
+
+def tuples(n: int, salt: int) -> list[tuple]:
+    return [("10.8.0.1", f"10.{salt}.{(i >> 8) & 255}.{i & 255}", 1024 + (i >> 16), 5201, "tcp") for i in range(n)]
+
+
+def import_ms(runs: int) -> tuple[float, list[float]]:
+    code = (
+        "import time, sys; t = time.perf_counter(); import mfs_tc.controller; "
+        "d = (time.perf_counter() - t) * 1000; "
+        "assert 'bcc' not in sys.modules, 'controller imported bcc'; print(d)"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    vals = []
+    for _ in range(runs):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+        vals.append(float(r.stdout))
+    return statistics.median(vals), vals
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--flows", type=int, default=50_000, help="flows per measurement (<= 65536)")
+    ap.add_argument("--batch", type=int, default=1000, help="flows per batched call")
+    ap.add_argument("--policy", default="mfs")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N runs (the machine is noisy)")
+    ap.add_argument("--import-runs", type=int, default=7)
+    args = ap.parse_args()
+    if not 1 <= args.flows <= 65536:
+        ap.error("--flows must be 1..65536 (the flows map size)")
+    if os.geteuid() != 0:
+        print(json.dumps({"error": "needs root (creates bpf maps)"}))
+        return 2
+
+    bpfsys.ensure_bpffs()
+    root = Path("/sys/fs/bpf") / f"mfs-bench-{uuid.uuid4().hex[:8]}"
+    path = pin_dir("bench0", None, root)
+    maps = PinnedMaps.create(path)
+    res: dict = {"flows": args.flows, "batch": args.batch, "policy": args.policy, "repeat": args.repeat}
+    try:
+        ctl = Controller.open("bench0", policy=args.policy, root=root)
+        ctl_nc = Controller.open("bench0", policy=args.policy, root=root, entry_cache_ns=0)
+        n = args.flows
+        best = {"single": 0.0, "single_uncached": 0.0, "batched": 0.0, "at_layer": 0.0, "raw_update": 0.0, "raw_batch": 0.0}
+        for rep in range(args.repeat):
+            # single: one add_flow call per flow (policy + pack + one bpf syscall each)
+            ts = tuples(n, 1 + rep % 100)
+            req = ctl.request(f"bench-single-{rep}", slo_s=5.0, remaining_bytes=1 << 30)
+            st = req.stage("kv_fetch", bytes=1 << 30, layer=8)
+            add = st.add_flow
+            t0 = time.perf_counter()
+            for i, t in enumerate(ts):
+                add(t, bytes=65536, target_layer=i & 31)
+            best["single"] = max(best["single"], rate(n, time.perf_counter() - t0))
+            req.done()
+            # single, policy asked for every flow (entry cache off)
+            ts = tuples(n, 201 + rep % 50)
+            req = ctl_nc.request(f"bench-nocache-{rep}", slo_s=5.0, remaining_bytes=1 << 30)
+            st = req.stage("kv_fetch", bytes=1 << 30, layer=8)
+            add = st.add_flow
+            t0 = time.perf_counter()
+            for i, t in enumerate(ts):
+                add(t, bytes=65536, target_layer=i & 31)
+            best["single_uncached"] = max(best["single_uncached"], rate(n, time.perf_counter() - t0))
+            req.done()
+            # batched: add_flows with `batch` flows per call (one bpf syscall per call)
+            ts = tuples(n, 101 + rep % 100)
+            req = ctl.request(f"bench-batch-{rep}", slo_s=5.0, remaining_bytes=1 << 30)
+            st = req.stage("collective", bytes=1 << 30, layer=8)
+            chunks = [ts[i : i + args.batch] for i in range(0, n, args.batch)]
+            t0 = time.perf_counter()
+            for c in chunks:
+                st.add_flows(c, bytes=65536, target_layer=8)
+            best["batched"] = max(best["batched"], rate(n, time.perf_counter() - t0))
+            # at_layer: the per-layer hot path (one request record write)
+            m = min(n, 50_000)
+            t0 = time.perf_counter()
+            for i in range(m):
+                req.at_layer(i & 63)
+            best["at_layer"] = max(best["at_layer"], rate(m, time.perf_counter() - t0))
+            req.done()
+            # raw syscall ceilings
+            key, val = b"\1" * 40, b"\0" * 136
+            t0 = time.perf_counter()
+            for _ in range(m):
+                maps.flows.update(key, val)
+            best["raw_update"] = max(best["raw_update"], rate(m, time.perf_counter() - t0))
+            maps.flows.delete(key)
+            keys = b"".join(i.to_bytes(40, "little") for i in range(args.batch))
+            vals = val * args.batch
+            reps = max(1, m // args.batch)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                maps.flows.update_batch_raw(keys, vals, args.batch)
+            best["raw_batch"] = max(best["raw_batch"], rate(reps * args.batch, time.perf_counter() - t0))
+            maps.flows.delete_batch([i.to_bytes(40, "little") for i in range(args.batch)])
+        ctl.close()
+        ctl_nc.close()
+        imp, imp_all = import_ms(args.import_runs)
+        res.update(
+            {
+                "single_registrations_per_s": round(best["single"]),
+                "single_target_per_s": TARGETS["single_per_s"],
+                "single_meets_target": best["single"] >= TARGETS["single_per_s"],
+                "single_uncached_registrations_per_s": round(best["single_uncached"]),
+                "batched_registrations_per_s": round(best["batched"]),
+                "batched_target_per_s": TARGETS["batched_per_s"],
+                "batched_meets_target": best["batched"] >= TARGETS["batched_per_s"],
+                "at_layer_per_s": round(best["at_layer"]),
+                "raw_map_update_per_s": round(best["raw_update"]),
+                "raw_map_update_batch_per_s": round(best["raw_batch"]),
+                "import_ms_median": round(imp, 2),
+                "import_ms_runs": [round(v, 2) for v in imp_all],
+                "import_target_ms": TARGETS["import_ms"],
+                "import_meets_target": imp < TARGETS["import_ms"],
+            }
+        )
+    finally:
+        maps.close()
+        PinnedMaps.unpin(path)
+        for d in (path.parent, root):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
