@@ -6,11 +6,13 @@ import uuid
 from pathlib import Path
 
 from mfs_tc.entry import FlowEntry, mlu_fixed, ps_per_byte
-from mfs_tc.layout import F_AUTO_SCAVENGE, MODE_MLU, MODE_RLI
+from mfs_tc.layout import F_AUTO_SCAVENGE, MODE_MLU, MODE_RLI, PIN_ROOT
 from mfs_tc.model import Flow, Request, Stage
 from mfs_tc.policy.base import Policy, PolicyConfig
 
-SCRATCH = Path("/sys/fs/bpf/mfs-test")
+# under the pin root (not at the top of bpffs, which other tests snapshot), two levels deeper than
+# real pins so `mfs-tc flows` never lists them
+SCRATCH = PIN_ROOT / "test-ctl"
 
 
 class TinyPolicy(Policy):

@@ -152,4 +152,30 @@ def test_ensure_bpffs_is_idempotent():
     assert bpfsys.is_bpffs("/sys/fs/bpf")
     with open("/proc/self/mounts") as f:
         assert sum(1 for line in f if line.split()[1] == "/sys/fs/bpf") == 1
-    assert SCRATCH.parent == bpfsys.Path("/sys/fs/bpf")
+    assert bpfsys.Path("/sys/fs/bpf") in SCRATCH.parents
+
+
+@pytest.mark.privileged
+def test_threads_share_one_map_object():
+    import threading
+
+    with BpfMap.create(bpfsys.MAP_TYPE_HASH, 8, 24, 20000, "t_threads") as m:
+        bad: list[str] = []
+
+        def work(t: int) -> None:
+            for i in range(2000):
+                k = struct.pack("<Q", t * 100000 + i)
+                v = struct.pack("<QQQ", t, i, t ^ i)
+                m.update(k, v)
+                if m.lookup(k) != v:
+                    bad.append(f"{t}/{i}")
+                if i % 3 == 0 and not m.delete(k):
+                    bad.append(f"del {t}/{i}")
+
+        ts = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+        for th in ts:
+            th.start()
+        for th in ts:
+            th.join()
+        assert not bad
+        assert len(m) == 6 * (2000 - 667)

@@ -530,3 +530,66 @@ def test_cli_set_flows_unset_gc(ctl, root, capsys):
     assert code == 0 and json.loads(out)["flows_removed"] == 0
     code, out, err = run_cli(["flows", "nope0", *pr], capsys)
     assert code == 1 and "mfs-tc attach nope0" in err
+
+
+# ---- entry cache and the real policies --------------------------------------------------------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = time.monotonic_ns()
+
+    def __call__(self) -> int:
+        return self.t
+
+
+@pytest.mark.privileged
+def test_entry_cache_shares_decisions_only_while_nothing_changed(maps, policy):
+    clock = FakeClock()
+    ctl = Controller(maps, policy, clock=clock, entry_cache_ns=1_000_000)
+    req = ctl.request("cache", slo_s=5.0)
+    st = req.stage("kv_fetch", layer=2)
+    n0 = len(policy.calls)
+    st.add_flow(("10.0.0.1", "10.0.0.2", 12000, 80), bytes=10)
+    clock.t += 500_000
+    st.add_flow(("10.0.0.1", "10.0.0.2", 12001, 80), bytes=10)  # same shape, 0.5 ms later: shared
+    assert len(policy.calls) == n0 + 1
+    st.add_flow(("10.0.0.1", "10.0.0.2", 12002, 80), bytes=11)  # other bytes: asked
+    assert len(policy.calls) == n0 + 2
+    clock.t += 2_000_000
+    st.add_flow(("10.0.0.1", "10.0.0.2", 12003, 80), bytes=10)  # too old: asked
+    assert len(policy.calls) == n0 + 3
+    req.at_layer(1)
+    st.add_flow(("10.0.0.1", "10.0.0.2", 12004, 80), bytes=10)  # request moved: asked
+    assert len(policy.calls) == n0 + 4
+    off = Controller(maps, policy, clock=clock, entry_cache_ns=0)
+    st2 = off.request("nocache", slo_s=5.0).stage("kv_fetch", layer=2)
+    for i in range(3):
+        clock.t += 1
+        st2.add_flow(("10.0.0.1", "10.0.0.2", 12100 + i, 80), bytes=10)
+    assert len(policy.calls) == n0 + 7
+    clock.t += 1
+    st2.add_flows([("10.0.0.1", "10.0.0.2", 12200 + i, 80) for i in range(50)], bytes=10)
+    assert len(policy.calls) == n0 + 8  # one call per distinct shape in a batch
+    with pytest.raises(ValueError, match="entry_cache_ns"):
+        Controller(maps, policy, entry_cache_ns=-1)
+
+
+@pytest.mark.privileged
+def test_open_with_the_mfs_policy_by_name(root, maps):
+    with Controller.open(IF, policy="mfs", root=root, ref_rate_bps=1e9) as c:
+        assert c.policy.name == "mfs" and c.policy.config.nlevels == maps.config.nlevels
+        now = time.monotonic()
+        r = c.request("mfs-1", slo_s=0.5, arrival=now, remaining_bytes=1 << 20, remaining_compute_s=0.05)
+        kv = r.stage("kv_fetch", bytes=1 << 20, layer=4)
+        kv.add_flows([("10.0.0.1", "10.0.0.2", 13000 + i, 80) for i in range(4)], bytes=1 << 18)
+        p2d = r.stage("p2d", bytes=1 << 24, compute_after_s=0.01)
+        p2d.add_flow(("fd77::1", "fd77::2", 13100, 80, "udp"), bytes=1 << 24)
+        views = {v.key.sport: v for v in c.flows()}
+        assert {views[13000 + i].entry.mode_name for i in range(4)} == {"rli"}
+        assert views[13100].entry.mode_name == "mlu"
+        far = views[13000].level
+        r.at_layer(4)
+        assert {v.level for v in c.flows() if v.entry.mode_name == "rli"} == {0} and far > 0
+    with pytest.raises(ValueError, match="unknown policy 'nope'"):
+        Controller.open(IF, policy="nope", root=root)
+    with pytest.raises(ValueError, match="no config key"):
+        Controller.open(IF, policy="mfs", root=root, bogus=1)

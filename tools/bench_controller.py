@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mfs_tc import bpfsys  # noqa: E402
 from mfs_tc.controller import Controller, PinnedMaps  # noqa: E402
-from mfs_tc.layout import pin_dir  # noqa: E402
+from mfs_tc.layout import PIN_ROOT, pin_dir  # noqa: E402
 
 TARGETS = {"single_per_s": 100_000, "batched_per_s": 500_000, "import_ms": 100.0}
 
@@ -69,7 +69,7 @@ def main() -> int:
         return 2
 
     bpfsys.ensure_bpffs()
-    root = Path("/sys/fs/bpf") / f"mfs-bench-{uuid.uuid4().hex[:8]}"
+    root = PIN_ROOT / "bench-ctl" / uuid.uuid4().hex[:8]
     path = pin_dir("bench0", None, root)
     maps = PinnedMaps.create(path)
     res: dict = {"flows": args.flows, "batch": args.batch, "policy": args.policy, "repeat": args.repeat}
@@ -154,7 +154,7 @@ def main() -> int:
     finally:
         maps.close()
         PinnedMaps.unpin(path)
-        for d in (path.parent, root):
+        for d in (path.parent, root, root.parent):
             try:
                 d.rmdir()
             except OSError:
