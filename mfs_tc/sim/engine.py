@@ -40,6 +40,7 @@ from ..workload import (
     request_bytes,
     to_model_request,
 )
+from .due import next_change_ns
 from .fabric import Fabric
 from .fluid import FluidFlow, FluidNetwork
 
@@ -92,7 +93,7 @@ class SimResult:
 class _FMeta:
     """What the simulator keeps per flow beside the fluid state."""
 
-    __slots__ = ("stage", "layer", "batch", "rid", "entry", "req", "cur", "dynamic")
+    __slots__ = ("stage", "layer", "batch", "rid", "entry", "req", "cur", "dynamic", "due")
 
     def __init__(self, stage: str, layer: int, batch: "_BState", rid: int, entry: FlowEntry,
                  req: Request) -> None:
@@ -104,6 +105,7 @@ class _FMeta:
         self.req = req
         self.cur = entry.cur_level
         self.dynamic = entry.mode not in (MODE_STATIC, MODE_RLI)
+        self.due = 0
 
 
 class _BState:
@@ -137,7 +139,8 @@ class _BState:
 class Simulator:
     def __init__(self, workload: Workload, policy: Policy, *, tick_s: float = 0.001,
                  fabric: Fabric | None = None, max_batch: int | None = None,
-                 max_batch_tokens: int | None = None, horizon_s: float | None = None) -> None:
+                 max_batch_tokens: int | None = None, horizon_s: float | None = None,
+                 skip_unchanged: bool = True) -> None:
         if tick_s <= 0:
             raise ValueError(f"tick_s must be positive, got {tick_s}")
         self.w = workload
@@ -148,6 +151,9 @@ class Simulator:
         self.max_batch_tokens = (workload.cfg.max_batch_tokens if max_batch_tokens is None
                                  else max_batch_tokens)
         self.horizon_s = horizon_s
+        # False: evaluate every time-dependent flow at every tick (slow; for checking that the
+        # skipping of provably unchanged levels changes nothing)
+        self.skip_unchanged = skip_unchanged
         self.nlevels = policy.config.nlevels
         self.scav_level = policy.config.scavenger_level
         self.net = FluidNetwork(self.nlevels)
@@ -162,7 +168,13 @@ class Simulator:
         self.stage_bytes = {"kv_fetch": 0.0, "collective": 0.0, "p2d": 0.0}
         self._bid = 0
         self._tick_on = False
-        self._live_dynamic = 0
+        self._dyn: set[FluidFlow] = set()
+        self._req_flows: dict[int, set[FluidFlow]] = {}
+        self._live_reqs: dict[int, Request] = {}
+        self._entry_cache: dict[tuple, FlowEntry] = {}
+        self._entry_now = -1
+        # the base class's is_hopeless is constant False: no need to ask it every tick
+        self._check_hopeless = type(policy).is_hopeless is not Policy.is_hopeless
         self.events = 0
         self.flows_started = 0
         self._finished = 0
@@ -204,10 +216,16 @@ class Simulator:
                 else:
                     self._on_tick()
             if self.net.dirty:
+                now = self.now_ns()
                 for f in self.net.recompute(t):
                     f.version += 1
                     if f.rate > 0:
                         self._push(t + f.rem / f.rate, _DONE, f, f.version)
+                    m = f.owner
+                    if m.dynamic and self.skip_unchanged:
+                        s = int(f.size - f.rem)
+                        e = m.entry
+                        m.due = next_change_ns(e, e.metric(now, s, m.req.cursor), s, now, f.rate)
         # settle bytes of anything still live (horizon reached)
         for f in list(self.net.flows):
             self.net.settle(f, self.t)
@@ -327,30 +345,49 @@ class Simulator:
     def _start_flow(self, b: _BState, stage: str, layer: int, tr: Transfer, req: Request,
                     stage_bytes: int, compute_after_ns: int, rid: int = 0) -> None:
         now = self.now_ns()
-        true_work = compute_after_ns + int(tr.bytes / self.rate_Bps * NS)
-        entry = self.policy.entry(
-            req, Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns, layer=layer),
-            Flow(bytes=tr.bytes, target_layer=layer, true_remaining_work_ns=true_work), now)
+        # a policy is a function of its inputs: flows of one stage that start together with the
+        # same inputs (a batch's kv_fetch / collective fan-out) share one entry object (the
+        # simulator never mutates entries; the kernel's cur_level lives in _FMeta)
+        key = (stage, layer, req.request_id, req.cursor, tr.bytes, stage_bytes, compute_after_ns)
+        if self._entry_now != now:
+            self._entry_now = now
+            self._entry_cache.clear()
+        entry = self._entry_cache.get(key)
+        if entry is None:
+            true_work = compute_after_ns + int(tr.bytes / self.rate_Bps * NS)
+            entry = self.policy.entry(
+                req, Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns, layer=layer),
+                Flow(bytes=tr.bytes, target_layer=layer, true_remaining_work_ns=true_work), now)
+            self._entry_cache[key] = entry
+            if self._check_hopeless and not req.scavenged and self.policy.is_hopeless(req, now):
+                self._scavenge(req)
         meta = _FMeta(stage, layer, b, rid, entry, req)
-        if not req.scavenged and self.policy.is_hopeless(req, now):
-            self._scavenge(req)
         f = FluidFlow(self.net.new_id(), self.fabric.path(tr.src, tr.dst), tr.bytes,
-                      self._level(meta, 0.0, now), self.t, owner=meta)
+                      self._level(meta, 0.0, now, 0.0), self.t, owner=meta)
         self.net.add(f)
         b.flows.add(f)
+        fl = self._req_flows.get(req.request_id)
+        if fl is None:
+            self._req_flows[req.request_id] = fl = set()
+            self._live_reqs[req.request_id] = req
+        fl.add(f)
         self.flows_started += 1
         self.stage_bytes[stage] += tr.bytes
         if meta.dynamic:
-            self._live_dynamic += 1
-        if not self._tick_on:
+            self._dyn.add(f)
+        if not self._tick_on and (meta.dynamic or self._check_hopeless):
             self._tick_on = True
             self._push(self.t + self.tick_s, _TICK, None)
 
-    def _level(self, meta: _FMeta, sent: float, now_ns: int) -> int:
-        lv = meta.entry.level(now_ns, sent=int(sent), cursor=meta.req.cursor,
-                              scavenged=meta.req.scavenged, scavenger_level=self.scav_level,
-                              nlevels=self.nlevels, cur_level=meta.cur)
+    def _level(self, meta: _FMeta, sent: float, now_ns: int, rate: float) -> int:
+        e = meta.entry
+        isent = int(sent)
+        lv = e.level(now_ns, sent=isent, cursor=meta.req.cursor, scavenged=meta.req.scavenged,
+                     scavenger_level=self.scav_level, nlevels=self.nlevels, cur_level=meta.cur)
         meta.cur = lv
+        if meta.dynamic and self.skip_unchanged:
+            meta.due = next_change_ns(e, e.metric(now_ns, isent, meta.req.cursor), isent,
+                                      now_ns, rate)
         return lv
 
     def _relevel(self, flows) -> None:
@@ -360,12 +397,15 @@ class Simulator:
             if f.rem <= 0:
                 continue
             net.settle(f, self.t)
-            lv = self._level(f.owner, f.size - f.rem, now)
+            lv = self._level(f.owner, f.size - f.rem, now, f.rate)
             if lv != f.level:
                 net.set_level(f, lv, self.t)
 
     def _scavenge(self, req: Request) -> None:
         req.scavenged = True
+        fl = self._req_flows.get(req.request_id)
+        if fl:
+            self._relevel(fl)
 
     def _on_flow_event(self, f: FluidFlow, version: int) -> None:
         if version != f.version or f not in self.net.flows:
@@ -381,7 +421,12 @@ class Simulator:
         b = meta.batch
         b.flows.discard(f)
         if meta.dynamic:
-            self._live_dynamic -= 1
+            self._dyn.discard(f)
+        rf = self._req_flows[meta.req.request_id]
+        rf.discard(f)
+        if not rf:
+            del self._req_flows[meta.req.request_id]
+            del self._live_reqs[meta.req.request_id]
         if meta.stage == "kv_fetch":
             b.kv_left[meta.layer] -= 1
             if self.t > b.kv_end:
@@ -401,27 +446,26 @@ class Simulator:
                 self._p2d_done(b, meta.rid)
 
     def _on_tick(self) -> None:
-        net = self.net
-        if not net.flows:
+        if not self._dyn and not (self._check_hopeless and self._live_reqs):
             self._tick_on = False
             return
         now = self.now_ns()
-        policy = self.policy
-        seen: set[int] = set()
-        for f in list(net.flows):
-            meta: _FMeta = f.owner
-            req = meta.req
-            rid = req.request_id
-            if rid not in seen:
-                seen.add(rid)
-                if not req.scavenged and policy.is_hopeless(req, now):
+        if self._check_hopeless:
+            hopeless = self.policy.is_hopeless
+            for req in list(self._live_reqs.values()):
+                if not req.scavenged and hopeless(req, now):
                     self._scavenge(req)
-            if meta.dynamic or req.scavenged:
-                net.settle(f, self.t)
-                lv = self._level(meta, f.size - f.rem, now)
-                if lv != f.level:
-                    net.set_level(f, lv, self.t)
-        self._push(self.t + self.tick_s, _TICK, None)
+        t = self.t
+        net = self.net
+        for f in list(self._dyn):
+            meta: _FMeta = f.owner
+            if meta.due > now or (meta.req.scavenged and f.level == self.scav_level):
+                continue
+            rem = f.rem - f.rate * (t - f.t0)
+            lv = self._level(meta, f.size - (rem if rem > 0 else 0.0), now, f.rate)
+            if lv != f.level:
+                net.set_level(f, lv, t)
+        self._push(t + self.tick_s, _TICK, None)
 
 
 def simulate(workload: Workload, policy: Policy, **kw) -> SimResult:

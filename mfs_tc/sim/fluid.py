@@ -20,7 +20,7 @@ EPS_BYTES = 1e-6
 
 class FluidFlow:
     __slots__ = ("fid", "links", "size", "rem", "rate", "t0", "level", "version", "owner",
-                 "done_cb", "start_t", "level_bytes")
+                 "done_cb", "start_t", "prev_rate")
 
     def __init__(self, fid: int, links: tuple[Link, ...], size: float, level: int, t: float,
                  owner: object = None, done_cb: Callable[["FluidFlow", float], None] | None = None):
@@ -35,7 +35,7 @@ class FluidFlow:
         self.owner = owner
         self.done_cb = done_cb
         self.start_t = t
-        self.level_bytes: dict[int, float] | None = None
+        self.prev_rate = 0.0
 
     @property
     def sent(self) -> float:
@@ -118,7 +118,8 @@ class FluidNetwork:
 
     def recompute(self, t: float) -> list[FluidFlow]:
         """Re-allocate rates in the components touched since the last call. Returns the flows
-        whose rate was (re)set, already settled to `t` (their finish times need rescheduling)."""
+        whose rate changed, settled to `t` (their finish times need rescheduling); flows whose
+        rate stayed the same keep their finish times."""
         if not self._dirty:
             return []
         self.recomputes += 1
@@ -126,8 +127,9 @@ class FluidNetwork:
         self._dirty.clear()
         for f in flows:
             self.settle(f, t)
+            f.prev_rate = f.rate
         allocate(links, flows)
-        return list(flows)
+        return [f for f in flows if f.rate != f.prev_rate]
 
 
 def allocate(links: set[Link], flows: set[FluidFlow]) -> None:
