@@ -268,29 +268,50 @@ def packet_socket(netns: str, dev: str, receive: bool = False) -> socket.socket:
 
     pushns(netns)
     try:
-        proto = socket.htons(ETH_P_ALL) if receive else 0
-        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, proto)
-        s.bind((dev, proto))
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL) if receive else 0)
+        s.bind((dev, ETH_P_ALL if receive else 0))  # Python converts the bind protocol to network order
     finally:
         popns()
     return s
 
 
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+TP_STATUS_VLAN_VALID = 1 << 4
+TP_STATUS_VLAN_TPID_VALID = 1 << 6
+_AUX = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
+
+
 @dataclass
 class Capture:
-    """Frames arriving on `dev` in `netns` (incoming only), from the moment it is opened."""
+    """Frames on `dev` in `netns` from the moment it is opened: arriving ones (`outgoing=False`)
+    or leaving ones (`outgoing=True`: seen after tc egress, i.e. what the classifier let out).
+    A VLAN tag the receive path moved out of the frame is put back in, as tcpdump does."""
 
     netns: str
     dev: str
+    outgoing: bool = False
     sock: socket.socket | None = None
 
     def __enter__(self) -> "Capture":
         self.sock = packet_socket(self.netns, self.dev, receive=True)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         return self
 
+    def _recv(self) -> tuple[bytes, bool]:
+        assert self.sock is not None
+        data, anc, _flags, addr = self.sock.recvmsg(65536, socket.CMSG_SPACE(_AUX.size))
+        for level, kind, cdata in anc:
+            if level == SOL_PACKET and kind == PACKET_AUXDATA and len(cdata) >= _AUX.size:
+                status, _l, _s, _m, _n, tci, tpid = _AUX.unpack_from(cdata)
+                if status & TP_STATUS_VLAN_VALID:
+                    tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
+                    data = data[:12] + struct.pack("!HH", tpid, tci) + data[12:]
+        return data, addr[2] == PACKET_OUTGOING
+
     def frames(self, want: int, timeout: float = 2.0, match=None) -> list[bytes]:
-        """Up to `want` incoming frames that satisfy `match` (all when None), within `timeout`."""
+        """Up to `want` frames that satisfy `match` (all when None), within `timeout`."""
         assert self.sock is not None
         out: list[bytes] = []
         deadline = time.monotonic() + timeout
@@ -300,10 +321,10 @@ class Capture:
                 break
             self.sock.settimeout(left)
             try:
-                data, addr = self.sock.recvfrom(65536)
+                data, outgoing = self._recv()
             except TimeoutError:
                 break
-            if addr[2] == PACKET_OUTGOING:
+            if outgoing != self.outgoing:
                 continue
             if match is None or match(data):
                 out.append(data)
