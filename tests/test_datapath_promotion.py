@@ -1,0 +1,173 @@
+"""Promotion with no controller action, on real traffic through a veth egress.
+
+An `mlu` flow and a `laxity` flow get entries once; their packets are at the deferred level before
+the crossing time the entry implies and at the promoted level after it, with nobody touching the
+maps. An `rli` flow changes level when, and only when, its request's cursor moves.
+
+Each packet is a UDP datagram numbered in its payload; its level is read from the DSCP captured on
+the peer. The oracle is FlowEntry.level() at CLOCK_MONOTONIC taken just before and just after the
+send (the classifier runs inside sendto on veth), with the bytes already sent and the cursor.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from datapath_support import Capture
+from mfs_tc import bpfsys, layout
+from mfs_tc.entry import FlowEntry, mlu_fixed, ps_per_byte
+from mfs_tc.layout import FlowKey, RequestRecord
+from mfs_tc.loader import AttachOptions, attach, detach
+from nettools import VethPair
+
+pytestmark = pytest.mark.privileged
+
+MS = 1_000_000
+PAYLOAD = 200
+DSCP_TO_LEVEL = {d: lv for lv, d in enumerate(layout.DEFAULT_DSCP)}
+
+
+@pytest.fixture(scope="module")
+def net():
+    with VethPair() as n:
+        attach(AttachOptions(n.dev_a, netns=n.a, qdisc="none"))
+        try:
+            yield n
+        finally:
+            detach(n.dev_a, n.a)
+
+
+def _udp(ns: str) -> socket.socket:
+    from pyroute2.netns import popns, pushns
+
+    pushns(ns)
+    try:
+        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    finally:
+        popns()
+
+
+class Flow:
+    def __init__(self, net: VethPair, sport: int, entry: FlowEntry) -> None:
+        self.sock = _udp(net.a)
+        self.sock.bind((net.ip_a, sport))
+        self.dst = (net.ip_b, 7000)
+        self.sport = sport
+        self.entry = entry
+        self.sent = 0
+        self.sends: list[tuple[int, int, int, int]] = []  # (seq, t0, t1, bytes sent before)
+        self.key = FlowKey(net.ip_a, net.ip_b, sport, 7000, socket.IPPROTO_UDP)
+
+    def send(self, seq: int) -> None:
+        data = struct.pack("!I", seq) + b"\0" * (PAYLOAD - 4)
+        t0 = time.monotonic_ns()
+        self.sock.sendto(data, self.dst)
+        t1 = time.monotonic_ns()
+        self.sends.append((seq, t0, t1, self.sent))
+        self.sent += PAYLOAD
+
+
+def _levels_on_wire(frames: list[bytes], sport: int) -> dict[int, int]:
+    out = {}
+    for f in frames:
+        p = Ether(f)
+        if UDP in p and p[UDP].sport == sport:
+            seq = struct.unpack("!I", bytes(p[UDP].payload)[:4])[0]
+            out[seq] = DSCP_TO_LEVEL[p[IP].tos >> 2]
+    return out
+
+
+def _crossing(e: FlowEntry, start: int, end: int, sent: int) -> int:
+    """First ns in [start, end] where the oracle's level changes (bisection)."""
+    lo, hi = start, end
+    first = e.level(lo, sent=sent)
+    while hi - lo > 1000:
+        mid = (lo + hi) // 2
+        if e.level(mid, sent=sent) == first:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def test_mlu_and_laxity_promote_on_time_without_a_controller(net: VethPair) -> None:
+    now = time.monotonic_ns()
+    rate = ps_per_byte(100e6)
+    # mlu: needs 200 ms of the link; deadline in 1 s; promoted 5 -> 1 when MLU >= 0.5 (at ~0.6 s)
+    mlu = FlowEntry(mode=layout.MODE_MLU, levels=[5, 1], thresholds=[mlu_fixed(0.5)],
+                    total_bytes=2_500_000, ps_per_byte=rate, deadline_ns=now + 1000 * MS)
+    # laxity: base 700 ms ahead; promoted 5 -> 1 once laxity < 300 ms (at ~0.4 s)
+    lax = FlowEntry(mode=layout.MODE_LAXITY, levels=[1, 5], thresholds=[300 * MS],
+                    ps_per_byte=rate, deadline_ns=now + 700 * MS)
+    flows = [Flow(net, 43001, mlu), Flow(net, 43002, lax)]
+    pin = layout.pin_dir(net.dev_a, net.a)
+    with bpfsys.BpfMap.open(pin / "flows") as m:
+        for f in flows:
+            m.update(f.key.pack(), f.entry.pack())
+    with Capture(net.b, net.dev_b) as cap:
+        seq = 0
+        while time.monotonic_ns() < now + 1000 * MS - 50 * MS:
+            for f in flows:
+                f.send(seq)
+            seq += 1
+            time.sleep(0.01)
+        frames = cap.frames(2 * seq, timeout=2.0, match=lambda fr: UDP in Ether(fr))
+    for f, name in zip(flows, ("mlu", "laxity")):
+        seen = _levels_on_wire(frames, f.sport)
+        assert len(seen) >= 0.95 * len(f.sends), f"{name}: {len(seen)} of {len(f.sends)} captured"
+        cross = _crossing(f.entry, now, now + 1000 * MS, f.sent // 2)
+        before = after = 0
+        for s, t0, t1, sent in f.sends:
+            if s not in seen:
+                continue
+            expect = {f.entry.level(t0, sent=sent), f.entry.level(t1, sent=sent)}
+            assert seen[s] in expect, f"{name} packet {s}: level {seen[s]}, oracle {expect}"
+            if t1 < cross - MS:
+                assert seen[s] == 5, f"{name} packet {s} before the crossing is deferred"
+                before += 1
+            elif t0 > cross + MS:
+                assert seen[s] == 1, f"{name} packet {s} after the crossing is promoted"
+                after += 1
+        assert before >= 10 and after >= 10, f"{name}: {before} deferred, {after} promoted packets"
+    with bpfsys.BpfMap.open(pin / "flows") as m:
+        for f in flows:
+            e = FlowEntry.unpack(m.lookup(f.key.pack()))
+            assert e.sent_bytes == f.sent and e.sent_pkts == len(f.sends) and e.cur_level == 1
+
+
+def test_rli_level_moves_with_the_cursor_only(net: VethPair) -> None:
+    rid = 4242
+    rli = FlowEntry(mode=layout.MODE_RLI, levels=[0, 2, 4], thresholds=[1, 3], target_layer=6,
+                    request_id=rid)
+    f = Flow(net, 43003, rli)
+    pin = layout.pin_dir(net.dev_a, net.a)
+    rkey = rid.to_bytes(8, "little")
+    plan = [(0, 4), (4, 2), (5, 2), (6, 0), (7, 0), (3, 4)]  # (cursor, level): 6 - cursor vs [1, 3]
+    expected: dict[int, int] = {}
+    with bpfsys.BpfMap.open(pin / "flows") as fm, bpfsys.BpfMap.open(pin / "requests") as rm:
+        rm.update(rkey, RequestRecord(cursor=0).pack())
+        fm.update(f.key.pack(), rli.pack())
+        with Capture(net.b, net.dev_b) as cap:
+            seq = 0
+            for cursor, level in plan:
+                rm.update(rkey, RequestRecord(cursor=cursor).pack())
+                for _ in range(15):  # time passes, the level holds while the cursor does
+                    f.send(seq)
+                    expected[seq] = level
+                    seq += 1
+                    time.sleep(0.004)
+            frames = cap.frames(seq, timeout=2.0, match=lambda fr: UDP in Ether(fr))
+        rm.delete(rkey)
+    seen = _levels_on_wire(frames, f.sport)
+    assert len(seen) >= 0.95 * seq
+    wrong = {s: (lv, expected[s]) for s, lv in seen.items() if lv != expected[s]}
+    assert not wrong, f"(seen, expected) per packet: {wrong}"
+    for s, _t0, _t1, sent in f.sends:  # and the oracle agrees with the plan
+        cursor = plan[s // 15][0]
+        assert rli.level(0, sent=sent, cursor=cursor) == expected[s]
