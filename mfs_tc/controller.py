@@ -30,13 +30,11 @@ from typing import Any, Iterable, Iterator, Sequence, Union
 from . import bpfsys
 from .bpfsys import BpfMap
 from .entry import FlowEntry
-from .errors import LayoutMismatchError, MfsError, NotAttachedError
+from .errors import LayoutMismatchError, MfsError, NotAttachedError, PermissionDeniedError
 from .layout import (
-    CONFIG_SIZE,
     COUNTER_FMT,
     DEFAULT_DSCP,
     DSCP_KEEP,
-    ENTRY_SIZE,
     KEY_FMT,
     LAYOUT_MAGIC,
     LAYOUT_VERSION,
@@ -92,7 +90,6 @@ _CREATE_TYPES = {
 }
 _U32_0 = b"\0\0\0\0"
 _U64 = struct.Struct("<Q")
-_REQ = struct.Struct("<iIqQ")
 
 
 # ---- identifiers ----------------------------------------------------------------------------------
@@ -242,7 +239,14 @@ class PinnedMaps:
     def open_dir(cls, path: Path | str, what: str | None = None) -> "PinnedMaps":
         path = Path(path)
         what = what or str(path)
-        if not path.is_dir():
+        try:
+            present = path.is_dir()
+        except PermissionError:
+            raise PermissionDeniedError(
+                f"cannot look into {path}: run as root, or give this user access to the pinned maps "
+                f"(e.g. `chgrp -R <group> {PIN_ROOT} && chmod -R g+rwX {PIN_ROOT}`)"
+            ) from None
+        if not present:
             raise NotAttachedError(f"mfs-tc is not attached to {what} ({path} is missing): run `mfs-tc attach {_attach_arg(what)}`")
         maps: dict[str, BpfMap] = {}
         try:
@@ -1097,5 +1101,3 @@ def gc(maps: PinnedMaps, grace_s: float = 10.0, now_ns: int | None = None, check
     res.flows_removed = maps.flows.delete_batch(dead) if dead else 0
     return res
 
-
-assert ENTRY_SIZE == 136 and CONFIG_SIZE == 88

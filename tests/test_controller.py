@@ -33,7 +33,6 @@ from mfs_tc.layout import (
     MODE_RLI,
     R_SCAVENGER,
     STAGE_CODES,
-    ConfigRecord,
     FlowKey,
     LevelRecord,
     RequestRecord,
@@ -593,3 +592,24 @@ def test_open_with_the_mfs_policy_by_name(root, maps):
         Controller.open(IF, policy="nope", root=root)
     with pytest.raises(ValueError, match="no config key"):
         Controller.open(IF, policy="mfs", root=root, bogus=1)
+
+
+@pytest.mark.privileged
+def test_open_without_permission_names_the_fix(root, maps):
+    code = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(TESTS)!r})
+        os.setgroups([]); os.setgid(65534); os.setuid(65534)
+        from mfs_tc.controller import Controller
+        from mfs_tc.errors import PermissionDeniedError
+        from controller_helpers import TinyPolicy
+        try:
+            Controller.open({IF!r}, policy=TinyPolicy(), root={str(root)!r})
+        except PermissionDeniedError as e:
+            print("DENIED", e)
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert "DENIED" in r.stdout, r.stderr
+    assert "root" in r.stdout and "chmod" in r.stdout

@@ -13,7 +13,6 @@ the DSCP of the level the library and the kernel agreed on:
 from __future__ import annotations
 
 import json
-import os
 import socket
 import struct
 import subprocess

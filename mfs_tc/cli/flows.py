@@ -65,7 +65,10 @@ def flows_cmd(
     root: Path = typer.Option(PIN_ROOT, "--pin-root", hidden=True),
 ) -> None:
     """List live flow entries with the level the classifier picks for them now."""
-    targets = [(netns, iface)] if iface else _attached(root)
+    try:
+        targets = [(netns, iface)] if iface else _attached(root)
+    except PermissionError as exc:
+        raise MfsError(f"cannot read {exc.filename}: run as root, or name the interface") from None
     if not targets:
         raise NotAttachedError(f"mfs-tc is attached nowhere (no pins under {root}): run `mfs-tc attach IFACE`")
     result: list[dict[str, Any]] = []
