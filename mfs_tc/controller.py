@@ -111,11 +111,11 @@ def request_key(request_id: int | str) -> int:
 
 
 _V4MAPPED = b"\0" * 10 + b"\xff\xff"
-_PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, 6: 6, 17: 17}
+_PROTOS: dict[Any, int] = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, 6: 6, 17: 17}
 _KEY = struct.Struct(KEY_FMT)
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=65536)
 def _addr16(addr: str) -> tuple[bytes, bool]:
     """(16-byte address, is_v4) of a textual address; IPv4 as IPv4-mapped IPv6."""
     try:
@@ -131,26 +131,30 @@ def pack_flow_key(target: FlowTarget) -> bytes:
     """The `flows` map key of a connected socket, a FlowKey, or a tuple
     (saddr, daddr, sport, dport[, proto]) with proto "tcp"/"udp"/6/17 (default tcp).
     The source is this host (the classifier runs on egress)."""
-    if isinstance(target, tuple):
-        if len(target) == 4:
-            saddr, daddr, sport, dport = target
-            proto: Any = socket.IPPROTO_TCP
-        elif len(target) == 5:
+    if type(target) is tuple or isinstance(target, tuple):
+        n = len(target)
+        if n == 5:
             saddr, daddr, sport, dport, proto = target
+        elif n == 4:
+            saddr, daddr, sport, dport = target
+            proto = socket.IPPROTO_TCP
         else:
-            raise ValueError(
-                f"a 5-tuple is (saddr, daddr, sport, dport[, proto]), got {len(target)} items"
-            )
-        p = _PROTOS.get(proto.lower() if isinstance(proto, str) else proto)
+            raise ValueError(f"a 5-tuple is (saddr, daddr, sport, dport[, proto]), got {n} items")
+        p = _PROTOS.get(proto) if isinstance(proto, (str, int)) else None
         if p is None:
-            raise ValueError(f"protocol {proto!r}: only tcp and udp flows are classified")
+            p = _PROTOS.get(proto.lower()) if isinstance(proto, str) else None
+            if p is None:
+                raise ValueError(f"protocol {proto!r}: only tcp and udp flows are classified")
         s, s4 = _addr16(saddr if type(saddr) is str else str(saddr))
         d, d4 = _addr16(daddr if type(daddr) is str else str(daddr))
-        if s4 != d4:
+        if s4 is not d4:
             raise ValueError(f"address families differ: {saddr} -> {daddr}")
-        if not (isinstance(sport, int) and isinstance(dport, int) and 0 <= sport <= 0xFFFF and 0 <= dport <= 0xFFFF):
+        if type(sport) is not int or type(dport) is not int:
             raise ValueError(f"ports must be integers in 0..65535, got {sport!r}, {dport!r}")
-        return _KEY.pack(s, d, sport, dport, p)
+        try:
+            return _KEY.pack(s, d, sport, dport, p)
+        except struct.error:
+            raise ValueError(f"ports must be integers in 0..65535, got {sport!r}, {dport!r}") from None
     if isinstance(target, FlowKey):
         return target.pack()
     if isinstance(target, socket.socket):
@@ -527,12 +531,14 @@ class StageHandle:
     ) -> FlowHandle:
         """Register one flow (a connected socket, FlowKey or 5-tuple) of this stage."""
         key = pack_flow_key(target)
-        flow = Flow(
-            _nonneg(bytes, "flow bytes"),
-            _nonneg(self._default_layer() if target_layer is None else target_layer, "target layer"),
-            None,
-            _nonneg(sent, "sent bytes"),
-        )
+        if type(bytes) is not int or bytes < 0:
+            bytes = _nonneg(bytes, "flow bytes")
+        tl = self._default_layer() if target_layer is None else target_layer
+        if type(tl) is not int or tl < 0:
+            tl = _nonneg(tl, "target layer")
+        if sent and (type(sent) is not int or sent < 0):
+            sent = _nonneg(sent, "sent bytes")
+        flow = Flow(bytes, tl, None, sent)
         owner = self.owner
         ctl = owner.ctl
         with ctl._lock:
