@@ -222,7 +222,8 @@ class Simulator:
                     if f.rate > 0:
                         self._push(t + f.rem / f.rate, _DONE, f, f.version)
                     m = f.owner
-                    if m.dynamic and self.skip_unchanged:
+                    # a bound already reached stays: the next tick must evaluate the flow
+                    if m.dynamic and self.skip_unchanged and m.due > now:
                         s = int(f.size - f.rem)
                         e = m.entry
                         m.due = next_change_ns(e, e.metric(now, s, m.req.cursor), s, now, f.rate)

@@ -133,46 +133,74 @@ class FluidNetwork:
 
 
 def allocate(links: set[Link], flows: set[FluidFlow]) -> None:
-    """Strict priority across levels, max-min fair within a level (progressive filling)."""
+    """Strict priority across levels, max-min fair within a level (progressive filling).
+
+    Flows of one level on the same path get the same max-min rate, so they are filled as one
+    class of n flows (paths are shared tuples from `Fabric.path`)."""
     resid = {ln: ln.capacity for ln in links}
-    by_level: dict[int, list[FluidFlow]] = {}
+    classes: dict[tuple[int, int], list] = {}
     for f in flows:
-        by_level.setdefault(f.level, []).append(f)
+        k = (f.level, id(f.links))
+        c = classes.get(k)
+        if c is None:
+            classes[k] = [f.level, f.links, [f], False]
+        else:
+            c[2].append(f)
+    by_level: dict[int, list[list]] = {}
+    for c in classes.values():
+        by_level.setdefault(c[0], []).append(c)
     for level in sorted(by_level):
         group = by_level[level]
+        if len(group) == 1:
+            _, path, fs, _ = group[0]
+            n = len(fs)
+            share = min(resid[ln] for ln in path) / n
+            if share < 0:
+                share = 0.0
+            for f in fs:
+                f.rate = share
+            for ln in path:
+                resid[ln] -= share * n
+            continue
         cnt: dict[Link, int] = {}
-        members: dict[Link, list[FluidFlow]] = {}
-        for f in group:
-            f.rate = -1.0  # unfrozen
-            for ln in f.links:
-                cnt[ln] = cnt.get(ln, 0) + 1
-                members.setdefault(ln, []).append(f)
-        heap = [(resid[ln] / c, id(ln), ln) for ln, c in cnt.items()]
+        members: dict[Link, list[list]] = {}
+        for c in group:
+            n = len(c[2])
+            for ln in c[1]:
+                if ln in cnt:
+                    cnt[ln] += n
+                    members[ln].append(c)
+                else:
+                    cnt[ln] = n
+                    members[ln] = [c]
+        heap = [(resid[ln] / k, id(ln), ln) for ln, k in cnt.items()]
         heapq.heapify(heap)
         while heap:
             share, _, ln = heapq.heappop(heap)
-            c = cnt[ln]
-            if c == 0:
+            k = cnt[ln]
+            if k == 0:
                 continue
-            cur = resid[ln] / c
+            cur = resid[ln] / k
             if cur > share * (1 + 1e-12) + 1e-12:
                 heapq.heappush(heap, (cur, id(ln), ln))
                 continue
             if cur < 0:
                 cur = 0.0
             touched: set[Link] = set()
-            for f in members[ln]:
-                if f.rate >= 0:
+            for c in members[ln]:
+                if c[3]:
                     continue
-                f.rate = cur
-                for l2 in f.links:
-                    resid[l2] -= cur
-                    cnt[l2] -= 1
+                c[3] = True
+                fs = c[2]
+                n = len(fs)
+                for f in fs:
+                    f.rate = cur
+                for l2 in c[1]:
+                    resid[l2] -= cur * n
+                    cnt[l2] -= n
                     touched.add(l2)
             touched.discard(ln)
             for l2 in touched:
                 if cnt[l2] > 0:
-                    heapq.heappush(heap, (max(resid[l2], 0.0) / cnt[l2], id(l2), l2))
-        for ln in cnt:
-            if resid[ln] < 0:
-                resid[ln] = 0.0
+                    r = resid[l2]
+                    heapq.heappush(heap, ((r if r > 0 else 0.0) / cnt[l2], id(l2), l2))
