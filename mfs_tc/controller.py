@@ -16,6 +16,7 @@ the entries it wrote. Entries of a crashed process expire: `flows` is an LRU has
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -481,7 +482,9 @@ class FlowHandle:
         self.owner = owner
         self.stage = stage
         self.key = key
-        self.flow = flow  # replaced, never mutated: flows registered together may share one
+        # replaced on change, never mutated here: flows of one add_flows call may share one
+        # object, so change a flow through update(), not by assigning its fields
+        self.flow = flow
         self.entry = entry  # the entry last written (the kernel's copy also has counters)
         self.removed = False
 
@@ -489,14 +492,28 @@ class FlowHandle:
     def flow_key(self) -> FlowKey:
         return FlowKey.unpack(self.key)
 
-    def update(self, *, bytes: int | None = None, target_layer: int | None = None) -> None:
+    def update(
+        self,
+        *,
+        bytes: int | None = None,
+        target_layer: int | None = None,
+        true_remaining_work_ns: int | None = None,
+    ) -> None:
+        """New estimates for this flow (the oracle's true remaining work for `llf-oracle`): the
+        policy is asked again and the entry rewritten, keeping the kernel's counters."""
         f = self.flow
-        nb = f.bytes if bytes is None else _nonneg(bytes, "flow bytes")
-        nt = f.target_layer if target_layer is None else _nonneg(target_layer, "target layer")
+        changes: dict[str, Any] = {}
+        if bytes is not None:
+            changes["bytes"] = _nonneg(bytes, "flow bytes")
+        if target_layer is not None:
+            changes["target_layer"] = _nonneg(target_layer, "target layer")
+        if true_remaining_work_ns is not None:
+            changes["true_remaining_work_ns"] = _nonneg(true_remaining_work_ns, "true_remaining_work_ns")
         with self.owner.ctl._lock:
             if self.removed:
                 raise MfsError("this flow was removed (or its connection re-registered): add it again")
-            self.flow = Flow(nb, nt, f.key, f.sent)
+            if changes:
+                self.flow = dataclasses.replace(f, **changes)
             self.owner._rewrite([self])
 
     def read(self) -> FlowEntry | None:
@@ -723,7 +740,9 @@ class _Owner:
         return v, e
 
     def _rewrite(self, handles: list[FlowHandle]) -> None:
-        """Re-ask the policy; keep what the kernel counted (sent bytes/packets, cur_level)."""
+        """Re-ask the policy; keep what the kernel counted (sent bytes/packets, cur_level).
+        Read-modify-write: bytes the kernel counts between the read and the write (a few
+        packets at most) are lost from `sent_bytes`; levels only shift by that much."""
         self._check_live()
         now = self.ctl.clock()
         flows = self.ctl.maps.flows
@@ -732,8 +751,7 @@ class _Owner:
             old_raw = flows.lookup(fh.key)
             old = FlowEntry.unpack(old_raw) if old_raw else None
             if old is not None and old.sent_bytes != fh.flow.sent:
-                f = fh.flow
-                fh.flow = Flow(f.bytes, f.target_layer, f.key, old.sent_bytes)
+                fh.flow = dataclasses.replace(fh.flow, sent=old.sent_bytes)
             e = self.ctl.policy.entry(self.model, fh.stage.stage, fh.flow, now)
             e.request_id = self.id
             e.stage = STAGE_CODES.get(fh.stage.stage.name, 0)

@@ -613,3 +613,29 @@ def test_open_without_permission_names_the_fix(root, maps):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert "DENIED" in r.stdout, r.stderr
     assert "root" in r.stdout and "chmod" in r.stdout
+
+
+@pytest.mark.privileged
+def test_flow_update_keeps_oracle_fields(ctl, policy):
+    req = ctl.request("oracle", slo_s=5.0)
+    fh = req.stage("p2d").add_flow(("10.0.0.1", "10.0.0.2", 14000, 80), bytes=100)
+    fh.update(true_remaining_work_ns=123)
+    assert policy.calls[-1][2].true_remaining_work_ns == 123
+    fh.flow.true_remaining_work_ns = 456  # the testbed's pattern: set the field, then update()
+    fh.update(bytes=200)
+    assert policy.calls[-1][2].true_remaining_work_ns == 456 and policy.calls[-1][2].bytes == 200
+    fh.remove()
+    assert fh.read() is None
+    with pytest.raises(MfsError, match="removed"):
+        fh.update(bytes=1)
+
+
+def test_cli_policy_show(capsys):
+    code, out, err = run_cli(["policy", "show", "--json"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["policy"] == "mfs" and d["levels"] == 8
+    code, out, err = run_cli(["policy", "show", "--policy", "sjf", "--levels", "4"], capsys)
+    assert code == 0 and "policy: sjf" in out and "levels: 4" in out
+    code, out, err = run_cli(["policy", "show", "--policy", "nope"], capsys)
+    assert code == 1 and "unknown policy 'nope'" in err
