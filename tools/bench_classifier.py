@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Classifier cost per packet through BPF_PROG_TEST_RUN, next to an empty tc program in the same run.
+
+Paths: miss (no flow entry), static, mlu, rli (request lookup) and laxity, on a 1 kB IPv4/TCP
+packet, with DSCP rewrite on (the default DSCP table). Each path runs `--repeat` times per round
+inside the kernel (the kernel reports the mean ns per run); rounds alternate over all programs and
+the median round counts. Prints JSON: each figure, its target and pass/fail.
+
+    sudo .venv/bin/python tools/bench_classifier.py [--repeat 1000000] [--rounds 5]
+
+Target: <= 50 ns/packet above the empty program, for every path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from datapath_support import LoadedClassifier, prog_test_run  # noqa: E402
+from mfs_tc import layout  # noqa: E402
+from mfs_tc.entry import FlowEntry, mlu_fixed, ps_per_byte  # noqa: E402
+from mfs_tc.layout import FlowKey, RequestRecord  # noqa: E402
+
+TARGET_NS = 50.0
+EMPTY_SRC = "int empty(struct __sk_buff *skb) { return 0; }"
+
+
+def _packet(sport: int) -> bytes:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+
+    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                 / IP(src="10.9.0.1", dst="10.9.0.2") / TCP(sport=sport, dport=5201, flags="A")
+                 / Raw(b"\0" * 1000))
+
+
+def _entries(now: int) -> dict[str, FlowEntry | None]:
+    ps = ps_per_byte(10e9)
+    far = now + 10**13  # far deadlines: the level does not change during the run
+    th_mlu = [mlu_fixed(x) for x in (0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)]
+    return {
+        "miss": None,
+        "static": FlowEntry.static(2),
+        "mlu": FlowEntry(mode=layout.MODE_MLU, levels=[7, 6, 5, 4, 3, 2, 1, 0], thresholds=th_mlu,
+                         total_bytes=1 << 40, ps_per_byte=ps, deadline_ns=far),
+        "rli": FlowEntry(mode=layout.MODE_RLI, levels=[0, 1, 2, 3], thresholds=[1, 2, 4],
+                         target_layer=10, request_id=99),
+        "laxity": FlowEntry(mode=layout.MODE_LAXITY, levels=[0, 1, 2, 3, 4, 5, 6, 7],
+                            thresholds=[10**6 * x for x in (1, 2, 5, 10, 20, 50, 100)],
+                            ps_per_byte=ps, deadline_ns=far),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=1_000_000, help="runs per program per round (>= 1e6)")
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    if args.repeat < 1 or args.rounds < 1:
+        ap.error("--repeat and --rounds must be positive")
+
+    from bcc import BPF
+
+    empty = BPF(text=EMPTY_SRC)
+    empty_fd = empty.load_func(b"empty", BPF.SCHED_CLS).fd
+    with LoadedClassifier(dscp=layout.DEFAULT_DSCP) as clf:
+        packets: dict[str, bytes] = {}
+        with clf.map("flows") as fm, clf.map("requests") as rm:
+            rm.update((99).to_bytes(8, "little"), RequestRecord(cursor=8).pack())
+            for i, (name, e) in enumerate(_entries(time.monotonic_ns()).items()):
+                pkt = _packet(30000 + i)
+                packets[name] = pkt
+                if e is not None:
+                    fm.update(FlowKey("10.9.0.1", "10.9.0.2", 30000 + i, 5201).pack(), e.pack())
+        progs = {"empty": (empty_fd, packets["static"])}
+        progs.update({name: (clf.fd, pkt) for name, pkt in packets.items()})
+        samples: dict[str, list[int]] = {n: [] for n in progs}
+        levels = {n: clf.level_of(p) for n, p in packets.items()}
+        for _ in range(args.rounds):
+            for name, (fd, pkt) in progs.items():
+                samples[name].append(prog_test_run(fd, pkt, repeat=args.repeat).duration_ns)
+    empty.cleanup()
+    base = statistics.median(samples["empty"])
+    paths = {}
+    for name in packets:
+        med = statistics.median(samples[name])
+        over = med - base
+        paths[name] = {"ns_per_packet": med, "ns_above_empty": over, "level": levels[name],
+                       "target_ns_above_empty": TARGET_NS, "pass": over <= TARGET_NS,
+                       "rounds_ns": samples[name]}
+    out = {
+        "bench": "classifier_prog_test_run",
+        "repeat": args.repeat,
+        "rounds": args.rounds,
+        "packet_bytes": len(packets["static"]),
+        "empty_ns_per_packet": base,
+        "empty_rounds_ns": samples["empty"],
+        "paths": paths,
+        "pass": all(p["pass"] for p in paths.values()),
+    }
+    print(json.dumps(out, indent=2))
+    return 0 if out["pass"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
