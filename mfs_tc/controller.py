@@ -132,7 +132,7 @@ def pack_flow_key(target: FlowTarget) -> bytes:
     """The `flows` map key of a connected socket, a FlowKey, or a tuple
     (saddr, daddr, sport, dport[, proto]) with proto "tcp"/"udp"/6/17 (default tcp).
     The source is this host (the classifier runs on egress)."""
-    if type(target) is tuple or isinstance(target, tuple):
+    if isinstance(target, tuple):
         n = len(target)
         if n == 5:
             saddr, daddr, sport, dport, proto = target

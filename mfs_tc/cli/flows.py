@@ -73,7 +73,13 @@ def flows_cmd(
         raise NotAttachedError(f"mfs-tc is attached nowhere (no pins under {root}): run `mfs-tc attach IFACE`")
     result: list[dict[str, Any]] = []
     for ns, ifn in targets:
-        maps = _open(ifn, ns, root)
+        try:
+            maps = _open(ifn, ns, root)
+        except MfsError as exc:
+            if iface:
+                raise
+            typer.echo(f"mfs-tc: warning: skipping {ifn}{f' (netns {ns})' if ns else ''}: {exc}", err=True)
+            continue
         try:
             for v in maps.flow_views():
                 d = v.as_dict()
