@@ -31,7 +31,10 @@ MFS = [str(Path(sys.executable).parent / "mfs-tc")]
 @pytest.fixture
 def net():
     with VethPair() as n:
-        yield n
+        try:
+            yield n
+        finally:
+            detach(n.dev_a, n.a)  # idempotent: a failed test leaves no pins or state behind
 
 
 def _tc(net: VethPair, *args: str) -> str:
