@@ -187,6 +187,8 @@ def render_plots(out_dir: Path, summary: dict, runs: list[dict]) -> list[Path]:
     made: list[Path] = []
     aggs = summary["policies"]
     policies = list(dict.fromkeys(a["policy"] for a in aggs))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    color = {p: cycle[i % len(cycle)] for i, p in enumerate(policies)}
     # TTFT CDF per policy (normalised by SLO so requests of different sizes compare), at the
     # highest load point run
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -196,7 +198,7 @@ def render_plots(out_dir: Path, summary: dict, runs: list[dict]) -> list[Path]:
                    if r["policy"] == pol and _point(r) == top for x in r["rows"]
                    if x.get("ttft_s") not in (None, ""))
         if v:
-            ax.plot(v, [(i + 1) / len(v) for i in range(len(v))], label=pol)
+            ax.plot(v, [(i + 1) / len(v) for i in range(len(v))], label=pol, color=color[pol])
     ax.axvline(1.0, color="grey", ls="--", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("TTFT / SLO")
@@ -214,8 +216,7 @@ def render_plots(out_dir: Path, summary: dict, runs: list[dict]) -> list[Path]:
     means = [a["attainment"] or 0.0 for a in pts]
     lo = [m - (a["attainment_min"] or 0.0) for m, a in zip(means, pts)]
     hi = [(a["attainment_max"] or 0.0) - m for m, a in zip(means, pts)]
-    ax.bar(names, means, yerr=[lo, hi], capsize=4,
-           color=["tab:red" if n.startswith("mfs") else "tab:blue" for n in names])
+    ax.bar(names, means, yerr=[lo, hi], capsize=4, color=[color[n] for n in names])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("TTFT SLO attainment")
     ax.set_title("SLO attainment per policy" + (f" (load {top[0]})" if top and top[0] else ""))
@@ -227,8 +228,10 @@ def render_plots(out_dir: Path, summary: dict, runs: list[dict]) -> list[Path]:
     sw = summary.get("sweep") or {}
     if sw.get("curves"):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for pol, curve in sw["curves"].items():
-            ax.plot([x for x, _ in curve], [y for _, y in curve], marker="o", label=pol)
+        for pol in policies:
+            curve = sw["curves"].get(pol, [])
+            ax.plot([x for x, _ in curve], [y for _, y in curve], marker="o", label=pol,
+                    color=color[pol])
         ax.axhline(sw.get("target_attainment", TARGET_ATTAINMENT), color="grey", ls="--", lw=0.8)
         ax.set_xlabel("load (requests/s)" if sw["axis"] == "load" else "SLO scale")
         ax.set_ylabel("TTFT SLO attainment")

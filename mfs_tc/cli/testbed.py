@@ -52,7 +52,7 @@ def run_cmd(
     policy: Annotated[str, typer.Option("--policy", "-p", help="Policies to compare, comma separated")] = "mfs,fair,edf,karuna,sjf,pias",
     workload: Annotated[str, typer.Option(help="mooncake (the real trace) or poisson")] = "mooncake",
     requests: Annotated[int, typer.Option("--requests", "-n", help="Requests per run")] = 60,
-    load: Annotated[Optional[str], typer.Option(help="Arrival rate(s) in requests/s, comma separated for a sweep (default: the trace's own rate, 3 rps for poisson)")] = "3",
+    load: Annotated[str, typer.Option(help="Arrival rate(s) in requests/s, comma separated for a sweep; 'trace' replays the Mooncake trace at its own rate")] = "3",
     slo_scale: Annotated[str, typer.Option(help="SLO = this x unloaded TTFT; comma separated for a sweep")] = "5",
     seed: Annotated[str, typer.Option(help="Seeds: 1,2,3 or 1-3")] = "1",
     rate: Annotated[str, typer.Option(help="Link rate of every host and switch port")] = "200mbit",
@@ -67,9 +67,13 @@ def run_cmd(
     from netns_testbed.report import table
     from netns_testbed.runner import RunConfig, run
 
-    loads: list[float | None] = list(_floats(load, "load")) or [None]
-    if load is not None and load.strip().lower() in ("", "trace", "native"):
+    loads: list[float | None]
+    if load.strip().lower() in ("trace", "native"):
         loads = [None]
+    else:
+        loads = list(_floats(load, "load"))
+        if not loads:
+            raise MfsError("--load: give at least one rate, e.g. 3 or 1,2,3 (or 'trace')")
     try:
         cfg = RunConfig(
             policies=[p.strip() for p in policy.split(",") if p.strip()],
