@@ -1,0 +1,15 @@
+"""The netns testbed: an emulated disaggregated-serving cluster in network namespaces.
+
+  topology.py          hosts and switch as namespaces, veth links, HTB shaping, cleanup
+  shaping.py           mfs-tc attach (HTB backend, trust-dscp on switch ports) or plain HTB
+  transfer.py          sinks and real TCP flows (delivered bytes acknowledged)
+  plan.py              what is replayed: RequestJob, BatchJob, Transfer, Scenario
+  workload_adapter.py  mfs_tc.workload -> Scenario (the simulator's workload, same objects)
+  scenarios.py         hand-made scenarios (the tight vs loose contention case)
+  sched.py             flows, batches and layer cursors through mfs_tc.controller
+  replay.py            the agents: batches, layers, compute sleeps, per-request measurements
+  runner.py            `mfs-tc testbed run`: every policy in turn, progress, results
+  report.py            requests.csv, summary.json, plots, table (no root; shared with sim)
+
+Only report.py, plan.py and scenarios.py import without root; the rest needs root at run time.
+"""
