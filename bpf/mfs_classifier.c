@@ -9,8 +9,8 @@
  * level. In trust-dscp mode (switch ports) the level comes from the packet's DSCP instead.
  *
  * It never drops: unknown flows, non-IP, fragments, truncated or malformed headers go to the
- * default level with the packet untouched, and are counted. Headers are read with
- * bpf_skb_load_bytes, so non-linear skbs (GSO, paged frags) are handled the same way.
+ * default level with the packet untouched, and are counted. Headers are read straight from the
+ * linear part of the packet, or with bpf_skb_load_bytes where they are not (paged skbs).
  *
  * The loader substitutes MFS_PIN_DIR (the pin directory of this interface) before compiling.
  */
@@ -46,6 +46,20 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct mfs_counter, stats, MFS_NSTATS,
 #define IP_MF_ 0x2000
 #define IP_OFFSET_ 0x1FFF
 #define IPV6_MAX_EXT 6
+
+/* Copy `len` header bytes at `off`: straight from the packet when they are in its linear part
+ * (the common case, no helper call), else through bpf_skb_load_bytes (paged / GSO skbs). */
+static __always_inline int hdr(struct __sk_buff *skb, __u32 off, void *to, const __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	if (off <= 512 && data + off + len <= data_end) {
+		__builtin_memcpy(to, data + off, len);
+		return 0;
+	}
+	return bpf_skb_load_bytes(skb, off, to, len);
+}
 
 static __always_inline void count(__u32 slot, __u64 bytes)
 {
@@ -96,7 +110,8 @@ static __always_inline __s64 flow_metric(struct mfs_flow_entry *e, __s64 now, __
 static __always_inline __u32 flow_level(struct mfs_flow_entry *e, struct mfs_config *cfg,
 					__u64 payload, __u32 *scavenged)
 {
-	__s64 now = (__s64)bpf_ktime_get_ns();
+	/* only mlu and laxity depend on time: the others skip the clock read */
+	__s64 now = (e->mode == MFS_MODE_MLU || e->mode == MFS_MODE_LAXITY) ? (__s64)bpf_ktime_get_ns() : 0;
 	__u64 sent = e->sent_bytes;
 	__s32 cursor = 0;
 	__u32 scav = 0, level;
@@ -129,7 +144,7 @@ static __always_inline __u32 flow_level(struct mfs_flow_entry *e, struct mfs_con
 	if (e->cur_level != level)
 		e->cur_level = level;
 	__sync_fetch_and_add(&e->sent_bytes, payload);
-	__sync_fetch_and_add(&e->sent_pkts, 1);
+	e->sent_pkts += 1; /* informational: a rare lost increment across CPUs is acceptable */
 	*scavenged = scav;
 	return level;
 }
@@ -173,12 +188,12 @@ int mfs_egress(struct __sk_buff *skb)
 	__u32 off = ETH_HLEN, l3off = ETH_HLEN;
 	__be16 proto;
 
-	if (bpf_skb_load_bytes(skb, 12, &proto, 2)) {
+	if (hdr(skb, 12, &proto, 2)) {
 		reason = MFS_STAT_MALFORMED;
 		goto out;
 	}
 	if (proto == bpf_htons(ETH_P_8021Q_) || proto == bpf_htons(ETH_P_8021AD_)) {
-		if (bpf_skb_load_bytes(skb, off + 2, &proto, 2)) {
+		if (hdr(skb, off + 2, &proto, 2)) {
 			reason = MFS_STAT_MALFORMED;
 			goto out;
 		}
@@ -190,7 +205,7 @@ int mfs_egress(struct __sk_buff *skb)
 	__u8 l4proto;
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
-		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip))) {
+		if (hdr(skb, off, &ip, sizeof(ip))) {
 			reason = MFS_STAT_MALFORMED;
 			goto out;
 		}
@@ -218,7 +233,7 @@ int mfs_egress(struct __sk_buff *skb)
 		off += ihl;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
-		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6))) {
+		if (hdr(skb, off, &ip6, sizeof(ip6))) {
 			reason = MFS_STAT_MALFORMED;
 			goto out;
 		}
@@ -245,7 +260,7 @@ int mfs_egress(struct __sk_buff *skb)
 				goto out;
 			}
 			__u8 ext[2];
-			if (bpf_skb_load_bytes(skb, off, ext, 2)) {
+			if (hdr(skb, off, ext, 2)) {
 				reason = MFS_STAT_MALFORMED;
 				goto out;
 			}
@@ -262,7 +277,7 @@ int mfs_egress(struct __sk_buff *skb)
 	__u32 l4len;
 	if (l4proto == IPPROTO_TCP) {
 		struct tcphdr th;
-		if (bpf_skb_load_bytes(skb, off, &th, sizeof(th))) {
+		if (hdr(skb, off, &th, sizeof(th))) {
 			reason = MFS_STAT_MALFORMED;
 			goto out;
 		}
@@ -275,7 +290,7 @@ int mfs_egress(struct __sk_buff *skb)
 		key.dport = bpf_ntohs(th.dest);
 	} else if (l4proto == IPPROTO_UDP) {
 		struct udphdr uh;
-		if (bpf_skb_load_bytes(skb, off, &uh, sizeof(uh))) {
+		if (hdr(skb, off, &uh, sizeof(uh))) {
 			reason = MFS_STAT_MALFORMED;
 			goto out;
 		}
