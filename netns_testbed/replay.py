@@ -201,6 +201,8 @@ class Replay:
         for g, lj in enumerate(job.layers):
             for t in kv_threads[g]:
                 t.join()
+            est = self._estimates(job, g, compute_after[g])
+            self._safe(lambda: self.sched.update_estimates(bid, est))
             self._safe(lambda: self.sched.at_layer(bid, g))
             if lj.compute_s > 0:
                 time.sleep(lj.compute_s)
@@ -215,6 +217,8 @@ class Replay:
                 with self._lock:
                     self.ccts.append(cct)
         kv_end = max(kv_ends, default=start)
+        est = self._estimates(job, nl, job.decode_step_s)
+        self._safe(lambda: self.sched.update_estimates(bid, est))
         self._safe(lambda: self.sched.at_layer(bid, nl))
         self._safe(lambda: self.sched.end_batch(bid))
         for rid in rids:
@@ -224,6 +228,15 @@ class Replay:
             flows = job.p2d.get(rid, ())
             threading.Thread(target=self._p2d, args=(rid, flows, job.decode_step_s),
                              daemon=True, name=f"p2d-{rid}").start()
+
+    @staticmethod
+    def _estimates(job: BatchJob, layer: int, compute_s: float) -> dict[int, tuple[int, float]]:
+        """Per member: bytes still ahead from `layer` on (the batch's kv_fetch and collective
+        bytes shared evenly, plus its own p2d) and the compute still ahead."""
+        n = max(len(job.request_ids), 1)
+        shared = sum(t.nbytes for lj in job.layers[layer:] for t in (*lj.kv_fetch, *lj.collective))
+        return {rid: (shared // n + sum(t.nbytes for t in job.p2d.get(rid, ())), compute_s)
+                for rid in job.request_ids}
 
     def _p2d(self, rid: int, flows: tuple[Transfer, ...], decode_step_s: float) -> None:
         p0 = time.monotonic_ns()

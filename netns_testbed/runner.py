@@ -215,8 +215,10 @@ class live_topology:
 
         try:
             self._old = signal.signal(signal.SIGTERM, on_term)
+            # also when started with SIGINT ignored (nohup, `cmd &` in scripts): Ctrl-C / kill -INT
+            self._old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         except ValueError:  # not the main thread
-            self._old = None
+            self._old = self._old_int = None
         self.topo.up()
         try:
             self.sinks = start_sinks(self.topo)
@@ -231,6 +233,8 @@ class live_topology:
         self.topo.down()
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)  # type: ignore[arg-type]
+        if getattr(self, "_old_int", None) is not None:
+            signal.signal(signal.SIGINT, self._old_int)  # type: ignore[arg-type]
 
 
 __all__ = ["RunConfig", "run", "run_scenarios", "live_topology", "DEFAULT_POLICIES", "MfsError"]

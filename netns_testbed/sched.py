@@ -39,6 +39,10 @@ class Scheduler:
                  true_remaining_ns: int | None) -> None:
         """Register a flow sent by `host`: a batch's (kv_fetch, collective) or a request's (p2d)."""
 
+    def update_estimates(self, batch_id: int | None, estimates: dict[int, tuple[int, float]]) -> None:
+        """New work estimates per request (bytes still to move, compute still ahead in s), so
+        policies that judge feasibility (scavenger) see the work left, not the work at arrival."""
+
     def at_layer(self, batch_id: int, layer: int) -> None:
         """The batch's compute reached `layer`: move its and its members' cursors everywhere."""
 
@@ -69,6 +73,7 @@ class ControllerScheduler(Scheduler):
     _members: dict[int, list[int]] = field(default_factory=dict)
     _stages: dict[tuple, object] = field(default_factory=dict)
     _jobs: dict[int, tuple[RequestJob, int]] = field(default_factory=dict)
+    _est: dict[int, tuple[int, float]] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
@@ -77,6 +82,7 @@ class ControllerScheduler(Scheduler):
         except ImportError as exc:
             raise MfsError(f"mfs_tc.controller is not available ({exc}): use --datapath plain") from exc
         cfg = dict(self.config)
+        cfg.setdefault("ref_rate_bps", float(self.topology.config.rate_bps))
         try:
             for h in self.topology.hosts:
                 self._ctls[h.name] = Controller.open(h.ifname, netns=h.netns, policy=self.policy, **cfg)
@@ -89,9 +95,10 @@ class ControllerScheduler(Scheduler):
         r = self._reqs.get(key)
         if r is None:
             job, arrival_ns = self._jobs[request_id]
+            b, c = self._est.get(request_id, (job.remaining_bytes, job.remaining_compute_s))
             r = self._ctls[host].request(  # type: ignore[attr-defined]
                 request_id, job.slo_s, arrival_ns=arrival_ns, num_layers=job.num_layers,
-                remaining_bytes=job.remaining_bytes, remaining_compute_s=job.remaining_compute_s)
+                remaining_bytes=b, remaining_compute_s=c)
             self._reqs[key] = r
         return r
 
@@ -138,6 +145,21 @@ class ControllerScheduler(Scheduler):
                 fh.flow.true_remaining_work_ns = true_remaining_ns
                 fh.update()
 
+    def update_estimates(self, batch_id: int | None, estimates: dict[int, tuple[int, float]]) -> None:
+        with self._lock:
+            self._est.update(estimates)
+            for (host, rid), r in list(self._reqs.items()):
+                if rid in estimates:
+                    b, c = estimates[rid]
+                    r.update_estimate(remaining_bytes=b, remaining_compute_s=c)  # type: ignore[attr-defined]
+            if batch_id is None or len(self._members.get(batch_id, [])) < 2:
+                return
+            tot = sum(b for b, _ in estimates.values())
+            comp = max((c for _, c in estimates.values()), default=0.0)
+            for (host, bid), b in list(self._batches.items()):
+                if bid == batch_id:
+                    b.update_estimate(remaining_bytes=tot, remaining_compute_s=comp)  # type: ignore[attr-defined]
+
     def at_layer(self, batch_id: int, layer: int) -> None:
         with self._lock:
             rids = self._members.get(batch_id, [])
@@ -166,6 +188,7 @@ class ControllerScheduler(Scheduler):
             for skey in [k for k in self._stages if k[1] == "r" and k[2] == request_id]:
                 del self._stages[skey]
             self._jobs.pop(request_id, None)
+            self._est.pop(request_id, None)
 
     def close(self) -> None:
         with self._lock:
