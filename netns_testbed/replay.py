@@ -195,7 +195,8 @@ class Replay:
         kv_ends: list[int] = []
         for g, lj in enumerate(job.layers):
             sb = sum(t.nbytes for t in lj.kv_fetch)
-            kv_threads.append([self._spawn(t, bid, None, sb, compute_after[g], kv_ends)
+            ahead = max(b for b, _ in self._estimates(job, g, 0.0).values())
+            kv_threads.append([self._spawn(t, bid, None, sb, compute_after[g], kv_ends, ahead)
                                for t in lj.kv_fetch])
         coll_s = 0.0
         for g, lj in enumerate(job.layers):
@@ -209,7 +210,9 @@ class Replay:
             if lj.collective:
                 c0 = time.monotonic_ns()
                 sb = sum(t.nbytes for t in lj.collective)
-                ths = [self._spawn(t, bid, None, sb, compute_after[g + 1]) for t in lj.collective]
+                ahead = max(b for b, _ in self._estimates(job, g, 0.0).values())
+                ths = [self._spawn(t, bid, None, sb, compute_after[g + 1], None, ahead)
+                       for t in lj.collective]
                 for t in ths:
                     t.join()
                 cct = (time.monotonic_ns() - c0) / 1e9
@@ -241,7 +244,7 @@ class Replay:
     def _p2d(self, rid: int, flows: tuple[Transfer, ...], decode_step_s: float) -> None:
         p0 = time.monotonic_ns()
         sb = sum(t.nbytes for t in flows)
-        ths = [self._spawn(t, None, rid, sb, decode_step_s) for t in flows]
+        ths = [self._spawn(t, None, rid, sb, decode_step_s, None, sb) for t in flows]
         for t in ths:
             t.join()
         p1 = time.monotonic_ns()
@@ -271,14 +274,17 @@ class Replay:
 
     # ---- flows --------------------------------------------------------------------------------
     def _spawn(self, t: Transfer, bid: int | None, rid: int | None, stage_bytes: int,
-               compute_after_s: float, ends: list[int] | None = None) -> threading.Thread:
+               compute_after_s: float, ends: list[int] | None = None,
+               bytes_ahead: int | None = None) -> threading.Thread:
         th = threading.Thread(target=self._transfer,
-                              args=(t, bid, rid, stage_bytes, compute_after_s, ends), daemon=True)
+                              args=(t, bid, rid, stage_bytes, compute_after_s, ends, bytes_ahead),
+                              daemon=True)
         th.start()
         return th
 
     def _transfer(self, t: Transfer, bid: int | None, rid: int | None, stage_bytes: int,
-                  compute_after_s: float, ends: list[int] | None = None) -> None:
+                  compute_after_s: float, ends: list[int] | None = None,
+                  bytes_ahead: int | None = None) -> None:
         if t.nbytes == 0:
             return
         src, dst = self.topo.host(t.src), self.topo.host(t.dst)
@@ -287,7 +293,10 @@ class Replay:
             enter_netns(src.netns)
             conn = open_flow_here(dst.addr, t.nbytes)
             rate = self.topo.config.rate_bps
-            true_ns = int((t.nbytes * 8 / rate + compute_after_s) * 1e9)
+            # the oracle's work ahead: every byte still to move for the request (the plan is
+            # known exactly here) at link rate, plus the compute after this flow
+            ahead = t.nbytes if bytes_ahead is None else max(bytes_ahead, t.nbytes)
+            true_ns = int((ahead * 8 / rate + compute_after_s) * 1e9)
             try:
                 self.sched.add_flow(t.src, t, conn.key, batch_id=bid, request_id=rid,
                                     stage_bytes=stage_bytes, compute_after_s=compute_after_s,

@@ -73,7 +73,23 @@ class RunConfig:
             kw["max_batch"] = self.max_batch
         if self.time_scale is not None:
             kw["time_scale"] = self.time_scale
-        return WorkloadConfig(**kw)
+        cfg = WorkloadConfig(**kw)
+        if self.workload == "mooncake":
+            # the trace has no randomness: a seed picks its window of the trace
+            cfg.trace_offset = trace_window(cfg.trace_path, seed, self.num_requests)
+        return cfg
+
+
+def trace_window(path: Path, seed: int, n: int) -> int:
+    """Offset of seed's window of `n` requests: seed 1 the first n lines, seed 2 the next n...
+    (wrapping around within the trace)."""
+    try:
+        with open(path, "rb") as f:
+            lines = sum(1 for _ in f)
+    except OSError as exc:
+        raise MfsError(f"cannot read the Mooncake trace {path}: {exc}") from exc
+    span = max(1, lines - n)
+    return ((max(seed, 1) - 1) * n) % span
 
 
 def _policy_names() -> tuple[str, ...] | None:
