@@ -7,13 +7,16 @@ Model (what one run computes):
 - Every transfer is a fluid flow on its fabric path (`fabric.Fabric`); rates follow strict
   priority across levels and max-min fairness within a level (`fluid.FluidNetwork`).
 - A flow's level is its `FlowEntry.level(now, sent=..., cursor=..., scavenged=...)`, the kernel's
-  exact function, with the entry the policy gave when the flow started (the serving process
-  registers each flow once; the kernel does the rest) and the kernel's MONOTONIC state. Levels
-  are re-evaluated when the flow starts, when its request's layer cursor moves, and at every
-  re-level tick (`tick_s`, default 1 ms of simulated time): the model's time resolution for
-  promotions that depend on time or bytes sent (modes mlu, laxity, sent, remaining). At each tick
-  `policy.is_hopeless` is asked for requests with live flows; a hopeless request is scavenged
-  (its flows drop to the scavenger level), as the controller would set the kernel's flag.
+  exact function, with the kernel's MONOTONIC state (cur_level). Entries come from the policy as
+  the controller asks for them: when a flow starts, and again for every live flow when the
+  serving process updates its estimates (at each layer boundary, with the cursor move). Levels
+  are re-evaluated then and at every re-level tick (`tick_s`, default 1 ms of simulated time):
+  the model's time resolution for promotions that depend on time or bytes sent (modes mlu,
+  laxity, sent, remaining). `policy.is_hopeless` is asked where the controller asks it (a flow's
+  stage starts, a cursor move); a hopeless request is scavenged. A batch of several requests owns
+  its kv_fetch and collective flows through a batch request (the controller's BatchHandle: the
+  tightest member's deadline, summed remaining bytes, members' deadlines for RED; scavenged when
+  every member is); p2d flows belong to their request.
 - Compute and the decode step are fixed delays (no contention).
 """
 
@@ -93,7 +96,8 @@ class SimResult:
 class _FMeta:
     """What the simulator keeps per flow beside the fluid state."""
 
-    __slots__ = ("stage", "layer", "batch", "rid", "entry", "req", "cur", "dynamic", "due")
+    __slots__ = ("stage", "layer", "batch", "rid", "entry", "req", "cur", "dynamic", "due",
+                 "stage_bytes", "compute_after_ns")
 
     def __init__(self, stage: str, layer: int, batch: "_BState", rid: int, entry: FlowEntry,
                  req: Request) -> None:
@@ -106,10 +110,12 @@ class _FMeta:
         self.cur = entry.cur_level
         self.dynamic = entry.mode not in (MODE_STATIC, MODE_RLI)
         self.due = 0
+        self.stage_bytes = 0
+        self.compute_after_ns = 0
 
 
 class _BState:
-    __slots__ = ("bid", "group", "members", "plan", "reqs", "rep", "kv_left", "coll_left",
+    __slots__ = ("bid", "group", "members", "plan", "reqs", "owner", "kv_left", "coll_left",
                  "layer", "waiting_kv", "start_t", "coll_t0", "coll_total", "kv_end",
                  "flows", "p2d_left", "p2d_t0", "compute_total", "mbatch")
 
@@ -120,7 +126,7 @@ class _BState:
         self.members = members
         self.plan = plan
         self.reqs = reqs
-        self.rep = min(reqs.values(), key=lambda r: (r.deadline_ns, r.request_id))
+        self.owner = _owner_request(bid, list(reqs.values()), mbatch)
         self.kv_left = [0] * len(plan.layers)
         self.coll_left = 0
         self.layer = 0
@@ -134,6 +140,21 @@ class _BState:
         self.p2d_t0: dict[int, float] = {}
         self.compute_total = 0.0
         self.mbatch = mbatch
+
+
+def _owner_request(bid: int, reqs: list[Request], mbatch: Batch | None) -> Request:
+    """Who a batch's kv_fetch and collective flows belong to, as in the controller: the request
+    itself for a batch of one; otherwise a batch request (the tightest member's arrival and SLO,
+    the members' summed remaining bytes and largest remaining compute, their deadlines for RED),
+    scavenged only when every member is."""
+    if len(reqs) == 1:
+        return reqs[0]
+    tight = min(reqs, key=lambda r: (r.deadline_ns, r.request_id))
+    return Request(
+        request_id=-bid, arrival_ns=tight.arrival_ns, slo_ns=tight.slo_ns,
+        num_layers=max(r.num_layers for r in reqs), cursor=0,
+        remaining_bytes=sum(r.remaining_bytes for r in reqs),
+        remaining_compute_ns=max(r.remaining_compute_ns for r in reqs), batch=mbatch)
 
 
 class Simulator:
@@ -170,11 +191,10 @@ class Simulator:
         self._tick_on = False
         self._dyn: set[FluidFlow] = set()
         self._req_flows: dict[int, set[FluidFlow]] = {}
-        self._live_reqs: dict[int, Request] = {}
         self._entry_cache: dict[tuple, FlowEntry] = {}
         self._entry_now = -1
-        # the base class's is_hopeless is constant False: no need to ask it every tick
-        self._check_hopeless = type(policy).is_hopeless is not Policy.is_hopeless
+        # the base class's is_hopeless is constant False: no need to ask it
+        self._hopeless_enabled = type(policy).is_hopeless is not Policy.is_hopeless
         self.events = 0
         self.flows_started = 0
         self._finished = 0
@@ -263,8 +283,8 @@ class Simulator:
         for lp in plan.layers:
             sb = sum(t.bytes for t in lp.kv_fetch)
             for tr in lp.kv_fetch:
-                rep = min((reqs[r] for r in tr.request_ids), key=lambda r: (r.deadline_ns, r.request_id))
-                self._start_flow(b, "kv_fetch", lp.layer, tr, rep, sb, self._compute_after(b, lp.layer))
+                self._start_flow(b, "kv_fetch", lp.layer, tr, b.owner, sb,
+                                 self._compute_after(b, lp.layer))
                 b.kv_left[lp.layer] += 1
         self._layer_ready(b)
 
@@ -289,7 +309,7 @@ class Simulator:
             sb = sum(t.bytes for t in lp.collective)
             ca = self._compute_after(b, b.layer + 1)
             for tr in lp.collective:
-                self._start_flow(b, "collective", b.layer, tr, b.rep, sb, ca)
+                self._start_flow(b, "collective", b.layer, tr, b.owner, sb, ca)
             b.coll_left = len(lp.collective)
         else:
             self._layer_done(b)
@@ -321,12 +341,55 @@ class Simulator:
         self._try_start(b.group)
 
     def _set_cursor(self, b: _BState, cursor: int) -> None:
+        """The batch's compute reached `cursor`: the serving process moves the cursors, updates
+        the work estimates (the controller then asks the policy again for every live flow and
+        checks for hopelessness)."""
         for m in b.members:
             r = b.reqs[m.request_id]
             r.cursor = cursor
             r.remaining_bytes = request_bytes(m, b.plan, cursor)
             r.remaining_compute_ns = self._compute_after(b, cursor)
-        self._relevel(b.flows)
+        o = b.owner
+        if o.request_id < 0:
+            o.cursor = cursor
+            o.remaining_bytes = sum(r.remaining_bytes for r in b.reqs.values())
+            o.remaining_compute_ns = self._compute_after(b, cursor)
+        now = self.now_ns()
+        for r in b.reqs.values():
+            self._check_hopeless(r, b, now)
+        self._check_hopeless(o, b, now)
+        self._reask(b.flows, now)
+
+    def _reask(self, flows, now: int) -> None:
+        """New estimates: each live flow gets the policy's entry for them (sent counters and
+        the kernel's cur_level kept), then its level is re-evaluated."""
+        net = self.net
+        for f in flows:
+            if f.rem <= 0:
+                continue
+            meta: _FMeta = f.owner
+            net.settle(f, self.t)
+            sent = int(f.size - f.rem)
+            entry = self._entry(meta.stage, meta.layer, meta.req, f.size, meta.stage_bytes,
+                                meta.compute_after_ns, now, sent)
+            if entry is not meta.entry:
+                dyn = entry.mode not in (MODE_STATIC, MODE_RLI)
+                if dyn != meta.dynamic:
+                    (self._dyn.add if dyn else self._dyn.discard)(f)
+                    meta.dynamic = dyn
+                meta.entry = entry
+            lv = self._level(meta, sent, now, f.rate)
+            if lv != f.level:
+                net.set_level(f, lv, self.t)
+
+    def _check_hopeless(self, req: Request, b: _BState, now: int) -> None:
+        if not self._hopeless_enabled or req.scavenged:
+            return
+        if req.request_id < 0:  # a batch: only when every member is scavenged or hopeless
+            if all(r.scavenged or self.policy.is_hopeless(r, now) for r in b.reqs.values()):
+                self._scavenge(req)
+        elif self.policy.is_hopeless(req, now):
+            self._scavenge(req)
 
     def _p2d_done(self, b: _BState, rid: int) -> None:
         o = self.out[rid]
@@ -343,26 +406,35 @@ class Simulator:
         self._finished += 1
 
     # ---- flows ------------------------------------------------------------------------------
-    def _start_flow(self, b: _BState, stage: str, layer: int, tr: Transfer, req: Request,
-                    stage_bytes: int, compute_after_ns: int, rid: int = 0) -> None:
-        now = self.now_ns()
-        # a policy is a function of its inputs: flows of one stage that start together with the
-        # same inputs (a batch's kv_fetch / collective fan-out) share one entry object (the
-        # simulator never mutates entries; the kernel's cur_level lives in _FMeta)
-        key = (stage, layer, req.request_id, req.cursor, tr.bytes, stage_bytes, compute_after_ns)
+    def _entry(self, stage: str, layer: int, req: Request, nbytes: float, stage_bytes: int,
+               compute_after_ns: int, now: int, sent: int = 0) -> FlowEntry:
+        """The policy's entry. A policy is a function of its inputs: flows that ask with the
+        same inputs at the same instant (a batch's kv_fetch / collective fan-out) share one
+        entry object (the simulator never mutates entries; the kernel's cur_level lives in
+        _FMeta)."""
+        key = (stage, layer, req.request_id, req.cursor, req.remaining_bytes,
+               req.remaining_compute_ns, nbytes, sent, stage_bytes, compute_after_ns)
         if self._entry_now != now:
             self._entry_now = now
             self._entry_cache.clear()
         entry = self._entry_cache.get(key)
         if entry is None:
-            true_work = compute_after_ns + int(tr.bytes / self.rate_Bps * NS)
+            true_work = compute_after_ns + int((nbytes - sent) / self.rate_Bps * NS)
             entry = self.policy.entry(
                 req, Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns, layer=layer),
-                Flow(bytes=tr.bytes, target_layer=layer, true_remaining_work_ns=true_work), now)
+                Flow(bytes=int(nbytes), target_layer=layer, sent=sent,
+                     true_remaining_work_ns=true_work), now)
             self._entry_cache[key] = entry
-            if self._check_hopeless and not req.scavenged and self.policy.is_hopeless(req, now):
-                self._scavenge(req)
+        return entry
+
+    def _start_flow(self, b: _BState, stage: str, layer: int, tr: Transfer, req: Request,
+                    stage_bytes: int, compute_after_ns: int, rid: int = 0) -> None:
+        now = self.now_ns()
+        self._check_hopeless(req, b, now)
+        entry = self._entry(stage, layer, req, tr.bytes, stage_bytes, compute_after_ns, now)
         meta = _FMeta(stage, layer, b, rid, entry, req)
+        meta.stage_bytes = stage_bytes
+        meta.compute_after_ns = compute_after_ns
         f = FluidFlow(self.net.new_id(), self.fabric.path(tr.src, tr.dst), tr.bytes,
                       self._level(meta, 0.0, now, 0.0), self.t, owner=meta)
         self.net.add(f)
@@ -370,15 +442,14 @@ class Simulator:
         fl = self._req_flows.get(req.request_id)
         if fl is None:
             self._req_flows[req.request_id] = fl = set()
-            self._live_reqs[req.request_id] = req
         fl.add(f)
         self.flows_started += 1
         self.stage_bytes[stage] += tr.bytes
         if meta.dynamic:
             self._dyn.add(f)
-        if not self._tick_on and (meta.dynamic or self._check_hopeless):
-            self._tick_on = True
-            self._push(self.t + self.tick_s, _TICK, None)
+            if not self._tick_on:
+                self._tick_on = True
+                self._push(self.t + self.tick_s, _TICK, None)
 
     def _level(self, meta: _FMeta, sent: float, now_ns: int, rate: float) -> int:
         e = meta.entry
@@ -427,7 +498,6 @@ class Simulator:
         rf.discard(f)
         if not rf:
             del self._req_flows[meta.req.request_id]
-            del self._live_reqs[meta.req.request_id]
         if meta.stage == "kv_fetch":
             b.kv_left[meta.layer] -= 1
             if self.t > b.kv_end:
@@ -447,15 +517,10 @@ class Simulator:
                 self._p2d_done(b, meta.rid)
 
     def _on_tick(self) -> None:
-        if not self._dyn and not (self._check_hopeless and self._live_reqs):
+        if not self._dyn:
             self._tick_on = False
             return
         now = self.now_ns()
-        if self._check_hopeless:
-            hopeless = self.policy.is_hopeless
-            for req in list(self._live_reqs.values()):
-                if not req.scavenged and hopeless(req, now):
-                    self._scavenge(req)
         t = self.t
         net = self.net
         for f in list(self._dyn):

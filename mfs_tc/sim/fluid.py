@@ -123,13 +123,46 @@ class FluidNetwork:
         if not self._dirty:
             return []
         self.recomputes += 1
-        links, flows = self.component(self._dirty)
+        # one pass: component search, settling to t, grouping into (level, path) classes
+        level_bytes = self.level_bytes
+        links: set[Link] = set()
+        seen: set[FluidFlow] = set()
+        classes: dict[tuple[int, int], list] = {}
+        stack = list(self._dirty)
         self._dirty.clear()
-        for f in flows:
-            self.settle(f, t)
-            f.prev_rate = f.rate
-        allocate(links, flows)
-        return [f for f in flows if f.rate != f.prev_rate]
+        while stack:
+            ln = stack.pop()
+            if ln in links:
+                continue
+            links.add(ln)
+            for f in ln.flows:
+                if f in seen:
+                    continue
+                seen.add(f)
+                path = f.links
+                rate = f.rate
+                dt = t - f.t0
+                if dt > 0 and rate > 0:
+                    b = rate * dt
+                    if b > f.rem:
+                        b = f.rem
+                    f.rem -= b
+                    level_bytes[f.level] += b
+                    for l2 in path:
+                        l2.bytes += b
+                f.t0 = t
+                f.prev_rate = rate
+                k = (f.level, id(path))
+                c = classes.get(k)
+                if c is None:
+                    classes[k] = [f.level, path, [f], False]
+                else:
+                    c[2].append(f)
+                for l2 in path:
+                    if l2 not in links:
+                        stack.append(l2)
+        _fill(links, classes)
+        return [f for f in seen if f.rate != f.prev_rate]
 
 
 def allocate(links: set[Link], flows: set[FluidFlow]) -> None:
@@ -137,7 +170,6 @@ def allocate(links: set[Link], flows: set[FluidFlow]) -> None:
 
     Flows of one level on the same path get the same max-min rate, so they are filled as one
     class of n flows (paths are shared tuples from `Fabric.path`)."""
-    resid = {ln: ln.capacity for ln in links}
     classes: dict[tuple[int, int], list] = {}
     for f in flows:
         k = (f.level, id(f.links))
@@ -146,6 +178,12 @@ def allocate(links: set[Link], flows: set[FluidFlow]) -> None:
             classes[k] = [f.level, f.links, [f], False]
         else:
             c[2].append(f)
+    _fill(links, classes)
+
+
+def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> None:
+    """Progressive filling of classes [level, path, flows, frozen], level by level."""
+    resid = {ln: ln.capacity for ln in links}
     by_level: dict[int, list[list]] = {}
     for c in classes.values():
         by_level.setdefault(c[0], []).append(c)
