@@ -221,3 +221,12 @@ def test_skipping_unchanged_levels_changes_nothing() -> None:
                 for skip in (True, False)]
         a, b = ([r.ttft_s for r in run.requests] for run in runs)
         assert a == pytest.approx(b, rel=1e-9), name
+
+
+def test_flow_setup_latency_delays_each_flow() -> None:
+    w = _workload([1000, 500], 8000.0)
+    t = _ttfts(simulate(w, ById({1: 0, 2: 1}), flow_setup_s=0.1))
+    assert t[1] == pytest.approx(0.1 + 1.0 + 0.01)
+    assert t[2] == pytest.approx(0.1 + 1.5 + 0.01)
+    with pytest.raises(ValueError, match="flow_setup_s"):
+        simulate(w, ById({}), flow_setup_s=-1.0)

@@ -48,7 +48,7 @@ from .fabric import Fabric
 from .fluid import FluidFlow, FluidNetwork
 
 NS = 1_000_000_000
-_ARRIVAL, _DONE, _COMPUTE, _TOKEN, _TICK = range(5)
+_ARRIVAL, _DONE, _COMPUTE, _TOKEN, _TICK, _FLOW = range(6)
 
 
 @dataclass(slots=True)
@@ -161,7 +161,7 @@ class Simulator:
     def __init__(self, workload: Workload, policy: Policy, *, tick_s: float = 0.001,
                  fabric: Fabric | None = None, max_batch: int | None = None,
                  max_batch_tokens: int | None = None, horizon_s: float | None = None,
-                 skip_unchanged: bool = True) -> None:
+                 skip_unchanged: bool = True, flow_setup_s: float = 0.0) -> None:
         if tick_s <= 0:
             raise ValueError(f"tick_s must be positive, got {tick_s}")
         self.w = workload
@@ -175,6 +175,11 @@ class Simulator:
         # False: evaluate every time-dependent flow at every tick (slow; for checking that the
         # skipping of provably unchanged levels changes nothing)
         self.skip_unchanged = skip_unchanged
+        if flow_setup_s < 0:
+            raise ValueError(f"flow_setup_s must not be negative, got {flow_setup_s}")
+        # time from a flow's registration to its first byte on the wire (connection setup,
+        # controller registration); 0 in the fluid ideal
+        self.flow_setup_s = flow_setup_s
         self.nlevels = policy.config.nlevels
         self.scav_level = policy.config.scavenger_level
         self.net = FluidNetwork(self.nlevels)
@@ -229,6 +234,8 @@ class Simulator:
                     self._on_flow_event(payload, extra)
                 elif kind == _ARRIVAL:
                     self._on_arrival(payload)
+                elif kind == _FLOW:
+                    self._launch(payload)
                 elif kind == _COMPUTE:
                     self._on_compute_done(payload)
                 elif kind == _TOKEN:
@@ -435,9 +442,8 @@ class Simulator:
         meta = _FMeta(stage, layer, b, rid, entry, req)
         meta.stage_bytes = stage_bytes
         meta.compute_after_ns = compute_after_ns
-        f = FluidFlow(self.net.new_id(), self.fabric.path(tr.src, tr.dst), tr.bytes,
-                      self._level(meta, 0.0, now, 0.0), self.t, owner=meta)
-        self.net.add(f)
+        f = FluidFlow(self.net.new_id(), self.fabric.path(tr.src, tr.dst), tr.bytes, 0,
+                      self.t, owner=meta)
         b.flows.add(f)
         fl = self._req_flows.get(req.request_id)
         if fl is None:
@@ -445,6 +451,17 @@ class Simulator:
         fl.add(f)
         self.flows_started += 1
         self.stage_bytes[stage] += tr.bytes
+        if self.flow_setup_s > 0:
+            self._push(self.t + self.flow_setup_s, _FLOW, f)
+        else:
+            self._launch(f)
+
+    def _launch(self, f: FluidFlow) -> None:
+        """The flow's first byte: its level now, onto the fabric."""
+        meta: _FMeta = f.owner
+        f.level = self._level(meta, 0.0, self.now_ns(), 0.0)
+        f.t0 = f.start_t = self.t
+        self.net.add(f)
         if meta.dynamic:
             self._dyn.add(f)
             if not self._tick_on:

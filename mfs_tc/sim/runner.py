@@ -46,6 +46,7 @@ class SimRunConfig:
     trace_path: Path | None = None
     levels: int = 8
     tick_s: float = 0.001
+    flow_setup_s: float = 0.0
     policy_config: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -64,6 +65,8 @@ class SimRunConfig:
             raise ValueError("--requests must be at least 1")
         if self.tick_s <= 0:
             raise ValueError("--tick-ms must be positive")
+        if self.flow_setup_s < 0:
+            raise ValueError("--flow-setup-ms must not be negative")
         cluster_preset(self.cluster)
 
     def cluster_shape(self) -> ClusterShape:
@@ -120,7 +123,7 @@ def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> l
                                           ref_rate_bps=wl.cluster.link_rate_bps,
                                           config=cfg.policy_config)
                     t0 = time.perf_counter()
-                    res = simulate(wl, pol, tick_s=cfg.tick_s)
+                    res = simulate(wl, pol, tick_s=cfg.tick_s, flow_setup_s=cfg.flow_setup_s)
                     run = summarize(res, seed, load, slo, wl)
                     runs.append(run)
                     if progress_out is not None:
