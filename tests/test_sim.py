@@ -230,3 +230,27 @@ def test_flow_setup_latency_delays_each_flow() -> None:
     assert t[2] == pytest.approx(0.1 + 1.5 + 0.01)
     with pytest.raises(ValueError, match="flow_setup_s"):
         simulate(w, ById({}), flow_setup_s=-1.0)
+
+
+@pytest.mark.parametrize("model,load", [("dense-70b", 12.0), ("moe-8x", 40.0)])
+def test_group_aggregation_is_exact(model: str, load: float) -> None:
+    from mfs_tc.sim.runner import make_sim_policy
+    from mfs_tc.workload import generate
+
+    w = generate(WorkloadConfig(kind="poisson", load=load, num_requests=80, model=model,
+                                cluster="c256", byte_scale=1.0))
+    for name in ("mfs", "pias"):
+        a, b = (simulate(w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps,
+                                            config={}), aggregate_groups=agg)
+                for agg in (False, True))
+        assert [r.ttft_s for r in b.requests] == pytest.approx([r.ttft_s for r in a.requests],
+                                                               rel=1e-9)
+        assert b.flows < a.flows
+        assert sum(b.level_bytes) == pytest.approx(sum(a.level_bytes), rel=1e-9)
+
+
+def test_group_aggregation_refuses_straddling_racks() -> None:
+    cl = ClusterShape(kv_hosts=1, prefill_groups=2, group_size=2, decode_hosts=1,
+                      hosts_per_rack=2)
+    with pytest.raises(ValueError, match="straddle racks"):
+        Fabric.for_cluster(cl, aggregate_groups=True)

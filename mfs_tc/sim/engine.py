@@ -157,17 +157,39 @@ def _owner_request(bid: int, reqs: list[Request], mbatch: Batch | None) -> Reque
         remaining_compute_ns=max(r.remaining_compute_ns for r in reqs), batch=mbatch)
 
 
+def _fanout(transfers: list[Transfer], host_map: dict[str, str] | None) -> list[tuple[Transfer, int]]:
+    """(transfer, weight) pairs: with group aggregation, the transfers of one stage between the
+    same (aggregated) endpoints with the same bytes become one flow of that many real flows."""
+    if host_map is None:
+        return [(t, 1) for t in transfers]
+    out: dict[tuple[str, str, int], list] = {}
+    for t in transfers:
+        src, dst = host_map.get(t.src, t.src), host_map.get(t.dst, t.dst)
+        k = (src, dst, t.bytes)
+        e = out.get(k)
+        if e is None:
+            out[k] = [Transfer(src, dst, t.bytes * 1, t.request_ids), 1]
+        else:
+            e[1] += 1
+    return [(tr, w) for tr, w in out.values()]
+
+
 class Simulator:
     def __init__(self, workload: Workload, policy: Policy, *, tick_s: float = 0.001,
                  fabric: Fabric | None = None, max_batch: int | None = None,
                  max_batch_tokens: int | None = None, horizon_s: float | None = None,
-                 skip_unchanged: bool = True, flow_setup_s: float = 0.0) -> None:
+                 skip_unchanged: bool = True, flow_setup_s: float = 0.0,
+                 aggregate_groups: bool = False) -> None:
         if tick_s <= 0:
             raise ValueError(f"tick_s must be positive, got {tick_s}")
         self.w = workload
         self.policy = policy
         self.tick_s = tick_s
-        self.fabric = fabric or Fabric.for_cluster(workload.cluster)
+        # aggregate_groups: a prefill group's G ranks as one host of G links' capacity and each
+        # G-fold fan-out as one weighted flow: exact when every flow touching a rank belongs
+        # to a group-symmetric fan-out (true of plan_batch) and a group sits in one rack
+        self.host_map = (Fabric.group_map(workload.cluster) if aggregate_groups else None)
+        self.fabric = fabric or Fabric.for_cluster(workload.cluster, aggregate_groups=aggregate_groups)
         self.max_batch = max_batch or workload.cfg.max_batch
         self.max_batch_tokens = (workload.cfg.max_batch_tokens if max_batch_tokens is None
                                  else max_batch_tokens)
@@ -251,9 +273,11 @@ class Simulator:
                     m = f.owner
                     # a bound already reached stays: the next tick must evaluate the flow
                     if m.dynamic and self.skip_unchanged and m.due > now:
-                        s = int(f.size - f.rem)
+                        w = f.weight
+                        s = int((f.size - f.rem) / w)
                         e = m.entry
-                        m.due = next_change_ns(e, e.metric(now, s, m.req.cursor), s, now, f.rate)
+                        m.due = next_change_ns(e, e.metric(now, s, m.req.cursor), s, now,
+                                               f.rate / w)
         # settle bytes of anything still live (horizon reached)
         for f in list(self.net.flows):
             self.net.settle(f, self.t)
@@ -289,9 +313,9 @@ class Simulator:
             o.batch_id = b.bid
         for lp in plan.layers:
             sb = sum(t.bytes for t in lp.kv_fetch)
-            for tr in lp.kv_fetch:
+            for tr, wt in _fanout(lp.kv_fetch, self.host_map):
                 self._start_flow(b, "kv_fetch", lp.layer, tr, b.owner, sb,
-                                 self._compute_after(b, lp.layer))
+                                 self._compute_after(b, lp.layer), weight=wt)
                 b.kv_left[lp.layer] += 1
         self._layer_ready(b)
 
@@ -315,9 +339,10 @@ class Simulator:
             b.coll_t0 = self.t
             sb = sum(t.bytes for t in lp.collective)
             ca = self._compute_after(b, b.layer + 1)
-            for tr in lp.collective:
-                self._start_flow(b, "collective", b.layer, tr, b.owner, sb, ca)
-            b.coll_left = len(lp.collective)
+            fan = _fanout(lp.collective, self.host_map)
+            b.coll_left = len(fan)
+            for tr, wt in fan:
+                self._start_flow(b, "collective", b.layer, tr, b.owner, sb, ca, weight=wt)
         else:
             self._layer_done(b)
 
@@ -341,10 +366,12 @@ class Simulator:
                 continue
             sb = sum(t.bytes for t in trs)
             req = b.reqs[m.request_id]
-            b.p2d_left[m.request_id] = len(trs)
-            for tr in trs:
+            fan = _fanout(trs, self.host_map)
+            b.p2d_left[m.request_id] = len(fan)
+            for tr, wt in fan:
                 self._start_flow(b, "p2d", len(b.plan.layers), tr, req, sb,
-                                 int(round(b.plan.decode_step_s * NS)), rid=m.request_id)
+                                 int(round(b.plan.decode_step_s * NS)), rid=m.request_id,
+                                 weight=wt)
         self._try_start(b.group)
 
     def _set_cursor(self, b: _BState, cursor: int) -> None:
@@ -376,8 +403,9 @@ class Simulator:
                 continue
             meta: _FMeta = f.owner
             net.settle(f, self.t)
-            sent = int(f.size - f.rem)
-            entry = self._entry(meta.stage, meta.layer, meta.req, f.size, meta.stage_bytes,
+            w = f.weight
+            sent = int((f.size - f.rem) / w)
+            entry = self._entry(meta.stage, meta.layer, meta.req, f.size // w, meta.stage_bytes,
                                 meta.compute_after_ns, now, sent)
             if entry is not meta.entry:
                 dyn = entry.mode not in (MODE_STATIC, MODE_RLI)
@@ -385,7 +413,7 @@ class Simulator:
                     (self._dyn.add if dyn else self._dyn.discard)(f)
                     meta.dynamic = dyn
                 meta.entry = entry
-            lv = self._level(meta, sent, now, f.rate)
+            lv = self._level(meta, sent, now, f.rate / w)
             if lv != f.level:
                 net.set_level(f, lv, self.t)
 
@@ -435,22 +463,24 @@ class Simulator:
         return entry
 
     def _start_flow(self, b: _BState, stage: str, layer: int, tr: Transfer, req: Request,
-                    stage_bytes: int, compute_after_ns: int, rid: int = 0) -> None:
+                    stage_bytes: int, compute_after_ns: int, rid: int = 0,
+                    weight: int = 1) -> None:
         now = self.now_ns()
         self._check_hopeless(req, b, now)
         entry = self._entry(stage, layer, req, tr.bytes, stage_bytes, compute_after_ns, now)
         meta = _FMeta(stage, layer, b, rid, entry, req)
         meta.stage_bytes = stage_bytes
         meta.compute_after_ns = compute_after_ns
-        f = FluidFlow(self.net.new_id(), self.fabric.path(tr.src, tr.dst), tr.bytes, 0,
+        f = FluidFlow(self.net.new_id(), self.fabric.path(tr.src, tr.dst), tr.bytes * weight, 0,
                       self.t, owner=meta)
+        f.weight = weight
         b.flows.add(f)
         fl = self._req_flows.get(req.request_id)
         if fl is None:
             self._req_flows[req.request_id] = fl = set()
         fl.add(f)
         self.flows_started += 1
-        self.stage_bytes[stage] += tr.bytes
+        self.stage_bytes[stage] += tr.bytes * weight
         if self.flow_setup_s > 0:
             self._push(self.t + self.flow_setup_s, _FLOW, f)
         else:
@@ -486,7 +516,7 @@ class Simulator:
             if f.rem <= 0:
                 continue
             net.settle(f, self.t)
-            lv = self._level(f.owner, f.size - f.rem, now, f.rate)
+            lv = self._level(f.owner, (f.size - f.rem) / f.weight, now, f.rate / f.weight)
             if lv != f.level:
                 net.set_level(f, lv, self.t)
 
@@ -545,7 +575,8 @@ class Simulator:
             if meta.due > now or (meta.req.scavenged and f.level == self.scav_level):
                 continue
             rem = f.rem - f.rate * (t - f.t0)
-            lv = self._level(meta, f.size - (rem if rem > 0 else 0.0), now, f.rate)
+            w = f.weight
+            lv = self._level(meta, (f.size - (rem if rem > 0 else 0.0)) / w, now, f.rate / w)
             if lv != f.level:
                 net.set_level(f, lv, t)
         self._push(t + self.tick_s, _TICK, None)

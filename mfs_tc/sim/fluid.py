@@ -20,7 +20,7 @@ EPS_BYTES = 1e-6
 
 class FluidFlow:
     __slots__ = ("fid", "links", "size", "rem", "rate", "t0", "level", "version", "owner",
-                 "done_cb", "start_t", "prev_rate")
+                 "done_cb", "start_t", "prev_rate", "weight")
 
     def __init__(self, fid: int, links: tuple[Link, ...], size: float, level: int, t: float,
                  owner: object = None, done_cb: Callable[["FluidFlow", float], None] | None = None):
@@ -36,6 +36,7 @@ class FluidFlow:
         self.done_cb = done_cb
         self.start_t = t
         self.prev_rate = 0.0
+        self.weight = 1  # real flows this fluid flow stands for (group aggregation)
 
     @property
     def sent(self) -> float:
@@ -155,9 +156,10 @@ class FluidNetwork:
                 k = (f.level, id(path))
                 c = classes.get(k)
                 if c is None:
-                    classes[k] = [f.level, path, [f], False]
+                    classes[k] = [f.level, path, [f], False, f.weight]
                 else:
                     c[2].append(f)
+                    c[4] += f.weight
                 for l2 in path:
                     if l2 not in links:
                         stack.append(l2)
@@ -175,14 +177,16 @@ def allocate(links: set[Link], flows: set[FluidFlow]) -> None:
         k = (f.level, id(f.links))
         c = classes.get(k)
         if c is None:
-            classes[k] = [f.level, f.links, [f], False]
+            classes[k] = [f.level, f.links, [f], False, f.weight]
         else:
             c[2].append(f)
+            c[4] += f.weight
     _fill(links, classes)
 
 
 def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> None:
-    """Progressive filling of classes [level, path, flows, frozen], level by level."""
+    """Progressive filling of classes [level, path, flows, frozen, real flow count], level by
+    level; a fluid flow standing for w real flows gets w shares."""
     resid = {ln: ln.capacity for ln in links}
     by_level: dict[int, list[list]] = {}
     for c in classes.values():
@@ -190,20 +194,19 @@ def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> None:
     for level in sorted(by_level):
         group = by_level[level]
         if len(group) == 1:
-            _, path, fs, _ = group[0]
-            n = len(fs)
+            _, path, fs, _, n = group[0]
             share = min(resid[ln] for ln in path) / n
             if share < 0:
                 share = 0.0
             for f in fs:
-                f.rate = share
+                f.rate = share * f.weight
             for ln in path:
                 resid[ln] -= share * n
             continue
         cnt: dict[Link, int] = {}
         members: dict[Link, list[list]] = {}
         for c in group:
-            n = len(c[2])
+            n = c[4]
             for ln in c[1]:
                 if ln in cnt:
                     cnt[ln] += n
@@ -229,10 +232,9 @@ def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> None:
                 if c[3]:
                     continue
                 c[3] = True
-                fs = c[2]
-                n = len(fs)
-                for f in fs:
-                    f.rate = cur
+                n = c[4]
+                for f in c[2]:
+                    f.rate = cur * f.weight
                 for l2 in c[1]:
                     resid[l2] -= cur * n
                     cnt[l2] -= n

@@ -47,6 +47,7 @@ class SimRunConfig:
     levels: int = 8
     tick_s: float = 0.001
     flow_setup_s: float = 0.0
+    aggregate_groups: bool = True  # exact for plan_batch workloads (see sim.engine)
     policy_config: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -123,7 +124,8 @@ def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> l
                                           ref_rate_bps=wl.cluster.link_rate_bps,
                                           config=cfg.policy_config)
                     t0 = time.perf_counter()
-                    res = simulate(wl, pol, tick_s=cfg.tick_s, flow_setup_s=cfg.flow_setup_s)
+                    res = simulate(wl, pol, tick_s=cfg.tick_s, flow_setup_s=cfg.flow_setup_s,
+                                   aggregate_groups=cfg.aggregate_groups)
                     run = summarize(res, seed, load, slo, wl)
                     runs.append(run)
                     if progress_out is not None:
