@@ -49,7 +49,7 @@ def run_cmd(
     model: Annotated[str, typer.Option(help="dense-small | dense-70b | moe-8x")] = "dense-small",
     cluster: Annotated[str, typer.Option(help="testbed | c256 | c1024")] = "testbed",
     rate: Annotated[Optional[str], typer.Option(help="Host link rate, e.g. 200mbit, 400gbit (default: the cluster's)")] = None,
-    byte_scale: Annotated[Optional[float], typer.Option(help="Multiply every byte count (default 1/256, the testbed's)")] = None,
+    byte_scale: Annotated[Optional[float], typer.Option(help="Multiply every byte count (default: 1/256 on the testbed cluster, 1 on the others)")] = None,
     max_batch: Annotated[Optional[int], typer.Option(help="Requests per prefill batch")] = None,
     time_scale: Annotated[Optional[float], typer.Option(help="Multiply trace inter-arrival times")] = None,
     trace: Annotated[Optional[Path], typer.Option(help="Mooncake trace JSONL (default: shared/traces)")] = None,

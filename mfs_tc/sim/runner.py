@@ -81,6 +81,8 @@ class SimRunConfig:
             v = getattr(self, k)
             if v is not None:
                 kw[k] = v
+        if self.byte_scale is None and self.cluster != "testbed":
+            kw["byte_scale"] = 1.0  # real bytes on real link rates; 1/256 is the testbed's
         return WorkloadConfig(**kw)
 
 
