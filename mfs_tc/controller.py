@@ -17,7 +17,6 @@ the entries it wrote. Entries of a crashed process expire: `flows` is an LRU has
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import os
 import socket
@@ -36,7 +35,6 @@ from .layout import (
     COUNTER_FMT,
     DEFAULT_DSCP,
     DSCP_KEEP,
-    KEY_FMT,
     LAYOUT_MAGIC,
     LAYOUT_VERSION,
     MAP_NAMES,
@@ -52,6 +50,7 @@ from .layout import (
     LevelRecord,
     RequestRecord,
     dscp_to_level_table,
+    pack_key,
     pin_dir,
 )
 from .model import Batch, Flow, Request, Stage, check_stage
@@ -111,21 +110,7 @@ def request_key(request_id: int | str) -> int:
     raise ValueError(f"request id must be an int or a str, got {type(request_id).__name__}")
 
 
-_V4MAPPED = b"\0" * 10 + b"\xff\xff"
 _PROTOS: dict[Any, int] = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, 6: 6, 17: 17}
-_KEY = struct.Struct(KEY_FMT)
-
-
-@functools.lru_cache(maxsize=65536)
-def _addr16(addr: str) -> tuple[bytes, bool]:
-    """(16-byte address, is_v4) of a textual address; IPv4 as IPv4-mapped IPv6."""
-    try:
-        if ":" in addr:
-            raw = socket.inet_pton(socket.AF_INET6, addr.split("%", 1)[0])
-            return raw, raw[:12] == _V4MAPPED
-        return _V4MAPPED + socket.inet_pton(socket.AF_INET, addr), True
-    except (OSError, TypeError) as exc:
-        raise ValueError(f"bad IP address {addr!r}") from exc
 
 
 def pack_flow_key(target: FlowTarget) -> bytes:
@@ -146,16 +131,7 @@ def pack_flow_key(target: FlowTarget) -> bytes:
             p = _PROTOS.get(proto.lower()) if isinstance(proto, str) else None
             if p is None:
                 raise ValueError(f"protocol {proto!r}: only tcp and udp flows are classified")
-        s, s4 = _addr16(saddr if type(saddr) is str else str(saddr))
-        d, d4 = _addr16(daddr if type(daddr) is str else str(daddr))
-        if s4 is not d4:
-            raise ValueError(f"address families differ: {saddr} -> {daddr}")
-        if type(sport) is not int or type(dport) is not int:
-            raise ValueError(f"ports must be integers in 0..65535, got {sport!r}, {dport!r}")
-        try:
-            return _KEY.pack(s, d, sport, dport, p)
-        except struct.error:
-            raise ValueError(f"ports must be integers in 0..65535, got {sport!r}, {dport!r}") from None
+        return pack_key(saddr, daddr, sport, dport, p)
     if isinstance(target, FlowKey):
         return target.pack()
     if isinstance(target, socket.socket):
@@ -305,14 +281,8 @@ class PinnedMaps:
             dl = nlevels - 2 if default_level is None else default_level
             sl = nlevels - 1 if scavenger_level is None else scavenger_level
             dscps = list(dscp) if dscp is not None else list(DEFAULT_DSCP[: nlevels - 1]) + [DEFAULT_DSCP[-1]]
-            if len(dscps) != nlevels:
-                raise ValueError(f"{len(dscps)} DSCP values for {nlevels} levels")
             prios = list(priorities) if priorities is not None else list(range(nlevels))
-            cfg = ConfigRecord(nlevels, dl, sl, flags, dscp_to_level_table(dscps, dl))
-            maps["config"].update(_U32_0, cfg.pack())
-            for lv in range(MAX_LEVELS):
-                rec = LevelRecord(prios[min(lv, nlevels - 1)], dscps[min(lv, nlevels - 1)])
-                maps["levels"].update(lv.to_bytes(4, "little"), rec.pack())
+            write_config(maps["config"], maps["levels"], nlevels, dl, sl, flags, dscps, prios)
             return cls(path, maps)
         except BaseException:
             for m in maps.values():
@@ -452,6 +422,30 @@ def _check_shape(name: str, m: BpfMap, path: Path) -> None:
             f"{path} does not have the layout {LAYOUT_VERSION} shape: {', '.join(problems)}. It was "
             f"made by another mfs-tc version: detach and re-attach with this one"
         )
+
+
+def write_config(
+    config_map: BpfMap,
+    levels_map: BpfMap,
+    nlevels: int,
+    default_level: int,
+    scavenger_level: int,
+    flags: int,
+    dscp: Sequence[int],
+    priorities: Sequence[int],
+    trust_table: Sequence[int] | None = None,
+) -> None:
+    """Write the `levels` records (skb->priority and DSCP per level; levels past nlevels map to
+    the last) and then the `config` record: the classifier acts only once config carries the
+    magic, so a half-written set is never used. `trust_table`: the DSCPs the trust-dscp table is
+    built from (default: `dscp`)."""
+    if len(dscp) != nlevels or len(priorities) != nlevels:
+        raise ValueError(f"{len(dscp)} DSCP values and {len(priorities)} priorities for {nlevels} levels")
+    for lv in range(MAX_LEVELS):
+        i = min(lv, nlevels - 1)
+        levels_map.update(lv.to_bytes(4, "little"), LevelRecord(priorities[i], dscp[i]).pack())
+    table = dscp_to_level_table(list(trust_table if trust_table is not None else dscp), default_level)
+    config_map.update(_U32_0, ConfigRecord(nlevels, default_level, scavenger_level, flags, table).pack())
 
 
 # ---- policy resolution ----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ the sizes against what the C compiler lays out. Nothing here needs root or bcc.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import socket
@@ -119,17 +120,35 @@ def pin_dir(ifname: str, netns: str | None = None, root: Path = PIN_ROOT) -> Pat
     return root / netns_label(netns) / ifname
 
 
-def _addr16(addr: str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
-    if isinstance(addr, bytes):
-        if len(addr) == 4:
-            return b"\0" * 10 + b"\xff\xff" + addr
-        if len(addr) == 16:
-            return addr
-        raise ValueError(f"address of {len(addr)} bytes")
-    ip = ipaddress.ip_address(addr) if not isinstance(addr, ipaddress._BaseAddress) else addr
-    if ip.version == 4:
-        return b"\0" * 10 + b"\xff\xff" + ip.packed
-    return ip.packed
+_V4MAPPED = b"\0" * 10 + b"\xff\xff"
+_KEY = struct.Struct(KEY_FMT)
+
+
+@functools.lru_cache(maxsize=65536)
+def addr16(addr: str) -> tuple[bytes, bool]:
+    """(16-byte key address, is_v4) of a textual address; IPv4 as IPv4-mapped IPv6 (cached:
+    serving processes register many flows between few hosts)."""
+    try:
+        if ":" in addr:
+            raw = socket.inet_pton(socket.AF_INET6, addr.split("%", 1)[0])
+            return raw, raw[:12] == _V4MAPPED
+        return _V4MAPPED + socket.inet_pton(socket.AF_INET, addr), True
+    except (OSError, TypeError) as exc:
+        raise ValueError(f"bad IP address {addr!r}") from exc
+
+
+def pack_key(saddr: str, daddr: str, sport: int, dport: int, proto: int) -> bytes:
+    """The `flows` map key of a 5-tuple (egress view: the source is this host)."""
+    s, s4 = addr16(saddr if type(saddr) is str else str(saddr))
+    d, d4 = addr16(daddr if type(daddr) is str else str(daddr))
+    if s4 is not d4:
+        raise ValueError(f"address families differ: {saddr} -> {daddr}")
+    if type(sport) is not int or type(dport) is not int:
+        raise ValueError(f"ports must be integers in 0..65535, got {sport!r}, {dport!r}")
+    try:
+        return _KEY.pack(s, d, sport, dport, proto)
+    except struct.error:
+        raise ValueError(f"ports must be integers in 0..65535, got {sport!r}, {dport!r}") from None
 
 
 def _addr_str(raw: bytes) -> str:
@@ -159,9 +178,7 @@ class FlowKey:
             raise ValueError(f"address families differ: {self.saddr} -> {self.daddr}")
 
     def pack(self) -> bytes:
-        return struct.pack(
-            KEY_FMT, _addr16(self.saddr), _addr16(self.daddr), self.sport, self.dport, self.proto
-        )
+        return pack_key(self.saddr, self.daddr, self.sport, self.dport, self.proto)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "FlowKey":

@@ -20,19 +20,14 @@ from pathlib import Path
 from . import bpfsys
 from .backends import BACKENDS, HANDLE, Backend, probe_qdisc_kinds
 from .errors import KernelFeatureError, LayoutMismatchError, MfsError, PermissionDeniedError
+from .controller import PinnedMaps, write_config
 from .layout import (
     C_TRUST_DSCP,
     DEFAULT_DSCP,
     DSCP_KEEP,
-    LAYOUT_MAGIC,
-    LAYOUT_VERSION,
     MAP_NAMES,
-    MAP_SHAPES,
     MAX_LEVELS,
     PIN_ROOT,
-    ConfigRecord,
-    LevelRecord,
-    dscp_to_level_table,
     netns_label,
     pin_dir,
 )
@@ -214,7 +209,8 @@ def plan(opts: AttachOptions) -> Plan:
 
 # ---- compile & maps ---------------------------------------------------------------------------
 def _check_pins(pin: Path) -> bool:
-    """True when maps are already pinned here (and compatible); raises on an incompatible layout."""
+    """True when maps are already pinned here (and compatible); raises on an incompatible layout
+    (shape or version): the controller's checks, as a serving process would meet them."""
     present = [n for n in MAP_NAMES if (pin / n).exists()]
     if not present:
         return False
@@ -222,22 +218,7 @@ def _check_pins(pin: Path) -> bool:
         raise LayoutMismatchError(
             f"{pin} holds only {', '.join(present)}: a partial pin set; run `mfs-tc detach` first"
         )
-    for name in MAP_NAMES:
-        with bpfsys.BpfMap.open(pin / name) as m:
-            shape = (m.info.key_size, m.info.value_size, m.info.max_entries)
-            if shape != MAP_SHAPES[name]:
-                raise LayoutMismatchError(
-                    f"pinned map {pin / name} has shape {shape}, this mfs-tc needs {MAP_SHAPES[name]}: "
-                    "maps of another layout version; run `mfs-tc detach` first"
-                )
-    with bpfsys.BpfMap.open(pin / "config") as m:
-        raw = m.lookup((0).to_bytes(4, "little"))
-    cfg = ConfigRecord.unpack(raw) if raw else None
-    if cfg and cfg.magic == LAYOUT_MAGIC and cfg.version != LAYOUT_VERSION:
-        raise LayoutMismatchError(
-            f"maps in {pin} have layout version {cfg.version}, this mfs-tc writes {LAYOUT_VERSION}; "
-            "run `mfs-tc detach` with the version that attached, then attach again"
-        )
+    PinnedMaps.open_dir(pin).close()
     return True
 
 
@@ -269,29 +250,20 @@ def compile_classifier(pin: Path):
 
 def _write_config(pin: Path, opts: AttachOptions, backend: Backend) -> None:
     dscp = opts.dscp_table()
-    cfg = ConfigRecord(
-        nlevels=opts.levels,
-        default_level=opts.default_level,
-        scavenger_level=opts.levels - 1,
-        flags=C_TRUST_DSCP if opts.trust_dscp else 0,
-        dscp2level=dscp_to_level_table(dscp if any(d != DSCP_KEEP for d in dscp) else default_dscp(opts.levels), opts.default_level),
-    )
-    with bpfsys.BpfMap.open(pin / "levels") as m:
-        for level in range(MAX_LEVELS):
-            lv = min(level, opts.levels - 1)
-            rec = LevelRecord(backend.priority(lv), DSCP_KEEP if opts.trust_dscp else dscp[lv])
-            m.update(level.to_bytes(4, "little"), rec.pack())
-    with bpfsys.BpfMap.open(pin / "config") as m:  # last: the program acts once magic is set
-        m.update((0).to_bytes(4, "little"), cfg.pack())
+    marked = dscp if any(d != DSCP_KEEP for d in dscp) else default_dscp(opts.levels)
+    with bpfsys.BpfMap.open(pin / "config") as config_map, bpfsys.BpfMap.open(pin / "levels") as levels_map:
+        write_config(
+            config_map, levels_map, opts.levels, opts.default_level, opts.levels - 1,
+            C_TRUST_DSCP if opts.trust_dscp else 0,
+            [DSCP_KEEP] * opts.levels if opts.trust_dscp else dscp,
+            [backend.priority(i) for i in range(opts.levels)],
+            trust_table=marked,
+        )
 
 
 def _unpin(pin: Path) -> None:
-    for name in MAP_NAMES:
-        try:
-            (pin / name).unlink()
-        except FileNotFoundError:
-            pass
-    for d in (pin, pin.parent, pin.parent.parent):
+    PinnedMaps.unpin(pin)
+    for d in (pin.parent, pin.parent.parent):  # <netns>/ and mfs/ when nothing else is there
         if d == PIN_ROOT.parent:
             break
         try:

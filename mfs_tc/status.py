@@ -2,36 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from . import bpfsys
 from .backends import HANDLE
+from .controller import PinnedMaps
 from .errors import NotAttachedError
-from .layout import (
-    COUNTER_FMT,
-    MAP_NAMES,
-    NSTATS,
-    STAT_NAMES,
-    LevelRecord,
-    pin_dir,
-)
+from .layout import MAP_NAMES, pin_dir
 from .loader import _our_filter, _root_qdisc, load_state
-import struct
-
-
-def read_counters(pin: Path) -> list[tuple[int, int]]:
-    """(packets, bytes) per stats slot, summed over CPUs."""
-    out = []
-    with bpfsys.BpfMap.open(pin / "stats") as m:
-        for slot in range(NSTATS):
-            per_cpu = m.lookup_percpu(slot.to_bytes(4, "little")) or []
-            pk = by = 0
-            for raw in per_cpu:
-                p, b = struct.unpack(COUNTER_FMT, raw[:16])
-                pk += p
-                by += b
-            out.append((pk, by))
-    return out
 
 
 def read_status(ifname: str, netns: str | None = None) -> dict:
@@ -39,13 +14,10 @@ def read_status(ifname: str, netns: str | None = None) -> dict:
     pin = pin_dir(ifname, netns)
     if st is None and not (pin / "stats").exists():
         raise NotAttachedError(f"mfs-tc is not attached to {ifname}: run `mfs-tc attach {ifname}`")
-    counters = read_counters(pin)
-    with bpfsys.BpfMap.open(pin / "levels") as m:
-        lrecs = [LevelRecord.unpack(m.lookup(i.to_bytes(4, "little"))) for i in range(st.nlevels if st else 8)]
-    with bpfsys.BpfMap.open(pin / "flows") as m:
-        nflows = len(m)
-    with bpfsys.BpfMap.open(pin / "requests") as m:
-        nreq = len(m)
+    with PinnedMaps.open_dir(pin, what=ifname) as maps:
+        stats = maps.stats()
+        lrecs = maps.level_records()[: maps.config.nlevels]
+        nflows, nreq = len(maps.flows), len(maps.requests)
     backend = st.backend_obj() if st else None
     levels = []
     for i, rec in enumerate(lrecs):
@@ -54,8 +26,8 @@ def read_status(ifname: str, netns: str | None = None) -> dict:
             "class": backend.class_of(i) if backend else "-",
             "priority": f"{rec.priority >> 16:x}:{rec.priority & 0xFFFF:x}" if rec.priority > 0xFFFF else str(rec.priority),
             "dscp": None if rec.dscp == 0xFF else rec.dscp,
-            "packets": counters[i][0],
-            "bytes": counters[i][1],
+            "packets": stats["levels"][i]["packets"],
+            "bytes": stats["levels"][i]["bytes"],
         })
     filt = _our_filter(ifname, netns)
     root = _root_qdisc(ifname, netns)
@@ -74,7 +46,7 @@ def read_status(ifname: str, netns: str | None = None) -> dict:
         "default_level": st.default_level if st else None,
         "scavenger_level": st.scavenger_level if st else None,
         "trust_dscp": st.trust_dscp if st else None,
-        "counters": {STAT_NAMES[s]: {"packets": counters[s][0], "bytes": counters[s][1]} for s in STAT_NAMES},
+        "counters": stats["events"],
         "flows": nflows,
         "requests": nreq,
         "pin_dir": str(pin),

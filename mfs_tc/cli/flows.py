@@ -60,7 +60,7 @@ def _proto(p: str) -> str:
 
 def flows_cmd(
     iface: Optional[str] = typer.Argument(None, help="Interface (default: every attached one)."),
-    netns: Optional[str] = typer.Option(None, "--netns", help="Network namespace of the interface."),
+    netns: Optional[str] = typer.Option(None, "--netns", "-n", help="Network namespace (ip netns name)"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     root: Path = typer.Option(PIN_ROOT, "--pin-root", hidden=True),
 ) -> None:
@@ -123,7 +123,7 @@ def set_cmd(
     dport: int = typer.Option(..., "--dport", help="Destination port."),
     proto: str = typer.Option("tcp", "--proto", help="tcp or udp."),
     level: int = typer.Option(..., "--level", help="Level for every packet of the flow (0 = most urgent)."),
-    netns: Optional[str] = typer.Option(None, "--netns"),
+    netns: Optional[str] = typer.Option(None, "--netns", "-n", help="Network namespace (ip netns name)"),
     root: Path = typer.Option(PIN_ROOT, "--pin-root", hidden=True),
 ) -> None:
     """Add (or replace) a static entry: the flow always gets LEVEL."""
@@ -147,7 +147,7 @@ def unset_cmd(
     sport: int = typer.Option(..., "--sport"),
     dport: int = typer.Option(..., "--dport"),
     proto: str = typer.Option("tcp", "--proto"),
-    netns: Optional[str] = typer.Option(None, "--netns"),
+    netns: Optional[str] = typer.Option(None, "--netns", "-n", help="Network namespace (ip netns name)"),
     root: Path = typer.Option(PIN_ROOT, "--pin-root", hidden=True),
 ) -> None:
     """Remove a flow entry (static or not)."""
@@ -169,7 +169,7 @@ def unset_cmd(
 def gc_cmd(
     iface: str = typer.Argument(..., help="Attached interface."),
     grace: float = typer.Option(10.0, "--grace", help="Seconds past a request's deadline before it goes."),
-    netns: Optional[str] = typer.Option(None, "--netns"),
+    netns: Optional[str] = typer.Option(None, "--netns", "-n", help="Network namespace (ip netns name)"),
     as_json: bool = typer.Option(False, "--json"),
     root: Path = typer.Option(PIN_ROOT, "--pin-root", hidden=True),
 ) -> None:
