@@ -136,3 +136,18 @@ def test_real_trace_default_workload() -> None:
     assert all(0 < r.unloaded_ttft_s < 2.0 for r in w.requests)
     arr = [r.arrival_s for r in w.requests]
     assert arr == sorted(arr)
+
+
+def test_spread_bursts(tmp_path: Path) -> None:
+    p = tmp_path / "burst.jsonl"
+    lines = [{"timestamp": 0, "input_length": 10, "hash_ids": [i]} for i in range(5)]
+    lines += [{"timestamp": 2000, "input_length": 10, "hash_ids": [9]}]
+    p.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    base = dict(trace_path=p, num_requests=6, model=TINY, max_input_tokens=0)
+    flat = generate(WorkloadConfig(**base))
+    assert [r.arrival_s for r in flat.requests] == [0.0] * 5 + [2.0]
+    spread = generate(WorkloadConfig(spread_bursts=True, **base))
+    arr = [r.arrival_s for r in spread.requests]
+    assert arr == sorted(arr) and arr[0] == 0.0 and arr[-1] == 2.0
+    assert len(set(arr)) == 6 and all(0.0 <= a < 2.0 for a in arr[:5])
+    assert generate(WorkloadConfig(spread_bursts=True, **base)).requests == spread.requests

@@ -53,6 +53,7 @@ def run_cmd(
     max_batch: Annotated[Optional[int], typer.Option(help="Requests per prefill batch")] = None,
     time_scale: Annotated[Optional[float], typer.Option(help="Multiply trace inter-arrival times")] = None,
     trace: Annotated[Optional[Path], typer.Option(help="Mooncake trace JSONL (default: shared/traces)")] = None,
+    spread_bursts: Annotated[bool, typer.Option(help="Spread the trace's same-timestamp bursts over the gap to the next")] = False,
     levels: Annotated[int, typer.Option("--levels", "-k", help="Strict-priority levels K")] = 8,
     tick_ms: Annotated[float, typer.Option(help="Re-level tick in simulated ms (the model's resolution)")] = 1.0,
     flow_setup_ms: Annotated[float, typer.Option(help="Per-flow setup latency in ms (connection + registration; 0: fluid ideal)")] = 0.0,
@@ -74,7 +75,8 @@ def run_cmd(
             slo_scales=_floats(slo_scale, "slo scale"),
             workload=workload, num_requests=requests, model=model, cluster=cluster,
             rate_bps=float(parse_rate(rate)) if rate else None, byte_scale=byte_scale,
-            max_batch=max_batch, time_scale=time_scale, trace_path=trace, levels=levels,
+            max_batch=max_batch, time_scale=time_scale, trace_path=trace,
+            spread_bursts=spread_bursts, levels=levels,
             tick_s=tick_ms / 1e3, flow_setup_s=flow_setup_ms / 1e3,
             aggregate_groups=aggregate_groups, policy_config=_policy_config(policy_config or []),
         )

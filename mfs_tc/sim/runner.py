@@ -44,6 +44,7 @@ class SimRunConfig:
     max_batch: int | None = None
     time_scale: float | None = None
     trace_path: Path | None = None
+    spread_bursts: bool = False
     levels: int = 8
     tick_s: float = 0.001
     flow_setup_s: float = 0.0
@@ -76,6 +77,7 @@ class SimRunConfig:
 
     def workload_config(self, seed: int, load: float | None, slo_scale: float) -> WorkloadConfig:
         kw: dict = dict(kind=self.workload, num_requests=self.num_requests, seed=seed, load=load,
+                        spread_bursts=self.spread_bursts,
                         slo_scale=slo_scale, model=self.model, cluster=self.cluster_shape())
         for k in ("byte_scale", "max_batch", "time_scale", "trace_path"):
             v = getattr(self, k)

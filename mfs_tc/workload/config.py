@@ -52,6 +52,9 @@ class WorkloadConfig:
     max_input_tokens: int = 32768
     trace_path: Path = field(default_factory=default_trace_path)
     trace_offset: int = 0  # skip this many trace lines first (their blocks still count as seen)
+    # the trace's timestamps come in bursts (300 lines share ~35 distinct times); True spreads
+    # the requests of a burst uniformly at random (seeded) over the gap to the next timestamp
+    spread_bursts: bool = False
     # poisson only
     prefix_reuse: float = 0.3  # fraction of each prompt (whole blocks) that is a reused prefix
     input_dist: str = "lognormal"

@@ -123,7 +123,31 @@ def _read_trace(cfg: WorkloadConfig, block_tokens: int) -> list[_Raw]:
         scale = ((len(out) - 1) / span) / cfg.load if span > 0 and len(out) > 1 else 1.0
     else:
         scale = cfg.time_scale
-    return [replace(r, t=(r.t - t0) * scale) for r in out]
+    res = [replace(r, t=(r.t - t0) * scale) for r in out]
+    if cfg.spread_bursts:
+        res = _spread(res, random.Random(cfg.seed))
+    return res
+
+
+def _spread(raws: list[_Raw], rng: random.Random) -> list[_Raw]:
+    """Requests sharing a timestamp spread uniformly over the gap to the next distinct one (the
+    last burst over the mean gap); order within the trace is kept."""
+    times = sorted({r.t for r in raws})
+    if len(times) < 2:
+        return raws
+    nxt = dict(zip(times, times[1:]))
+    mean_gap = (times[-1] - times[0]) / (len(times) - 1)
+    out: list[_Raw] = []
+    i = 0
+    while i < len(raws):
+        j = i
+        while j < len(raws) and raws[j].t == raws[i].t:
+            j += 1
+        gap = nxt.get(raws[i].t, raws[i].t + mean_gap) - raws[i].t
+        u = sorted(rng.random() for _ in range(j - i))
+        out += [replace(r, t=r.t + (0.0 if k == 0 else u[k] * gap)) for k, r in enumerate(raws[i:j])]
+        i = j
+    return out
 
 
 def _poisson(cfg: WorkloadConfig, block_tokens: int) -> list[_Raw]:
