@@ -11,7 +11,7 @@ allocations of disjoint components are independent.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from .fabric import Link
 
@@ -20,10 +20,10 @@ EPS_BYTES = 1e-6
 
 class FluidFlow:
     __slots__ = ("fid", "links", "size", "rem", "rate", "t0", "level", "version", "owner",
-                 "done_cb", "start_t", "prev_rate", "weight")
+                 "start_t", "prev_rate", "weight")
 
     def __init__(self, fid: int, links: tuple[Link, ...], size: float, level: int, t: float,
-                 owner: object = None, done_cb: Callable[["FluidFlow", float], None] | None = None):
+                 owner: object = None):
         self.fid = fid
         self.links = links
         self.size = float(size)
@@ -33,7 +33,6 @@ class FluidFlow:
         self.level = level
         self.version = 0
         self.owner = owner
-        self.done_cb = done_cb
         self.start_t = t
         self.prev_rate = 0.0
         self.weight = 1  # real flows this fluid flow stands for (group aggregation)
