@@ -1,0 +1,363 @@
+#!/usr/bin/env python3
+"""Kernel check of the classifier and the qdisc backend, run inside a throwaway VM by
+tools/vm_check.sh (or by hand on any root shell whose kernel is under test).
+
+Steps (each recorded in the result; the first failure stops the run):
+  verifier  compile + load bpf/mfs_classifier.c through mfs_tc.loader.compile_classifier()
+            against maps pinned in a private directory (the verifier passes, or the load fails)
+  attach    a netns + veth pair, attach(AttachOptions(..., qdisc=<qdisc>)); the backend is the
+            expected one and `tc qdisc show` shows it (ets: K bands, all K strict)
+  classify  two TCP flows with static levels 1 and 5 sent at once; the qdisc class of each
+            level carries that flow's bytes (`tc -s -j class show`), no other class carries
+            anything of size, and `mfs-tc status --json` per-level bytes agree
+  detach    detach() restores `tc qdisc show` / `tc filter show` and removes the pins
+
+Prints one line `MFS_VM_RESULT {json}` and exits 0 when every step passed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from mfs_tc import bpfsys, layout  # noqa: E402
+from mfs_tc.backends import HANDLE  # noqa: E402
+from mfs_tc.entry import FlowEntry  # noqa: E402
+from mfs_tc.layout import FlowKey  # noqa: E402
+from mfs_tc.loader import AttachOptions, attach, compile_classifier, detach  # noqa: E402
+
+RESULT_TAG = "MFS_VM_RESULT"
+HIGH, LOW = 1, 5
+IP_A, IP_B = "10.78.0.1", "10.78.0.2"  # only inside the namespaces this script makes
+FLOWS = {HIGH: (45001, 9101), LOW: (45002, 9102)}  # level: (sport, dport)
+
+
+class CheckFailed(Exception):
+    """A step's assertion did not hold (its message says what was seen)."""
+
+
+def sh(*argv: str, ns: str | None = None, check: bool = True, timeout: float = 60) -> str:
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(argv)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise CheckFailed(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
+    return r.stdout
+
+
+def require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise CheckFailed(msg)
+
+
+@dataclass
+class Net:
+    """Two namespaces joined by a veth pair: dev_a in a (mfs-tc attaches here), dev_b in b."""
+
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    dev_a: str = "mfsv0"
+    dev_b: str = "mfsv1"
+
+    @property
+    def a(self) -> str:
+        return f"mfsvm-a{self.tag}"
+
+    @property
+    def b(self) -> str:
+        return f"mfsvm-b{self.tag}"
+
+    def up(self) -> None:
+        sh("ip", "netns", "add", self.a)
+        sh("ip", "netns", "add", self.b)
+        sh("ip", "link", "add", self.dev_a, "type", "veth", "peer", "name", self.dev_b, ns=self.a)
+        sh("ip", "link", "set", self.dev_b, "netns", self.b, ns=self.a)
+        for ns, dev, ip in ((self.a, self.dev_a, IP_A), (self.b, self.dev_b, IP_B)):
+            sh("ip", "addr", "add", f"{ip}/24", "dev", dev, ns=ns)
+            sh("ip", "link", "set", dev, "up", ns=ns)
+            sh("ip", "link", "set", "lo", "up", ns=ns)
+
+    def down(self) -> None:
+        for ns in (self.a, self.b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+    def tc(self, *args: str) -> str:
+        return sh("tc", *args, ns=self.a)
+
+    def tc_json(self, *args: str) -> list[dict]:
+        out = sh("tc", "-j", *args, ns=self.a)
+        return json.loads(out) if out.strip() else []
+
+
+# ---- step (a): verifier -----------------------------------------------------------------------
+def step_verifier() -> dict:
+    bpfsys.ensure_bpffs()
+    pin = Path("/sys/fs/bpf") / f"mfs-vmcheck-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    pin.mkdir(parents=True)
+    t0 = time.monotonic()
+    try:
+        b, fn = compile_classifier(pin)
+        secs = time.monotonic() - t0
+        require(fn.fd >= 0, f"no program fd ({fn.fd})")
+        pinned = sorted(p.name for p in pin.iterdir())
+        require(set(layout.MAP_NAMES) <= set(pinned), f"maps pinned: {pinned}")
+        del b
+    finally:
+        for p in pin.iterdir():
+            p.unlink()
+        pin.rmdir()
+    return {"compile_load_s": round(secs, 2), "maps_pinned": pinned}
+
+
+# ---- step (b): attach -------------------------------------------------------------------------
+def step_attach(net: Net, qdisc: str, expect: str, levels: int, rate_bps: int | None) -> dict:
+    st = attach(AttachOptions(net.dev_a, netns=net.a, levels=levels, qdisc=qdisc, rate_bps=rate_bps))
+    require(st.backend == expect, f"backend {st.backend!r}, expected {expect!r}")
+    roots = [q for q in net.tc_json("qdisc", "show", "dev", net.dev_a) if q.get("root")]
+    require(len(roots) == 1, f"root qdiscs: {roots}")
+    root = roots[0]
+    require(root.get("kind") == expect and root.get("handle") == HANDLE,
+            f"root qdisc is {root.get('kind')} {root.get('handle')}, expected {expect} {HANDLE}")
+    info: dict[str, Any] = {"backend": st.backend, "root": {k: root.get(k) for k in ("kind", "handle", "options")}}
+    if expect == "ets":
+        opts = root.get("options", {})
+        text = net.tc("qdisc", "show", "dev", net.dev_a)
+        require(f"bands {levels} strict {levels}" in text, f"not {levels} strict bands: {text.strip()}")
+        info["tc_qdisc_show"] = text.strip().splitlines()
+        info["bands"] = opts.get("bands")
+        info["strict"] = opts.get("strict")
+    filt = net.tc("filter", "show", "dev", net.dev_a, "egress")
+    require("mfs_egress" in filt and "direct-action" in filt, f"egress filter: {filt.strip()}")
+    return info
+
+
+# ---- step (c): classification -----------------------------------------------------------------
+def _sock_in(ns: str) -> socket.socket:
+    from pyroute2.netns import popns, pushns
+
+    pushns(ns)
+    try:
+        return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    finally:
+        popns()
+
+
+class Sink(threading.Thread):
+    """Accepts one connection and counts what it receives until the peer closes."""
+
+    def __init__(self, ns: str, port: int) -> None:
+        super().__init__(daemon=True)
+        self.srv = _sock_in(ns)
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind((IP_B, port))
+        self.srv.listen(1)
+        self.srv.settimeout(30)
+        self.received = 0
+
+    def run(self) -> None:
+        try:
+            conn, _ = self.srv.accept()
+        except OSError:
+            return
+        conn.settimeout(30)
+        with conn:
+            while True:
+                try:
+                    n = len(conn.recv(1 << 20))
+                except OSError:
+                    break
+                if n == 0:
+                    break
+                self.received += n
+        self.srv.close()
+
+
+class Source(threading.Thread):
+    """Sends from a fixed source port as fast as it can for `secs`, then closes."""
+
+    def __init__(self, ns: str, sport: int, dport: int, secs: float) -> None:
+        super().__init__(daemon=True)
+        self.sock = _sock_in(ns)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((IP_A, sport))
+        self.sock.settimeout(30)
+        self.dport = dport
+        self.secs = secs
+        self.sent = 0
+        self.error: str | None = None
+
+    def run(self) -> None:
+        buf = b"\x5a" * (64 << 10)
+        try:
+            with self.sock:
+                end = time.monotonic() + self.secs
+                while time.monotonic() < end:
+                    self.sent += self.sock.send(buf)
+        except OSError as exc:
+            self.error = str(exc)
+
+
+CLASS_RE = re.compile(r"^class \S+ (\S+) .*?\n\s*Sent (\d+) bytes", re.M | re.S)
+
+
+def _class_bytes(net: Net) -> dict[str, int]:
+    """Bytes sent per qdisc class, from the text of `tc -s class show` (iproute2 6.1 prints
+    class statistics as text even with -j)."""
+    text = net.tc("-s", "class", "show", "dev", net.dev_a)
+    out = {}
+    for block in re.split(r"\n(?=class )", text):
+        m = CLASS_RE.match(block)
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+
+
+def _status(net: Net) -> dict:
+    exe = Path(sys.executable).parent / "mfs-tc"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "mfs_tc.cli"]
+    r = subprocess.run(cmd + ["status", net.dev_a, "--netns", net.a, "--json"], capture_output=True,
+                       text=True, timeout=120)
+    require(r.returncode == 0, f"mfs-tc status failed ({r.returncode}): {r.stderr.strip()}")
+    return json.loads(r.stdout)
+
+
+def step_classify(net: Net, levels: int, secs: float) -> dict:
+    from mfs_tc.backends import Backend
+
+    pin = layout.pin_dir(net.dev_a, net.a)
+    with bpfsys.BpfMap.open(pin / "flows") as m:
+        for lv, (sport, dport) in FLOWS.items():
+            m.update(FlowKey(IP_A, IP_B, sport, dport).pack(), FlowEntry.static(lv).pack())
+    cls_before = _class_bytes(net)
+    st_before = {lv["level"]: lv["bytes"] for lv in _status(net)["levels"]}
+    sinks = {lv: Sink(net.b, dport) for lv, (_s, dport) in FLOWS.items()}
+    sources = {lv: Source(net.a, sport, dport, secs) for lv, (sport, dport) in FLOWS.items()}
+    for lv in FLOWS:
+        sinks[lv].start()
+        sources[lv].sock.connect((IP_B, FLOWS[lv][1]))
+    for s in sources.values():
+        s.start()
+    for s in sources.values():
+        s.join(secs + 60)
+    for s in sinks.values():
+        s.join(60)
+    errors = {lv: s.error for lv, s in sources.items() if s.error}
+    require(not errors, f"senders failed: {errors}")
+    time.sleep(0.2)
+    cls_after = _class_bytes(net)
+    status = _status(net)
+    st_after = {lv["level"]: lv["bytes"] for lv in status["levels"]}
+    backend = Backend(status["backend"], levels)
+    per_class = {backend.class_of(lv): cls_after.get(backend.class_of(lv), 0) - cls_before.get(backend.class_of(lv), 0)
+                 for lv in range(levels)}
+    per_level = {lv: st_after[lv] - st_before[lv] for lv in range(levels)}
+    delivered = {lv: sinks[lv].received for lv in FLOWS}
+    offered = {lv: sources[lv].sent for lv in FLOWS}
+    detail = {"class_bytes": per_class, "status_level_bytes": per_level, "delivered": delivered, "offered": offered}
+    for lv in FLOWS:
+        require(delivered[lv] == offered[lv] and offered[lv] > 1_000_000,
+                f"flow at level {lv}: delivered {delivered[lv]} of {offered[lv]} bytes: {detail}")
+        cb = per_class[backend.class_of(lv)]
+        # the class carries the flow's frames: payload + headers (a few % at MTU 1500), retransmits
+        require(offered[lv] <= cb <= 1.10 * offered[lv] + 200_000,
+                f"class {backend.class_of(lv)} (level {lv}) carried {cb} bytes for {offered[lv]} sent: {detail}")
+        sb = per_level[lv]
+        # the classifier counts skb->len (a GSO packet once, with one set of headers), the qdisc
+        # counts the wire length of every segment: payload <= status <= class
+        require(offered[lv] <= sb <= cb + 20_000,
+                f"status says {sb} bytes at level {lv}, the qdisc class {cb}, {offered[lv]} sent: {detail}")
+    other = sum(b for c, b in per_class.items() if c not in {backend.class_of(lv) for lv in FLOWS})
+    require(other < 100_000, f"{other} bytes went through classes of other levels: {detail}")
+    require(status["attached"] and not status["problems"], f"status problems: {status['problems']}")
+    return detail
+
+
+# ---- step (d): detach -------------------------------------------------------------------------
+def snapshot(net: Net) -> dict:
+    return {
+        "qdisc": net.tc("qdisc", "show", "dev", net.dev_a),
+        "egress": net.tc("filter", "show", "dev", net.dev_a, "egress"),
+        "pins": layout.pin_dir(net.dev_a, net.a).exists(),
+    }
+
+
+def step_detach(net: Net, before: dict) -> dict:
+    removed = detach(net.dev_a, net.a)
+    after = snapshot(net)
+    require(after == before, f"after detach {after}, before attach {before}")
+    return {"removed": removed, "qdisc_after": after["qdisc"].strip()}
+
+
+# ---- driver -----------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--qdisc", default="auto", help="attach's --qdisc (default auto)")
+    ap.add_argument("--expect-backend", default="ets", help="backend attach must pick (default ets)")
+    ap.add_argument("--levels", type=int, default=8)
+    ap.add_argument("--rate-bps", type=int, default=None, help="rate for an htb backend")
+    ap.add_argument("--secs", type=float, default=2.0, help="traffic duration of the classify step")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("vm_check_inner.py needs root (netns, bpf, tc)", file=sys.stderr)
+        return 2
+
+    result: dict[str, Any] = {
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "expect_backend": args.expect_backend,
+        "steps": {},
+        "ok": False,
+    }
+    t_start = time.monotonic()
+
+    def run_step(name: str, fn: Callable[[], dict]) -> bool:
+        t0 = time.monotonic()
+        try:
+            info = fn()
+            result["steps"][name] = {"ok": True, "secs": round(time.monotonic() - t0, 2), **info}
+            return True
+        except Exception as exc:  # record and stop: the JSON line says which step and why
+            result["steps"][name] = {"ok": False, "secs": round(time.monotonic() - t0, 2),
+                                     "error": f"{type(exc).__name__}: {exc}"}
+            traceback.print_exc(file=sys.stderr)
+            return False
+
+    net = Net()
+    try:
+        ok = run_step("verifier", step_verifier)
+        if ok:
+            net.up()
+            before = snapshot(net)
+            ok = run_step("attach", lambda: step_attach(net, args.qdisc, args.expect_backend, args.levels, args.rate_bps))
+            if ok:
+                ok = run_step("classify", lambda: step_classify(net, args.levels, args.secs))
+            # detach runs even after a failed attach/classify: it must leave the link clean
+            ok = run_step("detach", lambda: step_detach(net, before)) and ok
+        result["ok"] = ok
+    finally:
+        try:
+            detach(net.dev_a, net.a)
+        except Exception:
+            pass
+        net.down()
+        result["secs"] = round(time.monotonic() - t_start, 2)
+        print(f"{RESULT_TAG} {json.dumps(result, sort_keys=True)}", flush=True)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
