@@ -69,21 +69,7 @@ class FlowEntry:
         self.validate()
 
     def validate(self) -> None:
-        if self.mode not in MODE_NAMES:
-            raise ValueError(f"unknown mode {self.mode}")
-        if len(self.thresholds) > MAX_THRESH:
-            raise ValueError(f"at most {MAX_THRESH} thresholds, got {len(self.thresholds)}")
-        if len(self.levels) != len(self.thresholds) + 1:
-            raise ValueError(
-                f"{len(self.thresholds)} thresholds need {len(self.thresholds) + 1} levels, "
-                f"got {len(self.levels)}"
-            )
-        if any(not 0 <= lv < MAX_LEVELS for lv in self.levels):
-            raise ValueError(f"levels must be in 0..{MAX_LEVELS - 1}: {self.levels}")
-        if any(a > b for a, b in zip(self.thresholds, self.thresholds[1:])):
-            raise ValueError(f"thresholds must ascend: {self.thresholds}")
-        if any(not _S64_MIN <= t <= _S64_MAX for t in self.thresholds):
-            raise ValueError("threshold out of signed 64-bit range")
+        check_table(self.mode, self.thresholds, self.levels)
         if self.total_bytes < 0 or self.ps_per_byte < 0:
             raise ValueError("bytes and rate term must not be negative")
         if self.mode == MODE_STATIC and self.thresholds:
@@ -181,6 +167,23 @@ class FlowEntry:
         if self.flags & F_MONOTONIC and cur < lv:
             lv = cur
         return lv
+
+
+def check_table(mode: int, thresholds, levels) -> None:
+    """A threshold table the kernel can evaluate: known mode, at most 7 ascending signed 64-bit
+    thresholds, one level (0..7) per threshold count."""
+    if mode not in MODE_NAMES:
+        raise ValueError(f"unknown mode {mode}")
+    if len(thresholds) > MAX_THRESH:
+        raise ValueError(f"at most {MAX_THRESH} thresholds, got {len(thresholds)}")
+    if len(levels) != len(thresholds) + 1:
+        raise ValueError(f"{len(thresholds)} thresholds need {len(thresholds) + 1} levels, got {len(levels)}")
+    if any(not 0 <= lv < MAX_LEVELS for lv in levels):
+        raise ValueError(f"levels must be in 0..{MAX_LEVELS - 1}: {list(levels)}")
+    if any(a > b for a, b in zip(thresholds, thresholds[1:])):
+        raise ValueError(f"thresholds must ascend: {list(thresholds)}")
+    if any(not _S64_MIN <= t <= _S64_MAX for t in thresholds):
+        raise ValueError("threshold out of signed 64-bit range")
 
 
 def mlu_metric(total: int, sent: int, ps: int, deadline_ns: int, now_ns: int) -> int:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..entry import FlowEntry
-from ..layout import MAX_LEVELS, MAX_THRESH, MODE_NAMES, MODE_STATIC, STAGE_CODES
+from ..entry import FlowEntry, check_table
+from ..layout import MAX_LEVELS, MAX_THRESH, MODE_STATIC, STAGE_CODES
 from ..model import Flow, Request, Stage
 
 REF_TOP = MAX_LEVELS - 2  # 6: the least urgent non-scavenger level of the K = 8 layout
@@ -47,19 +47,9 @@ class LevelTable:
     levels: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        if self.mode not in MODE_NAMES:
-            raise ValueError(f"unknown mode {self.mode}")
-        if len(self.thresholds) > MAX_THRESH:
-            raise ValueError(f"at most {MAX_THRESH} thresholds, got {len(self.thresholds)}")
-        if len(self.levels) != len(self.thresholds) + 1:
-            raise ValueError(
-                f"{len(self.thresholds)} thresholds need {len(self.thresholds) + 1} levels, "
-                f"got {len(self.levels)}"
-            )
+        check_table(self.mode, self.thresholds, self.levels)
         if any(a >= b for a, b in zip(self.thresholds, self.thresholds[1:])):
             raise ValueError(f"thresholds must strictly ascend: {list(self.thresholds)}")
-        if any(not 0 <= lv < MAX_LEVELS for lv in self.levels):
-            raise ValueError(f"levels must be in 0..{MAX_LEVELS - 1}: {list(self.levels)}")
 
     def level_for(self, metric: int) -> int:
         return self.levels[sum(1 for t in self.thresholds if metric >= t)]
