@@ -7,7 +7,7 @@ Steps (each recorded in the result; the first failure stops the run):
             against maps pinned in a private directory (the verifier passes, or the load fails)
   attach    a netns + veth pair, attach(AttachOptions(..., qdisc=<qdisc>)); the backend is the
             expected one and `tc qdisc show` shows it (ets: K bands, all K strict)
-  classify  two TCP flows with static levels 1 and 5 sent at once; the qdisc class of each
+  classify  two TCP flows with static levels 1 and 5 (K = 8) sent at once; the qdisc class of each
             level carries that flow's bytes (`tc -s -j class show`), no other class carries
             anything of size, and `mfs-tc status --json` per-level bytes agree
   detach    detach() restores `tc qdisc show` / `tc filter show` and removes the pins
@@ -43,9 +43,15 @@ from mfs_tc.layout import FlowKey  # noqa: E402
 from mfs_tc.loader import AttachOptions, attach, compile_classifier, detach  # noqa: E402
 
 RESULT_TAG = "MFS_VM_RESULT"
-HIGH, LOW = 1, 5
 IP_A, IP_B = "10.78.0.1", "10.78.0.2"  # only inside the namespaces this script makes
-FLOWS = {HIGH: (45001, 9101), LOW: (45002, 9102)}  # level: (sport, dport)
+PORTS = ((45001, 9101), (45002, 9102))  # (sport, dport) of the higher, then the lower flow
+
+
+def flow_levels(nlevels: int) -> tuple[int, int]:
+    """The two flows' levels: 1 and 5 with K = 8; clipped into 0..K-1 for smaller K."""
+    if nlevels <= 2:
+        return 0, 1
+    return 1, min(5, nlevels - 1)
 
 
 class CheckFailed(Exception):
@@ -238,17 +244,18 @@ def _status(net: Net) -> dict:
 def step_classify(net: Net, levels: int, secs: float) -> dict:
     from mfs_tc.backends import Backend
 
+    flows = dict(zip(flow_levels(levels), PORTS))  # level: (sport, dport)
     pin = layout.pin_dir(net.dev_a, net.a)
     with bpfsys.BpfMap.open(pin / "flows") as m:
-        for lv, (sport, dport) in FLOWS.items():
+        for lv, (sport, dport) in flows.items():
             m.update(FlowKey(IP_A, IP_B, sport, dport).pack(), FlowEntry.static(lv).pack())
     cls_before = _class_bytes(net)
     st_before = {lv["level"]: lv["bytes"] for lv in _status(net)["levels"]}
-    sinks = {lv: Sink(net.b, dport) for lv, (_s, dport) in FLOWS.items()}
-    sources = {lv: Source(net.a, sport, dport, secs) for lv, (sport, dport) in FLOWS.items()}
-    for lv in FLOWS:
+    sinks = {lv: Sink(net.b, dport) for lv, (_s, dport) in flows.items()}
+    sources = {lv: Source(net.a, sport, dport, secs) for lv, (sport, dport) in flows.items()}
+    for lv in flows:
         sinks[lv].start()
-        sources[lv].sock.connect((IP_B, FLOWS[lv][1]))
+        sources[lv].sock.connect((IP_B, flows[lv][1]))
     for s in sources.values():
         s.start()
     for s in sources.values():
@@ -265,10 +272,10 @@ def step_classify(net: Net, levels: int, secs: float) -> dict:
     per_class = {backend.class_of(lv): cls_after.get(backend.class_of(lv), 0) - cls_before.get(backend.class_of(lv), 0)
                  for lv in range(levels)}
     per_level = {lv: st_after[lv] - st_before[lv] for lv in range(levels)}
-    delivered = {lv: sinks[lv].received for lv in FLOWS}
-    offered = {lv: sources[lv].sent for lv in FLOWS}
+    delivered = {lv: sinks[lv].received for lv in flows}
+    offered = {lv: sources[lv].sent for lv in flows}
     detail = {"class_bytes": per_class, "status_level_bytes": per_level, "delivered": delivered, "offered": offered}
-    for lv in FLOWS:
+    for lv in flows:
         require(delivered[lv] == offered[lv] and offered[lv] > 1_000_000,
                 f"flow at level {lv}: delivered {delivered[lv]} of {offered[lv]} bytes: {detail}")
         cb = per_class[backend.class_of(lv)]
@@ -280,7 +287,7 @@ def step_classify(net: Net, levels: int, secs: float) -> dict:
         # counts the wire length of every segment: payload <= status <= class
         require(offered[lv] <= sb <= cb + 20_000,
                 f"status says {sb} bytes at level {lv}, the qdisc class {cb}, {offered[lv]} sent: {detail}")
-    other = sum(b for c, b in per_class.items() if c not in {backend.class_of(lv) for lv in FLOWS})
+    other = sum(b for c, b in per_class.items() if c not in {backend.class_of(lv) for lv in flows})
     require(other < 100_000, f"{other} bytes went through classes of other levels: {detail}")
     require(status["attached"] and not status["problems"], f"status problems: {status['problems']}")
     return detail
