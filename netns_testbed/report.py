@@ -107,14 +107,28 @@ def sweep(aggs: list[dict], target: float = TARGET_ATTAINMENT) -> dict:
     axis = "load" if len(loads) > 1 else "slo_scale" if len(slos) > 1 else None
     if axis is None:
         return {}
-    out: dict = {"axis": axis, "target_attainment": target, "curves": {}, "max_load_at_target": {}}
+    out: dict = {"axis": axis, "target_attainment": target, "curves": {}, "max_load_at_target": {},
+                 "load_at_target_interpolated": {}}
     for a in sorted(aggs, key=lambda a: (a["policy"], a[axis] or 0)):
         out["curves"].setdefault(a["policy"], []).append([a[axis], a["attainment"]])
     if axis == "load":
         for pol, pts in out["curves"].items():
             held = [x for x, att in pts if att is not None and att >= target]
             out["max_load_at_target"][pol] = max(held) if held else None
+            out["load_at_target_interpolated"][pol] = _crossing(pts, target)
     return out
+
+
+def _crossing(pts: list[list], target: float) -> float | None:
+    """Load where attainment falls through `target`, linear between the two sweep points around
+    the first fall (the highest point held if it never falls, None if the first is below)."""
+    pts = [(x, a) for x, a in pts if a is not None]
+    if not pts or pts[0][1] < target:
+        return None
+    for (x0, a0), (x1, a1) in zip(pts, pts[1:]):
+        if a1 < target <= a0:
+            return x0 + (x1 - x0) * (a0 - target) / (a0 - a1)
+    return pts[-1][0]
 
 
 def write_results(out_dir: Path, runs: list[dict], meta: dict | None = None, *,
@@ -268,6 +282,9 @@ def table(summary: dict) -> str:
     sw = summary.get("sweep") or {}
     if sw.get("max_load_at_target"):
         lines.append("")
-        lines.append(f"highest load held at {sw['target_attainment']:.0%} attainment: " + ", ".join(
-            f"{p} {_fmt(v, 1, '.2f')}" for p, v in sw["max_load_at_target"].items()))
+        interp = sw.get("load_at_target_interpolated", {})
+        lines.append(f"highest load held at {sw['target_attainment']:.0%} attainment (measured point; "
+                     "interpolated): " + ", ".join(
+                         f"{p} {_fmt(v, 1, '.2f')} ({_fmt(interp.get(p), 1, '.1f')})"
+                         for p, v in sw["max_load_at_target"].items()))
     return "\n".join(lines)
