@@ -34,12 +34,13 @@ class RunConfig:
     loads: list[float | None] = field(default_factory=lambda: [None])
     slo_scales: list[float] = field(default_factory=lambda: [5.0])
     workload: str = "mooncake"
-    num_requests: int = 60
+    num_requests: int = 40
     model: str = "dense-small"
     rate_bps: float = 200e6
     byte_scale: float | None = None  # None: the workload's default
     max_batch: int | None = None
     time_scale: float | None = None
+    spread_bursts: bool = True
     datapath: str = "mfs"
     levels: int = 8
     prefix: str = DEFAULT_PREFIX
@@ -62,11 +63,12 @@ class RunConfig:
             raise ValueError("--requests must be at least 1")
 
     def workload_config(self, seed: int, load: float | None, slo_scale: float) -> object:
-        from mfs_tc.workload import ClusterShape, WorkloadConfig
+        from mfs_tc.workload import ClusterShape, WorkloadConfig, trace_window
 
         kw: dict = dict(kind=self.workload, num_requests=self.num_requests, seed=seed,
                         load=load, slo_scale=slo_scale, model=self.model,
-                        cluster=ClusterShape(link_rate_bps=self.rate_bps))
+                        cluster=ClusterShape(link_rate_bps=self.rate_bps),
+                        spread_bursts=self.spread_bursts)
         if self.byte_scale is not None:
             kw["byte_scale"] = self.byte_scale
         if self.max_batch is not None:
@@ -78,18 +80,6 @@ class RunConfig:
             # the trace has no randomness: a seed picks its window of the trace
             cfg.trace_offset = trace_window(cfg.trace_path, seed, self.num_requests)
         return cfg
-
-
-def trace_window(path: Path, seed: int, n: int) -> int:
-    """Offset of seed's window of `n` requests: seed 1 the first n lines, seed 2 the next n...
-    (wrapping around within the trace)."""
-    try:
-        with open(path, "rb") as f:
-            lines = sum(1 for _ in f)
-    except OSError as exc:
-        raise MfsError(f"cannot read the Mooncake trace {path}: {exc}") from exc
-    span = max(1, lines - n)
-    return ((max(seed, 1) - 1) * n) % span
 
 
 def _policy_names() -> tuple[str, ...] | None:

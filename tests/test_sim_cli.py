@@ -40,7 +40,7 @@ def test_sim_run_writes_testbed_shaped_results(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.parametrize("args,msg", [
     (["--policy", "nope"], "unknown policy"),
-    (["--load", "fast"], "bad load"),
+    (["--load", "fast"], "--load"),
     (["--cluster", "huge"], "unknown cluster"),
     (["--model", "gpt"], "unknown model"),
     (["--tick-ms", "0"], "tick"),

@@ -7,7 +7,8 @@ import pytest
 
 from netns_testbed.plan import BatchJob, LayerJob, RequestJob, Scenario, Transfer
 from netns_testbed.replay import Replay
-from netns_testbed.runner import RunConfig, trace_window
+from mfs_tc.workload import trace_window
+from netns_testbed.runner import RunConfig
 
 
 def test_trace_window_moves_with_seed_and_wraps(tmp_path):

@@ -133,7 +133,8 @@ def test_real_trace_default_workload() -> None:
     w = generate(WorkloadConfig(num_requests=300))
     assert len(w.requests) == 300
     assert any(r.reused_tokens > 0 for r in w.requests)
-    assert all(0 < r.unloaded_ttft_s < 2.0 for r in w.requests)
+    # byte scale 1/32 (the default): the longest prompts (32k tokens) take about 3 s alone
+    assert all(0 < r.unloaded_ttft_s < 4.0 for r in w.requests)
     arr = [r.arrival_s for r in w.requests]
     assert arr == sorted(arr)
 
@@ -144,7 +145,7 @@ def test_spread_bursts(tmp_path: Path) -> None:
     lines += [{"timestamp": 2000, "input_length": 10, "hash_ids": [9]}]
     p.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     base = dict(trace_path=p, num_requests=6, model=TINY, max_input_tokens=0)
-    flat = generate(WorkloadConfig(**base))
+    flat = generate(WorkloadConfig(**base, spread_bursts=False))
     assert [r.arrival_s for r in flat.requests] == [0.0] * 5 + [2.0]
     spread = generate(WorkloadConfig(spread_bursts=True, **base))
     arr = [r.arrival_s for r in spread.requests]

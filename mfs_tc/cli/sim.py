@@ -9,19 +9,11 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import MfsError
+from .args import floats, ints
 
 sim_app = typer.Typer(help="Flow-level simulator: the same policies and workloads at cluster scale.",
                       no_args_is_help=True)
 
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        out = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise MfsError(f"bad {what} {text!r}: give numbers separated by commas, e.g. 2,4,8") from None
-    if not out:
-        raise MfsError(f"no {what} given")
-    return out
 
 
 def _policy_config(items: list[str]) -> dict:
@@ -45,15 +37,15 @@ def run_cmd(
     requests: Annotated[int, typer.Option(help="Requests per run")] = 200,
     load: Annotated[Optional[str], typer.Option(help="Arrival rate(s) in requests/s, comma-separated (sweep); default: the trace's own times")] = None,
     slo_scale: Annotated[str, typer.Option(help="SLO scale(s) x unloaded TTFT, comma-separated (sweep)")] = "5",
-    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated")] = "1",
+    seeds: Annotated[str, typer.Option("--seed", "--seeds", help="Seeds: 1,2,3 or 1-3")] = "1",
     model: Annotated[str, typer.Option(help="dense-small | dense-70b | moe-8x")] = "dense-small",
     cluster: Annotated[str, typer.Option(help="testbed | c256 | c1024")] = "testbed",
     rate: Annotated[Optional[str], typer.Option(help="Host link rate, e.g. 200mbit, 400gbit (default: the cluster's)")] = None,
-    byte_scale: Annotated[Optional[float], typer.Option(help="Multiply every byte count (default: 1/256 on the testbed cluster, 1 on the others)")] = None,
+    byte_scale: Annotated[Optional[float], typer.Option(help="Multiply every byte count (default: 1/32 on the testbed cluster, 1 on the others)")] = None,
     max_batch: Annotated[Optional[int], typer.Option(help="Requests per prefill batch")] = None,
     time_scale: Annotated[Optional[float], typer.Option(help="Multiply trace inter-arrival times")] = None,
     trace: Annotated[Optional[Path], typer.Option(help="Mooncake trace JSONL (default: shared/traces)")] = None,
-    spread_bursts: Annotated[bool, typer.Option(help="Spread the trace's same-timestamp bursts over the gap to the next")] = False,
+    spread_bursts: Annotated[bool, typer.Option(help="Spread the trace's same-timestamp bursts over the gap to the next")] = True,
     levels: Annotated[int, typer.Option("--levels", "-k", help="Strict-priority levels K")] = 8,
     tick_ms: Annotated[float, typer.Option(help="Re-level tick in simulated ms (the model's resolution)")] = 1.0,
     flow_setup_ms: Annotated[float, typer.Option(help="Per-flow setup latency in ms (connection + registration; 0: fluid ideal)")] = 0.0,
@@ -70,9 +62,9 @@ def run_cmd(
     try:
         cfg = SimRunConfig(
             policies=[p.strip() for p in policy.split(",") if p.strip()],
-            seeds=[int(s) for s in _floats(seeds, "seeds")],
-            loads=list(_floats(load, "load")) if load else [None],
-            slo_scales=_floats(slo_scale, "slo scale"),
+            seeds=ints(seeds, "seed"),
+            loads=list(floats(load, "load")) if load else [None],
+            slo_scales=floats(slo_scale, "slo scale"),
             workload=workload, num_requests=requests, model=model, cluster=cluster,
             rate_bps=float(parse_rate(rate)) if rate else None, byte_scale=byte_scale,
             max_batch=max_batch, time_scale=time_scale, trace_path=trace,

@@ -11,31 +11,12 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import MfsError
+from .args import floats, ints
 
 testbed_app = typer.Typer(help="Emulated cluster in network namespaces: replay a workload under "
                           "each policy, real TCP flows, SLO attainment.", no_args_is_help=True)
 
 
-def _floats(text: str | None, what: str) -> list[float]:
-    if text is None:
-        return []
-    try:
-        out = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise MfsError(f"--{what}: expected numbers separated by commas, got {text!r}") from None
-    if any(x <= 0 for x in out):
-        raise MfsError(f"--{what}: values must be positive")
-    return out
-
-
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        if "-" in text and "," not in text:
-            a, b = (int(x) for x in text.split("-"))
-            return list(range(a, b + 1))
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise MfsError(f"--{what}: expected integers like 1,2,3 or 1-3, got {text!r}") from None
 
 
 def _rate(text: str) -> float:
@@ -51,14 +32,15 @@ def _rate(text: str) -> float:
 def run_cmd(
     policy: Annotated[str, typer.Option("--policy", "-p", help="Policies to compare, comma separated")] = "mfs,fair,edf,karuna,sjf,pias",
     workload: Annotated[str, typer.Option(help="mooncake (the real trace) or poisson")] = "mooncake",
-    requests: Annotated[int, typer.Option("--requests", "-n", help="Requests per run")] = 60,
+    requests: Annotated[int, typer.Option("--requests", "-n", help="Requests per run")] = 40,
     load: Annotated[str, typer.Option(help="Arrival rate(s) in requests/s, comma separated for a sweep; 'trace' replays the Mooncake trace at its own rate")] = "3",
     slo_scale: Annotated[str, typer.Option(help="SLO = this x unloaded TTFT; comma separated for a sweep")] = "5",
     seed: Annotated[str, typer.Option(help="Seeds: 1,2,3 or 1-3")] = "1",
     rate: Annotated[str, typer.Option(help="Link rate of every host and switch port")] = "200mbit",
     model: Annotated[str, typer.Option(help="Model shape: dense-small, dense-70b, moe-8x")] = "dense-small",
     max_batch: Annotated[Optional[int], typer.Option(help="Requests per prefill batch (workload default 4)")] = None,
-    byte_scale: Annotated[Optional[float], typer.Option(help="Multiply every byte count (workload default 1/256)")] = None,
+    byte_scale: Annotated[Optional[float], typer.Option(help="Multiply every byte count (workload default 1/32)")] = None,
+    spread_bursts: Annotated[bool, typer.Option("--spread-bursts/--no-spread-bursts", help="Spread the trace's same-timestamp bursts over the gap to the next timestamp")] = True,
     datapath: Annotated[str, typer.Option(help="mfs (classifier + strict-priority HTB) or plain (HTB only: no scheduling)")] = "mfs",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results directory (default results/testbed-<time>)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
@@ -71,15 +53,16 @@ def run_cmd(
     if load.strip().lower() in ("trace", "native"):
         loads = [None]
     else:
-        loads = list(_floats(load, "load"))
+        loads = list(floats(load, "load"))
         if not loads:
             raise MfsError("--load: give at least one rate, e.g. 3 or 1,2,3 (or 'trace')")
     try:
         cfg = RunConfig(
             policies=[p.strip() for p in policy.split(",") if p.strip()],
-            seeds=_ints(seed, "seed"), loads=loads, slo_scales=_floats(slo_scale, "slo-scale"),
+            seeds=ints(seed, "seed"), loads=loads, slo_scales=floats(slo_scale, "slo-scale"),
             workload=workload, num_requests=requests, model=model, rate_bps=_rate(rate),
-            byte_scale=byte_scale, max_batch=max_batch, datapath=datapath)
+            byte_scale=byte_scale, max_batch=max_batch, datapath=datapath,
+            spread_bursts=spread_bursts)
         cfg.workload_config(cfg.seeds[0], cfg.loads[0], cfg.slo_scales[0])
     except ValueError as exc:
         raise MfsError(str(exc)) from exc

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..policy.base import Policy
-from ..workload import ClusterShape, Workload, WorkloadConfig, cluster_preset, generate
+from ..workload import ClusterShape, Workload, WorkloadConfig, cluster_preset, generate, trace_window
 from .engine import SimResult, simulate
 
 DEFAULT_POLICIES = ("mfs", "fair", "edf", "karuna", "sjf", "pias")
@@ -44,7 +44,7 @@ class SimRunConfig:
     max_batch: int | None = None
     time_scale: float | None = None
     trace_path: Path | None = None
-    spread_bursts: bool = False
+    spread_bursts: bool = True
     levels: int = 8
     tick_s: float = 0.001
     flow_setup_s: float = 0.0
@@ -84,8 +84,11 @@ class SimRunConfig:
             if v is not None:
                 kw[k] = v
         if self.byte_scale is None and self.cluster != "testbed":
-            kw["byte_scale"] = 1.0  # real bytes on real link rates; 1/256 is the testbed's
-        return WorkloadConfig(**kw)
+            kw["byte_scale"] = 1.0  # real bytes on real link rates; 1/32 is the testbed's
+        cfg = WorkloadConfig(**kw)
+        if self.workload == "mooncake":
+            cfg.trace_offset = trace_window(cfg.trace_path, seed, self.num_requests)  # as the testbed
+        return cfg
 
 
 def rows_of(res: SimResult, seed: int, load: float | None, slo_scale: float | None) -> list[dict]:

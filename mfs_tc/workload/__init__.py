@@ -5,7 +5,7 @@ testbed (real time) and the flow-level simulator (virtual time) both consume the
 from .adapt import batch_of, request_bytes, to_model_request
 from .batching import BatchPlan, LayerPlan, Transfer, form_batch, plan_batch
 from .config import INPUT_DISTS, KINDS, WorkloadConfig, default_trace_path
-from .generate import Workload, block_hash, generate, unloaded_ttft_s
+from .generate import Workload, block_hash, generate, trace_window, unloaded_ttft_s
 from .shapes import (
     CLUSTER_PRESETS,
     MODEL_PRESETS,
@@ -19,6 +19,6 @@ from .spec import RequestSpec
 __all__ = [
     "BatchPlan", "CLUSTER_PRESETS", "ClusterShape", "INPUT_DISTS", "KINDS", "LayerPlan",
     "MODEL_PRESETS", "ModelShape", "RequestSpec", "Transfer", "Workload", "WorkloadConfig",
-    "batch_of", "block_hash", "cluster_preset", "default_trace_path", "form_batch", "generate",
+    "batch_of", "block_hash", "cluster_preset", "default_trace_path", "form_batch", "generate", "trace_window",
     "model_preset", "plan_batch", "request_bytes", "to_model_request", "unloaded_ttft_s",
 ]

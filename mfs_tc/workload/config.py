@@ -46,7 +46,7 @@ class WorkloadConfig:
     slo_scale: float = 5.0
     model: str | ModelShape = "dense-small"
     cluster: str | ClusterShape = "testbed"
-    byte_scale: float = 1.0 / 256
+    byte_scale: float = 1.0 / 32  # the emulated 200 Mbit/s links are the bottleneck (high load)
     max_batch: int = 4
     max_batch_tokens: int = 0  # 0: no token bound on a batch
     max_input_tokens: int = 32768
@@ -54,7 +54,7 @@ class WorkloadConfig:
     trace_offset: int = 0  # skip this many trace lines first (their blocks still count as seen)
     # the trace's timestamps come in bursts (300 lines share ~35 distinct times); True spreads
     # the requests of a burst uniformly at random (seeded) over the gap to the next timestamp
-    spread_bursts: bool = False
+    spread_bursts: bool = True
     # poisson only
     prefix_reuse: float = 0.3  # fraction of each prompt (whole blocks) that is a reused prefix
     input_dist: str = "lognormal"

@@ -80,13 +80,17 @@ class _Raw:
     key: int  # placement key of the reused prefix
 
 
-def _read_trace(cfg: WorkloadConfig, block_tokens: int) -> list[_Raw]:
-    path = Path(cfg.trace_path)
+def _check_trace(path: Path) -> None:
     if not path.is_file():
         raise MfsError(
             f"Mooncake trace not found at {path}: pass --trace PATH (or trace_path=) pointing at "
             "mooncake_conversation_trace.jsonl, or use a poisson workload (--workload poisson)"
         )
+
+
+def _read_trace(cfg: WorkloadConfig, block_tokens: int) -> list[_Raw]:
+    path = Path(cfg.trace_path)
+    _check_trace(path)
     seen: set[int] = set()
     out: list[_Raw] = []
     want = cfg.trace_offset + cfg.num_requests
@@ -172,6 +176,20 @@ def _poisson(cfg: WorkloadConfig, block_tokens: int) -> list[_Raw]:
         out.append(_Raw(t, inp, 0, reused, rng.getrandbits(32)))
         t += rng.expovariate(cfg.load)
     return out
+
+
+def trace_window(path: Path, seed: int, n: int) -> int:
+    """Trace offset of seed's window of `n` requests: seed 1 the first n lines, seed 2 the next
+    n... (wrapping around within the trace). The trace has no randomness of its own, so the
+    testbed and the simulator both let a seed pick a window."""
+    _check_trace(Path(path))
+    try:
+        with open(path, "rb") as f:
+            lines = sum(1 for _ in f)
+    except OSError as exc:
+        raise MfsError(f"cannot read the Mooncake trace {path}: {exc}") from exc
+    span = max(1, lines - n)
+    return ((max(seed, 1) - 1) * n) % span
 
 
 def generate(cfg: WorkloadConfig) -> Workload:
