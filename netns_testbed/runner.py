@@ -12,11 +12,12 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
 from mfs_tc.errors import MfsError
+from mfs_tc.workload.comparison import DEFAULT_POLICIES, ComparisonConfig
 
 from .plan import Scenario
 from .replay import Replay, ReplayResult, start_sinks
@@ -24,70 +25,21 @@ from .report import summarize_run, table, write_results
 from .sched import ControllerScheduler, NullScheduler, Scheduler
 from .topology import DEFAULT_PREFIX, Topology, TopologyConfig
 
-DEFAULT_POLICIES = ("mfs", "fair", "edf", "karuna", "sjf", "pias")
-
 
 @dataclass(slots=True)
-class RunConfig:
-    policies: list[str] = field(default_factory=lambda: list(DEFAULT_POLICIES))
-    seeds: list[int] = field(default_factory=lambda: [1])
-    loads: list[float | None] = field(default_factory=lambda: [None])
-    slo_scales: list[float] = field(default_factory=lambda: [5.0])
-    workload: str = "mooncake"
-    num_requests: int = 40
-    model: str = "dense-small"
+class RunConfig(ComparisonConfig):
     rate_bps: float = 200e6
-    byte_scale: float | None = None  # None: the workload's default
-    max_batch: int | None = None
-    time_scale: float | None = None
-    spread_bursts: bool = True
     datapath: str = "mfs"
-    levels: int = 8
     prefix: str = DEFAULT_PREFIX
     pause_s: float = 1.0
-    policy_config: dict = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if not self.policies:
-            raise ValueError("no policy given: e.g. --policy mfs,fair")
-        if len(set(self.policies)) != len(self.policies):
-            raise ValueError(f"a policy is listed twice: {','.join(self.policies)}")
-        if self.datapath == "mfs":
-            known = _policy_names()
-            bad = [p for p in self.policies if known is not None and p not in known]
-            if bad:
-                raise ValueError(f"unknown policy {', '.join(bad)}: choose from {', '.join(known or ())}")
-        if not self.seeds or not self.loads or not self.slo_scales:
-            raise ValueError("seeds, loads and slo scales must not be empty")
-        if self.num_requests < 1:
-            raise ValueError("--requests must be at least 1")
+    def checks_policies(self) -> bool:
+        return self.datapath == "mfs"
 
     def workload_config(self, seed: int, load: float | None, slo_scale: float) -> object:
-        from mfs_tc.workload import ClusterShape, WorkloadConfig, trace_window
+        from mfs_tc.workload import ClusterShape
 
-        kw: dict = dict(kind=self.workload, num_requests=self.num_requests, seed=seed,
-                        load=load, slo_scale=slo_scale, model=self.model,
-                        cluster=ClusterShape(link_rate_bps=self.rate_bps),
-                        spread_bursts=self.spread_bursts)
-        if self.byte_scale is not None:
-            kw["byte_scale"] = self.byte_scale
-        if self.max_batch is not None:
-            kw["max_batch"] = self.max_batch
-        if self.time_scale is not None:
-            kw["time_scale"] = self.time_scale
-        cfg = WorkloadConfig(**kw)
-        if self.workload == "mooncake":
-            # the trace has no randomness: a seed picks its window of the trace
-            cfg.trace_offset = trace_window(cfg.trace_path, seed, self.num_requests)
-        return cfg
-
-
-def _policy_names() -> tuple[str, ...] | None:
-    try:
-        from mfs_tc.policy import POLICY_NAMES
-    except ImportError:
-        return None
-    return tuple(POLICY_NAMES)
+        return self.point_config(seed, load, slo_scale, ClusterShape(link_rate_bps=self.rate_bps))
 
 
 def rows_of(result: ReplayResult, seed: int, load: float | None, slo_scale: float | None) -> list[dict]:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
 from ..policy.base import Policy
-from ..workload import ClusterShape, Workload, WorkloadConfig, cluster_preset, generate, trace_window
+from ..workload import ClusterShape, Workload, WorkloadConfig, cluster_preset, generate
+from ..workload.comparison import DEFAULT_POLICIES, ComparisonConfig
 from .engine import SimResult, simulate
 
-DEFAULT_POLICIES = ("mfs", "fair", "edf", "karuna", "sjf", "pias")
 
 
 def make_sim_policy(name: str, *, nlevels: int, ref_rate_bps: float, config: dict) -> Policy:
@@ -30,41 +30,16 @@ def make_sim_policy(name: str, *, nlevels: int, ref_rate_bps: float, config: dic
 
 
 @dataclass(slots=True)
-class SimRunConfig:
-    policies: list[str] = field(default_factory=lambda: list(DEFAULT_POLICIES))
-    seeds: list[int] = field(default_factory=lambda: [1])
-    loads: list[float | None] = field(default_factory=lambda: [None])
-    slo_scales: list[float] = field(default_factory=lambda: [5.0])
-    workload: str = "mooncake"
+class SimRunConfig(ComparisonConfig):
     num_requests: int = 200
-    model: str = "dense-small"
     cluster: str = "testbed"
     rate_bps: float | None = None  # None: the cluster preset's link rate
-    byte_scale: float | None = None
-    max_batch: int | None = None
-    time_scale: float | None = None
-    trace_path: Path | None = None
-    spread_bursts: bool = True
-    levels: int = 8
     tick_s: float = 0.001
     flow_setup_s: float = 0.0
     aggregate_groups: bool = True  # exact for plan_batch workloads (see sim.engine)
-    policy_config: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.policies:
-            raise ValueError("no policy given: e.g. --policy mfs,fair")
-        if len(set(self.policies)) != len(self.policies):
-            raise ValueError(f"a policy is listed twice: {','.join(self.policies)}")
-        from ..policy.registry import POLICY_NAMES
-
-        bad = [p for p in self.policies if p not in POLICY_NAMES]
-        if bad:
-            raise ValueError(f"unknown policy {', '.join(bad)}: choose from {', '.join(POLICY_NAMES)}")
-        if not self.seeds or not self.loads or not self.slo_scales:
-            raise ValueError("seeds, loads and slo scales must not be empty")
-        if self.num_requests < 1:
-            raise ValueError("--requests must be at least 1")
+        ComparisonConfig.__post_init__(self)
         if self.tick_s <= 0:
             raise ValueError("--tick-ms must be positive")
         if self.flow_setup_s < 0:
@@ -76,19 +51,10 @@ class SimRunConfig:
         return replace(c, link_rate_bps=self.rate_bps) if self.rate_bps else c
 
     def workload_config(self, seed: int, load: float | None, slo_scale: float) -> WorkloadConfig:
-        kw: dict = dict(kind=self.workload, num_requests=self.num_requests, seed=seed, load=load,
-                        spread_bursts=self.spread_bursts,
-                        slo_scale=slo_scale, model=self.model, cluster=self.cluster_shape())
-        for k in ("byte_scale", "max_batch", "time_scale", "trace_path"):
-            v = getattr(self, k)
-            if v is not None:
-                kw[k] = v
+        extra = {}
         if self.byte_scale is None and self.cluster != "testbed":
-            kw["byte_scale"] = 1.0  # real bytes on real link rates; 1/32 is the testbed's
-        cfg = WorkloadConfig(**kw)
-        if self.workload == "mooncake":
-            cfg.trace_offset = trace_window(cfg.trace_path, seed, self.num_requests)  # as the testbed
-        return cfg
+            extra["byte_scale"] = 1.0  # real bytes on real link rates; 1/32 is the testbed's
+        return self.point_config(seed, load, slo_scale, self.cluster_shape(), **extra)
 
 
 def rows_of(res: SimResult, seed: int, load: float | None, slo_scale: float | None) -> list[dict]:
