@@ -199,3 +199,15 @@ def test_state_root_left_clean(net: VethPair) -> None:
         p.name.startswith(net.dev_a) for p in state_path(net.dev_a, net.a).parent.iterdir()
     )
     assert not os.path.exists(_pins(net))
+
+
+@pytest.mark.privileged
+def test_attach_without_root_is_a_clear_error_and_changes_nothing(net: VethPair):
+    """An unprivileged user gets one readable line and a non-zero exit; the host is untouched."""
+    before = _snapshot(net)
+    r = subprocess.run(["ip", "netns", "exec", net.a, "runuser", "-u", "nobody", "--",
+                        *MFS, "attach", net.dev_a, "--rate", "100mbit"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r
+    assert "needs root" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert _snapshot(net) == before
