@@ -379,18 +379,25 @@ class PinnedMaps:
         """Per-level and event counters summed over CPUs."""
         per_level = []
         events: dict[str, dict[str, int]] = {}
-        for slot in range(NSTATS):
-            vals = self.stats_map.lookup_percpu(slot.to_bytes(4, "little")) or []
-            pk = by = 0
-            for v in vals:
-                p, b = struct.unpack(COUNTER_FMT, v)
-                pk += p
-                by += b
+        for slot, (pk, by) in enumerate(read_counters(self.stats_map)):
             if slot < MAX_LEVELS:
                 per_level.append({"level": slot, "packets": pk, "bytes": by})
             elif slot in STAT_NAMES:
                 events[STAT_NAMES[slot]] = {"packets": pk, "bytes": by}
         return {"levels": per_level, "events": events}
+
+
+def read_counters(stats_map: BpfMap) -> list[tuple[int, int]]:
+    """(packets, bytes) of every `stats` slot, summed over CPUs."""
+    out = []
+    for slot in range(NSTATS):
+        pk = by = 0
+        for v in stats_map.lookup_percpu(slot.to_bytes(4, "little")) or []:
+            p, b = struct.unpack(COUNTER_FMT, v)
+            pk += p
+            by += b
+        out.append((pk, by))
+    return out
 
 
 def _describe(ifname: str, netns: str | None) -> str:

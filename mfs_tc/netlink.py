@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +47,18 @@ def iproute(netns: str | None = None) -> Iterator[IPRoute]:
         yield ipr
     finally:
         ipr.close()
+
+
+def socket_in(netns: str | None, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A socket living in `netns` (setns around its creation), usable from this process."""
+    check_netns(netns)
+    if not netns:
+        return socket.socket(family, kind)
+    pushns(netns)
+    try:
+        return socket.socket(family, kind)
+    finally:
+        popns()
 
 
 def ifindex(ipr: IPRoute, ifname: str, netns: str | None = None) -> int:

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mfs_tc import bpfsys
+from mfs_tc.controller import read_counters
 from mfs_tc.layout import (
-    COUNTER_FMT,
     MAX_LEVELS,
-    NSTATS,
     PIN_ROOT,
     ConfigRecord,
     LevelRecord,
@@ -90,17 +89,8 @@ def prog_test_run(prog_fd: int, packet: bytes, repeat: int = 1, priority: int = 
 
 def read_stats(pin: Path) -> list[tuple[int, int]]:
     """(packets, bytes) per stats slot, summed over CPUs."""
-    out = []
     with bpfsys.BpfMap.open(pin / "stats") as m:
-        for slot in range(NSTATS):
-            vals = m.lookup_percpu(slot.to_bytes(4, "little")) or []
-            pk = by = 0
-            for v in vals:
-                p, b = struct.unpack(COUNTER_FMT, v)
-                pk += p
-                by += b
-            out.append((pk, by))
-    return out
+        return read_counters(m)
 
 
 def stats_delta(before: list[tuple[int, int]], after: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -20,6 +20,7 @@ from mfs_tc import bpfsys, layout
 from mfs_tc.entry import FlowEntry
 from mfs_tc.layout import FlowKey
 from mfs_tc.loader import AttachOptions, attach, detach
+from mfs_tc.netlink import socket_in
 from nettools import VethPair
 
 pytestmark = pytest.mark.privileged
@@ -30,22 +31,13 @@ WARMUP_S, WINDOW_S = 1.0, 3.0
 MFS = [str(Path(sys.executable).parent / "mfs-tc")]
 
 
-def _sock(ns: str) -> socket.socket:
-    from pyroute2.netns import popns, pushns
-
-    pushns(ns)
-    try:
-        return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    finally:
-        popns()
-
 
 class Sink(threading.Thread):
     """Accepts one connection in the peer namespace and counts the bytes it receives."""
 
     def __init__(self, ns: str, addr: str, port: int) -> None:
         super().__init__(daemon=True)
-        self.srv = _sock(ns)
+        self.srv = socket_in(ns)
         self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.srv.bind((addr, port))
         self.srv.listen(1)
@@ -73,7 +65,7 @@ class Source(threading.Thread):
 
     def __init__(self, ns: str, src: str, sport: int, dst: str, dport: int) -> None:
         super().__init__(daemon=True)
-        self.sock = _sock(ns)
+        self.sock = socket_in(ns)
         self.sock.bind((src, sport))
         self.dst = (dst, dport)
         self.sent = 0

@@ -21,6 +21,7 @@ from mfs_tc import bpfsys, layout
 from mfs_tc.entry import FlowEntry
 from mfs_tc.layout import FlowKey
 from mfs_tc.loader import AttachOptions, attach, detach
+from mfs_tc.netlink import socket_in
 from nettools import VethPair, sh
 
 pytestmark = pytest.mark.privileged
@@ -50,15 +51,6 @@ def _put(net: VethPair, key: FlowKey, entry: FlowEntry) -> None:
         m.update(key.pack(), entry.pack())
 
 
-def _sock(ns: str, family: int, kind: int) -> socket.socket:
-    from pyroute2.netns import popns, pushns
-
-    pushns(ns)
-    try:
-        return socket.socket(family, kind)
-    finally:
-        popns()
-
 
 def _check_ip(frame: bytes, level: int, ecn: int) -> None:
     p = Ether(frame)
@@ -83,7 +75,7 @@ def test_dscp_on_the_wire_udp(net: VethPair, v6: bool) -> None:
     fam = socket.AF_INET6 if v6 else socket.AF_INET
     src, dst = (net.ip6_a, net.ip6_b) if v6 else (net.ip_a, net.ip_b)
     level, ecn = 2, 2  # ECT(0)
-    s = _sock(net.a, fam, socket.SOCK_DGRAM)
+    s = socket_in(net.a, fam, socket.SOCK_DGRAM)
     with s:
         if v6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, ecn)
@@ -111,8 +103,8 @@ def test_dscp_on_the_wire_tcp(net: VethPair, v6: bool) -> None:
     fam = socket.AF_INET6 if v6 else socket.AF_INET
     src, dst = (net.ip6_a, net.ip6_b) if v6 else (net.ip_a, net.ip_b)
     level, port = 1, DP + 10 + v6
-    srv = _sock(net.b, fam, socket.SOCK_STREAM)
-    cli = _sock(net.a, fam, socket.SOCK_STREAM)
+    srv = socket_in(net.b, fam, socket.SOCK_STREAM)
+    cli = socket_in(net.a, fam, socket.SOCK_STREAM)
     with srv, cli:
         srv.bind((dst, port))
         srv.listen(1)

@@ -41,6 +41,7 @@ from mfs_tc.backends import HANDLE  # noqa: E402
 from mfs_tc.entry import FlowEntry  # noqa: E402
 from mfs_tc.layout import FlowKey  # noqa: E402
 from mfs_tc.loader import AttachOptions, attach, compile_classifier, detach  # noqa: E402
+from mfs_tc.netlink import socket_in  # noqa: E402
 
 RESULT_TAG = "MFS_VM_RESULT"
 IP_A, IP_B = "10.78.0.1", "10.78.0.2"  # only inside the namespaces this script makes
@@ -152,22 +153,13 @@ def step_attach(net: Net, qdisc: str, expect: str, levels: int, rate_bps: int | 
 
 
 # ---- step (c): classification -----------------------------------------------------------------
-def _sock_in(ns: str) -> socket.socket:
-    from pyroute2.netns import popns, pushns
-
-    pushns(ns)
-    try:
-        return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    finally:
-        popns()
-
 
 class Sink(threading.Thread):
     """Accepts one connection and counts what it receives until the peer closes."""
 
     def __init__(self, ns: str, port: int) -> None:
         super().__init__(daemon=True)
-        self.srv = _sock_in(ns)
+        self.srv = socket_in(ns)
         self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.srv.bind((IP_B, port))
         self.srv.listen(1)
@@ -197,7 +189,7 @@ class Source(threading.Thread):
 
     def __init__(self, ns: str, sport: int, dport: int, secs: float) -> None:
         super().__init__(daemon=True)
-        self.sock = _sock_in(ns)
+        self.sock = socket_in(ns)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((IP_A, sport))
         self.sock.settimeout(30)
