@@ -1091,7 +1091,8 @@ class GcResult:
         return {"requests_removed": [f"{r:#x}" for r in self.requests_removed], "flows_removed": self.flows_removed}
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (a pid of 0 or less, unknown, counts as alive)."""
     if pid <= 0:
         return True  # unknown owner: judge by deadline only
     try:
@@ -1117,7 +1118,7 @@ def gc(maps: PinnedMaps, grace_s: float = 10.0, now_ns: int | None = None, check
     res = GcResult()
     live = set()
     for rid, rec in reqs.items():
-        if rec.deadline_ns + grace < now or (check_pids and not _pid_alive(rec.owner_pid)):
+        if rec.deadline_ns + grace < now or (check_pids and not pid_alive(rec.owner_pid)):
             if maps.requests.delete(_U64.pack(rid)):
                 res.requests_removed.append(rid)
         else:

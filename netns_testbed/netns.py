@@ -88,13 +88,3 @@ def call_in_netns(ns: str, fn: Callable[[], T], timeout: float = 30) -> T:
     if "e" in box:
         raise box["e"]  # type: ignore[misc]
     return box["v"]  # type: ignore[return-value]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -21,10 +21,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mfs_tc.controller import pid_alive
 from mfs_tc.errors import MfsError
 from mfs_tc.layout import PIN_ROOT
 
-from .netns import ip, list_netns, pid_alive, run
+from .netns import ip, list_netns, run
 
 DEFAULT_PREFIX = "mfsb"
 SUBNET = "10.201.0"
