@@ -33,3 +33,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("privileged"):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _host_left_as_found():
+    """Scratch pins and attach state live under /sys/fs/bpf/mfs and /run/mfs-tc; a test run that
+    created those roots removes them again (when empty), so the host ends as it began."""
+    from mfs_tc.layout import PIN_ROOT
+    from mfs_tc.loader import STATE_ROOT
+
+    roots = [r for r in (PIN_ROOT, STATE_ROOT) if not r.exists()]
+    yield
+    for r in roots:
+        for d in sorted((p for p in r.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        try:
+            r.rmdir()
+        except OSError:
+            pass
