@@ -51,7 +51,7 @@ def run_cmd(
     flow_setup_ms: Annotated[float, typer.Option(help="Per-flow setup latency in ms (connection + registration; 0: fluid ideal)")] = 0.0,
     aggregate_groups: Annotated[bool, typer.Option(help="Simulate each prefill group's G symmetric rank flows as one weighted flow (exact; much faster)")] = True,
     policy_config: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE policy setting (repeatable)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Results directory (requests.csv, summary.json, plots)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results directory (requests.csv, summary.json, plots)")] = None,
     plots: Annotated[bool, typer.Option(help="Write PNG plots")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
 ) -> None:
