@@ -2,10 +2,12 @@
 
 `contention`: two requests arrive together on two prefill groups of one rank each; after one
 short layer each sends its KV cache (p2d, `nbytes`) to the same decode host, whose switch port
-is the one bottleneck. The tight request's SLO leaves room for its own transfer alone (1.5x) but
-not for sharing the link half and half (2x); the loose one has 4x. Fair sharing makes the tight
-one miss; a deadline-aware policy (MFS: higher MLU, promoted first) serves it first and both
-meet their SLOs.
+is the one bottleneck. The loose request ships its KV cache as `loose_flows` parallel connections
+(the same bytes in all), as a multi-rank or multi-stream transfer would. The tight request's SLO
+leaves room for its own transfer alone (1.5x); the loose one has 4x. Fair sharing is per flow, so
+the tight transfer gets about 1/(1 + loose_flows) of the link and misses by a wide margin (not
+hanging on how evenly two TCP flows happen to split); a deadline-aware policy (MFS: higher MLU,
+promoted first) serves it first and both meet their SLOs.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def contention_topology(rate_bps: float = 100e6, prefix: str = "mfsb", **kw: obj
 
 
 def contention_scenario(rate_bps: float = 100e6, nbytes: int = 6_000_000,
-                        compute_s: float = 0.01, decode_step_s: float = 0.005) -> Scenario:
+                        compute_s: float = 0.01, decode_step_s: float = 0.005,
+                        loose_flows: int = 3) -> Scenario:
     alone_s = nbytes * 8 / rate_bps + compute_s + decode_step_s
     reqs = [
         RequestJob(CONTENTION_TIGHT, 0.0, 1.5 * alone_s, prefill_group=0, unloaded_ttft_s=alone_s,
@@ -39,10 +42,15 @@ def contention_scenario(rate_bps: float = 100e6, nbytes: int = 6_000_000,
         return BatchJob(
             batch_id=bid, group=group, request_ids=tuple(m.request_id for m in members),
             layers=(LayerJob(compute_s=compute_s),),
-            p2d={m.request_id: (Transfer("p2d", src, "d0", nbytes, target_layer=1),)
+            p2d={m.request_id: _p2d(src, nbytes, loose_flows if m.request_id == CONTENTION_LOOSE else 1)
                  for m in members},
             decode_step_s=decode_step_s,
         )
+
+    def _p2d(src: str, total: int, flows: int) -> tuple[Transfer, ...]:
+        sizes = [total // flows] * flows
+        sizes[-1] += total - sum(sizes)
+        return tuple(Transfer("p2d", src, "d0", n, target_layer=1) for n in sizes)
 
     return Scenario(reqs, fifo_batcher(1), plan, name="contention",
                     meta={"nbytes": nbytes, "alone_s": alone_s})
