@@ -4,8 +4,9 @@ Both replay the same `mfs_tc.workload` (Mooncake trace, dense-small, 1 KV + 2x2 
 host at 200 Mbit/s, slo_scale 5) under the same policy objects. The fluid model has no TCP
 (connection setup, slow start, ACK clocking) and no HTB inefficiency, so it is run with a 6 ms
 per-flow setup latency, and the stated tolerance is 0.2 absolute attainment per policy.
-Measured at commit time (60 requests, two testbed runs): testbed mfs 0.55 / fair 0.40-0.42,
-simulator mfs 0.58 / fair 0.53.
+Measured (60 requests of the default workload: byte scale 1/32, bursts spread): testbed mfs 0.53 /
+fair 0.22, simulator mfs 0.60 / fair 0.25. (With the earlier compute-bound default, byte scale
+1/256: testbed mfs 0.55 / fair 0.40-0.42, simulator mfs 0.58 / fair 0.53.)
 """
 
 from __future__ import annotations
