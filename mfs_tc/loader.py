@@ -391,9 +391,9 @@ def _restore_root(ifname: str, netns: str | None) -> None:
 
 
 def detach(ifname: str, netns: str | None = None) -> list[str]:
-    """Undo attach. Returns what was removed (empty when nothing was attached)."""
+    """Undo attach. Returns what was removed (empty when nothing was attached). When the
+    interface or its whole network namespace is gone, the pins and the state are still removed."""
     _require_root("detach")
-    check_netns(netns)
     removed: list[str] = []
     st = load_state(ifname, netns)
     pin = pin_dir(ifname, netns)
@@ -402,7 +402,10 @@ def detach(ifname: str, netns: str | None = None) -> list[str]:
         with iproute(netns) as ipr:
             ifindex(ipr, ifname, netns)
     except MfsError:
-        present = False  # interface gone: only pins and state remain to clean
+        present = False  # interface (or namespace) gone: only pins and state remain to clean
+        if not (st or any((pin / n).exists() for n in MAP_NAMES)):
+            check_netns(netns)  # nothing of ours either: a wrong name gets its clear error
+            raise
     if present:
         if _our_filter(ifname, netns):
             run(["tc", "filter", "del", "dev", ifname, "egress", "pref", str(FILTER_PREF)], netns)
@@ -429,6 +432,18 @@ def detach(ifname: str, netns: str | None = None) -> list[str]:
                 d.rmdir()
             except OSError:
                 break
+    return removed
+
+
+def detach_all(netns: str | None) -> list[str]:
+    """Detach every interface of `netns` that has mfs-tc pins or attach state (also after the
+    namespace was deleted: what is left of it is removed)."""
+    label = netns_label(netns)
+    names = {p.name for p in (PIN_ROOT / label).glob("*") if p.is_dir()}
+    names |= {p.stem for p in (STATE_ROOT / label).glob("*.json")}
+    removed: list[str] = []
+    for ifname in sorted(names):
+        removed += [f"{ifname}: {r}" for r in detach(ifname, netns)]
     return removed
 
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mfs_tc.controller import pid_alive
 from mfs_tc.errors import MfsError
@@ -204,18 +202,12 @@ def _mac(h: Host) -> str:
     return m.group(1)
 
 
-def remove_pins(ns: str, root: Path = PIN_ROOT) -> None:
-    """Pinned maps and the loader's attach state of namespace `ns` (its interfaces are gone)."""
-    d = root / ns
-    if d.is_dir():
-        shutil.rmtree(d, ignore_errors=True)
-    try:
-        from mfs_tc.loader import state_path
-    except ImportError:
-        return
-    sd = state_path("x", ns).parent
-    if sd.is_dir() and sd.name == ns:
-        shutil.rmtree(sd, ignore_errors=True)
+def remove_pins(ns: str) -> None:
+    """What mfs-tc attached in namespace `ns` (pins, attach state), after the namespace is gone:
+    the loader's own detach, which also prunes the pin and state roots it leaves empty."""
+    from mfs_tc.loader import detach_all
+
+    detach_all(ns)
 
 
 _LEFTOVER = re.compile(r"^(?P<prefix>[a-z]+?)(?P<pid>\d+)(?:x\w+)?-")

@@ -211,3 +211,25 @@ def test_attach_without_root_is_a_clear_error_and_changes_nothing(net: VethPair)
     assert r.returncode == 1, r
     assert "needs root" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert _snapshot(net) == before
+
+
+@pytest.mark.privileged
+def test_detach_after_the_namespace_is_gone_removes_pins_and_state():
+    """A deleted namespace takes its interfaces and qdiscs along; detach still removes the pins
+    and the attach state it left, and a wrong name (nothing of ours) is a clear error."""
+    from mfs_tc.errors import InterfaceError
+    from mfs_tc.loader import detach_all
+
+    pair = VethPair().up()
+    try:
+        attach(AttachOptions(pair.dev_a, netns=pair.a, qdisc="htb", rate_bps=100_000_000))
+        pin = layout.pin_dir(pair.dev_a, pair.a)
+        assert (pin / "flows").exists() and state_path(pair.dev_a, pair.a).exists()
+    finally:
+        pair.down()
+    removed = detach_all(pair.a)
+    assert any("pinned maps" in r for r in removed), removed
+    assert not pin.exists() and not pin.parent.exists()
+    assert not state_path(pair.dev_a, pair.a).exists()
+    with pytest.raises(InterfaceError):
+        detach("nosuchdev0", pair.a)
