@@ -11,7 +11,6 @@ allocations of disjoint components are independent.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
 
 from .fabric import Link
 
@@ -99,23 +98,6 @@ class FluidNetwork:
         return bool(self._dirty)
 
     # ---- allocation -----------------------------------------------------------------------
-    def component(self, seeds: Iterable[Link]) -> tuple[set[Link], set[FluidFlow]]:
-        links: set[Link] = set()
-        flows: set[FluidFlow] = set()
-        stack = list(seeds)
-        while stack:
-            ln = stack.pop()
-            if ln in links:
-                continue
-            links.add(ln)
-            for f in ln.flows:
-                if f not in flows:
-                    flows.add(f)
-                    for l2 in f.links:
-                        if l2 not in links:
-                            stack.append(l2)
-        return links, flows
-
     def recompute(self, t: float) -> list[FluidFlow]:
         """Re-allocate rates in the components touched since the last call. Returns the flows
         whose rate changed, settled to `t` (their finish times need rescheduling); flows whose
