@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import os
-import subprocess
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from mfs_tc import netlink
 from mfs_tc.errors import MfsError, PermissionDeniedError
 
 CLONE_NEWNET = 0x40000000
@@ -24,20 +24,9 @@ T = TypeVar("T")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class CommandError(MfsError):
-    """An `ip`/`tc` command of the testbed failed."""
-
-
-def run(*args: str, ns: str | None = None, check: bool = True, timeout: float = 30) -> str:
-    """Run a command (in namespace `ns` through `ip netns exec` when given)."""
-    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError as exc:
-        raise CommandError(f"{cmd[0]} not found: install iproute2 (tools/install.sh)") from exc
-    if check and r.returncode != 0:
-        raise CommandError(f"`{' '.join(cmd)}` failed ({r.returncode}): {r.stderr.strip()}")
-    return r.stdout
+def run(*args: str, ns: str | None = None, check: bool = True) -> str:
+    """Run a command (in namespace `ns` when given): the loader's runner, same errors."""
+    return netlink.run(list(args), netns=ns, check=check)
 
 
 def ip(*args: str, ns: str | None = None, check: bool = True) -> str:
