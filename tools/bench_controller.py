@@ -102,26 +102,17 @@ def main() -> int:
         best_cpu: dict[str, float] = {}
         best = {"single": 0.0, "single_uncached": 0.0, "batched": 0.0, "at_layer": 0.0, "raw_update": 0.0, "raw_batch": 0.0}
         for rep in range(args.repeat):
-            # single: one add_flow call per flow (policy + pack + one bpf syscall each)
-            ts = tuples(n, 1 + rep % 100, args.peers)
-            req = ctl.request(f"bench-single-{rep}", slo_s=5.0, remaining_bytes=1 << 30)
-            st = req.stage("kv_fetch", bytes=1 << 30, layer=8)
-            add = st.add_flow
-            t0 = stamp()
-            for i, t in enumerate(ts):
-                add(t, bytes=65536, target_layer=i & 31)
-            record(best, best_cpu, "single", n, t0)
-            req.done()
-            # single, policy asked for every flow (entry cache off)
-            ts = tuples(n, 201 + rep % 50, args.peers)
-            req = ctl_nc.request(f"bench-nocache-{rep}", slo_s=5.0, remaining_bytes=1 << 30)
-            st = req.stage("kv_fetch", bytes=1 << 30, layer=8)
-            add = st.add_flow
-            t0 = stamp()
-            for i, t in enumerate(ts):
-                add(t, bytes=65536, target_layer=i & 31)
-            record(best, best_cpu, "single_uncached", n, t0)
-            req.done()
+            # single: one add_flow call per flow (policy + pack + one bpf syscall each), with the
+            # controller's entry cache on, then with the policy asked for every flow
+            for label, c, net in (("single", ctl, 1 + rep % 100), ("single_uncached", ctl_nc, 201 + rep % 50)):
+                ts = tuples(n, net, args.peers)
+                req = c.request(f"bench-{label}-{rep}", slo_s=5.0, remaining_bytes=1 << 30)
+                add = req.stage("kv_fetch", bytes=1 << 30, layer=8).add_flow
+                t0 = stamp()
+                for i, t in enumerate(ts):
+                    add(t, bytes=65536, target_layer=i & 31)
+                record(best, best_cpu, label, n, t0)
+                req.done()
             # batched: add_flows with `batch` flows per call (one bpf syscall per call)
             ts = tuples(n, 101 + rep % 100, args.peers)
             req = ctl.request(f"bench-batch-{rep}", slo_s=5.0, remaining_bytes=1 << 30)
