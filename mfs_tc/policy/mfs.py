@@ -52,6 +52,7 @@ from .work import check_estimator, hopeless, work_ahead_ns
 DEFAULT_MLU_THRESHOLDS = (0.1, 0.25, 0.4, 0.6, 0.9)
 DEFAULT_RLI_THRESHOLDS = (1, 2, 3, 4, 8)
 REF_RLI_LEVELS = (0, 1, 2, 4, 5, 6)  # K = 8 layout for the default RLI thresholds
+PS_MAX = 1 << 32  # a stage rate term beyond 4.3 ms/byte (under 2 kbit/s) is clamped
 
 
 @dataclass(slots=True)
@@ -111,6 +112,16 @@ def rli_table(config: MfsConfig) -> LevelTable:
     return table
 
 
+def stage_ps(ps: int, stage: Stage, flow: Flow) -> int:
+    """The rate term that makes one flow's MLU its stage's: a stage's flows converge on one
+    bottleneck (p2d: the decode host's downlink), so a flow carrying 1/G of the stage's bytes
+    moves at 1/G of the link while its siblings move too: ps x stage bytes / flow bytes (the
+    flow's own rate when the stage is unknown or the flow is all of it)."""
+    if stage.bytes > flow.bytes > 0:
+        return min(ps * stage.bytes // flow.bytes, PS_MAX)
+    return ps
+
+
 def _mlu_str(fixed: int) -> str:
     return f"{fixed / MLU_ONE:.4g}"
 
@@ -158,7 +169,8 @@ class MfsPolicy(Policy):
             flags = F_MONOTONIC | (F_AUTO_SCAVENGE if self.config.scavenger else 0)
             deadline = request.deadline_ns - stage.compute_after_ns
             return make_entry(
-                request, stage, flow, now_ns, self.mlu, flags=flags, deadline_ns=deadline, ps=self.ps
+                request, stage, flow, now_ns, self.mlu, flags=flags, deadline_ns=deadline,
+                ps=stage_ps(self.ps, stage, flow),
             )
         table = self.rli_loose if self.red_loose(request, now_ns) else self.rli
         return make_entry(

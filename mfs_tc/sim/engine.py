@@ -40,7 +40,7 @@ from ..workload import (
     batch_of,
     form_batch,
     plan_batch,
-    request_bytes,
+    request_estimate,
     to_model_request,
 )
 from .due import next_change_ns
@@ -120,13 +120,13 @@ class _BState:
                  "flows", "p2d_left", "p2d_t0", "compute_total", "mbatch")
 
     def __init__(self, bid: int, group: int, members: list[RequestSpec], plan: BatchPlan,
-                 reqs: dict[int, Request], t: float, mbatch: Batch) -> None:
+                 reqs: dict[int, Request], t: float, mbatch: Batch, link_rate_bps: float) -> None:
         self.bid = bid
         self.group = group
         self.members = members
         self.plan = plan
         self.reqs = reqs
-        self.owner = _owner_request(bid, list(reqs.values()), mbatch)
+        self.owner = _owner_request(bid, list(reqs.values()), mbatch, plan, link_rate_bps)
         self.kv_left = [0] * len(plan.layers)
         self.coll_left = 0
         self.layer = 0
@@ -142,19 +142,20 @@ class _BState:
         self.mbatch = mbatch
 
 
-def _owner_request(bid: int, reqs: list[Request], mbatch: Batch | None) -> Request:
+def _owner_request(bid: int, reqs: list[Request], mbatch: Batch | None, plan: BatchPlan,
+                   link_rate_bps: float) -> Request:
     """Who a batch's kv_fetch and collective flows belong to, as in the controller: the request
     itself for a batch of one; otherwise a batch request (the tightest member's arrival and SLO,
-    the members' summed remaining bytes and largest remaining compute, their deadlines for RED),
-    scavenged only when every member is."""
+    the batch's work ahead (`request_estimate` of the whole batch), the members' deadlines for
+    RED), scavenged only when every member is."""
     if len(reqs) == 1:
         return reqs[0]
     tight = min(reqs, key=lambda r: (r.deadline_ns, r.request_id))
+    nbytes, compute_ns = request_estimate(plan, None, 0, link_rate_bps)
     return Request(
         request_id=-bid, arrival_ns=tight.arrival_ns, slo_ns=tight.slo_ns,
         num_layers=max(r.num_layers for r in reqs), cursor=0,
-        remaining_bytes=sum(r.remaining_bytes for r in reqs),
-        remaining_compute_ns=max(r.remaining_compute_ns for r in reqs), batch=mbatch)
+        remaining_bytes=nbytes, remaining_compute_ns=compute_ns, batch=mbatch)
 
 
 def _fanout(transfers: list[Transfer], host_map: dict[str, str] | None) -> list[tuple[Transfer, int]]:
@@ -205,7 +206,8 @@ class Simulator:
         self.nlevels = policy.config.nlevels
         self.scav_level = policy.config.scavenger_level
         self.net = FluidNetwork(self.nlevels)
-        self.rate_Bps = workload.cluster.link_rate_bps / 8.0
+        self.link_rate_bps = workload.cluster.link_rate_bps
+        self.rate_Bps = self.link_rate_bps / 8.0
         self._heap: list = []
         self._seq = 0
         self.t = 0.0
@@ -305,8 +307,10 @@ class Simulator:
         plan = plan_batch(members, self.w.model, self.w.cluster)
         arr = {m.request_id: int(round(m.arrival_s * NS)) for m in members}
         mb = batch_of(self._bid, members, arr) if len(members) > 1 else None
-        reqs = {m.request_id: to_model_request(m, arr[m.request_id], plan, batch=mb) for m in members}
-        b = _BState(self._bid, group, members, plan, reqs, self.t, mb)
+        reqs = {m.request_id: to_model_request(m, arr[m.request_id], plan, batch=mb,
+                                                link_rate_bps=self.link_rate_bps)
+                for m in members}
+        b = _BState(self._bid, group, members, plan, reqs, self.t, mb, self.link_rate_bps)
         for m in members:
             o = self.out[m.request_id]
             o.queue_s = self.t - m.arrival_s
@@ -381,13 +385,13 @@ class Simulator:
         for m in b.members:
             r = b.reqs[m.request_id]
             r.cursor = cursor
-            r.remaining_bytes = request_bytes(m, b.plan, cursor)
-            r.remaining_compute_ns = self._compute_after(b, cursor)
+            r.remaining_bytes, r.remaining_compute_ns = request_estimate(
+                b.plan, m.request_id, cursor, self.link_rate_bps)
         o = b.owner
         if o.request_id < 0:
             o.cursor = cursor
-            o.remaining_bytes = sum(r.remaining_bytes for r in b.reqs.values())
-            o.remaining_compute_ns = self._compute_after(b, cursor)
+            o.remaining_bytes, o.remaining_compute_ns = request_estimate(
+                b.plan, None, cursor, self.link_rate_bps)
         now = self.now_ns()
         for r in b.reqs.values():
             self._check_hopeless(r, b, now)

@@ -1,30 +1,26 @@
 """Turn workload specs into the policy inputs of `mfs_tc.model`, the same in testbed and simulator.
 
-Estimates given to policies (what a serving process knows, not the oracle's truth):
-- remaining_bytes: the request's share of its batch's bytes still to move, i.e. its kv_fetch
-  bytes for layers >= cursor, the batch's collective bytes for layers >= cursor divided by the
-  batch size, and its p2d bytes;
+Estimates given to policies (what a serving process knows from its plan, not the oracle's truth)
+come from the one estimator, `workload.estimate.work_ahead`: the request's critical path from the
+batch's compute cursor on, per bottleneck link (see that module):
+- remaining_bytes: the network time on that path as bytes at the link rate;
 - remaining_compute_ns: the batch's compute for layers >= cursor plus one decode step.
+A batch as a whole (the owner of its kv_fetch and collective flows) has the same prefill path and
+every member's p2d (`batch_request`).
 """
 
 from __future__ import annotations
 
 from .batching import BatchPlan
+from .estimate import work_ahead
 from .spec import RequestSpec
 from ..model import Batch, Request
 
 
-def request_bytes(spec: RequestSpec, plan: BatchPlan, from_layer: int = 0) -> int:
-    rid = spec.request_id
-    n = max(len(plan.members), 1)
-    total = 0
-    for lp in plan.layers[from_layer:]:
-        for t in lp.kv_fetch:
-            if rid in t.request_ids:
-                total += t.bytes // max(len(t.request_ids), 1)
-        total += sum(t.bytes for t in lp.collective) // n
-    total += sum(t.bytes for t in plan.p2d.get(rid, []))
-    return total
+def request_estimate(plan: BatchPlan, request_id: int | None, cursor: int,
+                     link_rate_bps: float) -> tuple[int, int]:
+    """(remaining_bytes, remaining_compute_ns) of member `request_id` (None: the whole batch)."""
+    return work_ahead(plan, request_id, cursor, link_rate_bps).as_estimate(link_rate_bps)
 
 
 def to_model_request(
@@ -32,31 +28,29 @@ def to_model_request(
     arrival_ns: int,
     plan: BatchPlan | None = None,
     *,
+    link_rate_bps: float = 0.0,
     cursor: int = 0,
     batch: Batch | None = None,
     num_layers: int | None = None,
-    decode_step_s: float | None = None,
 ) -> Request:
     """`mfs_tc.model.Request` for `spec`, arrived at `arrival_ns` on the caller's clock
     (CLOCK_MONOTONIC in the testbed, virtual ns in the simulator). Without a plan (not yet
-    batched) the estimates are zero."""
+    batched) the estimates are zero; with one, `link_rate_bps` is the host link rate."""
     slo_ns = max(1, int(round(spec.slo_s * 1e9)))
     if plan is None:
         return Request(
             request_id=spec.request_id, arrival_ns=arrival_ns, slo_ns=slo_ns,
             num_layers=num_layers or 1, cursor=cursor, batch=batch,
         )
-    layers = len(plan.layers)
-    compute_s = sum(lp.compute_s for lp in plan.layers[cursor:])
-    compute_s += plan.decode_step_s if decode_step_s is None else decode_step_s
+    nbytes, compute_ns = request_estimate(plan, spec.request_id, cursor, link_rate_bps)
     return Request(
         request_id=spec.request_id,
         arrival_ns=arrival_ns,
         slo_ns=slo_ns,
-        num_layers=num_layers or layers,
+        num_layers=num_layers or len(plan.layers),
         cursor=cursor,
-        remaining_bytes=request_bytes(spec, plan, cursor),
-        remaining_compute_ns=int(round(compute_s * 1e9)),
+        remaining_bytes=nbytes,
+        remaining_compute_ns=compute_ns,
         batch=batch,
     )
 

@@ -69,30 +69,39 @@ class BatchPlan:
         """Per member: time from batch start to first token on an otherwise idle cluster, every
         stage's transfers at link rate (a stage takes its most loaded host link's bytes / rate;
         kv_fetch of layer g follows layer g-1's, as RLI ordering would have it; contention of
-        kv_fetch with collectives on a rank's downlink is ignored)."""
+        kv_fetch with collectives on a rank's downlink is ignored). p2d of all members at once
+        share links: each member's time is with every member's p2d in parallel."""
         bps = link_rate_bps / 8.0
-        kv_done = 0.0
-        coll_done = 0.0
-        for lp in self.layers:
-            kv_done += _stage_time(lp.kv_fetch, bps)
-            start = max(kv_done, coll_done)
-            coll_done = start + lp.compute_s + _stage_time(lp.collective, bps)
-        # p2d of all members at once share links; each member's ends when its bytes are through
-        # at fair share: report the time with every member's p2d in parallel
-        all_p2d = [t for ts in self.p2d.values() for t in ts]
-        p2d_t = _stage_time(all_p2d, bps)
+        coll_done, _ = prefill_path_s(self, 0, bps)
+        p2d_t = stage_time_s([t for ts in self.p2d.values() for t in ts], bps)
         return {rid: coll_done + p2d_t + self.decode_step_s for rid in self.members}
 
 
-def _stage_time(transfers: Sequence[Transfer], bytes_per_s: float) -> float:
-    if not transfers:
-        return 0.0
+def stage_time_s(transfers: Sequence[Transfer], bytes_per_s: float) -> float:
+    """Time for a set of concurrent transfers at link rate: their most loaded host link."""
     up: dict[str, int] = {}
     down: dict[str, int] = {}
     for t in transfers:
         up[t.src] = up.get(t.src, 0) + t.bytes
         down[t.dst] = down.get(t.dst, 0) + t.bytes
+    if not up:
+        return 0.0
     return max(max(up.values()), max(down.values())) / bytes_per_s
+
+
+def prefill_path_s(plan: BatchPlan, cursor: int, bytes_per_s: float) -> tuple[float, float]:
+    """(time until the last layer's collective ends, compute within it) from layer `cursor` on
+    an idle network: kv_fetch of all layers queue on their link in layer order; layer g computes
+    once its kv_fetch and layer g-1's collective are done; then its collective."""
+    kv_done = 0.0
+    coll_done = 0.0
+    compute = 0.0
+    for lp in plan.layers[cursor:]:
+        kv_done += stage_time_s(lp.kv_fetch, bytes_per_s)
+        start = max(kv_done, coll_done)
+        coll_done = start + lp.compute_s + stage_time_s(lp.collective, bytes_per_s)
+        compute += lp.compute_s
+    return coll_done, compute
 
 
 def form_batch(
