@@ -97,15 +97,22 @@ def test_stage_static_priority_by_stage():
     assert make_policy("stage", p2d_level=5).entry(req(), Stage("p2d"), Flow(bytes=1), T0).levels == [5]
 
 
-def test_karuna_deadline_flows_first_others_demoted_by_bytes_sent():
-    pol = make_policy("karuna")  # p2d 0; sent 64K, 256K, 1M, 4M, 16M -> 1..6
-    p2d = pol.entry(req(), Stage("p2d"), Flow(bytes=100 * MiB), T0)
+def test_karuna_deadline_flows_first_earliest_deadline_first_others_demoted_by_bytes_sent():
+    pol = make_policy("karuna")  # p2d: deadline-now 100, 500 ms -> 0..2; sent 64K..16M -> 3..6
+    late = pol.entry(req(slo_ms=2000), Stage("p2d", compute_after_ns=10 * MS), Flow(bytes=100 * MiB), T0)
+    soon = pol.entry(req(slo_ms=300), Stage("p2d", compute_after_ns=10 * MS), Flow(bytes=100 * MiB), T0)
     kv = pol.entry(req(), Stage("kv_fetch"), Flow(bytes=100 * MiB), T0)
-    assert p2d.mode == MODE_STATIC and p2d.level(T0, sent=99 * MiB) == 0
+    # deadline flows ordered by their deadline (the p2d deadline: request deadline - decode step)
+    assert soon.deadline_ns == T0 + 290 * MS
+    assert (soon.level(T0), late.level(T0)) == (1, 2)
+    assert late.level(T0 + 1500 * MS) == 1 and late.level(T0 + 1950 * MS) == 0
     assert kv.mode == MODE_SENT
-    assert kv.level(T0) == 1  # below every deadline flow, even fresh
-    assert kv.level(T0, sent=2 * MiB) == 4
+    assert kv.level(T0) == 3  # below every deadline flow, even fresh
+    assert kv.level(T0, sent=100 * KiB) == 4
+    assert kv.level(T0, sent=2 * MiB) == 5
     assert kv.level(T0, sent=50 * MiB) == 6
+    # a fair-sharing policy would give all of these one level: karuna must not
+    assert len({soon.level(T0), late.level(T0), kv.level(T0)}) == 3
 
 
 def test_llf_oracle_least_true_laxity_first():

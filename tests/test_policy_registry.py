@@ -93,10 +93,14 @@ def test_every_policy_every_k(name, k):
                 assert 0 <= lv < k
 
 
-def test_only_mfs_policies_scavenge():
+def test_only_mfs_policies_and_the_oracle_scavenge():
     late = Request(request_id=1, arrival_ns=T0, slo_ns=10 * MS, remaining_bytes=10**9)
+    fine = Request(request_id=2, arrival_ns=T0, slo_ns=10 * MS, remaining_bytes=10)
     for name in POLICY_NAMES:
-        assert make_policy(name).is_hopeless(late, T0) == (name in ("mfs", "mfs-laxity"))
+        scavenges = name in ("mfs", "mfs-laxity", "llf-oracle")
+        assert make_policy(name).is_hopeless(late, T0) == scavenges, name
+        assert not make_policy(name).is_hopeless(fine, T0), name
+    assert not make_policy("llf-oracle", admission=False).is_hopeless(late, T0)
 
 
 # ---- calibration -------------------------------------------------------------------------------

@@ -105,12 +105,22 @@ def test_to_model_request_estimates() -> None:
     cl = ClusterShape(prefill_groups=1, group_size=2, link_rate_bps=8000.0)
     spec = RequestSpec(1, 0.0, 30, 10, 1, 0, "d0", "kv0", 0.5, 0.1)
     plan = plan_batch([spec], TINY, cl)
-    r0 = to_model_request(spec, 1_000, plan)
+    # the critical path per bottleneck link (test_unloaded_ttft_by_hand's figures, 1000 B/s):
+    # from layer 0, 2 s of kv_fetch + 0.4 s of collective + 6 s of p2d, less the compute
+    # (0.001 + 20e-6 s) that overlaps layer 1's kv_fetch: 8.4 s - c of network = 8399 B at link
+    # rate. The old estimate summed every byte over parallel links: 9600 B.
+    c = 0.001 + 20e-6
+    r0 = to_model_request(spec, 1_000, plan, link_rate_bps=cl.link_rate_bps)
     assert r0.deadline_ns == 1_000 + 500_000_000
-    assert r0.remaining_bytes == plan.total_bytes()
-    r1 = to_model_request(spec, 1_000, plan, cursor=1)
-    assert r1.remaining_bytes == plan.total_bytes() - 1000 - 800
-    assert r1.remaining_compute_ns == round((0.001 + 20e-6 + 0.002) * 1e9)
+    assert r0.remaining_bytes == round((8.4 - c) * 1000) < plan.total_bytes()
+    assert r0.remaining_compute_ns == round((2 * c + 0.002) * 1e9)
+    # W at the start is exactly the unloaded TTFT
+    w = r0.remaining_bytes / 1000 + r0.remaining_compute_ns / 1e9
+    assert w == pytest.approx(plan.ideal_ttft_s(cl.link_rate_bps)[1], abs=1e-3)
+    # from layer 1: 1 s kv + c + 0.4 s collective, then 6 s of p2d
+    r1 = to_model_request(spec, 1_000, plan, cursor=1, link_rate_bps=cl.link_rate_bps)
+    assert r1.remaining_bytes == 7400
+    assert r1.remaining_compute_ns == round((c + 0.002) * 1e9)
 
 
 def test_bad_input_names_the_fix(tmp_path: Path) -> None:

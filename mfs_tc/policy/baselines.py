@@ -5,15 +5,18 @@ The paper's:
   sjf     static level by flow size (smaller flow, higher level; pFabric-like, size known).
   edf     MODE_LAXITY with no rate term: metric = deadline - now, promoted as the deadline nears.
           Batch flows take the earliest deadline of their batch.
-  karuna  deadline flows (p2d) at the top level; the others demoted by bytes sent (MODE_SENT).
+  karuna  deadline flows (p2d) in the top queues, earliest deadline first; the others below,
+          demoted by bytes sent (MODE_SENT, PIAS-like).
 Ours:
   fifo    MODE_LAXITY with base = arrival: metric = -(age); older requests are more urgent.
   srpt    MODE_REMAINING: level by bytes still to send; promoted as the flow drains.
   pias    MODE_SENT: MLFQ, start at the top and demote by bytes sent (size unknown).
   stage   static level by stage: collective > kv_fetch > p2d.
-  llf-oracle  MODE_LAXITY with the exact work ahead (flow.true_remaining_work_ns, which only the
-          testbed and simulator know): the reference no online policy can beat.
-None of them scavenges (is_hopeless is always False).
+  llf-oracle  MODE_LAXITY with the true per-bottleneck work ahead (flow.true_remaining_work_ns,
+          which only the testbed and simulator know), rate term per stage, and admission: a
+          request whose true laxity is negative goes to the scavenger level. A strong baseline,
+          not a bound (LLF is not optimal with several bottlenecks or in overload).
+Only llf-oracle scavenges; for the others is_hopeless is always False.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from .levels import (
     spread_levels,
     squeeze,
 )
-from .work import bytes_ns
+from .mfs import stage_ps
+from .work import bytes_ns, hopeless
 
 KiB, MiB = 1 << 10, 1 << 20
 DEFAULT_SIZE_THRESHOLDS = (64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB, 16 * MiB, 64 * MiB)
@@ -165,15 +169,31 @@ class PiasPolicy(_SizePolicy):
 
 
 # ---- karuna ----------------------------------------------------------------------------------
+DEFAULT_KARUNA_DEADLINE_THRESHOLDS_NS = tuple(x * 1_000_000 for x in (100, 500))
+KARUNA_DEADLINE_LEVELS = 3  # the top queues of the K = 8 layout that deadline flows use
+
+
 @dataclass(slots=True)
 class KarunaConfig(PolicyConfig):
-    deadline_level: int = 0  # level of deadline flows (p2d)
+    """Karuna (Chen et al., SIGCOMM'16) in strict-priority levels: deadline flows (p2d: the only
+    stage with an explicit deadline) in the top queues, ordered by their deadline (earliest
+    first: `deadline_thresholds_ns` on deadline - now, over levels 0..2); flows without a deadline
+    (kv_fetch, collective: size not announced to the network) below them, demoted PIAS-like by
+    bytes sent (`sent_thresholds` over levels 3..K-2). Karuna's deadline flows use MCP, a rate
+    control that sends at the rate just needed to meet the deadline; strict priority has no rate
+    control, so here they take their queue's share (what Karuna's own deployment falls back to
+    without MCP: deadline flows first, EDF among them)."""
+
+    deadline_thresholds_ns: tuple[int, ...] = DEFAULT_KARUNA_DEADLINE_THRESHOLDS_NS
+    deadline_levels: tuple[int, ...] | None = None  # None: 0, 1, 2 (squeezed for K < 8)
     sent_thresholds: tuple[int, ...] = DEFAULT_KARUNA_THRESHOLDS  # ascending bytes sent
-    sent_levels: tuple[int, ...] | None = None  # None: 1, 2, ... below the deadline flows
+    sent_levels: tuple[int, ...] | None = None  # None: 3, 4, ... below the deadline flows
 
     def __post_init__(self) -> None:
         PolicyConfig.__post_init__(self)
-        check_level(self.deadline_level, self.nlevels, "deadline_level")
+        self.deadline_thresholds_ns = int_thresholds(
+            self.deadline_thresholds_ns, "deadline_thresholds_ns", positive=False)
+        self.deadline_levels = int_levels(self.deadline_levels, "deadline_levels")
         self.sent_thresholds = int_thresholds(self.sent_thresholds, "sent_thresholds")
         self.sent_levels = int_levels(self.sent_levels, "sent_levels")
 
@@ -186,25 +206,39 @@ class KarunaPolicy(Policy):
     def __init__(self, config: KarunaConfig | None = None) -> None:
         super().__init__(config)
         c = self.config
+        dth = c.deadline_thresholds_ns
+        top = KARUNA_DEADLINE_LEVELS - 1
+        self.deadline_table = build_table(MODE_LAXITY, dth, c.deadline_levels, c.nlevels,
+                                          "deadline_levels", spread_levels(len(dth), top))
         th = c.sent_thresholds
-        ref = tuple(min(lv + 1, REF_TOP) for lv in spread_levels(len(th), REF_TOP - 1))
-        self.table = build_table(MODE_SENT, th, c.sent_levels, c.nlevels, "sent_levels", ref)
-        if c.sent_levels is None and c.nlevels > 2:
-            # keep the non-deadline flows strictly below level 0 whatever the squeeze did
-            self.table = LevelTable(MODE_SENT, th, tuple(max(lv, 1) for lv in self.table.levels))
+        below = max(self.deadline_table.levels) + 1
+        ref = tuple(min(below + lv, REF_TOP) for lv in spread_levels(len(th), REF_TOP - below))
+        if c.sent_levels is None:
+            # squeeze the deadline rows and the sent rows alike, then keep the non-deadline
+            # flows strictly below every deadline level whatever the squeeze did
+            floor = min(max(self.deadline_table.levels) + 1, c.nlevels - 2)
+            lv = tuple(max(squeeze(x, c.nlevels), floor) for x in ref)
+            self.table = LevelTable(MODE_SENT, th, lv)
+        else:
+            self.table = LevelTable(MODE_SENT, th, c.sent_levels)
+        self.table.check(c.nlevels, "sent_levels")
 
     def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
         if stage.name == "p2d":
-            return make_entry(request, stage, flow, now_ns, _static(self.config.deadline_level))
+            deadline = request.deadline_ns - stage.compute_after_ns
+            return make_entry(request, stage, flow, now_ns, self.deadline_table,
+                              deadline_ns=deadline, ps=0)
         return make_entry(request, stage, flow, now_ns, self.table)
 
     def describe(self) -> dict:
         c = self.config
-        rows = [(c.deadline_level, "p2d (deadline flows)")]
+        rows = self.deadline_table.rows("p2d (deadline flows)", ms, "deadline - now")
         rows += self.table.rows("kv_fetch, collective", nbytes, "bytes sent")
         return _header(self) | {
             "stages": {
-                "p2d": {"mode": "static", "level": c.deadline_level},
+                "p2d": {"mode": "laxity", "metric": "p2d deadline - now",
+                        "thresholds_ms": [t / 1e6 for t in self.deadline_table.thresholds],
+                        "levels": list(self.deadline_table.levels)},
                 "kv_fetch": {"mode": "sent", "thresholds_bytes": list(self.table.thresholds),
                              "levels": list(self.table.levels)},
                 "collective": {"mode": "sent", "thresholds_bytes": list(self.table.thresholds),
@@ -369,6 +403,7 @@ class LlfOracleConfig(PolicyConfig):
     laxity_thresholds_ns: tuple[int, ...] = DEFAULT_LAXITY_THRESHOLDS_NS  # ascending laxity
     laxity_levels: tuple[int, ...] | None = None  # None: 0, 1, ...
     allow_estimate: bool = False  # no true work on the flow: use the request's estimates
+    admission: bool = True  # negative true laxity: the request goes to the scavenger level
 
     def __post_init__(self) -> None:
         PolicyConfig.__post_init__(self)
@@ -404,9 +439,18 @@ class LlfOraclePolicy(Policy):
             "pass allow_estimate=True to fall back to the request's estimates"
         )
 
+    def is_hopeless(self, request: Request, now_ns: int) -> bool:
+        """Admission: a request whose laxity on its own work ahead is negative cannot make it
+        (the simulator's and testbed's estimates are the true per-bottleneck critical path)."""
+        return self.config.admission and hopeless(request, now_ns, self.ps, 0)
+
     def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
-        base = request.deadline_ns - self.true_work_ns(request, flow) - bytes_ns(flow.sent, self.ps)
-        return make_entry(request, stage, flow, now_ns, self.table, deadline_ns=base, ps=self.ps)
+        work = self.true_work_ns(request, flow)
+        if self.config.admission and (request.scavenged or request.deadline_ns - now_ns < work):
+            return make_entry(request, stage, flow, now_ns, _static(self.config.scavenger_level))
+        base = request.deadline_ns - work - bytes_ns(flow.sent, self.ps)
+        return make_entry(request, stage, flow, now_ns, self.table, deadline_ns=base,
+                          ps=stage_ps(self.ps, stage, flow))
 
     def describe(self) -> dict:
         rows = self.table.rows("every flow", ms, "laxity")

@@ -458,13 +458,26 @@ class Simulator:
             self._entry_cache.clear()
         entry = self._entry_cache.get(key)
         if entry is None:
-            true_work = compute_after_ns + int((nbytes - sent) / self.rate_Bps * NS)
+            true_work = self._true_work_ns(stage, req, nbytes - sent, stage_bytes, nbytes,
+                                           compute_after_ns)
             entry = self.policy.entry(
                 req, Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns, layer=layer),
                 Flow(bytes=int(nbytes), target_layer=layer, sent=sent,
                      true_remaining_work_ns=true_work), now)
             self._entry_cache[key] = entry
         return entry
+
+    def _true_work_ns(self, stage: str, req: Request, flow_rem: float, stage_bytes: int,
+                      flow_bytes: float, compute_after_ns: int) -> int:
+        """What only the simulator knows (llf-oracle's input): the work still ahead of the flow's
+        owner per bottleneck link. p2d: the stage's remaining bytes on the decode host's
+        downlink (its flows progress together: flow remaining x stage / flow bytes) at link rate,
+        then the decode step; kv_fetch and collective: the owner's critical path from its
+        cursor (`workload.estimate`), with this layer's collective or kv_fetch in it."""
+        if stage == "p2d":
+            share = stage_bytes / flow_bytes if flow_bytes > 0 else 1.0
+            return compute_after_ns + int(flow_rem * share / self.rate_Bps * NS)
+        return req.remaining_compute_ns + int(req.remaining_bytes / self.rate_Bps * NS)
 
     def _start_flow(self, b: _BState, stage: str, layer: int, tr: Transfer, req: Request,
                     stage_bytes: int, compute_after_ns: int, rid: int = 0,
