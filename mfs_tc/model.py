@@ -43,6 +43,9 @@ class Request:
     remaining_compute_ns: int = 0  # estimate of compute still ahead (layers left + decode step)
     batch: Batch | None = None
     scavenged: bool = False
+    # RED rank among the batches (and single requests) in prefill now: (rank, how many), rank 0
+    # the tightest (policy.red.red_ranks); None: not ranked
+    red_rank: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.slo_ns <= 0:

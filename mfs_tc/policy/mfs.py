@@ -7,10 +7,14 @@
 - kv_fetch, collective: MODE_RLI. RLI = target_layer - the request's layer cursor (the kernel
   reads the cursor from the `requests` map). RLI 0 blocks the GPU now: most urgent; far layers
   wait and are promoted as compute approaches them.
-- RED: a batch flow (kv_fetch, collective of a request with a `batch`) whose batch's Robust
-  Effective Deadline is loose (RED - now > `red_loose_ns`) has its whole table shifted
-  `red_shift` levels down (less urgent, capped at K-2): at the same RLI it ranks below a batch
-  whose RED is tight, so a few tight requests cannot lift a loose batch.
+- RED: deadline order within a level. The batches in prefill (and single requests, whose RED is
+  their deadline) are ranked by their Robust Effective Deadline (`red.red_ranks`, by the caller
+  at every batch start, layer boundary and batch end: `request.red_rank`); the kv_fetch and
+  collective flows of a batch in the looser (red_buckets-1)/red_buckets of the ranking have
+  their table shifted `red_shift` levels down (less urgent, capped at K-2): at the same RLI they
+  rank below the tighter batches, and a few tight requests cannot lift a loose batch (RED, not
+  the earliest deadline). A caller that ranks nothing (one batch in view) gets the absolute
+  rule: loose when RED - now > `red_loose_ns`.
 - Scavenger: a request that can no longer meet its SLO (is_hopeless) gets a static entry at the
   scavenger level K-1; the controller also sets the request's scavenger flag, which the kernel
   checks for every entry carrying the request id.
@@ -46,7 +50,7 @@ from .levels import (
     make_entry,
     spread_levels,
 )
-from .red import red
+from .red import rank_bucket, red
 from .work import check_estimator, hopeless, work_ahead_ns
 
 DEFAULT_MLU_THRESHOLDS = (0.1, 0.25, 0.4, 0.6, 0.9)
@@ -63,7 +67,8 @@ class MfsConfig(PolicyConfig):
     mlu_levels: tuple[int, ...] | None = None  # level per MLU interval; None: descending layout
     rli_thresholds: tuple[int, ...] = DEFAULT_RLI_THRESHOLDS  # ascending RLI (layers)
     rli_levels: tuple[int, ...] | None = None  # level per RLI interval; None: reference layout
-    red_loose_ns: int = 500_000_000  # a batch whose RED is further away than this is loose
+    red_buckets: int = 2  # ranked batches: the tighter 1/red_buckets keep the table, the rest are loose
+    red_loose_ns: int = 500_000_000  # unranked batches: loose when RED is further away than this
     red_shift: int = 1  # levels a loose batch's table moves down
     estimator: str = "request"  # work estimator for feasibility (mfs_tc.policy.work)
     scavenger: bool = True  # demote requests that can no longer meet their SLO
@@ -83,6 +88,8 @@ class MfsConfig(PolicyConfig):
         self.rli_levels = int_levels(self.rli_levels, "rli_levels")
         if self.red_loose_ns < 0:
             raise ValueError(f"red_loose_ns must not be negative, got {self.red_loose_ns}")
+        if self.red_buckets < 1:
+            raise ValueError(f"red_buckets must be >= 1, got {self.red_buckets}")
         if self.red_shift < 0:
             raise ValueError(f"red_shift must not be negative, got {self.red_shift}")
         check_estimator(self.estimator)
@@ -155,7 +162,12 @@ class MfsPolicy(Policy):
         return request.deadline_ns - now_ns + self.config.hopeless_margin_ns < work
 
     def red_loose(self, request: Request, now_ns: int) -> bool:
-        """The request's batch has a loose Robust Effective Deadline."""
+        """The request's batch ranks loose: in the looser of `red_buckets` slices of the RED
+        ranking of the batches in prefill now (`request.red_rank`, what the caller ranked with
+        policy.red.red_ranks at the last layer boundary). Unranked (a controller that sees one
+        batch): its RED is further away than `red_loose_ns`."""
+        if request.red_rank is not None:
+            return rank_bucket(request.red_rank, self.config.red_buckets) > 0
         batch = request.batch
         if batch is None or not batch.deadlines_ns:
             return False
@@ -203,7 +215,9 @@ class MfsPolicy(Policy):
                 "collective": self._rli_desc(),
             },
             "red": {
-                "loose_when": "RED - now > loose_ms",
+                "loose_when": "ranked: in the looser (buckets-1)/buckets of the RED ranking of the "
+                              "batches in prefill; unranked: RED - now > loose_ms",
+                "buckets": c.red_buckets,
                 "loose_ms": c.red_loose_ns / 1e6,
                 "shift_levels": c.red_shift,
                 "loose_levels": list(self.rli_loose.levels),

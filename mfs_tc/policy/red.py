@@ -7,7 +7,7 @@ make a loose batch look urgent; a uniformly tight batch keeps its earliest deadl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 
 def red_split(deadlines_ns: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -36,3 +36,19 @@ def red(deadlines_ns: Sequence[int]) -> int:
         return tight[0]
     n = len(tight) + len(loose)
     return (len(tight) * tight[0] + len(loose) * loose[0]) // n
+
+
+def red_ranks(reds: Mapping[Hashable, int]) -> dict[Hashable, tuple[int, int]]:
+    """The one ranking rule: each key's (rank, n) among `reds` (key -> RED, or a single request's
+    deadline), rank 0 the earliest; ties by key order of arrival in the mapping."""
+    items = list(reds.items())
+    order = sorted(range(len(items)), key=lambda i: (items[i][1], i))
+    return {items[i][0]: (r, len(items)) for r, i in enumerate(order)}
+
+
+def rank_bucket(rank: tuple[int, int] | None, buckets: int) -> int:
+    """Which of `buckets` equal slices of the ranking a (rank, n) falls in (0: the tightest)."""
+    if rank is None or buckets <= 1:
+        return 0
+    r, n = rank
+    return min(r * buckets // max(n, 1), buckets - 1)

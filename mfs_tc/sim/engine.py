@@ -32,6 +32,7 @@ from ..entry import FlowEntry
 from ..layout import MODE_RLI, MODE_STATIC
 from ..model import Batch, Flow, Request, Stage
 from ..policy.base import Policy
+from ..policy.red import red, red_ranks
 from ..workload import (
     BatchPlan,
     RequestSpec,
@@ -221,6 +222,8 @@ class Simulator:
         self._dyn: set[FluidFlow] = set()
         self._req_flows: dict[int, set[FluidFlow]] = {}
         self._entry_cache: dict[tuple, FlowEntry] = {}
+        # batches in prefill, ranked by RED at every batch start, layer boundary and batch end
+        self._prefilling: dict[int, _BState] = {}
         self._entry_now = -1
         # the base class's is_hopeless is constant False: no need to ask it
         self._hopeless_enabled = type(policy).is_hopeless is not Policy.is_hopeless
@@ -311,6 +314,8 @@ class Simulator:
                                                 link_rate_bps=self.link_rate_bps)
                 for m in members}
         b = _BState(self._bid, group, members, plan, reqs, self.t, mb, self.link_rate_bps)
+        self._prefilling[b.bid] = b
+        self._rank(b)
         for m in members:
             o = self.out[m.request_id]
             o.queue_s = self.t - m.arrival_s
@@ -358,6 +363,8 @@ class Simulator:
             return
         # prefill done: the group is free, p2d starts for every member
         self.busy[b.group] = False
+        del self._prefilling[b.bid]
+        self._rank(None)
         for m in b.members:
             o = self.out[m.request_id]
             o.kv_fetch_s = b.kv_end - b.start_t
@@ -396,7 +403,22 @@ class Simulator:
         for r in b.reqs.values():
             self._check_hopeless(r, b, now)
         self._check_hopeless(o, b, now)
+        if b.layer < len(b.plan.layers):
+            self._rank(b)
         self._reask(b.flows, now)
+
+    def _rank(self, asking: _BState | None) -> None:
+        """Rank the batches in prefill by RED (a batch of one: its deadline). Every batch whose
+        rank changed is asked again, except `asking`, whose caller asks it."""
+        reds = {bid: (red(b.mbatch.deadlines_ns) if b.mbatch is not None else b.owner.deadline_ns)
+                for bid, b in self._prefilling.items()}
+        now = self.now_ns()
+        for bid, rank in red_ranks(reds).items():
+            b = self._prefilling[bid]
+            if b.owner.red_rank != rank:
+                b.owner.red_rank = rank
+                if b is not asking:
+                    self._reask(b.flows, now)
 
     def _reask(self, flows, now: int) -> None:
         """New estimates: each live flow gets the policy's entry for them (sent counters and
@@ -451,7 +473,7 @@ class Simulator:
         same inputs at the same instant (a batch's kv_fetch / collective fan-out) share one
         entry object (the simulator never mutates entries; the kernel's cur_level lives in
         _FMeta)."""
-        key = (stage, layer, req.request_id, req.cursor, req.remaining_bytes,
+        key = (stage, layer, req.request_id, req.cursor, req.red_rank, req.remaining_bytes,
                req.remaining_compute_ns, nbytes, sent, stage_bytes, compute_after_ns)
         if self._entry_now != now:
             self._entry_now = now
