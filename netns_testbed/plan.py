@@ -15,6 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from mfs_tc.workload import BatchPlan, LayerPlan
+from mfs_tc.workload import Transfer as WTransfer
+
 from mfs_tc.model import STAGES
 
 
@@ -57,6 +60,17 @@ class BatchJob:
     def intended_bytes(self) -> int:
         n = sum(t.nbytes for lj in self.layers for t in (*lj.kv_fetch, *lj.collective))
         return n + sum(t.nbytes for ts in self.p2d.values() for t in ts)
+
+    def work_plan(self) -> BatchPlan:
+        """The job as the workload's `BatchPlan`, for the one work estimator
+        (`mfs_tc.workload.estimate`)."""
+        def trs(ts: tuple[Transfer, ...]) -> list[WTransfer]:
+            return [WTransfer(t.src, t.dst, t.nbytes) for t in ts]
+        layers = [LayerPlan(layer=g, kv_fetch=trs(lj.kv_fetch), collective=trs(lj.collective),
+                            compute_s=lj.compute_s) for g, lj in enumerate(self.layers)]
+        return BatchPlan(group=self.group, ranks=[], members=list(self.request_ids), layers=layers,
+                         p2d={rid: trs(ts) for rid, ts in self.p2d.items()},
+                         decode_step_s=self.decode_step_s)
 
 
 @dataclass(slots=True)

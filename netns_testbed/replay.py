@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mfs_tc.workload import BatchPlan, request_estimate, work_ahead
+
 from .netns import enter_netns
 from .plan import BatchJob, RequestJob, Scenario, Transfer
 from .sched import Scheduler, level_bytes
@@ -193,25 +195,27 @@ class Replay:
         # all kv_fetch flows start now; layer g waits for its own
         kv_threads: list[list[threading.Thread]] = []
         kv_ends: list[int] = []
+        plan = job.work_plan()
+        rate = self.topo.config.rate_bps
+        kv_work = work_ahead(plan, None, 0, rate).total_s  # the batch's critical path now
         for g, lj in enumerate(job.layers):
             sb = sum(t.nbytes for t in lj.kv_fetch)
-            ahead = max(b for b, _ in self._estimates(job, g, 0.0).values())
-            kv_threads.append([self._spawn(t, bid, None, sb, compute_after[g], kv_ends, ahead)
+            kv_threads.append([self._spawn(t, bid, None, sb, compute_after[g], kv_ends, kv_work)
                                for t in lj.kv_fetch])
         coll_s = 0.0
         for g, lj in enumerate(job.layers):
             for t in kv_threads[g]:
                 t.join()
-            est = self._estimates(job, g, compute_after[g])
-            self._safe(lambda: self.sched.update_estimates(bid, est))
+            est, whole = self._estimates(plan, g, rate)
+            self._safe(lambda: self.sched.update_estimates(bid, est, whole))
             self._safe(lambda: self.sched.at_layer(bid, g))
             if lj.compute_s > 0:
                 time.sleep(lj.compute_s)
             if lj.collective:
                 c0 = time.monotonic_ns()
                 sb = sum(t.nbytes for t in lj.collective)
-                ahead = max(b for b, _ in self._estimates(job, g, 0.0).values())
-                ths = [self._spawn(t, bid, None, sb, compute_after[g + 1], None, ahead)
+                coll_work = work_ahead(plan, None, g, rate).total_s - lj.compute_s
+                ths = [self._spawn(t, bid, None, sb, compute_after[g + 1], None, coll_work)
                        for t in lj.collective]
                 for t in ths:
                     t.join()
@@ -220,8 +224,8 @@ class Replay:
                 with self._lock:
                     self.ccts.append(cct)
         kv_end = max(kv_ends, default=start)
-        est = self._estimates(job, nl, job.decode_step_s)
-        self._safe(lambda: self.sched.update_estimates(bid, est))
+        est, whole = self._estimates(plan, nl, rate)
+        self._safe(lambda: self.sched.update_estimates(bid, est, whole))
         self._safe(lambda: self.sched.at_layer(bid, nl))
         self._safe(lambda: self.sched.end_batch(bid))
         for rid in rids:
@@ -233,18 +237,20 @@ class Replay:
                              daemon=True, name=f"p2d-{rid}").start()
 
     @staticmethod
-    def _estimates(job: BatchJob, layer: int, compute_s: float) -> dict[int, tuple[int, float]]:
-        """Per member: bytes still ahead from `layer` on (the batch's kv_fetch and collective
-        bytes shared evenly, plus its own p2d) and the compute still ahead."""
-        n = max(len(job.request_ids), 1)
-        shared = sum(t.nbytes for lj in job.layers[layer:] for t in (*lj.kv_fetch, *lj.collective))
-        return {rid: (shared // n + sum(t.nbytes for t in job.p2d.get(rid, ())), compute_s)
-                for rid in job.request_ids}
+    def _estimates(plan: BatchPlan, layer: int, rate_bps: float
+                   ) -> tuple[dict[int, tuple[int, float]], tuple[int, float]]:
+        """(per member, the batch as a whole): (remaining bytes, remaining compute s) from
+        `layer` on, from the one work estimator (the critical path per bottleneck link)."""
+        def est(rid: int | None) -> tuple[int, float]:
+            nbytes, compute_ns = request_estimate(plan, rid, layer, rate_bps)
+            return nbytes, compute_ns / 1e9
+        return {rid: est(rid) for rid in plan.members}, est(None)
 
     def _p2d(self, rid: int, flows: tuple[Transfer, ...], decode_step_s: float) -> None:
         p0 = time.monotonic_ns()
         sb = sum(t.nbytes for t in flows)
-        ths = [self._spawn(t, None, rid, sb, decode_step_s, None, sb) for t in flows]
+        true_s = sb * 8 / self.topo.config.rate_bps + decode_step_s  # its decode downlink
+        ths = [self._spawn(t, None, rid, sb, decode_step_s, None, true_s) for t in flows]
         for t in ths:
             t.join()
         p1 = time.monotonic_ns()
@@ -275,16 +281,16 @@ class Replay:
     # ---- flows --------------------------------------------------------------------------------
     def _spawn(self, t: Transfer, bid: int | None, rid: int | None, stage_bytes: int,
                compute_after_s: float, ends: list[int] | None = None,
-               bytes_ahead: int | None = None) -> threading.Thread:
+               true_work_s: float | None = None) -> threading.Thread:
         th = threading.Thread(target=self._transfer,
-                              args=(t, bid, rid, stage_bytes, compute_after_s, ends, bytes_ahead),
+                              args=(t, bid, rid, stage_bytes, compute_after_s, ends, true_work_s),
                               daemon=True)
         th.start()
         return th
 
     def _transfer(self, t: Transfer, bid: int | None, rid: int | None, stage_bytes: int,
                   compute_after_s: float, ends: list[int] | None = None,
-                  bytes_ahead: int | None = None) -> None:
+                  true_work_s: float | None = None) -> None:
         if t.nbytes == 0:
             return
         src, dst = self.topo.host(t.src), self.topo.host(t.dst)
@@ -292,11 +298,10 @@ class Replay:
         try:
             enter_netns(src.netns)
             conn = open_flow_here(dst.addr, t.nbytes)
-            rate = self.topo.config.rate_bps
-            # the oracle's work ahead: every byte still to move for the request (the plan is
-            # known exactly here) at link rate, plus the compute after this flow
-            ahead = t.nbytes if bytes_ahead is None else max(bytes_ahead, t.nbytes)
-            true_ns = int((ahead * 8 / rate + compute_after_s) * 1e9)
+            # the oracle's work ahead (the plan is known exactly here): the owner's critical
+            # path per bottleneck link (workload.estimate), at least this flow at link rate
+            own_s = t.nbytes * 8 / self.topo.config.rate_bps + compute_after_s
+            true_ns = int(max(true_work_s or 0.0, own_s) * 1e9)
             try:
                 self.sched.add_flow(t.src, t, conn.key, batch_id=bid, request_id=rid,
                                     stage_bytes=stage_bytes, compute_after_s=compute_after_s,

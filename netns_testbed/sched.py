@@ -39,9 +39,11 @@ class Scheduler:
                  true_remaining_ns: int | None) -> None:
         """Register a flow sent by `host`: a batch's (kv_fetch, collective) or a request's (p2d)."""
 
-    def update_estimates(self, batch_id: int | None, estimates: dict[int, tuple[int, float]]) -> None:
-        """New work estimates per request (bytes still to move, compute still ahead in s), so
-        policies that judge feasibility (scavenger) see the work left, not the work at arrival."""
+    def update_estimates(self, batch_id: int | None, estimates: dict[int, tuple[int, float]],
+                         batch_estimate: tuple[int, float] | None = None) -> None:
+        """New work estimates per request (bytes still to move, compute still ahead in s) and of
+        the batch as a whole, so policies that judge feasibility (scavenger) see the work left,
+        not the work at arrival."""
 
     def at_layer(self, batch_id: int, layer: int) -> None:
         """The batch's compute reached `layer`: move its and its members' cursors everywhere."""
@@ -149,7 +151,8 @@ class ControllerScheduler(Scheduler):
                 fh.flow.true_remaining_work_ns = true_remaining_ns
                 fh.update()
 
-    def update_estimates(self, batch_id: int | None, estimates: dict[int, tuple[int, float]]) -> None:
+    def update_estimates(self, batch_id: int | None, estimates: dict[int, tuple[int, float]],
+                         batch_estimate: tuple[int, float] | None = None) -> None:
         with self._lock:
             self._est.update(estimates)
             for (host, rid), r in list(self._reqs.items()):
@@ -158,8 +161,11 @@ class ControllerScheduler(Scheduler):
                     r.update_estimate(remaining_bytes=b, remaining_compute_s=c)  # type: ignore[attr-defined]
             if batch_id is None or len(self._members.get(batch_id, [])) < 2:
                 return
-            tot = sum(b for b, _ in estimates.values())
-            comp = max((c for _, c in estimates.values()), default=0.0)
+            if batch_estimate is not None:
+                tot, comp = batch_estimate
+            else:
+                tot = sum(b for b, _ in estimates.values())
+                comp = max((c for _, c in estimates.values()), default=0.0)
             for (host, bid), b in list(self._batches.items()):
                 if bid == batch_id:
                     b.update_estimate(remaining_bytes=tot, remaining_compute_s=comp)  # type: ignore[attr-defined]

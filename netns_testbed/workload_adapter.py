@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mfs_tc.workload import Workload, form_batch, plan_batch, request_bytes
+from mfs_tc.workload import Workload, form_batch, plan_batch, request_estimate
 
 from .plan import BatchJob, LayerJob, RequestJob, Scenario, Transfer
 
@@ -22,11 +22,12 @@ def scenario_from_workload(wl: Workload) -> Scenario:
     jobs: list[RequestJob] = []
     for spec in wl.requests:
         solo = plan_batch([spec], model, cluster)
+        nbytes, compute_ns = request_estimate(solo, spec.request_id, 0, cluster.link_rate_bps)
         jobs.append(RequestJob(
             request_id=spec.request_id, arrival_s=spec.arrival_s, slo_s=spec.slo_s,
             prefill_group=spec.prefill_group, unloaded_ttft_s=spec.unloaded_ttft_s,
-            remaining_bytes=request_bytes(spec, solo), num_layers=model.layer_groups,
-            remaining_compute_s=solo.compute_s() + solo.decode_step_s, spec=spec))
+            remaining_bytes=nbytes, num_layers=model.layer_groups,
+            remaining_compute_s=compute_ns / 1e9, spec=spec))
 
     def batcher(queue: Sequence[RequestJob]) -> list[RequestJob]:
         by_spec = {id(j.spec): j for j in queue}

@@ -35,11 +35,21 @@ def test_work_estimates_shrink_as_layers_complete():
     job = BatchJob(1, 0, (1, 2), (lay, lay),
                    {1: (Transfer("p2d", "p0r0", "d0", 500),), 2: ()}, 0.005)
     assert job.intended_bytes == 2 * 4000 + 500
-    e0 = Replay._estimates(job, 0, 0.02)
-    e1 = Replay._estimates(job, 1, 0.01)
-    e2 = Replay._estimates(job, 2, 0.005)
-    assert e0 == {1: (4000 + 500, 0.02), 2: (4000, 0.02)}
-    assert e1[1][0] == 2000 + 500 and e2 == {1: (500, 0.005), 2: (0, 0.005)}
+    # the one estimator, per bottleneck link, 1000 B/s links: kv 1 s per layer on kv0's uplink,
+    # collective 3 s on p0r0's uplink, compute 0.01 s. From layer 0: kv 1 s, compute, collective
+    # (ends 4.01 s); layer 1's kv is already through: compute + collective (ends 7.02 s); then
+    # request 1's p2d 0.5 s and the decode step. Network on the path: 7.5 s = 7500 B.
+    rate = 8000.0
+    e0, whole0 = Replay._estimates(job.work_plan(), 0, rate)
+    e1, _ = Replay._estimates(job.work_plan(), 1, rate)
+    e2, whole2 = Replay._estimates(job.work_plan(), 2, rate)
+    assert e0 == {1: (7500, pytest.approx(0.025)), 2: (7000, pytest.approx(0.025))}
+    assert whole0 == e0[1]  # the batch's path carries every member's p2d
+    assert e1 == {1: (4500, pytest.approx(0.015)), 2: (4000, pytest.approx(0.015))}
+    assert e2 == {1: (500, pytest.approx(0.005)), 2: (0, pytest.approx(0.005))}
+    # the old estimate summed all bytes as if they crossed one link: 8500 B at layer 0
+    assert e0[1][0] < job.intended_bytes
+    assert whole2 == (500, pytest.approx(0.005))
 
 
 def test_scenario_checks_ids_and_sorts_arrivals():
