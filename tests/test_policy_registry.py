@@ -112,7 +112,12 @@ def test_calibrate_sizes_hand_values():
     pol = make_policy("sjf", **cfg)
     assert [pol.entry(Request(1, T0, MS), Stage("p2d"), Flow(bytes=b), T0).levels[0] for b in (150, 500, 900)] == [0, 1, 2]
     ka = calibrate("karuna", w, nlevels=4)
-    assert ka["sent_thresholds"] == (550,) and ka["sent_levels"] == (1, 2)
+    # K=4: deadline flows on levels 0..1 split at the median SLO, the others on level 2
+    assert ka["deadline_thresholds_ns"] == (MS,) and ka["deadline_levels"] == (0, 1)
+    assert ka["sent_thresholds"] == () and ka["sent_levels"] == (2,)
+    k8 = make_policy("karuna", **calibrate("karuna", w, nlevels=8))
+    assert k8.deadline_table.levels[0] == 0 and max(k8.deadline_table.levels) == 2
+    assert min(k8.table.levels) == 3  # every non-deadline flow below every deadline flow
 
 
 def test_calibrate_mfs_hand_values():

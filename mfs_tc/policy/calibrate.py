@@ -7,8 +7,9 @@
 ref_rate_bps = the link rate), derived from quantiles so that each level carries a comparable
 share of the traffic:
   sjf, srpt, pias   size thresholds at the j/(K-1) quantiles of the flow sizes, levels 0..K-2.
-  karuna            sent thresholds at the j/(K-2) quantiles of the non-deadline flow sizes,
-                    levels 1..K-2 (level 0 is the deadline flows').
+  karuna            deadline flows on levels 0..min(3, K-2)-1, deadline thresholds at SLO
+                    quantiles; sent thresholds at quantiles of the non-deadline flow sizes on
+                    the levels below them, down to K-2.
   mfs               MLU thresholds geometric from the median initial MLU of p2d flows (median
                     p2d time at the link rate over each SLO less the compute after p2d;
                     clamped to 0.01..0.5) up to 0.9; red_loose_ns = median SLO.
@@ -121,8 +122,14 @@ def calibrate(policy: str, workload: Workload | Mapping[str, Any], nlevels: int 
         th = _quantile_thresholds(w.flow_sizes, top)
         out |= {"size_thresholds": th, "size_levels": _spread(len(th), 0, top)}
     elif name == "karuna":
-        th = _quantile_thresholds(w.flow_sizes, max(top - 1, 0))
-        out |= {"sent_thresholds": th, "sent_levels": _spread(len(th), min(1, top), top)}
+        # deadline flows: the top min(3, K-1) levels, thresholds at SLO quantiles; the others below
+        nd = min(3, top)  # deadline levels 0..nd-1 (nd >= 1 when K >= 3)
+        dth = _quantile_thresholds(w.slos_ns, max(nd - 1, 0)) if nd > 1 else ()
+        out |= {"deadline_thresholds_ns": dth,
+                "deadline_levels": _spread(len(dth), 0, max(nd - 1, 0))}
+        below = min(nd, top)
+        th = _quantile_thresholds(w.flow_sizes, max(top - below, 0))
+        out |= {"sent_thresholds": th, "sent_levels": _spread(len(th), below, top)}
     elif name == "mfs":
         sizes = w.p2d_sizes or w.flow_sizes
         need = quantile(sizes, 0.5) * ps / 1000
