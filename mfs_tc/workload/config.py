@@ -92,15 +92,24 @@ class WorkloadConfig:
         if self.kind == "poisson" and self.load is None:
             raise ValueError("a poisson workload needs load (requests/s): set load")
         self.trace_path = Path(self.trace_path)
-        if isinstance(self.model, str):
-            model_preset(self.model)
         if isinstance(self.cluster, str):
             cluster_preset(self.cluster)
+        self.base_model()
+
+    def base_model(self) -> ModelShape:
+        """The model before `byte_scale`: a hardware preset is built for the cluster's prefill
+        group size; a shape fitted for another TP degree is an error naming the fix."""
+        g = self.cluster_shape().group_size
+        m = model_preset(self.model, tp=g) if isinstance(self.model, str) else self.model
+        if m.tp and m.tp != g:
+            raise ValueError(f"model {m.name} is for TP {m.tp} but the cluster's prefill groups "
+                             f"have {g} GPUs: use a cluster with groups of {m.tp} or build the "
+                             f"model for TP {g}")
+        return m
 
     def model_shape(self) -> ModelShape:
         """The model with `byte_scale` applied."""
-        base = model_preset(self.model) if isinstance(self.model, str) else self.model
-        return base.scaled(self.byte_scale)
+        return self.base_model().scaled(self.byte_scale)
 
     def cluster_shape(self) -> ClusterShape:
         return cluster_preset(self.cluster) if isinstance(self.cluster, str) else self.cluster
