@@ -30,7 +30,7 @@ def test_formats_detected_by_content(tmp_path: Path) -> None:
     j.write_text(json.dumps({"timestamp": 1500, "input_length": 700, "output_length": 3,
                              "hash_ids": [1, 2]}) + "\n")
     assert trace_format(j) == "mooncake"
-    assert list(read_records(j)) == [read_records(j).__next__()]
+    assert len(list(read_records(j))) == 1
     assert next(read_records(j)).t_s == 1.5 and next(read_records(j)).hashes == (1, 2)
     c = _csv(tmp_path, [(0.0, 100, 5), (0.5, 200, 6)], name="c.jsonl")
     assert trace_format(c) == "splitwise" and count_records(c) == 2
