@@ -108,3 +108,26 @@ def test_the_azure_conversation_trace() -> None:
     # the same file through the default (mooncake) kind with --trace: detected as CSV
     same = generate(WorkloadConfig(trace_path=SPLITWISE, num_requests=400, load=4.0))
     assert [r.input_tokens for r in same.requests] == [r.input_tokens for r in w.requests]
+
+
+def test_sim_run_takes_a_csv_trace_and_hardware_presets(tmp_path: Path, capsys) -> None:
+    """`mfs-tc sim run --trace FILE.csv` (default workload kind) on the paper's testbed with a
+    real model: seeds pick windows, the summary names the trace's format; a bad file is a clean
+    error."""
+    from mfs_tc.cli import main
+
+    p = _csv(tmp_path, [(0.1 * i, 400 + 211 * (i % 7), 20) for i in range(40)])
+    out = tmp_path / "res"
+    rc = main(["sim", "run", "-p", "mfs,fair", "--trace", str(p), "--requests", "15",
+               "--seeds", "1,2", "--load", "30", "--cluster", "paper", "--model", "llama3-8b",
+               "--no-plots", "--out", str(out)])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    wls = [r["workload"] for r in summary["runs"]]
+    assert {w["trace_format"] for w in wls} == {"splitwise"}
+    assert {w["trace_offset"] for w in wls} == {0, 15}
+    assert {w["model"] for w in wls} == {"llama3-8b:h100:tp4"} and wls[0]["hosts"] == 32
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    assert main(["sim", "run", "-p", "mfs", "--trace", str(bad), "--requests", "2"]) != 0
+    assert "not a known trace format" in capsys.readouterr().err
