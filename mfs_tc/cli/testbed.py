@@ -31,13 +31,13 @@ def _rate(text: str) -> float:
 @testbed_app.command("run")
 def run_cmd(
     policy: Annotated[str, typer.Option("--policy", "-p", help="Policies to compare, comma separated")] = "mfs,fair,edf,karuna,sjf,pias",
-    workload: Annotated[str, typer.Option(help="mooncake (the real trace) or poisson")] = "mooncake",
+    workload: Annotated[str, typer.Option(help="mooncake (the real trace), azure (the Azure conversation trace) or poisson")] = "mooncake",
     requests: Annotated[int, typer.Option("--requests", "-n", help="Requests per run")] = 40,
     load: Annotated[str, typer.Option(help="Arrival rate(s) in requests/s, comma separated for a sweep; 'trace' replays the Mooncake trace at its own rate")] = "3",
     slo_scale: Annotated[str, typer.Option(help="SLO = this x unloaded TTFT; comma separated for a sweep")] = "5",
     seed: Annotated[str, typer.Option(help="Seeds: 1,2,3 or 1-3")] = "1",
     rate: Annotated[str, typer.Option(help="Link rate of every host and switch port")] = "200mbit",
-    model: Annotated[str, typer.Option(help="Model shape: dense-small, dense-70b, moe-8x")] = "dense-small",
+    model: Annotated[str, typer.Option(help="Model shape: dense-small, dense-70b, moe-8x, or qwen-72b, llama3-70b, llama3-8b, mixtral-8x7b (docs/hardware.md)")] = "dense-small",
     max_batch: Annotated[Optional[int], typer.Option(help="Requests per prefill batch (workload default 4)")] = None,
     byte_scale: Annotated[Optional[float], typer.Option(help="Multiply every byte count (workload default 1/32)")] = None,
     spread_bursts: Annotated[bool, typer.Option("--spread-bursts/--no-spread-bursts", help="Spread the trace's same-timestamp bursts over the gap to the next timestamp")] = True,

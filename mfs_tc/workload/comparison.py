@@ -1,13 +1,13 @@
 """What a comparison run sweeps, shared by the netns testbed and the simulator: policies over the
 same arrivals, for every (seed, load, slo_scale) point. One copy of the validation and of how a
-point becomes a `WorkloadConfig` (including the Mooncake seed -> trace window rule)."""
+point becomes a `WorkloadConfig` (including the seed -> trace window rule of every trace kind)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import WorkloadConfig
+from .config import TRACE_KINDS, WorkloadConfig
 from .generate import trace_window
 from .shapes import ClusterShape
 
@@ -64,6 +64,6 @@ class ComparisonConfig:
                 kw[k] = v
         kw.update(overrides)
         cfg = WorkloadConfig(**kw)
-        if self.workload == "mooncake":
+        if self.workload in TRACE_KINDS:
             cfg.trace_offset = trace_window(cfg.trace_path, seed, self.num_requests)
         return cfg

@@ -7,32 +7,39 @@ from pathlib import Path
 
 from .shapes import CLUSTER_PRESETS, ClusterShape, ModelShape, cluster_preset, model_preset
 
-KINDS = ("mooncake", "poisson")
+# Trace kinds read `trace_path` (any format of `traces.py`, detected from the content); the kind
+# picks the default file. `trace` is a trace given by path only (`--trace FILE`).
+TRACE_KINDS = ("mooncake", "azure", "trace")
+KINDS = (*TRACE_KINDS, "poisson")
 INPUT_DISTS = ("fixed", "exponential", "lognormal")
 TRACE_NAME = "mooncake_conversation_trace.jsonl"
+TRACE_NAMES = {"mooncake": TRACE_NAME, "azure": "splitwise_conv.csv", "trace": TRACE_NAME}
 _REPO = Path(__file__).resolve().parents[2]
 
 
-def default_trace_path() -> Path:
-    """The real Mooncake trace, read in place: /work/shared/traces/..., or ../shared/traces/...
-    beside the repository."""
+def default_trace_path(kind: str = "mooncake") -> Path:
+    """The kind's real trace, read in place: /work/shared/traces/..., or ../shared/traces/...
+    beside the repository (`mooncake`: the Mooncake conversation trace; `azure`: the Azure
+    conversation trace as published with Splitwise)."""
+    name = TRACE_NAMES.get(kind, TRACE_NAME)
     for cand in (
-        Path("/work/shared/traces") / TRACE_NAME,
-        _REPO.parent / "shared" / "traces" / TRACE_NAME,
-        _REPO / ".." / "shared" / "traces" / TRACE_NAME,
+        Path("/work/shared/traces") / name,
+        _REPO.parent / "shared" / "traces" / name,
+        _REPO / ".." / "shared" / "traces" / name,
     ):
         if cand.is_file():
             return cand
-    return Path("/work/shared/traces") / TRACE_NAME
+    return Path("/work/shared/traces") / name
 
 
 @dataclass(slots=True)
 class WorkloadConfig:
     """How to build a workload.
 
-    Arrivals: `mooncake` replays the trace's timestamps multiplied by `time_scale` (0.5 = twice
+    Arrivals: a trace kind (`mooncake`, `azure`, `trace`: `trace_path`, default the kind's
+    shared trace, in any format `traces.py` reads) replays the trace's timestamps multiplied by `time_scale` (0.5 = twice
     the native rate); `poisson` draws exponential gaps. If `load` (requests/s) is set it wins:
-    for mooncake `time_scale` becomes native_rate / load over the selected requests; for poisson
+    for a trace `time_scale` becomes native_rate / load over the selected requests; for poisson
     it is the rate. `slo_s = slo_scale x unloaded TTFT`. Every byte count is multiplied by
     `byte_scale` (so an emulated 200 Mbit/s link is the bottleneck as 100G+ links are on a real
     cluster). `max_input_tokens` caps the trace's longest prompts (0: no cap).
@@ -50,11 +57,14 @@ class WorkloadConfig:
     max_batch: int = 4
     max_batch_tokens: int = 0  # 0: no token bound on a batch
     max_input_tokens: int = 32768
-    trace_path: Path = field(default_factory=default_trace_path)
+    trace_path: Path | None = None  # None: default_trace_path(kind)
     trace_offset: int = 0  # skip this many trace lines first (their blocks still count as seen)
     # the trace's timestamps come in bursts (300 lines share ~35 distinct times); True spreads
     # the requests of a burst uniformly at random (seeded) over the gap to the next timestamp
     spread_bursts: bool = True
+    # traces without prefix hashes (CSV): fraction of requests that continue an earlier
+    # conversation and reuse its history as a prefix (traces.ConversationReuse)
+    conversation_continue: float = 0.5
     # poisson only
     prefix_reuse: float = 0.3  # fraction of each prompt (whole blocks) that is a reused prefix
     input_dist: str = "lognormal"
@@ -91,19 +101,33 @@ class WorkloadConfig:
             raise ValueError("input_mean_tokens must be >= 1 and input_sigma >= 0")
         if self.kind == "poisson" and self.load is None:
             raise ValueError("a poisson workload needs load (requests/s): set load")
-        self.trace_path = Path(self.trace_path)
-        if isinstance(self.model, str):
-            model_preset(self.model)
+        if not 0.0 <= self.conversation_continue <= 1.0:
+            raise ValueError(f"conversation_continue must be in [0, 1], got {self.conversation_continue}")
+        if self.kind == "trace" and self.trace_path is None:
+            raise ValueError("workload kind 'trace' reads the file given by --trace FILE (trace_path=)")
+        self.trace_path = Path(self.trace_path) if self.trace_path is not None else \
+            default_trace_path(self.kind)
         if isinstance(self.cluster, str):
             cluster_preset(self.cluster)
+        self.base_model()
+
+    def base_model(self) -> ModelShape:
+        """The model before `byte_scale`: a hardware preset is built for the cluster's prefill
+        group size; a shape fitted for another TP degree is an error naming the fix."""
+        g = self.cluster_shape().group_size
+        m = model_preset(self.model, tp=g) if isinstance(self.model, str) else self.model
+        if m.tp and m.tp != g:
+            raise ValueError(f"model {m.name} is for TP {m.tp} but the cluster's prefill groups "
+                             f"have {g} GPUs: use a cluster with groups of {m.tp} or build the "
+                             f"model for TP {g}")
+        return m
 
     def model_shape(self) -> ModelShape:
         """The model with `byte_scale` applied."""
-        base = model_preset(self.model) if isinstance(self.model, str) else self.model
-        return base.scaled(self.byte_scale)
+        return self.base_model().scaled(self.byte_scale)
 
     def cluster_shape(self) -> ClusterShape:
         return cluster_preset(self.cluster) if isinstance(self.cluster, str) else self.cluster
 
 
-__all__ = ["WorkloadConfig", "KINDS", "INPUT_DISTS", "default_trace_path", "CLUSTER_PRESETS"]
+__all__ = ["WorkloadConfig", "KINDS", "TRACE_KINDS", "INPUT_DISTS", "default_trace_path", "CLUSTER_PRESETS"]

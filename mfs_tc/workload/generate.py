@@ -1,16 +1,18 @@
 """`generate(cfg) -> Workload`: the request list both the testbed and the simulator replay.
 
-Mooncake: each trace line has `timestamp` (arrival, ms), `input_length`, `output_length` and
-`hash_ids` (one hash per 512-token prefix block). A request reuses the longest leading run of its
-blocks that earlier requests (earlier lines, including skipped ones) have already produced; those
-tokens' KV is fetched from the KV store, the rest is computed. Poisson: exponential gaps at
+Traces (`traces.py`: Mooncake JSONL, Splitwise/Azure CSV, detected from the content). Mooncake:
+each trace line has `timestamp` (arrival, ms), `input_length`, `output_length` and `hash_ids`
+(one hash per 512-token prefix block). A request reuses the longest leading run of its blocks
+that earlier requests (earlier lines, including skipped ones) have already produced; those
+tokens' KV is fetched from the KV store, the rest is computed. CSV traces have no hashes: reuse
+follows `traces.ConversationReuse` (a seeded conversation model over the whole trace).
+Poisson: exponential gaps at
 `load` requests/s, input lengths from `input_dist`, `prefix_reuse` of each prompt (whole blocks)
 reused, prefixes spread over the KV hosts at random. Deterministic for a given config and seed.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass, replace
@@ -21,6 +23,7 @@ from .batching import plan_batch
 from .config import WorkloadConfig
 from .shapes import ClusterShape, ModelShape
 from .spec import RequestSpec
+from .traces import ConversationReuse, count_records, read_records, trace_format
 
 _M64 = (1 << 64) - 1
 
@@ -57,6 +60,9 @@ class Workload:
         n = len(self.requests)
         return {
             "kind": self.cfg.kind,
+            **({"trace": Path(self.cfg.trace_path).name, "trace_format":
+                trace_format(self.cfg.trace_path), "trace_offset": self.cfg.trace_offset}
+               if self.cfg.kind != "poisson" else {}),
             "requests": n,
             "duration_s": self.duration_s,
             "rate_rps": self.rate if n > 1 else 0.0,
@@ -80,44 +86,26 @@ class _Raw:
     key: int  # placement key of the reused prefix
 
 
-def _check_trace(path: Path) -> None:
-    if not path.is_file():
-        raise MfsError(
-            f"Mooncake trace not found at {path}: pass --trace PATH (or trace_path=) pointing at "
-            "mooncake_conversation_trace.jsonl, or use a poisson workload (--workload poisson)"
-        )
-
-
 def _read_trace(cfg: WorkloadConfig, block_tokens: int) -> list[_Raw]:
     path = Path(cfg.trace_path)
-    _check_trace(path)
+    reuse = ConversationReuse(block_tokens, cfg.conversation_continue)
     seen: set[int] = set()
     out: list[_Raw] = []
-    want = cfg.trace_offset + cfg.num_requests
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
-            if len(out) >= want:
-                break
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-                ts = float(rec["timestamp"]) / 1000.0
-                inp = int(rec["input_length"])
-                outl = int(rec.get("output_length", 0))
-                hashes = [int(h) for h in rec.get("hash_ids", [])]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise MfsError(f"{path}:{lineno}: not a Mooncake trace line ({exc})") from None
+    for rec in read_records(path, cfg.trace_offset + cfg.num_requests):
+        inp = rec.input_tokens
+        if cfg.max_input_tokens and inp > cfg.max_input_tokens:
+            inp = cfg.max_input_tokens
+        if rec.hashes is not None:
+            hashes = rec.hashes
             k = 0
             while k < len(hashes) and hashes[k] in seen:
                 k += 1
             seen.update(hashes)
-            if cfg.max_input_tokens and inp > cfg.max_input_tokens:
-                inp = cfg.max_input_tokens
-            reused = min(k * block_tokens, inp)
+            reused = k * block_tokens
             key = hashes[k - 1] if k else 0
-            out.append(_Raw(ts, max(inp, 1), outl, reused, key))
+        else:
+            reused, key = reuse.next(inp, rec.output_tokens)
+        out.append(_Raw(rec.t_s, max(inp, 1), rec.output_tokens, min(reused, inp), key))
     out = out[cfg.trace_offset:]
     if not out:
         raise MfsError(f"{path}: no requests after offset {cfg.trace_offset}")
@@ -179,16 +167,10 @@ def _poisson(cfg: WorkloadConfig, block_tokens: int) -> list[_Raw]:
 
 
 def trace_window(path: Path, seed: int, n: int) -> int:
-    """Trace offset of seed's window of `n` requests: seed 1 the first n lines, seed 2 the next
-    n... (wrapping around within the trace). The trace has no randomness of its own, so the
-    testbed and the simulator both let a seed pick a window."""
-    _check_trace(Path(path))
-    try:
-        with open(path, "rb") as f:
-            lines = sum(1 for _ in f)
-    except OSError as exc:
-        raise MfsError(f"cannot read the Mooncake trace {path}: {exc}") from exc
-    span = max(1, lines - n)
+    """Trace offset of seed's window of `n` requests: seed 1 the first n requests, seed 2 the
+    next n... (wrapping around within the trace). A trace has no randomness of its own, so the
+    testbed and the simulator both let a seed pick a window. Any trace format (`traces.py`)."""
+    span = max(1, count_records(Path(path)) - n)
     return ((max(seed, 1) - 1) * n) % span
 
 
@@ -197,7 +179,7 @@ def generate(cfg: WorkloadConfig) -> Workload:
     cfg.validate()
     model = cfg.model_shape()
     cluster = cfg.cluster_shape()
-    raws = _read_trace(cfg, model.block_tokens) if cfg.kind == "mooncake" else _poisson(cfg, model.block_tokens)
+    raws = _poisson(cfg, model.block_tokens) if cfg.kind == "poisson" else _read_trace(cfg, model.block_tokens)
     reqs: list[RequestSpec] = []
     for i, r in enumerate(raws):
         spec = RequestSpec(

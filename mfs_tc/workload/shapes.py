@@ -40,6 +40,8 @@ class ModelShape:
     compute_c_s_per_token2: float = 0.0
     decode_step_s: float = 0.005
     block_tokens: int = 512
+    gpu: str = ""  # hardware presets: the GPU the compute was measured on
+    tp: int = 0  # hardware presets: the prefill group size G the compute is for (0: any)
 
     def __post_init__(self) -> None:
         if self.layer_groups < 1:
@@ -108,13 +110,29 @@ MODEL_PRESETS: dict[str, ModelShape] = {
 }
 
 
-def model_preset(name: str) -> ModelShape:
-    try:
+def model_names() -> list[str]:
+    """Every model preset name: the synthetic shapes above and the hardware presets
+    (`hardware.py`, each also as `<name>:a100`, `<name>:h100:tp4`...)."""
+    from .hardware import HF_CONFIGS
+
+    return [*MODEL_PRESETS, *HF_CONFIGS]
+
+
+def model_preset(name: str, tp: int | None = None) -> ModelShape:
+    """The preset `name`. Hardware presets (`qwen-72b`, `llama3-70b`, `llama3-8b`,
+    `mixtral-8x7b`, optionally `:a100` / `:h100` and `:tp<G>`) are built for TP degree `tp`
+    (pass the cluster's group size) unless the name fixes it; the synthetic ones ignore `tp`."""
+    if name in MODEL_PRESETS:
         return MODEL_PRESETS[name]
-    except KeyError:
+    from .hardware import hardware_model
+
+    shape = hardware_model(name, tp)
+    if shape is None:
         raise ValueError(
-            f"unknown model shape {name!r}: choose one of {', '.join(MODEL_PRESETS)}"
-        ) from None
+            f"unknown model shape {name!r}: choose one of {', '.join(model_names())} "
+            "(hardware ones also as NAME:a100 or NAME:h100:tp4)"
+        )
+    return shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +201,20 @@ CLUSTER_PRESETS: dict[str, ClusterShape] = {
     # 1,024 GPUs: 128 groups of 8, 64 KV and 64 decode NICs, 400 Gbit/s
     "c1024": ClusterShape(kv_hosts=64, prefill_groups=128, group_size=8, decode_hosts=64,
                           link_rate_bps=400e9, hosts_per_rack=64, oversubscription=2.0),
+    # As deployed (docs/hardware.md has the sources and the split). The paper's testbed: 8
+    # servers x 4 GPUs, one 100 Gbit/s NIC per GPU, one switch: 1 KV server (4 NICs), 5 prefill
+    # servers (5 groups of TP 4), 2 decode servers (8 decode GPUs).
+    "paper": ClusterShape(kv_hosts=4, prefill_groups=5, group_size=4, decode_hosts=8,
+                          link_rate_bps=100e9),
+    # 32 DGX-A100-class servers, 8 GPUs each with its own 200 Gbit/s NIC (256 hosts): 4 KV
+    # servers, 20 prefill servers (TP 8), 8 decode servers; leaves of 32 NICs (4 servers) with
+    # 16 uplinks: 2:1.
+    "ls256-200g": ClusterShape(kv_hosts=32, prefill_groups=20, group_size=8, decode_hosts=64,
+                               link_rate_bps=200e9, hosts_per_rack=32, oversubscription=2.0),
+    # 72 DGX-H100-class servers, 8 x 400 Gbit/s NICs each (576 hosts): 8 KV, 48 prefill (TP 8),
+    # 16 decode servers; 64-port 400G leaves, 48 NICs (6 servers) down, 16 up: 3:1.
+    "ls576-400g": ClusterShape(kv_hosts=64, prefill_groups=48, group_size=8, decode_hosts=128,
+                               link_rate_bps=400e9, hosts_per_rack=48, oversubscription=3.0),
 }
 
 
