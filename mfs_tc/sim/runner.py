@@ -83,7 +83,7 @@ def summarize(res: SimResult, seed: int, load: float | None, slo_scale: float | 
         extra={"source": "sim", "stage_bytes": {k: int(v) for k, v in res.stage_bytes.items()},
                "sim_time_s": res.sim_time_s, "wall_s": res.wall_s, "events": res.events,
                "flows": res.flows, "recomputes": res.recomputes, "tick_s": res.tick_s,
-               "workload": wl.summary()})
+               "net_util": res.net_util, "workload": wl.summary()})
 
 
 def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> list[dict]:
