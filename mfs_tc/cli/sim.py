@@ -51,6 +51,7 @@ def run_cmd(
     flow_setup_ms: Annotated[float, typer.Option(help="Per-flow setup latency in ms (connection + registration; 0: fluid ideal)")] = 0.0,
     aggregate_groups: Annotated[bool, typer.Option(help="Simulate each prefill group's G symmetric rank flows as one weighted flow (exact; much faster)")] = True,
     policy_config: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE policy setting (repeatable)")] = None,
+    bound: Annotated[bool, typer.Option(help="Compute the reference bound per point (mfs_tc.bound: an LP no schedule beats)")] = True,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results directory (requests.csv, summary.json, plots)")] = None,
     plots: Annotated[bool, typer.Option(help="Write PNG plots")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
@@ -71,6 +72,7 @@ def run_cmd(
             spread_bursts=spread_bursts, levels=levels,
             tick_s=tick_ms / 1e3, flow_setup_s=flow_setup_ms / 1e3,
             aggregate_groups=aggregate_groups, policy_config=_policy_config(policy_config or []),
+            bound=bound,
         )
         summary = run(cfg, out, plots=plots)
     except ValueError as exc:
