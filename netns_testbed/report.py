@@ -25,6 +25,36 @@ CSV_FIELDS = ["request_id", "policy", "arrival_s", "slo_s", "ttft_s", "met", "kv
 STAGE_FIELDS = ("queue_s", "kv_fetch_s", "collective_s", "p2d_s")
 TARGET_ATTAINMENT = 0.9
 
+# One colour per policy name in every figure, whatever the order of --policy (tab10 and a few
+# more); names not listed get a stable colour from their name.
+POLICY_COLORS = {
+    "mfs": "#d62728", "mfs-laxity": "#ff7f0e", "fair": "#7f7f7f", "edf": "#1f77b4",
+    "sjf": "#2ca02c", "karuna": "#9467bd", "pias": "#8c564b", "llf-oracle": "#e377c2",
+    "srpt": "#17becf", "fifo": "#bcbd22", "bound": "#000000",
+}
+_SPARE_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
+
+
+def policy_color(name: str) -> str:
+    c = POLICY_COLORS.get(name)
+    if c is None:
+        import zlib
+
+        c = _SPARE_COLORS[zlib.crc32(name.encode()) % len(_SPARE_COLORS)]
+    return c
+
+
+def t_halfwidth(values: Sequence[float], confidence: float = 0.95) -> float | None:
+    """Half-width of the two-sided `confidence` interval of the mean of `values` (Student's t
+    with n-1 degrees of freedom, sample standard deviation); None for fewer than 2 values."""
+    n = len(values)
+    if n < 2:
+        return None
+    from scipy.stats import t as student_t
+
+    sd = statistics.stdev(values)
+    return float(student_t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+
 
 def percentile(xs: Sequence[float], p: float) -> float | None:
     """Nearest-rank-interpolated percentile (p in 0..100); None for no data."""
@@ -96,8 +126,34 @@ def aggregate(runs: list[dict]) -> list[dict]:
             agg[k + "_min"] = min(v) if v else None
             agg[k + "_max"] = max(v) if v else None
             agg[k + "_std"] = statistics.pstdev(v) if len(v) > 1 else 0.0 if v else None
+        att = [r["attainment"] for r in rs if r.get("attainment") is not None]
+        agg["attainment_ci95"] = t_halfwidth(att)
+        nu = _mean_net_util([r["net_util"] for r in rs if r.get("net_util")])
+        if nu:
+            agg["net_util"] = nu
+        bounds = [r["bound"]["attainment"] for r in rs if r.get("bound")]
+        if bounds:
+            agg["bound"] = statistics.fmean(bounds)
         out.append(agg)
     return out
+
+
+def _mean_net_util(nus: list[dict]) -> dict:
+    """Per link class, the mean over runs (seeds) of each utilisation figure (sim.netutil)."""
+    out: dict = {}
+    for cls in dict.fromkeys(c for nu in nus for c in nu):
+        vs = [nu[cls] for nu in nus if cls in nu]
+        out[cls] = {k: statistics.fmean(v[k] for v in vs) for k in vs[0] if k != "links"}
+        out[cls]["links"] = vs[0].get("links")
+    return out
+
+
+def net_util_headline(nu: dict | None) -> str:
+    """The most loaded link class (highest p99, then mean) as 'class mean/p99'."""
+    if not nu:
+        return "-"
+    cls, v = max(nu.items(), key=lambda kv: (kv[1]["p99"], kv[1]["mean"]))
+    return f"{cls} {v['mean']:.2f}/{v['p99']:.2f}"
 
 
 def sweep(aggs: list[dict], target: float = TARGET_ATTAINMENT) -> dict:
@@ -201,8 +257,7 @@ def render_plots(out_dir: Path, summary: dict, runs: list[dict]) -> list[Path]:
     made: list[Path] = []
     aggs = summary["policies"]
     policies = list(dict.fromkeys(a["policy"] for a in aggs))
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    color = {p: cycle[i % len(cycle)] for i, p in enumerate(policies)}
+    color = {p: policy_color(p) for p in policies}
     # TTFT CDF per policy (normalised by SLO so requests of different sizes compare), at the
     # highest load point run
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -268,8 +323,12 @@ def table(summary: dict) -> str:
     """A readable table: one line per policy and point (means over seeds, spread of attainment)."""
     head = f"{'policy':<12} {'load':>6} {'slo':>5} {'seeds':>5} {'attain':>7} {'spread':>13} " \
            f"{'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'CCT ms':>8} {'p2d early ms':>12}"
+    aggs = summary["policies"]
+    extra = any(a.get("net_util") or a.get("bound") is not None for a in aggs)
+    if extra:  # simulator runs: the reference bound and the most loaded link class
+        head += f" {'bound':>6} {'net util (mean/p99)':>24}"
     lines = [head, "-" * len(head)]
-    for a in summary["policies"]:
+    for a in aggs:
         spread = f"{_fmt(a['attainment_min'], 1, '.2f')}-{_fmt(a['attainment_max'], 1, '.2f')}"
         if a.get("attainment_std") is not None:
             spread += f" ±{a['attainment_std']:.2f}"
@@ -278,7 +337,9 @@ def table(summary: dict) -> str:
             f"{len(a['seeds']):>5} {_fmt(a['attainment'], 1, '.3f'):>7} {spread:>13} "
             f"{_fmt(a['ttft_p50_s'], 1e3, '.0f'):>8} {_fmt(a['ttft_p90_s'], 1e3, '.0f'):>8} "
             f"{_fmt(a['ttft_p99_s'], 1e3, '.0f'):>8} {_fmt(a['cct_mean_s'], 1e3, '.1f'):>8} "
-            f"{_fmt(a['p2d_earliness_mean_s'], 1e3, '.0f'):>12}")
+            f"{_fmt(a['p2d_earliness_mean_s'], 1e3, '.0f'):>12}"
+            + (f" {_fmt(a.get('bound'), 1, '.3f'):>6} {net_util_headline(a.get('net_util')):>24}"
+               if extra else ""))
     sw = summary.get("sweep") or {}
     if sw.get("max_load_at_target"):
         lines.append("")

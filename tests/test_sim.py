@@ -254,3 +254,47 @@ def test_group_aggregation_refuses_straddling_racks() -> None:
                       hosts_per_rack=2)
     with pytest.raises(ValueError, match="straddle racks"):
         Fabric.for_cluster(cl, aggregate_groups=True)
+
+
+# ---- network utilisation (sim.netutil) ----------------------------------------------------------
+
+
+def test_link_meter_windows() -> None:
+    from mfs_tc.sim.netutil import BINS, LinkMeter
+
+    m = LinkMeter(1000.0, 0.01)
+    m.set_rate(0.005, 500.0)  # half the link from 5 ms to 25 ms
+    m.set_rate(0.025, 0.0)
+    m.close(0.03)
+    # windows [0,10) 0.25, [10,20) 0.5, [20,30) 0.25
+    assert m.hist[BINS // 4] == 2 and m.hist[BINS // 2] == 1 and sum(m.hist) == 3
+
+
+def test_net_util_per_link_class() -> None:
+    # one 1000 B p2d flow at 1000 B/s: prefill uplink and decode downlink busy 1.0 s of 1.01 s
+    w = _workload([1000], 8000.0)
+    res = simulate(w, ById({}))
+    nu = res.net_util
+    assert set(nu) == {"kv_up", "kv_down", "prefill_up", "prefill_down", "decode_up", "decode_down"}
+    for cls in ("prefill_up", "decode_down"):
+        assert nu[cls]["mean"] == pytest.approx(1.0 / 1.01)
+        assert nu[cls]["p99"] == pytest.approx(1.0)  # 100 busy windows of 101
+        assert nu[cls]["links"] == 1
+    assert nu["kv_up"]["mean"] == 0.0 and nu["kv_up"]["p99"] == 0.0
+    assert nu["prefill_down"]["p99"] == 0.0
+
+
+def test_net_util_leaf_spine_and_aggregated_groups() -> None:
+    from mfs_tc.sim.runner import make_sim_policy
+    from mfs_tc.workload import generate
+
+    w = generate(WorkloadConfig(kind="poisson", load=12.0, num_requests=40, model="dense-70b",
+                                cluster="c256", byte_scale=1.0))
+    pol = lambda: make_sim_policy("fair", nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={})
+    a, b = simulate(w, pol(), aggregate_groups=False), simulate(w, pol(), aggregate_groups=True)
+    assert {"leaf_up", "leaf_down"} <= set(a.net_util)
+    assert a.net_util["prefill_up"]["links"] == b.net_util["prefill_up"]["links"] == 24 * 8
+    for cls, v in a.net_util.items():  # aggregation changes nothing here either
+        assert b.net_util[cls]["mean"] == pytest.approx(v["mean"], rel=1e-6, abs=1e-12), cls
+        assert b.net_util[cls]["p99"] == pytest.approx(v["p99"], abs=0.0051), cls
+        assert 0.0 <= v["mean"] <= v["max_link_mean"] <= 1.0 + 1e-9

@@ -44,6 +44,7 @@ from ..workload import (
     request_estimate,
     to_model_request,
 )
+from . import netutil
 from .due import next_change_ns
 from .fabric import Fabric
 from .fluid import FluidFlow, FluidNetwork
@@ -87,6 +88,7 @@ class SimResult:
     flows: int
     tick_s: float
     stats: dict = field(default_factory=dict)
+    net_util: dict = field(default_factory=dict)  # per link class, see sim.netutil
 
     @property
     def attainment(self) -> float:
@@ -286,11 +288,13 @@ class Simulator:
         # settle bytes of anything still live (horizon reached)
         for f in list(self.net.flows):
             self.net.settle(f, self.t)
+        self.net.close_meters(self.t)
         return SimResult(
             policy=self.policy.name, requests=[self.out[s.request_id] for s in self.w.requests],
             ccts_s=self.ccts, level_bytes=list(self.net.level_bytes), stage_bytes=self.stage_bytes,
             sim_time_s=self.t, wall_s=time.perf_counter() - wall0, events=self.events,
             recomputes=self.net.recomputes, flows=self.flows_started, tick_s=self.tick_s,
+            net_util=netutil.summarize(self.fabric, self.net.meters, self.t, self.rate_Bps),
         )
 
     # ---- requests and batches -----------------------------------------------------------------

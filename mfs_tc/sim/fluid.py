@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 
 from .fabric import Link
+from .netutil import WINDOW_S, LinkMeter
 
 EPS_BYTES = 1e-6
 
@@ -47,8 +48,12 @@ class FluidFlow:
 class FluidNetwork:
     """Holds active flows and their rates; the event loop owns the clock."""
 
-    def __init__(self, nlevels: int = 8) -> None:
+    def __init__(self, nlevels: int = 8, window_s: float = WINDOW_S) -> None:
         self.nlevels = nlevels
+        # per-link utilisation accounting (netutil): a link's aggregate rate after each
+        # re-allocation, accounted into windows of window_s
+        self.window_s = window_s
+        self.meters: dict[Link, LinkMeter] = {}
         self.flows: set[FluidFlow] = set()
         self.level_bytes = [0.0] * nlevels
         self._dirty: set[Link] = set()
@@ -144,8 +149,19 @@ class FluidNetwork:
                 for l2 in path:
                     if l2 not in links:
                         stack.append(l2)
-        _fill(links, classes)
+        resid = _fill(links, classes)
+        meters = self.meters
+        for ln in links:
+            m = meters.get(ln)
+            if m is None:
+                meters[ln] = m = LinkMeter(ln.capacity, self.window_s)
+            m.set_rate(t, ln.capacity - resid[ln])
         return [f for f in seen if f.rate != f.prev_rate]
+
+    def close_meters(self, t: float) -> None:
+        """Account every link's utilisation up to the horizon `t`."""
+        for m in self.meters.values():
+            m.close(t)
 
 
 def allocate(links: set[Link], flows: set[FluidFlow]) -> None:
@@ -165,9 +181,10 @@ def allocate(links: set[Link], flows: set[FluidFlow]) -> None:
     _fill(links, classes)
 
 
-def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> None:
+def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, float]:
     """Progressive filling of classes [level, path, flows, frozen, real flow count], level by
-    level; a fluid flow standing for w real flows gets w shares."""
+    level; a fluid flow standing for w real flows gets w shares. Returns each link's capacity
+    left unallocated."""
     resid = {ln: ln.capacity for ln in links}
     by_level: dict[int, list[list]] = {}
     for c in classes.values():
@@ -225,3 +242,4 @@ def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> None:
                 if cnt[l2] > 0:
                     r = resid[l2]
                     heapq.heappush(heap, ((r if r > 0 else 0.0) / cnt[l2], id(l2), l2))
+    return resid

@@ -37,6 +37,7 @@ class SimRunConfig(ComparisonConfig):
     tick_s: float = 0.001
     flow_setup_s: float = 0.0
     aggregate_groups: bool = True  # exact for plan_batch workloads (see sim.engine)
+    bound: bool = True  # the reference bound per point (mfs_tc.bound), in each run's summary
 
     def __post_init__(self) -> None:
         ComparisonConfig.__post_init__(self)
@@ -83,7 +84,14 @@ def summarize(res: SimResult, seed: int, load: float | None, slo_scale: float | 
         extra={"source": "sim", "stage_bytes": {k: int(v) for k, v in res.stage_bytes.items()},
                "sim_time_s": res.sim_time_s, "wall_s": res.wall_s, "events": res.events,
                "flows": res.flows, "recomputes": res.recomputes, "tick_s": res.tick_s,
-               "workload": wl.summary()})
+               "net_util": res.net_util, "workload": wl.summary()})
+
+
+def point_bound(wl: Workload) -> dict:
+    """The reference bound of one point's workload (the same for every policy)."""
+    from ..bound import reference_bound
+
+    return reference_bound(wl)
 
 
 def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> list[dict]:
@@ -92,6 +100,7 @@ def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> l
         for load in cfg.loads:
             for slo in cfg.slo_scales:
                 wl = generate(cfg.workload_config(seed, load, slo))
+                bnd = point_bound(wl) if cfg.bound else None
                 for name in cfg.policies:
                     pol = make_sim_policy(name, nlevels=cfg.levels,
                                           ref_rate_bps=wl.cluster.link_rate_bps,
@@ -100,6 +109,8 @@ def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> l
                     res = simulate(wl, pol, tick_s=cfg.tick_s, flow_setup_s=cfg.flow_setup_s,
                                    aggregate_groups=cfg.aggregate_groups)
                     run = summarize(res, seed, load, slo, wl)
+                    if bnd is not None:
+                        run["bound"] = bnd
                     runs.append(run)
                     if progress_out is not None:
                         print(f"sim {name:10s} seed={seed} load={load} slo_scale={slo}: "

@@ -1,0 +1,401 @@
+"""`mfs-tc sim matrix`: every policy on every point of a set of scenarios, in parallel, resumable.
+
+A scenario is a workload kind, model, cluster, its loads (light to overload), SLO scales and
+request count; a point is (scenario, seed, load, slo_scale). Each point is one task: generate
+its workload once, compute the reference bound (`mfs_tc.bound`) and simulate each policy still
+missing. Tasks run on a local process pool (`jobs`, default all cores), serially (`jobs=1`), or on
+Ray (`executor="ray"`, optional extra `mfs-tc[ray]`). Every finished run (and every point's
+bound) is appended at once as one JSON line to `runs.jsonl` in the output directory, so an
+interrupted matrix resumes where it stopped: on restart, lines already there are not recomputed.
+Results per scenario go through `netns_testbed.report` (aggregate over seeds with a 95% t
+confidence interval, the load held at 90% attainment interpolated by `sweep`), into
+`matrix.json`, a table, and `matrix.png` (one subplot per scenario, attainment vs load).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, TextIO
+
+from ..workload.comparison import DEFAULT_POLICIES
+
+SCHEMA = "mfs-tc-matrix/1"
+RUNS_FILE = "runs.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    workload: str = "mooncake"
+    model: str = "dense-small"
+    cluster: str = "testbed"
+    loads: tuple[float, ...] = (1.0, 2.0, 3.0)
+    slo_scales: tuple[float, ...] = (5.0,)
+    requests: int = 40
+    byte_scale: float | None = None  # None: the simulator's default for the cluster
+
+    def spec(self) -> dict:
+        d = asdict(self)
+        d["loads"], d["slo_scales"] = list(self.loads), list(self.slo_scales)
+        return d
+
+
+# The documented default matrix (docs/simulator.md): light load to overload on each.
+SCENARIOS: dict[str, Scenario] = {
+    "testbed-mooncake": Scenario("testbed-mooncake", "mooncake", "dense-small", "testbed",
+                                 (1.0, 1.5, 2.0, 2.5, 3.0), (5.0,), 40),
+    "testbed-poisson": Scenario("testbed-poisson", "poisson", "dense-small", "testbed",
+                                (0.75, 1.0, 1.5, 2.0, 3.0), (3.0,), 60),
+    "testbed-moe-poisson": Scenario("testbed-moe-poisson", "poisson", "moe-8x", "testbed",
+                                    (0.5, 1.0, 1.5, 2.0, 3.0), (3.0,), 60),
+    "c256-dense70b-poisson": Scenario("c256-dense70b-poisson", "poisson", "dense-70b", "c256",
+                                      (8.0, 12.0, 16.0, 20.0), (5.0,), 1000),
+}
+DEFAULT_SCENARIOS = tuple(SCENARIOS)
+
+
+def parse_scenario(text: str) -> Scenario:
+    """A preset name, or KEY=VALUE pairs separated by commas (lists with '/'), e.g.
+    name=moe,workload=poisson,model=moe-8x,cluster=testbed,loads=1/2/3,slo=3,requests=60."""
+    text = text.strip()
+    if "=" not in text:
+        if text not in SCENARIOS:
+            raise ValueError(f"unknown scenario {text!r}: choose one of {', '.join(SCENARIOS)} "
+                             "or give KEY=VALUE pairs (name=...,workload=...,loads=1/2/3)")
+        return SCENARIOS[text]
+    kw: dict = {}
+    for item in text.split(","):
+        if "=" not in item:
+            raise ValueError(f"bad scenario item {item!r} in {text!r}: use KEY=VALUE")
+        k, v = (x.strip() for x in item.split("=", 1))
+        try:
+            if k in ("loads", "load"):
+                kw["loads"] = tuple(float(x) for x in v.split("/"))
+            elif k in ("slo", "slo_scale", "slo_scales"):
+                kw["slo_scales"] = tuple(float(x) for x in v.split("/"))
+            elif k == "requests":
+                kw["requests"] = int(v)
+            elif k == "byte_scale":
+                kw["byte_scale"] = float(v)
+            elif k in ("name", "workload", "model", "cluster"):
+                kw[k] = v
+            else:
+                raise ValueError(f"unknown scenario key {k!r}: use name, workload, model, "
+                                 "cluster, loads, slo, requests, byte_scale")
+        except ValueError as exc:
+            if "scenario key" in str(exc):
+                raise
+            raise ValueError(f"bad value for {k} in scenario {text!r}: {v!r}") from None
+    kw.setdefault("name", "-".join(str(kw.get(k, "")) for k in ("cluster", "model", "workload")
+                                   if kw.get(k)) or "custom")
+    sc = Scenario(**kw)
+    if not sc.loads or any(x <= 0 for x in sc.loads) or any(x <= 0 for x in sc.slo_scales):
+        raise ValueError(f"scenario {sc.name}: loads and slo scales must be positive")
+    return sc
+
+
+@dataclass(slots=True)
+class MatrixConfig:
+    scenarios: list[Scenario] = field(default_factory=lambda: [SCENARIOS[n] for n in DEFAULT_SCENARIOS])
+    policies: list[str] = field(default_factory=lambda: list(DEFAULT_POLICIES))
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    levels: int = 8
+    tick_s: float = 0.001
+    flow_setup_s: float = 0.0
+    bound: bool = True
+    policy_config: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.scenarios:
+            raise ValueError("no scenario given")
+        names = [s.name for s in self.scenarios]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a scenario name is used twice: {','.join(names)}")
+        from ..workload import KINDS, model_preset
+
+        for s in self.scenarios:  # validate through the simulator's own config
+            if s.workload not in KINDS:
+                raise ValueError(f"scenario {s.name}: workload must be one of {', '.join(KINDS)}, "
+                                 f"got {s.workload!r}")
+            model_preset(s.model)
+            self.sim_config(s, self.policies, 1, s.loads[0], s.slo_scales[0])
+
+    def sim_config(self, sc: Scenario, policies: list[str], seed: int, load: float, slo: float):
+        from .runner import SimRunConfig
+
+        return SimRunConfig(policies=list(policies), seeds=[seed], loads=[load], slo_scales=[slo],
+                            workload=sc.workload, num_requests=sc.requests, model=sc.model,
+                            cluster=sc.cluster, byte_scale=sc.byte_scale, levels=self.levels,
+                            tick_s=self.tick_s, flow_setup_s=self.flow_setup_s,
+                            policy_config=dict(self.policy_config), bound=False)
+
+
+def _key(scenario: str, seed: int, load: float, slo: float, policy: str | None) -> tuple:
+    return (scenario, int(seed), float(load), float(slo), policy)
+
+
+def run_point(task: dict) -> list[dict]:
+    """One point: its workload, its bound (if asked) and the asked policies. Returns the JSON
+    lines (module-level so that process pools and Ray can ship it)."""
+    from ..workload import generate
+    from .engine import simulate
+    from .runner import make_sim_policy, point_bound, summarize
+
+    cfg = MatrixConfig(**task["config"]) if isinstance(task["config"], dict) else task["config"]
+    sc = Scenario(**{**task["scenario"], "loads": tuple(task["scenario"]["loads"]),
+                     "slo_scales": tuple(task["scenario"]["slo_scales"])})
+    seed, load, slo = task["seed"], task["load"], task["slo_scale"]
+    scfg = cfg.sim_config(sc, task["policies"] or cfg.policies, seed, load, slo)
+    wl = generate(scfg.workload_config(seed, load, slo))
+    base = {"scenario": sc.name, "spec": sc.spec(), "seed": seed, "load": load, "slo_scale": slo}
+    lines = []
+    if task["bound"]:
+        lines.append({**base, "kind": "bound", "bound": point_bound(wl)})
+    for name in task["policies"]:
+        pol = make_sim_policy(name, nlevels=scfg.levels, ref_rate_bps=wl.cluster.link_rate_bps,
+                              config=scfg.policy_config)
+        res = simulate(wl, pol, tick_s=scfg.tick_s, flow_setup_s=scfg.flow_setup_s,
+                       aggregate_groups=scfg.aggregate_groups)
+        run = summarize(res, seed, load, slo, wl)
+        run.pop("rows", None)
+        lines.append({**base, "kind": "run", "policy": name, "run": run})
+    return lines
+
+
+def read_lines(path: Path) -> list[dict]:
+    """The JSON lines written so far (a torn last line from an interrupted run is dropped)."""
+    if not path.is_file():
+        return []
+    out = []
+    for raw in path.read_text().splitlines():
+        if not raw.strip():
+            continue
+        try:
+            out.append(json.loads(raw))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def plan_tasks(cfg: MatrixConfig, done: list[dict]) -> list[dict]:
+    """Tasks for every point with a policy run or bound not yet in `done`."""
+    specs = {s.name: s.spec() for s in cfg.scenarios}
+    have: set[tuple] = set()
+    for ln in done:
+        if ln.get("scenario") in specs and ln.get("spec") != specs[ln["scenario"]]:
+            raise ValueError(
+                f"{RUNS_FILE} holds results of scenario {ln['scenario']} with another definition "
+                f"({ln.get('spec')}): use another --out directory or remove {RUNS_FILE}")
+        have.add(_key(ln["scenario"], ln["seed"], ln["load"], ln["slo_scale"],
+                      ln.get("policy") if ln.get("kind") == "run" else None))
+    cdict = {k: getattr(cfg, k) for k in ("policies", "seeds", "levels", "tick_s",
+                                          "flow_setup_s", "bound", "policy_config")}
+    cdict["scenarios"] = []  # a worker needs the scenario of its task only
+    tasks = []
+    for sc in cfg.scenarios:
+        for seed in cfg.seeds:
+            for load in sc.loads:
+                for slo in sc.slo_scales:
+                    todo = [p for p in cfg.policies if _key(sc.name, seed, load, slo, p) not in have]
+                    need_bound = cfg.bound and _key(sc.name, seed, load, slo, None) not in have
+                    if todo or need_bound:
+                        tasks.append({"config": {**cdict, "scenarios": [sc]}, "scenario": sc.spec(),
+                                      "seed": seed, "load": load, "slo_scale": slo,
+                                      "policies": todo, "bound": need_bound})
+    return tasks
+
+
+def execute(tasks: list[dict], sink: Callable[[list[dict]], None], *, jobs: int | None = None,
+            executor: str = "local", address: str | None = None) -> None:
+    """Run `tasks`, handing each task's lines to `sink` as soon as it finishes."""
+    if executor == "ray":
+        _execute_ray(tasks, sink, address)
+        return
+    if executor != "local":
+        raise ValueError(f"unknown executor {executor!r}: use local or ray")
+    jobs = jobs or os.cpu_count() or 1
+    if jobs < 1:
+        raise ValueError("--jobs must be at least 1")
+    if jobs == 1 or len(tasks) <= 1:
+        for t in tasks:
+            sink(run_point(t))
+        return
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
+        futs = [pool.submit(run_point, t) for t in tasks]
+        for fut in as_completed(futs):
+            sink(fut.result())
+
+
+def _execute_ray(tasks: list[dict], sink: Callable[[list[dict]], None], address: str | None) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--executor ray needs Ray: pip install 'mfs-tc[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address) if address else ray.init()
+    remote = ray.remote(run_point)
+    pending = [remote.remote(t) for t in tasks]
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        for ref in ready:
+            sink(ray.get(ref))
+
+
+def run_matrix(cfg: MatrixConfig, out_dir: Path, *, jobs: int | None = None,
+               executor: str = "local", address: str | None = None, plots: bool = True,
+               progress_out: TextIO | None = sys.stderr) -> dict:
+    """Run (or resume) the matrix into `out_dir`; returns the matrix summary."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / RUNS_FILE
+    tasks = plan_tasks(cfg, read_lines(path))
+    total = sum(len(t["policies"]) for t in tasks)
+    ran = {"runs": 0, "bounds": 0}
+    t0 = time.perf_counter()
+
+    torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    with open(path, "a") as f:
+        if torn:  # an interrupted write: end that line (read_lines drops it)
+            f.write("\n")
+
+        def sink(lines: list[dict]) -> None:
+            for ln in lines:
+                f.write(json.dumps(ln, default=str) + "\n")
+                ran["runs" if ln["kind"] == "run" else "bounds"] += 1
+                if progress_out is not None and ln["kind"] == "run":
+                    print(f"matrix [{ran['runs']}/{total}] {ln['scenario']} {ln['policy']:10s} "
+                          f"seed={ln['seed']} load={ln['load']} slo={ln['slo_scale']}: "
+                          f"attainment {ln['run']['attainment']:.3f} "
+                          f"({time.perf_counter() - t0:.0f} s)", file=progress_out, flush=True)
+            f.flush()
+            os.fsync(f.fileno())
+
+        execute(tasks, sink, jobs=jobs, executor=executor, address=address)
+    summary = summarize_matrix(cfg, read_lines(path))
+    summary["meta"] = {"ran": ran, "tasks": len(tasks), "executor": executor,
+                       "jobs": jobs or os.cpu_count(), "wall_s": time.perf_counter() - t0}
+    (out_dir / "matrix.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if plots:
+        render_matrix(out_dir / "matrix.png", summary)
+    return summary
+
+
+def summarize_matrix(cfg: MatrixConfig, lines: list[dict]) -> dict:
+    """Per scenario: the runs of the configured points aggregated over seeds (report.aggregate:
+    attainment mean and 95% CI, bound, network utilisation) and the sweep over load."""
+    from netns_testbed.report import aggregate, sweep
+
+    bounds = {_key(ln["scenario"], ln["seed"], ln["load"], ln["slo_scale"], None): ln["bound"]
+              for ln in lines if ln.get("kind") == "bound"}
+    out: dict = {"schema": SCHEMA, "policies": list(cfg.policies), "seeds": list(cfg.seeds),
+                 "scenarios": {}}
+    for sc in cfg.scenarios:
+        wanted = {_key(sc.name, s, l, q, p) for s in cfg.seeds for l in sc.loads
+                  for q in sc.slo_scales for p in cfg.policies}
+        runs = {}
+        for ln in lines:
+            if ln.get("kind") != "run":
+                continue
+            k = _key(ln["scenario"], ln["seed"], ln["load"], ln["slo_scale"], ln["policy"])
+            if k in wanted:
+                run = dict(ln["run"])
+                b = bounds.get(k[:4] + (None,))
+                if b is not None:
+                    run["bound"] = b
+                runs[k] = run
+        ordered = [runs[k] for k in sorted(runs, key=lambda k: (cfg.policies.index(k[4]), k[2], k[3], k[1]))]
+        aggs = aggregate(ordered)
+        sw = sweep(aggs)
+        out["scenarios"][sc.name] = {"spec": sc.spec(), "runs": len(ordered),
+                                     "missing": len(wanted) - len(ordered),
+                                     "policies": aggs, "sweep": sw}
+    return out
+
+
+def table(summary: dict) -> str:
+    """Per scenario: attainment mean ±95% CI per policy per load, the bound, the most loaded
+    link class, then the load held at 90% attainment per policy."""
+    from netns_testbed.report import net_util_headline
+
+    lines = []
+    pols = summary["policies"]
+    for name, sc in summary["scenarios"].items():
+        spec = sc["spec"]
+        lines.append(f"== {name}: {spec['workload']} {spec['model']} on {spec['cluster']}, "
+                     f"{spec['requests']} requests, seeds {','.join(map(str, summary['seeds']))}")
+        pts = sorted({(a["load"], a["slo_scale"]) for a in sc["policies"]})
+        by = {(a["policy"], a["load"], a["slo_scale"]): a for a in sc["policies"]}
+        head = f"{'load':>6} {'slo':>4} " + " ".join(f"{p:>14}" for p in pols) + \
+               f" {'bound':>6}  {'net util (mean/p99)':<24}"
+        lines += [head, "-" * len(head)]
+        for load, slo in pts:
+            cells, bound, nu = [], None, None
+            for p in pols:
+                a = by.get((p, load, slo))
+                if a is None or a.get("attainment") is None:
+                    cells.append(f"{'-':>14}")
+                    continue
+                ci = a.get("attainment_ci95")
+                cell = f"{a['attainment']:.3f}" + (f" ±{ci:.3f}" if ci is not None else "")
+                cells.append(f"{cell:>14}")
+                bound = a.get("bound", bound)
+                nu = nu or a.get("net_util")
+            lines.append(f"{load:>6.2f} {slo:>4.1f} " + " ".join(cells) +
+                         f" {('-' if bound is None else f'{bound:.3f}'):>6}  {net_util_headline(nu):<24}")
+        interp = (sc["sweep"] or {}).get("load_at_target_interpolated") or {}
+        if interp:
+            lines.append("load held at 90% attainment (interpolated): " + ", ".join(
+                f"{p} {'-' if interp.get(p) is None else format(interp[p], '.2f')}" for p in pols))
+        if sc["missing"]:
+            lines.append(f"({sc['missing']} runs missing: rerun the same command to resume)")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_matrix(path: Path, summary: dict) -> Path:
+    """One figure, one subplot per scenario: attainment vs load per policy (mean, 95% CI bars),
+    the bound dashed black, the 90% target dotted grey. Colours: report.policy_color."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from netns_testbed.report import TARGET_ATTAINMENT, policy_color
+
+    scs = list(summary["scenarios"].items())
+    ncol = min(3, len(scs)) or 1
+    nrow = (len(scs) + ncol - 1) // ncol or 1
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.6 * nrow), squeeze=False)
+    for ax in axes.flat[len(scs):]:
+        ax.set_visible(False)
+    for ax, (name, sc) in zip(axes.flat, scs):
+        slo0 = min((a["slo_scale"] for a in sc["policies"]), default=None)
+        aggs = [a for a in sc["policies"] if a["slo_scale"] == slo0]
+        for pol in summary["policies"]:
+            pts = sorted((a["load"], a["attainment"], a.get("attainment_ci95") or 0.0)
+                         for a in aggs if a["policy"] == pol and a["attainment"] is not None)
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                            marker="o", ms=3, capsize=2, label=pol, color=policy_color(pol))
+        bpts = sorted({(a["load"], a["bound"]) for a in aggs if a.get("bound") is not None})
+        if bpts:
+            ax.plot([p[0] for p in bpts], [p[1] for p in bpts], ls="--", color=policy_color("bound"),
+                    label="bound")
+        ax.axhline(TARGET_ATTAINMENT, color="grey", ls=":", lw=0.8)
+        spec = sc["spec"]
+        ax.set_title(f"{name}\n{spec['model']}, slo x{slo0}", fontsize=9)
+        ax.set_xlabel("load (requests/s)")
+        ax.set_ylabel("TTFT SLO attainment")
+        ax.set_ylim(0, 1.05)
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,107 @@
+"""`mfs-tc sim matrix`: the same numbers serially, on a process pool and on Ray; resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mfs_tc.cli import main
+from mfs_tc.sim.matrix import RUNS_FILE, MatrixConfig, parse_scenario, read_lines, run_matrix
+
+TINY = "name=tiny,workload=poisson,loads=2/4,slo=3,requests=16"
+
+
+def _cfg() -> MatrixConfig:
+    return MatrixConfig(scenarios=[parse_scenario(TINY)], policies=["mfs", "fair"], seeds=[1, 2])
+
+
+def _numbers(out: Path) -> dict:
+    """Every run's results except wall-clock times, keyed by point and policy."""
+    got = {}
+    for ln in read_lines(out / RUNS_FILE):
+        key = (ln["kind"], ln["seed"], ln["load"], ln["slo_scale"], ln.get("policy"))
+        body = ln["run"] if ln["kind"] == "run" else ln["bound"]
+        got[key] = {k: v for k, v in body.items() if k not in ("wall_s",)}
+    return got
+
+
+def test_serial_and_pool_give_identical_numbers(tmp_path: Path) -> None:
+    a = run_matrix(_cfg(), tmp_path / "serial", jobs=1, plots=False, progress_out=None)
+    b = run_matrix(_cfg(), tmp_path / "pool", jobs=2, plots=True, progress_out=None)
+    assert a["meta"]["ran"] == b["meta"]["ran"] == {"runs": 8, "bounds": 4}
+    assert _numbers(tmp_path / "serial") == _numbers(tmp_path / "pool")
+    assert a["scenarios"] == b["scenarios"]
+    sc = a["scenarios"]["tiny"]
+    assert sc["missing"] == 0 and len(sc["policies"]) == 4
+    for agg in sc["policies"]:
+        assert agg["attainment_ci95"] is not None and agg["bound"] >= agg["attainment_max"]
+        assert "decode_down" in agg["net_util"]
+    assert set(sc["sweep"]["load_at_target_interpolated"]) == {"mfs", "fair"}
+    assert (tmp_path / "pool" / "matrix.png").is_file()
+
+
+def test_resume_reruns_only_the_missing_lines(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    run_matrix(_cfg(), out, jobs=1, plots=False, progress_out=None)
+    full = _numbers(out)
+    lines = (out / RUNS_FILE).read_text().splitlines()
+    kinds = [json.loads(x)["kind"] for x in lines[-3:]]
+    (out / RUNS_FILE).write_text("\n".join(lines[:-3]) + "\n" + lines[-3][:20])  # + a torn line
+    again = run_matrix(_cfg(), out, jobs=1, plots=False, progress_out=None)
+    assert again["meta"]["ran"] == {"runs": kinds.count("run"), "bounds": kinds.count("bound")}
+    assert _numbers(out) == full
+    # nothing left: a third run computes nothing
+    assert run_matrix(_cfg(), out, jobs=2, plots=False, progress_out=None)["meta"]["ran"] == \
+        {"runs": 0, "bounds": 0}
+
+
+def test_resume_refuses_a_changed_scenario(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    cfg = MatrixConfig(scenarios=[parse_scenario(TINY)], policies=["fair"], seeds=[1],
+                       bound=False)
+    run_matrix(cfg, out, jobs=1, plots=False, progress_out=None)
+    other = MatrixConfig(scenarios=[parse_scenario(TINY.replace("requests=16", "requests=8"))],
+                         policies=["fair"], seeds=[1], bound=False)
+    with pytest.raises(ValueError, match="another definition"):
+        run_matrix(other, out, jobs=1, plots=False, progress_out=None)
+
+
+def test_ray_executor_gives_the_same_numbers(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")  # optional extra: mfs-tc[ray]
+    run_matrix(_cfg(), tmp_path / "serial", jobs=1, plots=False, progress_out=None)
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        run_matrix(_cfg(), tmp_path / "ray", executor="ray", plots=False, progress_out=None)
+    finally:
+        ray.shutdown()
+    assert _numbers(tmp_path / "serial") == _numbers(tmp_path / "ray")
+
+
+def test_policy_colour_does_not_depend_on_order() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from netns_testbed.report import policy_color
+
+    from mfs_tc.policy.registry import POLICY_NAMES
+
+    colours = [policy_color(p) for p in POLICY_NAMES]
+    assert len(set(colours)) == len(colours)  # every policy its own colour
+    assert policy_color("sjf") == policy_color("sjf") != policy_color("edf")
+
+
+def test_matrix_cli_table_and_errors(tmp_path: Path, capsys) -> None:
+    rc = main(["sim", "matrix", "-s", TINY, "-p", "fair", "--seeds", "1", "--load", "2",
+               "-o", str(tmp_path / "c"), "--jobs", "1", "--no-plots"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "== tiny" in text and "bound" in text and "net util" in text
+    assert main(["sim", "matrix", "--list"]) == 0
+    assert "testbed-poisson" in capsys.readouterr().out
+    for args, msg in ((["-s", "nosuch"], "unknown scenario"), (["-s", "loads=x"], "bad value"),
+                      (["-s", TINY, "-p", "nope"], "unknown policy"),
+                      (["-s", TINY, "--executor", "spark"], "unknown executor")):
+        assert main(["sim", "matrix", *args, "-o", str(tmp_path / "e")]) != 0
+        assert msg in capsys.readouterr().err
