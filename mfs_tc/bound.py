@@ -57,7 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .workload import Workload, plan_batch
-from .workload.batching import _stage_time
+from .workload.batching import stage_time_s
 
 TOL = 1e-9
 
@@ -117,10 +117,10 @@ def _parts(w: Workload) -> tuple[dict[str, list[Part]], list[bool]]:
         p2d_tr = plan.p2d.get(spec.request_id, [])
         p2d = load(p2d_tr)
         t_coll = slowest(coll_layer)
-        t_p2d = _stage_time(p2d_tr, rate) if p2d_tr else 0.0
+        t_p2d = stage_time_s(p2d_tr, rate) if p2d_tr else 0.0
         t_p2d = max(t_p2d, slowest(p2d))
         dec = plan.decode_step_s
-        prefill_alone = spec.unloaded_ttft_s - _stage_time(p2d_tr, rate) - dec
+        prefill_alone = spec.unloaded_ttft_s - stage_time_s(p2d_tr, rate) - dec
         windows = (
             (kv, A, D - (c + t_coll + t_p2d + dec)),
             (coll, A + c, D - (t_p2d + dec)),
