@@ -4,6 +4,7 @@
   flows.py      flows, set, gc, policy show
   testbed.py    testbed run / report
   sim.py        sim run
+  metrics.py    exporter
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import datapath, flows, sim, testbed
+    from . import datapath, flows, metrics, sim, testbed
 
-    for mod in (datapath, flows, testbed, sim):
+    for mod in (datapath, flows, metrics, testbed, sim):
         mod.register(app)
 
 
