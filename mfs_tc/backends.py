@@ -16,9 +16,11 @@ what attach runs) and the skb->priority value the classifier writes for each lev
 from __future__ import annotations
 
 import os
+import re
 import subprocess
-import uuid
 from dataclasses import dataclass
+
+from .errors import KernelFeatureError
 
 HANDLE_MAJOR = 0x4D46  # "MF"
 HANDLE = f"{HANDLE_MAJOR:x}:"
@@ -26,6 +28,12 @@ BACKENDS = ("ets", "mqprio", "htb", "none")
 HTB_LEAF_MINOR = 0x10
 HTB_QUANTUM = 6056  # > a few MTUs: DRR share among equal prios
 MIN_LEAF_RATE_BPS = 8_000
+
+
+def min_htb_rate_bps(nlevels: int) -> int:
+    """The lowest link rate the HTB backend accepts: every level's guaranteed leaf rate
+    (MIN_LEAF_RATE_BPS) together may take at most half of it, the rest is shared by priority."""
+    return 2 * nlevels * MIN_LEAF_RATE_BPS
 
 
 @dataclass(frozen=True)
@@ -95,31 +103,77 @@ class Backend:
         raise ValueError(f"unknown qdisc backend {self.name!r}: expected one of {', '.join(BACKENDS)}")
 
 
+class ProbeError(KernelFeatureError):
+    """The qdisc probe could not run (no privileges for a network namespace, no unshare)."""
+
+
+_TRIALS = {
+    "ets": "root ets bands 2 strict 2",
+    "mqprio": "root mqprio num_tc 2 map 0 1 queues 1@0 1@1 hw 0",
+    "htb": "root htb",
+    "clsact": "clsact",
+}
+_PROBE_SCRIPT = """
+ip link add p0 numtxqueues 8 numrxqueues 8 type veth peer name p1 numtxqueues 8 numrxqueues 8 || exit 3
+ip link set p0 up
+for kind in "$@"; do
+  eval "args=\\$trial_$kind"
+  if tc qdisc add dev p0 $args 2>/dev/null; then echo "$kind 1"; else echo "$kind 0"; fi
+  if [ "$kind" = clsact ]; then tc qdisc del dev p0 clsact; else tc qdisc del dev p0 root; fi 2>/dev/null
+done
+"""
+STALE_PROBE = re.compile(r"^mfsprobe-(?P<pid>\d+)-[0-9a-f]+$")
+
+
 def probe_qdisc_kinds(kinds: tuple[str, ...] = ("ets", "mqprio", "htb", "clsact")) -> dict[str, bool]:
-    """Which qdisc kinds the running kernel has, tried on a veth in a throwaway namespace (the
-    host's own interfaces are never touched)."""
-    ns = f"mfsprobe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    result = {k: False for k in kinds}
-
-    def sh(*argv: str) -> bool:
-        return subprocess.run(list(argv), capture_output=True).returncode == 0
-
-    if not sh("ip", "netns", "add", ns):
-        return result
+    """Which qdisc kinds the running kernel has, tried on a veth in an anonymous network
+    namespace (`unshare --net`; without root inside a user namespace too, where the kernel
+    allows it). The namespace belongs to the probing process only: it disappears with it, however
+    it ends (SIGKILL included), and the host's own interfaces are never touched. Raises
+    ProbeError when the probe cannot run at all."""
+    cleanup_stale_probes()  # names left by versions that probed in a named namespace
+    unknown = [k for k in kinds if k not in _TRIALS]
+    if unknown:
+        raise ValueError(f"no probe for qdisc kinds {unknown}")
+    env = dict(os.environ, **{f"trial_{k}": v for k, v in _TRIALS.items()})
+    base = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--net"]
     try:
-        sh("ip", "-n", ns, "link", "add", "p0", "numtxqueues", "8", "numrxqueues", "8",
-           "type", "veth", "peer", "name", "p1", "numtxqueues", "8", "numrxqueues", "8")
-        sh("ip", "-n", ns, "link", "set", "p0", "up")
-        trials = {
-            "ets": ["root", "ets", "bands", "2", "strict", "2"],
-            "mqprio": ["root", "mqprio", "num_tc", "2", "map", "0", "1", "queues", "1@0", "1@1",
-                       "hw", "0"],
-            "htb": ["root", "htb"],
-            "clsact": ["clsact"],
-        }
-        for kind in kinds:
-            result[kind] = sh("tc", "-n", ns, "qdisc", "add", "dev", "p0", *trials[kind])
-            sh("tc", "-n", ns, "qdisc", "del", "dev", "p0", *(["clsact"] if kind == "clsact" else ["root"]))
-    finally:
-        sh("ip", "netns", "del", ns)
-    return result
+        r = subprocess.run(base + ["sh", "-c", _PROBE_SCRIPT, "probe", *kinds], capture_output=True,
+                           text=True, env=env, timeout=30)
+    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        raise ProbeError(f"could not probe the kernel's qdiscs ({exc}): install util-linux (unshare)") from None
+    found = dict(line.split() for line in r.stdout.splitlines() if len(line.split()) == 2)
+    if r.returncode != 0 or set(found) != set(kinds):
+        why = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+        raise ProbeError(
+            f"could not probe which qdiscs this kernel has: a throwaway network namespace was refused ({why}); "
+            "run as root, or name the backend (--qdisc htb --rate RATE, or --qdisc none)"
+        )
+    return {k: found[k] == "1" for k in kinds}
+
+
+def cleanup_stale_probes() -> list[str]:
+    """Delete `mfsprobe-<pid>-<hex>` namespaces whose pid is gone (left by a probe of an older
+    mfs-tc that was killed). Returns their names; needs root to delete (else returns [])."""
+    removed = []
+    try:
+        names = os.listdir("/run/netns")
+    except OSError:
+        return removed
+    for name in names:
+        m = STALE_PROBE.match(name)
+        if not m or _alive(int(m.group("pid"))) or os.geteuid() != 0:
+            continue
+        if subprocess.run(["ip", "netns", "del", name], capture_output=True).returncode == 0:
+            removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import bpfsys
-from .backends import probe_qdisc_kinds
+from .backends import ProbeError, cleanup_stale_probes, probe_qdisc_kinds
+from .layout import PIN_ROOT
+from .pinroot import UnsafePinRootError, secure_pin_dir
 
 
 @dataclass
@@ -42,6 +44,11 @@ def run_checks() -> list[Check]:
     bpffs = bpfsys.is_bpffs()
     checks.append(Check("bpffs", bpffs, "/sys/fs/bpf is bpffs" if bpffs else "/sys/fs/bpf not mounted",
                         "mount -t bpf bpf /sys/fs/bpf (attach mounts it when needed)", required=False))
+    try:
+        secure_pin_dir(PIN_ROOT, PIN_ROOT, create=False)
+        checks.append(Check("pin root", True, f"{PIN_ROOT} absent or root-owned, not writable by others", required=False))
+    except UnsafePinRootError as exc:
+        checks.append(Check("pin root", False, str(exc).split(": ")[0], str(exc).split("; ")[-1]))
     btf = Path("/sys/kernel/btf/vmlinux").exists()
     checks.append(Check("BTF", btf, "/sys/kernel/btf/vmlinux" if btf else "no kernel BTF",
                         "a kernel with CONFIG_DEBUG_INFO_BTF=y (not needed by the classifier itself)", required=False))
@@ -49,7 +56,15 @@ def run_checks() -> list[Check]:
     if root:
         checks.append(Check("cls_bpf", syms["cls_bpf_classify"], "cls_bpf classifier in the kernel" if syms["cls_bpf_classify"] else "cls_bpf not found",
                             "a kernel with CONFIG_NET_CLS_BPF"))
-        kinds = probe_qdisc_kinds()
+        stale = cleanup_stale_probes()
+        if stale:
+            checks.append(Check("stale probes", True, f"removed {len(stale)} leftover probe namespaces: "
+                                + ", ".join(stale), required=False))
+        try:
+            kinds = probe_qdisc_kinds()
+        except ProbeError as exc:
+            checks.append(Check("qdisc probe", False, str(exc), "run as root (attach needs it anyway)"))
+            kinds = {k: False for k in ("clsact", "ets", "mqprio", "htb")}
         checks.append(Check("clsact", kinds["clsact"], "clsact qdisc" if kinds["clsact"] else "missing",
                             "a kernel with CONFIG_NET_SCH_INGRESS"))
         fix = {"ets": "CONFIG_NET_SCH_ETS (else HTB is used)", "mqprio": "CONFIG_NET_SCH_MQPRIO and a NIC with DCB offload (else HTB is used)",

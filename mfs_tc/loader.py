@@ -18,8 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import bpfsys
-from .backends import BACKENDS, HANDLE, Backend, probe_qdisc_kinds
-from .errors import KernelFeatureError, LayoutMismatchError, MfsError, PermissionDeniedError
+from .backends import BACKENDS, HANDLE, MIN_LEAF_RATE_BPS, Backend, min_htb_rate_bps, probe_qdisc_kinds
+from .errors import InterfaceError, KernelFeatureError, LayoutMismatchError, MfsError, PermissionDeniedError
+from .ifacelock import interface_lock
+from .pinroot import secure_pin_dir
 from .controller import PinnedMaps, write_config
 from .layout import (
     C_TRUST_DSCP,
@@ -31,7 +33,7 @@ from .layout import (
     netns_label,
     pin_dir,
 )
-from .netlink import check_netns, ifindex, iproute, is_root, link_speed_bps, run, tc_json
+from .netlink import check_ifname, check_netns, check_netns_name, ifindex, iproute, is_root, link_speed_bps, run, tc_json
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 STATE_ROOT = Path("/run/mfs-tc")
@@ -54,6 +56,9 @@ class AttachOptions:
     trust_dscp: bool = False
 
     def validate(self) -> None:
+        check_ifname(self.ifname)
+        if self.netns is not None:
+            check_netns(self.netns)
         if not 2 <= self.levels <= MAX_LEVELS:
             raise MfsError(f"--levels must be 2..{MAX_LEVELS}, got {self.levels}")
         if self.qdisc not in ("auto",) + BACKENDS:
@@ -97,6 +102,9 @@ class AttachState:
     created_clsact: bool = False
     attached_at: float = field(default_factory=time.time)
     program: str = FILTER_NAME
+    ifindex: int | None = None  # the device attached to: found again after a rename
+    prog_id: int | None = None  # the classifier program the filter was given (its identity, with
+    prog_tag: str | None = None  # the tag: our filter is the one running this program)
 
     @property
     def scavenger_level(self) -> int:
@@ -107,7 +115,17 @@ class AttachState:
 
 
 def state_path(ifname: str, netns: str | None) -> Path:
+    check_ifname(ifname)
     return STATE_ROOT / netns_label(netns) / f"{ifname}.json"
+
+
+def lock_path(ifname: str, netns: str | None) -> Path:
+    return STATE_ROOT / netns_label(netns) / f"{ifname}.lock"
+
+
+def _locked(ifname: str, netns: str | None):
+    where = f" (netns {netns})" if netns else ""
+    return interface_lock(lock_path(ifname, netns), f"{ifname}{where}")
 
 
 def load_state(ifname: str, netns: str | None = None) -> AttachState | None:
@@ -180,6 +198,12 @@ def choose_backend(opts: AttachOptions, probe: dict[str, bool] | None = None) ->
                     "(e.g. --rate 10gbit)"
                 )
             continue
+        if n == "htb" and rate < min_htb_rate_bps(opts.levels):
+            raise MfsError(
+                f"--rate {rate}bit is below what HTB can shape with {opts.levels} levels: each level is "
+                f"guaranteed {MIN_LEAF_RATE_BPS // 1000}kbit, so the link needs at least "
+                f"{min_htb_rate_bps(opts.levels) // 1000}kbit (or use --qdisc none to only mark packets)"
+            )
         return Backend(n, opts.levels, rate if n == "htb" else opts.rate_bps, opts.default_level), notes
     if opts.qdisc == "none":
         return Backend("none", opts.levels, None, opts.default_level), notes
@@ -278,25 +302,108 @@ def _require_root(what: str) -> None:
         raise PermissionDeniedError(f"{what} needs root (or CAP_BPF + CAP_NET_ADMIN): run it with sudo")
 
 
-def _our_filter(ifname: str, netns: str | None) -> list[dict]:
+def _prog_ident(fd: int) -> tuple[int | None, str | None]:
+    """(id, tag) of the BPF program behind `fd`, from /proc/self/fdinfo."""
+    ident: dict[str, str] = {}
     try:
-        flt = tc_json(["filter", "show", "dev", ifname, "egress"], netns)
+        for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+            k, _, v = line.partition(":")
+            ident[k.strip()] = v.strip()
+    except OSError:
+        return None, None
+    pid = ident.get("prog_id")
+    return (int(pid) if pid and pid.isdigit() else None), ident.get("prog_tag")
+
+
+def _egress_filters(ifname: str, netns: str | None) -> list[dict]:
+    try:
+        return tc_json(["filter", "show", "dev", ifname, "egress"], netns)
     except MfsError:
         return []
-    return [f for f in flt if f.get("pref") == FILTER_PREF]
+
+
+def _is_ours(f: dict, st: AttachState | None) -> bool:
+    """Our filter: at our pref and handle, a bpf filter running a program named mfs_egress, and,
+    when attach recorded it, that very program (its id, or its tag: the same classifier build
+    re-attached by a run that was killed before it could record the new id)."""
+    opts = f.get("options") or {}
+    prog = opts.get("prog") or {}
+    if f.get("pref") != FILTER_PREF or f.get("kind") != "bpf" or opts.get("handle") != hex(FILTER_HANDLE):
+        return False
+    if prog.get("name") != FILTER_NAME and opts.get("bpf_name") != FILTER_NAME:
+        return False
+    if st is not None and (st.prog_id or st.prog_tag):
+        return prog.get("id") == st.prog_id or (st.prog_tag is not None and prog.get("tag") == st.prog_tag)
+    return True
+
+
+def _our_filter(ifname: str, netns: str | None, st: AttachState | None = None) -> list[dict]:
+    return [f for f in _egress_filters(ifname, netns) if _is_ours(f, st)]
+
+
+def _foreign_filters(ifname: str, netns: str | None, st: AttachState | None) -> list[dict]:
+    """Filters at our pref that are not ours (someone else's, or a classifier we did not record)."""
+    return [f for f in _egress_filters(ifname, netns)
+            if f.get("pref") == FILTER_PREF and f.get("options") and not _is_ours(f, st)]
+
+
+def _describe_filter(f: dict) -> str:
+    opts = f.get("options") or {}
+    prog = opts.get("prog") or {}
+    name = prog.get("name") or opts.get("bpf_name") or "?"
+    return f"{f.get('kind')} filter handle {opts.get('handle')} ({name}, prog id {prog.get('id')})"
 
 
 def _has_clsact(ifname: str, netns: str | None) -> bool:
     return any(q.get("kind") == "clsact" for q in tc_json(["qdisc", "show", "dev", ifname], netns))
 
 
+def _link_name(netns: str | None, idx: int) -> str | None:
+    """The current name of the device with ifindex `idx` in `netns`, or None when there is none."""
+    try:
+        with iproute(netns) as ipr:
+            links = ipr.get_links(idx)
+    except Exception:  # pyroute2 NetlinkError (ENODEV) or the namespace is gone
+        return None
+    return links[0].get_attr("IFLA_IFNAME") if links else None
+
+
+def _renamed_from(ifname: str, netns: str | None, idx: int) -> str | None:
+    """The name under which this device (ifindex `idx`) was attached, if it was renamed since."""
+    for ns, name in attached():
+        if ns == netns and name != ifname:
+            other = load_state(name, ns)
+            if other and other.ifindex == idx:
+                return name
+    return None
+
+
 def attach(opts: AttachOptions) -> AttachState:
     opts.validate()
     _require_root("attach")
     check_netns(opts.netns)
+    with _locked(opts.ifname, opts.netns):
+        return _attach_locked(opts)
+
+
+def _attach_locked(opts: AttachOptions) -> AttachState:
     with iproute(opts.netns) as ipr:
         idx = ifindex(ipr, opts.ifname, opts.netns)
+    old_name = _renamed_from(opts.ifname, opts.netns, idx)
+    if old_name:
+        raise MfsError(
+            f"{opts.ifname} is the device attached as {old_name} (ifindex {idx}, renamed since): "
+            f"`mfs-tc detach {old_name}{' -n ' + opts.netns if opts.netns else ''}` first"
+        )
     prev_state = load_state(opts.ifname, opts.netns)
+    if prev_state and prev_state.ifindex not in (None, idx):
+        prev_state = None  # attached to an earlier device of that name, gone with its qdiscs
+    foreign = _foreign_filters(opts.ifname, opts.netns, prev_state)
+    if foreign:
+        raise MfsError(
+            f"{opts.ifname} egress pref {FILTER_PREF} ({FILTER_PREF:#x}) holds a filter that is not "
+            f"mfs-tc's: {_describe_filter(foreign[0])}; move it to another pref (or delete it) first"
+        )
     root = _root_qdisc(opts.ifname, opts.netns)
     ours = root is not None and root.get("handle") == HANDLE
     if ours and prev_state:
@@ -313,13 +420,14 @@ def attach(opts: AttachOptions) -> AttachState:
         )
     pin = pin_dir(opts.ifname, opts.netns)
     bpfsys.ensure_bpffs()
+    secure_pin_dir(pin, PIN_ROOT, create=True)  # root-owned 0755 from mfs/ down, or a clear error
     had_pins = _check_pins(pin)
-    pin.mkdir(parents=True, exist_ok=True)
     undo: list = []
     try:
         if not had_pins:
             undo.append(lambda: _unpin(pin))
         b, fn = compile_classifier(pin)
+        prog_id, prog_tag = _prog_ident(fn.fd)
         _write_config(pin, opts, backend)
         # root qdisc
         if backend.name != "none":
@@ -359,6 +467,8 @@ def attach(opts: AttachOptions) -> AttachState:
                 ipr.tc("add", "clsact", idx)
             created_clsact = True
             undo.append(lambda: run(["tc", "qdisc", "del", "dev", opts.ifname, "clsact"], opts.netns, check=False))
+        if not prev_state or not _our_filter(opts.ifname, opts.netns, prev_state):
+            undo.append(lambda: _delete_our_filter(opts.ifname, opts.netns))
         with iproute(opts.netns) as ipr:
             ipr.tc(
                 "replace-filter", "bpf", idx, FILTER_HANDLE, fd=fn.fd, name=FILTER_NAME,
@@ -368,7 +478,7 @@ def attach(opts: AttachOptions) -> AttachState:
             ifname=opts.ifname, netns=opts.netns, backend=backend.name, nlevels=opts.levels,
             rate_bps=backend.rate_bps, dscp=opts.dscp_table(), default_level=opts.default_level,
             trust_dscp=opts.trust_dscp, pin_dir=str(pin), prev_root=prev_root,
-            created_clsact=created_clsact,
+            created_clsact=created_clsact, ifindex=idx, prog_id=prog_id, prog_tag=prog_tag,
         )
         _save_state(st)
         del b  # the filter holds the program, the pins hold the maps
@@ -382,6 +492,12 @@ def attach(opts: AttachOptions) -> AttachState:
         raise
 
 
+def _delete_our_filter(ifname: str, netns: str | None) -> None:
+    """Delete exactly our filter (pref, handle and kind), never another at the same pref."""
+    run(["tc", "filter", "del", "dev", ifname, "egress", "pref", str(FILTER_PREF), "handle",
+         hex(FILTER_HANDLE), "bpf"], netns)
+
+
 def _restore_root(ifname: str, netns: str | None) -> None:
     """Delete our root qdisc: the kernel puts its default back (attach only ever replaces a
     kernel-made default root, so that is the previous one)."""
@@ -392,38 +508,64 @@ def _restore_root(ifname: str, netns: str | None) -> None:
 
 def detach(ifname: str, netns: str | None = None) -> list[str]:
     """Undo attach. Returns what was removed (empty when nothing was attached). When the
-    interface or its whole network namespace is gone, the pins and the state are still removed."""
+    interface or its whole network namespace is gone, the pins and the state are still removed.
+    The device is found by the ifindex recorded at attach, so a renamed one is detached too."""
+    check_ifname(ifname)
     _require_root("detach")
+    check_netns_name(netns)  # the namespace itself may be gone: its leftovers are still removed
+    with _locked(ifname, netns):
+        return _detach_locked(ifname, netns)
+
+
+def _detach_locked(ifname: str, netns: str | None) -> list[str]:
     removed: list[str] = []
     st = load_state(ifname, netns)
     pin = pin_dir(ifname, netns)
-    present = True
+    secure_pin_dir(pin, PIN_ROOT, create=False)
+    has_pins = pin.is_dir()
     try:
         with iproute(netns) as ipr:
-            ifindex(ipr, ifname, netns)
-    except MfsError:
-        present = False  # interface (or namespace) gone: only pins and state remain to clean
-        if not (st or any((pin / n).exists() for n in MAP_NAMES)):
+            idx_now: int | None = ifindex(ipr, ifname, netns)
+    except MfsError as exc:
+        idx_now = None
+        lookup_error = exc
+    dev: str | None = ifname if idx_now is not None else None
+    if st is not None and st.ifindex is not None:
+        current = _link_name(netns, st.ifindex)
+        if current is not None and current != ifname:
+            dev = current  # renamed since attach: detach the device, wherever its name went
+            removed.append(f"note: {ifname} was renamed to {current} (ifindex {st.ifindex}): detached from {current}")
+        elif current is None:
+            dev = None  # the device attached to is gone (a device of the same name is another one)
+            if idx_now is not None:
+                removed.append(f"note: the {ifname} attached to (ifindex {st.ifindex}) is gone; the "
+                               f"{ifname} there now (ifindex {idx_now}) was not touched")
+    if dev is None and not (st or has_pins):
+        if idx_now is None:
             check_netns(netns)  # nothing of ours either: a wrong name gets its clear error
-            raise
-    if present:
-        if _our_filter(ifname, netns):
-            run(["tc", "filter", "del", "dev", ifname, "egress", "pref", str(FILTER_PREF)], netns)
+            raise lookup_error
+    if dev is not None:
+        foreign = [] if st is None and not has_pins else _foreign_filters(dev, netns, st)
+        if _our_filter(dev, netns, st) and (st is not None or has_pins):
+            _delete_our_filter(dev, netns)
             removed.append("egress filter")
-        if st and st.created_clsact and _has_clsact(ifname, netns):
-            others = tc_json(["filter", "show", "dev", ifname, "egress"], netns) + tc_json(
-                ["filter", "show", "dev", ifname, "ingress"], netns
+        for f in foreign:
+            removed.append(f"note: kept {_describe_filter(f)} at pref {FILTER_PREF}: not mfs-tc's")
+        if st and st.created_clsact and _has_clsact(dev, netns):
+            others = tc_json(["filter", "show", "dev", dev, "egress"], netns) + tc_json(
+                ["filter", "show", "dev", dev, "ingress"], netns
             )
             if not others:
-                run(["tc", "qdisc", "del", "dev", ifname, "clsact"], netns)
+                run(["tc", "qdisc", "del", "dev", dev, "clsact"], netns)
                 removed.append("clsact qdisc")
-        root = _root_qdisc(ifname, netns)
-        if root is not None and root.get("handle") == HANDLE:
-            _restore_root(ifname, netns)
+        root = _root_qdisc(dev, netns)
+        if (st is not None or has_pins) and root is not None and root.get("handle") == HANDLE:
+            _restore_root(dev, netns)
             removed.append(f"root {root.get('kind')} qdisc")
-    if any((pin / n).exists() for n in MAP_NAMES):
+    if has_pins:
+        full = any((pin / n).exists() for n in MAP_NAMES)
         _unpin(pin)
-        removed.append(f"pinned maps in {pin}")
+        removed.append(f"pinned maps in {pin}" if full else f"empty pin directory {pin}")
     sp = state_path(ifname, netns)
     if sp.exists():
         sp.unlink()

@@ -19,10 +19,31 @@ from .errors import InterfaceError, KernelFeatureError, MfsError, PermissionDeni
 NETNS_RUN_DIR = Path("/run/netns")
 
 
+IFNAMSIZ = 16
+
+
+def check_ifname(ifname: str) -> None:
+    """An interface name the kernel could have (1..15 bytes, no '/', no whitespace, not . or ..):
+    anything else is a clear error before it is used in a path or a command."""
+    if (not ifname or ifname in (".", "..") or "/" in ifname or len(ifname.encode()) >= IFNAMSIZ
+            or any(c.isspace() or c == ":" for c in ifname)):
+        raise InterfaceError(
+            f"bad interface name {ifname!r}: Linux names are 1-15 characters without '/', ':' or "
+            "spaces (see `ip link`)"
+        )
+
+
+def check_netns_name(netns: str | None) -> None:
+    """A name `ip netns` could have made (a file name under /run/netns), whether it exists or not."""
+    if netns is not None and (not netns or "/" in netns or netns in (".", "..") or "\0" in netns):
+        raise InterfaceError(f"bad network namespace name {netns!r}: see `ip netns list` for the names")
+
+
 def check_netns(netns: str | None) -> None:
     if netns is None:
         return
-    if not netns or "/" in netns or not (NETNS_RUN_DIR / netns).exists():
+    check_netns_name(netns)
+    if not (NETNS_RUN_DIR / netns).exists():
         known = sorted(p.name for p in NETNS_RUN_DIR.glob("*")) if NETNS_RUN_DIR.exists() else []
         raise InterfaceError(
             f"no network namespace {netns!r} (known: {', '.join(known) or 'none'}; see `ip netns list`)"

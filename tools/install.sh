@@ -53,5 +53,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
   touch "$stamp"
 fi
-.venv/bin/python -c 'import bcc, pyroute2, typer, scapy' || { say "import check failed"; exit 1; }
+.venv/bin/python -c 'import bcc, pyroute2, typer, scapy, prometheus_client' || { say "import check failed"; exit 1; }
 say "ready: .venv/bin/mfs-tc"

@@ -4,6 +4,7 @@
   flows.py      flows, set, gc, policy show
   testbed.py    testbed run / report
   sim.py        sim run
+  metrics.py    exporter
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import datapath, flows, sim, testbed
+    from . import datapath, flows, metrics, sim, testbed
 
-    for mod in (datapath, flows, testbed, sim):
+    for mod in (datapath, flows, metrics, testbed, sim):
         mod.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)  # click returns typer.Exit's code here
     except MfsError as exc:
         typer.echo(f"mfs-tc: error: {exc}", err=True)
         return exc.exit_code
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def _options(
     from ..loader import AttachOptions
 
     try:
-        rate_bps = parse_rate(rate) if rate else None
+        rate_bps = parse_rate(rate) if rate is not None else None  # '' is an error, not "link speed"
         dscp_list = parse_dscp_list(dscp)
     except ValueError as exc:
         raise MfsError(str(exc)) from exc
@@ -66,10 +66,15 @@ def detach(iface: Iface, netns: Netns = None, json_out: Json = False) -> None:
     """Remove what attach created and restore the previous root qdisc (safe to repeat)."""
     from ..loader import detach as do_detach
 
-    removed = do_detach(iface, netns)
+    result = do_detach(iface, netns)
+    notes = [r[len("note: "):] for r in result if r.startswith("note: ")]
+    removed = [r for r in result if not r.startswith("note: ")]
     if json_out:
-        emit_json({"ifname": iface, "netns": netns, "removed": removed})
-    elif removed:
+        emit_json({"ifname": iface, "netns": netns, "removed": removed, "notes": notes})
+        return
+    for n in notes:
+        typer.echo(f"note: {n}")
+    if removed:
         typer.echo(f"detached from {iface}: removed " + ", ".join(removed))
     else:
         typer.echo(f"nothing of mfs-tc on {iface}: nothing to do")
@@ -79,8 +84,12 @@ def status(iface: Annotated[Optional[str], typer.Argument(help="Interface (defau
            netns: Netns = None, json_out: Json = False) -> None:
     """Backend, levels and per-level packets/bytes, counters, flow count."""
     from ..loader import attached
+    from ..netlink import check_ifname, check_netns_name
     from ..status import read_status
 
+    if iface is not None:
+        check_ifname(iface)
+    check_netns_name(netns)
     targets = [(netns, iface)] if iface else attached()
     if not targets:
         if json_out:

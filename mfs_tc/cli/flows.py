@@ -72,6 +72,7 @@ def flows_cmd(
     if not targets:
         raise NotAttachedError(f"mfs-tc is attached nowhere (no pins under {root}): run `mfs-tc attach IFACE`")
     result: list[dict[str, Any]] = []
+    skipped: list[str] = []
     for ns, ifn in targets:
         try:
             maps = _open(ifn, ns, root)
@@ -79,6 +80,7 @@ def flows_cmd(
             if iface:
                 raise
             typer.echo(f"mfs-tc: warning: skipping {ifn}{f' (netns {ns})' if ns else ''}: {exc}", err=True)
+            skipped.append(str(exc))
             continue
         try:
             for v in maps.flow_views():
@@ -88,6 +90,8 @@ def flows_cmd(
                 result.append(d)
         finally:
             maps.close()
+    if len(skipped) == len(targets):
+        raise MfsError(f"could not read the flow entries of any attached interface: {skipped[0]}")
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -199,8 +203,12 @@ def policy_show_cmd(
         from ..policy import make_policy  # type: ignore[attr-defined]
     except ImportError:
         raise MfsError("the policy registry (mfs_tc.policy.make_policy) is not installed") from None
+    from ..layout import MAX_LEVELS
+
+    if levels is not None and not 2 <= levels <= MAX_LEVELS:
+        raise MfsError(f"--levels must be 2..{MAX_LEVELS}, got {levels}")
     try:
-        pol = make_policy(policy, **({"nlevels": levels} if levels else {}))
+        pol = make_policy(policy, **({"nlevels": levels} if levels is not None else {}))
     except (ValueError, KeyError) as exc:
         raise MfsError(str(exc).strip("'\"")) from None
     desc = pol.describe()

@@ -124,10 +124,13 @@ def contention_cmd(
 
 @testbed_app.command("clean")
 def clean_cmd(prefix: Annotated[str, typer.Option(help="Name prefix of testbed namespaces")] = "mfsb") -> None:
-    """Remove namespaces and pins left by crashed testbed runs (live runs are kept)."""
+    """Remove namespaces and pins left by crashed testbed runs, and qdisc-probe namespaces of
+    killed mfs-tc processes (live ones are kept)."""
     from netns_testbed.topology import cleanup_leftovers
 
-    removed = cleanup_leftovers(prefix)
+    from ..backends import cleanup_stale_probes
+
+    removed = cleanup_leftovers(prefix) + cleanup_stale_probes()
     typer.echo("removed: " + (", ".join(removed) if removed else "nothing"))
 
 
