@@ -1371,7 +1371,8 @@ def owner_alive(owner: Owner, proc: str = "/proc") -> bool:
     one: the pid exists with the recorded start time (a recycled pid is not the owner). Another
     namespace (a container): a process of that namespace whose innermost pid and start time
     match; when no process of that namespace is visible from here at all, the owner cannot be
-    judged and counts as alive (its requests then go by deadline only)."""
+    judged and counts as alive (its requests then go by deadline only), except from the initial
+    pid namespace, which sees every other: there the namespace is gone, and with it the owner."""
     if owner.pid <= 0:
         return True
     mine = pidns_inode(os.getpid(), proc)
@@ -1381,6 +1382,7 @@ def owner_alive(owner: Owner, proc: str = "/proc") -> bool:
             return False
         return not owner.start or start == owner.start
     seen_ns = False
+    in_init_ns = len(_nspid("self", proc)) == 1  # every other pid namespace is visible from here
     for d in os.listdir(proc):
         if not d.isdigit() or pidns_inode(int(d), proc) != owner.pidns:
             continue
@@ -1389,7 +1391,7 @@ def owner_alive(owner: Owner, proc: str = "/proc") -> bool:
         if ns and ns[-1] == owner.pid:
             start = proc_start_ticks(int(d), proc)
             return start is not None and (not owner.start or start == owner.start)
-    return not seen_ns
+    return False if seen_ns or in_init_ns else True
 
 
 def gc(maps: PinnedMaps, grace_s: float = 10.0, now_ns: int | None = None, check_pids: bool = True) -> GcResult:
