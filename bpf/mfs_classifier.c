@@ -2,17 +2,25 @@
 /*
  * mfs-tc egress classifier (tc clsact egress, direct action), compiled by bcc at attach.
  *
- * Per packet: parse Ethernet (+ one 802.1Q/802.1ad tag), IPv4 (options) or IPv6 (extension
- * headers), TCP or UDP; look the 5-tuple up in `flows`; evaluate the entry's threshold table
- * (see mfs_maps.h) at bpf_ktime_get_ns(); write skb->priority from `levels` and, when the level
- * has one, the DSCP (ECN bits kept, IPv4 header checksum fixed); count bytes per flow and per
- * level. In trust-dscp mode (switch ports) the level comes from the packet's DSCP instead.
+ * Per packet: parse Ethernet (+ up to two VLAN tags: 802.1Q, 802.1ad QinQ), IPv4 (options) or
+ * IPv6 (extension headers), TCP or UDP. The flow's decision comes from the sending socket's
+ * local storage (skb->sk, sk_flows) when it has one, else from the 5-tuple map (flows). Its
+ * threshold table is evaluated (see mfs_maps.h) at bpf_ktime_get_ns(); skb->priority is written
+ * from `levels` and, when the level has one, the DSCP (ECN bits kept, IPv4 header checksum
+ * fixed); bytes are counted into the flow's kernel state and per level. In trust-dscp mode
+ * (switch ports) the level comes from the packet's DSCP instead.
  *
- * It never drops: unknown flows, non-IP, fragments, truncated or malformed headers go to the
- * default level with the packet untouched, and are counted. Headers are read straight from the
+ * It never drops: unknown flows, non-IP, fragments, truncated or malformed headers are
+ * counted and go to the default level (pure control packets of unknown flows: the control
+ * level); malformed and non-IP packets leave untouched, other untracked IP traffic leaves with
+ * the DSCP of its level unless config.keep_dscp keeps it. Headers are read straight from the
  * linear part of the packet, or with bpf_skb_load_bytes where they are not (paged skbs).
  *
- * The loader substitutes MFS_PIN_DIR (the pin directory of this interface) before compiling.
+ * Arithmetic saturates (products at 2^64-1, signed sums at the s64 limits); FlowEntry.metric()
+ * in mfs_tc/entry.py is the exact mirror.
+ *
+ * The loader substitutes MFS_PIN_DIR (the pin directory of this interface) before compiling;
+ * -DMFS_NO_SK_STORAGE builds the 5-tuple-only variant for kernels without socket storage.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -34,6 +42,8 @@
 
 BPF_TABLE_PINNED("lru_hash", struct mfs_flow_key, struct mfs_flow_entry, flows, MFS_FLOWS_MAX,
 		 MFS_PIN_DIR "/flows");
+BPF_TABLE_PINNED("lru_hash", struct mfs_flow_key, struct mfs_flow_state, flow_state, MFS_FLOWS_MAX,
+		 MFS_PIN_DIR "/flow_state");
 BPF_TABLE_PINNED("hash", __u64, struct mfs_request, requests, MFS_REQUESTS_MAX,
 		 MFS_PIN_DIR "/requests");
 BPF_TABLE_PINNED("array", __u32, struct mfs_level, levels, MFS_MAX_LEVELS, MFS_PIN_DIR "/levels");
@@ -41,11 +51,35 @@ BPF_TABLE_PINNED("array", __u32, struct mfs_config, config, 1, MFS_PIN_DIR "/con
 BPF_TABLE_PINNED("percpu_array", __u32, struct mfs_counter, stats, MFS_NSTATS,
 		 MFS_PIN_DIR "/stats");
 
+#ifndef MFS_NO_SK_STORAGE
+/* bcc's BPF_SK_STORAGE, pinned: socket-local storage needs BTF, which bcc generates */
+#define MFS_SK_STORAGE(_name, _leaf, _pin)                                                       \
+	struct _name##_table_t {                                                                 \
+		int key;                                                                         \
+		_leaf leaf;                                                                      \
+		void *(*sk_storage_get)(void *, void *, int);                                    \
+		int (*sk_storage_delete)(void *);                                                \
+		__u32 flags;                                                                     \
+	};                                                                                       \
+	__attribute__((section("maps/sk_storage:" _pin))) struct _name##_table_t _name = {      \
+		.flags = BPF_F_NO_PREALLOC};                                                     \
+	BPF_ANNOTATE_KV_PAIR(_name, int, _leaf)
+MFS_SK_STORAGE(sk_flows, struct mfs_flow_entry, MFS_PIN_DIR "/sk_flows");
+MFS_SK_STORAGE(sk_state, struct mfs_flow_state, MFS_PIN_DIR "/sk_state");
+#endif
+
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_8021AD_ 0x88A8
 #define IP_MF_ 0x2000
 #define IP_OFFSET_ 0x1FFF
 #define IPV6_MAX_EXT 6
+#define TCP_FIN_ 0x01
+#define TCP_SYN_ 0x02
+#define TCP_RST_ 0x04
+#define TCP_ACK_ 0x10
+#define U64_MAX_ (~0ULL)
+#define S64_MAX_ ((__s64)(U64_MAX_ >> 1))
+#define S64_MIN_ (-S64_MAX_ - 1)
 
 /* Copy `len` header bytes at `off`: straight from the packet when they are in its linear part
  * (the common case, no helper call), else through bpf_skb_load_bytes (paged / GSO skbs). */
@@ -70,21 +104,57 @@ static __always_inline void count(__u32 slot, __u64 bytes)
 	}
 }
 
-/* The entry's metric (mfs_maps.h). Mirrored exactly by FlowEntry.metric() in mfs_tc/entry.py. */
+/* a * b saturated at 2^64-1, from 32-bit halves (no 128-bit multiply in BPF) */
+static __always_inline __u64 mul_sat(__u64 a, __u64 b)
+{
+	if (((a | b) >> 32) == 0)
+		return a * b;
+	__u64 ah = a >> 32, al = a & 0xffffffffULL, bh = b >> 32, bl = b & 0xffffffffULL;
+	if (ah && bh)
+		return U64_MAX_;
+	__u64 cross = ah * bl + bh * al; /* one term is 0, the other < 2^64 */
+	if (cross >> 32)
+		return U64_MAX_;
+	__u64 lo = al * bl;
+	__u64 r = (cross << 32) + lo;
+	return r < lo ? U64_MAX_ : r;
+}
+
+/* a * ps / 1000 with the product saturated at 2^64-1 (entry.py: mul_ps) */
+static __always_inline __u64 mul_ps(__u64 a, __u64 ps)
+{
+	return mul_sat(a, ps) / 1000;
+}
+
+static __always_inline __s64 sat_s64(__u64 v)
+{
+	return v > (__u64)S64_MAX_ ? S64_MAX_ : (__s64)v;
+}
+
+/* The entry's metric (mfs_maps.h). Mirrored exactly by FlowEntry.metric() in mfs_tc/entry.py.
+ * now >= 0 (CLOCK_MONOTONIC). */
 static __always_inline __s64 flow_metric(struct mfs_flow_entry *e, __s64 now, __u64 sent,
 					 __s32 cursor, __u32 *auto_scav)
 {
 	switch (e->mode) {
 	case MFS_MODE_MLU: {
-		__s64 tl = e->deadline_ns - now;
-		if (tl <= 0) {
+		if (e->deadline_ns <= now) {
 			if (e->flags & MFS_F_AUTO_SCAVENGE)
 				*auto_scav = 1;
 			return MFS_MLU_CAP;
 		}
+		__u64 t = (__u64)(e->deadline_ns - now); /* > 0, no overflow since now >= 0 */
 		__u64 rem = e->total_bytes > sent ? e->total_bytes - sent : 0;
-		__u64 need = rem * e->ps_per_byte / 1000;
-		__u64 t = (__u64)tl;
+		__u64 need = mul_ps(rem, e->ps_per_byte);
+		/* keep t < 2^40 so that need < 64 t fits 16 more bits */
+		if (t >= (1ULL << 40)) {
+			need >>= 10;
+			t >>= 10;
+		}
+		if (t >= (1ULL << 40)) {
+			need >>= 10;
+			t >>= 10;
+		}
 		if (t >= (1ULL << 40)) {
 			need >>= 10;
 			t >>= 10;
@@ -95,26 +165,36 @@ static __always_inline __s64 flow_metric(struct mfs_flow_entry *e, __s64 now, __
 	}
 	case MFS_MODE_RLI:
 		return (__s64)e->target_layer - (__s64)cursor;
-	case MFS_MODE_LAXITY:
-		return e->deadline_ns + (__s64)(sent * e->ps_per_byte / 1000) - now;
+	case MFS_MODE_LAXITY: {
+		__s64 a;
+		if (e->deadline_ns < (__s64)((__u64)S64_MIN_ + (__u64)now))
+			a = S64_MIN_;
+		else
+			a = e->deadline_ns - now;
+		__s64 x = (__s64)mul_ps(sent, e->ps_per_byte); /* < 2^54 */
+		return a > S64_MAX_ - x ? S64_MAX_ : a + x;
+	}
 	case MFS_MODE_SENT:
-		return (__s64)sent;
+		return sat_s64(sent);
 	case MFS_MODE_REMAINING:
-		return e->total_bytes > sent ? (__s64)(e->total_bytes - sent) : 0;
+		return e->total_bytes > sent ? sat_s64(e->total_bytes - sent) : 0;
 	default:
 		return 0;
 	}
 }
 
-/* Level of a packet of a known flow; counts its payload into the entry. */
-static __always_inline __u32 flow_level(struct mfs_flow_entry *e, struct mfs_config *cfg,
-					__u64 payload, __u32 *scavenged)
+/* Level of a packet of a known flow; counts its payload into the flow's state. */
+static __always_inline __u32 flow_level(struct mfs_flow_entry *e, struct mfs_flow_state *st,
+					struct mfs_config *cfg, __u64 payload, __u32 *scavenged,
+					__u32 *bad)
 {
 	/* only mlu and laxity depend on time: the others skip the clock read */
 	__s64 now = (e->mode == MFS_MODE_MLU || e->mode == MFS_MODE_LAXITY) ? (__s64)bpf_ktime_get_ns() : 0;
-	__u64 sent = e->sent_bytes;
+	__u64 sent = st->sent_bytes;
+	__u64 cur = st->cur_level;
 	__s32 cursor = 0;
 	__u32 scav = 0, level;
+	__u32 n = cfg->nlevels;
 
 	if (e->request_id) {
 		__u64 rid = e->request_id;
@@ -128,28 +208,56 @@ static __always_inline __u32 flow_level(struct mfs_flow_entry *e, struct mfs_con
 	__s64 m = flow_metric(e, now, sent, cursor, &scav);
 	if (scav) {
 		level = cfg->scavenger_level;
+		if (level >= n)
+			level = n ? n - 1 : 0;
 	} else {
-		__u32 n = e->nthresh, i = 0;
+		__u32 nt = e->nthresh, i = 0;
 #pragma unroll
 		for (int j = 0; j < MFS_MAX_THRESH; j++) {
-			if (j < n && m >= e->thresh[j])
+			if (j < nt && m >= e->thresh[j])
 				i++;
 		}
 		level = e->lvl[i & 7];
+		if (level >= n) {
+			/* not the scavenger by accident: the default level, and counted */
+			level = cfg->default_level < n ? cfg->default_level : (n ? n - 1 : 0);
+			*bad = 1;
+		}
+		if (e->flags & MFS_F_MONOTONIC) {
+			if (cur < level)
+				level = cur;
+		}
 	}
-	if (level >= cfg->nlevels)
-		level = cfg->nlevels ? cfg->nlevels - 1 : 0;
-	if (!scav && (e->flags & MFS_F_MONOTONIC) && e->cur_level < level)
-		level = e->cur_level;
-	if (e->cur_level != level)
-		e->cur_level = level;
-	__sync_fetch_and_add(&e->sent_bytes, payload);
-	e->sent_pkts += 1; /* informational: a rare lost increment across CPUs is acceptable */
+	if (e->flags & MFS_F_MONOTONIC) {
+		/* only ever lower it: a CPU that lost a race retries against the new value */
+		if (!scav && level < cur) {
+			__u64 old = __sync_val_compare_and_swap(&st->cur_level, cur, (__u64)level);
+			if (old != cur && level < old)
+				__sync_val_compare_and_swap(&st->cur_level, old, (__u64)level);
+		}
+	} else if (cur != level) {
+		st->cur_level = level;
+	}
+	__sync_fetch_and_add(&st->sent_bytes, payload);
+	st->sent_pkts += 1; /* informational: a rare lost increment across CPUs is acceptable */
 	*scavenged = scav;
 	return level;
 }
 
-/* Rewrite DSCP, keeping ECN. l3off: offset of the IP header; v4: IPv4 (else IPv6). */
+/* A state that belongs to this registration: restarted in place when its gen differs. */
+static __always_inline void state_sync(struct mfs_flow_entry *e, struct mfs_flow_state *st)
+{
+	if (st->gen != e->gen) {
+		st->cur_level = MFS_LEVEL_NONE;
+		st->sent_bytes = e->sent_base;
+		st->sent_pkts = 0;
+		st->flags = 0;
+		st->gen = e->gen;
+	}
+}
+
+/* Rewrite DSCP, keeping ECN. l3off: offset of the IP header; v4: IPv4 (else IPv6). The byte is
+ * stored first, then the IPv4 header checksum is fixed for it. */
 static __always_inline int set_dscp(struct __sk_buff *skb, __u32 l3off, int v4, __u8 b0,
 				    __u8 b1, __u8 dscp)
 {
@@ -159,9 +267,13 @@ static __always_inline int set_dscp(struct __sk_buff *skb, __u32 l3off, int v4, 
 			return 0;
 		__u16 oldw = bpf_htons(((__u16)b0 << 8) | b1);
 		__u16 neww = bpf_htons(((__u16)b0 << 8) | tos);
-		if (bpf_l3_csum_replace(skb, l3off + offsetof(struct iphdr, check), oldw, neww, 2))
+		if (bpf_skb_store_bytes(skb, l3off + 1, &tos, 1, 0))
 			return -1;
-		return bpf_skb_store_bytes(skb, l3off + 1, &tos, 1, 0) ? -1 : 1;
+		if (bpf_l3_csum_replace(skb, l3off + offsetof(struct iphdr, check), oldw, neww, 2)) {
+			bpf_skb_store_bytes(skb, l3off + 1, &b1, 1, 0); /* leave it as it was */
+			return -1;
+		}
+		return 1;
 	}
 	__u8 tc = ((b0 & 0x0f) << 4) | (b1 >> 4);
 	__u8 ntc = (dscp << 2) | (tc & 0x3);
@@ -173,6 +285,12 @@ static __always_inline int set_dscp(struct __sk_buff *skb, __u32 l3off, int v4, 
 	return bpf_skb_store_bytes(skb, l3off, w, 2, BPF_F_RECOMPUTE_CSUM) ? -1 : 1;
 }
 
+static __always_inline __u32 cfg_level(__u32 lv, struct mfs_config *cfg)
+{
+	__u32 n = cfg->nlevels;
+	return lv < n ? lv : (n ? n - 1 : 0);
+}
+
 int mfs_egress(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
@@ -180,19 +298,23 @@ int mfs_egress(struct __sk_buff *skb)
 	if (!cfg || cfg->magic != MFS_LAYOUT_MAGIC)
 		return TC_ACT_OK;
 
-	__u32 level = cfg->default_level;
+	__u32 level = cfg_level(cfg->default_level, cfg);
 	__u32 reason = MFS_STAT_NONIP; /* why the default level, when it is */
-	__u32 scav = 0;
-	int v4 = 0, known = 0;
+	__u32 scav = 0, bad = 0;
+	int v4 = 0, known = 0, ipok = 0; /* ipok: a valid IP header whose DSCP may be set */
 	__u8 b0 = 0, b1 = 0;
 	__u32 off = ETH_HLEN, l3off = ETH_HLEN;
+	__u32 iplen = 0; /* L3 payload length from the IP header (0: unknown, use skb->len) */
 	__be16 proto;
 
 	if (hdr(skb, 12, &proto, 2)) {
 		reason = MFS_STAT_MALFORMED;
 		goto out;
 	}
-	if (proto == bpf_htons(ETH_P_8021Q_) || proto == bpf_htons(ETH_P_8021AD_)) {
+#pragma unroll
+	for (int t = 0; t < 2; t++) { /* 802.1Q, or 802.1ad + 802.1Q (QinQ) */
+		if (proto != bpf_htons(ETH_P_8021Q_) && proto != bpf_htons(ETH_P_8021AD_))
+			break;
 		if (hdr(skb, off + 2, &proto, 2)) {
 			reason = MFS_STAT_MALFORMED;
 			goto out;
@@ -210,16 +332,20 @@ int mfs_egress(struct __sk_buff *skb)
 			goto out;
 		}
 		__u32 ihl = ip.ihl * 4;
-		if (ip.version != 4 || ihl < sizeof(ip) || bpf_ntohs(ip.tot_len) < ihl) {
+		__u32 tot = bpf_ntohs(ip.tot_len);
+		/* tot_len 0: IPv4 BIG TCP (a GSO packet over 64 kB); its length is skb->len */
+		if (ip.version != 4 || ihl < sizeof(ip) || (tot && tot < ihl)) {
 			reason = MFS_STAT_MALFORMED;
 			goto out;
 		}
 		v4 = 1;
+		ipok = 1;
 		b0 = *(__u8 *)&ip;
 		b1 = ip.tos;
 		if (cfg->flags & MFS_C_TRUST_DSCP)
 			goto trust;
 		if (ip.frag_off & bpf_htons(IP_MF_ | IP_OFFSET_)) {
+			/* every fragment of a datagram at the default level: no reordering among them */
 			reason = MFS_STAT_FRAGMENT;
 			goto out;
 		}
@@ -230,7 +356,10 @@ int mfs_egress(struct __sk_buff *skb)
 		__builtin_memcpy(&key.saddr[12], &ip.saddr, 4);
 		__builtin_memcpy(&key.daddr[12], &ip.daddr, 4);
 		l4proto = ip.protocol;
+		iplen = tot ? tot : 0;
 		off += ihl;
+		if (iplen)
+			iplen = l3off + iplen; /* end of the IP packet */
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 		if (hdr(skb, off, &ip6, sizeof(ip6))) {
@@ -241,6 +370,7 @@ int mfs_egress(struct __sk_buff *skb)
 			reason = MFS_STAT_MALFORMED;
 			goto out;
 		}
+		ipok = 1;
 		b0 = ((__u8 *)&ip6)[0];
 		b1 = ((__u8 *)&ip6)[1];
 		if (cfg->flags & MFS_C_TRUST_DSCP)
@@ -249,6 +379,8 @@ int mfs_egress(struct __sk_buff *skb)
 		__builtin_memcpy(key.daddr, &ip6.daddr, 16);
 		l4proto = ip6.nexthdr;
 		off += sizeof(ip6);
+		__u32 pl = bpf_ntohs(ip6.payload_len);
+		iplen = pl ? off + pl : 0;
 #pragma unroll
 		for (int i = 0; i < IPV6_MAX_EXT; i++) {
 			if (l4proto != IPPROTO_HOPOPTS && l4proto != IPPROTO_ROUTING &&
@@ -275,6 +407,7 @@ int mfs_egress(struct __sk_buff *skb)
 	}
 
 	__u32 l4len;
+	__u8 tflags = 0;
 	if (l4proto == IPPROTO_TCP) {
 		struct tcphdr th;
 		if (hdr(skb, off, &th, sizeof(th))) {
@@ -288,6 +421,7 @@ int mfs_egress(struct __sk_buff *skb)
 		}
 		key.sport = bpf_ntohs(th.source);
 		key.dport = bpf_ntohs(th.dest);
+		tflags = ((__u8 *)&th)[13];
 	} else if (l4proto == IPPROTO_UDP) {
 		struct udphdr uh;
 		if (hdr(skb, off, &uh, sizeof(uh))) {
@@ -303,21 +437,80 @@ int mfs_egress(struct __sk_buff *skb)
 	}
 	key.proto = l4proto;
 
-	struct mfs_flow_entry *e = flows.lookup(&key);
-	if (!e) {
-		reason = MFS_STAT_MISS;
-		goto out;
-	}
+	/* L4 payload: up to the IP header's own length (Ethernet padding is not payload) */
+	__u32 end = skb->len;
+	if (iplen && iplen < end)
+		end = iplen;
 	__u32 hdrs = off + l4len;
-	__u64 payload = skb->len > hdrs ? skb->len - hdrs : 0;
-	level = flow_level(e, cfg, payload, &scav);
-	known = 1;
-	reason = scav ? MFS_STAT_SCAVENGED : MFS_STAT_HIT;
+	__u64 payload = end > hdrs ? end - hdrs : 0;
+
+	struct mfs_flow_entry *e;
+	struct mfs_flow_state *st;
+	struct mfs_flow_state init = {.cur_level = MFS_LEVEL_NONE};
+#ifndef MFS_NO_SK_STORAGE
+	struct bpf_sock *sk = skb->sk;
+	if (sk)
+		sk = bpf_sk_fullsock(sk);
+	if (sk) {
+		e = sk_flows.sk_storage_get(sk, 0, 0);
+		if (e) {
+			init.gen = e->gen;
+			init.sent_bytes = e->sent_base;
+			st = sk_state.sk_storage_get(sk, &init, BPF_SK_STORAGE_GET_F_CREATE);
+			if (st) {
+				state_sync(e, st);
+				level = flow_level(e, st, cfg, payload, &scav, &bad);
+				known = 1;
+				reason = scav ? MFS_STAT_SCAVENGED : MFS_STAT_SK_HIT;
+				goto out;
+			}
+		}
+	}
+#endif
+	e = flows.lookup(&key);
+	st = flow_state.lookup(&key);
+	if (e) {
+		if (st && st->gen == e->gen && (st->flags & MFS_S_ACKED) &&
+		    (tflags & (TCP_SYN_ | TCP_ACK_)) == TCP_SYN_) {
+			/* a new connection on the 5-tuple of one that already ran: it must not
+			 * inherit that flow's level */
+			flows.delete(&key);
+			count(MFS_STAT_STALE, 0);
+			e = 0;
+		}
+	}
+	if (e) {
+		if (!st) {
+			init.gen = e->gen;
+			init.sent_bytes = e->sent_base;
+			flow_state.insert(&key, &init);
+			st = flow_state.lookup(&key);
+		}
+		if (st) {
+			state_sync(e, st);
+			if ((tflags & TCP_ACK_) && !(st->flags & MFS_S_ACKED))
+				st->flags |= MFS_S_ACKED;
+			level = flow_level(e, st, cfg, payload, &scav, &bad);
+			known = 1;
+			reason = scav ? MFS_STAT_SCAVENGED : MFS_STAT_HIT;
+			goto out;
+		}
+	}
+	/* unknown flow: never the top because its entry is missing */
+	if ((tflags & (TCP_SYN_ | TCP_FIN_ | TCP_RST_)) || (l4proto == IPPROTO_TCP && !payload)) {
+		level = cfg_level(cfg->control_level, cfg);
+		reason = MFS_STAT_CONTROL;
+	} else {
+		reason = MFS_STAT_MISS;
+	}
+	if (st && !e)
+		count(MFS_STAT_ORPHAN, skb->len);
 	goto out;
 
 trust:
 	/* IPv4: DSCP is the top 6 bits of the TOS byte; IPv6: of the traffic class (bits 4-11) */
 	level = cfg->dscp2level[(v4 ? b1 : (((b0 & 0x0f) << 4) | (b1 >> 4))) >> 2 & 63];
+	level = cfg_level(level, cfg);
 	reason = MFS_STAT_HIT;
 
 out:
@@ -325,11 +518,20 @@ out:
 	struct mfs_level *lv = levels.lookup(&level);
 	if (lv) {
 		skb->priority = lv->priority;
-		if (known && lv->dscp != MFS_DSCP_KEEP) {
-			if (set_dscp(skb, l3off, v4, b0, b1, lv->dscp & 63) > 0)
-				count(MFS_STAT_DSCP_SET, 0);
+		/* flows we track, and untracked IP traffic (the trust boundary: it leaves with the
+		 * DSCP of its level unless the operator keeps its DSCP); never malformed packets,
+		 * never on a trust-dscp port (its DSCP is the input) */
+		if (lv->dscp != MFS_DSCP_KEEP && ipok && !(cfg->flags & MFS_C_TRUST_DSCP) &&
+		    reason != MFS_STAT_MALFORMED) {
+			__u8 cur = (v4 ? b1 : (((b0 & 0x0f) << 4) | (b1 >> 4))) >> 2;
+			if (known || !((cfg->keep_dscp >> (cur & 63)) & 1)) {
+				if (set_dscp(skb, l3off, v4, b0, b1, lv->dscp & 63) > 0)
+					count(MFS_STAT_DSCP_SET, 0);
+			}
 		}
 	}
+	if (bad)
+		count(MFS_STAT_BAD_LEVEL, 0);
 	count(MFS_STAT_LEVEL0 + level, skb->len);
 	count(reason, skb->len);
 	return TC_ACT_OK;

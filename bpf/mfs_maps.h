@@ -1,29 +1,52 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * mfs-tc map contract, layout version 1.
+ * mfs-tc map contract, layout version 2.
  *
  * The maps are the contract between the controller (any process that opens the pins under
  * /sys/fs/bpf/mfs/<netns>/<ifname>/) and the tc egress classifier. Python mirrors every
  * struct in mfs_tc/layout.py; tests/test_layout.py checks the two agree. Any change here
  * bumps MFS_LAYOUT_VERSION.
  *
+ * Who writes what (version 2): a flow has a DECISION (struct mfs_flow_entry, written only by
+ * the controller) and a STATE (struct mfs_flow_state, written only by the kernel: bytes sent,
+ * current level). They live in different maps, so no user-space write can lose or misplace a
+ * kernel count. The entry's `gen` names one registration: when the kernel finds a state whose
+ * gen differs (a new registration of the same 5-tuple or socket), it restarts the state at the
+ * entry's sent_base; a rewrite of the decision that keeps gen keeps the counts.
+ *
+ * Two places hold decisions:
+ *   sk_flows / sk_state   socket-local storage (BPF_MAP_TYPE_SK_STORAGE), keyed by the socket:
+ *                         written from user space with the socket's fd as the key, read through
+ *                         skb->sk; lives and dies with the socket (no gc, no eviction).
+ *   flows / flow_state    5-tuple LRU hashes: traffic without a local socket of ours (forwarded,
+ *                         other processes, a controller that is not the sender). When full, a new
+ *                         entry evicts the least recently used one (its flow then gets the
+ *                         default level like any unknown flow; counted as `orphan`).
+ *
  * Level evaluation (one threshold table per flow, PIAS-style, tunable at run time):
- *   metric = f(mode, entry, now, sent, request cursor)
+ *   metric = f(mode, entry, now, sent, request cursor)     (saturating: see mfs_classifier.c)
  *   i      = number of j < nthresh with metric >= thresh[j]      (thresh ascending)
- *   level  = lvl[i]
+ *   level  = lvl[i]            (a level >= nlevels: the default level, counted as bad_level)
  * then: request scavenged (or MFS_F_AUTO_SCAVENGE and deadline passed) -> scavenger level;
- *       MFS_F_MONOTONIC: level = min(level, cur_level)  (a live flow is only ever promoted).
+ *       MFS_F_MONOTONIC: level = min(level, cur_level)  (a live flow is only ever promoted;
+ *       cur_level is lowered with compare-and-swap, so a race between CPUs cannot undo it).
+ *
+ * Unknown flows never get a level because their entry is missing: pure control packets (TCP
+ * SYN, FIN, RST, or an ACK without payload) get config.control_level, everything else
+ * config.default_level. Untracked traffic (no entry, ICMP, fragments) leaves with the DSCP of
+ * the level it got, unless its DSCP is in config.keep_dscp (a bit per DSCP value).
  */
 #ifndef MFS_MAPS_H
 #define MFS_MAPS_H
 
 #define MFS_LAYOUT_MAGIC   0x4d465331u /* "MFS1" */
-#define MFS_LAYOUT_VERSION 1u
+#define MFS_LAYOUT_VERSION 2u
 #define MFS_MAX_LEVELS     8
 #define MFS_MAX_THRESH     (MFS_MAX_LEVELS - 1)
 #define MFS_MLU_ONE        65536ll     /* MLU fixed point: 1.0 */
 #define MFS_MLU_CAP        (64ll * MFS_MLU_ONE)
 #define MFS_DSCP_KEEP      0xff
+#define MFS_LEVEL_NONE     0xff        /* state.cur_level before the first packet */
 
 /* flow entry modes: what the metric is */
 #define MFS_MODE_STATIC    0 /* metric = 0 (table with nthresh=0: level = lvl[0])           */
@@ -38,6 +61,9 @@
 #define MFS_F_AUTO_SCAVENGE  0x02 /* mlu only: deadline passed -> scavenger level                */
 #define MFS_F_ROUND_FIRST    0x04 /* reserved                                                  */
 
+/* flow state flags (kernel) */
+#define MFS_S_ACKED          0x01 /* a TCP packet with ACK was sent: the connection was set up   */
+
 /* request flags */
 #define MFS_R_SCAVENGER      0x01
 
@@ -46,15 +72,20 @@
 
 /* stats slots (per-CPU array, value struct mfs_counter) */
 #define MFS_STAT_LEVEL0     0   /* 0..7: packets/bytes sent at that level                        */
-#define MFS_STAT_MISS       8   /* IP packet with no flow entry (default level)                 */
+#define MFS_STAT_MISS       8   /* IP packet with payload and no flow entry (default level)     */
 #define MFS_STAT_MALFORMED  9   /* truncated / malformed headers (default level, untouched)     */
 #define MFS_STAT_NONIP      10  /* not IPv4/IPv6 (ARP, LLDP, ...)                               */
 #define MFS_STAT_FRAGMENT   11  /* IPv4 fragment (non-first or first) / IPv6 fragment header    */
 #define MFS_STAT_NOL4       12  /* IP but neither TCP nor UDP (ICMP, ...)                       */
-#define MFS_STAT_HIT        13  /* flow entry found                                             */
+#define MFS_STAT_HIT        13  /* flow entry found (5-tuple map), or trust-dscp                */
 #define MFS_STAT_SCAVENGED  14  /* packets sent at the scavenger level because of a request flag */
 #define MFS_STAT_DSCP_SET   15  /* DSCP rewritten                                               */
-#define MFS_NSTATS          16
+#define MFS_STAT_SK_HIT     16  /* flow entry found in socket storage                           */
+#define MFS_STAT_CONTROL    17  /* unknown flow, pure control packet (control level)            */
+#define MFS_STAT_ORPHAN     18  /* unknown flow whose kernel state lives: entry evicted/removed */
+#define MFS_STAT_STALE      19  /* SYN (no ACK) on an entry whose connection was set up: dropped */
+#define MFS_STAT_BAD_LEVEL  20  /* entry chose a level >= nlevels: default level used           */
+#define MFS_NSTATS          21
 
 /* 5-tuple; IPv4 addresses as IPv4-mapped IPv6 (::ffff:a.b.c.d); ports in host byte order */
 struct mfs_flow_key {
@@ -66,31 +97,42 @@ struct mfs_flow_key {
 	__u8  pad[3];
 };                                                   /* 40 bytes */
 
+/* The decision: written by the controller only (flows, sk_flows). */
 struct mfs_flow_entry {
 	__u8  mode;          /* MFS_MODE_*                                                    */
 	__u8  flags;         /* MFS_F_*                                                       */
 	__u8  nthresh;       /* thresholds used, 0..7                                         */
-	__u8  cur_level;     /* last level the packet path chose (written by the kernel)      */
+	__u8  rsvd0;
 	__u8  lvl[8];        /* level for each threshold index 0..nthresh                     */
 	__u32 target_layer;  /* rli                                                           */
 	__u32 stage;         /* informational: 0 other, 1 kv_fetch, 2 collective, 3 p2d       */
-	__u32 rsvd;
+	__u32 gen;           /* registration id; a different gen restarts the kernel's state  */
 	__u64 request_id;    /* key in `requests` (0: none)                                   */
 	__s64 deadline_ns;   /* mlu: deadline; laxity: base (CLOCK_MONOTONIC ns)              */
 	__u64 total_bytes;   /* mlu, remaining: bytes this flow carries                       */
 	__u64 ps_per_byte;   /* mlu, laxity: picoseconds per byte at the reference rate       */
 	__s64 thresh[7];     /* ascending; units of the mode's metric                         */
-	__u64 sent_bytes;    /* L4 payload bytes seen (kernel, atomic add)                    */
-	__u64 sent_pkts;     /* packets seen (kernel, atomic add)                             */
-	__s64 created_ns;    /* when the controller wrote the entry                           */
-};                                                   /* 136 bytes */
+	__u64 sent_base;     /* bytes already sent at registration: where the state starts    */
+	__s64 created_ns;    /* when the controller registered the flow                       */
+};                                                   /* 128 bytes */
+
+/* The state: written by the kernel only (flow_state, sk_state). 64-bit fields for the atomics. */
+struct mfs_flow_state {
+	__u64 gen;           /* the entry gen these counts belong to                          */
+	__u64 cur_level;     /* last level chosen (MONOTONIC: lowest so far); MFS_LEVEL_NONE  */
+	__u64 sent_bytes;    /* sent_base + L4 payload bytes seen (atomic add)                */
+	__u64 sent_pkts;     /* packets seen                                                  */
+	__u64 flags;         /* MFS_S_*                                                       */
+};                                                   /* 40 bytes */
 
 struct mfs_request {
 	__s32 cursor;        /* compute layer the request (its batch) is at                   */
 	__u32 flags;         /* MFS_R_*                                                       */
 	__s64 deadline_ns;   /* for gc and status                                             */
-	__u64 owner_pid;     /* process that registered it (gc of crashed owners)             */
-};                                                   /* 24 bytes */
+	__u64 owner_pid;     /* process that registered it, as its own pid namespace sees it  */
+	__u64 owner_start;   /* its start time (clock ticks after boot, /proc/PID/stat field 22) */
+	__u64 owner_pidns;   /* inode of its pid namespace (/proc/PID/ns/pid)                 */
+};                                                   /* 40 bytes */
 
 struct mfs_level {
 	__u32 priority;      /* skb->priority for this level (qdisc class handle or band)     */
@@ -102,11 +144,14 @@ struct mfs_config {
 	__u32 magic;         /* MFS_LAYOUT_MAGIC                                              */
 	__u32 version;       /* MFS_LAYOUT_VERSION                                            */
 	__u32 nlevels;
-	__u32 default_level; /* unknown flows, non-IP, malformed                              */
+	__u32 default_level; /* payload of unknown flows, non-IP, malformed, fragments, ICMP   */
 	__u32 scavenger_level;
 	__u32 flags;         /* MFS_C_*                                                       */
+	__u32 control_level; /* pure control packets (SYN/FIN/RST/pure ACK) of unknown flows  */
+	__u32 rsvd;
+	__u64 keep_dscp;     /* bit d: untracked traffic sent with DSCP d keeps it            */
 	__u8  dscp2level[64];/* trust-dscp                                                    */
-};                                                   /* 88 bytes */
+};                                                   /* 104 bytes */
 
 struct mfs_counter {
 	__u64 packets;

@@ -10,8 +10,19 @@
 
 It opens the maps through the bpf syscall (mfs_tc.bpfsys) and never imports bcc, so importing it is
 cheap. Thread-safe (one lock per Controller); several processes may write the same maps, each owns
-the entries it wrote. Entries of a crashed process expire: `flows` is an LRU hash and `gc()`
-(`mfs-tc gc`) removes requests long past their deadline or whose owner died, and their flows.
+the entries it wrote.
+
+Where a flow is a connected socket and the kernel has socket storage, its entry is attached to the
+socket (`sk_flows`, one map write keyed by the fd): it dies with the socket. Other flows (5-tuples,
+sockets of other processes) go to the `flows` LRU hash. The controller writes only decisions;
+what the kernel counts (bytes sent, current level) is in `flow_state`/`sk_state`, which user space
+never writes, so rewrites lose no byte. `gc()` (`mfs-tc gc`) demotes the flows of requests long
+past their deadline or whose owner died to the scavenger level (it never promotes anything).
+
+Deadlines are CLOCK_MONOTONIC nanoseconds of this host. A request that travels between hosts
+carries a wall-clock (UNIX) deadline or arrival: `request(..., deadline_wall=...)` converts it to
+this host's monotonic clock once, at registration (see docs/controller.md for the clock-sync
+assumption and the error a clock offset causes).
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import random
 import socket
 import struct
 import threading
@@ -37,18 +49,27 @@ from .layout import (
     DSCP_KEEP,
     LAYOUT_MAGIC,
     LAYOUT_VERSION,
+    LEVEL_NONE,
     MAP_NAMES,
     MAP_SHAPES,
+    SK_MAP_NAMES,
     MAX_LEVELS,
     NSTATS,
     PIN_ROOT,
     R_SCAVENGER,
     STAGE_CODES,
     STAT_NAMES,
+    STAT_ORPHAN,
+    STAT_STALE,
     ConfigRecord,
     FlowKey,
+    FlowState,
+    Owner,
+    pidns_inode,
+    proc_start_ticks,
     LevelRecord,
     RequestRecord,
+    dscp_mask,
     dscp_to_level_table,
     pack_key,
     pin_dir,
@@ -69,6 +90,8 @@ __all__ = [
     "pack_flow_key",
     "rdma_table",
     "gc",
+    "wall_to_monotonic_ns",
+    "owner_alive",
 ]
 
 FlowTarget = Union[socket.socket, FlowKey, tuple]
@@ -76,6 +99,9 @@ FlowTarget = Union[socket.socket, FlowKey, tuple]
 # map type each pinned map must have (the loader may pick HASH for flows where LRU is missing)
 _MAP_TYPES = {
     "flows": {bpfsys.MAP_TYPE_LRU_HASH, bpfsys.MAP_TYPE_HASH},
+    "flow_state": {bpfsys.MAP_TYPE_LRU_HASH, bpfsys.MAP_TYPE_HASH},
+    "sk_flows": {bpfsys.MAP_TYPE_SK_STORAGE},
+    "sk_state": {bpfsys.MAP_TYPE_SK_STORAGE},
     "requests": {bpfsys.MAP_TYPE_HASH, bpfsys.MAP_TYPE_LRU_HASH},
     "levels": {bpfsys.MAP_TYPE_ARRAY},
     "config": {bpfsys.MAP_TYPE_ARRAY},
@@ -83,6 +109,7 @@ _MAP_TYPES = {
 }
 _CREATE_TYPES = {
     "flows": bpfsys.MAP_TYPE_LRU_HASH,
+    "flow_state": bpfsys.MAP_TYPE_LRU_HASH,
     "requests": bpfsys.MAP_TYPE_HASH,
     "levels": bpfsys.MAP_TYPE_ARRAY,
     "config": bpfsys.MAP_TYPE_ARRAY,
@@ -90,6 +117,25 @@ _CREATE_TYPES = {
 }
 _U32_0 = b"\0\0\0\0"
 _U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+_GEN_OFF = 20  # offset of mfs_flow_entry.gen
+SO_COOKIE = 57
+
+
+def wall_to_monotonic_ns(wall_ns: int) -> int:
+    """This host's CLOCK_MONOTONIC time of the wall-clock (CLOCK_REALTIME, UNIX ns) instant
+    `wall_ns`: the offset between the two clocks is read now, from the tightest of three
+    bracketed reads (error well under a microsecond; the real error is the hosts' clock sync)."""
+    best = None
+    for _ in range(3):
+        m0 = time.monotonic_ns()
+        w = time.time_ns()
+        m1 = time.monotonic_ns()
+        if best is None or m1 - m0 < best[0]:
+            best = (m1 - m0, w - (m0 + m1) // 2)
+    assert best is not None
+    return int(wall_ns) - best[1]
 
 
 # ---- identifiers ----------------------------------------------------------------------------------
@@ -163,16 +209,18 @@ def _nonneg(v: int | float, what: str) -> int:
 class FlowView:
     """One live `flows` entry as `mfs-tc flows` shows it."""
 
-    key: FlowKey
+    key: FlowKey | None  # None: a socket-storage entry (seen through its socket only)
     entry: FlowEntry
     level: int
     cursor: int | None
     scavenged: bool
     request_id: int
     owner_pid: int | None
+    state: FlowState | None = None
 
     def as_dict(self) -> dict:
         e = self.entry
+        st = self.state if self.state is not None and self.state.gen == e.gen else None
         return {
             "saddr": self.key.saddr,
             "daddr": self.key.daddr,
@@ -182,12 +230,12 @@ class FlowView:
             "stage": e.stage_name,
             "mode": e.mode_name,
             "level": self.level,
-            "cur_level": None if e.cur_level == 0xFF else e.cur_level,
+            "cur_level": None if st is None or st.cur_level == LEVEL_NONE else st.cur_level,
             "target_layer": e.target_layer,
             "cursor": self.cursor,
             "scavenged": self.scavenged,
-            "sent_bytes": e.sent_bytes,
-            "sent_pkts": e.sent_pkts,
+            "sent_bytes": st.sent_bytes if st else e.sent_bytes,
+            "sent_pkts": st.sent_pkts if st else 0,
             "total_bytes": e.total_bytes,
             "request_id": self.request_id,
             "owner_pid": self.owner_pid,
@@ -198,12 +246,16 @@ class FlowView:
 
 
 class PinnedMaps:
-    """The five maps of one attached interface, opened once. Serves the controller and the
-    `flows`/`status`/`gc` commands."""
+    """The maps of one attached interface, opened once. Serves the controller and the
+    `flows`/`status`/`gc` commands. `sk_flows`/`sk_state` are None where the attach has no
+    socket storage (kernel without it, or maps made by `create`): sockets then use `flows`."""
 
     def __init__(self, path: Path, maps: dict[str, BpfMap]) -> None:
         self.path = path
         self.flows = maps["flows"]
+        self.flow_state = maps["flow_state"]
+        self.sk_flows: BpfMap | None = maps.get("sk_flows")
+        self.sk_state: BpfMap | None = maps.get("sk_state")
         self.requests = maps["requests"]
         self.levels = maps["levels"]
         self.config_map = maps["config"]
@@ -240,6 +292,10 @@ class PinnedMaps:
                         f"mfs-tc is not (fully) attached to {what}: {p} is missing: run `mfs-tc attach {_attach_arg(what)}`"
                     ) from None
                 _check_shape(name, maps[name], p)
+            if all((path / n).exists() for n in SK_MAP_NAMES):
+                for name in SK_MAP_NAMES:
+                    maps[name] = BpfMap.open(path / name, name)
+                    _check_shape(name, maps[name], path / name)
             return cls(path, maps)
         except BaseException:
             for m in maps.values():
@@ -259,10 +315,13 @@ class PinnedMaps:
         flags: int = 0,
         flows_max: int | None = None,
         requests_max: int | None = None,
+        control_level: int = 0,
+        keep_dscp: Iterable[int] = (),
     ) -> "PinnedMaps":
-        """Create the five maps shaped per layout.MAP_SHAPES, pin them in `path` (made if
-        missing, under a mounted bpffs) and write config and levels. For tests, benchmarks and
-        loaders that do not get their maps from the compiled program."""
+        """Create the maps of MAP_NAMES shaped per layout.MAP_SHAPES (not the socket-storage
+        ones: they need BTF, which only the compiled program brings), pin them in `path` (made
+        if missing, under a mounted bpffs) and write config and levels. For tests, benchmarks
+        and loaders that do not get their maps from the compiled program."""
         if not 2 <= nlevels <= MAX_LEVELS:
             raise ValueError(f"levels must be in 2..{MAX_LEVELS}, got {nlevels}")
         path = Path(path)
@@ -271,7 +330,7 @@ class PinnedMaps:
         try:
             for name in MAP_NAMES:
                 ks, vs, n = MAP_SHAPES[name]
-                if name == "flows" and flows_max:
+                if name in ("flows", "flow_state") and flows_max:
                     n = flows_max
                 if name == "requests" and requests_max:
                     n = requests_max
@@ -282,7 +341,8 @@ class PinnedMaps:
             sl = nlevels - 1 if scavenger_level is None else scavenger_level
             dscps = list(dscp) if dscp is not None else list(DEFAULT_DSCP[: nlevels - 1]) + [DEFAULT_DSCP[-1]]
             prios = list(priorities) if priorities is not None else list(range(nlevels))
-            write_config(maps["config"], maps["levels"], nlevels, dl, sl, flags, dscps, prios)
+            write_config(maps["config"], maps["levels"], nlevels, dl, sl, flags, dscps, prios,
+                         control_level=control_level, keep_dscp=keep_dscp)
             return cls(path, maps)
         except BaseException:
             for m in maps.values():
@@ -293,7 +353,7 @@ class PinnedMaps:
     def unpin(path: Path | str) -> None:
         """Remove the pins in `path` and the directory (maps go when the last fd closes)."""
         path = Path(path)
-        for name in MAP_NAMES:
+        for name in MAP_NAMES + SK_MAP_NAMES:
             try:
                 (path / name).unlink()
             except FileNotFoundError:
@@ -304,8 +364,10 @@ class PinnedMaps:
             pass
 
     def close(self) -> None:
-        for m in (self.flows, self.requests, self.levels, self.config_map, self.stats_map):
-            m.close()
+        for m in (self.flows, self.flow_state, self.sk_flows, self.sk_state, self.requests, self.levels,
+                  self.config_map, self.stats_map):
+            if m is not None:
+                m.close()
 
     def __enter__(self) -> "PinnedMaps":
         return self
@@ -354,25 +416,63 @@ class PinnedMaps:
         for k, v in self.flows.items():
             yield FlowKey.unpack(k), FlowEntry.unpack(v)
 
+    def flow_states(self) -> dict[bytes, FlowState]:
+        return {k: FlowState.unpack(v) for k, v in self.flow_state.items()}
+
+    def state_of(self, key: bytes) -> FlowState | None:
+        """The kernel's counts for the 5-tuple `key` (any registration: compare gen)."""
+        raw = self.flow_state.lookup(key)
+        return FlowState.unpack(raw) if raw else None
+
+    def sk_state_of(self, fd: int) -> FlowState | None:
+        if self.sk_state is None:
+            return None
+        raw = self.sk_state.lookup(_I32.pack(fd))
+        return FlowState.unpack(raw) if raw else None
+
+    def pressure(self) -> dict[str, Any]:
+        """How full the 5-tuple maps are, and what fell out of them (status)."""
+        n = len(self.flows)
+        mx = self.flows.info.max_entries
+        counters = read_counters(self.stats_map)
+        return {
+            "flows": n,
+            "flows_max": mx,
+            "flows_fill": round(n / mx, 4) if mx else None,
+            "flow_states": len(self.flow_state),
+            "eviction": "LRU: a new entry in a full map evicts the least recently used one; its "
+                        "packets then count as orphan and get the default level",
+            "orphan_packets": counters[STAT_ORPHAN][0],
+            "stale_packets": counters[STAT_STALE][0],
+            "socket_storage": self.sk_flows is not None,
+        }
+
     def flow_views(self, now_ns: int | None = None) -> list[FlowView]:
-        """Live flows with the level the classifier would pick now."""
+        """Live 5-tuple flows with the level the classifier would pick now."""
         now = time.monotonic_ns() if now_ns is None else now_ns
         cfg = self.config
-        entries = list(self.flow_entries())
+        raw = list(self.flows.items())
+        states = self.flow_states()
         reqs = self.request_records()
         out = []
-        for key, e in entries:
+        for k, v in raw:
+            key, e = FlowKey.unpack(k), FlowEntry.unpack(v)
+            st = states.get(k)
+            live = st is not None and st.gen == e.gen
             rec = reqs.get(e.request_id) if e.request_id else None
             scav = bool(rec and rec.scavenged)
             cursor = rec.cursor if rec else None
             lv = e.level(
                 now,
+                sent=st.sent_bytes if live else None,
                 cursor=cursor or 0,
                 scavenged=scav,
                 scavenger_level=cfg.scavenger_level,
                 nlevels=cfg.nlevels,
+                cur_level=st.cur_level if live else LEVEL_NONE,
+                default_level=cfg.default_level,
             )
-            out.append(FlowView(key, e, lv, cursor, scav, e.request_id, rec.owner_pid if rec else None))
+            out.append(FlowView(key, e, lv, cursor, scav, e.request_id, rec.owner_pid if rec else None, st))
         return out
 
     def stats(self) -> dict[str, Any]:
@@ -441,18 +541,29 @@ def write_config(
     dscp: Sequence[int],
     priorities: Sequence[int],
     trust_table: Sequence[int] | None = None,
+    control_level: int = 0,
+    keep_dscp: Iterable[int] = (),
 ) -> None:
     """Write the `levels` records (skb->priority and DSCP per level; levels past nlevels map to
     the last) and then the `config` record: the classifier acts only once config carries the
     magic, so a half-written set is never used. `trust_table`: the DSCPs the trust-dscp table is
-    built from (default: `dscp`)."""
+    built from (default: `dscp`). `default_level`: payload of unknown flows; `control_level`:
+    their pure control packets (SYN/FIN/RST/ACK without payload); `keep_dscp`: DSCP values that
+    untracked traffic keeps (all other untracked IP traffic leaves with its level's DSCP)."""
     if len(dscp) != nlevels or len(priorities) != nlevels:
         raise ValueError(f"{len(dscp)} DSCP values and {len(priorities)} priorities for {nlevels} levels")
+    for what, lv in (("default level", default_level), ("control level", control_level),
+                     ("scavenger level", scavenger_level)):
+        if not 0 <= lv < nlevels:
+            raise ValueError(f"{what} {lv} out of range: levels are 0..{nlevels - 1}")
     for lv in range(MAX_LEVELS):
         i = min(lv, nlevels - 1)
         levels_map.update(lv.to_bytes(4, "little"), LevelRecord(priorities[i], dscp[i]).pack())
     table = dscp_to_level_table(list(trust_table if trust_table is not None else dscp), default_level)
-    config_map.update(_U32_0, ConfigRecord(nlevels, default_level, scavenger_level, flags, table).pack())
+    config_map.update(
+        _U32_0,
+        ConfigRecord(nlevels, default_level, scavenger_level, flags, table, control_level, dscp_mask(keep_dscp)).pack(),
+    )
 
 
 # ---- policy resolution ----------------------------------------------------------------------------
@@ -473,12 +584,23 @@ def resolve_policy(policy: Policy | str, nlevels: int, **config: Any) -> Policy:
 
 # ---- handles -------------------------------------------------------------------------------------
 class FlowHandle:
-    """One registered flow. `update()` re-asks the policy with new bytes/target; `remove()`."""
+    """One registered flow. `update()` re-asks the policy with new bytes/target; `remove()`.
 
-    __slots__ = ("owner", "stage", "key", "flow", "entry", "removed")
+    `key` identifies the flow in this controller: the 5-tuple map key, or for a socket-storage
+    flow b"sk" + the socket's fd (`sock` is then the socket). `gen` is the registration the
+    kernel's counts belong to."""
+
+    __slots__ = ("owner", "stage", "key", "flow", "entry", "removed", "gen", "sock")
 
     def __init__(
-        self, owner: "_Owner", stage: "StageHandle", key: bytes, flow: Flow, entry: FlowEntry | None = None
+        self,
+        owner: "_Owner",
+        stage: "StageHandle",
+        key: bytes,
+        flow: Flow,
+        entry: FlowEntry | None = None,
+        gen: int = 0,
+        sock: socket.socket | None = None,
     ) -> None:
         self.owner = owner
         self.stage = stage
@@ -486,12 +608,31 @@ class FlowHandle:
         # replaced on change, never mutated here: flows of one add_flows call may share one
         # object, so change a flow through update(), not by assigning its fields
         self.flow = flow
-        self.entry = entry  # the entry last written (the kernel's copy also has counters)
+        self.entry = entry  # the decision last written (shared by flows of one decision)
         self.removed = False
+        self.gen = gen
+        self.sock = sock
+
+    @property
+    def on_socket(self) -> bool:
+        """Whether the entry lives in the socket's storage (else in the 5-tuple map)."""
+        return self.sock is not None
 
     @property
     def flow_key(self) -> FlowKey:
+        if self.sock is not None:
+            return FlowKey.from_socket(self.sock)
         return FlowKey.unpack(self.key)
+
+    def state(self) -> FlowState | None:
+        """What the kernel counted for this registration (None before its first packet)."""
+        maps = self.owner.ctl.maps
+        if self.sock is not None:
+            fd = self.sock.fileno()
+            st = maps.sk_state_of(fd) if fd >= 0 else None
+        else:
+            st = maps.state_of(self.key)
+        return st if st is not None and st.gen == self.gen else None
 
     def update(
         self,
@@ -518,9 +659,21 @@ class FlowHandle:
             self.owner._rewrite([self])
 
     def read(self) -> FlowEntry | None:
-        """The entry as the kernel has it now (with sent bytes and cur_level)."""
-        raw = self.owner.ctl.maps.flows.lookup(self.key)
-        return FlowEntry.unpack(raw) if raw else None
+        """The decision in the map now, with the kernel's counts of this registration filled in
+        (sent_bytes, cur_level; before the first packet: the decision's own sent_bytes)."""
+        maps = self.owner.ctl.maps
+        if self.sock is not None:
+            fd = self.sock.fileno()
+            raw = maps.sk_flows.lookup(_I32.pack(fd)) if fd >= 0 and maps.sk_flows is not None else None
+        else:
+            raw = maps.flows.lookup(self.key)
+        if not raw:
+            return None
+        e = FlowEntry.unpack(raw)
+        st = self.state()
+        if st is not None and st.gen == e.gen:
+            e.sent_bytes, e.cur_level = st.sent_bytes, st.cur_level
+        return e
 
     def remove(self) -> None:
         with self.owner.ctl._lock:
@@ -547,8 +700,18 @@ class StageHandle:
     def add_flow(
         self, target: FlowTarget, *, bytes: int = 0, target_layer: int | None = None, sent: int = 0
     ) -> FlowHandle:
-        """Register one flow (a connected socket, FlowKey or 5-tuple) of this stage."""
-        key = pack_flow_key(target)
+        """Register one flow (a socket, FlowKey or 5-tuple) of this stage. A socket goes to its
+        own storage where the attach has it (one map write keyed by its fd), else to the
+        5-tuple map (then it must be connected)."""
+        ctl = self.owner.ctl
+        sock = target if isinstance(target, socket.socket) and ctl.maps.sk_flows is not None else None
+        if sock is not None:
+            fd = sock.fileno()
+            if fd < 0:
+                raise ValueError("the socket is closed")
+            key = b"sk" + _I32.pack(fd)
+        else:
+            key = pack_flow_key(target)
         if type(bytes) is not int or bytes < 0:
             bytes = _nonneg(bytes, "flow bytes")
         tl = self._default_layer() if target_layer is None else target_layer
@@ -558,12 +721,16 @@ class StageHandle:
             sent = _nonneg(sent, "sent bytes")
         flow = Flow(bytes, tl, None, sent)
         owner = self.owner
-        ctl = owner.ctl
         with ctl._lock:
             owner._check_live()
             v, e = owner._entry_for(self, flow, ctl.clock())
-            fh = FlowHandle(owner, self, key, flow, e)
-            ctl.maps.flows.update(key, v)
+            gen = ctl._next_gen()
+            v = v[:_GEN_OFF] + _U32.pack(gen) + v[_GEN_OFF + 4 :]
+            fh = FlowHandle(owner, self, key, flow, e, gen, sock)
+            if sock is not None:
+                ctl.maps.sk_flows.update(key[2:], v)
+            else:
+                ctl.maps.flows.update(key, v)
             ctl._claim(fh)
             self.flows.append(fh)
         return fh
@@ -577,8 +744,23 @@ class StageHandle:
         sent: int = 0,
     ) -> list[FlowHandle]:
         """Register many flows in one batched map write (BPF_MAP_UPDATE_BATCH). `bytes` and
-        `target_layer` are one value for all or one per flow."""
-        keys = [pack_flow_key(t) for t in targets]
+        `target_layer` are one value for all or one per flow. Sockets go to their storage where
+        the attach has it (see add_flow)."""
+        ctl = self.owner.ctl
+        targets = list(targets)
+        socks: list[socket.socket | None] = [None] * len(targets)
+        if ctl.maps.sk_flows is not None:
+            keys = []
+            for i, t in enumerate(targets):
+                if isinstance(t, socket.socket):
+                    if t.fileno() < 0:
+                        raise ValueError("a socket is closed")
+                    socks[i] = t
+                    keys.append(b"sk" + _I32.pack(t.fileno()))
+                else:
+                    keys.append(pack_flow_key(t))
+        else:
+            keys = [pack_flow_key(t) for t in targets]
         n = len(keys)
         if n == 0:
             return []
@@ -592,23 +774,24 @@ class StageHandle:
             tll = _per_flow(tl, n, "target_layer")
             flows = [Flow(_nonneg(b, "flow bytes"), _nonneg(t, "target layer"), None, s) for b, t in zip(bl, tll)]
         owner = self.owner
-        ctl = owner.ctl
         with ctl._lock:
             owner._check_live()
             now = ctl.clock()
+            gen = ctl._next_gen()
+            g = _U32.pack(gen)
             if uniform:
                 v, e = owner._entry_for(self, flows[0], now)
+                v = v[:_GEN_OFF] + g + v[_GEN_OFF + 4 :]
                 f0 = flows[0]
-                handles = [FlowHandle(owner, self, k, f0, e) for k in keys]
-                values = v * n
+                handles = [FlowHandle(owner, self, k, f0, e, gen, sk) for k, sk in zip(keys, socks)]
+                vals = [v] * n
             else:
                 handles, vals = [], []
-                for k, f in zip(keys, flows):
+                for k, f, sk in zip(keys, flows, socks):
                     v, e = owner._entry_for(self, f, now)
-                    handles.append(FlowHandle(owner, self, k, f, e))
-                    vals.append(v)
-                values = b"".join(vals)
-            ctl.maps.flows.update_batch_raw(b"".join(keys), values, n)
+                    handles.append(FlowHandle(owner, self, k, f, e, gen, sk))
+                    vals.append(v[:_GEN_OFF] + g + v[_GEN_OFF + 4 :])
+            ctl._write_entries(handles, vals)
             ctl._claim_many(handles, keys)
             self.flows.extend(handles)
         return handles
@@ -639,7 +822,8 @@ class _Owner:
         self.ctl = ctl
         self.id = key
         self.model = model
-        self.record = RequestRecord(0, 0, deadline_ns, ctl.owner_pid)
+        o = ctl.owner
+        self.record = RequestRecord(0, 0, deadline_ns, o.pid, o.start, o.pidns)
         self.stages: list[StageHandle] = []
         self.flows: dict[bytes, FlowHandle] = {}
         self.closed = False
@@ -741,43 +925,54 @@ class _Owner:
         return v, e
 
     def _rewrite(self, handles: list[FlowHandle]) -> None:
-        """Re-ask the policy; keep what the kernel counted (sent bytes/packets, cur_level).
-        Read-modify-write: bytes the kernel counts between the read and the write (a few
-        packets at most) are lost from `sent_bytes`; levels only shift by that much."""
+        """Re-ask the policy with what the kernel counted so far and write the new decisions
+        (same gen). The kernel's counts are in another map that this never writes: nothing the
+        kernel counts meanwhile is lost."""
         self._check_live()
         now = self.ctl.clock()
-        flows = self.ctl.maps.flows
-        keys, vals = [], []
+        vals = []
         for fh in handles:
-            old_raw = flows.lookup(fh.key)
-            old = FlowEntry.unpack(old_raw) if old_raw else None
-            if old is not None and old.sent_bytes != fh.flow.sent:
-                fh.flow = dataclasses.replace(fh.flow, sent=old.sent_bytes)
+            st = fh.state()
+            if st is not None and st.sent_bytes != fh.flow.sent:
+                fh.flow = dataclasses.replace(fh.flow, sent=st.sent_bytes)
             e = self.ctl.policy.entry(self.model, fh.stage.stage, fh.flow, now)
             e.request_id = self.id
             e.stage = STAGE_CODES.get(fh.stage.stage.name, 0)
             if not e.total_bytes:
                 e.total_bytes = fh.flow.bytes
-            if old is not None:
-                e.sent_bytes, e.sent_pkts, e.cur_level = old.sent_bytes, old.sent_pkts, old.cur_level
-                e.created_ns = old.created_ns
-            else:
-                e.created_ns = now
+            # sent_bytes (the policy's flow.sent) is where a lost state would restart
+            e.created_ns = fh.entry.created_ns if fh.entry is not None else now
+            e.gen = fh.gen
             fh.entry = e
-            keys.append(fh.key)
             vals.append(e.pack())
-        if keys:
-            flows.update_batch_raw(b"".join(keys), b"".join(vals), len(keys))
+        if handles:
+            self.ctl._write_entries(handles, vals)
 
     def _drop(self, handles: list[FlowHandle]) -> None:
-        mine = [fh for fh in handles if not fh.removed and self.ctl._owner_of.get(fh.key) is fh]
+        """Remove the entries of these flows that are still ours: in the map with our gen (an
+        entry another controller wrote since on the same 5-tuple stays)."""
+        ctl = self.ctl
+        mine = [fh for fh in handles if not fh.removed and ctl._owner_of.get(fh.key) is fh]
         for fh in handles:
             fh.removed = True
             self.flows.pop(fh.key, None)
-        if mine:
-            self.ctl.maps.flows.delete_batch([fh.key for fh in mine])
-            for fh in mine:
-                self.ctl._owner_of.pop(fh.key, None)
+        if not mine:
+            return
+        tuples = []
+        for fh in mine:
+            ctl._owner_of.pop(fh.key, None)
+            if fh.sock is not None:
+                fd = fh.sock.fileno()
+                if fd >= 0 and ctl.maps.sk_flows is not None:
+                    raw = ctl.maps.sk_flows.lookup(fh.key[2:])
+                    if raw is not None and _U32.unpack_from(raw, _GEN_OFF)[0] == fh.gen:
+                        ctl.maps.sk_flows.delete(fh.key[2:])
+                continue
+            raw = ctl.maps.flows.lookup(fh.key)
+            if raw is not None and _U32.unpack_from(raw, _GEN_OFF)[0] == fh.gen:
+                tuples.append(fh.key)
+        if tuples:
+            ctl.maps.flows.delete_batch(tuples)
 
     def update_estimate(
         self,
@@ -897,7 +1092,9 @@ class Controller:
         self.policy = policy
         self.clock = clock
         self.entry_cache_ns = entry_cache_ns
-        self.owner_pid = os.getpid() if owner_pid is None else owner_pid
+        self.owner = Owner.of(owner_pid)
+        self.owner_pid = self.owner.pid
+        self._gen = random.getrandbits(32)
         self._lock = threading.RLock()
         self._owners: dict[int, _Owner] = {}
         self._owner_of: dict[bytes, FlowHandle] = {}
@@ -944,22 +1141,47 @@ class Controller:
     def request(
         self,
         request_id: int | str,
-        slo_s: float,
+        slo_s: float | None = None,
         arrival: float | None = None,
         *,
         arrival_ns: int | None = None,
+        arrival_wall: float | None = None,
+        deadline_wall: float | None = None,
         num_layers: int = 1,
         remaining_bytes: int = 0,
         remaining_compute_s: float = 0.0,
     ) -> RequestHandle:
         """Register a request: `slo_s` its TTFT SLO in seconds, `arrival` in seconds of
-        time.monotonic() (or `arrival_ns` of time.monotonic_ns(); default now)."""
+        time.monotonic() (or `arrival_ns` of time.monotonic_ns(); default now).
+
+        Across hosts, pass wall-clock (UNIX, time.time()) seconds instead, as serving systems
+        carry them in request metadata: `arrival_wall` (with `slo_s`) and/or `deadline_wall`
+        (the absolute TTFT deadline; then `slo_s` may be left out). They are converted once, here,
+        to this host's CLOCK_MONOTONIC (`wall_to_monotonic_ns`); the deadline is then as exact
+        as the hosts' clocks agree (see docs/controller.md)."""
         key = request_key(request_id)
-        slo_ns = _seconds_to_ns(slo_s, "slo_s")
-        if slo_ns <= 0:
-            raise ValueError(f"SLO must be positive, got {slo_s} s")
+        if arrival_wall is not None:
+            if arrival is not None or arrival_ns is not None:
+                raise ValueError("give one arrival: arrival, arrival_ns or arrival_wall")
+            arrival_ns = wall_to_monotonic_ns(_seconds_to_ns(arrival_wall, "arrival_wall"))
         if arrival_ns is None:
             arrival_ns = self.clock() if arrival is None else _seconds_to_ns(arrival, "arrival")
+        if deadline_wall is not None:
+            dl = wall_to_monotonic_ns(_seconds_to_ns(deadline_wall, "deadline_wall"))
+            if slo_s is not None:
+                raise ValueError("give slo_s or deadline_wall, not both")
+            slo_ns = dl - int(arrival_ns)
+            if slo_ns <= 0:
+                raise ValueError(
+                    f"deadline_wall {deadline_wall} is {-slo_ns / 1e9:.6f} s before the arrival: already "
+                    f"missed (or this host's clock is off: check chrony/PTP sync)"
+                )
+        else:
+            if slo_s is None:
+                raise ValueError("a request needs slo_s or deadline_wall")
+            slo_ns = _seconds_to_ns(slo_s, "slo_s")
+            if slo_ns <= 0:
+                raise ValueError(f"SLO must be positive, got {slo_s} s")
         if num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
         model = Request(
@@ -1004,6 +1226,23 @@ class Controller:
             b._write_record()
             self._owners[key] = b
         return b
+
+    def _next_gen(self) -> int:
+        """A registration id: per controller a counter from a random start, never 0."""
+        self._gen = (self._gen + 1) & 0xFFFFFFFF or 1
+        return self._gen
+
+    def _write_entries(self, handles: list[FlowHandle], vals: list[bytes]) -> None:
+        """Write decisions: 5-tuple ones in one batch, socket ones keyed by their fd."""
+        tk, tv = [], []
+        for fh, v in zip(handles, vals):
+            if fh.sock is not None:
+                self.maps.sk_flows.update(fh.key[2:], v)  # type: ignore[union-attr]
+            else:
+                tk.append(fh.key)
+                tv.append(v)
+        if tk:
+            self.maps.flows.update_batch_raw(b"".join(tk), b"".join(tv), len(tk))
 
     def _claim(self, fh: FlowHandle) -> None:
         k = fh.key
@@ -1050,7 +1289,8 @@ def set_static(maps: PinnedMaps, target: FlowTarget, level: int, now_ns: int | N
     if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < n:
         raise ValueError(f"level {level!r} out of range: this interface has levels 0..{n - 1}")
     key = pack_flow_key(target)
-    e = FlowEntry.static(level, created_ns=time.monotonic_ns() if now_ns is None else now_ns)
+    e = FlowEntry.static(level, created_ns=time.monotonic_ns() if now_ns is None else now_ns,
+                         gen=random.getrandbits(32) or 1)
     maps.flows.update(key, e.pack())
     return key
 
@@ -1082,17 +1322,28 @@ def rdma_table(levels: int | Sequence[LevelRecord | int]) -> list[dict]:
 
 
 # ---- garbage collection ---------------------------------------------------------------------------
+STAGE_ORPHAN = 0xFF  # `stage` of a flow entry gc demoted because its request or owner is gone
+
+
 @dataclass
 class GcResult:
-    requests_removed: list[int] = field(default_factory=list)
-    flows_removed: int = 0
+    requests_removed: list[int] = field(default_factory=list)  # owner gone
+    requests_scavenged: list[int] = field(default_factory=list)  # past deadline + grace, owner alive
+    flows_demoted: int = 0  # orphaned 5-tuple flows rewritten to the scavenger level
+    flows_removed: int = 0  # demoted flows that sent nothing since the previous gc
 
     def as_dict(self) -> dict:
-        return {"requests_removed": [f"{r:#x}" for r in self.requests_removed], "flows_removed": self.flows_removed}
+        return {
+            "requests_removed": [f"{r:#x}" for r in self.requests_removed],
+            "requests_scavenged": [f"{r:#x}" for r in self.requests_scavenged],
+            "flows_demoted": self.flows_demoted,
+            "flows_removed": self.flows_removed,
+        }
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists (a pid of 0 or less, unknown, counts as alive)."""
+    """Whether process `pid` (of this pid namespace) exists (a pid of 0 or less, unknown, counts
+    as alive). For a request's owner use owner_alive, which survives pid reuse and namespaces."""
     if pid <= 0:
         return True  # unknown owner: judge by deadline only
     try:
@@ -1104,26 +1355,98 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _nspid(pid: str, proc: str) -> list[int]:
+    try:
+        with open(f"{proc}/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return [int(x) for x in line.split()[1:]]
+    except OSError:
+        pass
+    return []
+
+
+def owner_alive(owner: Owner, proc: str = "/proc") -> bool:
+    """Whether the process that registered a request still runs. Same pid namespace as this
+    one: the pid exists with the recorded start time (a recycled pid is not the owner). Another
+    namespace (a container): a process of that namespace whose innermost pid and start time
+    match; when no process of that namespace is visible from here at all, the owner cannot be
+    judged and counts as alive (its requests then go by deadline only), except from the initial
+    pid namespace, which sees every other: there the namespace is gone, and with it the owner."""
+    if owner.pid <= 0:
+        return True
+    mine = pidns_inode(os.getpid(), proc)
+    if not owner.pidns or owner.pidns == mine:
+        start = proc_start_ticks(owner.pid, proc)
+        if start is None:
+            return False
+        return not owner.start or start == owner.start
+    seen_ns = False
+    in_init_ns = len(_nspid("self", proc)) == 1  # every other pid namespace is visible from here
+    for d in os.listdir(proc):
+        if not d.isdigit() or pidns_inode(int(d), proc) != owner.pidns:
+            continue
+        seen_ns = True
+        ns = _nspid(d, proc)
+        if ns and ns[-1] == owner.pid:
+            start = proc_start_ticks(int(d), proc)
+            return start is not None and (not owner.start or start == owner.start)
+    return False if seen_ns or in_init_ns else True
+
+
 def gc(maps: PinnedMaps, grace_s: float = 10.0, now_ns: int | None = None, check_pids: bool = True) -> GcResult:
-    """Remove requests whose deadline passed more than `grace_s` ago or whose owner process is
-    gone, and every flow whose request is gone. Static entries (no request) stay."""
+    """Never promotes, never drops a live flow to the top. Requests whose deadline passed more
+    than `grace_s` ago and whose owner lives are flagged scavenger (their flows go to the
+    scavenger level; the owner's done() removes them). Requests whose owner is gone are
+    removed, and every flow of a missing request is rewritten as a static scavenger-level entry
+    (same gen: the kernel's counts go on) marked orphan; an orphan entry whose flow sent nothing
+    since the previous gc more than `grace_s` ago is removed (its socket is most likely gone:
+    were it not, its next packets would get the default level, never a higher one). Static
+    entries (no request) that gc did not demote stay."""
     if grace_s < 0:
         raise ValueError(f"grace must not be negative, got {grace_s}")
     now = time.monotonic_ns() if now_ns is None else now_ns
     grace = _seconds_to_ns(grace_s, "grace")
     # flows first, then requests: a request is always written before its flows, so a flow seen
     # here whose request is missing below really lost it
-    flow_rids = [(k, _U64.unpack_from(v, 24)[0]) for k, v in maps.flows.items()]
+    flows = [(k, FlowEntry.unpack(v)) for k, v in maps.flows.items()]
+    states = maps.flow_states()
     reqs = maps.request_records()
     res = GcResult()
     live = set()
     for rid, rec in reqs.items():
-        if rec.deadline_ns + grace < now or (check_pids and not pid_alive(rec.owner_pid)):
+        if check_pids and not owner_alive(rec.owner):
             if maps.requests.delete(_U64.pack(rid)):
                 res.requests_removed.append(rid)
-        else:
-            live.add(rid)
-    dead = [k for k, rid in flow_rids if rid and rid not in live]
+            continue
+        live.add(rid)
+        if rec.deadline_ns + grace < now and not rec.flags & R_SCAVENGER:
+            rec.flags |= R_SCAVENGER
+            try:
+                maps.requests.update(_U64.pack(rid), rec.pack(), bpfsys.BPF_EXIST)
+            except MfsError:
+                continue  # finished meanwhile
+            res.requests_scavenged.append(rid)
+    scav = maps.config.scavenger_level
+    dk, dv, dead = [], [], []
+    for k, e in flows:
+        st = states.get(k)
+        pkts = st.sent_pkts if st is not None and st.gen == e.gen else 0
+        if e.stage == STAGE_ORPHAN and not e.request_id:
+            # total_bytes holds the packet count at demotion (unused by a static entry)
+            if pkts == e.total_bytes and e.created_ns + grace < now:
+                dead.append(k)
+            elif pkts != e.total_bytes:
+                dk.append(k)
+                dv.append(FlowEntry.static(scav, stage=STAGE_ORPHAN, gen=e.gen, created_ns=now,
+                                           total_bytes=pkts).pack())
+            continue
+        if e.request_id and e.request_id not in live:
+            dk.append(k)
+            dv.append(FlowEntry.static(scav, stage=STAGE_ORPHAN, gen=e.gen, created_ns=now,
+                                       total_bytes=pkts).pack())
+            res.flows_demoted += 1
+    if dk:
+        maps.flows.update_batch_raw(b"".join(dk), b"".join(dv), len(dk))
     res.flows_removed = maps.flows.delete_batch(dead) if dead else 0
     return res
-

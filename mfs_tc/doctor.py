@@ -52,7 +52,12 @@ def run_checks() -> list[Check]:
     btf = Path("/sys/kernel/btf/vmlinux").exists()
     checks.append(Check("BTF", btf, "/sys/kernel/btf/vmlinux" if btf else "no kernel BTF",
                         "a kernel with CONFIG_DEBUG_INFO_BTF=y (not needed by the classifier itself)", required=False))
-    syms = _kallsyms("cls_bpf_classify")
+    syms = _kallsyms("cls_bpf_classify", "bpf_fd_sk_storage_update_elem", "bpf_sk_fullsock")
+    sk = syms["bpf_fd_sk_storage_update_elem"] and syms["bpf_sk_fullsock"]
+    checks.append(Check("socket storage", sk,
+                        "BPF_MAP_TYPE_SK_STORAGE + bpf_sk_fullsock: per-socket entries" if sk
+                        else "no socket storage: every flow uses the 5-tuple map (slower, LRU-evicted)",
+                        "a kernel >= 5.2 with CONFIG_BPF_SYSCALL and CONFIG_INET", required=False))
     if root:
         checks.append(Check("cls_bpf", syms["cls_bpf_classify"], "cls_bpf classifier in the kernel" if syms["cls_bpf_classify"] else "cls_bpf not found",
                             "a kernel with CONFIG_NET_CLS_BPF"))

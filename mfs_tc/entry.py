@@ -1,9 +1,11 @@
 """Flow entries: what a policy produces, what the controller writes, what the classifier reads.
 
-`FlowEntry.level()` is the exact Python mirror of the classifier's level function in
-bpf/mfs_classifier.c (integers only, same rounding). The simulator and the testbed's oracle use
-it to know what the kernel would do; tests/test_classifier_equivalence.py runs both on the same
-inputs through BPF_PROG_TEST_RUN.
+A FlowEntry is the controller's decision (layout v2: the kernel never writes it; what the
+kernel counts, bytes sent and the current level, is a layout.FlowState in another map).
+`FlowEntry.level()` and `next_cur_level()` are the exact Python mirror of the classifier's level
+function in bpf/mfs_classifier.c (integers only, same rounding, same saturation). The simulator
+and the testbed's oracle use it to know what the kernel would do;
+tests/test_classifier_equivalence.py runs both on the same inputs through BPF_PROG_TEST_RUN.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from .layout import (
 
 _S64_MIN = -(1 << 63)
 _S64_MAX = (1 << 63) - 1
+_U64_MAX = (1 << 64) - 1
+LEVEL_NONE = 0xFF
 
 
 def ps_per_byte(rate_bps: float) -> int:
@@ -47,8 +51,13 @@ def mlu_fixed(mlu: float) -> int:
 
 @dataclass(slots=True)
 class FlowEntry:
-    """One `flows` map value. Thresholds ascend; `levels[i]` is the level when the metric is at
-    or above exactly i thresholds. len(levels) == len(thresholds) + 1."""
+    """One `flows` / `sk_flows` map value (the decision). Thresholds ascend; `levels[i]` is the
+    level when the metric is at or above exactly i thresholds. len(levels) == len(thresholds) + 1.
+
+    `sent_bytes`: bytes the flow had sent when the decision was made (what the policy saw);
+    packed as the entry's sent_base, where the kernel's count starts for a new registration.
+    `gen`: the registration (the controller sets it); `cur_level`: the kernel's current level
+    the mirror starts from (not part of the entry: it lives in the kernel's state)."""
 
     mode: int = MODE_STATIC
     levels: list[int] = field(default_factory=lambda: [0])
@@ -61,9 +70,9 @@ class FlowEntry:
     total_bytes: int = 0
     ps_per_byte: int = 0
     sent_bytes: int = 0
-    sent_pkts: int = 0
     created_ns: int = 0
-    cur_level: int = 0xFF
+    gen: int = 0
+    cur_level: int = LEVEL_NONE
 
     def __post_init__(self) -> None:
         self.validate()
@@ -96,36 +105,35 @@ class FlowEntry:
             self.mode,
             self.flags,
             len(self.thresholds),
-            self.cur_level,
+            0,
             *lv,
             self.target_layer,
             self.stage,
-            0,
+            self.gen,
             self.request_id,
             self.deadline_ns,
             self.total_bytes,
             self.ps_per_byte,
             *th,
             self.sent_bytes,
-            self.sent_pkts,
             self.created_ns,
         )
 
     @classmethod
     def unpack(cls, raw: bytes) -> "FlowEntry":
         v = struct.unpack(ENTRY_FMT, raw)
-        mode, flags, n, cur = v[0:4]
+        mode, flags, n, _rsvd = v[0:4]
         lv = list(v[4:12])
-        target, stage, _rsvd, rid, dl, total, ps = v[12:19]
+        target, stage, gen, rid, dl, total, ps = v[12:19]
         th = list(v[19:26])
-        sent, pkts, created = v[26:29]
+        sent, created = v[26:28]
         n = min(n, MAX_THRESH)
         e = cls.__new__(cls)
-        e.mode, e.flags, e.cur_level = mode, flags, cur
+        e.mode, e.flags, e.cur_level = mode, flags, LEVEL_NONE
         e.levels, e.thresholds = lv[: n + 1], th[:n]
-        e.target_layer, e.stage, e.request_id = target, stage, rid
+        e.target_layer, e.stage, e.request_id, e.gen = target, stage, rid, gen
         e.deadline_ns, e.total_bytes, e.ps_per_byte = dl, total, ps
-        e.sent_bytes, e.sent_pkts, e.created_ns = sent, pkts, created
+        e.sent_bytes, e.created_ns = sent, created
         return e
 
     # ---- the level function (mirror of the kernel) -------------------------------------------
@@ -136,11 +144,11 @@ class FlowEntry:
         if self.mode == MODE_RLI:
             return self.target_layer - cursor
         if self.mode == MODE_LAXITY:
-            return _wrap64(self.deadline_ns + (sent * self.ps_per_byte) // 1000 - now_ns)
+            return laxity_metric(self.deadline_ns, sent, self.ps_per_byte, now_ns)
         if self.mode == MODE_SENT:
-            return sent
+            return min(sent, _S64_MAX)
         if self.mode == MODE_REMAINING:
-            return max(self.total_bytes - sent, 0)
+            return min(self.total_bytes - sent, _S64_MAX) if self.total_bytes > sent else 0
         return 0
 
     def level(
@@ -153,9 +161,11 @@ class FlowEntry:
         scavenger_level: int = MAX_LEVELS - 1,
         nlevels: int = MAX_LEVELS,
         cur_level: int | None = None,
+        default_level: int | None = None,
     ) -> int:
         """The level the classifier picks for a packet of this flow at `now_ns`, with `sent`
-        bytes already counted and the request's layer cursor at `cursor`."""
+        bytes already counted and the request's layer cursor at `cursor`. A table level >=
+        nlevels gives `default_level` (None: nlevels - 2), not the scavenger."""
         cur = self.cur_level if cur_level is None else cur_level
         if scavenged or (
             self.flags & F_AUTO_SCAVENGE and self.mode == MODE_MLU and self.deadline_ns <= now_ns
@@ -163,10 +173,20 @@ class FlowEntry:
             return min(scavenger_level, nlevels - 1)
         m = self.metric(now_ns, sent, cursor)
         i = sum(1 for t in self.thresholds if m >= t)
-        lv = min(self.levels[i], nlevels - 1)
+        lv = self.levels[i]
+        if lv >= nlevels:
+            dl = max(nlevels - 2, 0) if default_level is None else default_level
+            lv = dl if dl < nlevels else nlevels - 1
         if self.flags & F_MONOTONIC and cur < lv:
             lv = cur
         return lv
+
+    def next_cur_level(self, cur: int, level: int, scavenged: bool = False) -> int:
+        """The kernel state's cur_level after a packet sent at `level`: MONOTONIC entries only
+        ever lower it (and a scavenged packet leaves it), others record the last level."""
+        if self.flags & F_MONOTONIC:
+            return level if not scavenged and level < cur else cur
+        return level
 
 
 def check_table(mode: int, thresholds, levels) -> None:
@@ -193,14 +213,23 @@ def mlu_metric(total: int, sent: int, ps: int, deadline_ns: int, now_ns: int) ->
     if time_left <= 0:
         return MLU_CAP
     remaining = total - sent if total > sent else 0
-    need = (remaining * ps) // 1000
-    if time_left >= 1 << 40:
-        need >>= 10
-        time_left >>= 10
+    need = mul_ps(remaining, ps)
+    for _ in range(3):  # keep time_left < 2^40 so that need << 16 fits 64 bits
+        if time_left >= 1 << 40:
+            need >>= 10
+            time_left >>= 10
     if need >= time_left * (MLU_CAP // MLU_ONE):
         return MLU_CAP
     return (need << 16) // time_left
 
 
-def _wrap64(x: int) -> int:
-    return ((x + (1 << 63)) % (1 << 64)) - (1 << 63)
+def mul_ps(a: int, ps: int) -> int:
+    """a * ps / 1000 with the product saturated at 2^64 - 1, as the kernel computes it."""
+    return min(a * ps, _U64_MAX) // 1000
+
+
+def laxity_metric(base_ns: int, sent: int, ps: int, now_ns: int) -> int:
+    """base + sent*ps/1000 - now in signed 64 bits, saturating at both ends (the kernel's now
+    is never negative)."""
+    a = max(_S64_MIN, min(_S64_MAX, base_ns - now_ns))
+    return min(_S64_MAX, a + mul_ps(sent, ps))

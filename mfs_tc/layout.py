@@ -1,4 +1,4 @@
-"""The map contract, Python side: mirrors bpf/mfs_maps.h (layout version 1).
+"""The map contract, Python side: mirrors bpf/mfs_maps.h (layout version 2).
 
 Every struct here has the same size and field order as its C twin; tests/test_layout.py checks
 the sizes against what the C compiler lays out. Nothing here needs root or bcc.
@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LAYOUT_MAGIC = 0x4D465331  # "MFS1"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 MAX_LEVELS = 8
 MAX_THRESH = MAX_LEVELS - 1
 MLU_ONE = 65536
 MLU_CAP = 64 * MLU_ONE
 DSCP_KEEP = 0xFF
+LEVEL_NONE = 0xFF  # state.cur_level before the first packet
 INT64_MAX = (1 << 63) - 1
 INT64_MIN = -(1 << 63)
 
@@ -48,6 +49,9 @@ F_AUTO_SCAVENGE = 0x02
 # request flags
 R_SCAVENGER = 0x01
 
+# flow state flags (kernel)
+S_ACKED = 0x01
+
 # config flags
 C_TRUST_DSCP = 0x01
 
@@ -60,7 +64,12 @@ STAT_NOL4 = 12
 STAT_HIT = 13
 STAT_SCAVENGED = 14
 STAT_DSCP_SET = 15
-NSTATS = 16
+STAT_SK_HIT = 16
+STAT_CONTROL = 17
+STAT_ORPHAN = 18
+STAT_STALE = 19
+STAT_BAD_LEVEL = 20
+NSTATS = 21
 STAT_NAMES = {
     STAT_MISS: "miss",
     STAT_MALFORMED: "malformed",
@@ -70,38 +79,52 @@ STAT_NAMES = {
     STAT_HIT: "hit",
     STAT_SCAVENGED: "scavenged",
     STAT_DSCP_SET: "dscp_set",
+    STAT_SK_HIT: "sk_hit",
+    STAT_CONTROL: "control",
+    STAT_ORPHAN: "orphan",
+    STAT_STALE: "stale",
+    STAT_BAD_LEVEL: "bad_level",
 }
 
 # stage codes carried in entries (informational)
 STAGE_CODES = {"other": 0, "kv_fetch": 1, "collective": 2, "p2d": 3}
 STAGE_NAMES = {v: k for k, v in STAGE_CODES.items()}
 
-# default DSCP per level: EF, CS5, AF41, AF31, AF21, AF11, best effort, LE (RFC 8622) for scavenger
-DEFAULT_DSCP = (46, 40, 34, 26, 18, 10, 0, 1)
+# default DSCP per level: EF, CS5, AF41, AF31, AF21, AF11, AF12, LE (RFC 8622) for scavenger.
+# No level has DSCP 0: on a trust-dscp port DSCP 0 (traffic of hosts without mfs-tc) is the
+# default level, never a level some other traffic was marked for.
+DEFAULT_DSCP = (46, 40, 34, 26, 18, 10, 12, 1)
 
 BPFFS = Path("/sys/fs/bpf")
 PIN_ROOT = BPFFS / "mfs"
-MAP_NAMES = ("flows", "requests", "levels", "config", "stats")
+# maps every attach has; SK_MAP_NAMES only where the kernel has socket storage
+MAP_NAMES = ("flows", "flow_state", "requests", "levels", "config", "stats")
+SK_MAP_NAMES = ("sk_flows", "sk_state")
 FLOWS_MAX = 65536
 REQUESTS_MAX = 16384
 
 KEY_FMT = "<16s16sHHB3x"
-ENTRY_FMT = "<BBBB8BIIIQqQQ7qQQq"
-REQUEST_FMT = "<iIqQ"
+ENTRY_FMT = "<BBBB8BIIIQqQQ7qQq"
+STATE_FMT = "<QQQQQ"
+REQUEST_FMT = "<iIqQQQ"
 LEVEL_FMT = "<IB3x"
-CONFIG_FMT = "<6I64s"
+CONFIG_FMT = "<8IQ64s"
 COUNTER_FMT = "<QQ"
 KEY_SIZE = struct.calcsize(KEY_FMT)
 ENTRY_SIZE = struct.calcsize(ENTRY_FMT)
+STATE_SIZE = struct.calcsize(STATE_FMT)
 REQUEST_SIZE = struct.calcsize(REQUEST_FMT)
 LEVEL_SIZE = struct.calcsize(LEVEL_FMT)
 CONFIG_SIZE = struct.calcsize(CONFIG_FMT)
 COUNTER_SIZE = struct.calcsize(COUNTER_FMT)
-assert (KEY_SIZE, ENTRY_SIZE, REQUEST_SIZE, LEVEL_SIZE, CONFIG_SIZE) == (40, 136, 24, 8, 88)
+assert (KEY_SIZE, ENTRY_SIZE, STATE_SIZE, REQUEST_SIZE, LEVEL_SIZE, CONFIG_SIZE) == (40, 128, 40, 40, 8, 104)
 
 # (key size, value size, max entries) per map: what the controller checks before it writes
 MAP_SHAPES = {
     "flows": (KEY_SIZE, ENTRY_SIZE, FLOWS_MAX),
+    "flow_state": (KEY_SIZE, STATE_SIZE, FLOWS_MAX),
+    "sk_flows": (4, ENTRY_SIZE, 0),
+    "sk_state": (4, STATE_SIZE, 0),
     "requests": (8, REQUEST_SIZE, REQUESTS_MAX),
     "levels": (4, LEVEL_SIZE, MAX_LEVELS),
     "config": (4, CONFIG_SIZE, 1),
@@ -217,15 +240,60 @@ def _fmt_ep(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who registered a request, in a form that survives pid reuse and PID namespaces: the pid
+    as its own namespace sees it, its start time (clock ticks after boot) and the inode of its
+    pid namespace. 0 fields: unknown."""
+
+    pid: int
+    start: int = 0
+    pidns: int = 0
+
+    @classmethod
+    def of(cls, pid: int | None = None) -> "Owner":
+        pid = os.getpid() if pid is None else pid
+        return cls(pid, proc_start_ticks(pid) or 0, pidns_inode(pid) or 0)
+
+
+def proc_start_ticks(pid: int, proc: str = "/proc") -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks after boot); None if no such process."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError, OSError):
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after its last ')'
+    rest = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return int(rest[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def pidns_inode(pid: int, proc: str = "/proc") -> int | None:
+    try:
+        return os.stat(f"{proc}/{pid}/ns/pid").st_ino
+    except OSError:
+        return None
+
+
 @dataclass(slots=True)
 class RequestRecord:
     cursor: int = 0
     flags: int = 0
     deadline_ns: int = 0
     owner_pid: int = field(default_factory=os.getpid)
+    owner_start: int = 0
+    owner_pidns: int = 0
 
     def pack(self) -> bytes:
-        return struct.pack(REQUEST_FMT, self.cursor, self.flags, self.deadline_ns, self.owner_pid)
+        return struct.pack(REQUEST_FMT, self.cursor, self.flags, self.deadline_ns, self.owner_pid,
+                           self.owner_start, self.owner_pidns)
+
+    @property
+    def owner(self) -> Owner:
+        return Owner(self.owner_pid, self.owner_start, self.owner_pidns)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "RequestRecord":
@@ -251,11 +319,18 @@ class LevelRecord:
 
 @dataclass(slots=True)
 class ConfigRecord:
+    """`default_level`: payload of unknown flows (and non-IP, malformed, fragments, ICMP);
+    `control_level`: pure control packets (SYN, FIN, RST, ACK without payload) of unknown flows
+    (None: the same as default_level); `keep_dscp`: DSCP values (a set, or the raw 64-bit mask)
+    that untracked traffic keeps, all others leave with the DSCP of their level."""
+
     nlevels: int
     default_level: int
     scavenger_level: int
     flags: int = 0
     dscp2level: bytes = b"\0" * 64
+    control_level: int | None = None
+    keep_dscp: int = 0
     magic: int = LAYOUT_MAGIC
     version: int = LAYOUT_VERSION
 
@@ -268,19 +343,52 @@ class ConfigRecord:
             self.default_level,
             self.scavenger_level,
             self.flags,
+            self.default_level if self.control_level is None else self.control_level,
+            0,
+            self.keep_dscp,
             self.dscp2level,
         )
 
     @classmethod
     def unpack(cls, raw: bytes) -> "ConfigRecord":
-        magic, version, n, dl, sl, fl, table = struct.unpack(CONFIG_FMT, raw)
-        return cls(n, dl, sl, fl, table, magic, version)
+        magic, version, n, dl, sl, fl, cl, _rsvd, keep, table = struct.unpack(CONFIG_FMT, raw)
+        return cls(n, dl, sl, fl, table, cl, keep, magic, version)
+
+
+def dscp_mask(dscps) -> int:
+    """The keep_dscp mask of a collection of DSCP values (0..63)."""
+    m = 0
+    for d in dscps:
+        if not 0 <= int(d) < 64:
+            raise ValueError(f"DSCP {d} out of range 0..63")
+        m |= 1 << int(d)
+    return m
+
+
+@dataclass(slots=True)
+class FlowState:
+    """What the kernel counted for one registration (flow_state / sk_state): never written by
+    user space."""
+
+    gen: int = 0
+    cur_level: int = LEVEL_NONE
+    sent_bytes: int = 0
+    sent_pkts: int = 0
+    flags: int = 0
+
+    def pack(self) -> bytes:
+        return struct.pack(STATE_FMT, self.gen, self.cur_level, self.sent_bytes, self.sent_pkts, self.flags)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "FlowState":
+        return cls(*struct.unpack(STATE_FMT, raw))
 
 
 def dscp_to_level_table(dscp_per_level: tuple[int, ...] | list[int], default_level: int) -> bytes:
-    """trust-dscp table: DSCP value -> level; DSCPs no level uses map to the default level."""
+    """trust-dscp table: DSCP value -> level; DSCPs no level uses, and DSCP 0 always (what hosts
+    without mfs-tc send: handshakes, ACKs, unknown flows), map to the default level."""
     table = [default_level] * 64
     for level, dscp in enumerate(dscp_per_level):
-        if dscp != DSCP_KEEP and 0 <= dscp < 64 and table[dscp] == default_level:
+        if dscp != DSCP_KEEP and 0 < dscp < 64 and table[dscp] == default_level:
             table[dscp] = level
     return bytes(table)

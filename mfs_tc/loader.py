@@ -52,8 +52,10 @@ class AttachOptions:
     qdisc: str = "auto"
     rate_bps: int | None = None
     dscp: list[int] | None = None  # None: the default table; []: keep DSCP unchanged
-    default_level: int = 0
+    default_level: int | None = None  # unknown flows' payload; None: levels - 2 (bulk)
     trust_dscp: bool = False
+    control_level: int = 0  # unknown flows' pure control packets (SYN/FIN/RST/pure ACK)
+    keep_dscp: list[int] = field(default_factory=list)  # DSCPs untracked traffic keeps
 
     def validate(self) -> None:
         check_ifname(self.ifname)
@@ -61,6 +63,13 @@ class AttachOptions:
             check_netns(self.netns)
         if not 2 <= self.levels <= MAX_LEVELS:
             raise MfsError(f"--levels must be 2..{MAX_LEVELS}, got {self.levels}")
+        if self.default_level is None:
+            self.default_level = self.levels - 2
+        if not 0 <= self.control_level < self.levels:
+            raise MfsError(f"--control-level must be 0..{self.levels - 1}, got {self.control_level}")
+        bad = [d for d in self.keep_dscp if not 0 <= d < 64]
+        if bad:
+            raise MfsError(f"--keep-dscp values must be 0..63: {bad}")
         if self.qdisc not in ("auto",) + BACKENDS:
             raise MfsError(f"--qdisc must be auto, {', '.join(BACKENDS)}; got {self.qdisc!r}")
         if not 0 <= self.default_level < self.levels:
@@ -105,6 +114,9 @@ class AttachState:
     ifindex: int | None = None  # the device attached to: found again after a rename
     prog_id: int | None = None  # the classifier program the filter was given (its identity, with
     prog_tag: str | None = None  # the tag: our filter is the one running this program)
+    control_level: int = 0
+    keep_dscp: list[int] = field(default_factory=list)
+    socket_storage: bool = True
 
     @property
     def scavenger_level(self) -> int:
@@ -246,9 +258,10 @@ def _check_pins(pin: Path) -> bool:
     return True
 
 
-def compile_classifier(pin: Path):
+def compile_classifier(pin: Path, socket_storage: bool = True):
     """Compile bpf/mfs_classifier.c with bcc, creating or reusing the maps pinned in `pin`.
-    Returns (bpf, fn)."""
+    Returns (bpf, fn). Where the program with socket storage does not load, the 5-tuple-only
+    variant is used (no sk_flows/sk_state pins)."""
     try:
         from bcc import BPF  # noqa: PLC0415 - only attach needs LLVM
     except ImportError as exc:
@@ -264,12 +277,24 @@ def compile_classifier(pin: Path):
             "(links linux-headers-amd64 where Debian has none for this kernel)"
         )
     cflags = [f"-I{BPF_DIR}", f'-DMFS_PIN_DIR="{pin}"', "-Wno-unused-function"]
-    try:
-        b = BPF(src_file=str(src).encode(), cflags=cflags)
-        fn = b.load_func(FILTER_NAME.encode(), BPF.SCHED_CLS)
-    except Exception as exc:  # bcc raises bare Exception with the verifier log printed
-        raise KernelFeatureError(f"loading the classifier failed: {exc}") from exc
-    return b, fn
+    variants = [[], ["-DMFS_NO_SK_STORAGE=1"]] if socket_storage else [["-DMFS_NO_SK_STORAGE=1"]]
+    for i, extra in enumerate(variants):
+        try:
+            b = BPF(src_file=str(src).encode(), cflags=cflags + extra)
+            fn = b.load_func(FILTER_NAME.encode(), BPF.SCHED_CLS)
+            return b, fn
+        except Exception as exc:  # bcc raises bare Exception with the verifier log printed
+            if i + 1 < len(variants):
+                # a kernel without socket storage (BPF_MAP_TYPE_SK_STORAGE, bpf_sk_fullsock):
+                # the 5-tuple-only program (`mfs-tc doctor` says so)
+                for n in ("sk_flows", "sk_state"):
+                    try:
+                        (pin / n).unlink()
+                    except FileNotFoundError:
+                        pass
+                continue
+            raise KernelFeatureError(f"loading the classifier failed: {exc}") from exc
+    raise AssertionError("unreachable")
 
 
 def _write_config(pin: Path, opts: AttachOptions, backend: Backend) -> None:
@@ -282,6 +307,8 @@ def _write_config(pin: Path, opts: AttachOptions, backend: Backend) -> None:
             [DSCP_KEEP] * opts.levels if opts.trust_dscp else dscp,
             [backend.priority(i) for i in range(opts.levels)],
             trust_table=marked,
+            control_level=opts.control_level,
+            keep_dscp=opts.keep_dscp,
         )
 
 
@@ -479,6 +506,8 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
             rate_bps=backend.rate_bps, dscp=opts.dscp_table(), default_level=opts.default_level,
             trust_dscp=opts.trust_dscp, pin_dir=str(pin), prev_root=prev_root,
             created_clsact=created_clsact, ifindex=idx, prog_id=prog_id, prog_tag=prog_tag,
+            control_level=opts.control_level, keep_dscp=list(opts.keep_dscp),
+            socket_storage=(pin / "sk_flows").exists(),
         )
         _save_state(st)
         del b  # the filter holds the program, the pins hold the maps

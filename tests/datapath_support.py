@@ -111,6 +111,9 @@ class LoadedClassifier:
     default_level: int = 0
     dscp: tuple[int, ...] = tuple(0xFF for _ in range(MAX_LEVELS))
     trust_dscp: bool = False
+    control_level: int | None = None  # None: default_level
+    keep_dscp: int = 0  # mask of DSCPs untracked traffic keeps
+    socket_storage: bool = True  # False: the 5-tuple-only variant
     bpf: object = None
     fd: int = -1
 
@@ -120,7 +123,7 @@ class LoadedClassifier:
         bpfsys.ensure_bpffs()
         self.pin.mkdir(parents=True, exist_ok=True)
         try:
-            self.bpf, fn = compile_classifier(self.pin)
+            self.bpf, fn = compile_classifier(self.pin, self.socket_storage)
             self.fd = fn.fd
             self.configure()
         except BaseException:
@@ -141,6 +144,8 @@ class LoadedClassifier:
                 [d for d in self.dscp] if any(d != 0xFF for d in self.dscp) else list(range(MAX_LEVELS)),
                 self.default_level,
             ),
+            control_level=self.control_level,
+            keep_dscp=self.keep_dscp,
         )
         with bpfsys.BpfMap.open(self.pin / "config") as m:
             m.update((0).to_bytes(4, "little"), cfg.pack())
@@ -240,10 +245,55 @@ def odd_packets(eth, a4: str, b4: str, a6: str, b6: str, sp: int, dp: int) -> di
         "v6-icmp": (bytes(eth / v6() / ICMPv6EchoRequest() / body), L.STAT_NOL4),
         "vlan-arp": (bytes(eth / Dot1Q(vlan=3) / ARP(psrc=a4, pdst=b4)), L.STAT_NONIP),
         "vlan-truncated": (bytes(e(0x8100) / Raw(b"\x00")), L.STAT_MALFORMED),
-        "v4-unknown-flow": (bytes(eth / v4() / TCP(sport=sp + 1, dport=dp) / body), L.STAT_MISS),
+        "v4-unknown-flow": (bytes(eth / v4() / TCP(sport=sp + 1, dport=dp, flags="PA") / body), L.STAT_MISS),
         "v6-unknown-flow": (bytes(eth / v6() / UDP(sport=sp, dport=dp + 1) / body), L.STAT_MISS),
-        "v4-reverse-direction": (bytes(eth / IP(src=b4, dst=a4) / TCP(sport=dp, dport=sp) / body), L.STAT_MISS),
+        "v4-reverse-direction": (bytes(eth / IP(src=b4, dst=a4) / TCP(sport=dp, dport=sp, flags="A") / body),
+                                 L.STAT_MISS),
+        "v4-unknown-syn": (bytes(eth / v4() / TCP(sport=sp + 2, dport=dp, flags="S")), L.STAT_CONTROL),
+        "v6-unknown-pure-ack": (bytes(eth / v6() / TCP(sport=sp + 2, dport=dp, flags="A")), L.STAT_CONTROL),
+        "v4-unknown-fin-with-data": (bytes(eth / v4() / TCP(sport=sp + 2, dport=dp, flags="FA") / body),
+                                     L.STAT_CONTROL),
+        "v4-unknown-rst": (bytes(eth / v4() / TCP(sport=sp + 2, dport=dp, flags="R")), L.STAT_CONTROL),
     }
+
+
+def untouched_slots() -> frozenset[int]:
+    from mfs_tc import layout as L  # noqa: PLC0415
+
+    return frozenset({L.STAT_MALFORMED, L.STAT_NONIP})
+
+
+def assert_only_dscp_changed(raw: bytes, out: bytes, want_dscp: int | None) -> None:
+    """`out` is `raw` with at most the DSCP bits changed (to `want_dscp`; None: unchanged): ECN
+    kept, the IPv4 header checksum valid, L4 bytes untouched."""
+    from scapy.layers.inet import IP  # noqa: PLC0415
+    from scapy.layers.inet6 import IPv6  # noqa: PLC0415
+    from scapy.layers.l2 import Ether  # noqa: PLC0415
+
+    assert len(out) == len(raw)
+    if want_dscp is None or out == raw:
+        assert out == raw or want_dscp is not None
+        if out == raw:
+            return
+    pin, pout = Ether(raw), Ether(out)
+    if IP in pout:
+        ip_in, ip_out = pin[IP], pout[IP]
+        off = len(raw) - len(ip_in)
+        assert ip_out.tos >> 2 == want_dscp and ip_out.tos & 3 == ip_in.tos & 3
+        changed = {i for i, (a, b) in enumerate(zip(raw, out)) if a != b}
+        assert changed <= {off + 1, off + 10, off + 11}, changed
+        hdr = bytearray(out[off : off + ip_out.ihl * 4])
+        hdr[10:12] = b"\0\0"
+        s = sum(int.from_bytes(hdr[i : i + 2], "big") for i in range(0, len(hdr), 2))
+        while s >> 16:
+            s = (s & 0xFFFF) + (s >> 16)
+        assert (~s & 0xFFFF) == int.from_bytes(out[off + 10 : off + 12], "big"), "IPv4 checksum"
+    else:
+        ip_in, ip_out = pin[IPv6], pout[IPv6]
+        off = len(raw) - len(ip_in)
+        assert ip_out.tc >> 2 == want_dscp and ip_out.tc & 3 == ip_in.tc & 3
+        changed = {i for i, (a, b) in enumerate(zip(raw, out)) if a != b}
+        assert changed <= {off, off + 1}, changed
 
 
 # ---- raw frames on a real interface -----------------------------------------------------------

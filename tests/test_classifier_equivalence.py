@@ -20,7 +20,7 @@ from scapy.packet import Raw
 from datapath_support import LoadedClassifier
 from mfs_tc import layout
 from mfs_tc.entry import FlowEntry, mlu_fixed, ps_per_byte
-from mfs_tc.layout import FlowKey, RequestRecord
+from mfs_tc.layout import FlowKey, FlowState, RequestRecord
 
 pytestmark = pytest.mark.privileged
 
@@ -48,6 +48,7 @@ def _thresholds(rng: random.Random, lo: int, hi: int) -> list[int]:
 
 
 def random_entry(rng: random.Random, mode: int, now: int) -> tuple[FlowEntry, RequestRecord | None]:
+    """A random entry; its sent_bytes and cur_level are the kernel state the test plants."""
     sec = 1_000_000_000
     th: list[int] = []
     kw: dict = {}
@@ -83,14 +84,17 @@ def random_entry(rng: random.Random, mode: int, now: int) -> tuple[FlowEntry, Re
             req = RequestRecord(cursor=rng.randint(-5, 70),
                                 flags=layout.R_SCAVENGER if rng.random() < 0.1 else 0)
     e = FlowEntry(mode=mode, levels=levels, thresholds=th, flags=flags, cur_level=cur,
-                  request_id=rid, **kw)
+                  request_id=rid, gen=rng.getrandbits(32), **kw)
     return e, req
 
 
-def _check(clf: LoadedClassifier, e: FlowEntry, req: RequestRecord | None, nlevels: int) -> bool:
-    """Run one packet; assert the kernel agrees with the oracle. True when the oracle was
-    ambiguous (a threshold crossed during the run)."""
-    flows, requests = clf.map("flows"), clf.map("requests")
+def _check(clf: LoadedClassifier, e: FlowEntry, req: RequestRecord | None, nlevels: int,
+           pkts: int = 0) -> bool:
+    """Plant the entry and a kernel state of the same registration (sent e.sent_bytes, level
+    e.cur_level), run one packet; assert the kernel agrees with the oracle, in its level and in
+    the state it leaves. True when the oracle was ambiguous (a threshold crossed mid-run)."""
+    flows, states, requests = clf.map("flows"), clf.map("flow_state"), clf.map("requests")
+    st0 = FlowState(e.gen, e.cur_level, e.sent_bytes, pkts)
     try:
         rkey = RID.to_bytes(8, "little")
         if req is not None:
@@ -98,23 +102,29 @@ def _check(clf: LoadedClassifier, e: FlowEntry, req: RequestRecord | None, nleve
         else:
             requests.delete(rkey)
         flows.update(KEY.pack(), e.pack())
+        states.update(KEY.pack(), st0.pack())
         t0 = time.monotonic_ns()
         r = clf.run(PACKET)
         t1 = time.monotonic_ns()
-        after = FlowEntry.unpack(flows.lookup(KEY.pack()))
+        after = FlowState.unpack(states.lookup(KEY.pack()))
     finally:
         flows.close()
+        states.close()
         requests.close()
-    kw = dict(cursor=req.cursor if req else 0, scavenged=bool(req and req.scavenged),
-              scavenger_level=nlevels - 1, nlevels=nlevels)
+    scav = bool(req and req.scavenged)
+    kw = dict(cursor=req.cursor if req else 0, scavenged=scav, scavenger_level=nlevels - 1,
+              nlevels=nlevels, default_level=clf.default_level)
     expect = {e.level(t0, **kw), e.level(t1, **kw)}
     got = r.priority - 0x100
     assert r.retval == 0  # TC_ACT_OK: never drops
     assert got in expect, f"kernel level {got}, oracle {expect} for {e} request {req}"
-    # the kernel records what it chose and counts the packet's L4 payload
-    assert after.cur_level == got
-    assert after.sent_bytes == e.sent_bytes + PAYLOAD
-    assert after.sent_pkts == e.sent_pkts + 1
+    # the kernel records what it chose and counts the packet's L4 payload (saturating nowhere:
+    # the count wraps only past 2^64 bytes, which the planted states stay below)
+    auto = bool(e.flags & layout.F_AUTO_SCAVENGE and e.mode == layout.MODE_MLU)
+    assert after.cur_level in {e.next_cur_level(e.cur_level, got, scav or auto), e.next_cur_level(e.cur_level, got, scav)}
+    assert after.gen == e.gen
+    assert after.sent_bytes == (e.sent_bytes + PAYLOAD) % (1 << 64)
+    assert after.sent_pkts == pkts + 1
     assert r.data == PACKET  # levels keep DSCP here: the packet is untouched
     return len(expect) > 1
 
@@ -135,7 +145,8 @@ def test_kernel_level_equals_python_mirror(clf: LoadedClassifier, mode: int, nle
     for _ in range(n):
         e, req = random_entry(rng, mode, time.monotonic_ns())
         ambiguous += _check(clf, e, req, nlevels)
-        levels_seen.add(FlowEntry.unpack(clf.map("flows").lookup(KEY.pack())).cur_level)
+        with clf.map("flow_state") as m:
+            levels_seen.add(FlowState.unpack(m.lookup(KEY.pack())).cur_level)
     assert ambiguous <= n // 100, f"{ambiguous} of {n} runs crossed a threshold mid-run"
     assert len(levels_seen) >= min(nlevels, 4)  # the random entries exercise many levels
 
@@ -171,11 +182,23 @@ def test_request_cursor_drives_rli_level(clf: LoadedClassifier) -> None:
 
 
 def test_entry_counters_accumulate_over_packets(clf: LoadedClassifier) -> None:
+    """The kernel makes the state on the first packet (starting at the entry's sent_base),
+    counts into it, and restarts it when a new registration (another gen) replaces the entry;
+    a rewrite with the same gen keeps the counts."""
     clf.nlevels = 8
     clf.configure()
-    with clf.map("flows") as m:
-        m.update(KEY.pack(), FlowEntry.static(2).pack())
+    with clf.map("flows") as m, clf.map("flow_state") as sm:
+        sm.delete(KEY.pack())
+        m.update(KEY.pack(), FlowEntry.static(2, gen=5, sent_bytes=300).pack())
         for _ in range(10):
             assert clf.level_of(PACKET) == 2
-        after = FlowEntry.unpack(m.lookup(KEY.pack()))
-    assert (after.sent_pkts, after.sent_bytes) == (10, 10 * PAYLOAD)
+        st = FlowState.unpack(sm.lookup(KEY.pack()))
+        assert (st.gen, st.sent_pkts, st.sent_bytes, st.cur_level) == (5, 10, 300 + 10 * PAYLOAD, 2)
+        m.update(KEY.pack(), FlowEntry.static(3, gen=5, sent_bytes=0).pack())  # a rewrite
+        assert clf.level_of(PACKET) == 3
+        st = FlowState.unpack(sm.lookup(KEY.pack()))
+        assert (st.sent_pkts, st.sent_bytes, st.cur_level) == (11, 300 + 11 * PAYLOAD, 3)
+        m.update(KEY.pack(), FlowEntry.static(1, gen=6, sent_bytes=7).pack())  # re-registered
+        assert clf.level_of(PACKET) == 1
+        st = FlowState.unpack(sm.lookup(KEY.pack()))
+        assert (st.gen, st.sent_pkts, st.sent_bytes) == (6, 1, 7 + PAYLOAD)

@@ -16,7 +16,15 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, IPv6
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
-from datapath_support import PRIO_BASE, TESTRUN_REFUSES, LoadedClassifier, odd_packets, stats_delta
+from datapath_support import (
+    PRIO_BASE,
+    TESTRUN_REFUSES,
+    LoadedClassifier,
+    assert_only_dscp_changed,
+    odd_packets,
+    stats_delta,
+    untouched_slots,
+)
 from mfs_tc import layout
 from mfs_tc.entry import FlowEntry
 from mfs_tc.layout import FlowKey
@@ -118,14 +126,51 @@ TESTRUN_ODD = {k: v for k, v in ODD.items() if k not in TESTRUN_REFUSES}
 
 @pytest.mark.parametrize("name", sorted(TESTRUN_ODD))
 def test_odd_packets_pass_unharmed_and_are_counted(clf: LoadedClassifier, name: str) -> None:
+    """Odd and unknown packets: the default level (pure control packets: the control level,
+    here the same), never dropped; malformed and non-IP ones byte for byte, other untracked IP
+    traffic with only the DSCP of its level written (the trust boundary, issue 10.4)."""
     raw, slot = ODD[name]
     r, d = _run(clf, raw)
-    assert r.data == raw, "the packet must leave untouched"
     assert r.priority == PRIO_BASE + DEFAULT
+    if slot in untouched_slots():
+        assert r.data == raw, "the packet must leave untouched"
+    else:
+        assert_only_dscp_changed(raw, r.data, layout.DEFAULT_DSCP[DEFAULT])
     assert d[slot] == (1, len(raw)), f"counted in slot {slot}: {d}"
     assert d[DEFAULT] == (1, len(raw))
     moved = {i for i, (p, _b) in enumerate(d) if p}
-    assert moved == {slot, DEFAULT}, f"only its reason and the default level move: {d}"
+    extra = {layout.STAT_DSCP_SET} if r.data != raw else set()
+    assert moved == {slot, DEFAULT} | extra, f"only its reason and the default level move: {d}"
+
+
+def test_untracked_traffic_keeps_only_the_configured_dscps() -> None:
+    """An unprivileged sender's DSCP 46 does not buy it EF on the wire: it leaves with the DSCP
+    of the level it got, unless the operator keeps that DSCP (keep_dscp)."""
+    pkt = lambda tos: bytes(ETH / IP(src=A4, dst=B4, tos=tos) / UDP(sport=7, dport=8) / BODY)  # noqa: E731
+    with LoadedClassifier(default_level=DEFAULT, dscp=layout.DEFAULT_DSCP) as c:
+        r = c.run(pkt(46 << 2 | 1))
+        assert IP(r.data[14:]).tos == layout.DEFAULT_DSCP[DEFAULT] << 2 | 1
+        c.keep_dscp = layout.dscp_mask([46])
+        c.configure()
+        assert c.run(pkt(46 << 2 | 1)).data == pkt(46 << 2 | 1)
+        assert IP(c.run(pkt(34 << 2)).data[14:]).tos == layout.DEFAULT_DSCP[DEFAULT] << 2
+
+
+def test_unknown_flows_control_packets_urgent_payload_bulk() -> None:
+    """No live flow jumps to the top because its entry is missing: unknown flows' SYN, FIN,
+    RST and pure ACKs get the control level, their payload the default (bulk) level."""
+    with LoadedClassifier(default_level=6, control_level=1, dscp=layout.DEFAULT_DSCP) as c:
+        for flags, body, want in (("S", b"", 1), ("SA", b"", 1), ("A", b"", 1), ("F", b"", 1),
+                                  ("R", b"", 1), ("PA", b"x" * 100, 6), ("A", b"x", 6)):
+            for ip in (IP(src=A4, dst=B4), IPv6(src=A6, dst=B6)):
+                raw = bytes(ETH / ip / TCP(sport=9, dport=10, flags=flags) / Raw(body))
+                r = c.run(raw)
+                assert r.priority == PRIO_BASE + want, (flags, body, ip.name)
+                assert_only_dscp_changed(raw, r.data, layout.DEFAULT_DSCP[want])
+        # Ethernet padding after a pure ACK is not payload: still a control packet
+        raw = bytes(ETH / IP(src=A4, dst=B4) / TCP(sport=9, dport=10, flags="A")) + b"\0" * 6
+        assert c.level_of(raw) == 1
+        assert c.level_of(bytes(ETH / IP(src=A4, dst=B4) / UDP(sport=9, dport=10))) == 6
 
 
 def test_default_level_follows_config() -> None:

@@ -19,8 +19,10 @@ from mfs_tc import bpfsys
 from mfs_tc.controller import (
     BatchHandle,
     Controller,
+    STAGE_ORPHAN,
     PinnedMaps,
     gc,
+    owner_alive,
     pack_flow_key,
     rdma_table,
     request_key,
@@ -34,7 +36,9 @@ from mfs_tc.layout import (
     R_SCAVENGER,
     STAGE_CODES,
     FlowKey,
+    FlowState,
     LevelRecord,
+    Owner,
     RequestRecord,
     pin_dir,
 )
@@ -97,7 +101,7 @@ def test_pack_flow_key_from_sockets_v4_v6_tcp_udp():
 
 def test_rdma_table_traffic_classes():
     t = rdma_table(8)
-    assert [r["dscp"] for r in t] == [46, 40, 34, 26, 18, 10, 0, 1]
+    assert [r["dscp"] for r in t] == [46, 40, 34, 26, 18, 10, 12, 1]
     assert t[0]["traffic_class"] == 184 and t[0]["NCCL_IB_TC"] == t[0]["UCX_IB_TRAFFIC_CLASS"] == t[0]["MC_IB_TC"] == 184
     assert [r["dscp"] for r in rdma_table(3)] == [46, 40, 1]
     recs = [LevelRecord(0, 10), LevelRecord(1, DSCP_KEEP)]
@@ -164,11 +168,11 @@ def test_open_partial_pins_is_not_attached(root, maps):
 @pytest.mark.privileged
 def test_layout_version_mismatch(root, maps):
     cfg = maps.read_config()
-    cfg.version = 2
+    cfg.version = 1
     maps.config_map.update(b"\0" * 4, cfg.pack())
-    with pytest.raises(LayoutMismatchError, match="version 2.*re-attach"):
+    with pytest.raises(LayoutMismatchError, match="version 1.*re-attach"):
         Controller.open(IF, policy=TinyPolicy(), root=root)
-    cfg.version, cfg.magic = 1, 0
+    cfg.version, cfg.magic = 2, 0
     maps.config_map.update(b"\0" * 4, cfg.pack())
     with pytest.raises(LayoutMismatchError, match="magic 0x0"):
         Controller.open(IF, policy=TinyPolicy(), root=root)
@@ -177,9 +181,9 @@ def test_layout_version_mismatch(root, maps):
 @pytest.mark.privileged
 def test_map_shape_mismatch(root, maps):
     (maps.path / "flows").unlink()
-    with bpfsys.BpfMap.create(bpfsys.MAP_TYPE_LRU_HASH, 40, 128, 64, "flows") as wrong:
+    with bpfsys.BpfMap.create(bpfsys.MAP_TYPE_LRU_HASH, 40, 136, 64, "flows") as wrong:
         wrong.pin(maps.path / "flows")
-    with pytest.raises(LayoutMismatchError, match="value size 128 \\(want 136\\)"):
+    with pytest.raises(LayoutMismatchError, match="value size 136 \\(want 128\\)"):
         Controller.open(IF, policy=TinyPolicy(), root=root)
 
 
@@ -250,13 +254,14 @@ def test_at_layer_is_one_record_write_that_relevels_rli_flows(ctl, maps):
 def test_update_estimate_keeps_kernel_counters(ctl, maps, policy):
     req = ctl.request("r-upd", slo_s=1.0)
     fh = req.stage("p2d").add_flow(("10.0.0.1", "10.0.0.2", 4000, 80), bytes=1_000_000)
-    # what the classifier would have done: count bytes and remember the level
+    # what the classifier would have done: count bytes and remember the level, in its own map
     e = fh.read()
-    e.sent_bytes, e.sent_pkts, e.cur_level = 400_000, 300, 3
-    maps.flows.update(fh.key, e.pack())
+    st = FlowState(fh.gen, 3, 400_000, 300)
+    maps.flow_state.update(fh.key, st.pack())
     req.update_estimate(remaining_bytes=600_000, remaining_compute_s=0.01)
     e2 = fh.read()
-    assert (e2.sent_bytes, e2.sent_pkts, e2.cur_level) == (400_000, 300, 3)
+    assert (e2.sent_bytes, e2.cur_level, e2.gen) == (400_000, 3, fh.gen)
+    assert fh.state() == st and FlowState.unpack(maps.flow_state.lookup(fh.key)) == st  # never written
     assert e2.created_ns == e.created_ns
     assert policy.calls[-1][2].sent == 400_000  # the policy was told what was sent
     assert policy.calls[-1][0].remaining_bytes == 600_000
@@ -400,12 +405,52 @@ def test_gc_removes_expired_dead_and_orphaned(ctl, maps):
     maps.flows.update(pack_flow_key(("10.0.0.1", "10.0.0.2", 9003, 80)), e.pack())
     ctl.set_static(("10.0.0.1", "10.0.0.2", 9004, 80), 3)
     res = gc(maps, grace_s=10.0)
-    assert sorted(res.requests_removed) == sorted([old.id, 777])
-    assert res.flows_removed == 3
-    assert {v.key.sport for v in ctl.flows()} == {9000, 9004}
-    assert set(maps.request_records()) == {live.id}
+    # the dead owner's request goes; the expired one of a live owner stays, scavenged (the
+    # policy had flagged it at registration already)
+    assert res.requests_removed == [777] and maps.request_records()[old.id].scavenged
+    assert res.flows_demoted == 2 and res.flows_removed == 0
+    views = {v.key.sport: v for v in ctl.flows()}
+    assert set(views) == {9000, 9001, 9002, 9003, 9004}
+    assert views[9001].level == 7 and views[9001].scavenged  # its request's flag
+    for sp in (9002, 9003):  # orphans: a static scavenger entry, never a higher level
+        assert views[sp].level == 7 and views[sp].entry.stage == STAGE_ORPHAN
+        assert views[sp].entry.request_id == 0
+    assert views[9000].entry.request_id == live.id and views[9004].level == 3
+    assert set(maps.request_records()) == {live.id, old.id}
+    # orphans that sent nothing for longer than the grace are removed by a later gc
+    res = gc(maps, grace_s=10.0, now_ns=time.monotonic_ns() + 11_000_000_000)
+    assert res.flows_removed == 2 and res.requests_scavenged == []
+    assert {v.key.sport for v in ctl.flows()} == {9000, 9001, 9004}
     with pytest.raises(ValueError, match="grace"):
         gc(maps, grace_s=-1)
+
+
+@pytest.mark.privileged
+def test_owner_judged_by_pid_start_time_and_pid_namespace():
+    me = Owner.of()
+    assert me.start > 0 and me.pidns > 0 and owner_alive(me)
+    assert not owner_alive(Owner(me.pid, me.start + 1, me.pidns))  # a recycled pid is not the owner
+    p = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "sleep", "30"])
+    try:
+        for _ in range(100):  # the sleeper: pid 1 of its new namespace
+            kids = [int(c) for c in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()]
+            if kids:
+                break
+            time.sleep(0.02)
+        child = kids[0]
+        ns = Owner.of(child).pidns
+        assert ns != me.pidns
+        inner = Owner(1, Owner.of(child).start, ns)  # how the sleeper sees itself
+        assert owner_alive(inner)
+        assert not owner_alive(Owner(2, inner.start, ns))  # no pid 2 in that namespace
+    finally:
+        p.kill()
+        p.wait()
+    for _ in range(100):  # the sleeper dies with unshare (--kill-child), then its namespace
+        if not owner_alive(inner):
+            break
+        time.sleep(0.05)
+    assert not owner_alive(inner)  # its namespace is gone
 
 
 @pytest.mark.privileged
@@ -485,9 +530,12 @@ def test_two_processes_writing_at_once_lose_no_entry(root, maps):
     recs = maps.request_records()
     assert len(recs) == 2 * n
     assert {r.owner_pid for r in recs.values()} == {p.pid for p in procs}
-    # both writers have exited without done(): gc finds their owners dead and clears everything
+    # both writers have exited without done(): gc finds their owners dead, removes their
+    # requests and demotes their flows; a later gc removes the flows that stayed idle
     res = gc(maps, grace_s=3600)
-    assert len(res.requests_removed) == 2 * n and res.flows_removed == 2 * n * 3
+    assert len(res.requests_removed) == 2 * n and res.flows_demoted == 2 * n * 3
+    res = gc(maps, grace_s=3600, now_ns=time.monotonic_ns() + 3601 * 10**9)
+    assert res.flows_removed == 2 * n * 3
     assert len(maps.flows) == 0
 
 

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.privileged
 
 TESTS = Path(__file__).parent
 UDP4, UDP6, TCP4 = 7001, 7002, 7003
-DSCP = (46, 40, 34, 26, 18, 10, 0, 1)  # the loader's default table for 8 levels
+DSCP = (46, 40, 34, 26, 18, 10, 12, 1)  # the loader's default table for 8 levels
 MAGIC = b"MFSt"
 
 # tags: which flow and which phase a packet was sent in

@@ -25,15 +25,18 @@ STRUCTS = {
     "mfs_flow_key": (layout.KEY_FMT, ["saddr", "daddr", "sport", "dport", "proto"]),
     "mfs_flow_entry": (
         layout.ENTRY_FMT,
-        ["mode", "flags", "nthresh", "cur_level", "lvl", "target_layer", "stage", "rsvd",
-         "request_id", "deadline_ns", "total_bytes", "ps_per_byte", "thresh", "sent_bytes",
-         "sent_pkts", "created_ns"],
+        ["mode", "flags", "nthresh", "rsvd0", "lvl", "target_layer", "stage", "gen",
+         "request_id", "deadline_ns", "total_bytes", "ps_per_byte", "thresh", "sent_base",
+         "created_ns"],
     ),
-    "mfs_request": (layout.REQUEST_FMT, ["cursor", "flags", "deadline_ns", "owner_pid"]),
+    "mfs_flow_state": (layout.STATE_FMT, ["gen", "cur_level", "sent_bytes", "sent_pkts", "flags"]),
+    "mfs_request": (layout.REQUEST_FMT, ["cursor", "flags", "deadline_ns", "owner_pid", "owner_start",
+                                         "owner_pidns"]),
     "mfs_level": (layout.LEVEL_FMT, ["priority", "dscp"]),
     "mfs_config": (
         layout.CONFIG_FMT,
-        ["magic", "version", "nlevels", "default_level", "scavenger_level", "flags", "dscp2level"],
+        ["magic", "version", "nlevels", "default_level", "scavenger_level", "flags", "control_level",
+         "rsvd", "keep_dscp", "dscp2level"],
     ),
     "mfs_counter": (layout.COUNTER_FMT, ["packets", "bytes"]),
 }
@@ -46,6 +49,7 @@ DEFINES = {
     "MFS_MLU_ONE": layout.MLU_ONE,
     "MFS_MLU_CAP": layout.MLU_CAP,
     "MFS_DSCP_KEEP": layout.DSCP_KEEP,
+    "MFS_LEVEL_NONE": layout.LEVEL_NONE,
     "MFS_MODE_STATIC": layout.MODE_STATIC,
     "MFS_MODE_MLU": layout.MODE_MLU,
     "MFS_MODE_RLI": layout.MODE_RLI,
@@ -55,6 +59,7 @@ DEFINES = {
     "MFS_F_MONOTONIC": layout.F_MONOTONIC,
     "MFS_F_AUTO_SCAVENGE": layout.F_AUTO_SCAVENGE,
     "MFS_R_SCAVENGER": layout.R_SCAVENGER,
+    "MFS_S_ACKED": layout.S_ACKED,
     "MFS_C_TRUST_DSCP": layout.C_TRUST_DSCP,
     "MFS_STAT_MISS": layout.STAT_MISS,
     "MFS_STAT_MALFORMED": layout.STAT_MALFORMED,
@@ -64,6 +69,11 @@ DEFINES = {
     "MFS_STAT_HIT": layout.STAT_HIT,
     "MFS_STAT_SCAVENGED": layout.STAT_SCAVENGED,
     "MFS_STAT_DSCP_SET": layout.STAT_DSCP_SET,
+    "MFS_STAT_SK_HIT": layout.STAT_SK_HIT,
+    "MFS_STAT_CONTROL": layout.STAT_CONTROL,
+    "MFS_STAT_ORPHAN": layout.STAT_ORPHAN,
+    "MFS_STAT_STALE": layout.STAT_STALE,
+    "MFS_STAT_BAD_LEVEL": layout.STAT_BAD_LEVEL,
     "MFS_NSTATS": layout.NSTATS,
 }
 
@@ -131,10 +141,13 @@ def test_defines_match(c_layout: dict[str, int]) -> None:
 
 
 def test_map_shapes_match_sizes() -> None:
-    assert layout.MAP_SHAPES["flows"][:2] == (40, 136)
-    assert layout.MAP_SHAPES["requests"][:2] == (8, 24)
+    assert layout.MAP_SHAPES["flows"][:2] == (40, 128)
+    assert layout.MAP_SHAPES["flow_state"][:2] == (40, 40)
+    assert layout.MAP_SHAPES["sk_flows"][:2] == (4, 128)
+    assert layout.MAP_SHAPES["sk_state"][:2] == (4, 40)
+    assert layout.MAP_SHAPES["requests"][:2] == (8, 40)
     assert layout.MAP_SHAPES["levels"][:2] == (4, 8)
-    assert layout.MAP_SHAPES["config"][:2] == (4, 88)
+    assert layout.MAP_SHAPES["config"][:2] == (4, 104)
     assert layout.MAP_SHAPES["stats"] == (4, 16, layout.NSTATS)
 
 
@@ -176,27 +189,32 @@ def test_flow_entry_round_trip() -> None:
     e = FlowEntry(
         mode=layout.MODE_MLU, levels=[6, 4, 2, 0], thresholds=[100, 200, 300],
         flags=layout.F_MONOTONIC, target_layer=7, stage=3, request_id=(1 << 63) + 5,
-        deadline_ns=-12345, total_bytes=1 << 40, ps_per_byte=80, sent_bytes=99, sent_pkts=3,
-        created_ns=42, cur_level=5,
+        deadline_ns=-12345, total_bytes=1 << 40, ps_per_byte=80, sent_bytes=99,
+        created_ns=42, gen=0xDEADBEEF,
     )
     raw = e.pack()
-    assert len(raw) == 136
+    assert len(raw) == 128
     back = FlowEntry.unpack(raw)
     for f in ("mode", "levels", "thresholds", "flags", "target_layer", "stage", "request_id",
-              "deadline_ns", "total_bytes", "ps_per_byte", "sent_bytes", "sent_pkts",
-              "created_ns", "cur_level"):
+              "deadline_ns", "total_bytes", "ps_per_byte", "sent_bytes", "created_ns", "gen"):
         assert getattr(back, f) == getattr(e, f), f
+    assert back.cur_level == layout.LEVEL_NONE  # the kernel's, not the decision's
     # unused level slots repeat the last level (the kernel masks the index, never reads junk)
     assert raw[4:12] == bytes([6, 4, 2, 0, 0, 0, 0, 0])
 
 
 def test_records_round_trip() -> None:
-    r = layout.RequestRecord(cursor=-3, flags=layout.R_SCAVENGER, deadline_ns=5, owner_pid=9)
+    r = layout.RequestRecord(cursor=-3, flags=layout.R_SCAVENGER, deadline_ns=5, owner_pid=9,
+                             owner_start=123456, owner_pidns=4026531836)
     assert layout.RequestRecord.unpack(r.pack()) == r and r.scavenged
+    assert r.owner == layout.Owner(9, 123456, 4026531836)
     lv = layout.LevelRecord(0x4D460011, 46)
     assert layout.LevelRecord.unpack(lv.pack()) == lv
-    c = layout.ConfigRecord(8, 0, 7, layout.C_TRUST_DSCP, bytes(range(64)))
-    assert layout.ConfigRecord.unpack(c.pack()) == c
+    c = layout.ConfigRecord(8, 6, 7, layout.C_TRUST_DSCP, bytes(range(64)), control_level=1,
+                            keep_dscp=layout.dscp_mask([46, 0]))
+    assert layout.ConfigRecord.unpack(c.pack()) == c and c.keep_dscp == (1 << 46) | 1
+    st = layout.FlowState(gen=7, cur_level=3, sent_bytes=1 << 63, sent_pkts=5)
+    assert layout.FlowState.unpack(st.pack()) == st
 
 
 def test_dscp_table_maps_each_level_dscp_back() -> None:
@@ -204,6 +222,9 @@ def test_dscp_table_maps_each_level_dscp_back() -> None:
     for level, dscp in enumerate(layout.DEFAULT_DSCP):
         assert table[dscp] == level
     assert table[63] == 6
+    # no level is marked DSCP 0, and DSCP 0 (hosts without mfs-tc) is the default level
+    assert 0 not in layout.DEFAULT_DSCP
+    assert layout.dscp_to_level_table([0, 46, 34], 2)[0] == 2
 
 
 def test_pin_dir_rejects_bad_names() -> None:

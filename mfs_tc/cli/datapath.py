@@ -18,16 +18,18 @@ Json = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
 
 def _options(
     iface: str, netns: str | None, levels: int, qdisc: str, rate: str | None, dscp: str | None,
-    default_level: int, trust_dscp: bool,
+    default_level: int | None, trust_dscp: bool, control_level: int = 0, keep_dscp: str | None = None,
 ):
     from ..loader import AttachOptions
 
     try:
         rate_bps = parse_rate(rate) if rate is not None else None  # '' is an error, not "link speed"
         dscp_list = parse_dscp_list(dscp)
+        keep = [int(x) for x in keep_dscp.split(",") if x.strip()] if keep_dscp else []
     except ValueError as exc:
-        raise MfsError(str(exc)) from exc
-    opts = AttachOptions(iface, netns, levels, qdisc, rate_bps, dscp_list, default_level, trust_dscp)
+        raise MfsError(f"{exc} (--keep-dscp takes a list like 46,34)") from exc
+    opts = AttachOptions(iface, netns, levels, qdisc, rate_bps, dscp_list, default_level, trust_dscp,
+                         control_level=control_level, keep_dscp=keep)
     opts.validate()
     return opts
 
@@ -39,8 +41,10 @@ def attach(
     qdisc: Annotated[str, typer.Option(help="auto | ets | mqprio | htb | none (mark only)")] = "auto",
     rate: Annotated[Optional[str], typer.Option(help="Link rate for HTB, e.g. 10gbit (default: link speed)")] = None,
     dscp: Annotated[Optional[str], typer.Option(help="DSCP per level: 'default', 'none' (keep), or a list 46,40,...")] = None,
-    default_level: Annotated[int, typer.Option(help="Level of unknown flows and non-IP traffic")] = 0,
+    default_level: Annotated[Optional[int], typer.Option(help="Level of unknown flows' payload, non-IP and fragments (default: K-2, the bulk level)")] = None,
     trust_dscp: Annotated[bool, typer.Option("--trust-dscp", help="Switch port: level from the packet's DSCP")] = False,
+    control_level: Annotated[int, typer.Option(help="Level of unknown flows' pure control packets (SYN, FIN, RST, ACK without payload)")] = 0,
+    keep_dscp: Annotated[Optional[str], typer.Option(help="DSCP values untracked traffic keeps, e.g. 46,34 (others leave with their level's DSCP)")] = None,
     json_out: Json = False,
 ) -> None:
     """Compile and attach the classifier on IFACE egress, pin its maps, set up the root qdisc."""
@@ -48,7 +52,7 @@ def attach(
 
     from ..loader import attach as do_attach
 
-    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp)
+    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp, control_level, keep_dscp)
     st = do_attach(opts)
     if json_out:
         emit_json(asdict(st))
@@ -129,7 +133,7 @@ def plan(
     qdisc: Annotated[str, typer.Option()] = "auto",
     rate: Annotated[Optional[str], typer.Option()] = None,
     dscp: Annotated[Optional[str], typer.Option()] = None,
-    default_level: Annotated[int, typer.Option()] = 0,
+    default_level: Annotated[Optional[int], typer.Option()] = None,
     trust_dscp: Annotated[bool, typer.Option("--trust-dscp")] = False,
     rdma: Annotated[bool, typer.Option("--rdma", help="Per-level traffic classes for RoCE (NCCL, UCX, Mooncake)")] = False,
     json_out: Json = False,
