@@ -138,7 +138,7 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v * 1e3:.0f} ms"
 
 
-def run(cfg: RunConfig, out_dir: Path, *, progress_out: TextIO | None = sys.stderr) -> dict:
+def run(cfg: RunConfig, out_dir: Path | None, *, progress_out: TextIO | None = sys.stderr) -> dict:
     """The default comparison / sweep on the workload. Returns the summary (also in out_dir)."""
     from mfs_tc.workload import generate
 

@@ -75,6 +75,51 @@ def run_cmd(
     typer.echo(f"\nresults in {out_dir}/ (requests.csv, summary.json, *.png)")
 
 
+@testbed_app.command("matrix")
+def matrix_cmd(
+    policy: Annotated[str, typer.Option("--policy", "-p", help="Comma-separated policies")] = "mfs,fair,edf,karuna,sjf,pias",
+    seeds: Annotated[str, typer.Option("--seed", "--seeds", help="Seeds: 1,2,3 or 1-3")] = "1-3",
+    load: Annotated[Optional[str], typer.Option(help="Loads (comma-separated req/s; default 1.5,2.5,3)")] = None,
+    slo_scale: Annotated[Optional[str], typer.Option(help="SLO scales (comma-separated; default 5)")] = None,
+    requests: Annotated[Optional[int], typer.Option(help="Requests per run (default 40)")] = None,
+    levels: Annotated[int, typer.Option("--levels", "-k", help="Strict-priority levels K")] = 8,
+    bound: Annotated[bool, typer.Option(help="Compute the reference bound per point")] = True,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results directory (runs.jsonl appended as runs finish: rerun to resume)")] = Path("results/testbed-matrix"),
+    plots: Annotated[bool, typer.Option(help="Write matrix.png")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the matrix summary as JSON")] = False,
+) -> None:
+    """The simulator's matrix, small, on the netns testbed (real TCP, points one after another):
+    per point attainment with a 95% CI over seeds, the bound; load held at 90%."""
+    from dataclasses import replace
+
+    from mfs_tc.sim.matrix import MatrixConfig, table
+    from netns_testbed.matrix import DEFAULT_SEEDS, TESTBED_SCENARIOS, run_testbed_matrix
+
+    try:
+        sc = TESTBED_SCENARIOS["netns-mooncake"]
+        over: dict = {}
+        if load:
+            over["loads"] = tuple(floats(load, "load"))
+        if slo_scale:
+            over["slo_scales"] = tuple(floats(slo_scale, "slo-scale"))
+        if requests is not None:
+            if requests < 1:
+                raise ValueError("--requests must be at least 1")
+            over["requests"] = requests
+        cfg = MatrixConfig(scenarios=[replace(sc, **over)],
+                           policies=[p.strip() for p in policy.split(",") if p.strip()],
+                           seeds=ints(seeds, "seed") if seeds else DEFAULT_SEEDS, levels=levels,
+                           bound=bound)
+        summary = run_testbed_matrix(cfg, out, plots=plots)
+    except ValueError as exc:
+        raise MfsError(str(exc)) from None
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    typer.echo(table(summary))
+    typer.echo(f"results in {out}/ (runs.jsonl, matrix.json" + (", matrix.png)" if plots else ")"))
+
+
 @testbed_app.command("report")
 def report_cmd(
     directory: Annotated[Path, typer.Argument(help="A directory written by `testbed run` (or the simulator)")],

@@ -211,8 +211,15 @@ def plan_tasks(cfg: MatrixConfig, done: list[dict]) -> list[dict]:
 
 
 def execute(tasks: list[dict], sink: Callable[[list[dict]], None], *, jobs: int | None = None,
-            executor: str = "local", address: str | None = None) -> None:
-    """Run `tasks`, handing each task's lines to `sink` as soon as it finishes."""
+            executor: str = "local", address: str | None = None,
+            point_runner: Callable[[dict], list[dict]] | None = None) -> None:
+    """Run `tasks`, handing each task's lines to `sink` as soon as it finishes. `point_runner`
+    (default: the simulator's `run_point`) runs one task; another runner (the netns testbed's)
+    runs serially in this process."""
+    if point_runner is not None:
+        for t in tasks:
+            sink(point_runner(t))
+        return
     if executor == "ray":
         _execute_ray(tasks, sink, address)
         return
@@ -250,7 +257,8 @@ def _execute_ray(tasks: list[dict], sink: Callable[[list[dict]], None], address:
 
 def run_matrix(cfg: MatrixConfig, out_dir: Path, *, jobs: int | None = None,
                executor: str = "local", address: str | None = None, plots: bool = True,
-               progress_out: TextIO | None = sys.stderr) -> dict:
+               progress_out: TextIO | None = sys.stderr,
+               point_runner: Callable[[dict], list[dict]] | None = None) -> dict:
     """Run (or resume) the matrix into `out_dir`; returns the matrix summary."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -277,7 +285,8 @@ def run_matrix(cfg: MatrixConfig, out_dir: Path, *, jobs: int | None = None,
             f.flush()
             os.fsync(f.fileno())
 
-        execute(tasks, sink, jobs=jobs, executor=executor, address=address)
+        execute(tasks, sink, jobs=jobs, executor=executor, address=address,
+                point_runner=point_runner)
     summary = summarize_matrix(cfg, read_lines(path))
     summary["meta"] = {"ran": ran, "tasks": len(tasks), "executor": executor,
                        "jobs": jobs or os.cpu_count(), "wall_s": time.perf_counter() - t0}
