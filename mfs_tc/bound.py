@@ -70,9 +70,9 @@ class Part:
     p: float
 
 
-def _parts(w: Workload) -> tuple[dict[str, list[Part]], list[bool]]:
-    """Per resource name, the parts of every request; and which requests can possibly be on
-    time (alone on an idle cluster)."""
+def _parts(w: Workload, *, every_request: bool = False) -> tuple[dict[str, list[Part]], list[bool]]:
+    """Per resource name, the parts of every request that can possibly be on time (alone on an
+    idle cluster; `every_request`: of every request); and which requests can possibly be."""
     from .sim.fabric import Fabric
 
     cl, model = w.cluster, w.model
@@ -107,7 +107,7 @@ def _parts(w: Workload) -> tuple[dict[str, list[Part]], list[bool]]:
         A, D = spec.arrival_s, spec.deadline_s
         ok = spec.unloaded_ttft_s <= spec.slo_s * (1 + TOL)
         possible.append(ok)
-        if not ok:
+        if not ok and not every_request:
             continue
         lp0 = plan.layers[0]
         c = lp0.compute_s
@@ -138,7 +138,8 @@ def _parts(w: Workload) -> tuple[dict[str, list[Part]], list[bool]]:
             mine.append((f"group{spec.prefill_group}", Part(j, A, D - (t_p2d + dec), busy)))
         if any(pt.p > (pt.d - pt.r) * (1 + TOL) + TOL for _, pt in mine):
             possible[j] = False  # a part longer than its window: never on time
-            continue
+            if not every_request:
+                continue
         for name, pt in mine:
             res.setdefault(name, []).append(pt)
     return res, possible
@@ -238,6 +239,25 @@ def _solve(resources: list[_Resource], n: int, alive: np.ndarray,
             x = np.clip(sol.x, 0.0, 1.0)
             value = -float(sol.fun)
     raise RuntimeError(f"bound LP did not converge in {max_rounds} rounds")
+
+
+def resource_demand_s(w: Workload) -> dict[str, float]:
+    """Seconds of work every request of `w` puts on each resource (link, prefill group) at full
+    rate: what the bound's parts add up to, for every request."""
+    parts, _ = _parts(w, every_request=True)
+    return {name: sum(pt.p for pt in ps) for name, ps in parts.items()}
+
+
+def saturation_load(w: Workload) -> tuple[float, str]:
+    """(requests/s, resource) at which the busiest resource of `w`'s cluster would be busy all
+    the time with `w`'s request mix and routing: n / (its demand in seconds). A load given as a
+    fraction of this ("capacity" loads of `sim matrix`) means the same thing on any cluster,
+    model and trace."""
+    demand = resource_demand_s(w)
+    if not demand:
+        raise ValueError("the workload puts no work on any resource")
+    name = max(demand, key=lambda k: demand[k])
+    return len(w.requests) / demand[name], name
 
 
 def reference_bound(w: Workload, *, per_resource: bool = True) -> dict:

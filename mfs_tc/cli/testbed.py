@@ -79,7 +79,7 @@ def run_cmd(
 def matrix_cmd(
     policy: Annotated[str, typer.Option("--policy", "-p", help="Comma-separated policies")] = "mfs,fair,edf,karuna,sjf,pias",
     seeds: Annotated[str, typer.Option("--seed", "--seeds", help="Seeds: 1,2,3 or 1-3")] = "1-3",
-    load: Annotated[Optional[str], typer.Option(help="Loads (comma-separated req/s; default 1.5,2.5,3)")] = None,
+    load: Annotated[Optional[str], typer.Option(help="Loads as fractions of the saturation load (comma-separated; default 0.5,0.85,1.2)")] = None,
     slo_scale: Annotated[Optional[str], typer.Option(help="SLO scales (comma-separated; default 5)")] = None,
     requests: Annotated[Optional[int], typer.Option(help="Requests per run (default 40)")] = None,
     levels: Annotated[int, typer.Option("--levels", "-k", help="Strict-priority levels K")] = 8,
@@ -96,7 +96,7 @@ def matrix_cmd(
     from netns_testbed.matrix import DEFAULT_SEEDS, TESTBED_SCENARIOS, run_testbed_matrix
 
     try:
-        sc = TESTBED_SCENARIOS["netns-mooncake"]
+        sc = TESTBED_SCENARIOS["testbed-mooncake"]
         over: dict = {}
         if load:
             over["loads"] = tuple(floats(load, "load"))

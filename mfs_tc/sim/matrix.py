@@ -38,6 +38,15 @@ class Scenario:
     slo_scales: tuple[float, ...] = (5.0,)
     requests: int = 40
     byte_scale: float | None = None  # None: the simulator's default for the cluster
+    # "rps": loads are requests/s; "capacity": fractions of the saturation load (the rate at
+    # which the busiest resource of this cluster, model and request mix is busy all the time,
+    # bound.saturation_load), the same meaning on every scenario: nobody picks rates per scenario
+    load_unit: str = "rps"
+
+    def __post_init__(self) -> None:
+        if self.load_unit not in LOAD_UNITS:
+            raise ValueError(f"scenario {self.name}: load_unit must be one of {', '.join(LOAD_UNITS)}, "
+                             f"got {self.load_unit!r}")
 
     def spec(self) -> dict:
         d = asdict(self)
@@ -45,17 +54,47 @@ class Scenario:
         return d
 
 
-# The documented default matrix (docs/simulator.md): light load to overload on each.
-SCENARIOS: dict[str, Scenario] = {
-    "testbed-mooncake": Scenario("testbed-mooncake", "mooncake", "dense-small", "testbed",
-                                 (1.0, 1.5, 2.0, 2.5, 3.0), (5.0,), 40),
-    "testbed-poisson": Scenario("testbed-poisson", "poisson", "dense-small", "testbed",
-                                (0.75, 1.0, 1.5, 2.0, 3.0), (3.0,), 60),
-    "testbed-moe-poisson": Scenario("testbed-moe-poisson", "poisson", "moe-8x", "testbed",
-                                    (0.5, 1.0, 1.5, 2.0, 3.0), (3.0,), 60),
-    "c256-dense70b-poisson": Scenario("c256-dense70b-poisson", "poisson", "dense-70b", "c256",
-                                      (8.0, 12.0, 16.0, 20.0), (5.0,), 1000),
-}
+LOAD_UNITS = ("rps", "capacity")
+
+
+def point_workload(sc: Scenario, make_config: Callable[[int, float, float], object], seed: int,
+                   load: float, slo: float) -> tuple[object, dict]:
+    """The workload of one point and what its load means: `make_config(seed, rps, slo)` is the
+    runner's workload config; a capacity load is converted with the saturation load of the same
+    seed's request mix (generated once at 1 req/s: routing and per-request work do not depend on
+    the arrival rate)."""
+    from ..bound import saturation_load
+    from ..workload import generate
+
+    if sc.load_unit == "rps":
+        return generate(make_config(seed, load, slo)), {"load_rps": load}
+    sat, busiest = saturation_load(generate(make_config(seed, 1.0, slo)))
+    wl = generate(make_config(seed, load * sat, slo))
+    return wl, {"load_rps": load * sat, "saturation_rps": sat, "busiest_resource": busiest}
+
+
+# The documented default matrix (docs/simulator.md): every scenario from light load to overload
+# in the same units, fractions of its saturation load (bound.saturation_load), so that no rate
+# is picked per scenario. Workloads: Mooncake trace windows, the Azure conversation trace, Poisson
+# with prefix reuse; models: dense and MoE (the testbed's shapes and hardware-derived ones);
+# clusters: the netns testbed's, the paper's testbed (8 x 4 GPUs, 100G) and a 256-host leaf-spine.
+CAPACITY_LOADS = (0.5, 0.7, 0.85, 1.0, 1.2)
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("testbed-mooncake", "mooncake", "dense-small", "testbed", CAPACITY_LOADS, (5.0,), 60,
+             load_unit="capacity"),
+    Scenario("testbed-poisson", "poisson", "dense-small", "testbed", CAPACITY_LOADS, (3.0,), 60,
+             load_unit="capacity"),
+    Scenario("testbed-azure", "azure", "dense-small", "testbed", CAPACITY_LOADS, (3.0,), 60,
+             load_unit="capacity"),
+    Scenario("testbed-moe-poisson", "poisson", "moe-8x", "testbed", CAPACITY_LOADS, (3.0,), 60,
+             load_unit="capacity"),
+    Scenario("paper-mixtral-poisson", "poisson", "mixtral-8x7b", "paper", CAPACITY_LOADS, (3.0,),
+             300, load_unit="capacity"),
+    Scenario("paper-llama70b-mooncake", "mooncake", "llama3-70b", "paper", CAPACITY_LOADS,
+             (3.0,), 200, load_unit="capacity"),
+    Scenario("ls256-llama70b-azure", "azure", "llama3-70b", "ls256-200g", CAPACITY_LOADS, (3.0,),
+             600, load_unit="capacity"),
+)}
 DEFAULT_SCENARIOS = tuple(SCENARIOS)
 
 
@@ -84,9 +123,11 @@ def parse_scenario(text: str) -> Scenario:
                 kw["byte_scale"] = float(v)
             elif k in ("name", "workload", "model", "cluster"):
                 kw[k] = v
+            elif k in ("unit", "load_unit"):
+                kw["load_unit"] = v
             else:
                 raise ValueError(f"unknown scenario key {k!r}: use name, workload, model, "
-                                 "cluster, loads, slo, requests, byte_scale")
+                                 "cluster, loads, slo, requests, byte_scale, unit (rps|capacity)")
         except ValueError as exc:
             if "scenario key" in str(exc):
                 raise
@@ -142,7 +183,6 @@ def _key(scenario: str, seed: int, load: float, slo: float, policy: str | None) 
 def run_point(task: dict) -> list[dict]:
     """One point: its workload, its bound (if asked) and the asked policies. Returns the JSON
     lines (module-level so that process pools and Ray can ship it)."""
-    from ..workload import generate
     from .engine import simulate
     from .runner import make_sim_policy, point_bound, summarize
 
@@ -151,8 +191,9 @@ def run_point(task: dict) -> list[dict]:
                      "slo_scales": tuple(task["scenario"]["slo_scales"])})
     seed, load, slo = task["seed"], task["load"], task["slo_scale"]
     scfg = cfg.sim_config(sc, task["policies"] or cfg.policies, seed, load, slo)
-    wl = generate(scfg.workload_config(seed, load, slo))
-    base = {"scenario": sc.name, "spec": sc.spec(), "seed": seed, "load": load, "slo_scale": slo}
+    wl, load_info = point_workload(sc, scfg.workload_config, seed, load, slo)
+    base = {"scenario": sc.name, "spec": sc.spec(), "seed": seed, "load": load, "slo_scale": slo,
+            **load_info}
     lines = []
     if task["bound"]:
         lines.append({**base, "kind": "bound", "bound": point_bound(wl)})
@@ -161,7 +202,7 @@ def run_point(task: dict) -> list[dict]:
                               config=scfg.policy_config)
         res = simulate(wl, pol, tick_s=scfg.tick_s, flow_setup_s=scfg.flow_setup_s,
                        aggregate_groups=scfg.aggregate_groups)
-        run = summarize(res, seed, load, slo, wl)
+        run = summarize(res, seed, load, slo, wl) | load_info
         run.pop("rows", None)
         lines.append({**base, "kind": "run", "policy": name, "run": run})
     return lines
@@ -337,8 +378,11 @@ def table(summary: dict) -> str:
     pols = summary["policies"]
     for name, sc in summary["scenarios"].items():
         spec = sc["spec"]
+        unit = ("load = fraction of the saturation load"
+                if spec.get("load_unit") == "capacity" else "load in requests/s")
         lines.append(f"== {name}: {spec['workload']} {spec['model']} on {spec['cluster']}, "
-                     f"{spec['requests']} requests, seeds {','.join(map(str, summary['seeds']))}")
+                     f"{spec['requests']} requests, seeds {','.join(map(str, summary['seeds']))} "
+                     f"({unit})")
         pts = sorted({(a["load"], a["slo_scale"]) for a in sc["policies"]})
         by = {(a["policy"], a["load"], a["slo_scale"]): a for a in sc["policies"]}
         head = f"{'load':>6} {'slo':>4} " + " ".join(f"{p:>14}" for p in pols) + \
