@@ -40,12 +40,16 @@
 #define MFS_REQUESTS_MAX 16384
 #endif
 
-BPF_TABLE_PINNED("lru_hash", struct mfs_flow_key, struct mfs_flow_entry, flows, MFS_FLOWS_MAX,
-		 MFS_PIN_DIR "/flows");
+/* Maps that user space updates are BPF_F_NO_PREALLOC hashes: an update frees the replaced
+ * element only after an RCU grace period, so a program running on another CPU never reads (or
+ * counts into) an element recycled for another key. (Preallocated and LRU hashes recycle it at
+ * once.) The kernel-written state map is an LRU: only the kernel inserts, never user space. */
+BPF_TABLE_PINNED("hash", struct mfs_flow_key, struct mfs_flow_entry, flows, MFS_FLOWS_MAX,
+		 MFS_PIN_DIR "/flows", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("lru_hash", struct mfs_flow_key, struct mfs_flow_state, flow_state, MFS_FLOWS_MAX,
 		 MFS_PIN_DIR "/flow_state");
 BPF_TABLE_PINNED("hash", __u64, struct mfs_request, requests, MFS_REQUESTS_MAX,
-		 MFS_PIN_DIR "/requests");
+		 MFS_PIN_DIR "/requests", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("array", __u32, struct mfs_level, levels, MFS_MAX_LEVELS, MFS_PIN_DIR "/levels");
 BPF_TABLE_PINNED("array", __u32, struct mfs_config, config, 1, MFS_PIN_DIR "/config");
 BPF_TABLE_PINNED("percpu_array", __u32, struct mfs_counter, stats, MFS_NSTATS,
@@ -244,16 +248,17 @@ static __always_inline __u32 flow_level(struct mfs_flow_entry *e, struct mfs_flo
 	return level;
 }
 
-/* A state that belongs to this registration: restarted in place when its gen differs. */
-static __always_inline void state_sync(struct mfs_flow_entry *e, struct mfs_flow_state *st)
+/* Restart a state for a new registration (its gen differs from the entry's). The caller first
+ * looks the entry up again: a hash element that user space replaced may be recycled for another
+ * key while a program still reads it, and a gen read from such an element must not reset
+ * anything (the fresh lookup finds the element that really holds this key). */
+static __always_inline void state_restart(struct mfs_flow_entry *e, struct mfs_flow_state *st)
 {
-	if (st->gen != e->gen) {
-		st->cur_level = MFS_LEVEL_NONE;
-		st->sent_bytes = e->sent_base;
-		st->sent_pkts = 0;
-		st->flags = 0;
-		st->gen = e->gen;
-	}
+	st->cur_level = MFS_LEVEL_NONE;
+	st->sent_bytes = e->sent_base;
+	st->sent_pkts = 0;
+	st->flags = 0;
+	st->gen = e->gen;
 }
 
 /* Rewrite DSCP, keeping ECN. l3off: offset of the IP header; v4: IPv4 (else IPv6). The byte is
@@ -457,8 +462,12 @@ int mfs_egress(struct __sk_buff *skb)
 			init.gen = e->gen;
 			init.sent_bytes = e->sent_base;
 			st = sk_state.sk_storage_get(sk, &init, BPF_SK_STORAGE_GET_F_CREATE);
-			if (st) {
-				state_sync(e, st);
+			if (st && st->gen != e->gen) {
+				e = sk_flows.sk_storage_get(sk, 0, 0);
+				if (e && st->gen != e->gen)
+					state_restart(e, st);
+			}
+			if (st && e) {
 				level = flow_level(e, st, cfg, payload, &scav, &bad);
 				known = 1;
 				reason = scav ? MFS_STAT_SCAVENGED : MFS_STAT_SK_HIT;
@@ -486,8 +495,12 @@ int mfs_egress(struct __sk_buff *skb)
 			flow_state.insert(&key, &init);
 			st = flow_state.lookup(&key);
 		}
-		if (st) {
-			state_sync(e, st);
+		if (st && st->gen != e->gen) {
+			e = flows.lookup(&key);
+			if (e && st->gen != e->gen)
+				state_restart(e, st);
+		}
+		if (st && e) {
 			if ((tflags & TCP_ACK_) && !(st->flags & MFS_S_ACKED))
 				st->flags |= MFS_S_ACKED;
 			level = flow_level(e, st, cfg, payload, &scav, &bad);

@@ -18,10 +18,14 @@
  *   sk_flows / sk_state   socket-local storage (BPF_MAP_TYPE_SK_STORAGE), keyed by the socket:
  *                         written from user space with the socket's fd as the key, read through
  *                         skb->sk; lives and dies with the socket (no gc, no eviction).
- *   flows / flow_state    5-tuple LRU hashes: traffic without a local socket of ours (forwarded,
- *                         other processes, a controller that is not the sender). When full, a new
- *                         entry evicts the least recently used one (its flow then gets the
- *                         default level like any unknown flow; counted as `orphan`).
+ *   flows / flow_state    5-tuple hashes: traffic without a local socket of ours (forwarded,
+ *                         other processes, a controller that is not the sender). `flows` never
+ *                         evicts (BPF_F_NO_PREALLOC hash: full is a clear error to the
+ *                         controller, and a replaced element is freed only after an RCU grace
+ *                         period, so no program reads a recycled one); `flow_state` is an LRU
+ *                         that only the kernel inserts into (a state lost under pressure
+ *                         restarts at sent_base). A packet of a flow whose entry is gone while
+ *                         its state lives is counted as `orphan` and gets the default level.
  *
  * Level evaluation (one threshold table per flow, PIAS-style, tunable at run time):
  *   metric = f(mode, entry, now, sent, request cursor)     (saturating: see mfs_classifier.c)

@@ -14,7 +14,8 @@ the entries it wrote.
 
 Where a flow is a connected socket and the kernel has socket storage, its entry is attached to the
 socket (`sk_flows`, one map write keyed by the fd): it dies with the socket. Other flows (5-tuples,
-sockets of other processes) go to the `flows` LRU hash. The controller writes only decisions;
+sockets of other processes) go to the `flows` hash (full: a clear MapFullError, never an
+eviction of a live flow). The controller writes only decisions;
 what the kernel counts (bytes sent, current level) is in `flow_state`/`sk_state`, which user space
 never writes, so rewrites lose no byte. `gc()` (`mfs-tc gc`) demotes the flows of requests long
 past their deadline or whose owner died to the scavenger level (it never promotes anything).
@@ -108,7 +109,7 @@ _MAP_TYPES = {
     "stats": {bpfsys.MAP_TYPE_PERCPU_ARRAY},
 }
 _CREATE_TYPES = {
-    "flows": bpfsys.MAP_TYPE_LRU_HASH,
+    "flows": bpfsys.MAP_TYPE_HASH,
     "flow_state": bpfsys.MAP_TYPE_LRU_HASH,
     "requests": bpfsys.MAP_TYPE_HASH,
     "levels": bpfsys.MAP_TYPE_ARRAY,
@@ -334,7 +335,9 @@ class PinnedMaps:
                     n = flows_max
                 if name == "requests" and requests_max:
                     n = requests_max
-                m = BpfMap.create(_CREATE_TYPES[name], ks, vs, n, name)
+                # maps user space updates: freed after an RCU grace period (see the classifier)
+                fl = bpfsys.BPF_F_NO_PREALLOC if name in ("flows", "requests") else 0
+                m = BpfMap.create(_CREATE_TYPES[name], ks, vs, n, name, fl)
                 m.pin(path / name)
                 maps[name] = m
             dl = nlevels - 2 if default_level is None else default_level
@@ -440,8 +443,10 @@ class PinnedMaps:
             "flows_max": mx,
             "flows_fill": round(n / mx, 4) if mx else None,
             "flow_states": len(self.flow_state),
-            "eviction": "LRU: a new entry in a full map evicts the least recently used one; its "
-                        "packets then count as orphan and get the default level",
+            "eviction": "flows: none (a full map refuses new entries: MapFullError; gc removes "
+                        "idle orphans); flow_state: LRU, a state lost under pressure restarts at the "
+                        "decision's sent_base; packets whose entry is gone count as orphan and get "
+                        "the default level",
             "orphan_packets": counters[STAT_ORPHAN][0],
             "stale_packets": counters[STAT_STALE][0],
             "socket_storage": self.sk_flows is not None,

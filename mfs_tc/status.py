@@ -5,7 +5,7 @@ from __future__ import annotations
 from .backends import HANDLE
 from .controller import PinnedMaps
 from .errors import NotAttachedError
-from .layout import MAP_NAMES, pin_dir
+from .layout import MAP_NAMES, SK_MAP_NAMES, pin_dir
 from .loader import _our_filter, _root_qdisc, load_state
 
 
@@ -18,6 +18,7 @@ def read_status(ifname: str, netns: str | None = None) -> dict:
         stats = maps.stats()
         lrecs = maps.level_records()[: maps.config.nlevels]
         nflows, nreq = len(maps.flows), len(maps.requests)
+        pressure = maps.pressure()
     backend = st.backend_obj() if st else None
     levels = []
     for i, rec in enumerate(lrecs):
@@ -49,7 +50,9 @@ def read_status(ifname: str, netns: str | None = None) -> dict:
         "counters": stats["events"],
         "flows": nflows,
         "requests": nreq,
+        "pressure": pressure,
+        "control_level": st.control_level if st else None,
         "pin_dir": str(pin),
-        "maps": {n: (pin / n).exists() for n in MAP_NAMES},
+        "maps": {n: (pin / n).exists() for n in MAP_NAMES + SK_MAP_NAMES},
         "problems": problems,
     }

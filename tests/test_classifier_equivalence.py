@@ -13,6 +13,8 @@ import random
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
@@ -20,6 +22,7 @@ from scapy.packet import Raw
 from datapath_support import LoadedClassifier
 from mfs_tc import layout
 from mfs_tc.entry import FlowEntry, mlu_fixed, ps_per_byte
+from mfs_tc.layout import MLU_CAP
 from mfs_tc.layout import FlowKey, FlowState, RequestRecord
 
 pytestmark = pytest.mark.privileged
@@ -202,3 +205,65 @@ def test_entry_counters_accumulate_over_packets(clf: LoadedClassifier) -> None:
         assert clf.level_of(PACKET) == 1
         st = FlowState.unpack(sm.lookup(KEY.pack()))
         assert (st.gen, st.sent_pkts, st.sent_bytes) == (6, 1, 7 + PAYLOAD)
+
+
+# ---- adversarial inputs (hypothesis) ---------------------------------------------------------
+U64 = (1 << 64) - 1
+S64_MIN, S64_MAX = -(1 << 63), (1 << 63) - 1
+
+_u64 = st.one_of(st.integers(0, U64), st.sampled_from([0, 1, 999, 1000, 1 << 32, (1 << 32) - 1, 1 << 40,
+                                                       (1 << 54), (1 << 63) - 1, 1 << 63, U64 - PAYLOAD]))
+_s64 = st.one_of(st.integers(S64_MIN, S64_MAX), st.sampled_from([S64_MIN, S64_MIN + 1, -1, 0, 1, MLU_CAP,
+                                                                 S64_MAX - 1, S64_MAX]))
+_ps = st.one_of(st.sampled_from(RATES + [0, 1, (1 << 32) - 1, 1 << 32, U64]), st.integers(0, U64))
+
+
+@st.composite
+def adversarial(draw):
+    mode = draw(st.sampled_from(sorted(layout.MODE_NAMES)))
+    nlevels = draw(st.integers(2, 8))
+    th = [] if mode == layout.MODE_STATIC else sorted(draw(st.lists(_s64, max_size=layout.MAX_THRESH)))
+    levels = draw(st.lists(st.integers(0, 7), min_size=len(th) + 1, max_size=len(th) + 1))
+    now = time.monotonic_ns()
+    dl = draw(st.one_of(_s64, st.integers(-10**10, 10**10).map(lambda d: now + d),
+                        st.integers(1 << 40, 1 << 62).map(lambda d: now + d)))
+    sent = draw(st.one_of(_u64, st.integers(0, 1 << 30))) % (U64 - PAYLOAD)  # the count stays < 2^64
+    e = FlowEntry(mode=mode, levels=levels, thresholds=th, flags=draw(st.integers(0, 3)),
+                  target_layer=draw(st.integers(0, (1 << 32) - 1)), request_id=RID,
+                  deadline_ns=dl, total_bytes=draw(_u64), ps_per_byte=draw(_ps), sent_bytes=sent,
+                  cur_level=draw(st.sampled_from([0xFF, 0, 1, 2, 3, 4, 5, 6, 7])), gen=draw(st.integers(0, (1 << 32) - 1)))
+    req = draw(st.one_of(st.none(), st.builds(
+        RequestRecord, cursor=st.integers(-(1 << 31), (1 << 31) - 1),
+        flags=st.sampled_from([0, layout.R_SCAVENGER]))))
+    return e, req, nlevels, draw(st.integers(0, U64 - 1))
+
+
+@settings(max_examples=600, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(case=adversarial())
+def test_kernel_equals_mirror_on_adversarial_inputs(clf: LoadedClassifier, case) -> None:
+    """Byte counts up to 2^64, deadlines at the signed limits, rates that overflow a 64-bit
+    product, every table shape and level count, every mode and flag: the kernel's saturating
+    arithmetic and its Python mirror agree (a level >= nlevels gives the default level)."""
+    e, req, nlevels, pkts = case
+    if clf.nlevels != nlevels:
+        clf.nlevels = nlevels
+        clf.configure()
+    _check(clf, e, req, nlevels, pkts=pkts)
+
+
+def test_saturating_arithmetic_mirror_values() -> None:
+    """The mirror itself at the edges (what the kernel is held to above)."""
+    from mfs_tc.entry import laxity_metric, mlu_metric, mul_ps
+
+    assert mul_ps(U64, U64) == U64 // 1000 and mul_ps(1 << 32, 1 << 32) == U64 // 1000
+    assert mul_ps((1 << 32) - 1, (1 << 32) + 1) == ((1 << 64) - 1) // 1000
+    assert laxity_metric(S64_MIN, 0, 0, 10) == S64_MIN  # no wrap to a huge positive laxity
+    assert laxity_metric(S64_MAX, U64, U64, 0) == S64_MAX
+    assert mlu_metric(U64, 0, U64, 10**9, 0) == MLU_CAP  # saturated need, not a wrapped small one
+    assert mlu_metric(U64, 0, U64, S64_MAX, 0) == (U64 // 1000 >> 30 << 16) // (S64_MAX >> 30)
+    e = FlowEntry(mode=layout.MODE_SENT, levels=[0, 5], thresholds=[0])
+    assert e.metric(0, sent=1 << 63) == S64_MAX  # not negative
+    e = FlowEntry(mode=layout.MODE_REMAINING, levels=[0, 5], thresholds=[0], total_bytes=U64)
+    assert e.metric(0, sent=0) == S64_MAX
+    bad = FlowEntry.static(6)
+    assert bad.level(0, nlevels=4, default_level=1) == 1  # not silently the scavenger (3)

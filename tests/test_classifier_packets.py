@@ -206,3 +206,37 @@ def test_trust_dscp_maps_dscp_to_level(v6: bool) -> None:
             assert r.data == raw  # a switch port classifies, it does not rewrite
         ip = IPv6(src=A6, dst=B6, tc=63 << 2) if v6 else IP(src=A4, dst=B4, tos=63 << 2)
         assert c.level_of(bytes(ETH / ip / TCP() / BODY)) == 6  # unused DSCP: default level
+
+
+def test_parsing_edge_cases(clf: LoadedClassifier) -> None:
+    """IPv4 BIG TCP (tot_len 0), QinQ (802.1ad outer + 802.1Q inner), fragmented UDP (every
+    fragment at the default level, so a datagram is not reordered), an entry level >= nlevels
+    (the default level and counted, not silently the scavenger), a config default level out of
+    range (clamped)."""
+    big = ETH / IP(src=A4, dst=B4, len=0) / TCP(sport=SP, dport=DP, flags="PA") / BODY
+    r, d = _run(clf, bytes(big))
+    assert r.priority == PRIO_BASE + LEVEL and d[layout.STAT_HIT][0] == 1
+    qinq = ETH / Dot1AD(vlan=100) / Dot1Q(vlan=7) / IP(src=A4, dst=B4) / UDP(sport=SP, dport=DP) / BODY
+    r, d = _run(clf, bytes(qinq))
+    assert r.priority == PRIO_BASE + LEVEL and d[layout.STAT_HIT][0] == 1
+    assert_only_dscp_changed(bytes(qinq), r.data, layout.DEFAULT_DSCP[LEVEL])
+    from scapy.layers.inet import fragment  # noqa: PLC0415
+
+    frags = fragment(IP(src=A4, dst=B4) / UDP(sport=SP, dport=DP) / Raw(b"f" * 3000), fragsize=1000)
+    assert len(frags) >= 3
+    for f in frags:
+        r, d = _run(clf, bytes(ETH / f))
+        assert r.priority == PRIO_BASE + DEFAULT and d[layout.STAT_FRAGMENT][0] == 1
+
+
+def test_level_beyond_nlevels_and_default_clamped() -> None:
+    raw = bytes(ETH / IP(src=A4, dst=B4) / UDP(sport=SP, dport=DP) / BODY)
+    with LoadedClassifier(nlevels=4, default_level=1) as c:
+        with c.map("flows") as m:
+            m.update(FlowKey(A4, B4, SP, DP, 17).pack(), FlowEntry.static(6).pack())
+        before = c.stats()
+        assert c.level_of(raw) == 1  # the default level, not the scavenger (3)
+        assert stats_delta(before, c.stats())[layout.STAT_BAD_LEVEL][0] == 1
+        c.default_level = 9  # an out-of-range config (the controller refuses to write one)
+        c.configure()
+        assert c.level_of(bytes(ETH / IP(src=A4, dst=B4) / UDP(sport=1, dport=2) / BODY)) == 3

@@ -259,8 +259,9 @@ def test_serving_process_flows_carry_their_levels(attached: VethPair) -> None:
     # batch collective over TCP: RLI 1 -> level 2, then scavenged -> level 7
     assert {row[3] for row in by_tag[T_COLL]} == {DSCP[2]}
     assert {row[3] for row in by_tag[T_COLL_SCAV]} == {DSCP[7]}
-    # after done(): unknown flow, DSCP left as the socket set it (0)
-    assert by_tag[T_AFTER] and {row[3] for row in by_tag[T_AFTER]} == {0}
+    # after done(): an unknown flow, at the default (bulk) level K-2 with its DSCP (the socket
+    # set 0: untracked traffic leaves with its level's DSCP), never back at a higher level
+    assert by_tag[T_AFTER] and {row[3] for row in by_tag[T_AFTER]} == {DSCP[6]}
     assert out["flows_left"] == 0
 
     # MLU p2d: each packet's DSCP is the level at its egress time, which lies between its send

@@ -22,7 +22,7 @@ from scapy.layers.l2 import Ether
 from datapath_support import Capture
 from mfs_tc import bpfsys, layout
 from mfs_tc.entry import FlowEntry, mlu_fixed, ps_per_byte
-from mfs_tc.layout import FlowKey, RequestRecord
+from mfs_tc.layout import FlowKey, FlowState, RequestRecord
 from mfs_tc.loader import AttachOptions, attach, detach
 from nettools import VethPair
 
@@ -135,10 +135,10 @@ def test_mlu_and_laxity_promote_on_time_without_a_controller(net: VethPair) -> N
                 assert seen[s] == 1, f"{name} packet {s} after the crossing is promoted"
                 after += 1
         assert before >= 10 and after >= 10, f"{name}: {before} deferred, {after} promoted packets"
-    with bpfsys.BpfMap.open(pin / "flows") as m:
+    with bpfsys.BpfMap.open(pin / "flow_state") as m:  # what the kernel counted, in its own map
         for f in flows:
-            e = FlowEntry.unpack(m.lookup(f.key.pack()))
-            assert e.sent_bytes == f.sent and e.sent_pkts == len(f.sends) and e.cur_level == 1
+            st = FlowState.unpack(m.lookup(f.key.pack()))
+            assert st.sent_bytes == f.sent and st.sent_pkts == len(f.sends) and st.cur_level == 1
 
 
 def test_rli_level_moves_with_the_cursor_only(net: VethPair) -> None:

@@ -121,6 +121,12 @@ def status(iface: Annotated[Optional[str], typer.Argument(help="Interface (defau
         )
         c = s["counters"]
         typer.echo("counters: " + ", ".join(f"{k} {v['packets']}" for k, v in c.items()))
+        pr = s["pressure"]
+        typer.echo(
+            f"5-tuple map: {pr['flows']}/{pr['flows_max']} entries ({100 * (pr['flows_fill'] or 0):.1f}%), "
+            f"{pr['flow_states']} kernel states; orphan packets {pr['orphan_packets']}, stale {pr['stale_packets']}; "
+            f"socket storage {'on' if pr['socket_storage'] else 'off (kernel lacks it)'}"
+        )
         for p in s["problems"]:
             typer.echo(f"warning: {p}")
         typer.echo("")

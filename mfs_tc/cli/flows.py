@@ -190,7 +190,11 @@ def gc_cmd(
     if as_json:
         typer.echo(json.dumps(res.as_dict()))
     else:
-        typer.echo(f"removed {len(res.requests_removed)} requests, {res.flows_removed} flows")
+        typer.echo(
+            f"removed {len(res.requests_removed)} requests of dead owners, scavenged {len(res.requests_scavenged)} "
+            f"past their deadline; demoted {res.flows_demoted} orphaned flows to the scavenger level, "
+            f"removed {res.flows_removed} idle orphans"
+        )
 
 
 def policy_show_cmd(
