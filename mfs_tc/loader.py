@@ -21,6 +21,7 @@ from . import bpfsys
 from .backends import BACKENDS, HANDLE, MIN_LEAF_RATE_BPS, Backend, min_htb_rate_bps, probe_qdisc_kinds
 from .errors import InterfaceError, KernelFeatureError, LayoutMismatchError, MfsError, PermissionDeniedError
 from .ifacelock import interface_lock
+from .pinpath import HOST_BPFFS, RUN_BPFFS
 from .pinroot import secure_pin_dir
 from .controller import PinnedMaps, write_config
 from .layout import (
@@ -125,7 +126,8 @@ def lock_path(ifname: str, netns: str | None) -> Path:
 
 def _locked(ifname: str, netns: str | None):
     where = f" (netns {netns})" if netns else ""
-    return interface_lock(lock_path(ifname, netns), f"{ifname}{where}")
+    path = lock_path(ifname, netns)
+    return interface_lock(path, f"{ifname}{where}", prune=(path.parent, STATE_ROOT))
 
 
 def load_state(ifname: str, netns: str | None = None) -> AttachState | None:
@@ -422,8 +424,9 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
     bpfsys.ensure_bpffs()
     secure_pin_dir(pin, PIN_ROOT, create=True)  # root-owned 0755 from mfs/ down, or a clear error
     had_pins = _check_pins(pin)
-    undo: list = []
+    undo: list = [_release_run_bind]
     try:
+        _ensure_run_bind()
         if not had_pins:
             undo.append(lambda: _unpin(pin))
         b, fn = compile_classifier(pin)
@@ -574,7 +577,37 @@ def _detach_locked(ifname: str, netns: str | None) -> list[str]:
                 d.rmdir()
             except OSError:
                 break
+    if _release_run_bind():
+        removed.append(f"bind mount {RUN_BPFFS}")
     return removed
+
+
+# ---- the bpffs view that survives `ip netns exec` (see pinpath.py) ------------------------------
+def _bind_lock():
+    return interface_lock(STATE_ROOT / "bpffs.lock", "the bind mount of bpffs", wait=True, prune=(STATE_ROOT,))
+
+
+def _ensure_run_bind() -> None:
+    """Bind the host's bpffs on /run/mfs-tc/bpffs, where processes started by `ip netns exec`
+    (whose /sys is a fresh sysfs) still find the pins."""
+    with _bind_lock():
+        if bpfsys.is_bpffs(RUN_BPFFS):
+            return
+        RUN_BPFFS.mkdir(mode=0o755, parents=True, exist_ok=True)
+        run(["mount", "--bind", str(HOST_BPFFS), str(RUN_BPFFS)])
+
+
+def _release_run_bind() -> bool:
+    """Unmount /run/mfs-tc/bpffs once nothing is attached any more (no state, no pin root)."""
+    with _bind_lock():
+        if attached() or PIN_ROOT.exists() or not bpfsys.is_bpffs(RUN_BPFFS):
+            return False
+        run(["umount", str(RUN_BPFFS)], check=False)
+        try:
+            RUN_BPFFS.rmdir()
+        except OSError:
+            pass
+        return True
 
 
 def detach_all(netns: str | None) -> list[str]:
