@@ -205,9 +205,9 @@ def test_state_root_left_clean(net: VethPair) -> None:
 def test_attach_without_root_is_a_clear_error_and_changes_nothing(net: VethPair):
     """An unprivileged user gets one readable line and a non-zero exit; the host is untouched."""
     before = _snapshot(net)
-    r = subprocess.run(["ip", "netns", "exec", net.a, "runuser", "-u", "nobody", "--",
-                        *MFS, "attach", net.dev_a, "--rate", "100mbit"],
-                       capture_output=True, text=True, timeout=60)
+    from asuser import mfs_as
+
+    r = mfs_as("nobody", "attach", net.dev_a, "--rate", "100mbit", netns=net.a, timeout=60)
     assert r.returncode == 1, r
     assert "needs root" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert _snapshot(net) == before

@@ -18,14 +18,16 @@ from mfs_tc import layout
 from mfs_tc.errors import MfsError
 from mfs_tc.ifacelock import BusyError, interface_lock
 from mfs_tc.loader import AttachOptions, attach, detach, load_state, lock_path, state_path
+from asuser import mfs_as
 from nettools import VethPair, sh
 
 MFS = [str(Path(sys.executable).parent / "mfs-tc")]
 
 
 def mfs(*args: str, user: str | None = None, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    pre = ["runuser", "-u", user, "--"] if user else []
-    return subprocess.run(pre + MFS + list(args), capture_output=True, text=True, timeout=timeout, env=env)
+    if user:
+        return mfs_as(user, *args, env=env, timeout=timeout)  # works from a checkout nobody can read
+    return subprocess.run(MFS + list(args), capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
