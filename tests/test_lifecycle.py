@@ -274,6 +274,14 @@ def test_a_pin_root_another_user_can_change_is_refused(net: VethPair, squat: str
     assert "clsact" not in _tc(net, "qdisc", "show", "dev", net.dev_a)  # nothing was attached
 
 
+@pytest.mark.privileged
+def test_a_fixture_that_fails_during_setup_removes_its_namespaces() -> None:
+    pair = VethPair(dev_a="x" * 20)  # longer than IFNAMSIZ: `ip link add` fails after both netns exist
+    with pytest.raises(RuntimeError):
+        pair.up()
+    assert not {pair.a, pair.b} & _netns_names()
+
+
 # ---- errors and exit codes --------------------------------------------------------------------
 @pytest.mark.privileged
 def test_doctor_exit_code_follows_its_checks() -> None:
