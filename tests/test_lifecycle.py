@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mfs_tc import layout
+from mfs_tc import layout, tcx
 from mfs_tc.errors import MfsError
 from mfs_tc.ifacelock import BusyError, interface_lock
 from mfs_tc.loader import AttachOptions, attach, detach, load_state, lock_path, state_path
@@ -80,8 +80,7 @@ def test_two_concurrent_attaches_leave_a_working_attachment(net: VethPair) -> No
         s = json.loads(r.stdout)
         assert s["attached"] and all(s["maps"].values()) and not s["problems"], s
         st = load_state(net.dev_a, net.a)
-        ours = [f for f in _filters(net, net.dev_a) if f.get("options")]
-        assert len(ours) == 1 and ours[0]["options"]["prog"]["id"] == st.prog_id
+        assert st.hook == "tcx" and tcx.egress_progs(st.ifindex, net.a) == [st.prog_id]  # one, the winner's
         assert len(s["levels"]) == st.nlevels
     assert detach(net.dev_a, net.a)
     assert not lock_path(net.dev_a, net.a).exists()
@@ -198,7 +197,7 @@ def test_a_users_filter_at_our_pref_is_never_deleted(net: VethPair) -> None:
 def test_detach_keeps_a_filter_that_replaced_ours(net: VethPair) -> None:
     """Someone replaced our classifier at our pref with their own: detach removes our pins and
     qdisc but leaves their filter, and says so."""
-    attach(AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=100_000_000))
+    attach(AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=100_000_000, hook="clsact"))
     _tc(net, "filter", "del", "dev", net.dev_a, "egress", "pref", str(0xC0DE))
     _user_bpf_filter(net, net.dev_a)
     removed = detach(net.dev_a, net.a)
@@ -208,19 +207,27 @@ def test_detach_keeps_a_filter_that_replaced_ours(net: VethPair) -> None:
 
 
 @pytest.mark.privileged
-def test_detach_follows_a_renamed_interface(net: VethPair) -> None:
-    attach(AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=100_000_000))
+@pytest.mark.parametrize("hook", ["clsact", "tcx"])
+def test_detach_follows_a_renamed_interface(net: VethPair, hook: str) -> None:
+    st = attach(AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=100_000_000, hook=hook))
     new = net.dev_a + "r"
     sh("ip", "link", "set", net.dev_a, "down", ns=net.a)
     sh("ip", "link", "set", net.dev_a, "name", new, ns=net.a)
     sh("ip", "link", "set", new, "up", ns=net.a)
-    assert "mfs_egress" in _tc(net, "filter", "show", "dev", new, "egress")
+    if hook == "clsact":
+        assert "mfs_egress" in _tc(net, "filter", "show", "dev", new, "egress")
+    else:
+        assert tcx.egress_progs(st.ifindex, net.a) == [st.prog_id]
+    r = mfs("status", net.dev_a, "-n", net.a, "--json")
+    assert r.returncode == 0 and f"renamed to {new}" in r.stdout and '"attached": true' in r.stdout, r
     r = mfs("attach", new, "-n", net.a, "--qdisc", "none")  # the same device under its new name
     one_line_error(r, f"attached as {net.dev_a}")
     r = mfs("detach", net.dev_a, "-n", net.a)
     assert r.returncode == 0, r.stderr
-    assert f"renamed to {new}" in r.stdout and "egress filter" in r.stdout and "root htb qdisc" in r.stdout, r.stdout
+    assert f"renamed to {new}" in r.stdout and "root htb qdisc" in r.stdout, r.stdout
+    assert ("egress filter" if hook == "clsact" else "tcx egress link") in r.stdout, r.stdout
     assert "mfs_egress" not in _tc(net, "filter", "show", "dev", new, "egress")
+    assert tcx.egress_progs(st.ifindex, net.a) == []
     q = _tc(net, "qdisc", "show", "dev", new)
     assert "4d46" not in q and "clsact" not in q
     assert not layout.pin_dir(net.dev_a, net.a).exists() and not state_path(net.dev_a, net.a).exists()

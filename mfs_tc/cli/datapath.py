@@ -18,7 +18,7 @@ Json = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
 
 def _options(
     iface: str, netns: str | None, levels: int, qdisc: str, rate: str | None, dscp: str | None,
-    default_level: int, trust_dscp: bool,
+    default_level: int, trust_dscp: bool, hook: str = "auto",
 ):
     from ..loader import AttachOptions
 
@@ -27,7 +27,7 @@ def _options(
         dscp_list = parse_dscp_list(dscp)
     except ValueError as exc:
         raise MfsError(str(exc)) from exc
-    opts = AttachOptions(iface, netns, levels, qdisc, rate_bps, dscp_list, default_level, trust_dscp)
+    opts = AttachOptions(iface, netns, levels, qdisc, rate_bps, dscp_list, default_level, trust_dscp, hook)
     opts.validate()
     return opts
 
@@ -41,6 +41,7 @@ def attach(
     dscp: Annotated[Optional[str], typer.Option(help="DSCP per level: 'default', 'none' (keep), or a list 46,40,...")] = None,
     default_level: Annotated[int, typer.Option(help="Level of unknown flows and non-IP traffic")] = 0,
     trust_dscp: Annotated[bool, typer.Option("--trust-dscp", help="Switch port: level from the packet's DSCP")] = False,
+    hook: Annotated[str, typer.Option(help="auto (tcx where the kernel has it) | tcx (pinned BPF link) | clsact (cls_bpf filter)")] = "auto",
     json_out: Json = False,
 ) -> None:
     """Compile and attach the classifier on IFACE egress, pin its maps, set up the root qdisc."""
@@ -48,14 +49,14 @@ def attach(
 
     from ..loader import attach as do_attach
 
-    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp)
+    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp, hook)
     st = do_attach(opts)
     if json_out:
         emit_json(asdict(st))
         return
     where = f" in netns {netns}" if netns else ""
     typer.echo(
-        f"attached to {iface}{where}: {st.nlevels} levels, backend {st.backend}"
+        f"attached to {iface}{where} ({st.hook}): {st.nlevels} levels, backend {st.backend}"
         + (f" at {format_rate(st.rate_bps)}" if st.backend == "htb" else "")
         + (", trust-dscp" if st.trust_dscp else "")
         + f"; maps in {st.pin_dir}"
@@ -104,7 +105,7 @@ def status(iface: Annotated[Optional[str], typer.Argument(help="Interface (defau
     for s in results:
         where = f" (netns {s['netns']})" if s["netns"] else ""
         typer.echo(
-            f"{s['ifname']}{where}: backend {s['backend']}"
+            f"{s['ifname']}{where} ({s['hook']}): backend {s['backend']}"
             + (f" {format_rate(s['rate_bps'])}" if s["backend"] == "htb" else "")
             + f", {len(s['levels'])} levels, default {s['default_level']}, scavenger {s['scavenger_level']}"
             + (", trust-dscp" if s["trust_dscp"] else "")
@@ -131,13 +132,14 @@ def plan(
     dscp: Annotated[Optional[str], typer.Option()] = None,
     default_level: Annotated[int, typer.Option()] = 0,
     trust_dscp: Annotated[bool, typer.Option("--trust-dscp")] = False,
+    hook: Annotated[str, typer.Option(help="auto | tcx | clsact")] = "auto",
     rdma: Annotated[bool, typer.Option("--rdma", help="Per-level traffic classes for RoCE (NCCL, UCX, Mooncake)")] = False,
     json_out: Json = False,
 ) -> None:
     """Dry run: print the exact commands attach would run (nothing is changed)."""
     from ..loader import plan as make_plan
 
-    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp)
+    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp, hook)
     if rdma:
         from ..controller import rdma_table
 
