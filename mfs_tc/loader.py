@@ -599,10 +599,9 @@ def _detach_locked(ifname: str, netns: str | None) -> list[str]:
             if idx_now is not None:
                 removed.append(f"note: the {ifname} attached to (ifindex {st.ifindex}) is gone; the "
                                f"{ifname} there now (ifindex {idx_now}) was not touched")
-    if dev is None and not (st or has_pins):
-        if idx_now is None:
-            check_netns(netns)  # nothing of ours either: a wrong name gets its clear error
-            raise lookup_error
+    if dev is None and not (st or has_pins):  # no such interface, and nothing of ours under that name
+        check_netns(netns)  # a wrong namespace gets its own clear error
+        raise lookup_error
     if dev is not None:
         foreign = [] if st is None and not has_pins else _foreign_filters(dev, netns, st)
         if _our_filter(dev, netns, st) and (st is not None or has_pins):
