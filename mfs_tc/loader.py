@@ -655,9 +655,15 @@ def _ensure_run_bind() -> None:
 
 
 def _release_run_bind() -> bool:
-    """Unmount /run/mfs-tc/bpffs once nothing is attached any more (no state, no pin root)."""
+    """Unmount /run/mfs-tc/bpffs once nothing is attached any more (no attach state, nothing
+    pinned under the pin root: empty directories do not count)."""
     with _bind_lock():
-        if attached() or PIN_ROOT.exists() or not bpfsys.is_bpffs(RUN_BPFFS):
+        if attached() or not bpfsys.is_bpffs(RUN_BPFFS):
+            return False
+        try:
+            if any(not p.is_dir() for p in PIN_ROOT.rglob("*")):
+                return False
+        except OSError:
             return False
         run(["umount", str(RUN_BPFFS)], check=False)
         try:

@@ -352,3 +352,26 @@ def test_non_root_flows_that_could_read_nothing_fail(net: VethPair) -> None:
     r = mfs("flows", user="nobody")
     assert r.returncode != 0 and "could not read" in r.stderr and "Traceback" not in r.stderr, r
     assert "no flow entries" not in r.stdout
+
+
+@pytest.mark.privileged
+def test_attach_killed_anywhere_then_detach_leaves_the_host_as_found(net: VethPair) -> None:
+    """SIGKILL an attach at points spread over its run; the next detach removes whatever it left
+    (pins, an empty pin dir, a link or filter, the qdisc, state) and the lock is free again."""
+    def snapshot() -> tuple:
+        pins = layout.PIN_ROOT / net.a
+        return (_tc(net, "qdisc", "show", "dev", net.dev_a), _tc(net, "filter", "show", "dev", net.dev_a, "egress"),
+                tcx.egress_progs(int(sh("cat", f"/sys/class/net/{net.dev_a}/ifindex", ns=net.a)), net.a),
+                sorted(str(p) for p in pins.rglob("*")) if pins.exists() else None,
+                state_path(net.dev_a, net.a).exists(), lock_path(net.dev_a, net.a).exists())
+
+    before = snapshot()
+    for delay in (0.3, 0.5, 0.7, 0.9, 1.1, 1.4):
+        p = subprocess.Popen(MFS + ["attach", net.dev_a, "-n", net.a, "--rate", "100mbit"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        r = mfs("detach", net.dev_a, "-n", net.a)
+        assert r.returncode == 0, (delay, r.stderr)
+        assert snapshot() == before, (delay, r.stdout)
