@@ -269,8 +269,8 @@ def test_a_pin_root_another_user_can_change_is_refused(net: VethPair, squat: str
     mfsbin = MFS[0]
     r = _in_private_bpffs(
         squat + "\n"
-        f"if {mfsbin} attach {net.dev_a} -n {net.a} --qdisc none 2>err; then echo attached; fi\n"
-        "cat err\n"
+        f"if err=$({mfsbin} attach {net.dev_a} -n {net.a} --qdisc none 2>&1 >/dev/null); then echo attached; fi\n"
+        'printf "%s\\n" "$err"\n'
         "echo LS: $(ls -A /sys/fs/bpf/mfs/)\n"
     )
     assert "attached" not in r.stdout.splitlines(), r.stdout
