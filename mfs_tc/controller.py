@@ -266,7 +266,12 @@ class PinnedMaps:
 
     # -- open / create
     @classmethod
-    def open(cls, ifname: str, netns: str | None = None, root: Path | str = PIN_ROOT) -> "PinnedMaps":
+    def open(cls, ifname: str, netns: str | None = None, root: Path | str | None = None) -> "PinnedMaps":
+        """`root` None: the pin root visible from this mount namespace (pinpath.pin_root)."""
+        if root is None:
+            from .pinpath import pin_root
+
+            root = pin_root()
         return cls.open_dir(pin_dir(ifname, netns, Path(root)), what=_describe(ifname, netns))
 
     @classmethod
@@ -1111,7 +1116,7 @@ class Controller:
         netns: str | None = None,
         policy: Policy | str = "mfs",
         *,
-        root: Path | str = PIN_ROOT,
+        root: Path | str | None = None,
         pin_path: Path | str | None = None,
         entry_cache_ns: int = 1_000_000,
         **config: Any,

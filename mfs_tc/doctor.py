@@ -72,6 +72,12 @@ def run_checks() -> list[Check]:
             kinds = {k: False for k in ("clsact", "ets", "mqprio", "htb")}
         checks.append(Check("clsact", kinds["clsact"], "clsact qdisc" if kinds["clsact"] else "missing",
                             "a kernel with CONFIG_NET_SCH_INGRESS"))
+        from . import tcx
+
+        has_tcx = tcx.available(1)
+        checks.append(Check("tcx", has_tcx, "tcx egress (BPF link): attach uses it (--hook auto)" if has_tcx
+                            else "no tcx: attach uses clsact + cls_bpf", "Linux 6.6+ for tcx (clsact works without it)",
+                            required=False))
         fix = {"ets": "CONFIG_NET_SCH_ETS (else HTB is used)", "mqprio": "CONFIG_NET_SCH_MQPRIO and a NIC with DCB offload (else HTB is used)",
                "htb": "CONFIG_NET_SCH_HTB"}
         for k in ("ets", "mqprio", "htb"):

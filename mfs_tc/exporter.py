@@ -28,7 +28,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .errors import MfsError
-from .layout import PIN_ROOT, STAT_NAMES, netns_label
+from .layout import STAT_NAMES, netns_label
+from .pinpath import pin_root
 
 TEXTFILE_NAME = "mfs_tc.prom"
 
@@ -39,18 +40,19 @@ class Target:
     netns: str | None
 
 
-def pinned_targets(root: Path = PIN_ROOT) -> list[Target]:
+def pinned_targets(root: Path | None = None) -> list[Target]:
     """Every (netns, interface) with a pinned flows map under `root`, plus those with attach
     state (whose pins may be unreadable or gone: reported as mfs_tc_up 0)."""
     from .loader import attached
 
     found = {(ns, ifn) for ns, ifn in attached()}
     try:
+        root = root or pin_root()
         for ns_dir in root.iterdir():
             for if_dir in ns_dir.iterdir():
                 if (if_dir / "flows").exists():
                     found.add((None if ns_dir.name == "host" else ns_dir.name, if_dir.name))
-    except OSError:
+    except (OSError, MfsError):
         pass
     return [Target(ifn, ns) for ns, ifn in sorted(found, key=lambda t: (t[0] or "", t[1]))]
 
@@ -58,7 +60,7 @@ def pinned_targets(root: Path = PIN_ROOT) -> list[Target]:
 class MfsCollector(Collector):
     """Reads the maps of `targets()` at every collect()."""
 
-    def __init__(self, targets=pinned_targets, root: Path = PIN_ROOT) -> None:
+    def __init__(self, targets=pinned_targets, root: Path | None = None) -> None:
         self.targets = targets
         self.root = root
 
@@ -78,7 +80,7 @@ class MfsCollector(Collector):
         for t in self.targets():
             lab = [t.ifname, netns_label(t.netns)]
             try:
-                with PinnedMaps.open(t.ifname, t.netns, self.root) as maps:
+                with PinnedMaps.open(t.ifname, t.netns, self.root) as maps:  # None: pinpath.pin_root()
                     stats = maps.stats()
                     views = maps.flow_views()
                     sizes = {"flows": (len(views), maps.flows.info.max_entries),

@@ -36,8 +36,10 @@ def _holder(fd: int) -> str:
 
 
 @contextmanager
-def interface_lock(path: Path, what: str) -> Iterator[None]:
-    """Hold the lock file `path` for the duration; BusyError if another process holds it."""
+def interface_lock(path: Path, what: str, wait: bool = False, prune: tuple[Path, ...] = ()) -> Iterator[None]:
+    """Hold the lock file `path` for the duration; BusyError if another process holds it
+    (with `wait`, block until it is free instead: for short sections such as a mount). On
+    release the file goes, and the directories `prune` (in order) when they are empty."""
     for _ in range(50):
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         try:
@@ -45,7 +47,7 @@ def interface_lock(path: Path, what: str) -> Iterator[None]:
         except FileNotFoundError:
             continue  # the directory was pruned by a releasing holder in between: make it again
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as exc:
             holder = _holder(fd)
             os.close(fd)
@@ -74,7 +76,7 @@ def interface_lock(path: Path, what: str) -> Iterator[None]:
             os.unlink(path)  # still holding it: nobody else can own this inode yet
         except OSError:
             pass
-        for d in (path.parent, path.parent.parent):
+        for d in prune:
             try:
                 d.rmdir()
             except OSError:

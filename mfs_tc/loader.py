@@ -17,10 +17,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import bpfsys
+from . import bpfsys, tcx
 from .backends import BACKENDS, HANDLE, MIN_LEAF_RATE_BPS, Backend, min_htb_rate_bps, probe_qdisc_kinds
 from .errors import InterfaceError, KernelFeatureError, LayoutMismatchError, MfsError, PermissionDeniedError
 from .ifacelock import interface_lock
+from .pinpath import HOST_BPFFS, RUN_BPFFS
 from .pinroot import secure_pin_dir
 from .controller import PinnedMaps, write_config
 from .layout import (
@@ -42,6 +43,7 @@ FILTER_HANDLE = 1
 FILTER_NAME = "mfs_egress"
 EGRESS_PARENT = 0xFFFFFFF3  # clsact egress (ffff:fff3)
 ETH_P_ALL = 0x0003
+HOOKS = ("auto", "tcx", "clsact")
 
 
 @dataclass
@@ -56,6 +58,7 @@ class AttachOptions:
     trust_dscp: bool = False
     control_level: int = 0  # unknown flows' pure control packets (SYN/FIN/RST/pure ACK)
     keep_dscp: list[int] = field(default_factory=list)  # DSCPs untracked traffic keeps
+    hook: str = "auto"  # auto (tcx where the kernel has it), tcx, clsact
 
     def validate(self) -> None:
         check_ifname(self.ifname)
@@ -70,6 +73,8 @@ class AttachOptions:
         bad = [d for d in self.keep_dscp if not 0 <= d < 64]
         if bad:
             raise MfsError(f"--keep-dscp values must be 0..63: {bad}")
+        if self.hook not in HOOKS:
+            raise MfsError(f"--hook must be {', '.join(HOOKS)}; got {self.hook!r}")
         if self.qdisc not in ("auto",) + BACKENDS:
             raise MfsError(f"--qdisc must be auto, {', '.join(BACKENDS)}; got {self.qdisc!r}")
         if not 0 <= self.default_level < self.levels:
@@ -111,6 +116,7 @@ class AttachState:
     created_clsact: bool = False
     attached_at: float = field(default_factory=time.time)
     program: str = FILTER_NAME
+    hook: str = "clsact"  # how the classifier is on egress: "tcx" (a pinned BPF link) or "clsact" (cls_bpf)
     ifindex: int | None = None  # the device attached to: found again after a rename
     prog_id: int | None = None  # the classifier program the filter was given (its identity, with
     prog_tag: str | None = None  # the tag: our filter is the one running this program)
@@ -137,7 +143,8 @@ def lock_path(ifname: str, netns: str | None) -> Path:
 
 def _locked(ifname: str, netns: str | None):
     where = f" (netns {netns})" if netns else ""
-    return interface_lock(lock_path(ifname, netns), f"{ifname}{where}")
+    path = lock_path(ifname, netns)
+    return interface_lock(path, f"{ifname}{where}", prune=(path.parent, STATE_ROOT))
 
 
 def load_state(ifname: str, netns: str | None = None) -> AttachState | None:
@@ -236,11 +243,56 @@ def plan(opts: AttachOptions) -> Plan:
     notes.insert(0, f"backend {backend.name}, {opts.levels} levels, pins in {pin}")
     cmds = [["mount", "-t", "bpf", "bpf", "/sys/fs/bpf", "# only if not mounted"]]
     cmds += backend.commands(opts.ifname)
-    cmds.append(["tc", "qdisc", "add", "dev", opts.ifname, "clsact", "# only if absent"])
-    cmds.append(filter_command(opts.ifname, pin))
+    hook = opts.hook
+    if hook == "auto":
+        hook = "tcx" if _kernel_has_tcx(opts.netns) else "clsact"
+    notes.insert(1, f"hook {hook}" + (" (tcx: the kernel has it)" if opts.hook == "auto" and hook == "tcx" else ""))
+    if hook == "tcx":
+        cmds.append(["bpf", "link", "create", "tcx_egress", "dev", opts.ifname, "prog", FILTER_NAME,
+                     f"# pinned at {pin / tcx.LINK_PIN}"])
+    else:
+        cmds.append(["tc", "qdisc", "add", "dev", opts.ifname, "clsact", "# only if absent"])
+        cmds.append(filter_command(opts.ifname, pin))
     if opts.netns:
         cmds = [(["ip", "netns", "exec", opts.netns] + c) if c[0] == "tc" else c for c in cmds]
     return Plan(opts, backend, cmds, notes)
+
+
+def _kernel_has_tcx(netns: str | None) -> bool:
+    """tcx is there when a query answers (root); without root, judged by the version (6.6+)."""
+    if is_root():
+        try:
+            with iproute(netns) as ipr:
+                lo = ipr.link_lookup(ifname="lo") or [1]
+        except MfsError:
+            lo = [1]
+        return tcx.available(lo[0], netns)
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    return (major, minor) >= (6, 6)
+
+
+def _choose_hook(opts: AttachOptions, prev: AttachState | None, idx: int) -> str:
+    """tcx where the kernel has it and no other clsact egress filter would be skipped (our
+    program ends the egress hook with TC_ACT_OK, and tcx runs before clsact), else clsact; a
+    re-attach keeps the hook it has."""
+    if prev is not None:
+        if opts.hook not in ("auto", prev.hook):
+            raise MfsError(f"{opts.ifname} is attached with --hook {prev.hook}: detach first to change the hook")
+        return prev.hook
+    if opts.hook == "clsact":
+        return "clsact"
+    has = tcx.available(idx, opts.netns)
+    others = [f for f in _egress_filters(opts.ifname, opts.netns) if f.get("options")]
+    if opts.hook == "tcx":
+        if not has:
+            raise KernelFeatureError("this kernel has no tcx (Linux 6.6+): use --hook clsact (or auto)")
+        if others:
+            raise MfsError(
+                f"{opts.ifname} has clsact egress filters ({_describe_filter(others[0])}) that a tcx classifier "
+                "would make the kernel skip: use --hook clsact"
+            )
+        return "tcx"
+    return "tcx" if has and not others else "clsact"
 
 
 # ---- compile & maps ---------------------------------------------------------------------------
@@ -425,7 +477,8 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
     prev_state = load_state(opts.ifname, opts.netns)
     if prev_state and prev_state.ifindex not in (None, idx):
         prev_state = None  # attached to an earlier device of that name, gone with its qdiscs
-    foreign = _foreign_filters(opts.ifname, opts.netns, prev_state)
+    hook = _choose_hook(opts, prev_state, idx)
+    foreign = _foreign_filters(opts.ifname, opts.netns, prev_state) if hook == "clsact" else []
     if foreign:
         raise MfsError(
             f"{opts.ifname} egress pref {FILTER_PREF} ({FILTER_PREF:#x}) holds a filter that is not "
@@ -449,8 +502,9 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
     bpfsys.ensure_bpffs()
     secure_pin_dir(pin, PIN_ROOT, create=True)  # root-owned 0755 from mfs/ down, or a clear error
     had_pins = _check_pins(pin)
-    undo: list = []
+    undo: list = [_release_run_bind]
     try:
+        _ensure_run_bind()
         if not had_pins:
             undo.append(lambda: _unpin(pin))
         b, fn = compile_classifier(pin)
@@ -487,25 +541,30 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
         elif ours:
             # re-attach with --qdisc none over our own qdisc: give the host its default back
             _restore_root(opts.ifname, opts.netns)
-        # clsact + filter
         created_clsact = prev_state.created_clsact if prev_state else False
-        if not _has_clsact(opts.ifname, opts.netns):
+        if hook == "tcx":
+            link = pin / tcx.LINK_PIN
+            if not link.exists():
+                undo.append(lambda: tcx.detach_link(link))
+            tcx.attach_link(fn.fd, idx, link, opts.netns)
+        else:  # clsact + filter
+            if not _has_clsact(opts.ifname, opts.netns):
+                with iproute(opts.netns) as ipr:
+                    ipr.tc("add", "clsact", idx)
+                created_clsact = True
+                undo.append(lambda: run(["tc", "qdisc", "del", "dev", opts.ifname, "clsact"], opts.netns, check=False))
+            if not prev_state or not _our_filter(opts.ifname, opts.netns, prev_state):
+                undo.append(lambda: _delete_our_filter(opts.ifname, opts.netns))
             with iproute(opts.netns) as ipr:
-                ipr.tc("add", "clsact", idx)
-            created_clsact = True
-            undo.append(lambda: run(["tc", "qdisc", "del", "dev", opts.ifname, "clsact"], opts.netns, check=False))
-        if not prev_state or not _our_filter(opts.ifname, opts.netns, prev_state):
-            undo.append(lambda: _delete_our_filter(opts.ifname, opts.netns))
-        with iproute(opts.netns) as ipr:
-            ipr.tc(
-                "replace-filter", "bpf", idx, FILTER_HANDLE, fd=fn.fd, name=FILTER_NAME,
-                parent=EGRESS_PARENT, direct_action=True, prio=FILTER_PREF, protocol=ETH_P_ALL,
-            )
+                ipr.tc(
+                    "replace-filter", "bpf", idx, FILTER_HANDLE, fd=fn.fd, name=FILTER_NAME,
+                    parent=EGRESS_PARENT, direct_action=True, prio=FILTER_PREF, protocol=ETH_P_ALL,
+                )
         st = AttachState(
             ifname=opts.ifname, netns=opts.netns, backend=backend.name, nlevels=opts.levels,
             rate_bps=backend.rate_bps, dscp=opts.dscp_table(), default_level=opts.default_level,
             trust_dscp=opts.trust_dscp, pin_dir=str(pin), prev_root=prev_root,
-            created_clsact=created_clsact, ifindex=idx, prog_id=prog_id, prog_tag=prog_tag,
+            created_clsact=created_clsact, ifindex=idx, prog_id=prog_id, prog_tag=prog_tag, hook=hook,
             control_level=opts.control_level, keep_dscp=list(opts.keep_dscp),
             socket_storage=(pin / "sk_flows").exists(),
         )
@@ -569,10 +628,9 @@ def _detach_locked(ifname: str, netns: str | None) -> list[str]:
             if idx_now is not None:
                 removed.append(f"note: the {ifname} attached to (ifindex {st.ifindex}) is gone; the "
                                f"{ifname} there now (ifindex {idx_now}) was not touched")
-    if dev is None and not (st or has_pins):
-        if idx_now is None:
-            check_netns(netns)  # nothing of ours either: a wrong name gets its clear error
-            raise lookup_error
+    if dev is None and not (st or has_pins):  # no such interface, and nothing of ours under that name
+        check_netns(netns)  # a wrong namespace gets its own clear error
+        raise lookup_error
     if dev is not None:
         foreign = [] if st is None and not has_pins else _foreign_filters(dev, netns, st)
         if _our_filter(dev, netns, st) and (st is not None or has_pins):
@@ -591,6 +649,8 @@ def _detach_locked(ifname: str, netns: str | None) -> list[str]:
         if (st is not None or has_pins) and root is not None and root.get("handle") == HANDLE:
             _restore_root(dev, netns)
             removed.append(f"root {root.get('kind')} qdisc")
+    if has_pins and tcx.detach_link(pin / tcx.LINK_PIN):
+        removed.append("tcx egress link")
     if has_pins:
         full = any((pin / n).exists() for n in MAP_NAMES)
         _unpin(pin)
@@ -603,7 +663,43 @@ def _detach_locked(ifname: str, netns: str | None) -> list[str]:
                 d.rmdir()
             except OSError:
                 break
+    if _release_run_bind():
+        removed.append(f"bind mount {RUN_BPFFS}")
     return removed
+
+
+# ---- the bpffs view that survives `ip netns exec` (see pinpath.py) ------------------------------
+def _bind_lock():
+    return interface_lock(STATE_ROOT / "bpffs.lock", "the bind mount of bpffs", wait=True, prune=(STATE_ROOT,))
+
+
+def _ensure_run_bind() -> None:
+    """Bind the host's bpffs on /run/mfs-tc/bpffs, where processes started by `ip netns exec`
+    (whose /sys is a fresh sysfs) still find the pins."""
+    with _bind_lock():
+        if bpfsys.is_bpffs(RUN_BPFFS):
+            return
+        RUN_BPFFS.mkdir(mode=0o755, parents=True, exist_ok=True)
+        run(["mount", "--bind", str(HOST_BPFFS), str(RUN_BPFFS)])
+
+
+def _release_run_bind() -> bool:
+    """Unmount /run/mfs-tc/bpffs once nothing is attached any more (no attach state, nothing
+    pinned under the pin root: empty directories do not count)."""
+    with _bind_lock():
+        if attached() or not bpfsys.is_bpffs(RUN_BPFFS):
+            return False
+        try:
+            if any(not p.is_dir() for p in PIN_ROOT.rglob("*")):
+                return False
+        except OSError:
+            return False
+        run(["umount", str(RUN_BPFFS)], check=False)
+        try:
+            RUN_BPFFS.rmdir()
+        except OSError:
+            pass
+        return True
 
 
 def detach_all(netns: str | None) -> list[str]:

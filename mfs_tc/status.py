@@ -6,7 +6,9 @@ from .backends import HANDLE
 from .controller import PinnedMaps
 from .errors import NotAttachedError
 from .layout import MAP_NAMES, SK_MAP_NAMES, pin_dir
-from .loader import _our_filter, _root_qdisc, load_state
+from . import tcx
+from .errors import MfsError
+from .loader import _link_name, _our_filter, _root_qdisc, load_state
 
 
 def read_status(ifname: str, netns: str | None = None) -> dict:
@@ -30,17 +32,36 @@ def read_status(ifname: str, netns: str | None = None) -> dict:
             "packets": stats["levels"][i]["packets"],
             "bytes": stats["levels"][i]["bytes"],
         })
-    filt = _our_filter(ifname, netns)
-    root = _root_qdisc(ifname, netns)
+    hook = st.hook if st else "clsact"
     problems = []
-    if not filt:
-        problems.append("our egress filter is missing (run attach again)")
+    dev: str | None = ifname
+    if st is not None and st.ifindex is not None:
+        current = _link_name(netns, st.ifindex)
+        if current is None:
+            dev = None
+            problems.append(f"the device attached to (ifindex {st.ifindex}) is gone")
+        elif current != ifname:
+            dev = current
+            problems.append(f"{ifname} was renamed to {current} (ifindex {st.ifindex}): `mfs-tc detach {ifname}` still finds it")
+    if hook == "tcx":
+        try:
+            on = st is not None and st.ifindex is not None and st.prog_id in tcx.egress_progs(st.ifindex, netns)
+        except MfsError:
+            on = False
+        if not on:
+            problems.append("our tcx egress program is not on the device (run attach again)")
+    else:
+        on = dev is not None and bool(_our_filter(dev, netns, st))
+        if not on:
+            problems.append("our egress filter is missing (run attach again)")
+    root = _root_qdisc(dev, netns) if dev is not None else None
     if st and st.backend not in ("none",) and not (root and root.get("handle") == HANDLE):
         problems.append(f"root qdisc is not ours any more ({root.get('kind') if root else 'none'})")
     return {
         "ifname": ifname,
         "netns": netns,
-        "attached": bool(filt),
+        "attached": on,
+        "hook": hook,
         "backend": st.backend if st else None,
         "rate_bps": st.rate_bps if st else None,
         "levels": levels,

@@ -40,10 +40,12 @@ def _host_left_as_found():
     """Scratch pins and attach state live under /sys/fs/bpf/mfs and /run/mfs-tc; a test run that
     created those roots removes them again (when empty), so the host ends as it began."""
     from mfs_tc.layout import PIN_ROOT
-    from mfs_tc.loader import STATE_ROOT
+    from mfs_tc.loader import STATE_ROOT, _release_run_bind
 
     roots = [r for r in (PIN_ROOT, STATE_ROOT) if not r.exists()]
     yield
+    if os.geteuid() == 0:
+        _release_run_bind()  # attach's /run/mfs-tc/bpffs bind, once nothing is attached
     for r in roots:
         for d in sorted((p for p in r.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
             try:

@@ -38,6 +38,15 @@ class VethPair:
         self.b = self.b or f"mfst-b{self.tag}"
 
     def up(self) -> "VethPair":
+        """Make both namespaces and the veth; a step that fails removes what the others made
+        (a fixture that fails during setup leaves no namespace behind)."""
+        try:
+            return self._up()
+        except BaseException:
+            self.down()
+            raise
+
+    def _up(self) -> "VethPair":
         sh("ip", "netns", "add", self.a)
         sh("ip", "netns", "add", self.b)
         sh("ip", "link", "add", self.dev_a, "type", "veth", "peer", "name", self.dev_b, ns=self.a)
@@ -54,11 +63,7 @@ class VethPair:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
     def __enter__(self) -> "VethPair":
-        try:
-            return self.up()
-        except BaseException:
-            self.down()
-            raise
+        return self.up()
 
     def __exit__(self, *exc) -> None:
         self.down()

@@ -131,9 +131,9 @@ def test_permission_denied_names_the_fix(root):
     code = textwrap.dedent(
         f"""
         import os, sys
-        os.setgroups([]); os.setgid(65534); os.setuid(65534)
         from mfs_tc.bpfsys import BpfMap
         from mfs_tc.errors import PermissionDeniedError
+        os.setgroups([]); os.setgid(65534); os.setuid(65534)  # after the imports: the checkout may be unreadable to nobody
         try:
             BpfMap.open({str(path)!r})
         except PermissionDeniedError as e:

@@ -648,10 +648,10 @@ def test_open_without_permission_names_the_fix(root, maps):
         f"""
         import os, sys
         sys.path.insert(0, {str(TESTS)!r})
-        os.setgroups([]); os.setgid(65534); os.setuid(65534)
         from mfs_tc.controller import Controller
         from mfs_tc.errors import PermissionDeniedError
         from controller_helpers import TinyPolicy
+        os.setgroups([]); os.setgid(65534); os.setuid(65534)  # after the imports: the checkout may be unreadable to nobody
         try:
             Controller.open({IF!r}, policy=TinyPolicy(), root={str(root)!r})
         except PermissionDeniedError as e:

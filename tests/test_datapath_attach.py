@@ -16,7 +16,7 @@ from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 
 from datapath_support import packet_socket
-from mfs_tc import bpfsys, layout
+from mfs_tc import bpfsys, layout, tcx
 from mfs_tc.entry import FlowEntry
 from mfs_tc.errors import MfsError
 from mfs_tc.layout import FlowKey
@@ -59,31 +59,45 @@ def _pins(net: VethPair) -> Path:
     return layout.pin_dir(net.dev_a, net.a)
 
 
+def _on_egress(net: VethPair, st) -> bool:
+    """Our classifier is on the device: the tcx program attach recorded, or our cls_bpf filter."""
+    if st.hook == "tcx":
+        return tcx.egress_progs(st.ifindex, net.a) == [st.prog_id]
+    f = _tc(net, "filter", "show", "dev", net.dev_a, "egress")
+    return "mfs_egress" in f and "direct-action" in f and f"id {st.prog_id} " in f
+
+
+@pytest.mark.parametrize("hook", ["clsact", "tcx"])
 @pytest.mark.parametrize("qdisc", ["htb", "none", "auto"])
-def test_attach_detach_restores_everything(net: VethPair, qdisc: str) -> None:
+def test_attach_detach_restores_everything(net: VethPair, qdisc: str, hook: str) -> None:
     before = _snapshot(net)
-    opts = AttachOptions(net.dev_a, netns=net.a, qdisc=qdisc, rate_bps=100_000_000)
+    opts = AttachOptions(net.dev_a, netns=net.a, qdisc=qdisc, rate_bps=100_000_000, hook=hook)
     st = attach(opts)
     assert st.backend == ("none" if qdisc == "none" else "htb")  # this kernel has no ets/mqprio
+    assert st.hook == hook
     q = _tc(net, "qdisc", "show", "dev", net.dev_a)
-    assert "clsact" in q
+    assert ("clsact" in q) == (hook == "clsact")
     if qdisc != "none":
         assert "qdisc htb 4d46: root" in q
-    f = _tc(net, "filter", "show", "dev", net.dev_a, "egress")
-    assert "mfs_egress" in f and "direct-action" in f
+    assert _on_egress(net, st)
+    if hook == "tcx":
+        assert (_pins(net) / tcx.LINK_PIN).exists() and _tc(net, "filter", "show", "dev", net.dev_a, "egress") == ""
     for name in layout.MAP_NAMES:
         assert (_pins(net) / name).exists()
     assert load_state(net.dev_a, net.a) is not None
     removed = detach(net.dev_a, net.a)
-    assert "egress filter" in removed and any("pinned maps" in r for r in removed)
+    assert ("egress filter" if hook == "clsact" else "tcx egress link") in removed
+    assert any("pinned maps" in r for r in removed)
     assert _snapshot(net) == before
+    assert tcx.egress_progs(st.ifindex, net.a) == []
     assert detach(net.dev_a, net.a) == []  # double detach: nothing left, no error
     assert _snapshot(net) == before
 
 
-def test_double_attach_is_safe_and_keeps_maps(net: VethPair) -> None:
+@pytest.mark.parametrize("hook", ["clsact", "tcx"])
+def test_double_attach_is_safe_and_keeps_maps(net: VethPair, hook: str) -> None:
     before = _snapshot(net)
-    opts = AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=50_000_000)
+    opts = AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=50_000_000, hook=hook)
     attach(opts)
     key = FlowKey(net.ip_a, net.ip_b, 1234, 5678)
     with bpfsys.BpfMap.open(_pins(net) / "flows") as m:
@@ -91,10 +105,11 @@ def test_double_attach_is_safe_and_keeps_maps(net: VethPair) -> None:
     qdisc1 = _tc(net, "qdisc", "show", "dev", net.dev_a)
     st2 = attach(opts)  # same options again
     st3 = attach(AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=80_000_000, levels=4))
-    assert st2.backend == st3.backend == "htb" and st3.nlevels == 4
-    assert _tc(net, "qdisc", "show", "dev", net.dev_a).count("clsact") == qdisc1.count("clsact") == 1
+    assert st2.backend == st3.backend == "htb" and st3.nlevels == 4 and st3.hook == hook
+    assert _tc(net, "qdisc", "show", "dev", net.dev_a).count("clsact") == qdisc1.count("clsact") == (hook == "clsact")
     flt = _tc(net, "filter", "show", "dev", net.dev_a, "egress")
-    assert sum("handle 0x1" in line for line in flt.splitlines()) == 1, flt  # one filter, replaced
+    assert sum("handle 0x1" in line for line in flt.splitlines()) == (hook == "clsact"), flt  # one filter, replaced
+    assert _on_egress(net, st3) and st3.prog_id != st2.prog_id  # one program (the newest), swapped in place
     classes = _tc(net, "class", "show", "dev", net.dev_a)
     ids = sorted(line.split()[2] for line in classes.splitlines() if line.startswith("class htb"))
     assert ids == ["4d46:1", "4d46:10", "4d46:11", "4d46:12", "4d46:13"], ids  # parent + 4 leaves
@@ -205,9 +220,9 @@ def test_state_root_left_clean(net: VethPair) -> None:
 def test_attach_without_root_is_a_clear_error_and_changes_nothing(net: VethPair):
     """An unprivileged user gets one readable line and a non-zero exit; the host is untouched."""
     before = _snapshot(net)
-    r = subprocess.run(["ip", "netns", "exec", net.a, "runuser", "-u", "nobody", "--",
-                        *MFS, "attach", net.dev_a, "--rate", "100mbit"],
-                       capture_output=True, text=True, timeout=60)
+    from asuser import mfs_as
+
+    r = mfs_as("nobody", "attach", net.dev_a, "--rate", "100mbit", netns=net.a, timeout=60)
     assert r.returncode == 1, r
     assert "needs root" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert _snapshot(net) == before

@@ -14,18 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from mfs_tc import layout
+from mfs_tc import layout, tcx
 from mfs_tc.errors import MfsError
 from mfs_tc.ifacelock import BusyError, interface_lock
 from mfs_tc.loader import AttachOptions, attach, detach, load_state, lock_path, state_path
+from asuser import mfs_as
 from nettools import VethPair, sh
 
 MFS = [str(Path(sys.executable).parent / "mfs-tc")]
 
 
 def mfs(*args: str, user: str | None = None, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    pre = ["runuser", "-u", user, "--"] if user else []
-    return subprocess.run(pre + MFS + list(args), capture_output=True, text=True, timeout=timeout, env=env)
+    if user:
+        return mfs_as(user, *args, env=env, timeout=timeout)  # works from a checkout nobody can read
+    return subprocess.run(MFS + list(args), capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
@@ -78,8 +80,7 @@ def test_two_concurrent_attaches_leave_a_working_attachment(net: VethPair) -> No
         s = json.loads(r.stdout)
         assert s["attached"] and all(s["maps"].values()) and not s["problems"], s
         st = load_state(net.dev_a, net.a)
-        ours = [f for f in _filters(net, net.dev_a) if f.get("options")]
-        assert len(ours) == 1 and ours[0]["options"]["prog"]["id"] == st.prog_id
+        assert st.hook == "tcx" and tcx.egress_progs(st.ifindex, net.a) == [st.prog_id]  # one, the winner's
         assert len(s["levels"]) == st.nlevels
     assert detach(net.dev_a, net.a)
     assert not lock_path(net.dev_a, net.a).exists()
@@ -196,7 +197,7 @@ def test_a_users_filter_at_our_pref_is_never_deleted(net: VethPair) -> None:
 def test_detach_keeps_a_filter_that_replaced_ours(net: VethPair) -> None:
     """Someone replaced our classifier at our pref with their own: detach removes our pins and
     qdisc but leaves their filter, and says so."""
-    attach(AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=100_000_000))
+    attach(AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=100_000_000, hook="clsact"))
     _tc(net, "filter", "del", "dev", net.dev_a, "egress", "pref", str(0xC0DE))
     _user_bpf_filter(net, net.dev_a)
     removed = detach(net.dev_a, net.a)
@@ -206,19 +207,27 @@ def test_detach_keeps_a_filter_that_replaced_ours(net: VethPair) -> None:
 
 
 @pytest.mark.privileged
-def test_detach_follows_a_renamed_interface(net: VethPair) -> None:
-    attach(AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=100_000_000))
+@pytest.mark.parametrize("hook", ["clsact", "tcx"])
+def test_detach_follows_a_renamed_interface(net: VethPair, hook: str) -> None:
+    st = attach(AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=100_000_000, hook=hook))
     new = net.dev_a + "r"
     sh("ip", "link", "set", net.dev_a, "down", ns=net.a)
     sh("ip", "link", "set", net.dev_a, "name", new, ns=net.a)
     sh("ip", "link", "set", new, "up", ns=net.a)
-    assert "mfs_egress" in _tc(net, "filter", "show", "dev", new, "egress")
+    if hook == "clsact":
+        assert "mfs_egress" in _tc(net, "filter", "show", "dev", new, "egress")
+    else:
+        assert tcx.egress_progs(st.ifindex, net.a) == [st.prog_id]
+    r = mfs("status", net.dev_a, "-n", net.a, "--json")
+    assert r.returncode == 0 and f"renamed to {new}" in r.stdout and '"attached": true' in r.stdout, r
     r = mfs("attach", new, "-n", net.a, "--qdisc", "none")  # the same device under its new name
     one_line_error(r, f"attached as {net.dev_a}")
     r = mfs("detach", net.dev_a, "-n", net.a)
     assert r.returncode == 0, r.stderr
-    assert f"renamed to {new}" in r.stdout and "egress filter" in r.stdout and "root htb qdisc" in r.stdout, r.stdout
+    assert f"renamed to {new}" in r.stdout and "root htb qdisc" in r.stdout, r.stdout
+    assert ("egress filter" if hook == "clsact" else "tcx egress link") in r.stdout, r.stdout
     assert "mfs_egress" not in _tc(net, "filter", "show", "dev", new, "egress")
+    assert tcx.egress_progs(st.ifindex, net.a) == []
     q = _tc(net, "qdisc", "show", "dev", new)
     assert "4d46" not in q and "clsact" not in q
     assert not layout.pin_dir(net.dev_a, net.a).exists() and not state_path(net.dev_a, net.a).exists()
@@ -260,8 +269,8 @@ def test_a_pin_root_another_user_can_change_is_refused(net: VethPair, squat: str
     mfsbin = MFS[0]
     r = _in_private_bpffs(
         squat + "\n"
-        f"if {mfsbin} attach {net.dev_a} -n {net.a} --qdisc none 2>err; then echo attached; fi\n"
-        "cat err\n"
+        f"if err=$({mfsbin} attach {net.dev_a} -n {net.a} --qdisc none 2>&1 >/dev/null); then echo attached; fi\n"
+        'printf "%s\\n" "$err"\n'
         "echo LS: $(ls -A /sys/fs/bpf/mfs/)\n"
     )
     assert "attached" not in r.stdout.splitlines(), r.stdout
@@ -270,6 +279,14 @@ def test_a_pin_root_another_user_can_change_is_refused(net: VethPair, squat: str
     assert "/sys/fs/bpf/mfs" in err[0] and ("rm -rf /sys/fs/bpf/mfs" in err[0] or "chmod 0755" in err[0]), err
     assert r.stdout.splitlines()[-1] == "LS:", r.stdout  # nothing was made under it
     assert "clsact" not in _tc(net, "qdisc", "show", "dev", net.dev_a)  # nothing was attached
+
+
+@pytest.mark.privileged
+def test_a_fixture_that_fails_during_setup_removes_its_namespaces() -> None:
+    pair = VethPair(dev_a="x" * 20)  # longer than IFNAMSIZ: `ip link add` fails after both netns exist
+    with pytest.raises(RuntimeError):
+        pair.up()
+    assert not {pair.a, pair.b} & _netns_names()
 
 
 # ---- errors and exit codes --------------------------------------------------------------------
@@ -335,3 +352,26 @@ def test_non_root_flows_that_could_read_nothing_fail(net: VethPair) -> None:
     r = mfs("flows", user="nobody")
     assert r.returncode != 0 and "could not read" in r.stderr and "Traceback" not in r.stderr, r
     assert "no flow entries" not in r.stdout
+
+
+@pytest.mark.privileged
+def test_attach_killed_anywhere_then_detach_leaves_the_host_as_found(net: VethPair) -> None:
+    """SIGKILL an attach at points spread over its run; the next detach removes whatever it left
+    (pins, an empty pin dir, a link or filter, the qdisc, state) and the lock is free again."""
+    def snapshot() -> tuple:
+        pins = layout.PIN_ROOT / net.a
+        return (_tc(net, "qdisc", "show", "dev", net.dev_a), _tc(net, "filter", "show", "dev", net.dev_a, "egress"),
+                tcx.egress_progs(int(sh("cat", f"/sys/class/net/{net.dev_a}/ifindex", ns=net.a)), net.a),
+                sorted(str(p) for p in pins.rglob("*")) if pins.exists() else None,
+                state_path(net.dev_a, net.a).exists(), lock_path(net.dev_a, net.a).exists())
+
+    before = snapshot()
+    for delay in (0.3, 0.5, 0.7, 0.9, 1.1, 1.4):
+        p = subprocess.Popen(MFS + ["attach", net.dev_a, "-n", net.a, "--rate", "100mbit"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        r = mfs("detach", net.dev_a, "-n", net.a)
+        assert r.returncode == 0, (delay, r.stderr)
+        assert snapshot() == before, (delay, r.stdout)

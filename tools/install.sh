@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent install for a fresh Debian 12 machine, run as root.
-#   - system packages: python3-bpfcc (bcc), iproute2, tcpdump, kernel headers
+#   - system packages: python3-bpfcc (bcc), iproute2, tcpdump, util-linux (unshare: the qdisc probe),
+#     gcc + libc6-dev (tests/test_layout.py compiles bpf/mfs_maps.h against layout.py), kernel headers
 #   - kernel headers for the running kernel; where Debian has none for it, linux-headers-amd64
 #     with /lib/modules/$(uname -r)/{build,source} linked to it (tc programs only use uapi headers)
 #   - .venv from /usr/bin/python3 --system-site-packages (bcc lives in the system dist-packages;
@@ -13,7 +14,7 @@ if [ "$(id -u)" -ne 0 ]; then
   say "must run as root (apt-get, /lib/modules links)"; exit 1
 fi
 
-pkgs=(python3-bpfcc python3-venv python3-dev iproute2 tcpdump ethtool iperf3)
+pkgs=(python3-bpfcc python3-venv python3-dev iproute2 tcpdump ethtool iperf3 util-linux gcc libc6-dev)
 kver=$(uname -r)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -19,6 +19,7 @@ Json = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
 def _options(
     iface: str, netns: str | None, levels: int, qdisc: str, rate: str | None, dscp: str | None,
     default_level: int | None, trust_dscp: bool, control_level: int = 0, keep_dscp: str | None = None,
+    hook: str = "auto",
 ):
     from ..loader import AttachOptions
 
@@ -29,7 +30,7 @@ def _options(
     except ValueError as exc:
         raise MfsError(f"{exc} (--keep-dscp takes a list like 46,34)") from exc
     opts = AttachOptions(iface, netns, levels, qdisc, rate_bps, dscp_list, default_level, trust_dscp,
-                         control_level=control_level, keep_dscp=keep)
+                         control_level=control_level, keep_dscp=keep, hook=hook)
     opts.validate()
     return opts
 
@@ -45,6 +46,7 @@ def attach(
     trust_dscp: Annotated[bool, typer.Option("--trust-dscp", help="Switch port: level from the packet's DSCP")] = False,
     control_level: Annotated[int, typer.Option(help="Level of unknown flows' pure control packets (SYN, FIN, RST, ACK without payload)")] = 0,
     keep_dscp: Annotated[Optional[str], typer.Option(help="DSCP values untracked traffic keeps, e.g. 46,34 (others leave with their level's DSCP)")] = None,
+    hook: Annotated[str, typer.Option(help="auto (tcx where the kernel has it) | tcx (pinned BPF link) | clsact (cls_bpf filter)")] = "auto",
     json_out: Json = False,
 ) -> None:
     """Compile and attach the classifier on IFACE egress, pin its maps, set up the root qdisc."""
@@ -52,14 +54,15 @@ def attach(
 
     from ..loader import attach as do_attach
 
-    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp, control_level, keep_dscp)
+    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp, control_level, keep_dscp,
+                    hook)
     st = do_attach(opts)
     if json_out:
         emit_json(asdict(st))
         return
     where = f" in netns {netns}" if netns else ""
     typer.echo(
-        f"attached to {iface}{where}: {st.nlevels} levels, backend {st.backend}"
+        f"attached to {iface}{where} ({st.hook}): {st.nlevels} levels, backend {st.backend}"
         + (f" at {format_rate(st.rate_bps)}" if st.backend == "htb" else "")
         + (", trust-dscp" if st.trust_dscp else "")
         + f"; maps in {st.pin_dir}"
@@ -108,7 +111,7 @@ def status(iface: Annotated[Optional[str], typer.Argument(help="Interface (defau
     for s in results:
         where = f" (netns {s['netns']})" if s["netns"] else ""
         typer.echo(
-            f"{s['ifname']}{where}: backend {s['backend']}"
+            f"{s['ifname']}{where} ({s['hook']}): backend {s['backend']}"
             + (f" {format_rate(s['rate_bps'])}" if s["backend"] == "htb" else "")
             + f", {len(s['levels'])} levels, default {s['default_level']}, scavenger {s['scavenger_level']}"
             + (", trust-dscp" if s["trust_dscp"] else "")
@@ -141,13 +144,14 @@ def plan(
     dscp: Annotated[Optional[str], typer.Option()] = None,
     default_level: Annotated[Optional[int], typer.Option()] = None,
     trust_dscp: Annotated[bool, typer.Option("--trust-dscp")] = False,
+    hook: Annotated[str, typer.Option(help="auto | tcx | clsact")] = "auto",
     rdma: Annotated[bool, typer.Option("--rdma", help="Per-level traffic classes for RoCE (NCCL, UCX, Mooncake)")] = False,
     json_out: Json = False,
 ) -> None:
     """Dry run: print the exact commands attach would run (nothing is changed)."""
     from ..loader import plan as make_plan
 
-    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp)
+    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp, hook)
     if rdma:
         from ..controller import rdma_table
 

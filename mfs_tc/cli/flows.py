@@ -9,12 +9,11 @@ from typing import Any, Optional
 import typer
 
 from ..errors import MfsError, NotAttachedError
-from ..layout import PIN_ROOT
 
 policy_app = typer.Typer(help="Inspect scheduling policies.", no_args_is_help=True)
 
 
-def _open(iface: str, netns: Optional[str], root: Path):
+def _open(iface: str, netns: Optional[str], root: Optional[Path]):
     from ..controller import PinnedMaps
 
     try:
@@ -62,10 +61,14 @@ def flows_cmd(
     iface: Optional[str] = typer.Argument(None, help="Interface (default: every attached one)."),
     netns: Optional[str] = typer.Option(None, "--netns", "-n", help="Network namespace (ip netns name)"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    root: Path = typer.Option(PIN_ROOT, "--pin-root", hidden=True),
+    root: Optional[Path] = typer.Option(None, "--pin-root", hidden=True),
 ) -> None:
     """List live flow entries with the level the classifier picks for them now."""
     try:
+        if root is None and not iface:
+            from ..pinpath import pin_root
+
+            root = pin_root()
         targets = [(netns, iface)] if iface else _attached(root)
     except PermissionError as exc:
         raise MfsError(f"cannot read {exc.filename}: run as root, or name the interface") from None
@@ -128,7 +131,7 @@ def set_cmd(
     proto: str = typer.Option("tcp", "--proto", help="tcp or udp."),
     level: int = typer.Option(..., "--level", help="Level for every packet of the flow (0 = most urgent)."),
     netns: Optional[str] = typer.Option(None, "--netns", "-n", help="Network namespace (ip netns name)"),
-    root: Path = typer.Option(PIN_ROOT, "--pin-root", hidden=True),
+    root: Optional[Path] = typer.Option(None, "--pin-root", hidden=True),
 ) -> None:
     """Add (or replace) a static entry: the flow always gets LEVEL."""
     from ..controller import set_static
@@ -152,7 +155,7 @@ def unset_cmd(
     dport: int = typer.Option(..., "--dport"),
     proto: str = typer.Option("tcp", "--proto"),
     netns: Optional[str] = typer.Option(None, "--netns", "-n", help="Network namespace (ip netns name)"),
-    root: Path = typer.Option(PIN_ROOT, "--pin-root", hidden=True),
+    root: Optional[Path] = typer.Option(None, "--pin-root", hidden=True),
 ) -> None:
     """Remove a flow entry (static or not)."""
     from ..controller import pack_flow_key
@@ -175,7 +178,7 @@ def gc_cmd(
     grace: float = typer.Option(10.0, "--grace", help="Seconds past a request's deadline before it goes."),
     netns: Optional[str] = typer.Option(None, "--netns", "-n", help="Network namespace (ip netns name)"),
     as_json: bool = typer.Option(False, "--json"),
-    root: Path = typer.Option(PIN_ROOT, "--pin-root", hidden=True),
+    root: Optional[Path] = typer.Option(None, "--pin-root", hidden=True),
 ) -> None:
     """Remove requests long past their deadline (or whose process died) and their flows."""
     from ..controller import gc
