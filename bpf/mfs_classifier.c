@@ -163,9 +163,12 @@ static __always_inline __s64 flow_metric(struct mfs_flow_entry *e, __s64 now, __
 			need >>= 10;
 			t >>= 10;
 		}
-		if (need >= t * (MFS_MLU_CAP / MFS_MLU_ONE))
-			return MFS_MLU_CAP;
-		return (__s64)((need << 16) / t);
+		__s64 m = need >= t * (MFS_MLU_CAP / MFS_MLU_ONE) ? MFS_MLU_CAP
+								 : (__s64)((need << 16) / t);
+		/* needs more than the whole bottleneck for all the time left: it cannot make it */
+		if ((e->flags & MFS_F_AUTO_SCAVENGE) && m > MFS_MLU_ONE)
+			*auto_scav = 1;
+		return m;
 	}
 	case MFS_MODE_RLI:
 		return (__s64)e->target_layer - (__s64)cursor;

@@ -31,7 +31,7 @@
  *   metric = f(mode, entry, now, sent, request cursor)     (saturating: see mfs_classifier.c)
  *   i      = number of j < nthresh with metric >= thresh[j]      (thresh ascending)
  *   level  = lvl[i]            (a level >= nlevels: the default level, counted as bad_level)
- * then: request scavenged (or MFS_F_AUTO_SCAVENGE and deadline passed) -> scavenger level;
+ * then: request scavenged (or MFS_F_AUTO_SCAVENGE and deadline passed or MLU > 1) -> scavenger level;
  *       MFS_F_MONOTONIC: level = min(level, cur_level)  (a live flow is only ever promoted;
  *       cur_level is lowered with compare-and-swap, so a race between CPUs cannot undo it).
  *
@@ -62,7 +62,7 @@
 
 /* flow entry flags */
 #define MFS_F_MONOTONIC      0x01 /* never demote a live flow (min with cur_level)            */
-#define MFS_F_AUTO_SCAVENGE  0x02 /* mlu only: deadline passed -> scavenger level                */
+#define MFS_F_AUTO_SCAVENGE  0x02 /* mlu only: deadline passed or MLU > 1 -> scavenger level      */
 #define MFS_F_ROUND_FIRST    0x04 /* reserved                                                  */
 
 /* flow state flags (kernel) */

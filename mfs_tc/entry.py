@@ -172,6 +172,8 @@ class FlowEntry:
         ):
             return min(scavenger_level, nlevels - 1)
         m = self.metric(now_ns, sent, cursor)
+        if self.flags & F_AUTO_SCAVENGE and self.mode == MODE_MLU and m > MLU_ONE:
+            return min(scavenger_level, nlevels - 1)
         i = sum(1 for t in self.thresholds if m >= t)
         lv = self.levels[i]
         if lv >= nlevels:

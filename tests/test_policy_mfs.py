@@ -60,6 +60,8 @@ def test_p2d_low_mlu_starts_deferred_and_is_promoted_as_deadline_nears():
     assert e.level(T0 + 900 * MS) == 2  # 40/90 = 0.44
     assert e.level(T0 + 930 * MS) == 1  # 40/60 = 0.67
     assert e.level(T0 + 950 * MS) == 0  # 40/40 = 1.0: needs the whole link now
+    assert e.level(T0 + 951 * MS) == 7  # 40/39 > 1: cannot make it even alone: scavenger (auto)
+    assert e.level(T0 + 951 * MS, sent=100_000) == 0  # ... unless it sent meanwhile: 36/39
     assert e.level(T0 + 990 * MS) == 7  # deadline passed: scavenger (auto)
 
 
@@ -70,7 +72,7 @@ def test_p2d_levels_only_rise_for_a_live_flow():
     assert e.level(T0 + 930 * MS, sent=600_000) == 3
     # ... but the flow was already at 1: monotonic keeps it there
     assert e.level(T0 + 930 * MS, sent=600_000, cur_level=1) == 1
-    walk = kernel_walk(e, [T0 + t * MS for t in range(0, 990, 5)])
+    walk = kernel_walk(e, [T0 + t * MS for t in range(0, 951, 5)])
     assert walk == sorted(walk, reverse=True)
     assert walk[0] == 5 and walk[-1] == 0
 

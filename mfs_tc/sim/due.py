@@ -37,7 +37,8 @@ def next_change_ns(e: FlowEntry, metric: int, sent: int, now_ns: int, rate_Bps: 
         if not e.flags & F_MONOTONIC:
             return now_ns
         due = e.deadline_ns if e.flags & F_AUTO_SCAVENGE else NEVER
-        for t in th:
+        marks = (*th, MLU_ONE + 1) if e.flags & F_AUTO_SCAVENGE else th
+        for t in marks:
             if t > metric:
                 need = ((e.total_bytes - sent if e.total_bytes > sent else 0) * e.ps_per_byte) // 1000
                 due = min(due, e.deadline_ns - (need * MLU_ONE) // t)

@@ -546,7 +546,9 @@ class Simulator:
         isent = int(sent)
         lv = e.level(now_ns, sent=isent, cursor=meta.req.cursor, scavenged=meta.req.scavenged,
                      scavenger_level=self.scav_level, nlevels=self.nlevels, cur_level=meta.cur)
-        meta.cur = lv
+        # the kernel's cur_level (a scavenged packet leaves a MONOTONIC flow's: a p2d flow whose
+        # MLU falls back to <= 1 resumes its table level)
+        meta.cur = e.next_cur_level(meta.cur, lv, scavenged=lv == self.scav_level)
         if meta.dynamic and self.skip_unchanged:
             meta.due = next_change_ns(e, e.metric(now_ns, isent, meta.req.cursor), isent,
                                       now_ns, rate)
