@@ -151,7 +151,7 @@ def plan(
     """Dry run: print the exact commands attach would run (nothing is changed)."""
     from ..loader import plan as make_plan
 
-    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp, hook)
+    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp, hook=hook)
     if rdma:
         from ..controller import rdma_table
 
