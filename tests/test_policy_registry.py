@@ -87,10 +87,15 @@ def test_every_policy_every_k(name, k):
         e = pol.entry(r, st, fl, T0)
         assert FlowEntry.unpack(e.pack()).levels == e.levels  # the kernel can hold it
         assert e.request_id == 1 and e.total_bytes == 3_000_000 and e.created_ns == T0
+        # the policy laid its table out on K levels itself (the kernel would otherwise send a
+        # level >= K to the default level and count it as bad), ...
+        assert max(e.levels) < k, (name, k, e.levels)
         for dt in (0, 50, 200, 399, 500):
             for cursor in (0, 1, 2):
                 lv = e.level(T0 + dt * MS, sent=dt * 1000, cursor=cursor, nlevels=k, scavenger_level=k - 1)
-                assert 0 <= lv < k
+                # ... and only a scavenging policy ever reaches the scavenger level
+                if name not in ("mfs", "mfs-laxity", "llf-oracle") and k > 2:
+                    assert lv < k - 1, (name, k, dt, cursor, lv)
 
 
 def test_only_mfs_policies_and_the_oracle_scavenge():
@@ -144,7 +149,20 @@ def test_calibrate_laxity_hand_values():
 def test_calibrated_configs_build(name, k):
     w = Workload(flow_sizes=[10, 10, 5000, 10**6, 10**7], slos_ns=[50 * MS, 2000 * MS],
                  link_rate_bps=1e9, compute_ns=[30 * MS])
-    make_policy(name, **calibrate(name, w, nlevels=k))
+    cfg = calibrate(name, w, nlevels=k)
+    pol = make_policy(name, **cfg)
+    assert pol.config.nlevels == k and pol.config.ref_rate_bps == 1e9
+    # every key calibrate derived is one the policy reads, with the value calibrate chose
+    for key, value in cfg.items():
+        got = getattr(pol.config, key)
+        assert (tuple(got) if isinstance(got, (list, tuple)) else got) == \
+            (tuple(value) if isinstance(value, (list, tuple)) else value), key
+    # and the calibrated tables fit K: no entry of any stage names a level >= K
+    r = Request(request_id=1, arrival_ns=T0, slo_ns=500 * MS, remaining_bytes=10**6)
+    for stage in ("kv_fetch", "collective", "p2d"):
+        e = pol.entry(r, Stage(stage, bytes=10**6, layer=1), Flow(bytes=10**6, target_layer=1,
+                                                                   true_remaining_work_ns=MS), T0)
+        assert max(e.levels) < k, (name, k, stage, e.levels)
 
 
 def test_calibrate_bad_workload():

@@ -58,7 +58,7 @@ def test_aggregate_over_seeds_and_sweep_finds_highest_load_at_target():
     # mfs: 0.9 at 2.0, 0.5 at 3.0 -> crosses 0.9 at 2.0; fair: 0.8 at 1.0 -> never held
     assert sw["load_at_target_interpolated"]["mfs"] == pytest.approx(2.0)
     assert sw["load_at_target_interpolated"]["fair"] is None
-    assert sw["max_load_at_target"]["fair"] == 1.0 or sw["max_load_at_target"]["fair"] is None
+    assert sw["max_load_at_target"]["fair"] is None  # 0.8 at its lightest load: never held
 
 
 def test_write_and_reload_round_trip_with_plots(tmp_path):
