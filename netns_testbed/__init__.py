@@ -9,7 +9,7 @@
   sched.py             flows, batches and layer cursors through mfs_tc.controller
   replay.py            the agents: batches, layers, compute sleeps, per-request measurements
   runner.py            `mfs-tc testbed run`: every policy in turn, progress, results
-  report.py            requests.csv, summary.json, plots, table (no root; shared with sim)
 
-Only report.py, plan.py and scenarios.py import without root; the rest needs root at run time.
+Results (requests.csv, summary.json, plots, tables) are mfs_tc.results, shared with the simulator.
+Only plan.py and scenarios.py import without root; the rest needs root at run time.
 """

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mfs_tc.results import RequestRow
 from mfs_tc.workload import BatchPlan, request_estimate, work_ahead
 
 from .netns import enter_netns
@@ -27,29 +28,9 @@ LEAD_NS = 300_000_000  # time between start() and the first arrival
 
 
 @dataclass(slots=True)
-class RequestResult:
-    request_id: int
-    policy: str
-    arrival_s: float
-    slo_s: float
-    ttft_s: float | None = None
-    met: bool = False
-    kv_fetch_s: float = 0.0
-    collective_s: float = 0.0
-    p2d_s: float = 0.0
-    p2d_earliness_s: float | None = None
-    seed: int = 0
-    queue_s: float = 0.0
-    prefill_group: int = 0
-    batch_id: int = -1
-    unloaded_ttft_s: float = 0.0
-    error: str = ""
-
-
-@dataclass(slots=True)
 class ReplayResult:
     policy: str
-    requests: list[RequestResult]
+    requests: list[RequestRow]
     ccts_s: list[float]
     level_bytes: list[int]
     bytes_intended: int
@@ -80,9 +61,9 @@ class Replay:
         slack = max((r.slo_s for r in jobs), default=1.0)
         self.timeout_s = timeout_s if timeout_s is not None else last + max(60.0, 10 * slack)
         self.jobs = {r.request_id: r for r in jobs}
-        self.results = {r.request_id: RequestResult(
-            r.request_id, scheduler.policy, r.arrival_s, r.slo_s, seed=seed,
-            prefill_group=r.prefill_group, unloaded_ttft_s=r.unloaded_ttft_s) for r in jobs}
+        self.results = {r.request_id: RequestRow(
+            r.request_id, r.arrival_s, r.slo_s, prefill_group=r.prefill_group,
+            unloaded_ttft_s=r.unloaded_ttft_s) for r in jobs}
         self.arrival_ns: dict[int, int] = {}
         self.ccts: list[float] = []
         self.errors: list[str] = []

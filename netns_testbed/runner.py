@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
+from mfs_tc import results
 from mfs_tc.errors import MfsError
+from mfs_tc.results import summarize_run, table, write_results
 from mfs_tc.workload.comparison import DEFAULT_POLICIES, ComparisonConfig
 
 from .plan import Scenario
 from .replay import Replay, ReplayResult, start_sinks
-from .report import summarize_run, table, write_results
 from .sched import ControllerScheduler, NullScheduler, Scheduler
 from .topology import DEFAULT_PREFIX, Topology, TopologyConfig
 
@@ -43,12 +44,7 @@ class RunConfig(ComparisonConfig):
 
 
 def rows_of(result: ReplayResult, seed: int, load: float | None, slo_scale: float | None) -> list[dict]:
-    rows = []
-    for r in result.requests:
-        d = asdict(r)
-        d.update(seed=seed, load=load, slo_scale=slo_scale)
-        rows.append(d)
-    return rows
+    return results.rows_of(result.requests, result.policy, seed, load, slo_scale)
 
 
 class Progress:
@@ -127,7 +123,7 @@ def run_scenarios(
     if out_dir is not None:
         summary = write_results(out_dir, runs, meta, plots=True)
     else:
-        from .report import aggregate, sweep
+        from mfs_tc.results import aggregate, sweep
 
         aggs = aggregate(runs)
         summary = {"runs": runs, "policies": aggs, "sweep": sweep(aggs), "meta": meta}

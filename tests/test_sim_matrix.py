@@ -83,7 +83,7 @@ def test_policy_colour_does_not_depend_on_order() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from netns_testbed.report import policy_color
+    from mfs_tc.results import policy_color
 
     from mfs_tc.policy.registry import POLICY_NAMES
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from netns_testbed.report import (
+from mfs_tc.results import (
     CSV_FIELDS, SCHEMA, aggregate, load_results, percentile, summarize_run, sweep, table,
     write_results,
 )

@@ -80,7 +80,7 @@ def run_cmd(
     if json_out:
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
-    from netns_testbed.report import table
+    from ..results import table
 
     typer.echo(table(summary))
     if out:

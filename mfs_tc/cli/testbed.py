@@ -46,7 +46,7 @@ def run_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
 ) -> None:
     """Replay the same arrivals under each policy in turn; write requests.csv, summary.json, plots."""
-    from netns_testbed.report import table
+    from mfs_tc.results import table
     from netns_testbed.runner import RunConfig, run
 
     loads: list[float | None]
@@ -127,7 +127,7 @@ def report_cmd(
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Only print the table")] = False,
 ) -> None:
     """Re-render the table, summary.json and the plots of a results directory."""
-    from netns_testbed.report import load_results, table, write_results
+    from mfs_tc.results import load_results, table, write_results
 
     try:
         summary, runs = load_results(directory)
@@ -148,7 +148,7 @@ def contention_cmd(
 ) -> None:
     """The purpose-built case: a tight and a loose request's p2d on one bottleneck link."""
     from netns_testbed.runner import Progress, RunConfig, live_topology, run_scenarios
-    from netns_testbed.report import table
+    from mfs_tc.results import table
     from netns_testbed.scenarios import contention_scenario, contention_topology
 
     rbps = _rate(rate)

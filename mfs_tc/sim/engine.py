@@ -32,6 +32,7 @@ from ..entry import FlowEntry
 from ..layout import MODE_RLI, MODE_STATIC
 from ..model import Batch, Flow, Request, Stage
 from ..policy.base import Policy
+from ..results import RequestRow
 from ..policy.red import red, red_ranks
 from ..workload import (
     BatchPlan,
@@ -54,30 +55,9 @@ _ARRIVAL, _DONE, _COMPUTE, _TOKEN, _TICK, _FLOW = range(6)
 
 
 @dataclass(slots=True)
-class RequestOutcome:
-    """One request's result (the testbed's per-request row)."""
-
-    request_id: int
-    arrival_s: float
-    slo_s: float
-    unloaded_ttft_s: float
-    prefill_group: int
-    ttft_s: float | None = None
-    met: bool = False
-    queue_s: float = 0.0
-    kv_fetch_s: float = 0.0
-    collective_s: float = 0.0
-    compute_s: float = 0.0
-    p2d_s: float = 0.0
-    p2d_earliness_s: float | None = None
-    batch_id: int = -1
-    scavenged: bool = False
-
-
-@dataclass(slots=True)
 class SimResult:
     policy: str
-    requests: list[RequestOutcome]
+    requests: list[RequestRow]
     ccts_s: list[float]
     level_bytes: list[float]
     stage_bytes: dict[str, float]
@@ -216,7 +196,7 @@ class Simulator:
         self.t = 0.0
         self.queues: list[deque[RequestSpec]] = [deque() for _ in range(workload.cluster.prefill_groups)]
         self.busy = [False] * workload.cluster.prefill_groups
-        self.out: dict[int, RequestOutcome] = {}
+        self.out: dict[int, RequestRow] = {}
         self.ccts: list[float] = []
         self.stage_bytes = {"kv_fetch": 0.0, "collective": 0.0, "p2d": 0.0}
         self._bid = 0
@@ -244,7 +224,7 @@ class Simulator:
     def run(self) -> SimResult:
         wall0 = time.perf_counter()
         for spec in self.w.requests:
-            self.out[spec.request_id] = RequestOutcome(
+            self.out[spec.request_id] = RequestRow(
                 request_id=spec.request_id, arrival_s=spec.arrival_s, slo_s=spec.slo_s,
                 unloaded_ttft_s=spec.unloaded_ttft_s, prefill_group=spec.prefill_group)
             self._push(spec.arrival_s, _ARRIVAL, spec)

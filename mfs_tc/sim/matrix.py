@@ -7,7 +7,7 @@ missing. Tasks run on a local process pool (`jobs`, default all cores), serially
 Ray (`executor="ray"`, optional extra `mfs-tc[ray]`). Every finished run (and every point's
 bound) is appended at once as one JSON line to `runs.jsonl` in the output directory, so an
 interrupted matrix resumes where it stopped: on restart, lines already there are not recomputed.
-Results per scenario go through `netns_testbed.report` (aggregate over seeds with a 95% t
+Results per scenario go through `mfs_tc.results` (aggregate over seeds with a 95% t
 confidence interval, the load held at 90% attainment interpolated by `sweep`), into
 `matrix.json`, a table, and `matrix.png` (one subplot per scenario, attainment vs load).
 """
@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
 
+from ..results import TARGET_ATTAINMENT, aggregate, net_util_headline, policy_color, sweep
 from ..workload.comparison import DEFAULT_POLICIES
 
 SCHEMA = "mfs-tc-matrix/1"
@@ -338,10 +339,8 @@ def run_matrix(cfg: MatrixConfig, out_dir: Path, *, jobs: int | None = None,
 
 
 def summarize_matrix(cfg: MatrixConfig, lines: list[dict]) -> dict:
-    """Per scenario: the runs of the configured points aggregated over seeds (report.aggregate:
+    """Per scenario: the runs of the configured points aggregated over seeds (results.aggregate:
     attainment mean and 95% CI, bound, network utilisation) and the sweep over load."""
-    from netns_testbed.report import aggregate, sweep
-
     bounds = {_key(ln["scenario"], ln["seed"], ln["load"], ln["slo_scale"], None): ln["bound"]
               for ln in lines if ln.get("kind") == "bound"}
     out: dict = {"schema": SCHEMA, "policies": list(cfg.policies), "seeds": list(cfg.seeds),
@@ -372,8 +371,6 @@ def summarize_matrix(cfg: MatrixConfig, lines: list[dict]) -> dict:
 def table(summary: dict) -> str:
     """Per scenario: attainment mean ±95% CI per policy per load, the bound, the most loaded
     link class, then the load held at 90% attainment per policy."""
-    from netns_testbed.report import net_util_headline
-
     lines = []
     pols = summary["policies"]
     for name, sc in summary["scenarios"].items():
@@ -414,13 +411,11 @@ def table(summary: dict) -> str:
 
 def render_matrix(path: Path, summary: dict) -> Path:
     """One figure, one subplot per scenario: attainment vs load per policy (mean, 95% CI bars),
-    the bound dashed black, the 90% target dotted grey. Colours: report.policy_color."""
+    the bound dashed black, the 90% target dotted grey. Colours: results.policy_color."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from netns_testbed.report import TARGET_ATTAINMENT, policy_color
 
     scs = list(summary["scenarios"].items())
     ncol = min(3, len(scs)) or 1

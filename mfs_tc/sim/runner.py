@@ -2,7 +2,7 @@
 
 For each (seed, load, slo_scale) point the workload is generated once (`mfs_tc.workload`, the
 testbed's generator) and simulated under each policy (`mfs_tc.policy.make_policy`, the objects
-that drive the eBPF maps). Results go through `netns_testbed.report` (requests.csv, summary.json
+that drive the eBPF maps). Results go through `mfs_tc.results` (requests.csv, summary.json
 schema "mfs-tc-results/1", plots), so `report` renders testbed and simulator runs alike.
 """
 
@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
+from .. import results
+from ..results import aggregate, sweep, write_results
 from ..policy.base import Policy
 from ..workload import ClusterShape, Workload, WorkloadConfig, cluster_preset, generate
 from ..workload.comparison import DEFAULT_POLICIES, ComparisonConfig
@@ -59,25 +61,12 @@ class SimRunConfig(ComparisonConfig):
 
 
 def rows_of(res: SimResult, seed: int, load: float | None, slo_scale: float | None) -> list[dict]:
-    rows = []
-    for r in res.requests:
-        rows.append({
-            "request_id": r.request_id, "policy": res.policy, "arrival_s": r.arrival_s,
-            "slo_s": r.slo_s, "ttft_s": r.ttft_s, "met": r.met, "kv_fetch_s": r.kv_fetch_s,
-            "collective_s": r.collective_s, "p2d_s": r.p2d_s,
-            "p2d_earliness_s": r.p2d_earliness_s, "seed": seed, "load": load,
-            "slo_scale": slo_scale, "queue_s": r.queue_s, "prefill_group": r.prefill_group,
-            "batch_id": r.batch_id, "unloaded_ttft_s": r.unloaded_ttft_s,
-            "error": "" if r.ttft_s is not None else "unfinished",
-        })
-    return rows
+    return results.rows_of(res.requests, res.policy, seed, load, slo_scale)
 
 
 def summarize(res: SimResult, seed: int, load: float | None, slo_scale: float | None,
               wl: Workload) -> dict:
-    from netns_testbed.report import summarize_run
-
-    return summarize_run(
+    return results.summarize_run(
         res.policy, rows_of(res, seed, load, slo_scale), ccts_s=res.ccts_s,
         level_bytes=[int(round(b)) for b in res.level_bytes], seed=seed, load=load,
         slo_scale=slo_scale,
@@ -124,8 +113,6 @@ def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> l
 def run(cfg: SimRunConfig, out_dir: Path | None, *, plots: bool = True,
         progress_out: TextIO | None = sys.stderr) -> dict:
     """Run every point and policy; write the results under `out_dir` (if given)."""
-    from netns_testbed.report import aggregate, sweep, write_results
-
     runs = run_points(cfg, progress_out)
     meta = {"source": "sim", "config": {k: (str(v) if isinstance(v, Path) else v)
                                         for k, v in _asdict(cfg).items()}}

@@ -16,12 +16,55 @@ import json
 import math
 import statistics
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 SCHEMA = "mfs-tc-results/1"
 CSV_FIELDS = ["request_id", "policy", "arrival_s", "slo_s", "ttft_s", "met", "kv_fetch_s",
               "collective_s", "p2d_s", "p2d_earliness_s", "seed", "load", "slo_scale",
-              "queue_s", "prefill_group", "batch_id", "unloaded_ttft_s", "error"]
+              "queue_s", "prefill_group", "batch_id", "unloaded_ttft_s", "error", "compute_s",
+              "scavenged"]
+
+
+@dataclass(slots=True)
+class RequestRow:
+    """One request's result, the same from the testbed and the simulator (a requests.csv row
+    without the run's policy / seed / load / slo_scale, which `rows_of` adds).
+
+    Stage times: `kv_fetch_s` from batch start to the last kv_fetch flow's end, `collective_s`
+    the sum of the batch's collective completion times, `compute_s` the batch's compute,
+    `p2d_s` the request's p2d duration, `p2d_earliness_s` = deadline - end of p2d."""
+
+    request_id: int
+    arrival_s: float
+    slo_s: float
+    unloaded_ttft_s: float = 0.0
+    prefill_group: int = 0
+    ttft_s: float | None = None
+    met: bool = False
+    queue_s: float = 0.0
+    kv_fetch_s: float = 0.0
+    collective_s: float = 0.0
+    compute_s: float = 0.0
+    p2d_s: float = 0.0
+    p2d_earliness_s: float | None = None
+    batch_id: int = -1
+    scavenged: bool = False
+    error: str = ""
+
+
+def rows_of(requests: Iterable[RequestRow], policy: str, seed: int, load: float | None,
+            slo_scale: float | None) -> list[dict]:
+    """The CSV rows of one run: each request's row with the run's point; a request that never
+    got its first token (and has no other error) is `unfinished`."""
+    out = []
+    for r in requests:
+        d = asdict(r)
+        if r.ttft_s is None and not r.error:
+            d["error"] = "unfinished"
+        d.update(policy=policy, seed=seed, load=load, slo_scale=slo_scale)
+        out.append(d)
+    return out
 STAGE_FIELDS = ("queue_s", "kv_fetch_s", "collective_s", "p2d_s")
 TARGET_ATTAINMENT = 0.9
 
