@@ -298,3 +298,57 @@ def test_net_util_leaf_spine_and_aggregated_groups() -> None:
         assert b.net_util[cls]["mean"] == pytest.approx(v["mean"], rel=1e-6, abs=1e-12), cls
         assert b.net_util[cls]["p99"] == pytest.approx(v["p99"], abs=0.0051), cls
         assert 0.0 <= v["mean"] <= v["max_link_mean"] <= 1.0 + 1e-9
+
+
+# ---- the compiled allocator against the reference ----------------------------------------------
+
+
+def test_compiled_allocation_matches_python_on_random_networks() -> None:
+    import random
+
+    from mfs_tc.sim import waterfill
+
+    assert waterfill.available(), "numba is a dependency (pyproject.toml)"
+    rng = random.Random(11)
+    for _ in range(200):
+        links = [Link(f"l{i}", rng.choice([10.0, 25.0, 40.0, 100.0])) for i in range(rng.randint(2, 7))]
+        paths = [tuple(rng.sample(links, rng.randint(1, min(3, len(links))))) for _ in range(5)]
+        flows = [FluidFlow(i, rng.choice(paths), 1.0, rng.randint(0, 3), 0.0)
+                 for i in range(rng.randint(1, 12))]
+        for f in flows:
+            f.weight = rng.choice([1, 1, 2, 8])
+        allocate(set(links), set(flows), allocator="python")
+        ref = {f.fid: f.rate for f in flows}
+        allocate(set(links), set(flows), allocator="numba")
+        for f in flows:
+            assert f.rate == pytest.approx(ref[f.fid], rel=1e-12, abs=1e-12), (f, ref)
+
+
+@pytest.mark.parametrize("model,cluster,load,n", [
+    ("dense-small", "testbed", 3.0, 60),       # the testbed's workload (Poisson)
+    ("qwen-72b", "c1024", 63.0, 150),          # the network-bound benchmark preset
+    ("moe-8x", "c256", 40.0, 80),              # all-to-all, leaf-spine
+    ("llama3-70b", "paper", 3.0, 60),          # one switch, hardware model
+])
+def test_compiled_allocator_same_ttfts_as_python(model: str, cluster: str, load: float,
+                                                 n: int) -> None:
+    from mfs_tc.sim.runner import make_sim_policy
+    from mfs_tc.workload import generate
+
+    w = generate(WorkloadConfig(kind="poisson", load=load, num_requests=n, model=model,
+                                cluster=cluster, byte_scale=1.0 if cluster != "testbed" else 1 / 32))
+    for name in ("mfs", "fair", "pias"):
+        a, b = (simulate(w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps,
+                                            config={}), aggregate_groups=True, allocator=alloc)
+                for alloc in ("python", "numba"))
+        assert [r.ttft_s for r in b.requests] == pytest.approx([r.ttft_s for r in a.requests],
+                                                               rel=1e-9), (name, model)
+        assert [r.met for r in b.requests] == [r.met for r in a.requests]
+        assert sum(b.level_bytes) == pytest.approx(sum(a.level_bytes), rel=1e-9)
+
+
+def test_unknown_allocator_is_one_clear_error() -> None:
+    from mfs_tc.sim.fluid import FluidNetwork
+
+    with pytest.raises(ValueError, match="unknown allocator 'fortran'.*python"):
+        FluidNetwork(allocator="fortran")

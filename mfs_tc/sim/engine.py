@@ -183,7 +183,7 @@ class Simulator:
                  fabric: Fabric | None = None, max_batch: int | None = None,
                  max_batch_tokens: int | None = None, horizon_s: float | None = None,
                  skip_unchanged: bool = True, flow_setup_s: float = 0.0,
-                 aggregate_groups: bool = False) -> None:
+                 aggregate_groups: bool = False, allocator: str | None = None) -> None:
         if tick_s <= 0:
             raise ValueError(f"tick_s must be positive, got {tick_s}")
         self.w = workload
@@ -208,7 +208,8 @@ class Simulator:
         self.flow_setup_s = flow_setup_s
         self.nlevels = policy.config.nlevels
         self.scav_level = policy.config.scavenger_level
-        self.net = FluidNetwork(self.nlevels)
+        # the fluid rate allocation (fluid.ALLOCATORS; None: the default, compiled if available)
+        self.net = FluidNetwork(self.nlevels, allocator=allocator)
         self.link_rate_bps = workload.cluster.link_rate_bps
         self.rate_Bps = self.link_rate_bps / 8.0
         self._heap: list = []

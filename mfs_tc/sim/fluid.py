@@ -6,12 +6,19 @@ recomputed by water-filling, level by level from 0 (most urgent): a level gets t
 more urgent levels left, shared max-min fairly (progressive filling with a heap of link fair
 shares). Flows not connected to a change keep their rates, which is exact because max-min
 allocations of disjoint components are independent.
+
+Two allocators fill a component (`FluidNetwork(allocator=...)`): "python" (`_fill`, the
+reference) and "numba" (`waterfill`, the same algorithm compiled over the component as flat
+arrays; the default). They agree to rounding (tests: TTFTs equal to 1e-9).
 """
 
 from __future__ import annotations
 
 import heapq
 
+import numpy as np
+
+from . import waterfill
 from .fabric import Link
 from .netutil import WINDOW_S, LinkMeter
 
@@ -48,8 +55,17 @@ class FluidFlow:
 class FluidNetwork:
     """Holds active flows and their rates; the event loop owns the clock."""
 
-    def __init__(self, nlevels: int = 8, window_s: float = WINDOW_S) -> None:
+    def __init__(self, nlevels: int = 8, window_s: float = WINDOW_S,
+                 allocator: str | None = None) -> None:
+        allocator = allocator or DEFAULT_ALLOCATOR
+        if allocator not in ALLOCATORS:
+            raise ValueError(f"unknown allocator {allocator!r}: choose one of "
+                             f"{', '.join(ALLOCATORS)}")
         self.nlevels = nlevels
+        # the rate allocation of a component: "python" (heap-based progressive filling, the
+        # reference) or "numba" (the same filling compiled, `waterfill`; the default)
+        self.allocator = allocator
+        self._fill = ALLOCATORS[allocator]
         # per-link utilisation accounting (netutil): a link's aggregate rate after each
         # re-allocation, accounted into windows of window_s
         self.window_s = window_s
@@ -149,7 +165,7 @@ class FluidNetwork:
                 for l2 in path:
                     if l2 not in links:
                         stack.append(l2)
-        resid = _fill(links, classes)
+        resid = self._fill(links, classes)
         meters = self.meters
         for ln in links:
             m = meters.get(ln)
@@ -164,7 +180,7 @@ class FluidNetwork:
             m.close(t)
 
 
-def allocate(links: set[Link], flows: set[FluidFlow]) -> None:
+def allocate(links: set[Link], flows: set[FluidFlow], allocator: str = "python") -> None:
     """Strict priority across levels, max-min fair within a level (progressive filling).
 
     Flows of one level on the same path get the same max-min rate, so they are filled as one
@@ -178,7 +194,7 @@ def allocate(links: set[Link], flows: set[FluidFlow]) -> None:
         else:
             c[2].append(f)
             c[4] += f.weight
-    _fill(links, classes)
+    ALLOCATORS[allocator](links, classes)
 
 
 def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, float]:
@@ -243,3 +259,31 @@ def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, 
                     r = resid[l2]
                     heapq.heappush(heap, ((r if r > 0 else 0.0) / cnt[l2], id(l2), l2))
     return resid
+
+
+def _fill_numba(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, float]:
+    """`_fill` by the compiled kernel (`waterfill`): the component as flat arrays."""
+    lidx = {ln: i for i, ln in enumerate(links)}
+    cl = list(classes.values())
+    nc = len(cl)
+    ptr = [0]
+    idx: list[int] = []
+    for c in cl:
+        idx.extend([lidx[ln] for ln in c[1]])
+        ptr.append(len(idx))
+    rate, resid = waterfill.waterfill(
+        np.fromiter((ln.capacity for ln in lidx), float, len(lidx)),
+        np.fromiter((c[0] for c in cl), np.int64, nc),
+        np.fromiter((c[4] for c in cl), float, nc),
+        np.asarray(ptr, np.int64), np.asarray(idx, np.int64))
+    for c, r in zip(cl, rate.tolist()):
+        c[3] = True
+        for f in c[2]:
+            f.rate = r * f.weight
+    return dict(zip(lidx, resid.tolist()))
+
+
+ALLOCATORS = {"python": _fill}
+if waterfill.available():
+    ALLOCATORS["numba"] = _fill_numba
+DEFAULT_ALLOCATOR = "numba" if waterfill.available() else "python"
