@@ -26,7 +26,7 @@ import heapq
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..entry import FlowEntry
 from ..layout import MODE_RLI, MODE_STATIC
@@ -183,9 +183,12 @@ class Simulator:
                  fabric: Fabric | None = None, max_batch: int | None = None,
                  max_batch_tokens: int | None = None, horizon_s: float | None = None,
                  skip_unchanged: bool = True, flow_setup_s: float = 0.0,
-                 aggregate_groups: bool = False, allocator: str | None = None) -> None:
+                 aggregate_groups: bool = False, allocator: str | None = None,
+                 goodput: float = 1.0) -> None:
         if tick_s <= 0:
             raise ValueError(f"tick_s must be positive, got {tick_s}")
+        if not 0.0 < goodput <= 1.0:
+            raise ValueError(f"goodput must be in (0, 1], got {goodput}")
         self.w = workload
         self.policy = policy
         self.tick_s = tick_s
@@ -193,7 +196,13 @@ class Simulator:
         # G-fold fan-out as one weighted flow: exact when every flow touching a rank belongs
         # to a group-symmetric fan-out (true of plan_batch) and a group sits in one rack
         self.host_map = (Fabric.group_map(workload.cluster) if aggregate_groups else None)
-        self.fabric = fabric or Fabric.for_cluster(workload.cluster, aggregate_groups=aggregate_groups)
+        # goodput: the fraction of a link's rate that carries payload (protocol headers: a TCP
+        # segment of 1448 B rides in a 1514 B frame; 1.0 in the fluid ideal). It scales the
+        # fabric only: the workload (SLOs, unloaded TTFTs) and the policies keep the link rate.
+        cluster = workload.cluster
+        if goodput != 1.0:
+            cluster = replace(cluster, link_rate_bps=cluster.link_rate_bps * goodput)
+        self.fabric = fabric or Fabric.for_cluster(cluster, aggregate_groups=aggregate_groups)
         self.max_batch = max_batch or workload.cfg.max_batch
         self.max_batch_tokens = (workload.cfg.max_batch_tokens if max_batch_tokens is None
                                  else max_batch_tokens)
