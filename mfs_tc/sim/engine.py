@@ -50,7 +50,7 @@ from .fabric import Fabric
 from .fluid import FluidFlow, FluidNetwork
 
 NS = 1_000_000_000
-_ARRIVAL, _DONE, _COMPUTE, _TOKEN, _TICK, _FLOW = range(6)
+_ARRIVAL, _DONE, _COMPUTE, _TOKEN, _TICK, _FLOW, _LANDED = range(7)
 
 
 @dataclass(slots=True)
@@ -184,11 +184,17 @@ class Simulator:
                  max_batch_tokens: int | None = None, horizon_s: float | None = None,
                  skip_unchanged: bool = True, flow_setup_s: float = 0.0,
                  aggregate_groups: bool = False, allocator: str | None = None,
-                 goodput: float = 1.0) -> None:
+                 goodput: float = 1.0, queue_bytes: float = 0.0) -> None:
         if tick_s <= 0:
             raise ValueError(f"tick_s must be positive, got {tick_s}")
         if not 0.0 < goodput <= 1.0:
             raise ValueError(f"goodput must be in (0, 1], got {goodput}")
+        if queue_bytes < 0:
+            raise ValueError(f"queue_bytes must not be negative, got {queue_bytes}")
+        # the standing queue of a saturated band (a drop-tail FIFO that loss-based TCP keeps
+        # full): a flow whose rate a link fixed (its bottleneck) lands queue_bytes / link rate
+        # after its last byte left the fluid; 0 in the fluid ideal
+        self.queue_bytes = queue_bytes
         self.w = workload
         self.policy = policy
         self.tick_s = tick_s
@@ -279,6 +285,8 @@ class Simulator:
                     self._on_compute_done(payload)
                 elif kind == _TOKEN:
                     self._on_token(payload, extra)
+                elif kind == _LANDED:
+                    self._flow_landed(payload)
                 else:
                     self._on_tick()
             if self.net.dirty:
@@ -589,6 +597,13 @@ class Simulator:
             return
         f.rem = 0.0
         self.net.remove(f)
+        if self.queue_bytes > 0 and f.bneck is not None:
+            self._push(self.t + self.queue_bytes / self.rate_Bps, _LANDED, f)
+            return
+        self._flow_landed(f)
+
+    def _flow_landed(self, f: FluidFlow) -> None:
+        """The flow's last byte arrived: its stage's bookkeeping."""
         meta: _FMeta = f.owner
         b = meta.batch
         b.flows.discard(f)

@@ -27,7 +27,7 @@ EPS_BYTES = 1e-6
 
 class FluidFlow:
     __slots__ = ("fid", "links", "size", "rem", "rate", "t0", "level", "version", "owner",
-                 "start_t", "prev_rate", "weight")
+                 "start_t", "prev_rate", "weight", "bneck")
 
     def __init__(self, fid: int, links: tuple[Link, ...], size: float, level: int, t: float,
                  owner: object = None):
@@ -43,6 +43,7 @@ class FluidFlow:
         self.start_t = t
         self.prev_rate = 0.0
         self.weight = 1  # real flows this fluid flow stands for (group aggregation)
+        self.bneck: Link | None = None  # the link that fixed its rate at the last allocation
 
     @property
     def sent(self) -> float:
@@ -209,11 +210,13 @@ def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, 
         group = by_level[level]
         if len(group) == 1:
             _, path, fs, _, n = group[0]
-            share = min(resid[ln] for ln in path) / n
+            bl = min(path, key=resid.__getitem__)
+            share = resid[bl] / n
             if share < 0:
                 share = 0.0
             for f in fs:
                 f.rate = share * f.weight
+                f.bneck = bl
             for ln in path:
                 resid[ln] -= share * n
             continue
@@ -249,6 +252,7 @@ def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, 
                 n = c[4]
                 for f in c[2]:
                     f.rate = cur * f.weight
+                    f.bneck = ln
                 for l2 in c[1]:
                     resid[l2] -= cur * n
                     cnt[l2] -= n
@@ -271,16 +275,19 @@ def _fill_numba(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[
     for c in cl:
         idx.extend([lidx[ln] for ln in c[1]])
         ptr.append(len(idx))
-    rate, resid = waterfill.waterfill(
+    rate, resid, bott = waterfill.waterfill(
         np.fromiter((ln.capacity for ln in lidx), float, len(lidx)),
         np.fromiter((c[0] for c in cl), np.int64, nc),
         np.fromiter((c[4] for c in cl), float, nc),
         np.asarray(ptr, np.int64), np.asarray(idx, np.int64))
-    for c, r in zip(cl, rate.tolist()):
+    lks = list(lidx)
+    for c, r, b in zip(cl, rate.tolist(), bott.tolist()):
         c[3] = True
+        bl = lks[b]
         for f in c[2]:
             f.rate = r * f.weight
-    return dict(zip(lidx, resid.tolist()))
+            f.bneck = bl
+    return dict(zip(lks, resid.tolist()))
 
 
 ALLOCATORS = {"python": _fill}

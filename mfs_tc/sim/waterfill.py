@@ -7,6 +7,7 @@ crossing it), freeze its unfrozen classes at that share (0 if negative) and take
 from every link they cross. This is the textbook algorithm `fluid._fill` runs with a heap;
 the order of equal shares may differ, so rates agree to rounding (tests: 1e-9).
 
+Returns (rate per class, residual per link, the link that froze each class).
 Compiled on first use (cached on disk by numba); `available()` says whether numba is installed.
 """
 
@@ -29,6 +30,7 @@ def _kernel(cap, level, n, ptr, idx):  # pragma: no cover - compiled
     nc = level.shape[0]
     resid = cap.copy()
     rate = np.zeros(nc)
+    bott = np.zeros(nc, np.int64)  # the link that froze each class
     # links -> classes (CSR), built once
     deg = np.zeros(nl + 1, np.int64)
     for k in range(idx.shape[0]):
@@ -78,13 +80,14 @@ def _kernel(cap, level, n, ptr, idx):  # pragma: no cover - compiled
                 frozen[c] = True
                 left -= 1
                 rate[c] = cur
+                bott[c] = best
                 for kk in range(ptr[c], ptr[c + 1]):
                     l2 = idx[kk]
                     resid[l2] -= cur * n[c]
                     cnt[l2] -= n[c]
             cnt[best] = 0.0
         i = j
-    return rate, resid
+    return rate, resid, bott
 
 
 waterfill = numba.njit(cache=True, nogil=True)(_kernel) if numba is not None else None
