@@ -352,3 +352,25 @@ def test_unknown_allocator_is_one_clear_error() -> None:
 
     with pytest.raises(ValueError, match="unknown allocator 'fortran'.*python"):
         FluidNetwork(allocator="fortran")
+
+
+def test_goodput_scales_the_fabric_only() -> None:
+    w = _workload([1000], 8000.0)
+    res = simulate(w, ById({}), goodput=0.5)
+    assert res.requests[0].ttft_s == pytest.approx(2.0 + 0.01)  # 1000 B at 500 B/s of payload
+    assert res.requests[0].slo_s == w.requests[0].slo_s  # the workload keeps the link rate
+    with pytest.raises(ValueError, match="goodput"):
+        simulate(w, ById({}), goodput=0.0)
+
+
+def test_shared_band_queue_delays_only_flows_that_shared_it() -> None:
+    # 1000 B/s shared by r1 (1000 B) and r2 (500 B) at one level: r2's last byte leaves at 1.0
+    # s from a shared band and lands a 100 B queue (0.1 s) later; r1 finishes alone at 1.5 s
+    w = _workload([1000, 500], 8000.0)
+    t = _ttfts(simulate(w, ById({}), queue_bytes=100.0))
+    assert t[2] == pytest.approx(1.0 + 0.1 + 0.01)
+    assert t[1] == pytest.approx(1.5 + 0.01)
+    t = _ttfts(simulate(w, ById({}), queue_bytes=100.0, allocator="python"))
+    assert t[2] == pytest.approx(1.0 + 0.1 + 0.01) and t[1] == pytest.approx(1.5 + 0.01)
+    with pytest.raises(ValueError, match="queue_bytes"):
+        simulate(w, ById({}), queue_bytes=-1.0)

@@ -191,9 +191,10 @@ class Simulator:
             raise ValueError(f"goodput must be in (0, 1], got {goodput}")
         if queue_bytes < 0:
             raise ValueError(f"queue_bytes must not be negative, got {queue_bytes}")
-        # the standing queue of a saturated band (a drop-tail FIFO that loss-based TCP keeps
-        # full): a flow whose rate a link fixed (its bottleneck) lands queue_bytes / link rate
-        # after its last byte left the fluid; 0 in the fluid ideal
+        # the standing queue of a saturated band that several flows share (a drop-tail FIFO
+        # that loss-based TCP keeps filled): a flow whose rate such a link fixed (its bottleneck,
+        # shared with other flows of its level) lands queue_bytes / link rate after its last
+        # byte left the fluid; 0 in the fluid ideal
         self.queue_bytes = queue_bytes
         self.w = workload
         self.policy = policy

@@ -43,7 +43,8 @@ class FluidFlow:
         self.start_t = t
         self.prev_rate = 0.0
         self.weight = 1  # real flows this fluid flow stands for (group aggregation)
-        self.bneck: Link | None = None  # the link that fixed its rate at the last allocation
+        # the link that fixed its rate at the last allocation, if flows of its level share it
+        self.bneck: Link | None = None
 
     @property
     def sent(self) -> float:
@@ -214,6 +215,7 @@ def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, 
             share = resid[bl] / n
             if share < 0:
                 share = 0.0
+            bl = bl if len(fs) > 1 else None  # a band of one flow: no queue of others
             for f in fs:
                 f.rate = share * f.weight
                 f.bneck = bl
@@ -231,6 +233,7 @@ def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, 
                 else:
                     cnt[ln] = n
                     members[ln] = [c]
+        cnt0 = dict(cnt)  # real flows of this level per link
         heap = [(resid[ln] / k, id(ln), ln) for ln, k in cnt.items()]
         heapq.heapify(heap)
         while heap:
@@ -250,9 +253,11 @@ def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, 
                     continue
                 c[3] = True
                 n = c[4]
+                # the band's queue at ln is shared with other flows of this level
+                bl = ln if cnt0[ln] > n or len(c[2]) > 1 else None
                 for f in c[2]:
                     f.rate = cur * f.weight
-                    f.bneck = ln
+                    f.bneck = bl
                 for l2 in c[1]:
                     resid[l2] -= cur * n
                     cnt[l2] -= n
@@ -279,11 +284,12 @@ def _fill_numba(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[
         np.fromiter((ln.capacity for ln in lidx), float, len(lidx)),
         np.fromiter((c[0] for c in cl), np.int64, nc),
         np.fromiter((c[4] for c in cl), float, nc),
-        np.asarray(ptr, np.int64), np.asarray(idx, np.int64))
+        np.asarray(ptr, np.int64), np.asarray(idx, np.int64),
+        np.fromiter((len(c[2]) for c in cl), np.int64, nc))
     lks = list(lidx)
     for c, r, b in zip(cl, rate.tolist(), bott.tolist()):
         c[3] = True
-        bl = lks[b]
+        bl = lks[b] if b >= 0 else None
         for f in c[2]:
             f.rate = r * f.weight
             f.bneck = bl

@@ -7,7 +7,8 @@ crossing it), freeze its unfrozen classes at that share (0 if negative) and take
 from every link they cross. This is the textbook algorithm `fluid._fill` runs with a heap;
 the order of equal shares may differ, so rates agree to rounding (tests: 1e-9).
 
-Returns (rate per class, residual per link, the link that froze each class).
+Returns (rate per class, residual per link, the link that froze each class where other flows of
+its level cross that link, else -1; `nfl` = fluid flows per class).
 Compiled on first use (cached on disk by numba); `available()` says whether numba is installed.
 """
 
@@ -25,12 +26,13 @@ def available() -> bool:
     return numba is not None
 
 
-def _kernel(cap, level, n, ptr, idx):  # pragma: no cover - compiled
+def _kernel(cap, level, n, ptr, idx, nfl):  # pragma: no cover - compiled
     nl = cap.shape[0]
     nc = level.shape[0]
     resid = cap.copy()
     rate = np.zeros(nc)
-    bott = np.zeros(nc, np.int64)  # the link that froze each class
+    bott = np.full(nc, -1, np.int64)  # the link that froze each class, if shared (else -1)
+    cnt0 = np.zeros(nl)
     # links -> classes (CSR), built once
     deg = np.zeros(nl + 1, np.int64)
     for k in range(idx.shape[0]):
@@ -60,6 +62,8 @@ def _kernel(cap, level, n, ptr, idx):  # pragma: no cover - compiled
             c = order[q]
             for k in range(ptr[c], ptr[c + 1]):
                 cnt[idx[k]] += n[c]
+        for l in range(nl):
+            cnt0[l] = cnt[l]
         left = j - i
         while left > 0:
             best = -1
@@ -80,7 +84,8 @@ def _kernel(cap, level, n, ptr, idx):  # pragma: no cover - compiled
                 frozen[c] = True
                 left -= 1
                 rate[c] = cur
-                bott[c] = best
+                if cnt0[best] > n[c] or nfl[c] > 1:
+                    bott[c] = best
                 for kk in range(ptr[c], ptr[c + 1]):
                     l2 = idx[kk]
                     resid[l2] -= cur * n[c]
