@@ -374,3 +374,17 @@ def test_shared_band_queue_delays_only_flows_that_shared_it() -> None:
     assert t[2] == pytest.approx(1.0 + 0.1 + 0.01) and t[1] == pytest.approx(1.5 + 0.01)
     with pytest.raises(ValueError, match="queue_bytes"):
         simulate(w, ById({}), queue_bytes=-1.0)
+
+
+def test_load_for_utilisation_from_bytes_per_request() -> None:
+    from mfs_tc.sim.netutil import load_for_utilisation, offered_link_s
+
+    # requests of 1000 and 3000 B of p2d at 1000 B/s: 2 s of the decode downlink per request
+    w = _workload([1000, 3000], 8000.0)
+    busy = {ln.name: s for ln, s in offered_link_s(w).items()}
+    assert busy == pytest.approx({"p0r0:up": 2.0, "d0:down": 2.0})
+    load, link, cls, s = load_for_utilisation(w, 0.8)
+    assert load == pytest.approx(0.4) and s == pytest.approx(2.0)
+    assert (link, cls) in {("p0r0:up", "prefill_up"), ("d0:down", "decode_down")}
+    with pytest.raises(ValueError, match="target utilisation"):
+        load_for_utilisation(w, 1.5)
