@@ -388,3 +388,53 @@ def test_load_for_utilisation_from_bytes_per_request() -> None:
     assert (link, cls) in {("p0r0:up", "prefill_up"), ("d0:down", "decode_down")}
     with pytest.raises(ValueError, match="target utilisation"):
         load_for_utilisation(w, 1.5)
+
+
+def test_array_state_follows_adds_removes_and_level_changes() -> None:
+    """The compiled network (fluid state in arrays, grown as needed, swap-removed adjacency)
+    against the python one, step by step through random adds, removes and level changes."""
+    import random
+
+    from mfs_tc.sim.fluid import FluidNetwork
+
+    rng = random.Random(3)
+    caps = [rng.choice([10.0, 25.0, 40.0, 100.0]) for _ in range(40)]
+    shape = [tuple(rng.sample(range(40), rng.randint(1, 4))) for _ in range(30)]
+    nets = []
+    for alloc in ("python", "numba"):
+        links = [Link(f"l{i}", c) for i, c in enumerate(caps)]
+        nets.append((FluidNetwork(8, allocator=alloc), [tuple(links[i] for i in p) for p in shape], {}))
+    t = 0.0
+    for step in range(600):
+        t += rng.random() * 0.05
+        op = rng.random()
+        live = sorted(nets[0][2])
+        if op < 0.5 or not live:
+            fid, p, lv, w = step, rng.randrange(30), rng.randrange(4), rng.choice([1, 2, 8])
+            for net, paths, fl in nets:
+                f = FluidFlow(fid, paths[p], 1e3, lv, t)
+                f.weight = w
+                fl[fid] = f
+                net.add(f)
+        elif op < 0.8:
+            fid = rng.choice(live)
+            for net, _, fl in nets:
+                net.settle(fl[fid], t)
+                net.remove(fl.pop(fid))
+        else:
+            fid, lv = rng.choice(live), rng.randrange(4)
+            for net, _, fl in nets:
+                net.set_level(fl[fid], lv, t)
+        for net, _, _ in nets:
+            net.recompute(t)
+        (a, _, fa), (b, _, fb) = nets
+        assert fa.keys() == fb.keys()
+        for fid, f in fa.items():
+            g = fb[fid]
+            assert g.rate == pytest.approx(f.rate, rel=1e-9, abs=1e-9), (step, fid)
+            a.settle(f, t)
+            b.settle(g, t)
+            assert g.rem == pytest.approx(f.rem, rel=1e-9, abs=1e-6), (step, fid)
+    a.close_meters(t)
+    b.close_meters(t)
+    assert sum(b.level_bytes) == pytest.approx(sum(a.level_bytes), rel=1e-9)

@@ -597,8 +597,9 @@ class Simulator:
             self.net._dirty.update(f.links)
             return
         f.rem = 0.0
+        shared = self.net.bottleneck(f) if self.queue_bytes > 0 else None
         self.net.remove(f)
-        if self.queue_bytes > 0 and f.bneck is not None:
+        if shared is not None:
             self._push(self.t + self.queue_bytes / self.rate_Bps, _LANDED, f)
             return
         self._flow_landed(f)
