@@ -438,3 +438,18 @@ def test_array_state_follows_adds_removes_and_level_changes() -> None:
     a.close_meters(t)
     b.close_meters(t)
     assert sum(b.level_bytes) == pytest.approx(sum(a.level_bytes), rel=1e-9)
+
+
+def test_compiled_allocator_with_setup_latency_and_queue() -> None:
+    # flows in their setup latency are re-asked (and re-levelled) before they reach the fabric
+    from mfs_tc.sim.runner import make_sim_policy
+    from mfs_tc.workload import generate
+
+    w = generate(WorkloadConfig(kind="mooncake", num_requests=40, load=2.5))
+    for name in ("mfs", "fair", "edf"):
+        a, b = (simulate(w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps,
+                                            config={}), aggregate_groups=True, allocator=alloc,
+                         flow_setup_s=0.006, goodput=1448 / 1514, queue_bytes=757e3)
+                for alloc in ("python", "numba"))
+        assert [r.ttft_s for r in b.requests] == pytest.approx([r.ttft_s for r in a.requests],
+                                                               rel=1e-9), name

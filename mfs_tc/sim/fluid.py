@@ -194,7 +194,8 @@ class FluidNetwork:
 
     def _recompute_arrays(self, t: float) -> list[FluidFlow]:
         a = self._arr
-        dirty = np.fromiter((a.lidx[ln] for ln in self._dirty), np.int64, len(self._dirty))
+        # a flow still in its setup latency can change level: its links are dirty, unindexed
+        dirty = np.fromiter((a._link(ln) for ln in self._dirty), np.int64, len(self._dirty))
         self._dirty.clear()
         changed, lk, agg = waterfill.recompute_arrays(
             t, dirty, a.cap, a.lbytes, a.lvbytes, a.p_links, a.p_len, a.f_rem, a.f_rate, a.f_t0,
@@ -270,11 +271,12 @@ def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, 
         group = by_level[level]
         if len(group) == 1:
             _, path, fs, _, n = group[0]
-            bl = min(path, key=resid.__getitem__)
-            share = resid[bl] / n
+            share = min(resid[ln] for ln in path) / n
             if share < 0:
                 share = 0.0
-            bl = bl if len(fs) > 1 else None  # a band of one flow: no queue of others
+            bl = None  # a band of one flow: no queue of others
+            if len(fs) > 1:
+                bl = _tight(path, resid, {ln: n for ln in path}, share, n, len(fs))
             for f in fs:
                 f.rate = share * f.weight
                 f.bneck = bl
@@ -307,13 +309,13 @@ def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, 
             if cur < 0:
                 cur = 0.0
             touched: set[Link] = set()
-            for c in members[ln]:
-                if c[3]:
-                    continue
+            todo = [c for c in members[ln] if not c[3]]
+            # each class's first link (path order) at this share whose band other flows of
+            # its level share: decided before this round's classes take their bytes
+            bls = [_tight(c[1], resid, cnt, cur, c[4], len(c[2]), cnt0) for c in todo]
+            for c, bl in zip(todo, bls):
                 c[3] = True
                 n = c[4]
-                # the band's queue at ln is shared with other flows of this level
-                bl = ln if cnt0[ln] > n or len(c[2]) > 1 else None
                 for f in c[2]:
                     f.rate = cur * f.weight
                     f.bneck = bl
@@ -327,6 +329,19 @@ def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, 
                     r = resid[l2]
                     heapq.heappush(heap, ((r if r > 0 else 0.0) / cnt[l2], id(l2), l2))
     return resid
+
+
+def _tight(path: tuple, resid: dict, cnt: dict, share: float, n: float, nflows: int,
+           cnt0: dict | None = None) -> Link | None:
+    """The first link of `path` where a class of `n` real flows (`nflows` fluid flows) gets
+    `share` (within rounding) and other flows of its level cross too (its band's queue is shared),
+    else None."""
+    for ln in path:
+        k = cnt[ln]
+        if k > 0 and resid[ln] / k <= share * (1 + 1e-9) + 1e-12:
+            if nflows > 1 or (cnt0 if cnt0 is not None else cnt)[ln] > n:
+                return ln
+    return None
 
 
 def _fill_numba(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, float]:

@@ -77,6 +77,18 @@ def _kernel(cap, level, n, ptr, idx, nfl):  # pragma: no cover - compiled
             if best < 0:
                 break
             cur = bshare if bshare > 0.0 else 0.0
+            # each class's first link (path order) at this share whose band other flows of its
+            # level share, decided before this round's classes take their bytes
+            for k in range(deg[best], deg[best + 1]):
+                c = lcls[k]
+                if frozen[c] or level[c] != lv:
+                    continue
+                for kk in range(ptr[c], ptr[c + 1]):
+                    l2 = idx[kk]
+                    if cnt[l2] > 0.0 and resid[l2] / cnt[l2] <= cur * (1 + 1e-9) + 1e-12:
+                        if nfl[c] > 1 or cnt0[l2] > n[c]:
+                            bott[c] = l2
+                            break
             for k in range(deg[best], deg[best + 1]):
                 c = lcls[k]
                 if frozen[c] or level[c] != lv:
@@ -84,8 +96,6 @@ def _kernel(cap, level, n, ptr, idx, nfl):  # pragma: no cover - compiled
                 frozen[c] = True
                 left -= 1
                 rate[c] = cur
-                if cnt0[best] > n[c] or nfl[c] > 1:
-                    bott[c] = best
                 for kk in range(ptr[c], ptr[c + 1]):
                     l2 = idx[kk]
                     resid[l2] -= cur * n[c]
