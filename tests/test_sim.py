@@ -298,3 +298,158 @@ def test_net_util_leaf_spine_and_aggregated_groups() -> None:
         assert b.net_util[cls]["mean"] == pytest.approx(v["mean"], rel=1e-6, abs=1e-12), cls
         assert b.net_util[cls]["p99"] == pytest.approx(v["p99"], abs=0.0051), cls
         assert 0.0 <= v["mean"] <= v["max_link_mean"] <= 1.0 + 1e-9
+
+
+# ---- the compiled allocator against the reference ----------------------------------------------
+
+
+def test_compiled_allocation_matches_python_on_random_networks() -> None:
+    import random
+
+    from mfs_tc.sim import waterfill
+
+    assert waterfill.available(), "numba is a dependency (pyproject.toml)"
+    rng = random.Random(11)
+    for _ in range(200):
+        links = [Link(f"l{i}", rng.choice([10.0, 25.0, 40.0, 100.0])) for i in range(rng.randint(2, 7))]
+        paths = [tuple(rng.sample(links, rng.randint(1, min(3, len(links))))) for _ in range(5)]
+        flows = [FluidFlow(i, rng.choice(paths), 1.0, rng.randint(0, 3), 0.0)
+                 for i in range(rng.randint(1, 12))]
+        for f in flows:
+            f.weight = rng.choice([1, 1, 2, 8])
+        allocate(set(links), set(flows), allocator="python")
+        ref = {f.fid: f.rate for f in flows}
+        allocate(set(links), set(flows), allocator="numba")
+        for f in flows:
+            assert f.rate == pytest.approx(ref[f.fid], rel=1e-12, abs=1e-12), (f, ref)
+
+
+@pytest.mark.parametrize("model,cluster,load,n", [
+    ("dense-small", "testbed", 3.0, 60),       # the testbed's workload (Poisson)
+    ("qwen-72b", "c1024", 63.0, 150),          # the network-bound benchmark preset
+    ("moe-8x", "c256", 40.0, 80),              # all-to-all, leaf-spine
+    ("llama3-70b", "paper", 3.0, 60),          # one switch, hardware model
+])
+def test_compiled_allocator_same_ttfts_as_python(model: str, cluster: str, load: float,
+                                                 n: int) -> None:
+    from mfs_tc.sim.runner import make_sim_policy
+    from mfs_tc.workload import generate
+
+    w = generate(WorkloadConfig(kind="poisson", load=load, num_requests=n, model=model,
+                                cluster=cluster, byte_scale=1.0 if cluster != "testbed" else 1 / 32))
+    for name in ("mfs", "fair", "pias"):
+        a, b = (simulate(w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps,
+                                            config={}), aggregate_groups=True, allocator=alloc)
+                for alloc in ("python", "numba"))
+        assert [r.ttft_s for r in b.requests] == pytest.approx([r.ttft_s for r in a.requests],
+                                                               rel=1e-9), (name, model)
+        assert [r.met for r in b.requests] == [r.met for r in a.requests]
+        assert sum(b.level_bytes) == pytest.approx(sum(a.level_bytes), rel=1e-9)
+
+
+def test_unknown_allocator_is_one_clear_error() -> None:
+    from mfs_tc.sim.fluid import FluidNetwork
+
+    with pytest.raises(ValueError, match="unknown allocator 'fortran'.*python"):
+        FluidNetwork(allocator="fortran")
+
+
+def test_goodput_scales_the_fabric_only() -> None:
+    w = _workload([1000], 8000.0)
+    res = simulate(w, ById({}), goodput=0.5)
+    assert res.requests[0].ttft_s == pytest.approx(2.0 + 0.01)  # 1000 B at 500 B/s of payload
+    assert res.requests[0].slo_s == w.requests[0].slo_s  # the workload keeps the link rate
+    with pytest.raises(ValueError, match="goodput"):
+        simulate(w, ById({}), goodput=0.0)
+
+
+def test_shared_band_queue_delays_only_flows_that_shared_it() -> None:
+    # 1000 B/s shared by r1 (1000 B) and r2 (500 B) at one level: r2's last byte leaves at 1.0
+    # s from a shared band and lands a 100 B queue (0.1 s) later; r1 finishes alone at 1.5 s
+    w = _workload([1000, 500], 8000.0)
+    t = _ttfts(simulate(w, ById({}), queue_bytes=100.0))
+    assert t[2] == pytest.approx(1.0 + 0.1 + 0.01)
+    assert t[1] == pytest.approx(1.5 + 0.01)
+    t = _ttfts(simulate(w, ById({}), queue_bytes=100.0, allocator="python"))
+    assert t[2] == pytest.approx(1.0 + 0.1 + 0.01) and t[1] == pytest.approx(1.5 + 0.01)
+    with pytest.raises(ValueError, match="queue_bytes"):
+        simulate(w, ById({}), queue_bytes=-1.0)
+
+
+def test_load_for_utilisation_from_bytes_per_request() -> None:
+    from mfs_tc.sim.netutil import load_for_utilisation, offered_link_s
+
+    # requests of 1000 and 3000 B of p2d at 1000 B/s: 2 s of the decode downlink per request
+    w = _workload([1000, 3000], 8000.0)
+    busy = {ln.name: s for ln, s in offered_link_s(w).items()}
+    assert busy == pytest.approx({"p0r0:up": 2.0, "d0:down": 2.0})
+    load, link, cls, s = load_for_utilisation(w, 0.8)
+    assert load == pytest.approx(0.4) and s == pytest.approx(2.0)
+    assert (link, cls) in {("p0r0:up", "prefill_up"), ("d0:down", "decode_down")}
+    with pytest.raises(ValueError, match="target utilisation"):
+        load_for_utilisation(w, 1.5)
+
+
+def test_array_state_follows_adds_removes_and_level_changes() -> None:
+    """The compiled network (fluid state in arrays, grown as needed, swap-removed adjacency)
+    against the python one, step by step through random adds, removes and level changes."""
+    import random
+
+    from mfs_tc.sim.fluid import FluidNetwork
+
+    rng = random.Random(3)
+    caps = [rng.choice([10.0, 25.0, 40.0, 100.0]) for _ in range(40)]
+    shape = [tuple(rng.sample(range(40), rng.randint(1, 4))) for _ in range(30)]
+    nets = []
+    for alloc in ("python", "numba"):
+        links = [Link(f"l{i}", c) for i, c in enumerate(caps)]
+        nets.append((FluidNetwork(8, allocator=alloc), [tuple(links[i] for i in p) for p in shape], {}))
+    t = 0.0
+    for step in range(600):
+        t += rng.random() * 0.05
+        op = rng.random()
+        live = sorted(nets[0][2])
+        if op < 0.5 or not live:
+            fid, p, lv, w = step, rng.randrange(30), rng.randrange(4), rng.choice([1, 2, 8])
+            for net, paths, fl in nets:
+                f = FluidFlow(fid, paths[p], 1e3, lv, t)
+                f.weight = w
+                fl[fid] = f
+                net.add(f)
+        elif op < 0.8:
+            fid = rng.choice(live)
+            for net, _, fl in nets:
+                net.settle(fl[fid], t)
+                net.remove(fl.pop(fid))
+        else:
+            fid, lv = rng.choice(live), rng.randrange(4)
+            for net, _, fl in nets:
+                net.set_level(fl[fid], lv, t)
+        for net, _, _ in nets:
+            net.recompute(t)
+        (a, _, fa), (b, _, fb) = nets
+        assert fa.keys() == fb.keys()
+        for fid, f in fa.items():
+            g = fb[fid]
+            assert g.rate == pytest.approx(f.rate, rel=1e-9, abs=1e-9), (step, fid)
+            a.settle(f, t)
+            b.settle(g, t)
+            assert g.rem == pytest.approx(f.rem, rel=1e-9, abs=1e-6), (step, fid)
+    a.close_meters(t)
+    b.close_meters(t)
+    assert sum(b.level_bytes) == pytest.approx(sum(a.level_bytes), rel=1e-9)
+
+
+def test_compiled_allocator_with_setup_latency_and_queue() -> None:
+    # flows in their setup latency are re-asked (and re-levelled) before they reach the fabric
+    from mfs_tc.sim.runner import make_sim_policy
+    from mfs_tc.workload import generate
+
+    w = generate(WorkloadConfig(kind="mooncake", num_requests=40, load=2.5))
+    for name in ("mfs", "fair", "edf"):
+        a, b = (simulate(w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps,
+                                            config={}), aggregate_groups=True, allocator=alloc,
+                         flow_setup_s=0.006, goodput=1448 / 1514, queue_bytes=757e3)
+                for alloc in ("python", "numba"))
+        assert [r.ttft_s for r in b.requests] == pytest.approx([r.ttft_s for r in a.requests],
+                                                               rel=1e-9), name

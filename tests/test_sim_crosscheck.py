@@ -1,12 +1,20 @@
-"""Cross-check: the simulator against the netns testbed on the testbed's default workload.
+"""Cross-check: the simulator against the netns testbed on the testbed's workload, over load.
 
-Both replay the same `mfs_tc.workload` (Mooncake trace, dense-small, 1 KV + 2x2 prefill + 1 decode
-host at 200 Mbit/s, slo_scale 5) under the same policy objects. The fluid model has no TCP
-(connection setup, slow start, ACK clocking) and no HTB inefficiency, so it is run with a 6 ms
-per-flow setup latency, and the stated tolerance is 0.2 absolute attainment per policy.
-Measured (60 requests of the default workload: byte scale 1/32, bursts spread): testbed mfs 0.53 /
-fair 0.22, simulator mfs 0.60 / fair 0.25. (With the earlier compute-bound default, byte scale
-1/256: testbed mfs 0.55 / fair 0.40-0.42, simulator mfs 0.58 / fair 0.53.)
+Both replay the same `mfs_tc.workload` (Mooncake trace windows of 40 requests, dense-small, 1 KV +
+2x2 prefill + 1 decode host at 200 Mbit/s, slo_scale 5) at 1.5 / 2.5 / 3.5 req/s, seeds 1 and 2,
+under the same policy objects. The fluid model is given what the testbed's TCP has and the fluid
+ideal lacks (docs/simulator.md, "Cross-check"): a per-flow setup latency (`FLOW_SETUP_S`: the
+connection handshake plus the controller's registration) and the payload fraction of the link
+rate (`GOODPUT`: a 1448-byte TCP segment in a 1514-byte frame, which HTB counts).
+
+Claims checked (the ones docs/simulator.md makes, with the measured figures there):
+- per policy and load, the attainment (mean over the seeds) within `TOLERANCE[policy]` of the
+  testbed's: 0.05 for mfs (measured <= 0.038 in two runs); fair and edf keep a residual the
+  model does not explain (measured up to 0.10 and 0.125: real TCP sharing one FIFO band does
+  worse than max-min for fair, and the simulator is pessimistic for edf at 2.5-3.5 req/s), so
+  they are held to 0.15;
+- mfs vs each baseline: the same sign of the attainment gap wherever the testbed's gap exceeds
+  its own seed spread (the larger of the two policies' max-min over seeds at that load).
 """
 
 from __future__ import annotations
@@ -17,9 +25,47 @@ import pytest
 
 from mfs_tc.workload import default_trace_path
 
-TOLERANCE = 0.2
-POLICIES = ["mfs", "fair"]
-REQUESTS = 60
+TOLERANCE = {"mfs": 0.05, "fair": 0.15, "edf": 0.15}
+POLICIES = ["mfs", "fair", "edf"]
+LOADS = [1.5, 2.5, 3.5]
+SEEDS = [1, 2]
+REQUESTS = 40
+FLOW_SETUP_S = 0.006
+GOODPUT = 1448 / 1514
+
+
+def _by_point(runs: list[dict]) -> dict[tuple[str, float], list[float]]:
+    out: dict[tuple[str, float], list[float]] = {}
+    for r in runs:
+        out.setdefault((r["policy"], float(r["load"])), []).append(r["attainment"])
+    return out
+
+
+def ranking_mismatches(tb: dict[tuple[str, float], list[float]],
+                       sim: dict[tuple[str, float], list[float]]) -> list[tuple]:
+    """(baseline, load, testbed gap, spread, sim gap) where the testbed's mfs-vs-baseline gap
+    exceeds its seed spread and the simulator's gap has the other sign (or is zero)."""
+    bad = []
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    for b in POLICIES[1:]:
+        for load in LOADS:
+            gap = mean(tb[("mfs", load)]) - mean(tb[(b, load)])
+            spread = max(max(tb[(p, load)]) - min(tb[(p, load)]) for p in ("mfs", b))
+            sgap = mean(sim[("mfs", load)]) - mean(sim[(b, load)])
+            if abs(gap) > spread and gap * sgap <= 0:
+                bad.append((b, load, round(gap, 3), round(spread, 3), round(sgap, 3)))
+    return bad
+
+
+def test_ranking_rule_flags_only_gaps_beyond_the_spread() -> None:
+    tb = {("mfs", x): [0.8, 0.8] for x in LOADS} | {("fair", x): [0.5, 0.6] for x in LOADS} | \
+         {("edf", x): [0.7, 0.9] for x in LOADS}
+    sim = {("mfs", x): [0.5] for x in LOADS} | {("fair", x): [0.6] for x in LOADS} | \
+          {("edf", x): [0.9] for x in LOADS}
+    bad = ranking_mismatches(tb, sim)
+    # fair: testbed gap 0.25 > spread 0.1 and the simulator ranks fair first: flagged at every
+    # load; edf: gap 0.0 within the spread 0.2: never flagged
+    assert [(b, load) for b, load, *_ in bad] == [("fair", x) for x in LOADS]
 
 
 @pytest.mark.privileged
@@ -32,14 +78,17 @@ def test_sim_attainment_within_tolerance_of_testbed(tmp_path: Path) -> None:
     from mfs_tc.sim.runner import SimRunConfig
     from mfs_tc.sim.runner import run as sim_run
 
-    tb = testbed_run(RunConfig(policies=POLICIES, num_requests=REQUESTS, prefix="mfsx",
-                               pause_s=0.5), tmp_path / "testbed", progress_out=None)
-    sim = sim_run(SimRunConfig(policies=POLICIES, num_requests=REQUESTS, flow_setup_s=0.006),
+    common = dict(policies=POLICIES, num_requests=REQUESTS, loads=LOADS, seeds=SEEDS)
+    tb = testbed_run(RunConfig(**common, prefix="mfsx", pause_s=0.5), tmp_path / "testbed",
+                     progress_out=None)
+    sim = sim_run(SimRunConfig(**common, flow_setup_s=FLOW_SETUP_S, goodput=GOODPUT, bound=False),
                   tmp_path / "sim", plots=False, progress_out=None)
-    tb_att = {a["policy"]: a["attainment"] for a in tb["policies"]}
-    sim_att = {a["policy"]: a["attainment"] for a in sim["policies"]}
-    for p in POLICIES:
-        assert abs(tb_att[p] - sim_att[p]) <= TOLERANCE, (p, tb_att, sim_att)
+    tbp, simp = _by_point(tb["runs"]), _by_point(sim["runs"])
+    print("testbed", tbp, "\nsim", simp)
+    diffs = {k: round(sum(simp[k]) / len(simp[k]) - sum(v) / len(v), 3) for k, v in tbp.items()}
+    assert len(diffs) == len(POLICIES) * len(LOADS)
+    assert all(abs(d) <= TOLERANCE[p] for (p, _), d in diffs.items()), (diffs, tbp, simp)
+    assert ranking_mismatches(tbp, simp) == [], (tbp, simp)
     # same result shape: the report code reads both
     assert (tmp_path / "sim" / "requests.csv").read_text().splitlines()[0] == \
         (tmp_path / "testbed" / "requests.csv").read_text().splitlines()[0]

@@ -49,6 +49,8 @@ def run_cmd(
     levels: Annotated[int, typer.Option("--levels", "-k", help="Strict-priority levels K")] = 8,
     tick_ms: Annotated[float, typer.Option(help="Re-level tick in simulated ms (the model's resolution)")] = 1.0,
     flow_setup_ms: Annotated[float, typer.Option(help="Per-flow setup latency in ms (connection + registration; 0: fluid ideal)")] = 0.0,
+    goodput: Annotated[float, typer.Option(help="Payload fraction of the link rate (TCP/IP headers: 1448/1514 = 0.956; 1: fluid ideal)")] = 1.0,
+    queue_kb: Annotated[float, typer.Option(help="Standing queue of a shared saturated band in kB: such flows land queue/rate after their last byte (0: fluid ideal)")] = 0.0,
     aggregate_groups: Annotated[bool, typer.Option(help="Simulate each prefill group's G symmetric rank flows as one weighted flow (exact; much faster)")] = True,
     policy_config: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE policy setting (repeatable)")] = None,
     bound: Annotated[bool, typer.Option(help="Compute the reference bound per point (mfs_tc.bound: an LP no schedule beats)")] = True,
@@ -70,7 +72,8 @@ def run_cmd(
             rate_bps=float(parse_rate(rate)) if rate else None, byte_scale=byte_scale,
             max_batch=max_batch, time_scale=time_scale, trace_path=trace,
             spread_bursts=spread_bursts, levels=levels,
-            tick_s=tick_ms / 1e3, flow_setup_s=flow_setup_ms / 1e3,
+            tick_s=tick_ms / 1e3, flow_setup_s=flow_setup_ms / 1e3, goodput=goodput,
+            queue_bytes=queue_kb * 1e3,
             aggregate_groups=aggregate_groups, policy_config=_policy_config(policy_config or []),
             bound=bound,
         )

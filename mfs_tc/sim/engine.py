@@ -26,7 +26,7 @@ import heapq
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..entry import FlowEntry
 from ..layout import MODE_RLI, MODE_STATIC
@@ -51,7 +51,7 @@ from .fabric import Fabric
 from .fluid import FluidFlow, FluidNetwork
 
 NS = 1_000_000_000
-_ARRIVAL, _DONE, _COMPUTE, _TOKEN, _TICK, _FLOW = range(6)
+_ARRIVAL, _DONE, _COMPUTE, _TOKEN, _TICK, _FLOW, _LANDED = range(7)
 
 
 @dataclass(slots=True)
@@ -163,9 +163,19 @@ class Simulator:
                  fabric: Fabric | None = None, max_batch: int | None = None,
                  max_batch_tokens: int | None = None, horizon_s: float | None = None,
                  skip_unchanged: bool = True, flow_setup_s: float = 0.0,
-                 aggregate_groups: bool = False) -> None:
+                 aggregate_groups: bool = False, allocator: str | None = None,
+                 goodput: float = 1.0, queue_bytes: float = 0.0) -> None:
         if tick_s <= 0:
             raise ValueError(f"tick_s must be positive, got {tick_s}")
+        if not 0.0 < goodput <= 1.0:
+            raise ValueError(f"goodput must be in (0, 1], got {goodput}")
+        if queue_bytes < 0:
+            raise ValueError(f"queue_bytes must not be negative, got {queue_bytes}")
+        # the standing queue of a saturated band that several flows share (a drop-tail FIFO
+        # that loss-based TCP keeps filled): a flow whose rate such a link fixed (its bottleneck,
+        # shared with other flows of its level) lands queue_bytes / link rate after its last
+        # byte left the fluid; 0 in the fluid ideal
+        self.queue_bytes = queue_bytes
         self.w = workload
         self.policy = policy
         self.tick_s = tick_s
@@ -173,7 +183,13 @@ class Simulator:
         # G-fold fan-out as one weighted flow: exact when every flow touching a rank belongs
         # to a group-symmetric fan-out (true of plan_batch) and a group sits in one rack
         self.host_map = (Fabric.group_map(workload.cluster) if aggregate_groups else None)
-        self.fabric = fabric or Fabric.for_cluster(workload.cluster, aggregate_groups=aggregate_groups)
+        # goodput: the fraction of a link's rate that carries payload (protocol headers: a TCP
+        # segment of 1448 B rides in a 1514 B frame; 1.0 in the fluid ideal). It scales the
+        # fabric only: the workload (SLOs, unloaded TTFTs) and the policies keep the link rate.
+        cluster = workload.cluster
+        if goodput != 1.0:
+            cluster = replace(cluster, link_rate_bps=cluster.link_rate_bps * goodput)
+        self.fabric = fabric or Fabric.for_cluster(cluster, aggregate_groups=aggregate_groups)
         self.max_batch = max_batch or workload.cfg.max_batch
         self.max_batch_tokens = (workload.cfg.max_batch_tokens if max_batch_tokens is None
                                  else max_batch_tokens)
@@ -188,7 +204,8 @@ class Simulator:
         self.flow_setup_s = flow_setup_s
         self.nlevels = policy.config.nlevels
         self.scav_level = policy.config.scavenger_level
-        self.net = FluidNetwork(self.nlevels)
+        # the fluid rate allocation (fluid.ALLOCATORS; None: the default, compiled if available)
+        self.net = FluidNetwork(self.nlevels, allocator=allocator)
         self.link_rate_bps = workload.cluster.link_rate_bps
         self.rate_Bps = self.link_rate_bps / 8.0
         self._heap: list = []
@@ -249,6 +266,8 @@ class Simulator:
                     self._on_compute_done(payload)
                 elif kind == _TOKEN:
                     self._on_token(payload, extra)
+                elif kind == _LANDED:
+                    self._flow_landed(payload)
                 else:
                     self._on_tick()
             if self.net.dirty:
@@ -560,7 +579,15 @@ class Simulator:
             self.net._dirty.update(f.links)
             return
         f.rem = 0.0
+        shared = self.net.bottleneck(f) if self.queue_bytes > 0 else None
         self.net.remove(f)
+        if shared is not None:
+            self._push(self.t + self.queue_bytes / self.rate_Bps, _LANDED, f)
+            return
+        self._flow_landed(f)
+
+    def _flow_landed(self, f: FluidFlow) -> None:
+        """The flow's last byte arrived: its stage's bookkeeping."""
         meta: _FMeta = f.owner
         b = meta.batch
         b.flows.discard(f)

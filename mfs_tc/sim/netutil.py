@@ -18,12 +18,19 @@ uplinks and downlinks to the spine (`leaf_up`, `leaf_down`).
 
 The link's aggregate rate is piecewise constant (it changes only when the fluid network
 re-allocates), so the accounting costs O(1) per link per re-allocation plus the windows crossed.
+
+Offered load (`offered_link_s`, `load_for_utilisation`): before a run, each link's busy time per
+request is its bytes per request / capacity, with every request's transfers (`plan_batch` of the
+request alone: a stage's bytes do not depend on batching) on its fabric path. At `load` requests
+per second a link's expected mean utilisation is load x its busy time per request (while arrivals
+last), so the load at which the busiest link reaches utilisation u is u / max busy time.
 """
 
 from __future__ import annotations
 
 import math
 
+from ..workload import Workload, plan_batch
 from .fabric import Fabric, Link
 
 WINDOW_S = 0.010
@@ -146,3 +153,33 @@ def headline(net_util: dict[str, dict] | None) -> tuple[str, float, float] | Non
         return None
     cls, v = max(net_util.items(), key=lambda kv: (kv[1]["p99"], kv[1]["mean"]))
     return cls, v["mean"], v["p99"]
+
+
+def offered_link_s(wl: Workload, fabric: Fabric | None = None) -> dict[Link, float]:
+    """Each link's busy time (s) per request of `wl` (see the module doc), on `fabric`
+    (default: the workload's cluster, one host per rank)."""
+    fab = fabric or Fabric.for_cluster(wl.cluster)
+    busy: dict[Link, float] = {}
+    for spec in wl.requests:
+        plan = plan_batch([spec], wl.model, wl.cluster)
+        trs = [t for lp in plan.layers for t in (*lp.kv_fetch, *lp.collective)]
+        trs += [t for ts in plan.p2d.values() for t in ts]
+        for t in trs:
+            for ln in fab.path(t.src, t.dst):
+                busy[ln] = busy.get(ln, 0.0) + t.bytes / ln.capacity
+    n = len(wl.requests)
+    return {ln: v / n for ln, v in busy.items()}
+
+
+def load_for_utilisation(wl: Workload, target: float) -> tuple[float, str, str, float]:
+    """(load in requests/s at which the busiest link's expected mean utilisation is `target`,
+    that link's name, its class, its busy time per request in s). `wl` only provides the request
+    mix (its arrival times do not matter)."""
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target utilisation must be in (0, 1], got {target}")
+    fab = Fabric.for_cluster(wl.cluster)
+    busy = offered_link_s(wl, fab)
+    if not busy:
+        raise ValueError("the workload moves no bytes: no network load to aim at")
+    ln, s = max(busy.items(), key=lambda kv: kv[1])
+    return target / s, ln.name, link_class(fab, ln), s

@@ -38,6 +38,8 @@ class SimRunConfig(ComparisonConfig):
     rate_bps: float | None = None  # None: the cluster preset's link rate
     tick_s: float = 0.001
     flow_setup_s: float = 0.0
+    goodput: float = 1.0  # payload fraction of the link rate (sim.engine); 1: fluid ideal
+    queue_bytes: float = 0.0  # standing queue of a saturated band (sim.engine); 0: fluid ideal
     aggregate_groups: bool = True  # exact for plan_batch workloads (see sim.engine)
     bound: bool = True  # the reference bound per point (mfs_tc.bound), in each run's summary
 
@@ -47,6 +49,10 @@ class SimRunConfig(ComparisonConfig):
             raise ValueError("--tick-ms must be positive")
         if self.flow_setup_s < 0:
             raise ValueError("--flow-setup-ms must not be negative")
+        if self.queue_bytes < 0:
+            raise ValueError("--queue-kb must not be negative")
+        if not 0.0 < self.goodput <= 1.0:
+            raise ValueError(f"--goodput must be in (0, 1], got {self.goodput}")
         cluster_preset(self.cluster)
 
     def cluster_shape(self) -> ClusterShape:
@@ -96,7 +102,8 @@ def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> l
                                           config=cfg.policy_config)
                     t0 = time.perf_counter()
                     res = simulate(wl, pol, tick_s=cfg.tick_s, flow_setup_s=cfg.flow_setup_s,
-                                   aggregate_groups=cfg.aggregate_groups)
+                                   aggregate_groups=cfg.aggregate_groups, goodput=cfg.goodput,
+                                   queue_bytes=cfg.queue_bytes)
                     run = summarize(res, seed, load, slo, wl)
                     if bnd is not None:
                         run["bound"] = bnd

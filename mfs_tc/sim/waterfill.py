@@ -1,0 +1,222 @@
+"""Compiled progressive filling (numba): `fluid._fill`'s allocation on flat arrays.
+
+Input: the component's links (residual capacity `cap`), its classes (`level`, `n` = real flows
+the class stands for, `ptr`/`idx` = CSR of each class's links). Per level from the most urgent:
+repeatedly take the link with the smallest fair share (residual / real flows of unfrozen classes
+crossing it), freeze its unfrozen classes at that share (0 if negative) and take their bytes
+from every link they cross. This is the textbook algorithm `fluid._fill` runs with a heap;
+the order of equal shares may differ, so rates agree to rounding (tests: 1e-9).
+
+Returns (rate per class, residual per link, the link that froze each class where other flows of
+its level cross that link, else -1; `nfl` = fluid flows per class).
+Compiled on first use (cached on disk by numba); `available()` says whether numba is installed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is a dependency; the python allocator remains
+    numba = None
+
+
+def available() -> bool:
+    return numba is not None
+
+
+def _kernel(cap, level, n, ptr, idx, nfl):  # pragma: no cover - compiled
+    nl = cap.shape[0]
+    nc = level.shape[0]
+    resid = cap.copy()
+    rate = np.zeros(nc)
+    bott = np.full(nc, -1, np.int64)  # the link that froze each class, if shared (else -1)
+    cnt0 = np.zeros(nl)
+    # links -> classes (CSR), built once
+    deg = np.zeros(nl + 1, np.int64)
+    for k in range(idx.shape[0]):
+        deg[idx[k] + 1] += 1
+    for l in range(nl):
+        deg[l + 1] += deg[l]
+    lcls = np.empty(idx.shape[0], np.int64)
+    fill = deg[:nl].copy()
+    for c in range(nc):
+        for k in range(ptr[c], ptr[c + 1]):
+            l = idx[k]
+            lcls[fill[l]] = c
+            fill[l] += 1
+    frozen = np.zeros(nc, np.bool_)
+    cnt = np.zeros(nl)
+    order = np.argsort(level, kind="mergesort")
+    i = 0
+    while i < nc:
+        lv = level[order[i]]
+        j = i
+        while j < nc and level[order[j]] == lv:
+            j += 1
+        # real flows per link at this level
+        for l in range(nl):
+            cnt[l] = 0.0
+        for q in range(i, j):
+            c = order[q]
+            for k in range(ptr[c], ptr[c + 1]):
+                cnt[idx[k]] += n[c]
+        for l in range(nl):
+            cnt0[l] = cnt[l]
+        left = j - i
+        while left > 0:
+            best = -1
+            bshare = 0.0
+            for l in range(nl):
+                if cnt[l] > 0.0:
+                    s = resid[l] / cnt[l]
+                    if best < 0 or s < bshare:
+                        best = l
+                        bshare = s
+            if best < 0:
+                break
+            cur = bshare if bshare > 0.0 else 0.0
+            # each class's first link (path order) at this share whose band other flows of its
+            # level share, decided before this round's classes take their bytes
+            for k in range(deg[best], deg[best + 1]):
+                c = lcls[k]
+                if frozen[c] or level[c] != lv:
+                    continue
+                for kk in range(ptr[c], ptr[c + 1]):
+                    l2 = idx[kk]
+                    if cnt[l2] > 0.0 and resid[l2] / cnt[l2] <= cur * (1 + 1e-9) + 1e-12:
+                        if nfl[c] > 1 or cnt0[l2] > n[c]:
+                            bott[c] = l2
+                            break
+            for k in range(deg[best], deg[best + 1]):
+                c = lcls[k]
+                if frozen[c] or level[c] != lv:
+                    continue
+                frozen[c] = True
+                left -= 1
+                rate[c] = cur
+                for kk in range(ptr[c], ptr[c + 1]):
+                    l2 = idx[kk]
+                    resid[l2] -= cur * n[c]
+                    cnt[l2] -= n[c]
+            cnt[best] = 0.0
+        i = j
+    return rate, resid, bott
+
+
+waterfill = numba.njit(cache=True, nogil=True)(_kernel) if numba is not None else None
+
+
+def _recompute(t, dirty, cap, lbytes, lvbytes, p_links, p_len, f_rem, f_rate, f_t0, f_w,
+               f_level, f_pid, f_bneck, l_flows, l_deg, lmark, fmark, lloc):  # pragma: no cover - compiled
+    """A whole re-allocation over the fluid state in arrays: the component of the links in
+    `dirty` (links reachable through live flows), its classes (level, path), the filling
+    (`_kernel`), then the flows whose rate changed settled at their old rate and given the new
+    one; every component flow's bottleneck (shared, else -1) into `f_bneck`. Returns (changed
+    flow slots, the component's links, their aggregate rates)."""
+    # component search
+    links = np.empty(cap.shape[0], np.int64)
+    flows = np.empty(f_rem.shape[0], np.int64)
+    nl = 0
+    nf = 0
+    stack = [dirty[0]]
+    for x in dirty[1:]:
+        stack.append(x)
+    while len(stack) > 0:
+        l = stack.pop()
+        if lmark[l]:
+            continue
+        lmark[l] = True
+        links[nl] = l
+        nl += 1
+        for k in range(l_deg[l]):
+            s = l_flows[l, k]
+            if fmark[s]:
+                continue
+            fmark[s] = True
+            flows[nf] = s
+            nf += 1
+            p = f_pid[s]
+            for q in range(p_len[p]):
+                l2 = p_links[p, q]
+                if not lmark[l2]:
+                    stack.append(l2)
+    for i in range(nl):
+        lloc[links[i]] = i
+    fl = np.empty(nf, np.int64)
+    key = np.empty(nf, np.int64)
+    npaths = p_len.shape[0]
+    for i in range(nf):
+        s = flows[i]
+        fl[i] = s
+        fmark[s] = False
+        key[i] = f_level[s] * npaths + f_pid[s]
+    order = np.argsort(key, kind="mergesort")
+    # classes: runs of equal key
+    cls_of = np.empty(nf, np.int64)
+    nc = 0
+    for i in range(nf):
+        if i == 0 or key[order[i]] != key[order[i - 1]]:
+            nc += 1
+        cls_of[order[i]] = nc - 1
+    level = np.empty(nc, np.int64)
+    n = np.zeros(nc)
+    nfl = np.zeros(nc, np.int64)
+    cpath = np.empty(nc, np.int64)
+    for i in range(nf):
+        c = cls_of[i]
+        s = fl[i]
+        level[c] = f_level[s]
+        cpath[c] = f_pid[s]
+        n[c] += f_w[s]
+        nfl[c] += 1
+    ptr = np.zeros(nc + 1, np.int64)
+    for c in range(nc):
+        ptr[c + 1] = ptr[c] + p_len[cpath[c]]
+    idx = np.empty(ptr[nc], np.int64)
+    for c in range(nc):
+        p = cpath[c]
+        for q in range(p_len[p]):
+            idx[ptr[c] + q] = lloc[p_links[p, q]]
+    lcap = np.empty(nl)
+    for i in range(nl):
+        lcap[i] = cap[links[i]]
+        lmark[links[i]] = False
+    rate, resid, bott = waterfill(lcap, level, n, ptr, idx, nfl)
+    # changed flows: settle at the old rate, then the new rate
+    out = np.empty(nf, np.int64)
+    no = 0
+    for i in range(nf):
+        s = fl[i]
+        c = cls_of[i]
+        new = rate[c] * f_w[s]
+        old = f_rate[s]
+        f_bneck[s] = links[bott[c]] if bott[c] >= 0 else -1
+        if new != old:
+            dt = t - f_t0[s]
+            if dt > 0 and old > 0:
+                b = old * dt
+                if b > f_rem[s]:
+                    b = f_rem[s]
+                f_rem[s] -= b
+                lvbytes[f_level[s]] += b
+                p = f_pid[s]
+                for q in range(p_len[p]):
+                    lbytes[p_links[p, q]] += b
+            f_t0[s] = t
+            f_rate[s] = new
+            out[no] = s
+            no += 1
+    lk = np.empty(nl, np.int64)
+    agg = np.empty(nl)
+    for i in range(nl):
+        lk[i] = links[i]
+        agg[i] = lcap[i] - resid[i]
+    return out[:no], lk, agg
+
+
+if numba is not None:
+    recompute_arrays = numba.njit(cache=True, nogil=True)(_recompute)
+else:  # pragma: no cover
+    recompute_arrays = None
