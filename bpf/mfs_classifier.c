@@ -477,7 +477,7 @@ int mfs_egress(struct __sk_buff *skb)
 	}
 #endif
 	e = flows.lookup(&key);
-	st = flow_state.lookup(&key);
+	st = e ? flow_state.lookup(&key) : 0; /* the miss path does one lookup */
 	if (e) {
 		if (st && st->gen == e->gen && (st->flags & MFS_S_ACKED) &&
 		    (tflags & (TCP_SYN_ | TCP_ACK_)) == TCP_SYN_) {
@@ -516,8 +516,6 @@ int mfs_egress(struct __sk_buff *skb)
 	} else {
 		reason = MFS_STAT_MISS;
 	}
-	if (st && !e)
-		count(MFS_STAT_ORPHAN, skb->len);
 	goto out;
 
 trust:
