@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mfs_tc import bpfsys  # noqa: E402
 from mfs_tc.controller import Controller, PinnedMaps  # noqa: E402
-from mfs_tc.layout import PIN_ROOT, pin_dir  # noqa: E402
+from mfs_tc.layout import ENTRY_SIZE, PIN_ROOT, pin_dir  # noqa: E402
 
 TARGETS = {"single_per_s": 100_000, "batched_per_s": 500_000, "import_ms": 100.0}
 
@@ -130,7 +130,7 @@ def main() -> int:
             record(best, best_cpu, "at_layer", m, t0)
             req.done()
             # raw syscall ceilings
-            key, val = b"\1" * 40, b"\0" * 136
+            key, val = b"\1" * 40, b"\0" * ENTRY_SIZE
             t0 = stamp()
             for _ in range(m):
                 maps.flows.update(key, val)
