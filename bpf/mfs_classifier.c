@@ -264,11 +264,46 @@ static __always_inline void state_restart(struct mfs_flow_entry *e, struct mfs_f
 	st->gen = e->gen;
 }
 
-/* Rewrite DSCP, keeping ECN. l3off: offset of the IP header; v4: IPv4 (else IPv6). The byte is
- * stored first, then the IPv4 header checksum is fixed for it. */
+/* Rewrite DSCP, keeping ECN. l3off: offset of the IP header; v4: IPv4 (else IPv6). Where the
+ * header is in the linear part of the skb it is written in place (direct packet access: no
+ * helper calls) with the IPv4 header checksum updated incrementally (RFC 1624: HC' = ~(~HC + ~m
+ * + m')); else through the helpers: the byte stored first, then the checksum fixed for it. */
 static __always_inline int set_dscp(struct __sk_buff *skb, __u32 l3off, int v4, __u8 b0,
 				    __u8 b1, __u8 dscp)
 {
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	if (l3off > 22)
+		goto slow;
+	__u8 *p = data + l3off;
+	if (v4) {
+		__u8 tos = (dscp << 2) | (b1 & 0x3);
+		if (tos == b1)
+			return 0;
+		if ((void *)(p + 12) > data_end)
+			goto slow;
+		__u32 hc = ((__u32)p[10] << 8) | p[11];
+		__u32 m = ((__u32)b0 << 8) | b1, m2 = ((__u32)b0 << 8) | tos;
+		__u32 sum = (~hc & 0xffff) + (~m & 0xffff) + m2;
+		sum = (sum & 0xffff) + (sum >> 16);
+		sum = (sum & 0xffff) + (sum >> 16);
+		hc = ~sum & 0xffff;
+		p[1] = tos;
+		p[10] = hc >> 8;
+		p[11] = hc & 0xff;
+		return 1;
+	} else {
+		__u8 tc = ((b0 & 0x0f) << 4) | (b1 >> 4);
+		__u8 ntc = (dscp << 2) | (tc & 0x3);
+		if (ntc == tc)
+			return 0;
+		if ((void *)(p + 2) > data_end)
+			goto slow;
+		p[0] = (b0 & 0xf0) | (ntc >> 4);
+		p[1] = ((ntc & 0x0f) << 4) | (b1 & 0x0f);
+		return 1;
+	}
+slow:
 	if (v4) {
 		__u8 tos = (dscp << 2) | (b1 & 0x3);
 		if (tos == b1)
@@ -480,7 +515,7 @@ int mfs_egress(struct __sk_buff *skb)
 	}
 #endif
 	e = flows.lookup(&key);
-	st = flow_state.lookup(&key);
+	st = e ? flow_state.lookup(&key) : 0; /* the miss path does one lookup */
 	if (e) {
 		if (st && st->gen == e->gen && (st->flags & MFS_S_ACKED) &&
 		    (tflags & (TCP_SYN_ | TCP_ACK_)) == TCP_SYN_) {
@@ -519,8 +554,6 @@ int mfs_egress(struct __sk_buff *skb)
 	} else {
 		reason = MFS_STAT_MISS;
 	}
-	if (st && !e)
-		count(MFS_STAT_ORPHAN, skb->len);
 	goto out;
 
 trust:

@@ -24,8 +24,8 @@
  *                         controller, and a replaced element is freed only after an RCU grace
  *                         period, so no program reads a recycled one); `flow_state` is an LRU
  *                         that only the kernel inserts into (a state lost under pressure
- *                         restarts at sent_base). A packet of a flow whose entry is gone while
- *                         its state lives is counted as `orphan` and gets the default level.
+ *                         restarts at sent_base). A packet of a flow whose entry is gone gets
+ *                         the default level (its control packets the control level).
  *
  * Level evaluation (one threshold table per flow, PIAS-style, tunable at run time):
  *   metric = f(mode, entry, now, sent, request cursor)     (saturating: see mfs_classifier.c)
@@ -86,7 +86,7 @@
 #define MFS_STAT_DSCP_SET   15  /* DSCP rewritten                                               */
 #define MFS_STAT_SK_HIT     16  /* flow entry found in socket storage                           */
 #define MFS_STAT_CONTROL    17  /* unknown flow, pure control packet (control level)            */
-#define MFS_STAT_ORPHAN     18  /* unknown flow whose kernel state lives: entry evicted/removed */
+#define MFS_STAT_ORPHAN     18  /* reserved (not counted: it would cost the miss path a lookup)  */
 #define MFS_STAT_STALE      19  /* SYN (no ACK) on an entry whose connection was set up: dropped */
 #define MFS_STAT_BAD_LEVEL  20  /* entry chose a level >= nlevels: default level used           */
 #define MFS_NSTATS          21

@@ -60,7 +60,6 @@ from .layout import (
     R_SCAVENGER,
     STAGE_CODES,
     STAT_NAMES,
-    STAT_ORPHAN,
     STAT_STALE,
     ConfigRecord,
     FlowKey,
@@ -450,9 +449,7 @@ class PinnedMaps:
             "flow_states": len(self.flow_state),
             "eviction": "flows: none (a full map refuses new entries: MapFullError; gc removes "
                         "idle orphans); flow_state: LRU, a state lost under pressure restarts at the "
-                        "decision's sent_base; packets whose entry is gone count as orphan and get "
-                        "the default level",
-            "orphan_packets": counters[STAT_ORPHAN][0],
+                        "decision's sent_base; packets whose entry is gone get the default level",
             "stale_packets": counters[STAT_STALE][0],
             "socket_storage": self.sk_flows is not None,
         }

@@ -81,7 +81,7 @@ STAT_NAMES = {
     STAT_DSCP_SET: "dscp_set",
     STAT_SK_HIT: "sk_hit",
     STAT_CONTROL: "control",
-    STAT_ORPHAN: "orphan",
+    STAT_ORPHAN: "reserved",
     STAT_STALE: "stale",
     STAT_BAD_LEVEL: "bad_level",
 }

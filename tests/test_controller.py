@@ -687,3 +687,26 @@ def test_cli_policy_show(capsys):
     assert code == 0 and "policy: sjf" in out and "levels: 4" in out
     code, out, err = run_cli(["policy", "show", "--policy", "nope"], capsys)
     assert code == 1 and "unknown policy 'nope'" in err
+
+
+@pytest.mark.privileged
+def test_wall_clock_deadlines_converted_once_per_host(ctl):
+    """A deadline from another host's request metadata (UNIX time) becomes this host's
+    CLOCK_MONOTONIC deadline at registration; the conversion error is the clocks' offset."""
+    from mfs_tc.controller import wall_to_monotonic_ns
+
+    w, m = time.time_ns(), time.monotonic_ns()
+    assert abs(wall_to_monotonic_ns(w) - m) < 2_000_000
+    req = ctl.request("wall-1", deadline_wall=time.time() + 2.0)
+    assert abs(req.deadline_ns - (time.monotonic_ns() + 2_000_000_000)) < 20_000_000
+    assert req.read_record().deadline_ns == req.deadline_ns
+    req2 = ctl.request("wall-2", slo_s=0.5, arrival_wall=time.time() - 0.1)
+    assert abs(req2.deadline_ns - (time.monotonic_ns() + 400_000_000)) < 20_000_000
+    with pytest.raises(ValueError, match="clock"):
+        ctl.request("wall-3", deadline_wall=time.time() - 1.0)
+    with pytest.raises(ValueError, match="not both"):
+        ctl.request("wall-4", slo_s=1.0, deadline_wall=time.time() + 1)
+    with pytest.raises(ValueError, match="slo_s or deadline_wall"):
+        ctl.request("wall-5")
+    req.done()
+    req2.done()

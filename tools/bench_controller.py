@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mfs_tc import bpfsys  # noqa: E402
 from mfs_tc.controller import Controller, PinnedMaps  # noqa: E402
-from mfs_tc.layout import PIN_ROOT, pin_dir  # noqa: E402
+from mfs_tc.layout import ENTRY_SIZE, PIN_ROOT, pin_dir  # noqa: E402
 
 TARGETS = {"single_per_s": 100_000, "batched_per_s": 500_000, "import_ms": 100.0}
 
@@ -71,6 +71,45 @@ def record(best: dict, best_cpu: dict, key: str, n: int, t0: tuple[float, float]
     wall, cpu = time.perf_counter() - t0[0], time.process_time() - t0[1]
     best[key] = max(best[key], rate(n, wall))
     best_cpu[key] = max(best_cpu.get(key, 0.0), rate(n, cpu))
+
+
+def socket_storage_rate(policy: str, n: int, repeat: int) -> dict | None:
+    """Registrations/s of sockets into their own storage (`add_flow(sock)`: one map write keyed
+    by the fd), policy asked for every flow. Needs the compiled classifier (bcc): the
+    socket-storage maps come with its BTF. None where bcc or the kernel lacks it."""
+    import resource
+    import socket
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    try:
+        from datapath_support import LoadedClassifier
+    except ImportError:
+        return None
+    from mfs_tc.controller import resolve_policy
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 256)), hard))
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+    best = best_cpu = 0.0
+    try:
+        with LoadedClassifier() as clf, PinnedMaps.open_dir(clf.pin) as maps:
+            if maps.sk_flows is None:
+                return None
+            ctl = Controller(maps, resolve_policy(policy, 8), entry_cache_ns=0)
+            for r in range(repeat):
+                req = ctl.request(f"bench-sk-{r}", slo_s=5.0, remaining_bytes=1 << 30)
+                add = req.stage("kv_fetch", bytes=1 << 30, layer=8).add_flow
+                t0 = stamp()
+                for i, sk in enumerate(socks):
+                    add(sk, bytes=65536, target_layer=i & 31)
+                wall, cpu = time.perf_counter() - t0[0], time.process_time() - t0[1]
+                best, best_cpu = max(best, rate(n, wall)), max(best_cpu, rate(n, cpu))
+                req.done()
+    finally:
+        for sk in socks:
+            sk.close()
+    return {"socket_registrations_per_s": round(best), "socket_registrations_cpu_per_s": round(best_cpu),
+            "sockets": n}
 
 
 def main() -> int:
@@ -130,7 +169,7 @@ def main() -> int:
             record(best, best_cpu, "at_layer", m, t0)
             req.done()
             # raw syscall ceilings
-            key, val = b"\1" * 40, b"\0" * 136
+            key, val = b"\1" * 40, b"\0" * ENTRY_SIZE
             t0 = stamp()
             for _ in range(m):
                 maps.flows.update(key, val)
@@ -146,6 +185,8 @@ def main() -> int:
             maps.flows.delete_batch([i.to_bytes(40, "little") for i in range(args.batch)])
         ctl.close()
         ctl_nc.close()
+        sk = socket_storage_rate(args.policy, min(n, 5000), args.repeat)
+        res["socket_storage_uncached"] = sk if sk is not None else "unavailable (no bcc or no socket storage)"
         imp, imp_all = import_ms(args.import_runs)
         res.update(
             {

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from mfs_tc import bpfsys, layout  # noqa: E402
 from mfs_tc.entry import FlowEntry  # noqa: E402
-from mfs_tc.layout import FlowKey  # noqa: E402
+from mfs_tc.layout import FlowKey, FlowState  # noqa: E402
 from mfs_tc.loader import AttachOptions, attach, detach  # noqa: E402
 from nettools import VethPair  # noqa: E402
 
@@ -78,9 +78,9 @@ def main() -> int:
             _with_classifier(net)
             try:
                 runs["with"].append(_iperf(net, args.seconds))
-                with bpfsys.BpfMap.open(layout.pin_dir(net.dev_a, net.a) / "flows") as m:
+                with bpfsys.BpfMap.open(layout.pin_dir(net.dev_a, net.a) / "flow_state") as m:
                     raw = m.lookup(FlowKey(net.ip_a, net.ip_b, CPORT, PORT).pack())
-                    hits += FlowEntry.unpack(raw).sent_pkts if raw else 0
+                    hits += FlowState.unpack(raw).sent_pkts if raw else 0  # the kernel's counts
             finally:
                 detach(net.dev_a, net.a)
     med = {k: statistics.median(v) for k, v in runs.items()}

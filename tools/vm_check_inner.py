@@ -127,7 +127,9 @@ def step_verifier() -> dict:
         for p in pin.iterdir():
             p.unlink()
         pin.rmdir()
-    return {"compile_load_s": round(secs, 2), "maps_pinned": pinned}
+    # the socket-storage variant loaded (else compile_classifier fell back to the 5-tuple one)
+    return {"compile_load_s": round(secs, 2), "maps_pinned": pinned,
+            "socket_storage": set(layout.SK_MAP_NAMES) <= set(pinned)}
 
 
 # ---- step (b): attach -------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def status(iface: Annotated[Optional[str], typer.Argument(help="Interface (defau
         pr = s["pressure"]
         typer.echo(
             f"5-tuple map: {pr['flows']}/{pr['flows_max']} entries ({100 * (pr['flows_fill'] or 0):.1f}%), "
-            f"{pr['flow_states']} kernel states; orphan packets {pr['orphan_packets']}, stale {pr['stale_packets']}; "
+            f"{pr['flow_states']} kernel states; stale {pr['stale_packets']}; "
             f"socket storage {'on' if pr['socket_storage'] else 'off (kernel lacks it)'}"
         )
         for p in s["problems"]:
