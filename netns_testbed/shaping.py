@@ -33,7 +33,7 @@ def shape(ns: str, dev: str, rate_bps: float, *, levels: int = 8, trust_dscp: bo
     # default level 0: what no flow entry names is the reverse direction's ACKs and handshakes;
     # they must not starve behind bulk data of the other direction
     attach(AttachOptions(ifname=dev, netns=ns, levels=levels, qdisc="htb", rate_bps=int(rate_bps),
-                         dscp=None, default_level=0, trust_dscp=trust_dscp))
+                         dscp=None, trust_dscp=trust_dscp))
 
 
 def shape_plain(ns: str, dev: str, rate_bps: float) -> None:

@@ -82,7 +82,9 @@ def test_every_policy_every_k(name, k):
     json.dumps(d)
     assert d["policy"] == name and d["levels"] == k and d["scavenger_level"] == k - 1
     assert [row["level"] for row in d["layout"]] == list(range(k))
-    assert any("unknown traffic" in w for w in d["layout"][0]["carries"])
+    assert any("unknown flows" in w for w in d["layout"][0]["carries"])
+    assert any("payload of unknown flows" in w for w in d["layout"][max(k - 2, 0)]["carries"])
+    assert d["default_level"] == k - 2
     for r, st, fl in scenario():
         e = pol.entry(r, st, fl, T0)
         assert FlowEntry.unpack(e.pack()).levels == e.levels  # the kernel can hold it

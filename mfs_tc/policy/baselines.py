@@ -62,7 +62,7 @@ def _header(policy: Policy) -> dict:
     return {
         "policy": policy.name,
         "levels": c.nlevels,
-        "default_level": 0,
+        "default_level": c.nlevels - 2,  # the datapath's default for unknown payload
         "scavenger_level": c.scavenger_level,
         "ref_rate_bps": c.ref_rate_bps,
     }

@@ -100,7 +100,7 @@ class MfsLaxityPolicy(Policy):
         return {
             "policy": self.name,
             "levels": c.nlevels,
-            "default_level": 0,
+            "default_level": c.nlevels - 2,  # the datapath's default for unknown payload
             "scavenger_level": c.scavenger_level,
             "ref_rate_bps": c.ref_rate_bps,
             "ref_ns_per_byte": self.ps / 1000,

@@ -4,8 +4,9 @@ A `LevelTable` is what one flow entry's threshold table holds, in the kernel's u
 metric m, level = levels[number of thresholds <= m]. Policies build tables from their
 configuration (in human units), then stamp them into a `FlowEntry` with `make_entry`.
 
-The reference layout is written for K = 8 levels: 0 most urgent (also where unknown traffic goes:
-the datapath's default level), 1..6 ever less urgent, 7 the scavenger. `squeeze` maps a level of
+The reference layout is written for K = 8 levels: 0 most urgent (also where the datapath sends
+unknown flows' control packets), 1..6 ever less urgent (6 = K-2 also carries unknown flows'
+payload, the datapath's default level), 7 the scavenger. `squeeze` maps a level of
 that layout onto fewer levels (K = 2..7), keeping 0 at 0 and never reaching the scavenger.
 """
 
@@ -183,7 +184,9 @@ def make_entry(
 def layout(nlevels: int, rows: Sequence[tuple[int, str]], *, scavenger: str) -> list[dict]:
     """The level layout of a policy: for each level, what traffic it carries."""
     table: list[list[str]] = [[] for _ in range(nlevels)]
-    table[0].append("unknown traffic (TCP ACKs of reverse flows, control): the default level")
+    table[0].append("control packets of unknown flows (SYN, FIN, RST, pure ACKs of reverse "
+                    "flows): the datapath's control level")
+    table[max(nlevels - 2, 0)].append("payload of unknown flows: the datapath's default level")
     for lv, what in rows:
         table[min(lv, nlevels - 1)].append(what)
     table[nlevels - 1].append(scavenger)

@@ -21,13 +21,13 @@
 - Every entry has F_MONOTONIC: a live flow's level only ever rises.
 
 Reference layout (K = 8, default thresholds):
-  0  RLI 0 (GPU blocked now), p2d MLU >= 0.9, unknown traffic
+  0  RLI 0 (GPU blocked now), p2d MLU >= 0.9, control packets of unknown flows
   1  RLI 1, p2d 0.6 <= MLU < 0.9
   2  RLI 2, p2d 0.4 <= MLU < 0.6
   3  p2d 0.25 <= MLU < 0.4
   4  RLI 3, p2d 0.1 <= MLU < 0.25
   5  RLI 4..7, p2d MLU < 0.1 (deferred)
-  6  RLI >= 8 (far layers)
+  6  RLI >= 8 (far layers), payload of unknown flows (the datapath's default level)
   7  scavenger
 (a loose-RED batch's RLI rows move one level down, capped at 6). Fewer levels squeeze this
 layout proportionally (levels.squeeze).
@@ -199,7 +199,7 @@ class MfsPolicy(Policy):
         return {
             "policy": self.name,
             "levels": c.nlevels,
-            "default_level": 0,
+            "default_level": c.nlevels - 2,  # the datapath's default for unknown payload
             "scavenger_level": c.scavenger_level,
             "ref_rate_bps": c.ref_rate_bps,
             "ref_ns_per_byte": self.ps / 1000,
