@@ -173,7 +173,7 @@ class _Resource:
             slack = np.where(self.d[None, :] >= a, cum - (self.d[None, :] - a), -np.inf)
             k = np.argmax(slack, axis=1)
             v = slack[np.arange(len(k)), k]
-            for ai, ki, vi in zip(a[:, 0], k, v):
+            for ai, ki, vi in zip(a[:, 0], k, v, strict=False):
                 if vi > 1e-9 * max(1.0, self.d[ki] - ai):
                     cuts.append((vi, float(ai), float(self.d[ki])))
         cuts.sort(reverse=True)

@@ -19,9 +19,9 @@ import errno as E
 import os
 import platform
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from .errors import KernelFeatureError, MapFullError, MfsError, NotAttachedError, PermissionDeniedError
 
@@ -343,7 +343,7 @@ class BpfMap:
 
     # -- lifecycle
     @classmethod
-    def open(cls, path: str | Path, name: str | None = None, flags: int = 0) -> "BpfMap":
+    def open(cls, path: str | Path, name: str | None = None, flags: int = 0) -> BpfMap:
         fd = obj_get(path, flags)
         try:
             return cls(fd, name or Path(path).name)
@@ -354,7 +354,7 @@ class BpfMap:
     @classmethod
     def create(
         cls, map_type: int, key_size: int, value_size: int, max_entries: int, name: str = "", flags: int = 0
-    ) -> "BpfMap":
+    ) -> BpfMap:
         fd = map_create(map_type, key_size, value_size, max_entries, name, flags)
         return cls(fd, name or "map")
 
@@ -367,7 +367,7 @@ class BpfMap:
             self.fd = -1
             self._tls = threading.local()  # drop scratch attrs naming the old fd
 
-    def __enter__(self) -> "BpfMap":
+    def __enter__(self) -> BpfMap:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -384,7 +384,7 @@ class BpfMap:
         if len(key) != self.key_size:
             raise ValueError(f"{self.name}: key of {len(key)} bytes, the map wants {self.key_size}")
 
-    def _scratch(self) -> "_Scratch":
+    def _scratch(self) -> _Scratch:
         """This thread's preallocated attr + key/value buffers (no allocation per call)."""
         try:
             return self._tls.s
@@ -512,7 +512,6 @@ class BpfMap:
         """Like update_batch with keys and values already concatenated."""
         done = 0
         if self._batch_supported(BPF_MAP_UPDATE_BATCH):
-            cnt = ctypes.c_uint32(count)
             kb, vb = ctypes.c_char_p(keys), ctypes.c_char_p(values)
             attr = _BatchAttr(
                 None, None, ctypes.cast(kb, ctypes.c_void_p), ctypes.cast(vb, ctypes.c_void_p), count, self.fd, flags, 0

@@ -36,9 +36,10 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import Any, Union
 
 from . import bpfsys
 from .bpfsys import BpfMap
@@ -53,26 +54,26 @@ from .layout import (
     LEVEL_NONE,
     MAP_NAMES,
     MAP_SHAPES,
-    SK_MAP_NAMES,
     MAX_LEVELS,
     NSTATS,
     PIN_ROOT,
     R_SCAVENGER,
+    SK_MAP_NAMES,
     STAGE_CODES,
     STAT_NAMES,
     STAT_STALE,
     ConfigRecord,
     FlowKey,
     FlowState,
-    Owner,
-    pidns_inode,
-    proc_start_ticks,
     LevelRecord,
+    Owner,
     RequestRecord,
     dscp_mask,
     dscp_to_level_table,
     pack_key,
+    pidns_inode,
     pin_dir,
+    proc_start_ticks,
 )
 from .model import Batch, Flow, Request, Stage, check_stage
 from .policy.base import Policy
@@ -265,7 +266,7 @@ class PinnedMaps:
 
     # -- open / create
     @classmethod
-    def open(cls, ifname: str, netns: str | None = None, root: Path | str | None = None) -> "PinnedMaps":
+    def open(cls, ifname: str, netns: str | None = None, root: Path | str | None = None) -> PinnedMaps:
         """`root` None: the pin root visible from this mount namespace (pinpath.pin_root)."""
         if root is None:
             from .pinpath import pin_root
@@ -274,7 +275,7 @@ class PinnedMaps:
         return cls.open_dir(pin_dir(ifname, netns, Path(root)), what=_describe(ifname, netns))
 
     @classmethod
-    def open_dir(cls, path: Path | str, what: str | None = None) -> "PinnedMaps":
+    def open_dir(cls, path: Path | str, what: str | None = None) -> PinnedMaps:
         path = Path(path)
         what = what or str(path)
         try:
@@ -285,7 +286,8 @@ class PinnedMaps:
                 f"(e.g. `chgrp -R <group> {PIN_ROOT} && chmod -R g+rwX {PIN_ROOT}`)"
             ) from None
         if not present:
-            raise NotAttachedError(f"mfs-tc is not attached to {what} ({path} is missing): run `mfs-tc attach {_attach_arg(what)}`")
+            raise NotAttachedError(f"mfs-tc is not attached to {what} ({path} is missing): "
+                                   f"run `mfs-tc attach {_attach_arg(what)}`")
         maps: dict[str, BpfMap] = {}
         try:
             for name in MAP_NAMES:
@@ -322,7 +324,7 @@ class PinnedMaps:
         requests_max: int | None = None,
         control_level: int = 0,
         keep_dscp: Iterable[int] = (),
-    ) -> "PinnedMaps":
+    ) -> PinnedMaps:
         """Create the maps of MAP_NAMES shaped per layout.MAP_SHAPES (not the socket-storage
         ones: they need BTF, which only the compiled program brings), pin them in `path` (made
         if missing, under a mounted bpffs) and write config and levels. For tests, benchmarks
@@ -376,7 +378,7 @@ class PinnedMaps:
             if m is not None:
                 m.close()
 
-    def __enter__(self) -> "PinnedMaps":
+    def __enter__(self) -> PinnedMaps:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -601,8 +603,8 @@ class FlowHandle:
 
     def __init__(
         self,
-        owner: "_Owner",
-        stage: "StageHandle",
+        owner: _Owner,
+        stage: StageHandle,
         key: bytes,
         flow: Flow,
         entry: FlowEntry | None = None,
@@ -690,7 +692,7 @@ class FlowHandle:
 class StageHandle:
     """A stage of a request (or batch): registers its flows."""
 
-    def __init__(self, owner: "_Owner", stage: Stage) -> None:
+    def __init__(self, owner: _Owner, stage: Stage) -> None:
         self.owner = owner
         self.stage = stage
         self.flows: list[FlowHandle] = []
@@ -779,7 +781,7 @@ class StageHandle:
         else:
             bl = _per_flow(bytes, n, "bytes")
             tll = _per_flow(tl, n, "target_layer")
-            flows = [Flow(_nonneg(b, "flow bytes"), _nonneg(t, "target layer"), None, s) for b, t in zip(bl, tll)]
+            flows = [Flow(_nonneg(b, "flow bytes"), _nonneg(t, "target layer"), None, s) for b, t in zip(bl, tll, strict=False)]
         owner = self.owner
         with ctl._lock:
             owner._check_live()
@@ -790,11 +792,11 @@ class StageHandle:
                 v, e = owner._entry_for(self, flows[0], now)
                 v = v[:_GEN_OFF] + g + v[_GEN_OFF + 4 :]
                 f0 = flows[0]
-                handles = [FlowHandle(owner, self, k, f0, e, gen, sk) for k, sk in zip(keys, socks)]
+                handles = [FlowHandle(owner, self, k, f0, e, gen, sk) for k, sk in zip(keys, socks, strict=False)]
                 vals = [v] * n
             else:
                 handles, vals = [], []
-                for k, f, sk in zip(keys, flows, socks):
+                for k, f, sk in zip(keys, flows, socks, strict=False):
                     v, e = owner._entry_for(self, f, now)
                     handles.append(FlowHandle(owner, self, k, f, e, gen, sk))
                     vals.append(v[:_GEN_OFF] + g + v[_GEN_OFF + 4 :])
@@ -825,7 +827,7 @@ def _per_flow(v: Any, n: int, what: str) -> list:
 class _Owner:
     """What requests and batches share: a map record (cursor, scavenger flag) and flows."""
 
-    def __init__(self, ctl: "Controller", key: int, model: Request, deadline_ns: int) -> None:
+    def __init__(self, ctl: Controller, key: int, model: Request, deadline_ns: int) -> None:
         self.ctl = ctl
         self.id = key
         self.model = model
@@ -1031,7 +1033,7 @@ class BatchHandle(_Owner):
     sees the members' deadlines (RED), the entries point at the batch's own record, whose cursor
     `at_layer` moves (with the members'). The batch is scavenged only when every member is."""
 
-    def __init__(self, ctl: "Controller", key: int, members: list[RequestHandle]) -> None:
+    def __init__(self, ctl: Controller, key: int, members: list[RequestHandle]) -> None:
         deadlines = sorted(m.model.deadline_ns for m in members)
         tight = min(members, key=lambda m: m.model.deadline_ns).model
         model = Request(
@@ -1117,7 +1119,7 @@ class Controller:
         pin_path: Path | str | None = None,
         entry_cache_ns: int = 1_000_000,
         **config: Any,
-    ) -> "Controller":
+    ) -> Controller:
         """Open the maps mfs-tc pinned for `ifname` (in `netns`) and build the policy
         (`make_policy(policy, **config)`; nlevels defaults to the attached level count)."""
         maps = PinnedMaps.open_dir(pin_path) if pin_path is not None else PinnedMaps.open(ifname, netns, root)
@@ -1138,7 +1140,7 @@ class Controller:
                 o.done()
             self.maps.close()
 
-    def __enter__(self) -> "Controller":
+    def __enter__(self) -> Controller:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -1242,7 +1244,7 @@ class Controller:
     def _write_entries(self, handles: list[FlowHandle], vals: list[bytes]) -> None:
         """Write decisions: 5-tuple ones in one batch, socket ones keyed by their fd."""
         tk, tv = [], []
-        for fh, v in zip(handles, vals):
+        for fh, v in zip(handles, vals, strict=False):
             if fh.sock is not None:
                 self.maps.sk_flows.update(fh.key[2:], v)  # type: ignore[union-attr]
             else:
@@ -1261,7 +1263,7 @@ class Controller:
         fh.owner.flows[k] = fh
 
     def _claim_many(self, handles: list[FlowHandle], keys: list[bytes]) -> None:
-        new = dict(zip(keys, handles))
+        new = dict(zip(keys, handles, strict=False))
         if len(new) != len(handles) or not self._owner_of.keys().isdisjoint(new):
             for fh in handles:  # some connections change hands (or repeat): one by one
                 self._claim(fh)

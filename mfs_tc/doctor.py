@@ -59,7 +59,8 @@ def run_checks() -> list[Check]:
                         else "no socket storage: every flow uses the 5-tuple map (slower, LRU-evicted)",
                         "a kernel >= 5.2 with CONFIG_BPF_SYSCALL and CONFIG_INET", required=False))
     if root:
-        checks.append(Check("cls_bpf", syms["cls_bpf_classify"], "cls_bpf classifier in the kernel" if syms["cls_bpf_classify"] else "cls_bpf not found",
+        have_cls = syms["cls_bpf_classify"]
+        checks.append(Check("cls_bpf", have_cls, "cls_bpf classifier in the kernel" if have_cls else "cls_bpf not found",
                             "a kernel with CONFIG_NET_CLS_BPF"))
         stale = cleanup_stale_probes()
         if stale:
@@ -78,7 +79,8 @@ def run_checks() -> list[Check]:
         checks.append(Check("tcx", has_tcx, "tcx egress (BPF link): attach uses it (--hook auto)" if has_tcx
                             else "no tcx: attach uses clsact + cls_bpf", "Linux 6.6+ for tcx (clsact works without it)",
                             required=False))
-        fix = {"ets": "CONFIG_NET_SCH_ETS (else HTB is used)", "mqprio": "CONFIG_NET_SCH_MQPRIO and a NIC with DCB offload (else HTB is used)",
+        fix = {"ets": "CONFIG_NET_SCH_ETS (else HTB is used)",
+               "mqprio": "CONFIG_NET_SCH_MQPRIO and a NIC with DCB offload (else HTB is used)",
                "htb": "CONFIG_NET_SCH_HTB"}
         for k in ("ets", "mqprio", "htb"):
             checks.append(Check(f"qdisc {k}", kinds[k], "available" if kinds[k] else "not in this kernel",

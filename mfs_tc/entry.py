@@ -85,7 +85,7 @@ class FlowEntry:
             raise ValueError("a static entry has no thresholds")
 
     @classmethod
-    def static(cls, level: int, **kw: int) -> "FlowEntry":
+    def static(cls, level: int, **kw: int) -> FlowEntry:
         return cls(mode=MODE_STATIC, levels=[level], **kw)
 
     @property
@@ -120,7 +120,7 @@ class FlowEntry:
         )
 
     @classmethod
-    def unpack(cls, raw: bytes) -> "FlowEntry":
+    def unpack(cls, raw: bytes) -> FlowEntry:
         v = struct.unpack(ENTRY_FMT, raw)
         mode, flags, n, _rsvd = v[0:4]
         lv = list(v[4:12])
@@ -202,7 +202,7 @@ def check_table(mode: int, thresholds, levels) -> None:
         raise ValueError(f"{len(thresholds)} thresholds need {len(thresholds) + 1} levels, got {len(levels)}")
     if any(not 0 <= lv < MAX_LEVELS for lv in levels):
         raise ValueError(f"levels must be in 0..{MAX_LEVELS - 1}: {list(levels)}")
-    if any(a > b for a, b in zip(thresholds, thresholds[1:])):
+    if any(a > b for a, b in zip(thresholds, thresholds[1:], strict=False)):
         raise ValueError(f"thresholds must ascend: {list(thresholds)}")
     if any(not _S64_MIN <= t <= _S64_MAX for t in thresholds):
         raise ValueError("threshold out of signed 64-bit range")

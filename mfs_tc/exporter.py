@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from prometheus_client import start_http_server, write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -69,8 +69,10 @@ class MfsCollector(Collector):
 
         labels = ["interface", "netns"]
         lvl_p = CounterMetricFamily("mfs_tc_level_packets", "Packets the classifier gave each level.", labels=labels + ["level"])
-        lvl_b = CounterMetricFamily("mfs_tc_level_bytes", "Bytes the classifier gave each level.", labels=labels + ["level"], unit="bytes")
-        events = {name: CounterMetricFamily(f"mfs_tc_{name}_packets", f"Packets counted as {name} by the classifier.", labels=labels)
+        lvl_b = CounterMetricFamily("mfs_tc_level_bytes", "Bytes the classifier gave each level.",
+                                    labels=labels + ["level"], unit="bytes")
+        events = {name: CounterMetricFamily(f"mfs_tc_{name}_packets",
+                                            f"Packets counted as {name} by the classifier.", labels=labels)
                   for name in STAT_NAMES.values()}
         flows = GaugeMetricFamily("mfs_tc_flows", "Live flow entries.", labels=labels)
         stages = GaugeMetricFamily("mfs_tc_stage_flows", "Live flow entries per stage.", labels=labels + ["stage"])

@@ -204,15 +204,15 @@ class FlowKey:
         return pack_key(self.saddr, self.daddr, self.sport, self.dport, self.proto)
 
     @classmethod
-    def unpack(cls, raw: bytes) -> "FlowKey":
+    def unpack(cls, raw: bytes) -> FlowKey:
         s, d, sp, dp, pr = struct.unpack(KEY_FMT, raw)
         return cls(_addr_str(s), _addr_str(d), sp, dp, pr)
 
-    def reversed(self) -> "FlowKey":
+    def reversed(self) -> FlowKey:
         return FlowKey(self.daddr, self.saddr, self.dport, self.sport, self.proto)
 
     @classmethod
-    def from_socket(cls, sock: socket.socket) -> "FlowKey":
+    def from_socket(cls, sock: socket.socket) -> FlowKey:
         """The egress 5-tuple of a connected socket (local -> peer)."""
         if sock.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
             raise ValueError("only TCP and UDP sockets")
@@ -251,7 +251,7 @@ class Owner:
     pidns: int = 0
 
     @classmethod
-    def of(cls, pid: int | None = None) -> "Owner":
+    def of(cls, pid: int | None = None) -> Owner:
         pid = os.getpid() if pid is None else pid
         return cls(pid, proc_start_ticks(pid) or 0, pidns_inode(pid) or 0)
 
@@ -296,7 +296,7 @@ class RequestRecord:
         return Owner(self.owner_pid, self.owner_start, self.owner_pidns)
 
     @classmethod
-    def unpack(cls, raw: bytes) -> "RequestRecord":
+    def unpack(cls, raw: bytes) -> RequestRecord:
         return cls(*struct.unpack(REQUEST_FMT, raw))
 
     @property
@@ -313,7 +313,7 @@ class LevelRecord:
         return struct.pack(LEVEL_FMT, self.priority, self.dscp)
 
     @classmethod
-    def unpack(cls, raw: bytes) -> "LevelRecord":
+    def unpack(cls, raw: bytes) -> LevelRecord:
         return cls(*struct.unpack(LEVEL_FMT, raw))
 
 
@@ -350,7 +350,7 @@ class ConfigRecord:
         )
 
     @classmethod
-    def unpack(cls, raw: bytes) -> "ConfigRecord":
+    def unpack(cls, raw: bytes) -> ConfigRecord:
         magic, version, n, dl, sl, fl, cl, _rsvd, keep, table = struct.unpack(CONFIG_FMT, raw)
         return cls(n, dl, sl, fl, table, cl, keep, magic, version)
 
@@ -380,7 +380,7 @@ class FlowState:
         return struct.pack(STATE_FMT, self.gen, self.cur_level, self.sent_bytes, self.sent_pkts, self.flags)
 
     @classmethod
-    def unpack(cls, raw: bytes) -> "FlowState":
+    def unpack(cls, raw: bytes) -> FlowState:
         return cls(*struct.unpack(STATE_FMT, raw))
 
 

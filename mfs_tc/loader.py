@@ -19,11 +19,9 @@ from pathlib import Path
 
 from . import bpfsys, tcx
 from .backends import BACKENDS, HANDLE, MIN_LEAF_RATE_BPS, Backend, min_htb_rate_bps, probe_qdisc_kinds
-from .errors import InterfaceError, KernelFeatureError, LayoutMismatchError, MfsError, PermissionDeniedError
-from .ifacelock import interface_lock
-from .pinpath import HOST_BPFFS, RUN_BPFFS
-from .pinroot import secure_pin_dir
 from .controller import PinnedMaps, write_config
+from .errors import KernelFeatureError, LayoutMismatchError, MfsError, PermissionDeniedError
+from .ifacelock import interface_lock
 from .layout import (
     C_TRUST_DSCP,
     DEFAULT_DSCP,
@@ -34,7 +32,19 @@ from .layout import (
     netns_label,
     pin_dir,
 )
-from .netlink import check_ifname, check_netns, check_netns_name, ifindex, iproute, is_root, link_speed_bps, run, tc_json
+from .netlink import (
+    check_ifname,
+    check_netns,
+    check_netns_name,
+    ifindex,
+    iproute,
+    is_root,
+    link_speed_bps,
+    run,
+    tc_json,
+)
+from .pinpath import HOST_BPFFS, RUN_BPFFS
+from .pinroot import secure_pin_dir
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 STATE_ROOT = Path("/run/mfs-tc")
@@ -529,11 +539,12 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
             except MfsError:
                 if opts.qdisc != "auto" or backend.name == "htb":
                     raise
-                fallback = Backend("htb", opts.levels, opts.rate_bps or link_speed_bps(opts.ifname, opts.netns), opts.default_level)
+                rate = opts.rate_bps or link_speed_bps(opts.ifname, opts.netns)
+                fallback = Backend("htb", opts.levels, rate, opts.default_level)
                 if not fallback.rate_bps:
                     raise MfsError(
                         f"{backend.name} could not be set up on {opts.ifname} and the HTB fallback needs --rate"
-                    )
+                    ) from None
                 backend = fallback
                 _write_config(pin, opts, backend)
                 for cmd in backend.commands(opts.ifname):

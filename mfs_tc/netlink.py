@@ -7,9 +7,9 @@ import json
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from pyroute2 import IPRoute
 from pyroute2.netns import popns, pushns

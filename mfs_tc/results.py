@@ -224,7 +224,7 @@ def _crossing(pts: list[list], target: float) -> float | None:
     pts = [(x, a) for x, a in pts if a is not None]
     if not pts or pts[0][1] < target:
         return None
-    for (x0, a0), (x1, a1) in zip(pts, pts[1:]):
+    for (x0, a0), (x1, a1) in zip(pts, pts[1:], strict=False):
         if a1 < target <= a0:
             return x0 + (x1 - x0) * (a0 - target) / (a0 - a1)
     return pts[-1][0]
@@ -326,8 +326,8 @@ def render_plots(out_dir: Path, summary: dict, runs: list[dict]) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     names = [a["policy"] for a in pts]
     means = [a["attainment"] or 0.0 for a in pts]
-    lo = [m - (a["attainment_min"] or 0.0) for m, a in zip(means, pts)]
-    hi = [(a["attainment_max"] or 0.0) - m for m, a in zip(means, pts)]
+    lo = [m - (a["attainment_min"] or 0.0) for m, a in zip(means, pts, strict=False)]
+    hi = [(a["attainment_max"] or 0.0) - m for m, a in zip(means, pts, strict=False)]
     ax.bar(names, means, yerr=[lo, hi], capsize=4, color=[color[n] for n in names])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("TTFT SLO attainment")

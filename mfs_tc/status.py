@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from . import tcx
 from .backends import HANDLE
 from .controller import PinnedMaps
-from .errors import NotAttachedError
+from .errors import MfsError, NotAttachedError
 from .layout import MAP_NAMES, SK_MAP_NAMES, pin_dir
-from . import tcx
-from .errors import MfsError
 from .loader import _link_name, _our_filter, _root_qdisc, load_state
 
 

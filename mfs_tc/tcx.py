@@ -16,9 +16,9 @@ from __future__ import annotations
 import ctypes
 import errno as E
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from . import bpfsys
 from .errors import KernelFeatureError, MfsError, PermissionDeniedError

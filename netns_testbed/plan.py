@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from mfs_tc.model import STAGES
 from mfs_tc.workload import BatchPlan, LayerPlan
 from mfs_tc.workload import Transfer as WTransfer
-
-from mfs_tc.model import STAGES
 
 
 @dataclass(frozen=True, slots=True)

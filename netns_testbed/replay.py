@@ -114,7 +114,7 @@ class Replay:
             policy=self.sched.policy,
             requests=[self.results[r.request_id] for r in self.sc.requests],
             ccts_s=list(self.ccts),
-            level_bytes=[a - b for a, b in zip(after, before)],
+            level_bytes=[a - b for a, b in zip(after, before, strict=False)],
             bytes_intended=self.intended,
             bytes_delivered=self.delivered,
             flows=self.flows,
@@ -188,8 +188,8 @@ class Replay:
             for t in kv_threads[g]:
                 t.join()
             est, whole = self._estimates(plan, g, rate)
-            self._safe(lambda: self.sched.update_estimates(bid, est, whole))
-            self._safe(lambda: self.sched.at_layer(bid, g))
+            self._safe(lambda: self.sched.update_estimates(bid, est, whole))  # noqa: B023 (called at once)
+            self._safe(lambda: self.sched.at_layer(bid, g))  # noqa: B023 (called at once)
             if lj.compute_s > 0:
                 time.sleep(lj.compute_s)
             if lj.collective:

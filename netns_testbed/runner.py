@@ -18,7 +18,7 @@ from typing import TextIO
 
 from mfs_tc import results
 from mfs_tc.errors import MfsError
-from mfs_tc.results import summarize_run, table, write_results
+from mfs_tc.results import summarize_run, write_results
 from mfs_tc.workload.comparison import DEFAULT_POLICIES, ComparisonConfig
 
 from .plan import Scenario

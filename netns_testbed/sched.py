@@ -155,7 +155,7 @@ class ControllerScheduler(Scheduler):
                          batch_estimate: tuple[int, float] | None = None) -> None:
         with self._lock:
             self._est.update(estimates)
-            for (host, rid), r in list(self._reqs.items()):
+            for (_host, rid), r in list(self._reqs.items()):
                 if rid in estimates:
                     b, c = estimates[rid]
                     r.update_estimate(remaining_bytes=b, remaining_compute_s=c)  # type: ignore[attr-defined]
@@ -166,14 +166,14 @@ class ControllerScheduler(Scheduler):
             else:
                 tot = sum(b for b, _ in estimates.values())
                 comp = max((c for _, c in estimates.values()), default=0.0)
-            for (host, bid), b in list(self._batches.items()):
+            for (_host, bid), b in list(self._batches.items()):
                 if bid == batch_id:
                     b.update_estimate(remaining_bytes=tot, remaining_compute_s=comp)  # type: ignore[attr-defined]
 
     def at_layer(self, batch_id: int, layer: int) -> None:
         with self._lock:
             rids = self._members.get(batch_id, [])
-            for (host, bid), b in list(self._batches.items()):
+            for (_host, bid), b in list(self._batches.items()):
                 if bid == batch_id:
                     b.at_layer(layer)  # type: ignore[attr-defined]
             # members registered on hosts where the batch itself has no flows yet (p2d senders)

@@ -81,7 +81,7 @@ class TopologyConfig:
         return self.prefill_groups * self.group_size
 
     @classmethod
-    def from_cluster(cls, cluster: object, **kw: object) -> "TopologyConfig":
+    def from_cluster(cls, cluster: object, **kw: object) -> TopologyConfig:
         """From a mfs_tc.workload ClusterShape (host counts and link rate)."""
         return cls(kv_hosts=cluster.kv_hosts, prefill_groups=cluster.prefill_groups,  # type: ignore[attr-defined]
                    group_size=cluster.group_size, decode_hosts=cluster.decode_hosts,  # type: ignore[attr-defined]
@@ -135,7 +135,7 @@ class Topology:
         return out
 
     # ---- life cycle ---------------------------------------------------------------------------
-    def up(self) -> "Topology":
+    def up(self) -> Topology:
         if os.geteuid() != 0:
             from mfs_tc.errors import PermissionDeniedError
 
@@ -187,7 +187,7 @@ class Topology:
             remove_pins(ns)
         self.created = False
 
-    def __enter__(self) -> "Topology":
+    def __enter__(self) -> Topology:
         return self.up()
 
     def __exit__(self, *exc: object) -> None:

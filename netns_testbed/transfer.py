@@ -43,7 +43,7 @@ class Sink:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _closed: bool = False
 
-    def start(self) -> "Sink":
+    def start(self) -> Sink:
         def make() -> socket.socket:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -94,7 +94,7 @@ def read_stats(pin: Path) -> list[tuple[int, int]]:
 
 
 def stats_delta(before: list[tuple[int, int]], after: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    return [(a[0] - b[0], a[1] - b[1]) for a, b in zip(after, before)]
+    return [(a[0] - b[0], a[1] - b[1]) for a, b in zip(after, before, strict=False)]
 
 
 def unique_pin() -> Path:
@@ -117,7 +117,7 @@ class LoadedClassifier:
     bpf: object = None
     fd: int = -1
 
-    def __enter__(self) -> "LoadedClassifier":
+    def __enter__(self) -> LoadedClassifier:
         from mfs_tc.loader import compile_classifier  # noqa: PLC0415
 
         bpfsys.ensure_bpffs()
@@ -280,7 +280,7 @@ def assert_only_dscp_changed(raw: bytes, out: bytes, want_dscp: int | None) -> N
         ip_in, ip_out = pin[IP], pout[IP]
         off = len(raw) - len(ip_in)
         assert ip_out.tos >> 2 == want_dscp and ip_out.tos & 3 == ip_in.tos & 3
-        changed = {i for i, (a, b) in enumerate(zip(raw, out)) if a != b}
+        changed = {i for i, (a, b) in enumerate(zip(raw, out, strict=False)) if a != b}
         assert changed <= {off + 1, off + 10, off + 11}, changed
         hdr = bytearray(out[off : off + ip_out.ihl * 4])
         hdr[10:12] = b"\0\0"
@@ -292,7 +292,7 @@ def assert_only_dscp_changed(raw: bytes, out: bytes, want_dscp: int | None) -> N
         ip_in, ip_out = pin[IPv6], pout[IPv6]
         off = len(raw) - len(ip_in)
         assert ip_out.tc >> 2 == want_dscp and ip_out.tc & 3 == ip_in.tc & 3
-        changed = {i for i, (a, b) in enumerate(zip(raw, out)) if a != b}
+        changed = {i for i, (a, b) in enumerate(zip(raw, out, strict=False)) if a != b}
         assert changed <= {off, off + 1}, changed
 
 
@@ -333,7 +333,7 @@ class Capture:
     outgoing: bool = False
     sock: socket.socket | None = None
 
-    def __enter__(self) -> "Capture":
+    def __enter__(self) -> Capture:
         self.sock = packet_socket(self.netns, self.dev, receive=True)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)

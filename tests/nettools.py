@@ -37,7 +37,7 @@ class VethPair:
         self.a = self.a or f"mfst-a{self.tag}"
         self.b = self.b or f"mfst-b{self.tag}"
 
-    def up(self) -> "VethPair":
+    def up(self) -> VethPair:
         """Make both namespaces and the veth; a step that fails removes what the others made
         (a fixture that fails during setup leaves no namespace behind)."""
         try:
@@ -46,7 +46,7 @@ class VethPair:
             self.down()
             raise
 
-    def _up(self) -> "VethPair":
+    def _up(self) -> VethPair:
         sh("ip", "netns", "add", self.a)
         sh("ip", "netns", "add", self.b)
         sh("ip", "link", "add", self.dev_a, "type", "veth", "peer", "name", self.dev_b, ns=self.a)
@@ -62,7 +62,7 @@ class VethPair:
         for ns in (self.a, self.b):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
-    def __enter__(self) -> "VethPair":
+    def __enter__(self) -> VethPair:
         return self.up()
 
     def __exit__(self, *exc) -> None:

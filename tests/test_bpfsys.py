@@ -9,12 +9,11 @@ import sys
 import textwrap
 
 import pytest
+from controller_helpers import SCRATCH, remove_root, scratch_root
 
 from mfs_tc import bpfsys
 from mfs_tc.bpfsys import BpfMap
 from mfs_tc.errors import MapFullError, NotAttachedError, PermissionDeniedError
-
-from controller_helpers import SCRATCH, remove_root, scratch_root
 
 
 def test_possible_cpus_parses_ranges(tmp_path):

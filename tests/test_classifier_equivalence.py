@@ -13,17 +13,16 @@ import random
 import time
 
 import pytest
+from datapath_support import LoadedClassifier
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from datapath_support import LoadedClassifier
 from mfs_tc import layout
 from mfs_tc.entry import FlowEntry, mlu_fixed, ps_per_byte
-from mfs_tc.layout import MLU_CAP
-from mfs_tc.layout import FlowKey, FlowState, RequestRecord
+from mfs_tc.layout import MLU_CAP, FlowKey, FlowState, RequestRecord
 
 pytestmark = pytest.mark.privileged
 

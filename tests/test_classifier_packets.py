@@ -11,11 +11,6 @@
 from __future__ import annotations
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP, IPOption_NOP, IPOption_RR
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting
-from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
-from scapy.packet import Raw
-
 from datapath_support import (
     PRIO_BASE,
     TESTRUN_REFUSES,
@@ -25,6 +20,11 @@ from datapath_support import (
     stats_delta,
     untouched_slots,
 )
+from scapy.layers.inet import IP, TCP, UDP, IPOption_NOP, IPOption_RR
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting
+from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
+from scapy.packet import Raw
+
 from mfs_tc import layout
 from mfs_tc.entry import FlowEntry
 from mfs_tc.layout import FlowKey
@@ -94,13 +94,13 @@ def test_flow_found_and_dscp_rewritten(clf: LoadedClassifier, name: str) -> None
         fixed = ip_out.copy()
         del fixed.chksum
         assert IP(bytes(fixed)).chksum == ip_out.chksum
-        changed = [i for i, (a, b) in enumerate(zip(raw, r.data)) if a != b]
+        changed = [i for i, (a, b) in enumerate(zip(raw, r.data, strict=False)) if a != b]
         off = len(raw) - len(ip_in)  # where the IP header starts
         assert set(changed) <= {off + 1, off + 10, off + 11}  # TOS and header checksum only
     else:
         assert ip_out.tc >> 2 == want_dscp and ip_out.tc & 3 == ip_in.tc & 3
         off = len(raw) - len(ip_in)
-        changed = [i for i, (a, b) in enumerate(zip(raw, r.data)) if a != b]
+        changed = [i for i, (a, b) in enumerate(zip(raw, r.data, strict=False)) if a != b]
         assert set(changed) <= {off, off + 1}  # version/traffic class/flow label word only
         assert ip_out.fl == ip_in.fl and ip_out.version == 6
     # L4 checksums untouched and still valid (DSCP is outside every pseudo-header)

@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+from controller_helpers import TinyPolicy, remove_root, scratch_root
 
 from mfs_tc import bpfsys
 from mfs_tc.controller import (
+    STAGE_ORPHAN,
     BatchHandle,
     Controller,
-    STAGE_ORPHAN,
     PinnedMaps,
     gc,
     owner_alive,
@@ -42,8 +43,6 @@ from mfs_tc.layout import (
     RequestRecord,
     pin_dir,
 )
-
-from controller_helpers import TinyPolicy, remove_root, scratch_root
 
 TESTS = Path(__file__).parent
 IF = "veth0"

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from datapath_support import packet_socket
+from nettools import VethPair
+
 from mfs_tc.entry import FlowEntry
 from mfs_tc.loader import AttachOptions, attach, detach
-from nettools import VethPair
 
 pytestmark = pytest.mark.privileged
 
@@ -148,7 +148,7 @@ class Sniffer:
         while not self.stop.is_set():
             try:
                 frame, addr = self.sock.recvfrom(65535)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             t = time.monotonic_ns()
             if addr[2] == socket.PACKET_OUTGOING:

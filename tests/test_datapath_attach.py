@@ -11,17 +11,16 @@ import sys
 from pathlib import Path
 
 import pytest
-
+from datapath_support import packet_socket
+from nettools import VethPair, sh
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 
-from datapath_support import packet_socket
 from mfs_tc import bpfsys, layout, tcx
 from mfs_tc.entry import FlowEntry
 from mfs_tc.errors import MfsError
 from mfs_tc.layout import FlowKey
 from mfs_tc.loader import AttachOptions, attach, detach, load_state, state_path
-from nettools import VethPair, sh
 
 pytestmark = pytest.mark.privileged
 

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+from nettools import VethPair
 
 from mfs_tc import bpfsys, layout
 from mfs_tc.entry import FlowEntry
 from mfs_tc.layout import FlowKey
 from mfs_tc.loader import AttachOptions, attach, detach
 from mfs_tc.netlink import socket_in
-from nettools import VethPair
 
 pytestmark = pytest.mark.privileged
 

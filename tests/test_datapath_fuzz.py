@@ -16,13 +16,13 @@ import struct
 from collections import Counter
 
 import pytest
-
 from datapath_support import Capture, packet_socket, read_stats, stats_delta
+from nettools import VethPair, sh
+
 from mfs_tc import bpfsys, layout
 from mfs_tc.entry import FlowEntry
 from mfs_tc.layout import FlowKey
 from mfs_tc.loader import AttachOptions, attach, detach
-from nettools import VethPair, sh
 
 pytestmark = pytest.mark.privileged
 

@@ -16,15 +16,15 @@ import struct
 import time
 
 import pytest
+from datapath_support import Capture
+from nettools import VethPair
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from datapath_support import Capture
 from mfs_tc import bpfsys, layout
 from mfs_tc.entry import FlowEntry, mlu_fixed, ps_per_byte
 from mfs_tc.layout import FlowKey, FlowState, RequestRecord
 from mfs_tc.loader import AttachOptions, attach, detach
-from nettools import VethPair
 
 pytestmark = pytest.mark.privileged
 
@@ -118,7 +118,7 @@ def test_mlu_and_laxity_promote_on_time_without_a_controller(net: VethPair) -> N
             seq += 1
             time.sleep(0.01)
         frames = cap.frames(2 * seq, timeout=2.0, match=lambda fr: UDP in Ether(fr))
-    for f, name in zip(flows, ("mlu", "laxity")):
+    for f, name in zip(flows, ("mlu", "laxity"), strict=False):
         seen = _levels_on_wire(frames, f.sport)
         assert len(seen) >= 0.95 * len(f.sends), f"{name}: {len(seen)} of {len(f.sends)} captured"
         cross = _crossing(f.entry, now, now + 1000 * MS, f.sent // 2)

@@ -18,15 +18,15 @@ import threading
 import time
 
 import pytest
+from datapath_support import PRIO_BASE, Capture, LoadedClassifier, prog_test_run
+from nettools import VethPair
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from datapath_support import PRIO_BASE, Capture, LoadedClassifier, prog_test_run
 from mfs_tc import layout
 from mfs_tc.controller import Controller, PinnedMaps, resolve_policy
 from mfs_tc.loader import AttachOptions, attach, detach
-from nettools import VethPair
 
 pytestmark = pytest.mark.privileged
 

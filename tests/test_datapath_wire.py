@@ -13,10 +13,6 @@ from __future__ import annotations
 import socket
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import Ether
-
 from datapath_support import (
     Capture,
     assert_only_dscp_changed,
@@ -26,12 +22,16 @@ from datapath_support import (
     stats_delta,
     untouched_slots,
 )
+from nettools import VethPair, sh
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+
 from mfs_tc import bpfsys, layout
 from mfs_tc.entry import FlowEntry
 from mfs_tc.layout import FlowKey
 from mfs_tc.loader import AttachOptions, attach, detach
 from mfs_tc.netlink import socket_in
-from nettools import VethPair, sh
 
 pytestmark = pytest.mark.privileged
 

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from nettools import VethPair
 from prometheus_client.parser import text_string_to_metric_families
 
 from mfs_tc.controller import PinnedMaps, set_static
@@ -19,7 +20,6 @@ from mfs_tc.errors import MfsError
 from mfs_tc.exporter import parse_listen
 from mfs_tc.loader import AttachOptions, attach, detach
 from mfs_tc.netlink import socket_in
-from nettools import VethPair
 
 MFS = [str(Path(sys.executable).parent / "mfs-tc")]
 PAYLOAD = 200

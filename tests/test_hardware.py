@@ -7,9 +7,8 @@ import csv
 
 import pytest
 
-from mfs_tc.workload import WorkloadConfig, cluster_preset, generate, model_preset
+from mfs_tc.workload import WorkloadConfig, cluster_preset, generate, model_preset, vidur
 from mfs_tc.workload import hardware as hw
-from mfs_tc.workload import vidur
 
 HAVE_VIDUR = (vidur.default_vidur_dir() / "profiling").is_dir()
 needs_vidur = pytest.mark.skipif(not HAVE_VIDUR, reason="../shared/vidur not present")
@@ -64,7 +63,7 @@ def test_model_names_and_tp_errors():
 
 @needs_vidur
 def test_profile_shapes_match_the_csvs():
-    for (gpu, name), sub in vidur.PROFILES.items():
+    for (_gpu, name), sub in vidur.PROFILES.items():
         path = vidur.default_vidur_dir() / "profiling" / "compute" / sub / "mlp.csv"
         with path.open() as fh:
             row = next(csv.DictReader(fh))

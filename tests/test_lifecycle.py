@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from asuser import mfs_as
+from nettools import VethPair, sh
 
 from mfs_tc import layout, tcx
 from mfs_tc.errors import MfsError
 from mfs_tc.ifacelock import BusyError, interface_lock
 from mfs_tc.loader import AttachOptions, attach, detach, load_state, lock_path, state_path
-from asuser import mfs_as
-from nettools import VethPair, sh
 
 MFS = [str(Path(sys.executable).parent / "mfs-tc")]
 

@@ -13,10 +13,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from nettools import VethPair
 
 from mfs_tc.loader import AttachOptions, attach, default_dscp, detach
 from mfs_tc.netlink import socket_in
-from nettools import VethPair
 
 pytestmark = pytest.mark.privileged
 
@@ -35,7 +35,7 @@ with Controller.open(dev, netns=ns) as ctl:
     for _ in range(%d):
         s.sendto(b"m" * 64, (dst, int(dport)))
 print("sent")
-""" % (LEVEL, COUNT)
+""" % (LEVEL, COUNT)  # noqa: UP031 (the script has its own braces)
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_no_visible_bpffs_is_a_clear_error(net: VethPair) -> None:
     script = (
         "umount /sys/fs/bpf\n"
         "umount /run/mfs-tc/bpffs 2>/dev/null || true\n"
-        f'exec "$@"\n'
+        'exec "$@"\n'
     )
     p = subprocess.run(["unshare", "--mount", "sh", "-ec", script, "sh", *MFS, "flows", net.dev_a, "-n", net.a],
                        capture_output=True, text=True, timeout=60)

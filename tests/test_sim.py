@@ -290,7 +290,9 @@ def test_net_util_leaf_spine_and_aggregated_groups() -> None:
 
     w = generate(WorkloadConfig(kind="poisson", load=12.0, num_requests=40, model="dense-70b",
                                 cluster="c256", byte_scale=1.0))
-    pol = lambda: make_sim_policy("fair", nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={})
+    def pol():
+        return make_sim_policy("fair", nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={})
+
     a, b = simulate(w, pol(), aggregate_groups=False), simulate(w, pol(), aggregate_groups=True)
     assert {"leaf_up", "leaf_down"} <= set(a.net_util)
     assert a.net_util["prefill_up"]["links"] == b.net_util["prefill_up"]["links"] == 24 * 8

@@ -72,11 +72,10 @@ def test_ranking_rule_flags_only_gaps_beyond_the_spread() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not default_trace_path().is_file(), reason="Mooncake trace not present")
 def test_sim_attainment_within_tolerance_of_testbed(tmp_path: Path) -> None:
-    from netns_testbed.runner import RunConfig
-    from netns_testbed.runner import run as testbed_run
-
     from mfs_tc.sim.runner import SimRunConfig
     from mfs_tc.sim.runner import run as sim_run
+    from netns_testbed.runner import RunConfig
+    from netns_testbed.runner import run as testbed_run
 
     common = dict(policies=POLICIES, num_requests=REQUESTS, loads=LOADS, seeds=SEEDS)
     tb = testbed_run(RunConfig(**common, prefix="mfsx", pause_s=0.5), tmp_path / "testbed",

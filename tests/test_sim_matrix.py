@@ -83,9 +83,8 @@ def test_policy_colour_does_not_depend_on_order() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from mfs_tc.results import policy_color
-
     from mfs_tc.policy.registry import POLICY_NAMES
+    from mfs_tc.results import policy_color
 
     colours = [policy_color(p) for p in POLICY_NAMES]
     assert len(set(colours)) == len(colours)  # every policy its own colour

@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from nettools import VethPair, sh
 
 from mfs_tc import layout, tcx
 from mfs_tc.controller import PinnedMaps, set_static
 from mfs_tc.errors import MfsError
 from mfs_tc.loader import AttachOptions, attach, default_dscp, detach
 from mfs_tc.netlink import socket_in
-from nettools import VethPair, sh
 
 pytestmark = pytest.mark.privileged
 
@@ -37,7 +37,8 @@ def net():
 
 def _class_packets(net: VethPair, classid: str) -> int:
     """Packets sent by an HTB class (`tc -s class show` has no JSON for classes)."""
-    m = re.search(rf"class htb {classid} .*?\n\s*Sent \d+ bytes (\d+) pkt", sh("tc", "-s", "class", "show", "dev", net.dev_a, ns=net.a))
+    shown = sh("tc", "-s", "class", "show", "dev", net.dev_a, ns=net.a)
+    m = re.search(rf"class htb {classid} .*?\n\s*Sent \d+ bytes (\d+) pkt", shown)
     assert m, f"no class {classid}"
     return int(m.group(1))
 
@@ -82,7 +83,8 @@ def test_a_link_never_pinned_dies_with_its_process(net: VethPair) -> None:
         "b = BPF(text=b'int k(struct __sk_buff *s) { return -1; }')\nfn = b.load_func(b'k', BPF.SCHED_CLS)\n"
         "with iproute(sys.argv[1]) as ipr: idx = ipr.link_lookup(ifname=sys.argv[2])[0]\n"
         "with tcx._in_netns(sys.argv[1]):\n"
-        "    fd = bpfsys.bpf(tcx.BPF_LINK_CREATE, tcx._LinkCreateAttr(prog_fd=fn.fd, target_ifindex=idx, attach_type=tcx.BPF_TCX_EGRESS))\n"
+        "    attr = tcx._LinkCreateAttr(prog_fd=fn.fd, target_ifindex=idx, attach_type=tcx.BPF_TCX_EGRESS)\n"
+        "    fd = bpfsys.bpf(tcx.BPF_LINK_CREATE, attr)\n"
         "assert fd >= 0, fd\nprint(idx, flush=True)\ntime.sleep(60)\n"
     )
     p = subprocess.Popen([sys.executable, "-c", code, net.a, net.dev_a], stdout=subprocess.PIPE, text=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from mfs_tc.workload import trace_window
 from netns_testbed.plan import BatchJob, LayerJob, RequestJob, Scenario, Transfer
 from netns_testbed.replay import Replay
-from mfs_tc.workload import trace_window
 from netns_testbed.runner import RunConfig
 
 
@@ -65,7 +65,6 @@ def test_scenario_checks_ids_and_sorts_arrivals():
 
 def test_workload_adapter_plans_the_workloads_batches():
     from mfs_tc.workload import WorkloadConfig, generate, plan_batch
-
     from netns_testbed.workload_adapter import scenario_from_workload
 
     wl = generate(WorkloadConfig(num_requests=12, load=4.0))

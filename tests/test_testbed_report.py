@@ -7,7 +7,14 @@ import json
 import pytest
 
 from mfs_tc.results import (
-    CSV_FIELDS, SCHEMA, aggregate, load_results, percentile, summarize_run, sweep, table,
+    CSV_FIELDS,
+    SCHEMA,
+    aggregate,
+    load_results,
+    percentile,
+    summarize_run,
+    sweep,
+    table,
     write_results,
 )
 

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from datapath_support import LoadedClassifier, prog_test_run  # noqa: E402
+
 from mfs_tc import layout  # noqa: E402
 from mfs_tc.entry import FlowEntry, mlu_fixed, ps_per_byte  # noqa: E402
 from mfs_tc.layout import FlowKey, RequestRecord  # noqa: E402
@@ -91,9 +92,10 @@ def wire_paths(clf, empty_fd: int, n: int, rounds: int) -> dict:
     program's on the same traffic."""
     import socket
 
+    from nettools import VethPair, sh
+
     from mfs_tc.loader import EGRESS_PARENT, ETH_P_ALL, FILTER_PREF
     from mfs_tc.netlink import ifindex, iproute, socket_in
-    from nettools import VethPair, sh
 
     old = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
     Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1")

@@ -27,11 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from nettools import VethPair  # noqa: E402
+
 from mfs_tc import bpfsys, layout  # noqa: E402
 from mfs_tc.entry import FlowEntry  # noqa: E402
 from mfs_tc.layout import FlowKey, FlowState  # noqa: E402
 from mfs_tc.loader import AttachOptions, attach, detach  # noqa: E402
-from nettools import VethPair  # noqa: E402
 
 TARGET_LOSS = 0.03
 CPORT, PORT = 45001, 5201

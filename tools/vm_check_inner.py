@@ -29,9 +29,10 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -238,7 +239,7 @@ def _status(net: Net) -> dict:
 def step_classify(net: Net, levels: int, secs: float) -> dict:
     from mfs_tc.backends import Backend
 
-    flows = dict(zip(flow_levels(levels), PORTS))  # level: (sport, dport)
+    flows = dict(zip(flow_levels(levels), PORTS, strict=False))  # level: (sport, dport)
     pin = layout.pin_dir(net.dev_a, net.a)
     with bpfsys.BpfMap.open(pin / "flows") as m:
         for lv, (sport, dport) in flows.items():

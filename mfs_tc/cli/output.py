@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out=None) -> None:
@@ -13,7 +14,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out=None) -> No
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
 
     def line(vals: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(vals, widths)).rstrip()
+        return "  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(vals, widths, strict=False)).rstrip()
 
     print(line(list(headers)), file=out)
     print("  ".join("-" * w for w in widths), file=out)

@@ -59,8 +59,8 @@ def run_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
 ) -> None:
     """Simulate every policy on the same workload; print a table, write results under --out."""
-    from ..units import parse_rate
     from ..sim.runner import SimRunConfig, run
+    from ..units import parse_rate
 
     try:
         cfg = SimRunConfig(

@@ -147,8 +147,8 @@ def contention_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results directory (none: do not write)")] = None,
 ) -> None:
     """The purpose-built case: a tight and a loose request's p2d on one bottleneck link."""
-    from netns_testbed.runner import Progress, RunConfig, live_topology, run_scenarios
     from mfs_tc.results import table
+    from netns_testbed.runner import Progress, RunConfig, live_topology, run_scenarios
     from netns_testbed.scenarios import contention_scenario, contention_topology
 
     rbps = _rate(rate)

@@ -64,7 +64,7 @@ class Workload:
             raise ValueError("workload decode_ns must not be negative")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Workload":
+    def from_dict(cls, d: Mapping[str, Any]) -> Workload:
         keys = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - keys)
         if unknown:

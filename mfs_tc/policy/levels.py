@@ -49,17 +49,17 @@ class LevelTable:
 
     def __post_init__(self) -> None:
         check_table(self.mode, self.thresholds, self.levels)
-        if any(a >= b for a, b in zip(self.thresholds, self.thresholds[1:])):
+        if any(a >= b for a, b in zip(self.thresholds, self.thresholds[1:], strict=False)):
             raise ValueError(f"thresholds must strictly ascend: {list(self.thresholds)}")
 
     def level_for(self, metric: int) -> int:
         return self.levels[sum(1 for t in self.thresholds if metric >= t)]
 
-    def shifted(self, by: int, cap: int) -> "LevelTable":
+    def shifted(self, by: int, cap: int) -> LevelTable:
         """The same table with every level `by` steps less urgent, capped at `cap`."""
         return LevelTable(self.mode, self.thresholds, tuple(min(lv + by, max(cap, lv)) for lv in self.levels))
 
-    def squeezed(self, nlevels: int) -> "LevelTable":
+    def squeezed(self, nlevels: int) -> LevelTable:
         return LevelTable(self.mode, self.thresholds, tuple(squeeze(lv, nlevels) for lv in self.levels))
 
     def check(self, nlevels: int, what: str) -> None:
@@ -139,7 +139,7 @@ def int_levels(value: Sequence[int] | None, key: str) -> tuple[int, ...] | None:
 def ascending(values: Sequence[float], key: str, *, positive: bool = False) -> None:
     if len(values) > MAX_THRESH:
         raise ValueError(f"{key}: at most {MAX_THRESH} thresholds (K <= 8 levels), got {len(values)}")
-    if any(a >= b for a, b in zip(values, values[1:])):
+    if any(a >= b for a, b in zip(values, values[1:], strict=False)):
         raise ValueError(f"{key} must strictly ascend, got {list(values)}")
     if positive and any(v <= 0 for v in values):
         raise ValueError(f"{key} must be positive, got {list(values)}")

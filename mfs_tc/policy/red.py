@@ -18,7 +18,7 @@ def red_split(deadlines_ns: Sequence[int]) -> tuple[list[int], list[int]]:
     if not deadlines_ns:
         raise ValueError("RED of an empty batch: give at least one deadline")
     d = sorted(int(x) for x in deadlines_ns)
-    gaps = [b - a for a, b in zip(d, d[1:])]
+    gaps = [b - a for a, b in zip(d, d[1:], strict=False)]
     if not gaps or max(gaps) == 0:
         return d, []
     k = gaps.index(max(gaps)) + 1

@@ -23,7 +23,6 @@ Model (what one run computes):
 from __future__ import annotations
 
 import heapq
-import math
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -32,8 +31,8 @@ from ..entry import FlowEntry
 from ..layout import MODE_RLI, MODE_STATIC
 from ..model import Batch, Flow, Request, Stage
 from ..policy.base import Policy
-from ..results import RequestRow
 from ..policy.red import red, red_ranks
+from ..results import RequestRow
 from ..workload import (
     BatchPlan,
     RequestSpec,
@@ -82,7 +81,7 @@ class _FMeta:
     __slots__ = ("stage", "layer", "batch", "rid", "entry", "req", "cur", "dynamic", "due",
                  "stage_bytes", "compute_after_ns")
 
-    def __init__(self, stage: str, layer: int, batch: "_BState", rid: int, entry: FlowEntry,
+    def __init__(self, stage: str, layer: int, batch: _BState, rid: int, entry: FlowEntry,
                  req: Request) -> None:
         self.stage = stage
         self.layer = layer

@@ -59,7 +59,7 @@ class Fabric:
         self._paths: dict[tuple[str, str], tuple[Link, ...]] = {}
 
     @classmethod
-    def for_cluster(cls, cluster: ClusterShape, aggregate_groups: bool = False) -> "Fabric":
+    def for_cluster(cls, cluster: ClusterShape, aggregate_groups: bool = False) -> Fabric:
         if not aggregate_groups:
             return cls(cluster.hosts(), cluster.link_rate_bps, cluster.hosts_per_rack,
                        cluster.oversubscription)

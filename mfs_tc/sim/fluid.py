@@ -203,7 +203,7 @@ class FluidNetwork:
         out = []
         slots = a.slots
         for s, r, rem in zip(changed.tolist(), a.f_rate[changed].tolist(),
-                             a.f_rem[changed].tolist()):
+                             a.f_rem[changed].tolist(), strict=False):
             f = slots[s]
             f.rate = r
             f.rem = rem
@@ -211,7 +211,7 @@ class FluidNetwork:
             out.append(f)
         meters = self.meters
         links = a.links
-        for i, r in zip(lk.tolist(), agg.tolist()):
+        for i, r in zip(lk.tolist(), agg.tolist(), strict=False):
             ln = links[i]
             m = meters.get(ln)
             if m is None:
@@ -234,7 +234,7 @@ class FluidNetwork:
             m.close(t)
         a = self._arr
         if a is not None:
-            for ln, b in zip(a.links, a.lbytes.tolist()):
+            for ln, b in zip(a.links, a.lbytes.tolist(), strict=False):
                 ln.bytes += b
             a.lbytes[:] = 0.0
             for i, b in enumerate(a.lvbytes.tolist()):
@@ -313,7 +313,7 @@ def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, 
             # each class's first link (path order) at this share whose band other flows of
             # its level share: decided before this round's classes take their bytes
             bls = [_tight(c[1], resid, cnt, cur, c[4], len(c[2]), cnt0) for c in todo]
-            for c, bl in zip(todo, bls):
+            for c, bl in zip(todo, bls, strict=False):
                 c[3] = True
                 n = c[4]
                 for f in c[2]:
@@ -361,13 +361,13 @@ def _fill_numba(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[
         np.asarray(ptr, np.int64), np.asarray(idx, np.int64),
         np.fromiter((len(c[2]) for c in cl), np.int64, nc))
     lks = list(lidx)
-    for c, r, b in zip(cl, rate.tolist(), bott.tolist()):
+    for c, r, b in zip(cl, rate.tolist(), bott.tolist(), strict=False):
         c[3] = True
         bl = lks[b] if b >= 0 else None
         for f in c[2]:
             f.rate = r * f.weight
             f.bneck = bl
-    return dict(zip(lks, resid.tolist()))
+    return dict(zip(lks, resid.tolist(), strict=False))
 
 
 ALLOCATORS = {"python": _fill}

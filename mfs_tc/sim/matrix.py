@@ -18,9 +18,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 from ..results import TARGET_ATTAINMENT, aggregate, net_util_headline, policy_color, sweep
 from ..workload.comparison import DEFAULT_POLICIES
@@ -423,7 +424,7 @@ def render_matrix(path: Path, summary: dict) -> Path:
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.6 * nrow), squeeze=False)
     for ax in axes.flat[len(scs):]:
         ax.set_visible(False)
-    for ax, (name, sc) in zip(axes.flat, scs):
+    for ax, (name, sc) in zip(axes.flat, scs, strict=False):
         slo0 = min((a["slo_scale"] for a in sc["policies"]), default=None)
         aggs = [a for a in sc["policies"] if a["slo_scale"] == slo0]
         for pol in summary["policies"]:

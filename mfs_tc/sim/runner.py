@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import TextIO
 
 from .. import results
-from ..results import aggregate, sweep, write_results
 from ..policy.base import Policy
+from ..results import aggregate, sweep, write_results
 from ..workload import ClusterShape, Workload, WorkloadConfig, cluster_preset, generate
-from ..workload.comparison import DEFAULT_POLICIES, ComparisonConfig
+from ..workload.comparison import ComparisonConfig
 from .engine import SimResult, simulate
-
 
 
 def make_sim_policy(name: str, *, nlevels: int, ref_rate_bps: float, config: dict) -> Policy:

@@ -4,9 +4,9 @@ batching and per-batch plans, and adapters to policy inputs. Pure Python, no roo
 testbed (real time) and the flow-level simulator (virtual time) both consume these objects."""
 
 from .adapt import batch_of, request_estimate, to_model_request
-from .estimate import WorkAhead, work_ahead
 from .batching import BatchPlan, LayerPlan, Transfer, form_batch, plan_batch
 from .config import INPUT_DISTS, KINDS, TRACE_KINDS, WorkloadConfig, default_trace_path
+from .estimate import WorkAhead, work_ahead
 from .generate import Workload, block_hash, generate, trace_window, unloaded_ttft_s
 from .shapes import (
     CLUSTER_PRESETS,

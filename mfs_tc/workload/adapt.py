@@ -11,10 +11,10 @@ every member's p2d (`batch_request`).
 
 from __future__ import annotations
 
+from ..model import Batch, Request
 from .batching import BatchPlan
 from .estimate import work_ahead
 from .spec import RequestSpec
-from ..model import Batch, Request
 
 
 def request_estimate(plan: BatchPlan, request_id: int | None, cursor: int,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .shapes import CLUSTER_PRESETS, ClusterShape, ModelShape, cluster_preset, model_preset

@@ -127,7 +127,7 @@ def _spread(raws: list[_Raw], rng: random.Random) -> list[_Raw]:
     times = sorted({r.t for r in raws})
     if len(times) < 2:
         return raws
-    nxt = dict(zip(times, times[1:]))
+    nxt = dict(zip(times, times[1:], strict=False))
     mean_gap = (times[-1] - times[0]) / (len(times) - 1)
     out: list[_Raw] = []
     i = 0

@@ -65,10 +65,10 @@ class ModelShape:
     def compute_s(self, new_tokens: list[int], context_tokens: list[int]) -> float:
         """Wall time of one layer group for a batch (see the module doc)."""
         n = sum(new_tokens)
-        quad = sum(a * b for a, b in zip(new_tokens, context_tokens))
+        quad = sum(a * b for a, b in zip(new_tokens, context_tokens, strict=False))
         return self.compute_a_s + self.compute_b_s_per_token * n + self.compute_c_s_per_token2 * quad
 
-    def scaled(self, byte_scale: float) -> "ModelShape":
+    def scaled(self, byte_scale: float) -> ModelShape:
         """The same model with every byte count multiplied by `byte_scale` (compute unchanged)."""
         if byte_scale <= 0:
             raise ValueError(f"byte_scale must be positive, got {byte_scale}")

@@ -82,7 +82,7 @@ class Points:
 
     @property
     def layer_ms(self) -> tuple[float, ...]:
-        return tuple(a + m for a, m in zip(self.attn_ms, self.mlp_ms))
+        return tuple(a + m for a, m in zip(self.attn_ms, self.mlp_ms, strict=False))
 
 
 def load_points(gpu: str, model: str, tp: int, root: Path | None = None) -> Points:
@@ -99,7 +99,7 @@ def load_points(gpu: str, model: str, tp: int, root: Path | None = None) -> Poin
         for r in csv.DictReader(fh):
             if int(r["num_tensor_parallel_workers"]) != tp:
                 continue
-            med = lambda op: float(r[f"time_stats.{op}.median"])  # noqa: E731
+            med = lambda op: float(r[f"time_stats.{op}.median"])  # noqa: E731, B023 (used at once)
             rows.append((int(r["num_tokens"]), sum(med(o) for o in ATTN_OPS),
                          sum(med(o) for o in MLP_OPS)))
     if not rows:
@@ -112,10 +112,10 @@ def fit_linear(xs: list[int] | tuple[int, ...], ys: list[float] | tuple[float, .
     """`a + b x` minimising the summed squared relative error, a >= 0."""
     w = [1.0 / (y * y) for y in ys]
     sw = sum(w)
-    sx = sum(wi * x for wi, x in zip(w, xs))
-    sxx = sum(wi * x * x for wi, x in zip(w, xs))
-    sy = sum(wi * y for wi, y in zip(w, ys))
-    sxy = sum(wi * x * y for wi, x, y in zip(w, xs, ys))
+    sx = sum(wi * x for wi, x in zip(w, xs, strict=False))
+    sxx = sum(wi * x * x for wi, x in zip(w, xs, strict=False))
+    sy = sum(wi * y for wi, y in zip(w, ys, strict=False))
+    sxy = sum(wi * x * y for wi, x, y in zip(w, xs, ys, strict=False))
     det = sw * sxx - sx * sx
     b = (sw * sxy - sx * sy) / det
     a = (sy - b * sx) / sw
@@ -139,7 +139,7 @@ def fit(points: Points, min_tokens: int = FIT_MIN_TOKENS) -> PartFit:
 def rel_errors(points: Points, pred, min_tokens: int = FIT_MIN_TOKENS) -> tuple[float, float, int]:
     """(max, mean) |pred(N) - measured| / measured of the layer time over N >= min_tokens, and
     the number of points."""
-    errs = [abs(pred(n) - y) / y for n, y in zip(points.tokens, points.layer_ms) if n >= min_tokens]
+    errs = [abs(pred(n) - y) / y for n, y in zip(points.tokens, points.layer_ms, strict=False) if n >= min_tokens]
     return max(errs), sum(errs) / len(errs), len(errs)
 
 
