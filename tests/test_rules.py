@@ -16,7 +16,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from datapath_support import Capture
+from datapath_support import Capture, dscp_of as _dscp, udp_dscp as _udp_dscp
 from mfs_tc import layout
 from mfs_tc.controller import PinnedMaps
 from mfs_tc.layout import RULES_MAX
@@ -71,22 +71,10 @@ def rules(net):
     return ["-n", net.a]
 
 
-def _dscp(frame: bytes) -> int:
-    p = Ether(frame)
-    return p[IP].tos >> 2 if IP in p else p[IPv6].tc >> 2
-
-
 def udp_dscp(net: VethPair, dport: int, v6: bool = False, sport: int = 0, n: int = 3) -> list[int]:
-    """Send `n` UDP datagrams from a to b:dport; the DSCP of each as captured on b."""
-    fam = socket.AF_INET6 if v6 else socket.AF_INET
-    src, dst = (net.ip6_a, net.ip6_b) if v6 else (net.ip_a, net.ip_b)
-    with socket_in(net.a, fam, socket.SOCK_DGRAM) as s, Capture(net.b, net.dev_b) as cap:
-        s.bind((src, sport))
-        for i in range(n):
-            s.sendto(b"r%d" % i * 40, (dst, dport))
-        got = cap.frames(n, match=lambda f: UDP in Ether(f) and Ether(f)[UDP].dport == dport)
+    got = _udp_dscp(net, dport, v6, sport, n)
     assert len(got) == n
-    return [_dscp(f) for f in got]
+    return got
 
 
 def tcp_dscp(net: VethPair, dport: int, sport: int) -> tuple[list[int], list[int]]:
