@@ -16,6 +16,7 @@ interface appears or changes (netlink link events, one socket per network namesp
 from __future__ import annotations
 
 import json
+import os
 import select
 import signal
 import sys
@@ -281,6 +282,11 @@ def watch(load: Callable[[], HostConfig], period: float = 10.0, log=None) -> int
     def on_signal(signo, _frame) -> None:
         stop["flag"] = True
 
+    # the handler only sets the flag; the wakeup pipe makes the select() below return (Python
+    # retries an interrupted select otherwise), so a stop never cuts an attach in half
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     cfg = load()
@@ -301,9 +307,11 @@ def watch(load: Callable[[], HostConfig], period: float = 10.0, log=None) -> int
             live = {ns: s for ns, s in socks.items() if s is not None}
             timeout = max(0.0, next_full - time.monotonic())
             try:
-                ready, _, _ = select.select([s.fileno() for s in live.values()], [], [], timeout)  # type: ignore[attr-defined]
+                ready, _, _ = select.select([wake_r] + [s.fileno() for s in live.values()], [], [], timeout)  # type: ignore[attr-defined]
             except InterruptedError:
                 continue
+            if wake_r in ready:
+                os.read(wake_r, 512)
             if stop["flag"]:
                 break
             touched: set[tuple[str | None, str]] = set()
@@ -338,6 +346,9 @@ def watch(load: Callable[[], HostConfig], period: float = 10.0, log=None) -> int
         for s in socks.values():
             if s is not None:
                 s.close()  # type: ignore[attr-defined]
+        signal.set_wakeup_fd(-1)
+        os.close(wake_r)
+        os.close(wake_w)
     res = detach_all(cfg, cfg.file)
     print_result(res)
     print("mfs-tc apply --watch: stopped, detached", file=log, flush=True)
