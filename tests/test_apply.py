@@ -239,3 +239,26 @@ def test_watch_brings_classifier_and_rules_back(net: VethPair, tmp_path: Path) -
             p.kill()
             p.wait()
     _clean(net)
+
+
+def test_install_systemd_copies_the_unit_without_enabling_it(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_DIR": str(tmp_path / "unit"),
+           "MFS_TC_ETC": str(tmp_path / "etc")}
+    r = subprocess.run([str(root / "tools" / "install.sh"), "--systemd"], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    unit = (tmp_path / "unit" / "mfs-tc.service").read_text()
+    mfs_tc = root / ".venv" / "bin" / "mfs-tc"
+    assert f"ExecStart={mfs_tc} apply --config /etc/mfs-tc/mfs-tc.toml --watch" in unit
+    assert "Type=simple" in unit and "@" not in unit.split("[Unit]", 1)[1]
+    assert not (tmp_path / "unit" / "multi-user.target.wants").exists()  # not enabled
+    example = tmp_path / "etc" / "mfs-tc.toml.example"
+    from mfs_tc.config import load
+
+    cfg = load(example)  # the shipped example is a valid config
+    (ic,) = cfg.interfaces
+    assert ic.opts.ifname == "eth0" and [r.stage for r in ic.rules] == ["kv_fetch", None]
+    bad = subprocess.run([str(root / "tools" / "install.sh"), "--enable"], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert bad.returncode == 2 and "--enable needs --systemd" in bad.stderr

@@ -235,3 +235,17 @@ def test_bad_input_is_a_one_line_error(net: VethPair, rules: list[str], args: li
 def test_del_unknown_id_is_a_one_line_error(net: VethPair, rules: list[str]) -> None:
     one_line_error(mfs("rule", "del", net.dev_a, "42", *rules), "no rule with id 42")
     one_line_error(mfs("rule", "del", net.dev_a, *rules), "needs a rule id or --all")
+
+
+def test_rule_counters_are_exported(net: VethPair, rules: list[str]) -> None:
+    from prometheus_client import generate_latest
+
+    from mfs_tc.exporter import registry
+
+    out = ok("rule", "add", net.dev_a, *rules, "--dport", "7600", "--proto", "udp", "--level", "3")
+    rid = out.split()[1]
+    assert udp_dscp(net, 7600, n=4) == [DSCP[3]] * 4
+    text = generate_latest(registry()).decode()
+    lab = f'interface="{net.dev_a}",level="3",netns="{net.a}",rule="{rid}"'
+    assert f"mfs_tc_rule_matched_packets_total{{{lab}}} 4.0" in text, text
+    assert f'mfs_tc_map_entries{{interface="{net.dev_a}",map="rules",netns="{net.a}"}} 1.0' in text
