@@ -239,6 +239,10 @@ def _interface(fail, i: int, d: dict) -> InterfaceConfig:
         specs.append(spec)
     from .layout import RULES_MAX  # noqa: PLC0415
 
+    if specs and opts.trust_dscp:
+        raise fail(p + ["trust_dscp"], "a trust-dscp port (level from the packet's DSCP) does not look at rules: "
+                                       "remove its rules or trust_dscp")
+
     if len(specs) > RULES_MAX:
         raise fail(p + ["rule", RULES_MAX], f"{len(specs)} rules: an interface holds at most {RULES_MAX}")
     return InterfaceConfig(opts, specs, d.get("access_group"), f"interface[{i}]")

@@ -22,6 +22,7 @@ from typing import Any
 
 from .errors import MapFullError, MfsError
 from .layout import (
+    C_TRUST_DSCP,
     COUNTER_SIZE,
     FAMILY_ANY,
     FAMILY_V4,
@@ -184,6 +185,7 @@ class RuleTable:
         self.rules = maps.rules
         self.stats = maps.rule_stats
         self.nlevels = maps.config.nlevels
+        self.trust_dscp = bool(maps.config.flags & C_TRUST_DSCP)
 
     @staticmethod
     def _k(i: int) -> bytes:
@@ -215,6 +217,7 @@ class RuleTable:
     def add(self, spec: RuleSpec, priority: int | None = None) -> RuleRecord:
         """Insert at 1-based `priority` (None: append); returns the record with its id."""
         rec = spec.record(self.nlevels)
+        self._check_trust()
         cur = self.records()
         if len(cur) >= RULES_MAX:
             raise MapFullError(
@@ -225,6 +228,11 @@ class RuleTable:
         if not 0 <= pos <= len(cur):
             raise MfsError(f"--priority {priority}: use 1..{len(cur) + 1} (1 is looked at first)")
         return self._insert(cur, rec, pos)
+
+    def _check_trust(self) -> None:
+        if self.trust_dscp:
+            raise MfsError("this interface is attached with --trust-dscp (a switch port: the level comes from the "
+                           "packet's DSCP), where rules are not looked at: attach it without --trust-dscp")
 
     def _insert(self, cur: list[RuleRecord], rec: RuleRecord, pos: int) -> RuleRecord:
         rec.id = max((r.id for r in cur), default=0) + 1
@@ -259,6 +267,8 @@ class RuleTable:
         """Make the table exactly `specs`, in order, keeping (id, counter) of rules that stay
         where they are in relative order. Returns (removed, added); no writes when equal."""
         want = [s.record(self.nlevels) for s in specs]
+        if want:
+            self._check_trust()
         if len(want) > RULES_MAX:
             raise MapFullError(f"{len(want)} rules: the table holds at most {RULES_MAX}")
         cur = self.records()

@@ -161,6 +161,8 @@ def test_broken_config_names_the_line_and_changes_nothing(net: VethPair, tmp_pat
     two = good.replace("default_level = 5", "default_level = 3") + '\n[[interface]]\nname = "eth9"\nhook = "bpf"\n'
     f.write_text(two)
     _one_line_error(mfs("apply", "--config", str(f)), "interface[1].hook")
+    f.write_text(good.replace("levels = 8", "levels = 8\ntrust_dscp = true"))
+    _one_line_error(mfs("apply", "--config", str(f)), "interface[0].trust_dscp", "does not look at rules")
     f.write_text(good.replace("levels = 8", "levles = 8"))
     _one_line_error(mfs("apply", "--config", str(f)), "interface[0].levles: unknown key")
     _one_line_error(mfs("apply", "--config", str(tmp_path / "missing.toml")), "no such config file")

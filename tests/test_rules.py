@@ -249,3 +249,13 @@ def test_rule_counters_are_exported(net: VethPair, rules: list[str]) -> None:
     lab = f'interface="{net.dev_a}",level="3",netns="{net.a}",rule="{rid}"'
     assert f"mfs_tc_rule_matched_packets_total{{{lab}}} 4.0" in text, text
     assert f'mfs_tc_map_entries{{interface="{net.dev_a}",map="rules",netns="{net.a}"}} 1.0' in text
+
+
+def test_rules_on_a_trust_dscp_port_are_an_error() -> None:
+    with VethPair() as n:
+        attach(AttachOptions(n.dev_a, netns=n.a, qdisc="none", trust_dscp=True))
+        try:
+            one_line_error(mfs("rule", "add", n.dev_a, "-n", n.a, "--dport", "80", "--level", "1"),
+                           "attached with --trust-dscp")
+        finally:
+            detach(n.dev_a, n.a)
