@@ -155,6 +155,7 @@ def _rule_diff(ic: InterfaceConfig, dry_run: bool, attached: bool) -> tuple[list
 def apply_config(cfg: HostConfig, dry_run: bool = False, only: set | None = None) -> Result:
     """Make the host match `cfg` (or say what that would change, with dry_run). `only`: apply
     just these (netns, ifname) (the watcher, after a link event); others are left alone."""
+    from .layout import pin_dir  # noqa: PLC0415
     from .loader import attach, detach, plan  # noqa: PLC0415
     from .netlink import check_netns, ifindex, iproute  # noqa: PLC0415
 
@@ -177,7 +178,8 @@ def apply_config(cfg: HostConfig, dry_run: bool = False, only: set | None = None
             continue
         try:
             reason, detach_first = _attach_reason(ic)
-            attached = reason is None
+            # a dry run compares the rules with the table that is there (a re-attach keeps it)
+            attached = reason is None or (not detach_first and (pin_dir(*ic.ident[::-1]) / "rules").exists())
             if reason is not None:
                 p = plan(ic.opts)
                 cmds = [" ".join(c) for c in p.commands]
@@ -248,6 +250,17 @@ def print_result(res: Result, out=None, err=None) -> None:
     err.flush()
 
 
+def _safe_apply(cfg: HostConfig, only: set | None) -> None:
+    """One apply of the watcher: an unexpected failure is reported, and the watcher goes on
+    (the next link event or period tries again)."""
+    try:
+        print_result(apply_config(cfg, only=only))
+    except MfsError as exc:
+        print_result(Result(errors=[str(exc)]))
+    except Exception as exc:  # pyroute2/netlink errors: report, keep watching
+        print_result(Result(errors=[f"unexpected {type(exc).__name__}: {exc}"]))
+
+
 # ---- watch ------------------------------------------------------------------------------------
 def _link_socket(netns: str | None):
     """An IPRoute socket in `netns` subscribed to link events (RTMGRP_LINK), or None when the
@@ -290,7 +303,7 @@ def watch(load: Callable[[], HostConfig], period: float = 10.0, log=None) -> int
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     cfg = load()
-    print_result(apply_config(cfg))
+    _safe_apply(cfg, None)
     socks: dict[str | None, object] = {}
 
     def refresh_sockets() -> None:
@@ -337,10 +350,10 @@ def watch(load: Callable[[], HostConfig], period: float = 10.0, log=None) -> int
                             s.get()  # type: ignore[attr-defined]
                         except Exception:
                             break
-                print_result(apply_config(cfg, only=touched))
+                _safe_apply(cfg, touched)
             if time.monotonic() >= next_full:
                 refresh_sockets()
-                print_result(apply_config(cfg))
+                _safe_apply(cfg, None)
                 next_full = time.monotonic() + period
     finally:
         for s in socks.values():

@@ -111,11 +111,13 @@ def test_apply_is_idempotent_and_detach_all_undoes_it(net: VethPair, tmp_path: P
     assert [r["packets"] for r in _rules(net)] == [3, 3]  # counters kept: the table was not rewritten
     # a changed config changes just that: one rule out, one in, the attachment untouched
     f.write_text(config(net, RULES.replace('dport = "7000-7001"', 'dport = "7002"')))
+    want = [f"{net.dev_a} (netns {net.a}): rule - proto udp dport 7000-7001 -> level 2",
+            f"{net.dev_a} (netns {net.a}): rule + proto udp dport 7002 -> level 2"]
+    assert mfs("apply", "--config", str(f), "--dry-run").stdout.strip().splitlines() == want
+    assert [r["dport"] for r in _rules(net)] == ["7000-7001", None]  # the dry run changed nothing
     third = mfs("apply", "--config", str(f))
     assert third.returncode == 0, third.stderr
-    lines = third.stdout.strip().splitlines()
-    assert lines == [f"{net.dev_a} (netns {net.a}): rule - proto udp dport 7000-7001 -> level 2",
-                     f"{net.dev_a} (netns {net.a}): rule + proto udp dport 7002 -> level 2"], lines
+    assert third.stdout.strip().splitlines() == want
     assert [r["dport"] for r in _rules(net)] == ["7002", None]
     assert udp_dscp(net, 7002) == [DSCP[2]] * 3 and udp_dscp(net, 7000) == [DSCP[DEFAULT]] * 3
     # an attach option changed: re-attach, rules kept

@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import TCP, UDP
 from scapy.layers.l2 import Ether
 
 from datapath_support import Capture, dscp_of as _dscp, udp_dscp as _udp_dscp
