@@ -40,8 +40,9 @@
  * order (slot 0 first); the table ends at the first slot whose id is 0. The first rule that
  * matches (prefixes, port ranges, protocol, family) gives the packet its level; its packets and
  * bytes are counted in `rule_stats[rule.cslot]` (per-CPU, kernel-written; the rule's counter
- * slot stays with the rule when the table is reordered). User space rewrites the table so that
- * every intermediate state is the old or the new table with one rule present twice.
+ * slot stays with the rule when the table is reordered). User space orders its slot writes so
+ * that between writes the table is the old or the new one with at most one rule present twice
+ * (a packet read during the copy of one slot may see a mix of the two rules involved).
  *
  * Unknown flows never get a level because their entry is missing: pure control packets (TCP
  * SYN, FIN, RST, or an ACK without payload) get config.control_level, everything else

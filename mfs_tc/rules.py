@@ -6,10 +6,13 @@ level applies when none does. The table is an array of at most RULES_MAX slots
 (layout.RuleRecord) scanned in order by the classifier; its counters are per-CPU in
 `rule_stats`, at a slot that stays with the rule when the table is reordered.
 
-Writes keep the table consistent for a classifier reading it concurrently: inserting shifts the
-tail down from the end (each step duplicates one rule), deleting shifts it up and then clears
-the last slot, so every packet sees the old or the new table, with at most one rule present
-twice. `mfs-tc rule` and `mfs-tc apply` serialise their writes on a lock file per interface.
+Writes are ordered for a classifier reading the table concurrently: inserting shifts the tail
+down from the end (each step duplicates one rule), deleting shifts it up and then clears the
+last slot, so between slot writes the table is the old or the new one with at most one rule
+present twice, never one missing. A slot write itself is a plain copy of the 88-byte value (array
+maps are not RCU-replaced), so a packet classified on another CPU during that very copy may see
+fields of the two rules involved: that packet alone can get the wrong one of their levels.
+`mfs-tc rule` and `mfs-tc apply` serialise their writes on a lock file per interface.
 """
 
 from __future__ import annotations
