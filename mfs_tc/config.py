@@ -6,7 +6,7 @@
     [[interface]]
     name = "eth0"
     netns = "serving"               # optional (ip netns name); absent: the host namespace
-    qdisc = "auto"                  # auto | ets | mqprio | htb | none
+    qdisc = "auto"                  # auto | ets | mqprio | htb | none (or backend = ...)
     rate = "25gbit"                 # HTB's link rate
     dscp = "default"                # "default" | "none" | [46, 40, 34, ...] (one per level)
     default_level = 6
@@ -41,7 +41,7 @@ DEFAULT_CONFIG = Path("/etc/mfs-tc/mfs-tc.toml")
 IFACE_KEYS = {
     "name": str, "netns": str, "levels": int, "qdisc": str, "rate": (str, int), "dscp": (str, list),
     "default_level": int, "control_level": int, "keep_dscp": list, "trust_dscp": bool, "hook": str,
-    "access_group": str, "rule": list,
+    "access_group": str, "rule": list, "backend": str,
 }
 RULE_KEYS = {"src": str, "dst": str, "sport": (str, int), "dport": (str, int), "proto": str, "level": int,
              "stage": str}
@@ -81,6 +81,12 @@ def _locate(text: str, path: list[str | int]) -> int | None:
     the file: the key inside the n-th [[interface]] / m-th [[interface.rule]] table, or the
     table's header line."""
     lines = text.splitlines()
+    if len(path) == 1 and path[0] not in TOP_KEYS:  # an unknown top-level table or key
+        for n, raw in enumerate(lines, 1):
+            s = raw.split("#", 1)[0].strip()
+            if re.fullmatch(rf"\[\[?\s*{re.escape(str(path[0]))}[\s.\]].*", s) or re.match(rf"{re.escape(str(path[0]))}\s*=", s):
+                return n
+        return None
     iface_i, rule_i = -1, -1
     section: str | None = None
     want_i = path[1] if len(path) > 1 and path[0] == "interface" else None
@@ -167,7 +173,7 @@ def _validate(file: Path, text: str, doc: dict) -> HostConfig:
     cfg = HostConfig(file)
     seen: dict[tuple[str | None, str], int] = {}
     for i, raw in enumerate(ifaces):
-        d = {**defaults, **raw}
+        d = {**_backend(fail, ["defaults"], defaults), **_backend(fail, ["interface", i], raw)}
         for k, v in raw.items():
             if k not in IFACE_KEYS:
                 raise fail(["interface", i, k], f"unknown key (known: {', '.join(sorted(IFACE_KEYS))})")
@@ -181,6 +187,17 @@ def _validate(file: Path, text: str, doc: dict) -> HostConfig:
         seen[ic.ident] = i
         cfg.interfaces.append(ic)
     return cfg
+
+
+def _backend(fail, path: list, table: dict) -> dict:
+    """`backend` is another name of `qdisc` (what `status` calls it): one of the two per table."""
+    if "backend" not in table:
+        return table
+    if "qdisc" in table:
+        raise fail(path + ["backend"], "give qdisc or backend (the same setting), not both")
+    t = {k: v for k, v in table.items() if k != "backend"}
+    t["qdisc"] = table["backend"]
+    return t
 
 
 def _check_type(fail, path, v, want) -> None:
@@ -220,7 +237,8 @@ def _interface(fail, i: int, d: dict) -> InterfaceConfig:
     try:
         opts.validate_static()
     except MfsError as exc:
-        raise fail(p + [_key_of(str(exc))], _strip_flag(str(exc))) from None
+        key = "netns" if "namespace" in str(exc) else _key_of(str(exc))
+        raise fail(p + [key], _strip_flag(str(exc))) from None
     specs = []
     for j, r in enumerate(d.get("rule", [])):
         rp = p + ["rule", j]

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from datapath_support import udp_dscp
-from mfs_tc import layout
+from mfs_tc import layout, tcx
+from mfs_tc.netlink import ifindex, iproute
 from mfs_tc.loader import load_state
 from nettools import VethPair, sh
 
@@ -75,7 +76,10 @@ def _clean(net: VethPair) -> None:
     assert load_state(net.dev_a, net.a) is None
     assert not layout.pin_dir(net.dev_a, net.a).exists()
     assert "clsact" not in sh("tc", "qdisc", "show", "dev", net.dev_a, ns=net.a)
-    assert "mfs_egress" not in sh("bpftool", "net", "show", "dev", net.dev_a, ns=net.a, check=False)
+    assert "bpf" not in sh("tc", "filter", "show", "dev", net.dev_a, "egress", ns=net.a)
+    with iproute(net.a) as ipr:
+        idx = ifindex(ipr, net.dev_a, net.a)
+    assert tcx.egress_progs(idx, net.a) == []  # no tcx program left either
 
 
 def _marked(net: VethPair) -> bool:
