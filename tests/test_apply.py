@@ -19,6 +19,7 @@ import pytest
 
 from datapath_support import udp_dscp
 from mfs_tc import layout, tcx
+from mfs_tc.apply import managed_path
 from mfs_tc.netlink import ifindex, iproute
 from mfs_tc.loader import load_state
 from nettools import VethPair, sh
@@ -72,6 +73,18 @@ def net():
             subprocess.run(MFS + ["detach", n.dev_a, "-n", n.a], capture_output=True)
 
 
+@pytest.fixture
+def f(net: VethPair, tmp_path: Path):
+    """The test's config file; whatever happens, its record of managed interfaces goes too."""
+    from mfs_tc.apply import managed_path
+
+    path = tmp_path / "mfs-tc.toml"
+    try:
+        yield path
+    finally:
+        managed_path(path).unlink(missing_ok=True)
+
+
 def _clean(net: VethPair) -> None:
     assert load_state(net.dev_a, net.a) is None
     assert not layout.pin_dir(net.dev_a, net.a).exists()
@@ -93,8 +106,7 @@ def _rules(net: VethPair) -> list[dict]:
     return json.loads(r.stdout)
 
 
-def test_apply_is_idempotent_and_detach_all_undoes_it(net: VethPair, tmp_path: Path) -> None:
-    f = tmp_path / "mfs-tc.toml"
+def test_apply_is_idempotent_and_detach_all_undoes_it(net: VethPair, f: Path) -> None:
     f.write_text(config(net, RULES))
     dry = mfs("apply", "--config", str(f), "--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -134,6 +146,7 @@ def test_apply_is_idempotent_and_detach_all_undoes_it(net: VethPair, tmp_path: P
     assert gone.returncode == 0, gone.stderr
     assert f"{net.dev_a} (netns {net.a}): detach" in gone.stdout
     _clean(net)
+    assert not managed_path(f).exists()
     assert mfs("apply", "--config", str(f), "--detach-all").stdout.strip() == "nothing to detach"
 
 
@@ -145,8 +158,7 @@ def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
         assert n in lines[0], r.stderr
 
 
-def test_broken_config_names_the_line_and_changes_nothing(net: VethPair, tmp_path: Path) -> None:
-    f = tmp_path / "mfs-tc.toml"
+def test_broken_config_names_the_line_and_changes_nothing(net: VethPair, f: Path, tmp_path: Path) -> None:
     f.write_text(config(net, RULES))
     assert mfs("apply", "--config", str(f)).returncode == 0
     before = (_rules(net), load_state(net.dev_a, net.a))
@@ -216,8 +228,7 @@ class Lines:
         assert _until(lambda: needle in self.text, timeout), self.text
 
 
-def test_watch_brings_classifier_and_rules_back(net: VethPair, tmp_path: Path) -> None:
-    f = tmp_path / "mfs-tc.toml"
+def test_watch_brings_classifier_and_rules_back(net: VethPair, f: Path) -> None:
     f.write_text(config(net, RULES))
     # a long period: what brings the classifier back is the link event, not the periodic run
     p = subprocess.Popen(MFS + ["apply", "--config", str(f), "--watch", "--period", "600"],
