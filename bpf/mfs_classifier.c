@@ -54,6 +54,9 @@ BPF_TABLE_PINNED("array", __u32, struct mfs_level, levels, MFS_MAX_LEVELS, MFS_P
 BPF_TABLE_PINNED("array", __u32, struct mfs_config, config, 1, MFS_PIN_DIR "/config");
 BPF_TABLE_PINNED("percpu_array", __u32, struct mfs_counter, stats, MFS_NSTATS,
 		 MFS_PIN_DIR "/stats");
+BPF_TABLE_PINNED("array", __u32, struct mfs_rule, rules, MFS_RULES_MAX, MFS_PIN_DIR "/rules");
+BPF_TABLE_PINNED("percpu_array", __u32, struct mfs_counter, rule_stats, MFS_RULES_MAX,
+		 MFS_PIN_DIR "/rule_stats");
 
 #ifndef MFS_NO_SK_STORAGE
 /* bcc's BPF_SK_STORAGE, pinned: socket-local storage needs BTF, which bcc generates */
@@ -328,6 +331,44 @@ slow:
 	return bpf_skb_store_bytes(skb, l3off, w, 2, BPF_F_RECOMPUTE_CSUM) ? -1 : 1;
 }
 
+/* The first rule (in table order) that matches the packet: its level in *level, counted in
+ * rule_stats. 0 when none does. A bounded scan of at most MFS_RULES_MAX array slots (each an
+ * inlined array lookup and a few compares), ending at the first empty slot: the cost is paid
+ * only on the exact-entry miss path and grows with the rules installed, not the table size. */
+static __always_inline int rule_level(struct mfs_flow_key *key, int v4, __u32 *level, __u32 len)
+{
+	__u64 s0, s1, d0, d1;
+	__builtin_memcpy(&s0, &key->saddr[0], 8);
+	__builtin_memcpy(&s1, &key->saddr[8], 8);
+	__builtin_memcpy(&d0, &key->daddr[0], 8);
+	__builtin_memcpy(&d1, &key->daddr[8], 8);
+	__u8 fam = v4 ? 4 : 6;
+#pragma clang loop unroll(disable)
+	for (__u32 i = 0; i < MFS_RULES_MAX; i++) {
+		__u32 slot = i;
+		struct mfs_rule *r = rules.lookup(&slot);
+		if (!r || !r->id)
+			return 0;
+		if ((r->family && r->family != fam) || (r->proto && r->proto != key->proto))
+			continue;
+		if (((s0 & r->smask[0]) != r->src[0]) || ((s1 & r->smask[1]) != r->src[1]) ||
+		    ((d0 & r->dmask[0]) != r->dst[0]) || ((d1 & r->dmask[1]) != r->dst[1]))
+			continue;
+		if (key->sport < r->sport_lo || key->sport > r->sport_hi || key->dport < r->dport_lo ||
+		    key->dport > r->dport_hi)
+			continue;
+		__u32 cs = r->cslot;
+		struct mfs_counter *c = rule_stats.lookup(&cs);
+		if (c) {
+			c->packets += 1;
+			c->bytes += len;
+		}
+		*level = r->level;
+		return 1;
+	}
+	return 0;
+}
+
 static __always_inline __u32 cfg_level(__u32 lv, struct mfs_config *cfg)
 {
 	__u32 n = cfg->nlevels;
@@ -546,6 +587,15 @@ int mfs_egress(struct __sk_buff *skb)
 			reason = scav ? MFS_STAT_SCAVENGED : MFS_STAT_HIT;
 			goto out;
 		}
+	}
+	/* no exact entry: the operator's rules, before the default */
+	if (rule_level(&key, v4, &level, skb->len)) {
+		if (st && !e)
+			count(MFS_STAT_ORPHAN, skb->len);
+		level = cfg_level(level, cfg);
+		known = 1;
+		reason = MFS_STAT_RULE;
+		goto out;
 	}
 	/* unknown flow: never the top because its entry is missing */
 	if ((tflags & (TCP_SYN_ | TCP_FIN_ | TCP_RST_)) || (l4proto == IPPROTO_TCP && !payload)) {

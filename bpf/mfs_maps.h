@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * mfs-tc map contract, layout version 2.
+ * mfs-tc map contract, layout version 3.
  *
  * The maps are the contract between the controller (any process that opens the pins under
  * /sys/fs/bpf/mfs/<netns>/<ifname>/) and the tc egress classifier. Python mirrors every
@@ -35,6 +35,15 @@
  *       MFS_F_MONOTONIC: level = min(level, cur_level)  (a live flow is only ever promoted;
  *       cur_level is lowered with compare-and-swap, so a race between CPUs cannot undo it).
  *
+ * Rules (version 3): a packet of a TCP/UDP flow with no exact entry (socket storage, 5-tuple
+ * map) is matched against `rules`, an array of at most MFS_RULES_MAX struct mfs_rule in priority
+ * order (slot 0 first); the table ends at the first slot whose id is 0. The first rule that
+ * matches (prefixes, port ranges, protocol, family) gives the packet its level; its packets and
+ * bytes are counted in `rule_stats[rule.cslot]` (per-CPU, kernel-written; the rule's counter
+ * slot stays with the rule when the table is reordered). User space orders its slot writes so
+ * that between writes the table is the old or the new one with at most one rule present twice
+ * (a packet read during the copy of one slot may see a mix of the two rules involved).
+ *
  * Unknown flows never get a level because their entry is missing: pure control packets (TCP
  * SYN, FIN, RST, or an ACK without payload) get config.control_level, everything else
  * config.default_level. Untracked traffic (no entry, ICMP, fragments) leaves with the DSCP of
@@ -44,7 +53,7 @@
 #define MFS_MAPS_H
 
 #define MFS_LAYOUT_MAGIC   0x4d465331u /* "MFS1" */
-#define MFS_LAYOUT_VERSION 2u
+#define MFS_LAYOUT_VERSION 3u
 #define MFS_MAX_LEVELS     8
 #define MFS_MAX_THRESH     (MFS_MAX_LEVELS - 1)
 #define MFS_MLU_ONE        65536ll     /* MLU fixed point: 1.0 */
@@ -89,7 +98,11 @@
 #define MFS_STAT_ORPHAN     18  /* reserved (not counted: it would cost the miss path a lookup)  */
 #define MFS_STAT_STALE      19  /* SYN (no ACK) on an entry whose connection was set up: dropped */
 #define MFS_STAT_BAD_LEVEL  20  /* entry chose a level >= nlevels: default level used           */
-#define MFS_NSTATS          21
+#define MFS_STAT_RULE       21  /* no exact entry, a rule matched (its level)                   */
+#define MFS_NSTATS          22
+
+/* rules (version 3): an ordered table scanned on the exact-entry miss path, first match wins */
+#define MFS_RULES_MAX       64
 
 /* 5-tuple; IPv4 addresses as IPv4-mapped IPv6 (::ffff:a.b.c.d); ports in host byte order */
 struct mfs_flow_key {
@@ -156,6 +169,27 @@ struct mfs_config {
 	__u64 keep_dscp;     /* bit d: untracked traffic sent with DSCP d keeps it            */
 	__u8  dscp2level[64];/* trust-dscp                                                    */
 };                                                   /* 104 bytes */
+
+/* One rule: matches when every given field matches. Addresses as in the flow key (IPv4-mapped);
+ * a prefix is a network and a mask (bytes), "any" is mask 0. Ports in host byte order, ranges
+ * inclusive (0..65535: any). Written by user space only. */
+struct mfs_rule {
+	__u64 src[2];        /* source network (16 bytes, as in mfs_flow_key.saddr)           */
+	__u64 smask[2];      /* source mask                                                   */
+	__u64 dst[2];        /* destination network                                           */
+	__u64 dmask[2];      /* destination mask                                              */
+	__u16 sport_lo;
+	__u16 sport_hi;
+	__u16 dport_lo;
+	__u16 dport_hi;
+	__u8  proto;         /* 0 any, 6 TCP, 17 UDP                                          */
+	__u8  family;        /* 0 any, 4 IPv4 only, 6 IPv6 only                               */
+	__u8  level;         /* level of matching packets                                     */
+	__u8  stage;         /* 0 none, else the stage code whose level this is (status)      */
+	__u32 id;            /* rule id shown to operators; 0 ends the table                  */
+	__u32 cslot;         /* slot of this rule's counter in rule_stats (0..MFS_RULES_MAX-1)*/
+	__u32 rsvd;
+};                                                   /* 88 bytes */
 
 struct mfs_counter {
 	__u64 packets;

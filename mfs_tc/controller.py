@@ -107,6 +107,8 @@ _MAP_TYPES = {
     "levels": {bpfsys.MAP_TYPE_ARRAY},
     "config": {bpfsys.MAP_TYPE_ARRAY},
     "stats": {bpfsys.MAP_TYPE_PERCPU_ARRAY},
+    "rules": {bpfsys.MAP_TYPE_ARRAY},
+    "rule_stats": {bpfsys.MAP_TYPE_PERCPU_ARRAY},
 }
 _CREATE_TYPES = {
     "flows": bpfsys.MAP_TYPE_HASH,
@@ -115,6 +117,8 @@ _CREATE_TYPES = {
     "levels": bpfsys.MAP_TYPE_ARRAY,
     "config": bpfsys.MAP_TYPE_ARRAY,
     "stats": bpfsys.MAP_TYPE_PERCPU_ARRAY,
+    "rules": bpfsys.MAP_TYPE_ARRAY,
+    "rule_stats": bpfsys.MAP_TYPE_PERCPU_ARRAY,
 }
 _U32_0 = b"\0\0\0\0"
 _U64 = struct.Struct("<Q")
@@ -261,6 +265,8 @@ class PinnedMaps:
         self.levels = maps["levels"]
         self.config_map = maps["config"]
         self.stats_map = maps["stats"]
+        self.rules = maps["rules"]
+        self.rule_stats = maps["rule_stats"]
         self.config = self.read_config()
         self._level_records: list[LevelRecord] | None = None
 
@@ -374,7 +380,7 @@ class PinnedMaps:
 
     def close(self) -> None:
         for m in (self.flows, self.flow_state, self.sk_flows, self.sk_state, self.requests, self.levels,
-                  self.config_map, self.stats_map):
+                  self.config_map, self.stats_map, self.rules, self.rule_stats):
             if m is not None:
                 m.close()
 

@@ -11,7 +11,8 @@ request ids (unbounded cardinality).
                                                           no_l4, hit, scavenged, dscp_set
   mfs_tc_flows                                            live flow entries
   mfs_tc_stage_flows                                      live flow entries per stage
-  mfs_tc_map_entries / mfs_tc_map_max_entries             map pressure (flows, requests)
+  mfs_tc_rule_matched_packets_total / _bytes_total       per rule (labels rule = its id, level)
+  mfs_tc_map_entries / mfs_tc_map_max_entries             map pressure (flows, requests, rules)
   mfs_tc_up                                               1 when the interface's maps were read
 """
 
@@ -28,7 +29,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .errors import MfsError
-from .layout import STAT_NAMES, netns_label
+from .layout import RULES_MAX, STAT_NAMES, netns_label
+from .rules import RuleTable
 from .pinpath import pin_root
 
 TEXTFILE_NAME = "mfs_tc.prom"
@@ -78,6 +80,10 @@ class MfsCollector(Collector):
         stages = GaugeMetricFamily("mfs_tc_stage_flows", "Live flow entries per stage.", labels=labels + ["stage"])
         used = GaugeMetricFamily("mfs_tc_map_entries", "Entries in a pinned map.", labels=labels + ["map"])
         cap = GaugeMetricFamily("mfs_tc_map_max_entries", "Capacity of a pinned map.", labels=labels + ["map"])
+        rule_p = CounterMetricFamily("mfs_tc_rule_matched_packets", "Packets a rule gave its level.",
+                                     labels=labels + ["rule", "level"])
+        rule_b = CounterMetricFamily("mfs_tc_rule_matched_bytes", "Bytes a rule gave its level.",
+                                     labels=labels + ["rule", "level"], unit="bytes")
         up = GaugeMetricFamily("mfs_tc_up", "1 when the interface's pinned maps could be read.", labels=labels)
         for t in self.targets():
             lab = [t.ifname, netns_label(t.netns)]
@@ -88,6 +94,8 @@ class MfsCollector(Collector):
                     sizes = {"flows": (len(views), maps.flows.info.max_entries),
                              "requests": (len(maps.requests), maps.requests.info.max_entries)}
                     nlevels = maps.config.nlevels
+                    rules = RuleTable(maps).rows()
+                    sizes["rules"] = (len(rules), RULES_MAX)
             except (MfsError, OSError, ValueError):
                 up.add_metric(lab, 0)
                 continue
@@ -100,10 +108,13 @@ class MfsCollector(Collector):
             flows.add_metric(lab, len(views))
             for stage, n in sorted(Counter(v.entry.stage_name for v in views).items()):
                 stages.add_metric(lab + [stage], n)
+            for r in rules:
+                rule_p.add_metric(lab + [str(r.record.id), str(r.record.level)], r.packets)
+                rule_b.add_metric(lab + [str(r.record.id), str(r.record.level)], r.bytes)
             for m, (n, mx) in sizes.items():
                 used.add_metric(lab + [m], n)
                 cap.add_metric(lab + [m], mx)
-        yield from (lvl_p, lvl_b, *events.values(), flows, stages, used, cap, up)
+        yield from (lvl_p, lvl_b, *events.values(), flows, stages, rule_p, rule_b, used, cap, up)
 
 
 def registry(collector: Collector | None = None) -> CollectorRegistry:

@@ -1,4 +1,4 @@
-"""The map contract, Python side: mirrors bpf/mfs_maps.h (layout version 2).
+"""The map contract, Python side: mirrors bpf/mfs_maps.h (layout version 3).
 
 Every struct here has the same size and field order as its C twin; tests/test_layout.py checks
 the sizes against what the C compiler lays out. Nothing here needs root or bcc.
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LAYOUT_MAGIC = 0x4D465331  # "MFS1"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 MAX_LEVELS = 8
 MAX_THRESH = MAX_LEVELS - 1
 MLU_ONE = 65536
@@ -69,7 +69,9 @@ STAT_CONTROL = 17
 STAT_ORPHAN = 18
 STAT_STALE = 19
 STAT_BAD_LEVEL = 20
-NSTATS = 21
+STAT_RULE = 21
+NSTATS = 22
+RULES_MAX = 64
 STAT_NAMES = {
     STAT_MISS: "miss",
     STAT_MALFORMED: "malformed",
@@ -84,6 +86,7 @@ STAT_NAMES = {
     STAT_ORPHAN: "reserved",
     STAT_STALE: "stale",
     STAT_BAD_LEVEL: "bad_level",
+    STAT_RULE: "rule",
 }
 
 # stage codes carried in entries (informational)
@@ -98,7 +101,7 @@ DEFAULT_DSCP = (46, 40, 34, 26, 18, 10, 12, 1)
 BPFFS = Path("/sys/fs/bpf")
 PIN_ROOT = BPFFS / "mfs"
 # maps every attach has; SK_MAP_NAMES only where the kernel has socket storage
-MAP_NAMES = ("flows", "flow_state", "requests", "levels", "config", "stats")
+MAP_NAMES = ("flows", "flow_state", "requests", "levels", "config", "stats", "rules", "rule_stats")
 SK_MAP_NAMES = ("sk_flows", "sk_state")
 FLOWS_MAX = 65536
 REQUESTS_MAX = 16384
@@ -110,6 +113,7 @@ REQUEST_FMT = "<iIqQQQ"
 LEVEL_FMT = "<IB3x"
 CONFIG_FMT = "<8IQ64s"
 COUNTER_FMT = "<QQ"
+RULE_FMT = "<16s16s16s16sHHHHBBBBIII"
 KEY_SIZE = struct.calcsize(KEY_FMT)
 ENTRY_SIZE = struct.calcsize(ENTRY_FMT)
 STATE_SIZE = struct.calcsize(STATE_FMT)
@@ -117,7 +121,9 @@ REQUEST_SIZE = struct.calcsize(REQUEST_FMT)
 LEVEL_SIZE = struct.calcsize(LEVEL_FMT)
 CONFIG_SIZE = struct.calcsize(CONFIG_FMT)
 COUNTER_SIZE = struct.calcsize(COUNTER_FMT)
-assert (KEY_SIZE, ENTRY_SIZE, STATE_SIZE, REQUEST_SIZE, LEVEL_SIZE, CONFIG_SIZE) == (40, 128, 40, 40, 8, 104)
+RULE_SIZE = struct.calcsize(RULE_FMT)
+assert (KEY_SIZE, ENTRY_SIZE, STATE_SIZE, REQUEST_SIZE, LEVEL_SIZE, CONFIG_SIZE, RULE_SIZE) == (
+    40, 128, 40, 40, 8, 104, 88)
 
 # (key size, value size, max entries) per map: what the controller checks before it writes
 MAP_SHAPES = {
@@ -129,6 +135,8 @@ MAP_SHAPES = {
     "levels": (4, LEVEL_SIZE, MAX_LEVELS),
     "config": (4, CONFIG_SIZE, 1),
     "stats": (4, COUNTER_SIZE, NSTATS),
+    "rules": (4, RULE_SIZE, RULES_MAX),
+    "rule_stats": (4, COUNTER_SIZE, RULES_MAX),
 }
 
 
@@ -392,3 +400,39 @@ def dscp_to_level_table(dscp_per_level: tuple[int, ...] | list[int], default_lev
         if dscp != DSCP_KEEP and 0 < dscp < 64 and table[dscp] == default_level:
             table[dscp] = level
     return bytes(table)
+
+
+# rule families
+FAMILY_ANY, FAMILY_V4, FAMILY_V6 = 0, 4, 6
+
+
+@dataclass(slots=True)
+class RuleRecord:
+    """One slot of `rules` (struct mfs_rule): prefixes as 16-byte network + mask (IPv4-mapped for
+    IPv4, as in the flow key), inclusive port ranges in host order, proto 0 (any) / 6 / 17,
+    family 0 (any) / 4 / 6. id 0 ends the table."""
+
+    src: bytes = b"\0" * 16
+    smask: bytes = b"\0" * 16
+    dst: bytes = b"\0" * 16
+    dmask: bytes = b"\0" * 16
+    sport_lo: int = 0
+    sport_hi: int = 0xFFFF
+    dport_lo: int = 0
+    dport_hi: int = 0xFFFF
+    proto: int = 0
+    family: int = FAMILY_ANY
+    level: int = 0
+    stage: int = 0
+    id: int = 0
+    cslot: int = 0
+
+    def pack(self) -> bytes:
+        return struct.pack(RULE_FMT, self.src, self.smask, self.dst, self.dmask, self.sport_lo, self.sport_hi,
+                           self.dport_lo, self.dport_hi, self.proto, self.family, self.level, self.stage,
+                           self.id, self.cslot, 0)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "RuleRecord":
+        *vals, _rsvd = struct.unpack(RULE_FMT, raw)
+        return cls(*vals)

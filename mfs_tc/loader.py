@@ -74,6 +74,13 @@ class AttachOptions:
         check_ifname(self.ifname)
         if self.netns is not None:
             check_netns(self.netns)
+        self.validate_static()
+
+    def validate_static(self) -> None:
+        """Everything validate() checks except that the namespace exists (a config may name
+        one that appears later)."""
+        check_ifname(self.ifname)
+        check_netns_name(self.netns)
         if not 2 <= self.levels <= MAX_LEVELS:
             raise MfsError(f"--levels must be 2..{MAX_LEVELS}, got {self.levels}")
         if self.default_level is None:

@@ -8,6 +8,7 @@ from .controller import PinnedMaps
 from .errors import MfsError, NotAttachedError
 from .layout import MAP_NAMES, SK_MAP_NAMES, pin_dir
 from .loader import _link_name, _our_filter, _root_qdisc, load_state
+from .rules import RuleTable
 
 
 def read_status(ifname: str, netns: str | None = None) -> dict:
@@ -20,6 +21,7 @@ def read_status(ifname: str, netns: str | None = None) -> dict:
         lrecs = maps.level_records()[: maps.config.nlevels]
         nflows, nreq = len(maps.flows), len(maps.requests)
         pressure = maps.pressure()
+        rules = [r.as_dict() for r in RuleTable(maps).rows()]
     backend = st.backend_obj() if st else None
     levels = []
     for i, rec in enumerate(lrecs):
@@ -72,7 +74,21 @@ def read_status(ifname: str, netns: str | None = None) -> dict:
         "requests": nreq,
         "pressure": pressure,
         "control_level": st.control_level if st else None,
+        "rules": rules,
+        "rule_stages": _per_stage(rules),
         "pin_dir": str(pin),
         "maps": {n: (pin / n).exists() for n in MAP_NAMES + SK_MAP_NAMES},
         "problems": problems,
     }
+
+
+def _per_stage(rules: list[dict]) -> dict[str, dict[str, int]]:
+    """Packets and bytes matched by --stage rules, per stage (rules that are still installed)."""
+    out: dict[str, dict[str, int]] = {}
+    for r in rules:
+        if r["stage"]:
+            d = out.setdefault(r["stage"], {"rules": 0, "packets": 0, "bytes": 0})
+            d["rules"] += 1
+            d["packets"] += r["packets"]
+            d["bytes"] += r["bytes"]
+    return out

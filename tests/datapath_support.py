@@ -373,3 +373,31 @@ class Capture:
     def __exit__(self, *exc: object) -> None:
         if self.sock is not None:
             self.sock.close()
+
+
+def dscp_of(frame: bytes) -> int:
+    """The DSCP of a captured IPv4 or IPv6 frame."""
+    from scapy.layers.inet import IP  # noqa: PLC0415
+    from scapy.layers.inet6 import IPv6  # noqa: PLC0415
+    from scapy.layers.l2 import Ether  # noqa: PLC0415
+
+    p = Ether(frame)
+    return p[IP].tos >> 2 if IP in p else p[IPv6].tc >> 2
+
+
+def udp_dscp(net, dport: int, v6: bool = False, sport: int = 0, n: int = 3, timeout: float = 2.0) -> list[int]:
+    """Send `n` UDP datagrams from net.a to net.b:dport (a tests/nettools.VethPair); the DSCP of
+    each as captured on the peer (fewer when fewer arrived)."""
+    from scapy.layers.inet import UDP  # noqa: PLC0415
+    from scapy.layers.l2 import Ether  # noqa: PLC0415
+
+    from mfs_tc.netlink import socket_in  # noqa: PLC0415
+
+    fam = socket.AF_INET6 if v6 else socket.AF_INET
+    src, dst = (net.ip6_a, net.ip6_b) if v6 else (net.ip_a, net.ip_b)
+    with socket_in(net.a, fam, socket.SOCK_DGRAM) as s, Capture(net.b, net.dev_b) as cap:
+        s.bind((src, sport))
+        for i in range(n):
+            s.sendto(b"r%d" % i * 40, (dst, dport))
+        got = cap.frames(n, timeout=timeout, match=lambda f: UDP in Ether(f) and Ether(f)[UDP].dport == dport)
+    return [dscp_of(f) for f in got]

@@ -39,6 +39,11 @@ STRUCTS = {
          "rsvd", "keep_dscp", "dscp2level"],
     ),
     "mfs_counter": (layout.COUNTER_FMT, ["packets", "bytes"]),
+    "mfs_rule": (
+        layout.RULE_FMT,
+        ["src", "smask", "dst", "dmask", "sport_lo", "sport_hi", "dport_lo", "dport_hi", "proto", "family",
+         "level", "stage", "id", "cslot", "rsvd"],
+    ),
 }
 
 DEFINES = {
@@ -74,7 +79,9 @@ DEFINES = {
     "MFS_STAT_ORPHAN": layout.STAT_ORPHAN,
     "MFS_STAT_STALE": layout.STAT_STALE,
     "MFS_STAT_BAD_LEVEL": layout.STAT_BAD_LEVEL,
+    "MFS_STAT_RULE": layout.STAT_RULE,
     "MFS_NSTATS": layout.NSTATS,
+    "MFS_RULES_MAX": layout.RULES_MAX,
 }
 
 
@@ -149,6 +156,8 @@ def test_map_shapes_match_sizes() -> None:
     assert layout.MAP_SHAPES["levels"][:2] == (4, 8)
     assert layout.MAP_SHAPES["config"][:2] == (4, 104)
     assert layout.MAP_SHAPES["stats"] == (4, 16, layout.NSTATS)
+    assert layout.MAP_SHAPES["rules"] == (4, 88, layout.RULES_MAX)
+    assert layout.MAP_SHAPES["rule_stats"] == (4, 16, layout.RULES_MAX)
 
 
 def test_classifier_source_uses_the_layout_limits() -> None:

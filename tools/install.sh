@@ -6,7 +6,22 @@
 #     with /lib/modules/$(uname -r)/{build,source} linked to it (tc programs only use uapi headers)
 #   - .venv from /usr/bin/python3 --system-site-packages (bcc lives in the system dist-packages;
 #     the PyPI package named "bcc" is unrelated), the project installed in it (editable, with test extras)
+#   - with --systemd: tools/mfs-tc.service in /etc/systemd/system (ExecStart = this .venv's mfs-tc)
+#     and tools/mfs-tc.toml.example in /etc/mfs-tc/; the unit is enabled only with --enable too
+#     (SYSTEMD_DIR, MFS_TC_ETC override the two directories)
 set -euo pipefail
+systemd=0
+enable=0
+for arg in "$@"; do
+  case "$arg" in
+    --systemd) systemd=1 ;;
+    --enable) enable=1 ;;
+    *) printf '[install] unknown option %s (use --systemd [--enable])\n' "$arg" >&2; exit 2 ;;
+  esac
+done
+if [ "$enable" = 1 ] && [ "$systemd" = 0 ]; then
+  printf '[install] --enable needs --systemd\n' >&2; exit 2
+fi
 cd "$(dirname "$0")/.."
 say() { printf '[install] %s\n' "$*" >&2; }
 
@@ -55,4 +70,24 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 .venv/bin/python -c 'import bcc, pyroute2, typer, scapy, prometheus_client' || { say "import check failed"; exit 1; }
+if [ "$systemd" = 1 ]; then
+  unit_dir=${SYSTEMD_DIR:-/etc/systemd/system}
+  etc_dir=${MFS_TC_ETC:-/etc/mfs-tc}
+  mkdir -p "$unit_dir" "$etc_dir"
+  sed -e "s|@MFS_TC@|$PWD/.venv/bin/mfs-tc|g" -e "s|@DOCS@|$PWD/docs|g" tools/mfs-tc.service > "$unit_dir/mfs-tc.service.tmp"
+  mv "$unit_dir/mfs-tc.service.tmp" "$unit_dir/mfs-tc.service"
+  cp tools/mfs-tc.toml.example "$etc_dir/mfs-tc.toml.example"
+  say "installed $unit_dir/mfs-tc.service and $etc_dir/mfs-tc.toml.example (write $etc_dir/mfs-tc.toml)"
+  if [ -d /run/systemd/system ] && [ -z "${SYSTEMD_DIR:-}" ]; then
+    systemctl daemon-reload
+    if [ "$enable" = 1 ]; then
+      systemctl enable mfs-tc.service
+      say "enabled mfs-tc.service (start it: systemctl start mfs-tc)"
+    else
+      say "not enabled: systemctl enable --now mfs-tc"
+    fi
+  elif [ "$enable" = 1 ]; then
+    say "systemd is not running here: enable it later with systemctl enable mfs-tc"
+  fi
+fi
 say "ready: .venv/bin/mfs-tc"

@@ -5,6 +5,8 @@
   testbed.py    testbed run / report
   sim.py        sim run
   metrics.py    exporter
+  rules.py      rule add / list / del
+  apply.py      apply (declarative config, --watch)
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import datapath, flows, metrics, sim, testbed
+    from . import apply, datapath, flows, metrics, rules, sim, testbed
 
-    for mod in (datapath, flows, metrics, testbed, sim):
+    for mod in (datapath, flows, rules, apply, metrics, testbed, sim):
         mod.register(app)
 
 

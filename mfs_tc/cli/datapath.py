@@ -130,6 +130,13 @@ def status(iface: Annotated[Optional[str], typer.Argument(help="Interface (defau
             f"{pr['flow_states']} kernel states; stale {pr['stale_packets']}; "
             f"socket storage {'on' if pr['socket_storage'] else 'off (kernel lacks it)'}"
         )
+        if s["rules"]:
+            from .rules import print_rules
+
+            typer.echo(f"rules ({len(s['rules'])}, first match wins):")
+            print_rules(s["rules"])
+            for stage, d in s["rule_stages"].items():
+                typer.echo(f"stage {stage}: {d['packets']} packets, {human_bytes(d['bytes'])} by {d['rules']} rule(s)")
         for p in s["problems"]:
             typer.echo(f"warning: {p}")
         typer.echo("")
