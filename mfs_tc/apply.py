@@ -21,9 +21,9 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .config import HostConfig, InterfaceConfig
 from .errors import MfsError
@@ -142,10 +142,10 @@ def _rule_diff(ic: InterfaceConfig, dry_run: bool, attached: bool) -> tuple[list
             return [RuleSpec.of(r) for r in removed], [RuleSpec.of(r) for r in added]
         cur = t.records()
         want = [s.record(t.nlevels) for s in ic.rules]
-        if len(cur) == len(want) and all(same_match(a, b) for a, b in zip(cur, want)):
+        if len(cur) == len(want) and all(same_match(a, b) for a, b in zip(cur, want, strict=False)):
             return [], []
         removed = [RuleSpec.of(r) for r in cur if not any(same_match(r, w) for w in want)]
-        added = [s for s, w in zip(ic.rules, want) if not any(same_match(r, w) for r in cur)]
+        added = [s for s, w in zip(ic.rules, want, strict=False) if not any(same_match(r, w) for r in cur)]
         if not removed and not added:  # the same rules in another order
             removed = [RuleSpec.of(r) for r in cur]
             added = list(ic.rules)
@@ -216,8 +216,8 @@ def apply_config(cfg: HostConfig, dry_run: bool = False, only: set | None = None
 
 def detach_all(cfg: HostConfig | None, config_file: Path) -> Result:
     """Detach every interface of the config and every one an earlier apply attached."""
-    from .loader import detach, load_state  # noqa: PLC0415
     from .layout import pin_dir  # noqa: PLC0415
+    from .loader import detach, load_state  # noqa: PLC0415
 
     res = Result()
     targets = set(_managed(config_file)) | ({ic.ident for ic in cfg.interfaces} if cfg else set())
@@ -342,7 +342,7 @@ def watch(load: Callable[[], HostConfig], period: float = 10.0, log=None) -> int
                         touched.add((ns, name))
             if touched:
                 time.sleep(0.2)  # let a device being set up (addresses, peer moved) settle
-                for ns, s in list(socks.items()):
+                for _ns, s in list(socks.items()):
                     if s is None:
                         continue
                     while select.select([s.fileno()], [], [], 0)[0]:  # type: ignore[attr-defined]

@@ -158,7 +158,7 @@ def _validate(file: Path, text: str, doc: dict) -> HostConfig:
 
     for k in doc:
         if k not in TOP_KEYS:
-            return_err = fail([k], f"unknown key (the file has [defaults] and [[interface]] tables)")
+            return_err = fail([k], "unknown key (the file has [defaults] and [[interface]] tables)")
             raise return_err
     defaults = doc.get("defaults", {})
     if not isinstance(defaults, dict):
@@ -174,7 +174,7 @@ def _validate(file: Path, text: str, doc: dict) -> HostConfig:
     seen: dict[tuple[str | None, str], int] = {}
     for i, raw in enumerate(ifaces):
         d = {**_backend(fail, ["defaults"], defaults), **_backend(fail, ["interface", i], raw)}
-        for k, v in raw.items():
+        for k in raw:
             if k not in IFACE_KEYS:
                 raise fail(["interface", i, k], f"unknown key (known: {', '.join(sorted(IFACE_KEYS))})")
         for k, v in d.items():

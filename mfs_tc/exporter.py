@@ -30,8 +30,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from .errors import MfsError
 from .layout import RULES_MAX, STAT_NAMES, netns_label
-from .rules import RuleTable
 from .pinpath import pin_root
+from .rules import RuleTable
 
 TEXTFILE_NAME = "mfs_tc.prom"
 

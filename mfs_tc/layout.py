@@ -433,6 +433,6 @@ class RuleRecord:
                            self.id, self.cslot, 0)
 
     @classmethod
-    def unpack(cls, raw: bytes) -> "RuleRecord":
+    def unpack(cls, raw: bytes) -> RuleRecord:
         *vals, _rsvd = struct.unpack(RULE_FMT, raw)
         return cls(*vals)

@@ -147,7 +147,7 @@ class RuleSpec:
         return r
 
     @classmethod
-    def of(cls, r: RuleRecord) -> "RuleSpec":
+    def of(cls, r: RuleRecord) -> RuleSpec:
         stage = STAGE_NAMES.get(r.stage) if r.stage else None
         return cls(
             src=_fmt_prefix(r.src, r.smask), dst=_fmt_prefix(r.dst, r.dmask),
@@ -275,7 +275,7 @@ class RuleTable:
         if len(want) > RULES_MAX:
             raise MapFullError(f"{len(want)} rules: the table holds at most {RULES_MAX}")
         cur = self.records()
-        if len(cur) == len(want) and all(same_match(a, b) for a, b in zip(cur, want)):
+        if len(cur) == len(want) and all(same_match(a, b) for a, b in zip(cur, want, strict=False)):
             return [], []
         removed = [r for r in cur if not any(same_match(r, w) for w in want)]
         for r in removed:

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from datapath_support import udp_dscp
+from nettools import VethPair, sh
+
 from mfs_tc import layout, tcx
 from mfs_tc.apply import managed_path
-from mfs_tc.netlink import ifindex, iproute
 from mfs_tc.loader import load_state
-from nettools import VethPair, sh
+from mfs_tc.netlink import ifindex, iproute
 
 pytestmark = pytest.mark.privileged
 

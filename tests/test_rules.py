@@ -12,17 +12,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from datapath_support import Capture
+from datapath_support import dscp_of as _dscp
+from datapath_support import udp_dscp as _udp_dscp
+from nettools import VethPair, sh
 from scapy.layers.inet import TCP, UDP
 from scapy.layers.l2 import Ether
 
-from datapath_support import Capture, dscp_of as _dscp, udp_dscp as _udp_dscp
 from mfs_tc import layout
 from mfs_tc.controller import PinnedMaps
 from mfs_tc.layout import RULES_MAX
 from mfs_tc.loader import AttachOptions, attach, detach
 from mfs_tc.netlink import socket_in
 from mfs_tc.rules import RuleSpec, RuleTable
-from nettools import VethPair, sh
 
 pytestmark = pytest.mark.privileged
 
