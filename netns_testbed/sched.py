@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,7 +75,9 @@ class ControllerScheduler(Scheduler):
     _batches: dict[tuple[str, int], object] = field(default_factory=dict)
     _members: dict[int, list[int]] = field(default_factory=dict)
     _stages: dict[tuple, object] = field(default_factory=dict)
-    _jobs: dict[int, tuple[RequestJob, int]] = field(default_factory=dict)
+    # request id -> (job, its TTFT deadline as wall-clock seconds): what a serving system carries
+    # in request metadata; each host's controller converts it to its own CLOCK_MONOTONIC
+    _jobs: dict[int, tuple[RequestJob, float]] = field(default_factory=dict)
     _est: dict[int, tuple[int, float]] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -100,11 +103,11 @@ class ControllerScheduler(Scheduler):
         key = (host, request_id)
         r = self._reqs.get(key)
         if r is None:
-            job, arrival_ns = self._jobs[request_id]
+            job, deadline_wall = self._jobs[request_id]
             b, c = self._est.get(request_id, (job.remaining_bytes, job.remaining_compute_s))
             r = self._ctls[host].request(  # type: ignore[attr-defined]
-                request_id, job.slo_s, arrival_ns=arrival_ns, num_layers=job.num_layers,
-                remaining_bytes=b, remaining_compute_s=c)
+                request_id, deadline_wall=deadline_wall, arrival_wall=deadline_wall - job.slo_s,
+                num_layers=job.num_layers, remaining_bytes=b, remaining_compute_s=c)
             self._reqs[key] = r
         return r
 
@@ -121,8 +124,11 @@ class ControllerScheduler(Scheduler):
         return b
 
     def open_request(self, job: RequestJob, arrival_ns: int) -> None:
+        # the deadline travels as wall-clock time, converted once here (where the request
+        # arrives), as the request's metadata would carry it to every host
+        deadline_wall = time.time() - (time.monotonic_ns() - arrival_ns) / 1e9 + job.slo_s
         with self._lock:
-            self._jobs[job.request_id] = (job, arrival_ns)
+            self._jobs[job.request_id] = (job, deadline_wall)
 
     def begin_batch(self, batch_id: int, request_ids: list[int]) -> None:
         with self._lock:
