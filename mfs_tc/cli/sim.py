@@ -115,7 +115,7 @@ def matrix_cmd(
     per point attainment with a 95% CI, the bound, network utilisation; load held at 90%."""
     from dataclasses import replace
 
-    from ..sim.matrix import DEFAULT_SCENARIOS, SCENARIOS, MatrixConfig, parse_scenario, run_matrix, table
+    from ..sim.matrix import DEFAULT_SCENARIOS, SCENARIOS, MatrixConfig, parse_scenario, run_matrix
 
     if list_scenarios:
         for name, sc in SCENARIOS.items():
@@ -126,15 +126,7 @@ def matrix_cmd(
         return
     try:
         scs = [parse_scenario(s) for s in (scenario or DEFAULT_SCENARIOS)]
-        over: dict = {}
-        if requests is not None:
-            if requests < 1:
-                raise ValueError("--requests must be at least 1")
-            over["requests"] = requests
-        if load:
-            over["loads"] = tuple(floats(load, "load"))
-        if slo_scale:
-            over["slo_scales"] = tuple(floats(slo_scale, "slo-scale"))
+        over = matrix_overrides(requests, load, slo_scale)
         scs = [replace(s, **over) for s in scs]
         cfg = MatrixConfig(scenarios=scs, policies=[p.strip() for p in policy.split(",") if p.strip()],
                            seeds=ints(seeds, "seed"), levels=levels, tick_s=tick_ms / 1e3,
@@ -145,6 +137,27 @@ def matrix_cmd(
         summary = run_matrix(cfg, out, jobs=jobs, executor=executor, address=address, plots=plots)
     except ValueError as exc:
         raise MfsError(str(exc)) from None
+    echo_matrix(summary, out, plots=plots, json_out=json_out)
+
+
+def matrix_overrides(requests: int | None, load: str | None, slo_scale: str | None) -> dict:
+    """Scenario fields a matrix command's --requests/--load/--slo-scale override."""
+    over: dict = {}
+    if requests is not None:
+        if requests < 1:
+            raise ValueError("--requests must be at least 1")
+        over["requests"] = requests
+    if load:
+        over["loads"] = tuple(floats(load, "load"))
+    if slo_scale:
+        over["slo_scales"] = tuple(floats(slo_scale, "slo-scale"))
+    return over
+
+
+def echo_matrix(summary: dict, out: Path, *, plots: bool, json_out: bool) -> None:
+    """A matrix summary as JSON or as the table, with where the files are."""
+    from ..sim.matrix import table
+
     if json_out:
         typer.echo(json.dumps(summary, indent=2, default=str))
         return

@@ -92,20 +92,14 @@ def matrix_cmd(
     per point attainment with a 95% CI over seeds, the bound; load held at 90%."""
     from dataclasses import replace
 
-    from mfs_tc.sim.matrix import MatrixConfig, table
+    from mfs_tc.sim.matrix import MatrixConfig
     from netns_testbed.matrix import DEFAULT_SEEDS, TESTBED_SCENARIOS, run_testbed_matrix
+
+    from .sim import echo_matrix, matrix_overrides
 
     try:
         sc = TESTBED_SCENARIOS["testbed-mooncake"]
-        over: dict = {}
-        if load:
-            over["loads"] = tuple(floats(load, "load"))
-        if slo_scale:
-            over["slo_scales"] = tuple(floats(slo_scale, "slo-scale"))
-        if requests is not None:
-            if requests < 1:
-                raise ValueError("--requests must be at least 1")
-            over["requests"] = requests
+        over = matrix_overrides(requests, load, slo_scale)
         cfg = MatrixConfig(scenarios=[replace(sc, **over)],
                            policies=[p.strip() for p in policy.split(",") if p.strip()],
                            seeds=ints(seeds, "seed") if seeds else DEFAULT_SEEDS, levels=levels,
@@ -113,11 +107,7 @@ def matrix_cmd(
         summary = run_testbed_matrix(cfg, out, plots=plots)
     except ValueError as exc:
         raise MfsError(str(exc)) from None
-    if json_out:
-        typer.echo(json.dumps(summary, indent=2, default=str))
-        return
-    typer.echo(table(summary))
-    typer.echo(f"results in {out}/ (runs.jsonl, matrix.json" + (", matrix.png)" if plots else ")"))
+    echo_matrix(summary, out, plots=plots, json_out=json_out)
 
 
 @testbed_app.command("report")
