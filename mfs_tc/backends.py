@@ -20,6 +20,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 
+from .controller import pid_alive
 from .errors import KernelFeatureError
 
 HANDLE_MAJOR = 0x4D46  # "MF"
@@ -162,18 +163,11 @@ def cleanup_stale_probes() -> list[str]:
         return removed
     for name in names:
         m = STALE_PROBE.match(name)
-        if not m or _alive(int(m.group("pid"))) or os.geteuid() != 0:
+        if not m or pid_alive(int(m.group("pid"))) or os.geteuid() != 0:
             continue
         if subprocess.run(["ip", "netns", "del", name], capture_output=True).returncode == 0:
             removed.append(name)
     return removed
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
