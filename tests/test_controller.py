@@ -634,7 +634,7 @@ def test_open_with_the_mfs_policy_by_name(root, maps):
         assert views[13100].entry.mode_name == "mlu"
         far = views[13000].level
         r.at_layer(4)
-        assert {v.level for v in c.flows() if v.entry.mode_name == "rli"} == {0} and far > 0
+        assert {v.level for v in c.flows() if v.entry.mode_name == "rli"} == {1} and far > 1  # RLI 0
     with pytest.raises(ValueError, match="unknown policy 'nope'"):
         Controller.open(IF, policy="nope", root=root)
     with pytest.raises(ValueError, match="no config key"):

@@ -3,7 +3,7 @@
 Reference rate 200 Mbit/s = 40 ns per byte (ps_per_byte 40000); every expected level below is
 computed by hand from the default tables:
   MLU  (0.1, 0.25, 0.4, 0.6, 0.9) -> levels (5, 4, 3, 2, 1, 0)
-  RLI  (1, 2, 3, 4, 8)            -> levels (0, 1, 2, 4, 5, 6)
+  RLI  (1, 2, 3, 4, 8)            -> levels (1, 2, 3, 4, 5, 6)
   laxity (10, 25, 50, 100, 250) ms -> levels (0, 1, 2, 3, 4, 5)
 """
 
@@ -93,7 +93,7 @@ def test_rli0_collective_outranks_deferred_p2d():
     coll = pol.entry(req, Stage("collective", bytes=4_000_000, layer=3), Flow(bytes=1_000_000, target_layer=3), T0)
     assert coll.mode == MODE_RLI and coll.target_layer == 3 and coll.request_id == 7
     assert coll.flags == F_MONOTONIC
-    assert coll.level(T0, cursor=3) == 0  # RLI 0: the GPU waits for it now
+    assert coll.level(T0, cursor=3) == 1  # RLI 0: the GPU waits for it now (level 0: urgent p2d)
     assert p2d.level(T0) == 5
     assert coll.level(T0, cursor=3) < p2d.level(T0)
 
@@ -103,8 +103,8 @@ def test_far_layer_kv_fetch_waits_until_compute_approaches():
     req = Request(request_id=9, arrival_ns=T0, slo_ns=2000 * MS, num_layers=8)
     e = pol.entry(req, Stage("kv_fetch", bytes=1 << 20), Flow(bytes=1 << 20, target_layer=6), T0)
     assert e.mode == MODE_RLI and e.target_layer == 6
-    # cursor -> RLI -> level: 0->6->5, 2->4->5, 3->3->4, 4->2->2, 5->1->1, 6->0->0
-    assert [e.level(T0, cursor=c) for c in range(7)] == [5, 5, 5, 4, 2, 1, 0]
+    # cursor -> RLI -> level: 0->6->5, 2->4->5, 3->3->4, 4->2->3, 5->1->2, 6->0->1
+    assert [e.level(T0, cursor=c) for c in range(7)] == [5, 5, 5, 4, 3, 2, 1]
     # a fetch for a far layer sits with the deferred traffic, below every urgent level
     assert e.level(T0, cursor=0) >= 4
 
@@ -146,7 +146,7 @@ def test_red_ranks_few_tight_batch_below_uniformly_tight_one():
     st, fl = Stage("collective"), Flow(bytes=1 << 20, target_layer=2)
     a = pol.entry(few_tight, st, fl, T0)
     b = pol.entry(uniform, st, fl, T0)
-    assert a.levels == [1, 2, 3, 5, 6, 6] and b.levels == [0, 1, 2, 4, 5, 6]
+    assert a.levels == [2, 3, 4, 5, 6, 6] and b.levels == [1, 2, 3, 4, 5, 6]
     for cursor in (2, 1, 0):  # RLI 0, 1, 2
         assert a.level(T0, cursor=cursor) == b.level(T0, cursor=cursor) + 1
     # both min deadlines are 100 ms: plain EDF could not tell them apart; RED does
@@ -188,7 +188,7 @@ def test_scavenged_request_flag_overrides_rli_entry():
     pol = make_policy("mfs")
     req = Request(request_id=5, arrival_ns=T0, slo_ns=1000 * MS)
     e = pol.entry(req, Stage("kv_fetch"), Flow(bytes=10, target_layer=1), T0)
-    assert e.level(T0, cursor=1) == 0
+    assert e.level(T0, cursor=1) == 1  # RLI 0
     assert e.level(T0, cursor=1, scavenged=True) == 7  # the kernel reads the request flag
     req.scavenged = True
     assert pol.is_hopeless(req, T0)

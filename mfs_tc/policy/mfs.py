@@ -21,16 +21,25 @@
 - Every entry has F_MONOTONIC: a live flow's level only ever rises.
 
 Reference layout (K = 8, default thresholds):
-  0  RLI 0 (GPU blocked now), p2d MLU >= 0.9, control packets of unknown flows
-  1  RLI 1, p2d 0.6 <= MLU < 0.9
-  2  RLI 2, p2d 0.4 <= MLU < 0.6
-  3  p2d 0.25 <= MLU < 0.4
+  0  p2d MLU >= 0.9 (needs nearly the whole link: it shares it with nothing), control packets
+     of unknown flows
+  1  RLI 0 (GPU blocked now), p2d 0.6 <= MLU < 0.9
+  2  RLI 1, p2d 0.4 <= MLU < 0.6
+  3  RLI 2, p2d 0.25 <= MLU < 0.4
   4  RLI 3, p2d 0.1 <= MLU < 0.25
   5  RLI 4..7, p2d MLU < 0.1 (deferred)
   6  RLI >= 8 (far layers), payload of unknown flows (the datapath's default level)
   7  scavenger
 (a loose-RED batch's RLI rows move one level down, capped at 6). Fewer levels squeeze this
 layout proportionally (levels.squeeze).
+
+Why urgent p2d is alone on top: a p2d stage at MLU >= 0.9 can only make its deadline with at
+least 90% of its link from now on. Sharing a level with an RLI-0 collective (strict priority
+shares a level fairly) gives it at most half, so it would miss for certain, and then be
+scavenged as its MLU passes 1. Above the collective, it delays the collective's batch by at most
+the p2d's remaining time, which is short by then (the stage is nearly due). The prefill host's
+uplink is where this happens: the next batch's collectives (RLI 0/1, layer after layer) hold it
+while the previous batch's p2d waits.
 """
 
 from __future__ import annotations
@@ -55,7 +64,7 @@ from .work import check_estimator, hopeless, work_ahead_ns
 
 DEFAULT_MLU_THRESHOLDS = (0.1, 0.25, 0.4, 0.6, 0.9)
 DEFAULT_RLI_THRESHOLDS = (1, 2, 3, 4, 8)
-REF_RLI_LEVELS = (0, 1, 2, 4, 5, 6)  # K = 8 layout for the default RLI thresholds
+REF_RLI_LEVELS = (1, 2, 3, 4, 5, 6)  # K = 8 layout for the default RLI thresholds: level 0 is urgent p2d's alone
 PS_MAX = 1 << 32  # a stage rate term beyond 4.3 ms/byte (under 2 kbit/s) is clamped
 
 
