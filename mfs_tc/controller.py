@@ -1017,6 +1017,19 @@ class _Owner:
             self._check_hopeless()
             self._rewrite([fh for fh in self.flows.values() if not fh.removed])
 
+    def scavenge(self) -> None:
+        """Give this request up: its flows go to the scavenger level (the kernel reads the
+        request's flag for every entry carrying its id; sticky). For a decision made beside the
+        policy, e.g. a decode-side p2d admission (policy.admission.moore_hodgson)."""
+        with self.ctl._lock:
+            self._check_live()
+            if self.record.flags & R_SCAVENGER:
+                return
+            self.record.flags |= R_SCAVENGER
+            self.model.scavenged = True
+            self._version += 1
+            self._write_record()
+
     @property
     def scavenged(self) -> bool:
         return bool(self.record.flags & R_SCAVENGER)

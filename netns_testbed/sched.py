@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mfs_tc.errors import MfsError
 from mfs_tc.layout import COUNTER_FMT, MAX_LEVELS, FlowKey, pin_dir
+from mfs_tc.policy.admission import moore_hodgson
 
 from .plan import RequestJob, Transfer
 from .topology import Topology
@@ -80,6 +81,12 @@ class ControllerScheduler(Scheduler):
     _jobs: dict[int, tuple[RequestJob, float]] = field(default_factory=dict)
     _est: dict[int, tuple[int, float]] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    # p2d admission (policy.admission), as a decode-side scheduler would run it: the live p2d
+    # stages per decode host, request id -> (its flows, stage bytes, p2d deadline ns)
+    admission_tick_s: float = 0.001
+    _p2d: dict[str, dict[int, tuple[list, int, int]]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _admitter: threading.Thread | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -98,6 +105,34 @@ class ControllerScheduler(Scheduler):
         except BaseException:
             self.close()
             raise
+        if any(c.policy.p2d_admission() for c in self._ctls.values()):  # type: ignore[attr-defined]
+            self._admitter = threading.Thread(target=self._admit_loop, daemon=True, name="p2d-admission")
+            self._admitter.start()
+
+    def _admit_loop(self) -> None:
+        """Every tick, on each decode host with two or more live p2d stages: the stages
+        Moore-Hodgson gives up (bytes the kernel has not counted yet, at the link rate, against
+        the p2d deadline) are scavenged on every host that knows the request."""
+        ns_per_byte = 8e9 / float(self.topology.config.rate_bps)
+        while not self._stop.wait(self.admission_tick_s):
+            with self._lock:
+                drop: list[int] = []
+                for on in self._p2d.values():
+                    jobs = {}
+                    for rid, (fhs, stage_bytes, deadline) in on.items():
+                        if any(r.scavenged for (_h, x), r in self._reqs.items() if x == rid):  # type: ignore[attr-defined]
+                            continue
+                        sent = 0
+                        for fh in fhs:
+                            st = fh.state()
+                            sent += st.sent_bytes if st is not None else 0
+                        jobs[rid] = (int(max(stage_bytes - sent, 0) * ns_per_byte), deadline)
+                    if len(jobs) >= 2:
+                        drop += moore_hodgson(jobs, time.monotonic_ns())
+                for rid in drop:
+                    for (_h, x), r in list(self._reqs.items()):
+                        if x == rid:
+                            _quiet(r.scavenge)  # type: ignore[attr-defined]
 
     def _req(self, host: str, request_id: int) -> object:
         key = (host, request_id)
@@ -156,6 +191,12 @@ class ControllerScheduler(Scheduler):
             if true_remaining_ns is not None and self.policy == "llf-oracle":
                 fh.flow.true_remaining_work_ns = true_remaining_ns
                 fh.update()
+            if self._admitter is not None and t.stage == "p2d" and request_id is not None:
+                on = self._p2d.setdefault(t.dst, {})
+                deadline = owner.deadline_ns - int(round(compute_after_s * 1e9))  # type: ignore[attr-defined]
+                fhs = on.get(request_id, ([], stage_bytes, deadline))[0]
+                fhs.append(fh)
+                on[request_id] = (fhs, stage_bytes, deadline)
 
     def update_estimates(self, batch_id: int | None, estimates: dict[int, tuple[int, float]],
                          batch_estimate: tuple[int, float] | None = None) -> None:
@@ -205,8 +246,13 @@ class ControllerScheduler(Scheduler):
                 del self._stages[skey]
             self._jobs.pop(request_id, None)
             self._est.pop(request_id, None)
+            for on in self._p2d.values():
+                on.pop(request_id, None)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._admitter is not None:
+            self._admitter.join(timeout=2)
         with self._lock:
             for ctl in self._ctls.values():
                 _quiet(ctl.close)  # type: ignore[attr-defined]

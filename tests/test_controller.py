@@ -318,6 +318,26 @@ def test_scavenger_flag_when_policy_gives_up(ctl, maps, policy):
 
 
 @pytest.mark.privileged
+def test_scavenge_gives_a_feasible_request_up(ctl, maps):
+    """A decision made beside the policy (a decode-side p2d admission): the record's flag, read
+    by the kernel for every entry of the request; another request stays."""
+    req = ctl.request("given-up", slo_s=10.0)
+    other = ctl.request("kept", slo_s=10.0)
+    req.stage("p2d", bytes=1 << 20).add_flow(("10.0.0.1", "10.0.0.2", 7100, 80), bytes=1 << 20)
+    other.stage("p2d", bytes=1 << 20).add_flow(("10.0.0.1", "10.0.0.2", 7101, 80), bytes=1 << 20)
+    assert not req.scavenged and not req.read_record().flags & R_SCAVENGER
+    req.scavenge()
+    assert req.scavenged and req.read_record().flags & R_SCAVENGER
+    req.scavenge()  # idempotent
+    levels = {v.key.sport: (v.scavenged, v.level) for v in ctl.flows()}
+    assert levels[7100] == (True, maps.config.scavenger_level)
+    assert levels[7101][0] is False and levels[7101][1] < maps.config.scavenger_level
+    req.done()
+    with pytest.raises(MfsError):
+        req.scavenge()
+
+
+@pytest.mark.privileged
 def test_scavenger_by_deadline_with_real_policy_logic(ctl, maps):
     req = ctl.request("late", slo_s=0.05, arrival=time.monotonic() - 1.0)  # deadline long gone
     assert req.scavenged

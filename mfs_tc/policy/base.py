@@ -58,6 +58,11 @@ class Policy(ABC):
         """True when the request should go to the scavenger level (only MFS-style policies)."""
         return False
 
+    def p2d_admission(self) -> bool:
+        """True when the p2d stages a decode link cannot carry in time should be given up to the
+        scavenger level by whoever sees them all (policy.admission.moore_hodgson)."""
+        return False
+
     def describe(self) -> dict:
         """Thresholds and level layout, for `mfs-tc policy show`."""
         return {"policy": self.name, "levels": self.config.nlevels}

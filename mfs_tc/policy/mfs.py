@@ -18,6 +18,9 @@
 - Scavenger: a request that can no longer meet its SLO (is_hopeless) gets a static entry at the
   scavenger level K-1; the controller also sets the request's scavenger flag, which the kernel
   checks for every entry carrying the request id.
+- p2d admission: of the p2d stages converging on one decode host's downlink, the fewest that
+  keep the others from making their deadlines (Moore-Hodgson, policy.admission) are scavenged
+  by the caller that sees them all.
 - Every entry has F_MONOTONIC: a live flow's level only ever rises.
 
 Reference layout (K = 8, default thresholds):
@@ -82,6 +85,7 @@ class MfsConfig(PolicyConfig):
     estimator: str = "request"  # work estimator for feasibility (mfs_tc.policy.work)
     scavenger: bool = True  # demote requests that can no longer meet their SLO
     hopeless_margin_ns: int = 0  # benefit of the doubt before a request is declared hopeless
+    p2d_admission: bool = True  # give up the p2d stages a decode link cannot carry in time
 
     def __post_init__(self) -> None:
         PolicyConfig.__post_init__(self)
@@ -170,6 +174,9 @@ class MfsPolicy(Policy):
         work = work_ahead_ns(self.config.estimator, request, stage, flow, self.ps)
         return request.deadline_ns - now_ns + self.config.hopeless_margin_ns < work
 
+    def p2d_admission(self) -> bool:
+        return self.config.scavenger and self.config.p2d_admission
+
     def red_loose(self, request: Request, now_ns: int) -> bool:
         """The request's batch ranks loose: in the looser of `red_buckets` slices of the RED
         ranking of the batches in prefill now (`request.red_rank`, what the caller ranked with
@@ -236,6 +243,7 @@ class MfsPolicy(Policy):
                 "hopeless_when": "deadline - now + margin < remaining bytes at ref rate + remaining compute",
                 "margin_ms": c.hopeless_margin_ns / 1e6,
                 "estimator": c.estimator,
+                "p2d_admission": self.p2d_admission(),
             },
             "layout": layout(c.nlevels, rows, scavenger="scavenger: requests that can no longer meet their SLO"),
         }

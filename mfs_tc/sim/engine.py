@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from ..entry import FlowEntry
 from ..layout import MODE_RLI, MODE_STATIC
 from ..model import Batch, Flow, Request, Stage
+from ..policy.admission import moore_hodgson
 from ..policy.base import Policy
 from ..policy.red import red, red_ranks
 from ..results import RequestRow
@@ -219,6 +220,11 @@ class Simulator:
         self._tick_on = False
         self._dyn: set[FluidFlow] = set()
         self._req_flows: dict[int, set[FluidFlow]] = {}
+        # p2d admission (policy.admission): the live p2d stages per decode host,
+        # request id -> (request, its flows, p2d deadline ns)
+        self._admission = policy.p2d_admission()
+        self._p2d_on: dict[str, dict[int, tuple[Request, list[FluidFlow], int]]] = {}
+        self._p2d_host: dict[int, str] = {}
         self._entry_cache: dict[tuple, FlowEntry] = {}
         # batches in prefill, ranked by RED at every batch start, layer boundary and batch end
         self._prefilling: dict[int, _BState] = {}
@@ -381,10 +387,14 @@ class Simulator:
             req = b.reqs[m.request_id]
             fan = _fanout(trs, self.host_map)
             b.p2d_left[m.request_id] = len(fan)
+            step_ns = int(round(b.plan.decode_step_s * NS))
+            if self._admission:
+                host = fan[0][0].dst
+                self._p2d_on.setdefault(host, {})[m.request_id] = (req, [], req.deadline_ns - step_ns)
+                self._p2d_host[m.request_id] = host
             for tr, wt in fan:
-                self._start_flow(b, "p2d", len(b.plan.layers), tr, req, sb,
-                                 int(round(b.plan.decode_step_s * NS)), rid=m.request_id,
-                                 weight=wt)
+                self._start_flow(b, "p2d", len(b.plan.layers), tr, req, sb, step_ns,
+                                 rid=m.request_id, weight=wt)
         self._try_start(b.group)
 
     def _set_cursor(self, b: _BState, cursor: int) -> None:
@@ -454,7 +464,34 @@ class Simulator:
         elif self.policy.is_hopeless(req, now):
             self._scavenge(req)
 
+    def _admit_p2d(self) -> None:
+        """p2d admission on every decode host with two or more live p2d stages: the stages
+        Moore-Hodgson gives up (remaining bytes at the downlink's rate against the p2d deadline)
+        are scavenged."""
+        now = self.now_ns()
+        t = self.t
+        for on in self._p2d_on.values():
+            if len(on) < 2:
+                continue
+            jobs = {}
+            for rid, (req, flows, deadline) in on.items():
+                if req.scavenged:
+                    continue
+                rem = 0.0
+                for f in flows:
+                    left = f.rem - f.rate * (t - f.t0)
+                    if left > 0:
+                        rem += left
+                jobs[rid] = (int(rem / self.rate_Bps * NS), deadline)
+            if len(jobs) < 2:
+                continue
+            for rid in moore_hodgson(jobs, now):
+                self._scavenge(on[rid][0])
+
     def _p2d_done(self, b: _BState, rid: int) -> None:
+        host = self._p2d_host.pop(rid, None)
+        if host is not None:
+            del self._p2d_on[host][rid]
         o = self.out[rid]
         o.p2d_s = self.t - b.p2d_t0[rid]
         spec_deadline = o.arrival_s + o.slo_s
@@ -520,6 +557,8 @@ class Simulator:
         if fl is None:
             self._req_flows[req.request_id] = fl = set()
         fl.add(f)
+        if stage == "p2d" and self._admission:
+            self._p2d_on[self._p2d_host[rid]][rid][1].append(f)
         self.flows_started += 1
         self.stage_bytes[stage] += tr.bytes * weight
         if self.flow_setup_s > 0:
@@ -618,6 +657,8 @@ class Simulator:
         if not self._dyn:
             self._tick_on = False
             return
+        if self._admission:
+            self._admit_p2d()
         now = self.now_ns()
         t = self.t
         net = self.net

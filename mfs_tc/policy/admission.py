@@ -1,0 +1,48 @@
+"""p2d admission on a decode host's downlink: which p2d stages to give up so that the most of
+the others make their deadlines.
+
+Every p2d stage sent to a decode host crosses its downlink, one link they all share. On one link
+the problem "send these transfers so that as many as possible finish by their deadlines" is
+1||sum U_j, and Moore-Hodgson's rule solves it exactly: go through the stages in deadline order,
+accumulating the time each needs at the link's rate; whenever the running total passes the
+current stage's deadline, drop the largest stage taken so far. The stages kept all finish in
+time in deadline order, and no other choice keeps more.
+
+Why MFS needs it: MFS defers p2d until its MLU rises, so p2d stages finish close to their
+deadlines; when two of them become urgent on one decode link together they share it, and both
+can miss (and then both are scavenged as their MLU passes 1), where giving one up early would
+have saved the other. The per-stage rule (a stage whose own MLU exceeds 1) sees each stage
+alone; this one sees the link. It is a scavenger rule: a stage it drops goes to the scavenger
+level (`Request.scavenged`) and still takes whatever bandwidth is left.
+
+Who calls it: whoever sees every p2d stage to a decode host (the simulator on its re-level
+ticks, the testbed's replay, a decode-side scheduler), with each stage's remaining bytes on the
+downlink; a policy says whether it wants it (`Policy.p2d_admission`).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Hashable, Mapping
+
+
+def moore_hodgson(jobs: Mapping[Hashable, tuple[int, int]], now_ns: int) -> list[Hashable]:
+    """The keys to give up, fewest possible: `jobs` maps key -> (time it still needs on the link
+    in ns, deadline ns). Ties in deadline keep the mapping's order; of equal sizes the one met
+    last is dropped."""
+    keys = list(jobs)
+    vals = list(jobs.values())
+    order = sorted(range(len(vals)), key=lambda i: vals[i][1])
+    taken: list[tuple[int, int, int]] = []  # (-need, -position, index): a max-heap on need
+    t = now_ns
+    dropped: list[Hashable] = []
+    for pos, i in enumerate(order):
+        need, deadline = vals[i]
+        need = max(int(need), 0)
+        heapq.heappush(taken, (-need, -pos, i))
+        t += need
+        if t > deadline:
+            neg, _, j = heapq.heappop(taken)
+            t += neg
+            dropped.append(keys[j])
+    return dropped

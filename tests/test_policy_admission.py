@@ -1,0 +1,73 @@
+"""p2d admission on a decode link (policy.admission): Moore-Hodgson by hand, against brute force,
+and in the simulator where two p2d stages cannot both make it."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mfs_tc.policy import make_policy
+from mfs_tc.policy.admission import moore_hodgson
+from mfs_tc.sim.engine import simulate
+from mfs_tc.workload import ClusterShape, ModelShape, RequestSpec, Workload, WorkloadConfig
+
+
+def test_moore_hodgson_by_hand() -> None:
+    assert moore_hodgson({}, 0) == []
+    assert moore_hodgson({"a": (5, 10), "b": (6, 11)}, 0) == []  # 5 by 10, 11 by 11: both
+    assert moore_hodgson({"a": (5, 10), "b": (7, 11)}, 0) == ["b"]  # 12 > 11: the larger goes
+    # c (4 by 9), a (8 by 10)? 12 > 10: a, the larger, goes; then b (2 by 11): 6 <= 11
+    assert moore_hodgson({"a": (8, 10), "b": (2, 11), "c": (4, 9)}, 0) == ["a"]
+    # equal sizes, all due together: the one met last goes
+    assert moore_hodgson({"x": (4, 10), "y": (4, 10), "z": (4, 10)}, 0) == ["z"]
+    assert moore_hodgson({"late": (1, 5)}, 6) == ["late"]  # already past its deadline
+
+
+def _feasible(jobs: list[tuple[int, int]], now: int) -> bool:
+    t = now
+    for need, deadline in sorted(jobs, key=lambda j: j[1]):
+        t += need
+        if t > deadline:
+            return False
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 120)), min_size=0, max_size=7))
+def test_moore_hodgson_keeps_the_most(jobs: list[tuple[int, int]]) -> None:
+    """What it keeps is EDF-feasible, and no larger set is (brute force over every subset)."""
+    d = dict(enumerate(jobs))
+    dropped = set(moore_hodgson(d, 0))
+    kept = [j for k, j in d.items() if k not in dropped]
+    assert _feasible(kept, 0)
+    best = max(n for n in range(len(jobs) + 1)
+               if any(_feasible(list(c), 0) for c in itertools.combinations(jobs, n)))
+    assert len(kept) == best
+
+
+P2D_ONLY = ModelShape(name="p2d-only", layer_groups=1, kv_bytes_per_token_per_group=1.0,
+                      act_bytes_per_token_per_group=0.0, collective="all_reduce",
+                      compute_a_s=0.0, compute_b_s_per_token=0.0, decode_step_s=0.01)
+
+
+def test_two_p2d_stages_that_cannot_both_make_it() -> None:
+    """1000 B/s decode link, two 1000 B p2d stages due at 1.5 s: sharing it they both end at
+    2 s and both miss (each is scavenged only when its own MLU passes 1, together); with the
+    admission one is given up at the first tick and the other ends at 1 s."""
+    cl = ClusterShape(kv_hosts=1, prefill_groups=1, group_size=1, decode_hosts=1, link_rate_bps=8000.0)
+    cfg = WorkloadConfig(kind="poisson", load=1.0, num_requests=2, model=P2D_ONLY, cluster=cl,
+                         byte_scale=1.0, max_batch=8)
+    reqs = [RequestSpec(i + 1, 0.0, 1000, 0, 1, 0, "d0", "kv0", 1.5, 1.0) for i in range(2)]
+    w = Workload(cfg=cfg, model=P2D_ONLY, cluster=cl, requests=reqs)
+    out = {}
+    for admission in (False, True):
+        pol = make_policy("mfs", ref_rate_bps=8000.0, p2d_admission=admission)
+        assert pol.p2d_admission() is admission
+        res = simulate(w, pol, tick_s=0.001)
+        out[admission] = {r.request_id: (r.met, r.scavenged, r.ttft_s) for r in res.requests}
+    assert [m for m, _, _ in out[False].values()] == [False, False]
+    (met1, scav1, t1), (met2, scav2, _t2) = out[True][1], out[True][2]
+    assert met1 and not scav1 and abs(t1 - 1.01) < 0.01
+    assert not met2 and scav2  # the one given up (equal sizes and deadlines: the later in order)
