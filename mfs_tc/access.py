@@ -99,9 +99,10 @@ def set_pin_modes(pin: Path, gid: int | None, names: tuple[str, ...]) -> None:
     """Give each pin in `pin` its owner (root, group `gid` or root's) and mode (pin_mode)."""
     for name in names:
         p = pin / name
+        mode = pin_mode(name, gid is not None)
         try:
-            os.chown(p, 0, 0 if gid is None else gid, follow_symlinks=False)
-            os.chmod(p, pin_mode(name, gid is not None))
+            os.chown(p, 0, gid if gid is not None and mode & 0o070 else 0, follow_symlinks=False)
+            os.chmod(p, mode)
         except FileNotFoundError:
             continue
 

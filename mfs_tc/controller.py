@@ -907,7 +907,11 @@ class _Owner:
                 return
             self.closed = True
             self._drop(list(self.flows.values()))
-            self.ctl.maps.requests.delete(_U64.pack(self.id))
+            key = _U64.pack(self.id)
+            # a private key was inserted with BPF_NOEXIST: the record is ours. A shared one (the id
+            # or its hash) may hold another process's record by now: delete only our own
+            if self.ctl.private_keys or self._record_owner() == self.ctl.owner:
+                self.ctl.maps.requests.delete(key)
             self.ctl._owners.pop(self.label, None)
 
     # -- stages
@@ -962,6 +966,10 @@ class _Owner:
 
     def _write_record(self) -> None:
         self.ctl.maps.requests.update(_U64.pack(self.id), self.record.pack())
+
+    def _record_owner(self) -> Owner | None:
+        raw = self.ctl.maps.requests.lookup(_U64.pack(self.id))
+        return RequestRecord.unpack(raw).owner if raw is not None else None
 
     def _create_record(self) -> None:
         """Write the record the first time. With private keys (controller.private_keys) the map
@@ -1059,8 +1067,8 @@ class _Owner:
         put back at once (BPF_NOEXIST: a still newer one wins). Its packets in those few
         microseconds get the rules' or default level (docs/access.md)."""
         flows, ctl = self.ctl.maps.flows, self.ctl
-        raw = ctl.maps.requests.lookup(_U64.pack(self.id))
-        if raw is not None and RequestRecord.unpack(raw).owner != ctl.owner:
+        owner = self._record_owner()
+        if owner is not None and owner != ctl.owner:
             return  # our request key holds someone else's record: none of these entries is ours
         rid = _U64.pack(self.id)
         for fh in handles:
@@ -1220,6 +1228,7 @@ class Controller:
         root: Path | str | None = None,
         pin_path: Path | str | None = None,
         entry_cache_ns: int = 1_000_000,
+        private_keys: bool | None = None,
         **config: Any,
     ) -> Controller:
         """Open the maps mfs-tc pinned for `ifname` (in `netns`) and build the policy
@@ -1230,7 +1239,7 @@ class Controller:
         except BaseException:
             maps.close()
             raise
-        return cls(maps, pol, entry_cache_ns=entry_cache_ns)
+        return cls(maps, pol, entry_cache_ns=entry_cache_ns, private_keys=private_keys)
 
     def close(self) -> None:
         """Finish every open request of this controller and close the maps."""
