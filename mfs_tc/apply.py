@@ -126,6 +126,9 @@ def _attach_reason(ic: InterfaceConfig) -> tuple[str | None, bool]:
         s = read_status(ic.opts.ifname, ic.opts.netns)
     except MfsError as exc:
         return f"re-attach ({exc})", False
+    frozen = [p for p in s["problems"] if " is frozen " in p]
+    if frozen:  # a re-attach keeps the pinned maps: it would not help (docs/access.md)
+        raise MfsError(frozen[0].replace("detach and attach again", "`mfs-tc apply --detach-all` and apply again"))
     if s["problems"]:
         # attach itself re-creates what is missing and keeps the pinned maps (a device that was
         # re-created gets the classifier again; controllers keep their entries)

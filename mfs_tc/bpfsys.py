@@ -200,11 +200,29 @@ _WRITES = frozenset({BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_UPDATE_BA
                      BPF_MAP_LOOKUP_AND_DELETE_ELEM})
 
 
-def error_for(cmd: int, err: int, what: str, opened: int = 0) -> MfsError:
+def map_frozen(fd: int) -> bool:
+    """Whether the map behind `fd` was frozen (BPF_MAP_FREEZE: no more writes from user space)."""
+    try:
+        for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+            if line.startswith("frozen:"):
+                return line.split(":", 1)[1].strip() == "1"
+    except OSError:
+        pass
+    return False
+
+
+def error_for(cmd: int, err: int, what: str, opened: int = 0, fd: int = -1) -> MfsError:
     """The MfsError for a failed bpf command `cmd` on `what` (a map name or a path); `opened`:
-    the BPF_OBJ_GET flags the map's fd was opened with (what a denied fd was allowed)."""
+    the BPF_OBJ_GET flags the map's fd was opened with (what a denied fd was allowed); `fd`: the
+    map's fd (a write refused because the map is frozen says so)."""
     op = _CMD_NAMES.get(cmd, f"bpf cmd {cmd}")
     text = f"{op} {what}: {os.strerror(err)}"
+    if err == E.EPERM and cmd in _WRITES and fd >= 0 and map_frozen(fd):
+        return PermissionDeniedError(
+            f"{text}: {what} is frozen (BPF_MAP_FREEZE by a process that holds it writable, e.g. a member of "
+            f"the access group: docs/access.md): nothing can change it any more; detach and attach again "
+            f"(new maps)"
+        )
     if err in (E.EPERM, E.EACCES):
         if opened & BPF_F_WRONLY and cmd in _READS:
             return PermissionDeniedError(
@@ -421,7 +439,7 @@ class BpfMap:
             err = _get_errno()
             if err == E.ENOENT:
                 return None
-            raise error_for(BPF_MAP_LOOKUP_ELEM, err, self.name, self.open_flags)
+            raise error_for(BPF_MAP_LOOKUP_ELEM, err, self.name, self.open_flags, self.fd)
         return sc.vbuf.raw
 
     def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
@@ -434,7 +452,7 @@ class BpfMap:
         sc.attr.flags = flags
         r = _SYSCALL(_NR, BPF_MAP_UPDATE_ELEM, sc.addr, _ELEM_SIZE)
         if r < 0:
-            raise error_for(BPF_MAP_UPDATE_ELEM, _get_errno(), self.name, self.open_flags)
+            raise error_for(BPF_MAP_UPDATE_ELEM, _get_errno(), self.name, self.open_flags, self.fd)
 
     def delete(self, key: bytes) -> bool:
         """Delete `key`; False when it was not there."""
@@ -447,7 +465,7 @@ class BpfMap:
             err = _get_errno()
             if err == E.ENOENT:
                 return False
-            raise error_for(BPF_MAP_DELETE_ELEM, err, self.name, self.open_flags)
+            raise error_for(BPF_MAP_DELETE_ELEM, err, self.name, self.open_flags, self.fd)
         return True
 
     def lookup_and_delete(self, key: bytes) -> bytes | None:
@@ -461,7 +479,7 @@ class BpfMap:
             err = _get_errno()
             if err == E.ENOENT:
                 return None
-            raise error_for(BPF_MAP_LOOKUP_AND_DELETE_ELEM, err, self.name, self.open_flags)
+            raise error_for(BPF_MAP_LOOKUP_AND_DELETE_ELEM, err, self.name, self.open_flags, self.fd)
         return val.raw
 
     def next_key(self, key: bytes | None) -> bytes | None:
@@ -473,7 +491,7 @@ class BpfMap:
             err = _get_errno()
             if err == E.ENOENT:
                 return None
-            raise error_for(BPF_MAP_GET_NEXT_KEY, err, self.name, self.open_flags)
+            raise error_for(BPF_MAP_GET_NEXT_KEY, err, self.name, self.open_flags, self.fd)
         return buf.raw
 
     def keys(self) -> Iterator[bytes]:
@@ -556,7 +574,7 @@ class BpfMap:
             if err in _UNSUPPORTED and done == 0:
                 self._batch_ok[BPF_MAP_UPDATE_BATCH] = False
             else:
-                raise error_for(BPF_MAP_UPDATE_BATCH, err, self.name, self.open_flags)
+                raise error_for(BPF_MAP_UPDATE_BATCH, err, self.name, self.open_flags, self.fd)
         ksz, vsz = self.key_size, self.value_size
         for i in range(done, count):
             self.update(keys[i * ksz : (i + 1) * ksz], values[i * vsz : (i + 1) * vsz], flags)
@@ -581,7 +599,7 @@ class BpfMap:
             if err in _UNSUPPORTED and attr.count == 0:
                 self._batch_ok[BPF_MAP_DELETE_BATCH] = False
             else:
-                raise error_for(BPF_MAP_DELETE_BATCH, err, self.name, self.open_flags)
+                raise error_for(BPF_MAP_DELETE_BATCH, err, self.name, self.open_flags, self.fd)
         return sum(self.delete(k) for k in keys)
 
     def _items_batched(self, chunk: int = 1024) -> Iterator[tuple[bytes, bytes]]:
@@ -613,7 +631,7 @@ class BpfMap:
                     continue
                 if first and -r in _UNSUPPORTED:
                     raise _BatchUnsupported()
-                raise error_for(BPF_MAP_LOOKUP_BATCH, -r, self.name, self.open_flags)
+                raise error_for(BPF_MAP_LOOKUP_BATCH, -r, self.name, self.open_flags, self.fd)
             kr, vr = keys.raw, vals.raw
             for i in range(n):
                 yield kr[i * ksz : (i + 1) * ksz], vr[i * vsz : (i + 1) * vsz]

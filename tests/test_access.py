@@ -117,6 +117,12 @@ elif what == "config":
     ctl = Controller(m, TinyPolicy())
     attempt("set_static", lambda: ctl.set_static(("10.77.0.1", "10.77.0.2", 1, 2, "udp"), 0))
     attempt("five_tuple", lambda: ctl.request("b", slo_s=9).stage("p2d").add_flow(("10.77.0.1", "10.77.0.2", 3, 4)))
+elif what == "freeze":
+    import ctypes
+    class Fd(ctypes.Structure):
+        _fields_ = [("map_fd", ctypes.c_uint32)]
+    r = bpfsys.bpf(22, Fd(m.requests.fd))   # BPF_MAP_FREEZE on its write-only fd
+    out["freeze"] = "ok" if r == 0 else os.strerror(-r)
 elif what == "controller":
     attempt("controller", lambda: Controller.open(dev, netns=ns, policy=TinyPolicy()))
 elif what == "host":
@@ -408,6 +414,23 @@ def test_reattach_without_group_makes_the_pins_root_only(net: VethPair, group, m
         attach(AttachOptions(net.dev_a, netns=net.a, qdisc="none", group=group[0]))
     assert access.pins_gid(layout.pin_dir(net.dev_a, net.a)) == group[1]
     assert member.close() == "done" and member.p.returncode == 0
+
+
+def test_a_member_freezing_requests_is_reported(net: VethPair, group) -> None:
+    """Since Linux 6.5 BPF_MAP_FREEZE needs only a writable fd (before: CAP_BPF). A member that
+    freezes `requests` denies service (no controller can write records any more), changes no
+    priority; status reports it and the error names the fix (docs/access.md). Runs last: the
+    module's maps stay frozen."""
+    out = run_as(MEMBER_B, group[1], "freeze", net)
+    if access.kernel_version() < (6, 5):
+        assert out["freeze"] == "Operation not permitted", out
+        return
+    assert out["freeze"] == "ok", out
+    r = subprocess.run(MFS + ["status", net.dev_a, "-n", net.a], capture_output=True, text=True, timeout=60)
+    assert "warning: map requests is frozen" in r.stdout and "detach and attach again" in r.stdout, r.stdout
+    with Controller.open(net.dev_a, netns=net.a, policy="mfs") as ctl:
+        with pytest.raises(MfsError, match=r"requests is frozen .*detach and attach again"):
+            ctl.request("after-freeze", slo_s=9)
 
 
 def test_group_must_exist_and_not_be_root() -> None:
