@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import bpfsys, tcx
+from . import access, bpfsys, tcx
 from .backends import HANDLE
 from .controller import PinnedMaps
 from .errors import MfsError, NotAttachedError
@@ -80,6 +80,7 @@ def read_status(ifname: str, netns: str | None = None) -> dict:
         "rules": rules,
         "rule_stages": _per_stage(rules),
         "pin_dir": str(pin),
+        "access_gid": access.pins_gid(pin),  # the access group the pins give (None: root only)
         "maps": {n: (pin / n).exists() for n in MAP_NAMES + SK_MAP_NAMES},
         "problems": problems,
     }

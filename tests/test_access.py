@@ -252,6 +252,8 @@ def test_pins_carry_exactly_the_groups_share(net: VethPair, group) -> None:
     for d in (pin, pin.parent, layout.PIN_ROOT):
         st = os.stat(d)
         assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755), d
+    r = subprocess.run(MFS + ["status", net.dev_a, "-n", net.a, "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout)["access_gid"] == group[1], r.stderr
 
 
 def test_plan_shows_the_mode_changes(net: VethPair, group) -> None:
@@ -428,6 +430,7 @@ def test_a_member_freezing_requests_is_reported(net: VethPair, group) -> None:
     assert out["freeze"] == "ok", out
     r = subprocess.run(MFS + ["status", net.dev_a, "-n", net.a], capture_output=True, text=True, timeout=60)
     assert "warning: map requests is frozen" in r.stdout and "detach and attach again" in r.stdout, r.stdout
+    assert f"access group {group[0]} (gid {group[1]})" in r.stdout, r.stdout
     with Controller.open(net.dev_a, netns=net.a, policy="mfs") as ctl:
         with pytest.raises(MfsError, match=r"requests is frozen .*detach and attach again"):
             ctl.request("after-freeze", slo_s=9)

@@ -93,6 +93,7 @@ def detach(iface: Iface, netns: Netns = None, json_out: Json = False) -> None:
 def status(iface: Annotated[Optional[str], typer.Argument(help="Interface (default: every attached one)")] = None,
            netns: Netns = None, json_out: Json = False) -> None:
     """Backend, levels and per-level packets/bytes, counters, flow count."""
+    from ..access import group_name
     from ..loader import attached
     from ..netlink import check_ifname, check_netns_name
     from ..status import read_status
@@ -118,6 +119,7 @@ def status(iface: Annotated[Optional[str], typer.Argument(help="Interface (defau
             + (f" {format_rate(s['rate_bps'])}" if s["backend"] == "htb" else "")
             + f", {len(s['levels'])} levels, default {s['default_level']}, scavenger {s['scavenger_level']}"
             + (", trust-dscp" if s["trust_dscp"] else "")
+            + (f", access group {group_name(s['access_gid'])}" if s.get("access_gid") is not None else "")
             + f"; {s['flows']} flows, {s['requests']} requests"
         )
         table(
