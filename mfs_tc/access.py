@@ -199,7 +199,7 @@ def member_open_problem(release: str | None = None, sysctl: int | None = -1) -> 
     return (f"kernel {os.uname().release if release is None else release} with kernel.unprivileged_bpf_disabled="
             f"{val} refuses every bpf() call of a process without CAP_BPF, so serving processes of an access "
             f"group cannot open the pinned maps: use a kernel >= 5.19 (which refuses only map creation and "
-            f"program load), or {fix}, or give serving processes CAP_BPF")
+            f"program load), or {fix}, or give serving processes CAP_BPF (CAP_SYS_ADMIN before 5.8)")
 
 
 def check_member_kernel() -> None:
