@@ -1,7 +1,7 @@
 """`mfs-tc apply`: make the host match the config file, idempotently, and say what changed.
 
 Per configured interface: attach when it is not attached, when its attachment differs from the
-config (levels, qdisc, rate, DSCP, default/control level, trust, hook), or when what attach made
+config (levels, qdisc, rate, DSCP, default/control level, trust, hook, access group), or when what attach made
 is gone (the device was re-created, the filter or tcx link or root qdisc vanished); then make
 its rule table exactly the configured rules. Interfaces an earlier apply attached that the
 config no longer names are detached. Nothing that already matches is touched, so a second run
@@ -103,6 +103,10 @@ def _differences(ic: InterfaceConfig, st) -> list[str]:
     cmp("keep_dscp", sorted(st.keep_dscp), sorted(o.keep_dscp))
     if o.hook != "auto":
         cmp("hook", st.hook, o.hook)
+    if getattr(st, "access_gid", None) != o.gid:
+        from .access import group_name  # noqa: PLC0415
+
+        diff.append(f"access_group {group_name(st.access_gid)} -> {group_name(o.gid)}")
     return diff
 
 
@@ -122,6 +126,9 @@ def _attach_reason(ic: InterfaceConfig) -> tuple[str | None, bool]:
         s = read_status(ic.opts.ifname, ic.opts.netns)
     except MfsError as exc:
         return f"re-attach ({exc})", False
+    frozen = [p for p in s["problems"] if " is frozen " in p]
+    if frozen:  # a re-attach keeps the pinned maps: it would not help (docs/access.md)
+        raise MfsError(frozen[0].replace("detach and attach again", "`mfs-tc apply --detach-all` and apply again"))
     if s["problems"]:
         # attach itself re-creates what is missing and keeps the pinned maps (a device that was
         # re-created gets the classifier again; controllers keep their entries)
@@ -160,10 +167,6 @@ def apply_config(cfg: HostConfig, dry_run: bool = False, only: set | None = None
     from .netlink import check_netns, ifindex, iproute  # noqa: PLC0415
 
     res = Result()
-    for ic in cfg.interfaces:
-        if ic.access_group and not dry_run:
-            res.notes.append(f"{ic.label()}: access_group {ic.access_group!r} is accepted but not enforced yet "
-                             "(pins stay root-only; see docs/operating.md)")
     wanted = {ic.ident for ic in cfg.interfaces}
     for ic in cfg.interfaces:
         if only is not None and ic.ident not in only:

@@ -31,6 +31,7 @@ BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -184,6 +185,7 @@ _CMD_NAMES = {
     BPF_MAP_UPDATE_ELEM: "update",
     BPF_MAP_DELETE_ELEM: "delete",
     BPF_MAP_GET_NEXT_KEY: "get next key",
+    BPF_MAP_LOOKUP_AND_DELETE_ELEM: "lookup and delete",
     BPF_OBJ_PIN: "pin",
     BPF_OBJ_GET: "open pin",
     BPF_OBJ_GET_INFO_BY_FD: "object info",
@@ -193,15 +195,48 @@ _CMD_NAMES = {
 }
 
 
-def error_for(cmd: int, err: int, what: str) -> MfsError:
-    """The MfsError for a failed bpf command `cmd` on `what` (a map name or a path)."""
+_READS = frozenset({BPF_MAP_LOOKUP_ELEM, BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_BATCH, BPF_MAP_LOOKUP_AND_DELETE_ELEM})
+_WRITES = frozenset({BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_UPDATE_BATCH, BPF_MAP_DELETE_BATCH,
+                     BPF_MAP_LOOKUP_AND_DELETE_ELEM})
+
+
+def map_frozen(fd: int) -> bool:
+    """Whether the map behind `fd` was frozen (BPF_MAP_FREEZE: no more writes from user space)."""
+    try:
+        for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+            if line.startswith("frozen:"):
+                return line.split(":", 1)[1].strip() == "1"
+    except OSError:
+        pass
+    return False
+
+
+def error_for(cmd: int, err: int, what: str, opened: int = 0, fd: int = -1) -> MfsError:
+    """The MfsError for a failed bpf command `cmd` on `what` (a map name or a path); `opened`:
+    the BPF_OBJ_GET flags the map's fd was opened with (what a denied fd was allowed); `fd`: the
+    map's fd (a write refused because the map is frozen says so)."""
     op = _CMD_NAMES.get(cmd, f"bpf cmd {cmd}")
     text = f"{op} {what}: {os.strerror(err)}"
-    if err in (E.EPERM, E.EACCES):
+    if err == E.EPERM and cmd in _WRITES and fd >= 0 and map_frozen(fd):
         return PermissionDeniedError(
-            f"{text}. Run as root (or with CAP_BPF and CAP_NET_ADMIN), or give this user access "
-            f"to the pinned maps (e.g. `chgrp -R <group> /sys/fs/bpf/mfs && chmod -R g+rw "
-            f"/sys/fs/bpf/mfs`)"
+            f"{text}: {what} is frozen (BPF_MAP_FREEZE by a process that holds it writable, e.g. a member of "
+            f"the access group: docs/access.md): nothing can change it any more; detach and attach again "
+            f"(new maps)"
+        )
+    if err in (E.EPERM, E.EACCES):
+        if opened & BPF_F_WRONLY and cmd in _READS:
+            return PermissionDeniedError(
+                f"{text}: this process holds {what} write-only (the access group writes entries whose keys "
+                f"it made, and cannot read or list any: docs/access.md); reading it needs root"
+            )
+        if opened & BPF_F_RDONLY and cmd in _WRITES:
+            return PermissionDeniedError(
+                f"{text}: this process holds {what} read-only (it is root's: the access group may only read "
+                f"it, docs/access.md); changing it needs root"
+            )
+        return PermissionDeniedError(
+            f"{text}. Run as root (or with CAP_BPF and CAP_NET_ADMIN), or run the serving process in the "
+            f"interface's access group (`mfs-tc attach IFACE --group GROUP`: docs/access.md)"
         )
     if cmd in (BPF_MAP_UPDATE_ELEM, BPF_MAP_UPDATE_BATCH) and err in (E.E2BIG, E.ENOSPC):
         return MapFullError(
@@ -329,9 +364,10 @@ class BpfMap:
     For per-CPU maps `lookup` returns the raw buffer of all CPUs (use `lookup_percpu` to split)
     and `update` expects one (use `update_percpu`)."""
 
-    def __init__(self, fd: int, name: str = "map", info: MapInfo | None = None) -> None:
+    def __init__(self, fd: int, name: str = "map", info: MapInfo | None = None, flags: int = 0) -> None:
         self.fd = fd
         self.name = name
+        self.open_flags = flags  # BPF_F_RDONLY / BPF_F_WRONLY: what this fd may do (0: both)
         self.info = info or map_info(fd, name)
         self.key_size = self.info.key_size
         self.percpu = self.info.type in PERCPU_TYPES
@@ -346,7 +382,7 @@ class BpfMap:
     def open(cls, path: str | Path, name: str | None = None, flags: int = 0) -> BpfMap:
         fd = obj_get(path, flags)
         try:
-            return cls(fd, name or Path(path).name)
+            return cls(fd, name or Path(path).name, flags=flags)
         except BaseException:
             os.close(fd)
             raise
@@ -403,7 +439,7 @@ class BpfMap:
             err = _get_errno()
             if err == E.ENOENT:
                 return None
-            raise error_for(BPF_MAP_LOOKUP_ELEM, err, self.name)
+            raise error_for(BPF_MAP_LOOKUP_ELEM, err, self.name, self.open_flags, self.fd)
         return sc.vbuf.raw
 
     def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
@@ -416,7 +452,7 @@ class BpfMap:
         sc.attr.flags = flags
         r = _SYSCALL(_NR, BPF_MAP_UPDATE_ELEM, sc.addr, _ELEM_SIZE)
         if r < 0:
-            raise error_for(BPF_MAP_UPDATE_ELEM, _get_errno(), self.name)
+            raise error_for(BPF_MAP_UPDATE_ELEM, _get_errno(), self.name, self.open_flags, self.fd)
 
     def delete(self, key: bytes) -> bool:
         """Delete `key`; False when it was not there."""
@@ -429,8 +465,22 @@ class BpfMap:
             err = _get_errno()
             if err == E.ENOENT:
                 return False
-            raise error_for(BPF_MAP_DELETE_ELEM, err, self.name)
+            raise error_for(BPF_MAP_DELETE_ELEM, err, self.name, self.open_flags, self.fd)
         return True
+
+    def lookup_and_delete(self, key: bytes) -> bytes | None:
+        """Remove `key` and return the value it had, in one step (hash maps, Linux 5.14+);
+        None when it was not there."""
+        self._check_key(key)
+        val = ctypes.create_string_buffer(self.value_size)
+        attr = _ElemAttr(self.fd, 0, key, ctypes.addressof(val), 0)
+        r = _SYSCALL(_NR, BPF_MAP_LOOKUP_AND_DELETE_ELEM, ctypes.addressof(attr), _ELEM_SIZE)
+        if r < 0:
+            err = _get_errno()
+            if err == E.ENOENT:
+                return None
+            raise error_for(BPF_MAP_LOOKUP_AND_DELETE_ELEM, err, self.name, self.open_flags, self.fd)
+        return val.raw
 
     def next_key(self, key: bytes | None) -> bytes | None:
         """The key after `key` (the first key for None); None at the end."""
@@ -441,7 +491,7 @@ class BpfMap:
             err = _get_errno()
             if err == E.ENOENT:
                 return None
-            raise error_for(BPF_MAP_GET_NEXT_KEY, err, self.name)
+            raise error_for(BPF_MAP_GET_NEXT_KEY, err, self.name, self.open_flags, self.fd)
         return buf.raw
 
     def keys(self) -> Iterator[bytes]:
@@ -524,7 +574,7 @@ class BpfMap:
             if err in _UNSUPPORTED and done == 0:
                 self._batch_ok[BPF_MAP_UPDATE_BATCH] = False
             else:
-                raise error_for(BPF_MAP_UPDATE_BATCH, err, self.name)
+                raise error_for(BPF_MAP_UPDATE_BATCH, err, self.name, self.open_flags, self.fd)
         ksz, vsz = self.key_size, self.value_size
         for i in range(done, count):
             self.update(keys[i * ksz : (i + 1) * ksz], values[i * vsz : (i + 1) * vsz], flags)
@@ -549,7 +599,7 @@ class BpfMap:
             if err in _UNSUPPORTED and attr.count == 0:
                 self._batch_ok[BPF_MAP_DELETE_BATCH] = False
             else:
-                raise error_for(BPF_MAP_DELETE_BATCH, err, self.name)
+                raise error_for(BPF_MAP_DELETE_BATCH, err, self.name, self.open_flags, self.fd)
         return sum(self.delete(k) for k in keys)
 
     def _items_batched(self, chunk: int = 1024) -> Iterator[tuple[bytes, bytes]]:
@@ -581,7 +631,7 @@ class BpfMap:
                     continue
                 if first and -r in _UNSUPPORTED:
                     raise _BatchUnsupported()
-                raise error_for(BPF_MAP_LOOKUP_BATCH, -r, self.name)
+                raise error_for(BPF_MAP_LOOKUP_BATCH, -r, self.name, self.open_flags, self.fd)
             kr, vr = keys.raw, vals.raw
             for i in range(n):
                 yield kr[i * ksz : (i + 1) * ksz], vr[i * vsz : (i + 1) * vsz]

@@ -14,7 +14,7 @@
     keep_dscp = [46]
     trust_dscp = false
     hook = "auto"                   # auto | tcx | clsact
-    access_group = "mfs"            # accepted; not enforced yet (see docs/operating.md)
+    access_group = "mfs"            # serving processes' group (or a gid): attach --group (docs/access.md)
 
       [[interface.rule]]            # in priority order: the first match wins
       dst = "10.0.2.0/24"
@@ -41,7 +41,7 @@ DEFAULT_CONFIG = Path("/etc/mfs-tc/mfs-tc.toml")
 IFACE_KEYS = {
     "name": str, "netns": str, "levels": int, "qdisc": str, "rate": (str, int), "dscp": (str, list),
     "default_level": int, "control_level": int, "keep_dscp": list, "trust_dscp": bool, "hook": str,
-    "access_group": str, "rule": list, "backend": str,
+    "access_group": (str, int), "rule": list, "backend": str,
 }
 RULE_KEYS = {"src": str, "dst": str, "sport": (str, int), "dport": (str, int), "proto": str, "level": int,
              "stage": str}
@@ -232,12 +232,13 @@ def _interface(fail, i: int, d: dict) -> InterfaceConfig:
     opts = AttachOptions(
         d["name"], d.get("netns"), d.get("levels", 8), d.get("qdisc", "auto"), rate, dscp_list,
         d.get("default_level"), d.get("trust_dscp", False), control_level=d.get("control_level", 0),
-        keep_dscp=list(keep), hook=d.get("hook", "auto"),
+        keep_dscp=list(keep), hook=d.get("hook", "auto"), group=d.get("access_group"),
     )
     try:
         opts.validate_static()
     except MfsError as exc:
         key = "netns" if "namespace" in str(exc) else _key_of(str(exc))
+        key = "access_group" if key == "group" else key
         raise fail(p + [key], _strip_flag(str(exc))) from None
     specs = []
     for j, r in enumerate(d.get("rule", [])):
@@ -263,7 +264,7 @@ def _interface(fail, i: int, d: dict) -> InterfaceConfig:
 
     if len(specs) > RULES_MAX:
         raise fail(p + ["rule", RULES_MAX], f"{len(specs)} rules: an interface holds at most {RULES_MAX}")
-    return InterfaceConfig(opts, specs, d.get("access_group"), f"interface[{i}]")
+    return InterfaceConfig(opts, specs, opts.group, f"interface[{i}]")
 
 
 def _s(v: Any) -> str | None:

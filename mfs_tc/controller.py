@@ -29,9 +29,11 @@ assumption and the error a clock offset causes).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import random
+import secrets
 import socket
 import struct
 import threading
@@ -41,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from . import bpfsys
-from .bpfsys import BpfMap
+from . import access, bpfsys
+from .bpfsys import BpfMap, BpfSyscallError
 from .entry import FlowEntry
 from .errors import LayoutMismatchError, MfsError, NotAttachedError, PermissionDeniedError
 from .layout import (
@@ -56,7 +58,6 @@ from .layout import (
     MAP_SHAPES,
     MAX_LEVELS,
     NSTATS,
-    PIN_ROOT,
     R_SCAVENGER,
     SK_MAP_NAMES,
     STAGE_CODES,
@@ -250,6 +251,25 @@ class FlowView:
         }
 
 
+class DeniedMap:
+    """A pinned map this process did not open because it is root's (access.MEMBER_ACCESS):
+    any use is a PermissionDeniedError naming the fix."""
+
+    fd = -1
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, attr: str) -> Any:
+        raise access.root_only(self.name, attr.strip("_") or "use")
+
+    def __len__(self) -> int:
+        raise access.root_only(self.name, "count")
+
+
 class PinnedMaps:
     """The maps of one attached interface, opened once. Serves the controller and the
     `flows`/`status`/`gc` commands. `sk_flows`/`sk_state` are None where the attach has no
@@ -269,6 +289,8 @@ class PinnedMaps:
         self.rule_stats = maps["rule_stats"]
         self.config = self.read_config()
         self._level_records: list[LevelRecord] | None = None
+        self.member = False  # opened with the access group's share only (not root: docs/access.md)
+        self.shared = False  # the pins give an access group some access
 
     # -- open / create
     @classmethod
@@ -288,28 +310,50 @@ class PinnedMaps:
             present = path.is_dir()
         except PermissionError:
             raise PermissionDeniedError(
-                f"cannot look into {path}: run as root, or give this user access to the pinned maps "
-                f"(e.g. `chgrp -R <group> {PIN_ROOT} && chmod -R g+rwX {PIN_ROOT}`)"
+                f"cannot look into {path}: pin directories are root's, mode 0755 (re-attach makes them so: "
+                f"`mfs-tc attach {_attach_arg(what)}`); or run as root"
             ) from None
         if not present:
             raise NotAttachedError(f"mfs-tc is not attached to {what} ({path} is missing): "
                                    f"run `mfs-tc attach {_attach_arg(what)}`")
-        maps: dict[str, BpfMap] = {}
+        if access.is_root():
+            try:
+                return cls._open_maps(path, what, member=False)
+            except PermissionDeniedError:
+                pass  # root of a user namespace (a container): the host's root owns the pins
+        return cls._open_maps(path, what, member=True)
+
+    @classmethod
+    def _open_maps(cls, path: Path, what: str, member: bool) -> PinnedMaps:
+        """Open every map read-write (root), or (`member`) each with the least access a serving
+        process needs (access.MEMBER_ACCESS): root-only maps are not opened (DeniedMap)."""
+        maps: dict[str, Any] = {}
+        names = MAP_NAMES + (SK_MAP_NAMES if all((path / n).exists() for n in SK_MAP_NAMES) else ())
         try:
-            for name in MAP_NAMES:
+            for name in names:
                 p = path / name
+                flags = access.open_flags(name) if member else 0
+                if flags is None:
+                    if not p.exists():
+                        raise NotAttachedError(f"mfs-tc is not (fully) attached to {what}: {p} is missing: "
+                                               f"run `mfs-tc attach {_attach_arg(what)}`")
+                    maps[name] = DeniedMap(name)
+                    continue
                 try:
-                    maps[name] = BpfMap.open(p, name)
+                    maps[name] = BpfMap.open(p, name, flags)
                 except NotAttachedError:
                     raise NotAttachedError(
                         f"mfs-tc is not (fully) attached to {what}: {p} is missing: run `mfs-tc attach {_attach_arg(what)}`"
                     ) from None
+                except PermissionDeniedError:
+                    if not member:
+                        raise
+                    raise access.denied(p, what, _attach_arg(what)) from None
                 _check_shape(name, maps[name], p)
-            if all((path / n).exists() for n in SK_MAP_NAMES):
-                for name in SK_MAP_NAMES:
-                    maps[name] = BpfMap.open(path / name, name)
-                    _check_shape(name, maps[name], path / name)
-            return cls(path, maps)
+            pm = cls(path, maps)
+            pm.member = member
+            pm.shared = access.pins_gid(path) is not None
+            return pm
         except BaseException:
             for m in maps.values():
                 m.close()
@@ -837,6 +881,7 @@ class _Owner:
         self.ctl = ctl
         self.id = key
         self.model = model
+        self.label = key  # request_key(the caller's id): this controller's name for it
         o = ctl.owner
         self.record = RequestRecord(0, 0, deadline_ns, o.pid, o.start, o.pidns)
         self.stages: list[StageHandle] = []
@@ -862,8 +907,12 @@ class _Owner:
                 return
             self.closed = True
             self._drop(list(self.flows.values()))
-            self.ctl.maps.requests.delete(_U64.pack(self.id))
-            self.ctl._owners.pop(self.id, None)
+            key = _U64.pack(self.id)
+            # a private key was inserted with BPF_NOEXIST: the record is ours. A shared one (the id
+            # or its hash) may hold another process's record by now: delete only our own
+            if self.ctl.private_keys or self._record_owner() == self.ctl.owner:
+                self.ctl.maps.requests.delete(key)
+            self.ctl._owners.pop(self.label, None)
 
     # -- stages
     def stage(
@@ -917,6 +966,29 @@ class _Owner:
 
     def _write_record(self) -> None:
         self.ctl.maps.requests.update(_U64.pack(self.id), self.record.pack())
+
+    def _record_owner(self) -> Owner | None:
+        raw = self.ctl.maps.requests.lookup(_U64.pack(self.id))
+        return RequestRecord.unpack(raw).owner if raw is not None else None
+
+    def _create_record(self) -> None:
+        """Write the record the first time. With private keys (controller.private_keys) the map
+        key is 64 random bits, inserted with BPF_NOEXIST: nobody else's record is overwritten,
+        and a process that may only write `requests` cannot find it to change it."""
+        if not self.ctl.private_keys:
+            self._write_record()
+            return
+        for _ in range(8):
+            key = secrets.randbits(64) or 1
+            try:
+                self.ctl.maps.requests.update(_U64.pack(key), self.record.pack(), bpfsys.BPF_NOEXIST)
+            except BpfSyscallError as exc:
+                if exc.errno == errno.EEXIST:
+                    continue
+                raise
+            self.id = self.model.request_id = key
+            return
+        raise MfsError("no free request key after 8 random tries: the requests map is corrupt or under attack")
 
     def _entry_for(self, stage: StageHandle, flow: Flow, now: int) -> tuple[bytes, FlowEntry]:
         """The packed entry for a new flow. Flows of one stage with the same bytes, target layer
@@ -983,11 +1055,38 @@ class _Owner:
                     if raw is not None and _U32.unpack_from(raw, _GEN_OFF)[0] == fh.gen:
                         ctl.maps.sk_flows.delete(fh.key[2:])
                 continue
-            raw = ctl.maps.flows.lookup(fh.key)
-            if raw is not None and _U32.unpack_from(raw, _GEN_OFF)[0] == fh.gen:
-                tuples.append(fh.key)
+            tuples.append(fh)
         if tuples:
-            ctl.maps.flows.delete_batch(tuples)
+            self._delete_own(tuples)
+
+    def _delete_own(self, handles: list[FlowHandle]) -> None:
+        """Delete these 5-tuple entries where they are still this registration's: the map's
+        entry carries our gen and our request id, and our request record names this process
+        (pid + start time + pid namespace) as its owner. Each is removed with one atomic
+        lookup-and-delete and checked after: an entry another controller wrote in between is
+        put back at once (BPF_NOEXIST: a still newer one wins). Its packets in those few
+        microseconds get the rules' or default level (docs/access.md)."""
+        flows, ctl = self.ctl.maps.flows, self.ctl
+        owner = self._record_owner()
+        if owner is not None and owner != ctl.owner:
+            return  # our request key holds someone else's record: none of these entries is ours
+        rid = _U64.pack(self.id)
+        for fh in handles:
+            try:
+                v = flows.lookup_and_delete(fh.key)
+            except BpfSyscallError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, bpfsys.ENOTSUPP):
+                    raise
+                v = flows.lookup(fh.key)  # kernel before 5.14: check, then delete (a short race)
+                if v is not None and _U32.unpack_from(v, _GEN_OFF)[0] == fh.gen and v[24:32] == rid:
+                    flows.delete(fh.key)
+                continue
+            if v is not None and (_U32.unpack_from(v, _GEN_OFF)[0] != fh.gen or v[24:32] != rid):
+                try:
+                    flows.update(fh.key, v, bpfsys.BPF_NOEXIST)
+                except BpfSyscallError as exc:
+                    if exc.errno != errno.EEXIST:
+                        raise
 
     def update_estimate(
         self,
@@ -1110,10 +1209,14 @@ class Controller:
         clock=time.monotonic_ns,
         owner_pid: int | None = None,
         entry_cache_ns: int = 1_000_000,
+        private_keys: bool | None = None,
     ) -> None:
         """`entry_cache_ns`: flows of one stage with equal bytes/target registered within this
         long of each other (and no request change between) reuse the policy's decision; 0 asks
-        the policy for every add_flow (one add_flows call always asks once per distinct shape)."""
+        the policy for every add_flow (one add_flows call always asks once per distinct shape).
+        `private_keys`: request records under random 64-bit keys (BPF_NOEXIST) instead of the
+        request id (or its hash); default: where an access group shares the maps, or this process
+        is not root (docs/access.md)."""
         if entry_cache_ns < 0:
             raise ValueError("entry_cache_ns must not be negative")
         self.maps = maps
@@ -1122,6 +1225,7 @@ class Controller:
         self.entry_cache_ns = entry_cache_ns
         self.owner = Owner.of(owner_pid)
         self.owner_pid = self.owner.pid
+        self.private_keys = (maps.member or maps.shared) if private_keys is None else private_keys
         self._gen = random.getrandbits(32)
         self._lock = threading.RLock()
         self._owners: dict[int, _Owner] = {}
@@ -1137,6 +1241,7 @@ class Controller:
         root: Path | str | None = None,
         pin_path: Path | str | None = None,
         entry_cache_ns: int = 1_000_000,
+        private_keys: bool | None = None,
         **config: Any,
     ) -> Controller:
         """Open the maps mfs-tc pinned for `ifname` (in `netns`) and build the policy
@@ -1147,7 +1252,7 @@ class Controller:
         except BaseException:
             maps.close()
             raise
-        return cls(maps, pol, entry_cache_ns=entry_cache_ns)
+        return cls(maps, pol, entry_cache_ns=entry_cache_ns, private_keys=private_keys)
 
     def close(self) -> None:
         """Finish every open request of this controller and close the maps."""
@@ -1227,7 +1332,7 @@ class Controller:
             if policy_hopeless(self.policy, model, self.clock()):
                 h.record.flags |= R_SCAVENGER
                 model.scavenged = True
-            h._write_record()
+            h._create_record()
             self._owners[key] = h
         return h
 
@@ -1251,7 +1356,7 @@ class Controller:
             if b._hopeless(self.clock()):
                 b.record.flags |= R_SCAVENGER
                 b.model.scavenged = True
-            b._write_record()
+            b._create_record()
             self._owners[key] = b
         return b
 

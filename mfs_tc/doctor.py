@@ -49,6 +49,16 @@ def run_checks() -> list[Check]:
         checks.append(Check("pin root", True, f"{PIN_ROOT} absent or root-owned, not writable by others", required=False))
     except UnsafePinRootError as exc:
         checks.append(Check("pin root", False, str(exc).split(": ")[0], str(exc).split("; ")[-1]))
+    from .access import OBJ_GET_UNPRIV_SINCE, member_open_problem, unprivileged_bpf_disabled
+
+    problem = member_open_problem()
+    val = unprivileged_bpf_disabled()
+    checks.append(Check(
+        "non-root serving", problem is None,
+        f"kernel.unprivileged_bpf_disabled={val}: only map creation and program load are refused "
+        f"(Linux >= {'.'.join(map(str, OBJ_GET_UNPRIV_SINCE))}), so an access group (attach --group) can "
+        f"open the pinned maps" if problem is None else problem.split(": use ")[0],
+        "" if problem is None else "use " + problem.split(": use ", 1)[1], required=False))
     btf = Path("/sys/kernel/btf/vmlinux").exists()
     checks.append(Check("BTF", btf, "/sys/kernel/btf/vmlinux" if btf else "no kernel BTF",
                         "a kernel with CONFIG_DEBUG_INFO_BTF=y (not needed by the classifier itself)", required=False))

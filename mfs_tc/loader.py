@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import bpfsys, tcx
+from . import access, bpfsys, tcx
 from .backends import BACKENDS, HANDLE, MIN_LEAF_RATE_BPS, Backend, min_htb_rate_bps, probe_qdisc_kinds
 from .controller import PinnedMaps, write_config
 from .errors import KernelFeatureError, LayoutMismatchError, MfsError, PermissionDeniedError
@@ -29,6 +29,7 @@ from .layout import (
     MAP_NAMES,
     MAX_LEVELS,
     PIN_ROOT,
+    SK_MAP_NAMES,
     netns_label,
     pin_dir,
 )
@@ -69,6 +70,8 @@ class AttachOptions:
     control_level: int = 0  # unknown flows' pure control packets (SYN/FIN/RST/pure ACK)
     keep_dscp: list[int] = field(default_factory=list)  # DSCPs untracked traffic keeps
     hook: str = "auto"  # auto (tcx where the kernel has it), tcx, clsact
+    group: str | int | None = None  # access group of serving processes (docs/access.md)
+    gid: int | None = field(default=None, init=False)  # `group` resolved by validate
 
     def validate(self) -> None:
         check_ifname(self.ifname)
@@ -92,6 +95,7 @@ class AttachOptions:
             raise MfsError(f"--keep-dscp values must be 0..63: {bad}")
         if self.hook not in HOOKS:
             raise MfsError(f"--hook must be {', '.join(HOOKS)}; got {self.hook!r}")
+        self.gid = access.resolve_group(self.group)
         if self.qdisc not in ("auto",) + BACKENDS:
             raise MfsError(f"--qdisc must be auto, {', '.join(BACKENDS)}; got {self.qdisc!r}")
         if not 0 <= self.default_level < self.levels:
@@ -140,6 +144,7 @@ class AttachState:
     control_level: int = 0
     keep_dscp: list[int] = field(default_factory=list)
     socket_storage: bool = True
+    access_gid: int | None = None  # the access group given the serving processes' maps (None: root only)
 
     @property
     def scavenger_level(self) -> int:
@@ -272,7 +277,25 @@ def plan(opts: AttachOptions) -> Plan:
         cmds.append(filter_command(opts.ifname, pin))
     if opts.netns:
         cmds = [(["ip", "netns", "exec", opts.netns] + c) if c[0] == "tc" else c for c in cmds]
+    cmds += _access_commands(opts.gid, pin)
+    if opts.gid is not None:
+        problem = access.member_open_problem()
+        notes.append(f"access group {access.group_name(opts.gid)}: serving processes open the maps without root"
+                     + (f"; BUT {problem}" if problem else " (other pins stay root:root 0600)"))
     return Plan(opts, backend, cmds, notes)
+
+
+def _access_commands(gid: int | None, pin: Path) -> list[list[str]]:
+    """What attach does to the pins' owners and modes (access.MEMBER_ACCESS)."""
+    if gid is None:
+        return []
+    shared = [n for n in MAP_NAMES + SK_MAP_NAMES if access.MEMBER_ACCESS.get(n)]
+    by_mode: dict[int, list[str]] = {}
+    for n in shared:
+        by_mode.setdefault(access.pin_mode(n, True), []).append(str(pin / n))
+    cmds = [["chgrp", str(gid)] + [str(pin / n) for n in shared]]
+    cmds += [["chmod", f"{m:04o}"] + files for m, files in sorted(by_mode.items())]
+    return cmds
 
 
 def _kernel_has_tcx(netns: str | None) -> bool:
@@ -478,6 +501,8 @@ def attach(opts: AttachOptions) -> AttachState:
     opts.validate()
     _require_root("attach")
     check_netns(opts.netns)
+    if opts.gid is not None:
+        access.check_member_kernel()  # members could not open the maps: say so, change nothing
     with _locked(opts.ifname, opts.netns):
         return _attach_locked(opts)
 
@@ -584,8 +609,10 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
             trust_dscp=opts.trust_dscp, pin_dir=str(pin), prev_root=prev_root,
             created_clsact=created_clsact, ifindex=idx, prog_id=prog_id, prog_tag=prog_tag, hook=hook,
             control_level=opts.control_level, keep_dscp=list(opts.keep_dscp),
-            socket_storage=(pin / "sk_flows").exists(),
+            socket_storage=(pin / "sk_flows").exists(), access_gid=opts.gid,
         )
+        # the access group's share of each map (its file mode), or root's only
+        access.set_pin_modes(pin, opts.gid, MAP_NAMES + SK_MAP_NAMES + (tcx.LINK_PIN,))
         _save_state(st)
         del b  # the filter holds the program, the pins hold the maps
         return st

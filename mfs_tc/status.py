@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import tcx
+from . import access, bpfsys, tcx
 from .backends import HANDLE
 from .controller import PinnedMaps
 from .errors import MfsError, NotAttachedError
@@ -22,6 +22,8 @@ def read_status(ifname: str, netns: str | None = None) -> dict:
         nflows, nreq = len(maps.flows), len(maps.requests)
         pressure = maps.pressure()
         rules = [r.as_dict() for r in RuleTable(maps).rows()]
+        frozen = [m.name for m in (maps.requests, maps.sk_flows, maps.flows, maps.config_map, maps.levels, maps.rules)
+                  if m is not None and bpfsys.map_frozen(m.fd)]
     backend = st.backend_obj() if st else None
     levels = []
     for i, rec in enumerate(lrecs):
@@ -34,7 +36,8 @@ def read_status(ifname: str, netns: str | None = None) -> dict:
             "bytes": stats["levels"][i]["bytes"],
         })
     hook = st.hook if st else "clsact"
-    problems = []
+    problems = [f"map {n} is frozen (BPF_MAP_FREEZE by a process holding it writable, e.g. a member of the access "
+                f"group: docs/access.md): controllers cannot change it; detach and attach again" for n in frozen]
     dev: str | None = ifname
     if st is not None and st.ifindex is not None:
         current = _link_name(netns, st.ifindex)
@@ -77,6 +80,7 @@ def read_status(ifname: str, netns: str | None = None) -> dict:
         "rules": rules,
         "rule_stages": _per_stage(rules),
         "pin_dir": str(pin),
+        "access_gid": access.pins_gid(pin),  # the access group the pins give (None: root only)
         "maps": {n: (pin / n).exists() for n in MAP_NAMES + SK_MAP_NAMES},
         "problems": problems,
     }

@@ -7,7 +7,9 @@ re-created, and detaches on SIGTERM."""
 
 from __future__ import annotations
 
+import grp
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +31,16 @@ pytestmark = pytest.mark.privileged
 MFS = [str(Path(sys.executable).parent / "mfs-tc")]
 DSCP = layout.DEFAULT_DSCP
 DEFAULT = 5
+GROUP = f"mfsap{os.getpid() % 100000}"  # the config's access_group, made for this module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def access_group():
+    subprocess.run(["groupadd", GROUP], check=True, capture_output=True)
+    try:
+        yield grp.getgrnam(GROUP).gr_gid
+    finally:
+        subprocess.run(["groupdel", GROUP], capture_output=True)
 
 
 def mfs(*args: str) -> subprocess.CompletedProcess:
@@ -46,7 +58,7 @@ netns = "{net.a}"
 levels = 8
 default_level = {DEFAULT}
 control_level = 0
-access_group = "mfs"
+access_group = "{GROUP}"
 {extra}
 {rules}
 """
@@ -106,7 +118,7 @@ def _rules(net: VethPair) -> list[dict]:
     return json.loads(r.stdout)
 
 
-def test_apply_is_idempotent_and_detach_all_undoes_it(net: VethPair, f: Path) -> None:
+def test_apply_is_idempotent_and_detach_all_undoes_it(net: VethPair, f: Path, access_group: int) -> None:
     f.write_text(config(net, RULES))
     dry = mfs("apply", "--config", str(f), "--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -118,7 +130,11 @@ def test_apply_is_idempotent_and_detach_all_undoes_it(net: VethPair, f: Path) ->
     assert f"{net.dev_a} (netns {net.a}): attach" in out
     assert "bpf link create tcx_egress" in out or "tc filter replace" in out  # the plan's commands
     assert out.count("rule +") == 2 and "stage kv_fetch" in out
-    assert "access_group 'mfs' is accepted but not enforced" in first.stderr
+    assert "not enforced" not in first.stderr
+    pin = layout.pin_dir(net.dev_a, net.a)  # the access group's share (docs/access.md), the rest root's
+    modes = {p.name: (os.stat(p).st_mode & 0o777, os.stat(p).st_gid) for p in pin.iterdir()}
+    assert modes["config"] == (0o640, access_group) and modes["requests"] == (0o620, access_group)
+    assert modes["flows"] == (0o600, 0) and modes["rules"] == (0o600, 0)
     assert _marked(net)
     second = mfs("apply", "--config", str(f))
     assert second.returncode == 0, second.stderr
@@ -142,6 +158,12 @@ def test_apply_is_idempotent_and_detach_all_undoes_it(net: VethPair, f: Path) ->
     fourth = mfs("apply", "--config", str(f))
     assert "re-attach (default_level 5 -> 4)" in fourth.stdout and "rule" not in fourth.stdout
     assert udp_dscp(net, 7000) == [DSCP[4]] * 3
+    # the access group taken out of the config: re-attach, every pin root's only again
+    f.write_text(config(net, RULES.replace('dport = "7000-7001"', 'dport = "7002"')).replace(
+        f"default_level = {DEFAULT}", "default_level = 4").replace(f'access_group = "{GROUP}"', ""))
+    fifth = mfs("apply", "--config", str(f))
+    assert f"re-attach (access_group {GROUP} (gid {access_group}) -> none)" in fifth.stdout, fifth.stdout
+    assert {(os.stat(p).st_mode & 0o777, os.stat(p).st_gid) for p in pin.iterdir()} == {(0o600, 0)}
     gone = mfs("apply", "--config", str(f), "--detach-all")
     assert gone.returncode == 0, gone.stderr
     assert f"{net.dev_a} (netns {net.a}): detach" in gone.stdout

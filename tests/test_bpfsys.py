@@ -28,7 +28,12 @@ def test_error_mapping_names_the_fix():
     import errno
 
     e = bpfsys.error_for(bpfsys.BPF_OBJ_GET, errno.EACCES, "/x")
-    assert isinstance(e, PermissionDeniedError) and "root" in str(e) and "chmod" in str(e)
+    assert isinstance(e, PermissionDeniedError) and "root" in str(e) and "--group" in str(e)
+    # an fd opened with less access says what it may do (the access group's share)
+    e = bpfsys.error_for(bpfsys.BPF_MAP_GET_NEXT_KEY, errno.EPERM, "requests", bpfsys.BPF_F_WRONLY)
+    assert "write-only" in str(e) and "cannot read or list" in str(e)
+    e = bpfsys.error_for(bpfsys.BPF_MAP_UPDATE_ELEM, errno.EPERM, "config", bpfsys.BPF_F_RDONLY)
+    assert "read-only" in str(e) and "needs root" in str(e)
     assert isinstance(bpfsys.error_for(bpfsys.BPF_MAP_UPDATE_ELEM, errno.E2BIG, "flows"), MapFullError)
     assert isinstance(bpfsys.error_for(bpfsys.BPF_OBJ_GET, errno.ENOENT, "/x"), NotAttachedError)
     other = bpfsys.error_for(bpfsys.BPF_MAP_LOOKUP_ELEM, errno.EFAULT, "flows")

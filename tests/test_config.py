@@ -58,6 +58,9 @@ def test_defaults_backend_alias_and_rules(tmp_path: Path) -> None:
         (("[defaults]", "[default]"), 1, "default: unknown key"),
         (("rate = \"1gbit\"", "rate = \"1gbit\"\n[[interface]]\nnetns = \"x\""), 5, "interface[0]: needs name"),
         (("dst = \"10.0.2.0/24\"", "dst = \"10.0.2.0/24\"\n  dport = 1"), 17, "TOML syntax error"),
+        (("qdisc = \"none\"", "qdisc = \"none\"\naccess_group = \"no-such-group-mfs\""), 13,
+         "interface[1].access_group: group 'no-such-group-mfs': no such group: create it (`groupadd"),
+        (("qdisc = \"none\"", "qdisc = \"none\"\naccess_group = 0"), 13, "interface[1].access_group: group 0 is root's"),
     ],
 )
 def test_errors_name_file_line_and_key(tmp_path: Path, edit: tuple[str, str], where: int, needle: str) -> None:
@@ -73,3 +76,8 @@ def test_errors_name_file_line_and_key(tmp_path: Path, edit: tuple[str, str], wh
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such config file"):
         load(tmp_path / "nope.toml")
+
+
+def test_access_group_by_number_needs_no_group_entry(tmp_path: Path) -> None:
+    cfg = load(_write(tmp_path, GOOD.replace('qdisc = "none"', 'qdisc = "none"\naccess_group = 64999')))
+    assert cfg.interfaces[1].opts.gid == 64999 and cfg.interfaces[0].opts.gid is None

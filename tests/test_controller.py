@@ -679,7 +679,7 @@ def test_open_without_permission_names_the_fix(root, maps):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert "DENIED" in r.stdout, r.stderr
-    assert "root" in r.stdout and "chmod" in r.stdout
+    assert "root" in r.stdout and "--group" in r.stdout
 
 
 @pytest.mark.privileged

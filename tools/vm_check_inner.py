@@ -10,6 +10,11 @@ Steps (each recorded in the result; the first failure stops the run):
   classify  two TCP flows with static levels 1 and 5 (K = 8) sent at once; the qdisc class of each
             level carries that flow's bytes (`tc -s -j class show`), no other class carries
             anything of size, and `mfs-tc status --json` per-level bytes agree
+  access    re-attach with an access group (numeric gid, docs/access.md) with
+            kernel.unprivileged_bpf_disabled=2 (Debian's default); a process dropped to a uid in
+            that group opens the pins (BPF_OBJ_GET as non-root), registers its own UDP socket at
+            level 3 (the receiver sees that level's DSCP), is refused get_next_key on requests and
+            writes to config (EPERM), and tries BPF_MAP_FREEZE (recorded: refused before 6.5)
   detach    detach() restores `tc qdisc show` / `tc filter show` and removes the pins
 
 Prints one line `MFS_VM_RESULT {json}` and exits 0 when every step passed, 1 otherwise.
@@ -41,7 +46,7 @@ from mfs_tc import bpfsys, layout  # noqa: E402
 from mfs_tc.backends import HANDLE  # noqa: E402
 from mfs_tc.entry import FlowEntry  # noqa: E402
 from mfs_tc.layout import FlowKey  # noqa: E402
-from mfs_tc.loader import AttachOptions, attach, compile_classifier, detach  # noqa: E402
+from mfs_tc.loader import AttachOptions, attach, compile_classifier, default_dscp, detach  # noqa: E402
 from mfs_tc.netlink import socket_in  # noqa: E402
 
 RESULT_TAG = "MFS_VM_RESULT"
@@ -297,6 +302,83 @@ def snapshot(net: Net) -> dict:
     }
 
 
+# ---- step (d): a serving process without root ---------------------------------------------------
+ACCESS_GID, ACCESS_UID, ACCESS_LEVEL, ACCESS_PORT = 64500, 64501, 3, 9201
+ACCESS_CHILD = r"""
+import ctypes, json, os, socket, sys
+sys.path.insert(0, sys.argv[1])
+from mfs_tc import bpfsys
+from mfs_tc.controller import Controller
+from mfs_tc.entry import FlowEntry
+from mfs_tc.errors import MfsError
+from mfs_tc.policy.base import Policy
+
+class Static(Policy):
+    name = "static"
+    def entry(self, request, stage, flow, now_ns):
+        return FlowEntry.static(int(sys.argv[4]))
+    def is_hopeless(self, request, now_ns):
+        return False
+
+os.setgroups([int(sys.argv[5])]); os.setgid(int(sys.argv[6])); os.setuid(int(sys.argv[6]))
+os.chdir("/")
+out = {"uid": os.getuid()}
+ctl = Controller.open(sys.argv[2], netns=sys.argv[3], policy=Static())
+out["member"], out["private_keys"] = ctl.maps.member, ctl.private_keys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[7], int(sys.argv[8])))
+req = ctl.request("vm", slo_s=60)
+out["on_socket"] = req.stage("p2d").add_flow(s).on_socket
+for _ in range(5):
+    s.send(b"v" * 64)
+for name, fn in (("next_key", lambda: ctl.maps.requests.next_key(None)),
+                 ("config_write", lambda: ctl.maps.config_map.update(b"\0" * 4, bytes(ctl.maps.config_map.value_size)))):
+    try:
+        fn()
+        out[name] = "ok"
+    except MfsError as e:
+        out[name] = str(e)
+class Fd(ctypes.Structure):
+    _fields_ = [("map_fd", ctypes.c_uint32)]
+r = bpfsys.bpf(22, Fd(ctl.maps.requests.fd))
+out["freeze"] = "ok" if r == 0 else os.strerror(-r)
+print(json.dumps(out))
+"""
+
+
+def step_access(net: Net, qdisc: str, levels: int, rate_bps: int | None) -> dict:
+    sysctl = Path("/proc/sys/kernel/unprivileged_bpf_disabled")
+    found = int(sysctl.read_text())
+    if found == 0:
+        sysctl.write_text("2")  # Debian's default (CONFIG_BPF_UNPRIV_DEFAULT_OFF): what is checked
+    value = int(sysctl.read_text())
+    attach(AttachOptions(net.dev_a, netns=net.a, levels=levels, qdisc=qdisc, rate_bps=rate_bps, group=ACCESS_GID))
+    pin = layout.pin_dir(net.dev_a, net.a)
+    modes = {p.name: f"{os.stat(p).st_mode & 0o777:04o}:{os.stat(p).st_gid}" for p in sorted(pin.iterdir())}
+    rx = socket_in(net.b, socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
+    rx.bind((IP_B, ACCESS_PORT))
+    rx.settimeout(10)
+    try:
+        r = subprocess.run(["ip", "netns", "exec", net.a, sys.executable, "-c", ACCESS_CHILD, str(REPO), net.dev_a,
+                            net.a, str(ACCESS_LEVEL), str(ACCESS_GID), str(ACCESS_UID), IP_B, str(ACCESS_PORT)],
+                           capture_output=True, text=True, timeout=300)
+        require(r.returncode == 0, f"the serving process failed: {r.stderr.strip()[-600:]}")
+        child = json.loads(r.stdout.strip().splitlines()[-1])
+        dscps = []
+        for _ in range(5):
+            _d, anc, _f, _a = rx.recvmsg(2048, socket.CMSG_SPACE(1))
+            dscps += [c[2][0] >> 2 for c in anc if c[0] == socket.IPPROTO_IP and c[1] == socket.IP_TOS]
+    finally:
+        rx.close()
+    want = default_dscp(levels)[ACCESS_LEVEL]
+    require(child["member"] and child["on_socket"], f"not a member socket flow: {child}")
+    require(dscps == [want] * 5, f"the member's packets carried DSCP {dscps}, level {ACCESS_LEVEL} is {want}")
+    require("write-only" in child["next_key"] and "read-only" in child["config_write"], f"refusals: {child}")
+    return {"unprivileged_bpf_disabled": {"found": found, "checked": value}, "pin_modes": modes,
+            "child": child, "dscp_seen": dscps}
+
+
 def step_detach(net: Net, before: dict) -> dict:
     removed = detach(net.dev_a, net.a)
     after = snapshot(net)
@@ -347,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
             ok = run_step("attach", lambda: step_attach(net, args.qdisc, args.expect_backend, args.levels, args.rate_bps))
             if ok:
                 ok = run_step("classify", lambda: step_classify(net, args.levels, args.secs))
+            if ok:
+                ok = run_step("access", lambda: step_access(net, args.qdisc, args.levels, args.rate_bps))
             # detach runs even after a failed attach/classify: it must leave the link clean
             ok = run_step("detach", lambda: step_detach(net, before)) and ok
         result["ok"] = ok

@@ -19,7 +19,7 @@ Json = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
 def _options(
     iface: str, netns: str | None, levels: int, qdisc: str, rate: str | None, dscp: str | None,
     default_level: int | None, trust_dscp: bool, control_level: int = 0, keep_dscp: str | None = None,
-    hook: str = "auto",
+    hook: str = "auto", group: str | None = None,
 ):
     from ..loader import AttachOptions
 
@@ -30,7 +30,7 @@ def _options(
     except ValueError as exc:
         raise MfsError(f"{exc} (--keep-dscp takes a list like 46,34)") from exc
     opts = AttachOptions(iface, netns, levels, qdisc, rate_bps, dscp_list, default_level, trust_dscp,
-                         control_level=control_level, keep_dscp=keep, hook=hook)
+                         control_level=control_level, keep_dscp=keep, hook=hook, group=group)
     opts.validate()
     return opts
 
@@ -47,15 +47,17 @@ def attach(
     control_level: Annotated[int, typer.Option(help="Level of unknown flows' pure control packets (SYN, FIN, RST, ACK without payload)")] = 0,
     keep_dscp: Annotated[Optional[str], typer.Option(help="DSCP values untracked traffic keeps, e.g. 46,34 (others leave with their level's DSCP)")] = None,
     hook: Annotated[str, typer.Option(help="auto (tcx where the kernel has it) | tcx (pinned BPF link) | clsact (cls_bpf filter)")] = "auto",
+    group: Annotated[Optional[str], typer.Option("--group", "-g", help="Access group (name or gid) of serving processes without root: what they need of the maps, nothing else (docs/access.md)")] = None,
     json_out: Json = False,
 ) -> None:
     """Compile and attach the classifier on IFACE egress, pin its maps, set up the root qdisc."""
     from dataclasses import asdict
 
+    from ..access import group_name
     from ..loader import attach as do_attach
 
     opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp, control_level, keep_dscp,
-                    hook)
+                    hook, group)
     st = do_attach(opts)
     if json_out:
         emit_json(asdict(st))
@@ -66,6 +68,7 @@ def attach(
         + (f" at {format_rate(st.rate_bps)}" if st.backend == "htb" else "")
         + (", trust-dscp" if st.trust_dscp else "")
         + f"; maps in {st.pin_dir}"
+        + (f"; access group {group_name(st.access_gid)}" if st.access_gid is not None else "")
     )
 
 
@@ -90,6 +93,7 @@ def detach(iface: Iface, netns: Netns = None, json_out: Json = False) -> None:
 def status(iface: Annotated[Optional[str], typer.Argument(help="Interface (default: every attached one)")] = None,
            netns: Netns = None, json_out: Json = False) -> None:
     """Backend, levels and per-level packets/bytes, counters, flow count."""
+    from ..access import group_name
     from ..loader import attached
     from ..netlink import check_ifname, check_netns_name
     from ..status import read_status
@@ -115,6 +119,7 @@ def status(iface: Annotated[Optional[str], typer.Argument(help="Interface (defau
             + (f" {format_rate(s['rate_bps'])}" if s["backend"] == "htb" else "")
             + f", {len(s['levels'])} levels, default {s['default_level']}, scavenger {s['scavenger_level']}"
             + (", trust-dscp" if s["trust_dscp"] else "")
+            + (f", access group {group_name(s['access_gid'])}" if s.get("access_gid") is not None else "")
             + f"; {s['flows']} flows, {s['requests']} requests"
         )
         table(
@@ -152,13 +157,14 @@ def plan(
     default_level: Annotated[Optional[int], typer.Option()] = None,
     trust_dscp: Annotated[bool, typer.Option("--trust-dscp")] = False,
     hook: Annotated[str, typer.Option(help="auto | tcx | clsact")] = "auto",
+    group: Annotated[Optional[str], typer.Option("--group", "-g", help="Access group of serving processes")] = None,
     rdma: Annotated[bool, typer.Option("--rdma", help="Per-level traffic classes for RoCE (NCCL, UCX, Mooncake)")] = False,
     json_out: Json = False,
 ) -> None:
     """Dry run: print the exact commands attach would run (nothing is changed)."""
     from ..loader import plan as make_plan
 
-    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp, hook=hook)
+    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp, hook=hook, group=group)
     if rdma:
         from ..controller import rdma_table
 
