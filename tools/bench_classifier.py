@@ -8,7 +8,13 @@ the median round counts. Prints JSON: each figure, its target and pass/fail.
 
     sudo .venv/bin/python tools/bench_classifier.py [--repeat 1000000] [--rounds 5]
 
-Target: <= 50 ns/packet above the empty program, for every path.
+Target: <= 50 ns/packet above the empty program, for every 5-tuple path; socket storage (wire):
+<= 30 ns static/rli, <= 45 ns mlu/laxity.
+
+`primitives_ns_above_empty`: one map lookup or helper call alone in a program (40-byte hash and
+LRU lookups as `flows` / `flow_state` do, the 8-byte `requests` lookup, a socket-storage get, the
+clock, a per-CPU counter), in the same rounds; each path's `floor_ns_above_empty` is the sum of
+the primitives it cannot do without (e.g. 5-tuple static: storage get + two 40-byte lookups).
 
 The test-run figures are the 5-tuple paths (layout v2: decision in `flows`, kernel counts in
 `flow_state`; every packet first probes the socket's storage, which the test run's dummy socket
@@ -40,6 +46,78 @@ from mfs_tc.layout import FlowKey, RequestRecord  # noqa: E402
 
 TARGET_NS = 50.0
 EMPTY_SRC = "int empty(struct __sk_buff *skb) { return 0; }"
+
+# The building blocks of the classifier, each alone in a tc program, timed in the same rounds as
+# the paths: what one map lookup or helper call costs on this machine and kernel (a floor for any
+# path that needs it). Keys and values are the classifier's sizes: `flows` (40-byte key, hash
+# without prealloc), `flow_state` (40-byte key, LRU), `requests` (8-byte key), socket storage
+# (on the test run's dummy socket: no storage, the lookup misses, as on a socket without an
+# entry), a per-CPU counter, the clock.
+PRIMITIVES_SRC = r"""
+#include <uapi/linux/bpf.h>
+struct k40 { __u64 w[5]; };
+struct v128 { __u64 w[16]; };
+struct cnt { __u64 packets, bytes; };
+BPF_F_TABLE("hash", struct k40, struct v128, p_flows, 1024, BPF_F_NO_PREALLOC);
+BPF_TABLE("lru_hash", struct k40, struct v128, p_state, 1024);
+BPF_F_TABLE("hash", __u64, struct v128, p_requests, 1024, BPF_F_NO_PREALLOC);
+BPF_TABLE("percpu_array", __u32, struct cnt, p_stats, 22);
+BPF_SK_STORAGE(p_sk, struct v128);
+static __always_inline void key_of(struct __sk_buff *skb, struct k40 *k) {
+    __builtin_memset(k, 0, sizeof(*k));
+    k->w[0] = skb->len;
+}
+int hash_lookup_40b(struct __sk_buff *skb) {
+    struct k40 k; key_of(skb, &k);
+    return p_flows.lookup(&k) ? 1 : 0;
+}
+int lru_lookup_40b(struct __sk_buff *skb) {
+    struct k40 k; key_of(skb, &k);
+    return p_state.lookup(&k) ? 1 : 0;
+}
+int hash_lookup_8b(struct __sk_buff *skb) {
+    __u64 k = skb->len;
+    return p_requests.lookup(&k) ? 1 : 0;
+}
+int sk_storage_get(struct __sk_buff *skb) {
+    struct bpf_sock *sk = skb->sk;
+    return sk && p_sk.sk_storage_get(sk, 0, 0) ? 1 : 0;
+}
+int ktime_get_ns(struct __sk_buff *skb) { return bpf_ktime_get_ns() & 1; }
+int percpu_count(struct __sk_buff *skb) {
+    __u32 slot = skb->len & 15;
+    struct cnt *c = p_stats.lookup(&slot);
+    if (c) { c->packets += 1; c->bytes += skb->len; }
+    return 0;
+}
+"""
+PRIMITIVES = ("hash_lookup_40b", "lru_lookup_40b", "hash_lookup_8b", "sk_storage_get", "ktime_get_ns", "percpu_count")
+# which primitives each path needs at least (its floor: the sum, above the empty program)
+FLOORS = {
+    "miss": ("sk_storage_get", "hash_lookup_40b"),
+    "static": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b"),
+    "rli": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b", "hash_lookup_8b"),
+    "mlu": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b", "ktime_get_ns"),
+    "laxity": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b", "ktime_get_ns"),
+}
+
+
+def load_primitives(packet_len: int):
+    """The primitives programs, their maps holding the keys the test packet looks up (hits)."""
+    import ctypes
+
+    from bcc import BPF
+
+    b = BPF(text=PRIMITIVES_SRC)
+    fds = {n: b.load_func(n.encode(), BPF.SCHED_CLS).fd for n in PRIMITIVES}
+    for name in ("p_flows", "p_state"):
+        t = b[name]
+        k = t.Key()
+        k.w[0] = packet_len
+        t[k] = t.Leaf()
+    t = b["p_requests"]
+    t[ctypes.c_uint64(packet_len)] = t.Leaf()
+    return b, fds
 
 
 def _packet(sport: int) -> bytes:
@@ -183,6 +261,12 @@ def main() -> int:
                     fm.update(FlowKey("10.9.0.1", "10.9.0.2", 30000 + i, 5201).pack(), e.pack())
         progs = {"empty": (empty_fd, packets["static"])}
         progs.update({name: (clf.fd, pkt) for name, pkt in packets.items()})
+        prim_bpf, prim_fds = load_primitives(len(packets["static"]))
+        for name, fd in prim_fds.items():
+            hit = prog_test_run(fd, packets["static"]).retval
+            if name in ("hash_lookup_40b", "lru_lookup_40b", "hash_lookup_8b") and hit != 1:
+                raise SystemExit(f"primitive {name}: the lookup missed (bench bug)")
+            progs["prim:" + name] = (fd, packets["static"])
         samples: dict[str, list[int]] = {n: [] for n in progs}
         levels = {n: clf.level_of(p) for n, p in packets.items()}
         for _ in range(args.rounds):
@@ -190,13 +274,17 @@ def main() -> int:
                 samples[name].append(prog_test_run(fd, pkt, repeat=args.repeat).duration_ns)
         wire = wire_paths(clf, empty_fd, args.wire_packets, args.rounds) if args.wire_packets else None
     empty.cleanup()
+    prim_bpf.cleanup()
     base = statistics.median(samples["empty"])
+    prims = {n: statistics.median(samples["prim:" + n]) - base for n in PRIMITIVES}
     paths = {}
     for name in packets:
         med = statistics.median(samples[name])
         over = med - base
+        floor = sum(prims[p] for p in FLOORS[name])
         paths[name] = {"ns_per_packet": med, "ns_above_empty": over, "level": levels[name],
                        "target_ns_above_empty": TARGET_NS, "pass": over <= TARGET_NS,
+                       "floor_ns_above_empty": floor, "floor_from": list(FLOORS[name]),
                        "rounds_ns": samples[name]}
     out = {
         "bench": "classifier_prog_test_run",
@@ -206,6 +294,7 @@ def main() -> int:
         "empty_ns_per_packet": base,
         "empty_rounds_ns": samples["empty"],
         "paths": paths,
+        "primitives_ns_above_empty": prims,
         "wire": wire,
         "pass": all(p["pass"] for p in paths.values())
         and all(v["pass"] for k, v in (wire or {}).items() if isinstance(v, dict)),

@@ -3,10 +3,16 @@
 raw map updates per second, and `import mfs_tc.controller` time. Prints JSON.
 
 single: one `stage.add_flow` per flow (default entry cache: flows of a stage with the same shape
-registered within 1 ms share one policy decision; `single_uncached` asks the policy every time);
-batched: `stage.add_flows` of --batch flows (one BPF_MAP_UPDATE_BATCH each). Best of --repeat,
-by wall clock (targets are judged on these) and, in cpu_time_rates_per_s, by this process's CPU
-time (what the code costs when other load shares the cores).
+registered within 1 ms share one policy decision; `single_uncached` asks the policy every time,
+and is what the single target is judged on); batched: `stage.add_flows` of --batch flows (one
+BPF_MAP_UPDATE_BATCH each). Best of --repeat, by wall clock and, in cpu_time_rates_per_s, by this
+process's CPU time (what the code costs when other load shares the cores).
+
+The kernel's own ceilings, in the same run: `raw_insert` (one BPF_MAP_UPDATE_ELEM of a new
+5-tuple key into `flows` per call, what every add_flow pays), `raw_update` (an existing key:
+what at_layer's request write pays), `raw_batch_insert` (BPF_MAP_UPDATE_BATCH of new keys: what
+add_flows pays per flow) and `raw_batch` (existing keys). No registration path can be faster
+than the syscall it makes.
 
 Runs on real maps pinned in a scratch bpffs directory (root needed; no classifier attached).
 
@@ -31,7 +37,8 @@ from mfs_tc import bpfsys  # noqa: E402
 from mfs_tc.controller import Controller, PinnedMaps  # noqa: E402
 from mfs_tc.layout import ENTRY_SIZE, PIN_ROOT, pin_dir  # noqa: E402
 
-TARGETS = {"single_per_s": 100_000, "batched_per_s": 500_000, "import_ms": 100.0}
+# issue 9 section 6, the policy asked for every flow (single: `single_uncached`)
+TARGETS = {"single_per_s": 200_000, "batched_per_s": 1_000_000, "at_layer_per_s": 1_000_000, "import_ms": 100.0}
 
 
 def tuples(n: int, salt: int, peers: int = 250) -> list[tuple]:
@@ -139,7 +146,8 @@ def main() -> int:
         ctl_nc = Controller.open("bench0", policy=args.policy, root=root, entry_cache_ns=0)
         n = args.flows
         best_cpu: dict[str, float] = {}
-        best = {"single": 0.0, "single_uncached": 0.0, "batched": 0.0, "at_layer": 0.0, "raw_update": 0.0, "raw_batch": 0.0}
+        best = {"single": 0.0, "single_uncached": 0.0, "batched": 0.0, "at_layer": 0.0, "raw_update": 0.0,
+                "raw_batch": 0.0, "raw_insert": 0.0, "raw_batch_insert": 0.0}
         for rep in range(args.repeat):
             # single: one add_flow call per flow (policy + pack + one bpf syscall each), with the
             # controller's entry cache on, then with the policy asked for every flow
@@ -183,6 +191,20 @@ def main() -> int:
                 maps.flows.update_batch_raw(keys, vals, args.batch)
             record(best, best_cpu, "raw_batch", reps * args.batch, t0)
             maps.flows.delete_batch([i.to_bytes(40, "little") for i in range(args.batch)])
+            # new keys (insertions), one per call and in batches
+            fresh = [((i + 1) << 64).to_bytes(40, "little") for i in range(max(m, reps * args.batch))]
+            upd = maps.flows.update
+            t0 = stamp()
+            for k in fresh[:m]:
+                upd(k, val)
+            record(best, best_cpu, "raw_insert", m, t0)
+            maps.flows.delete_batch(fresh[:m])
+            fresh_b = [b"".join(fresh[i : i + args.batch]) for i in range(0, reps * args.batch, args.batch)]
+            t0 = stamp()
+            for kb in fresh_b:
+                maps.flows.update_batch_raw(kb, vals, args.batch)
+            record(best, best_cpu, "raw_batch_insert", reps * args.batch, t0)
+            maps.flows.delete_batch(fresh[: reps * args.batch])
         ctl.close()
         ctl_nc.close()
         sk = socket_storage_rate(args.policy, min(n, 5000), args.repeat)
@@ -191,15 +213,19 @@ def main() -> int:
         res.update(
             {
                 "single_registrations_per_s": round(best["single"]),
-                "single_target_per_s": TARGETS["single_per_s"],
-                "single_meets_target": best["single"] >= TARGETS["single_per_s"],
                 "single_uncached_registrations_per_s": round(best["single_uncached"]),
+                "single_target_per_s": TARGETS["single_per_s"],
+                "single_meets_target": best["single_uncached"] >= TARGETS["single_per_s"],
                 "batched_registrations_per_s": round(best["batched"]),
                 "batched_target_per_s": TARGETS["batched_per_s"],
                 "batched_meets_target": best["batched"] >= TARGETS["batched_per_s"],
                 "at_layer_per_s": round(best["at_layer"]),
+                "at_layer_target_per_s": TARGETS["at_layer_per_s"],
+                "at_layer_meets_target": best["at_layer"] >= TARGETS["at_layer_per_s"],
                 "raw_map_update_per_s": round(best["raw_update"]),
+                "raw_map_insert_per_s": round(best["raw_insert"]),
                 "raw_map_update_batch_per_s": round(best["raw_batch"]),
+                "raw_map_insert_batch_per_s": round(best["raw_batch_insert"]),
                 "cpu_time_rates_per_s": {k: round(v) for k, v in best_cpu.items()},
                 "load_average": os.getloadavg(),
                 "import_ms_median": round(imp, 2),
