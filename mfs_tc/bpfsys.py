@@ -163,11 +163,19 @@ def _load_syscall():
     fn = libc.syscall
     fn.restype = ctypes.c_long
     fn.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint]
-    return nr, fn
+    # the same function without argtypes, for the per-element hot paths: called with ctypes
+    # objects built once (c_long each: syscall(2) reads longs), it skips the per-call argument
+    # conversion (about 0.4 us of a 1.6 us update on the development machine)
+    raw = libc["syscall"]
+    raw.restype = ctypes.c_long
+    return nr, fn, raw
 
 
-_NR, _SYSCALL = _load_syscall()
+_NR, _SYSCALL, _SYSCALL_RAW = _load_syscall()
+_C_NR = ctypes.c_long(_NR)
+_C_LOOKUP, _C_UPDATE, _C_DELETE = (ctypes.c_long(c) for c in (BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM))
 _ELEM_SIZE = ctypes.sizeof(_ElemAttr)
+_C_ELEM_SIZE = ctypes.c_long(_ELEM_SIZE)
 _BATCH_SIZE = ctypes.sizeof(_BatchAttr)
 _byref = ctypes.byref
 _get_errno = ctypes.get_errno
@@ -434,7 +442,7 @@ class BpfMap:
         sc = self._scratch()
         sc.kbuf.raw = key
         sc.attr.flags = 0
-        r = _SYSCALL(_NR, BPF_MAP_LOOKUP_ELEM, sc.addr, _ELEM_SIZE)
+        r = _SYSCALL_RAW(_C_NR, _C_LOOKUP, sc.caddr, _C_ELEM_SIZE)
         if r < 0:
             err = _get_errno()
             if err == E.ENOENT:
@@ -450,7 +458,7 @@ class BpfMap:
         sc.kbuf.raw = key
         sc.vbuf.raw = value
         sc.attr.flags = flags
-        r = _SYSCALL(_NR, BPF_MAP_UPDATE_ELEM, sc.addr, _ELEM_SIZE)
+        r = _SYSCALL_RAW(_C_NR, _C_UPDATE, sc.caddr, _C_ELEM_SIZE)
         if r < 0:
             raise error_for(BPF_MAP_UPDATE_ELEM, _get_errno(), self.name, self.open_flags, self.fd)
 
@@ -460,7 +468,7 @@ class BpfMap:
             self._check_key(key)
         sc = self._scratch()
         sc.kbuf.raw = key
-        r = _SYSCALL(_NR, BPF_MAP_DELETE_ELEM, sc.daddr, _ELEM_SIZE)
+        r = _SYSCALL_RAW(_C_NR, _C_DELETE, sc.cdaddr, _C_ELEM_SIZE)
         if r < 0:
             err = _get_errno()
             if err == E.ENOENT:
@@ -648,7 +656,7 @@ class _BatchUnsupported(Exception):
 class _Scratch:
     """Per-thread element attr whose key and value pointers aim at owned buffers."""
 
-    __slots__ = ("kbuf", "vbuf", "attr", "addr", "dattr", "daddr")
+    __slots__ = ("kbuf", "vbuf", "attr", "addr", "caddr", "dattr", "daddr", "cdaddr")
 
     def __init__(self, fd: int, key_size: int, value_size: int) -> None:
         self.kbuf = ctypes.create_string_buffer(key_size)
@@ -661,3 +669,4 @@ class _Scratch:
         self.dattr = _ElemAttr(fd, 0, None, None, 0)
         ctypes.c_void_p.from_address(ctypes.addressof(self.dattr) + _ElemAttr.key.offset).value = ctypes.addressof(self.kbuf)
         self.daddr = ctypes.addressof(self.dattr)
+        self.caddr, self.cdaddr = ctypes.c_void_p(self.addr), ctypes.c_void_p(self.daddr)

@@ -842,6 +842,12 @@ class StageHandle:
                 v, e = owner._entry_for(self, flows[0], now)
                 v = v[:_GEN_OFF] + g + v[_GEN_OFF + 4 :]
                 f0 = flows[0]
+                if not any(socks):  # all 5-tuples: one batch write of one decision, n times
+                    handles = [FlowHandle(owner, self, k, f0, e, gen) for k in keys]
+                    ctl.maps.flows.update_batch_raw(b"".join(keys), v * n, n)
+                    ctl._claim_many(handles, keys)
+                    self.flows.extend(handles)
+                    return handles
                 handles = [FlowHandle(owner, self, k, f0, e, gen, sk) for k, sk in zip(keys, socks, strict=False)]
                 vals = [v] * n
             else:
@@ -880,6 +886,7 @@ class _Owner:
     def __init__(self, ctl: Controller, key: int, model: Request, deadline_ns: int) -> None:
         self.ctl = ctl
         self.id = key
+        self._rkey = _U64.pack(key)  # the `requests` key, packed once (at_layer writes it often)
         self.model = model
         self.label = key  # request_key(the caller's id): this controller's name for it
         o = ctl.owner
@@ -965,7 +972,7 @@ class _Owner:
         return False
 
     def _write_record(self) -> None:
-        self.ctl.maps.requests.update(_U64.pack(self.id), self.record.pack())
+        self.ctl.maps.requests.update(self._rkey, self.record.pack())
 
     def _record_owner(self) -> Owner | None:
         raw = self.ctl.maps.requests.lookup(_U64.pack(self.id))

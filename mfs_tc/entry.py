@@ -31,10 +31,12 @@ from .layout import (
     STAGE_CODES,
 )
 
+_ENTRY = struct.Struct(ENTRY_FMT)
 _S64_MIN = -(1 << 63)
 _S64_MAX = (1 << 63) - 1
 _U64_MAX = (1 << 64) - 1
 LEVEL_NONE = 0xFF
+_ZEROS = (0,) * MAX_THRESH
 
 
 def ps_per_byte(rate_bps: float) -> int:
@@ -88,6 +90,36 @@ class FlowEntry:
     def static(cls, level: int, **kw: int) -> FlowEntry:
         return cls(mode=MODE_STATIC, levels=[level], **kw)
 
+    @classmethod
+    def from_table(
+        cls,
+        mode: int,
+        levels: list[int],
+        thresholds: list[int],
+        *,
+        flags: int = 0,
+        target_layer: int = 0,
+        stage: int = 0,
+        request_id: int = 0,
+        deadline_ns: int = 0,
+        total_bytes: int = 0,
+        ps_per_byte: int = 0,
+        sent_bytes: int = 0,
+        created_ns: int = 0,
+    ) -> FlowEntry:
+        """An entry whose threshold table the caller has already checked (check_table: a
+        policy's LevelTable is checked once, when it is built); only the per-flow numbers are
+        checked here. What policies use per registration: the same entry as the constructor's,
+        without re-checking the same table for every flow."""
+        if total_bytes < 0 or ps_per_byte < 0:
+            raise ValueError("bytes and rate term must not be negative")
+        e = cls.__new__(cls)
+        e.mode, e.levels, e.thresholds, e.flags = mode, levels, thresholds, flags
+        e.target_layer, e.stage, e.request_id, e.deadline_ns = target_layer, stage, request_id, deadline_ns
+        e.total_bytes, e.ps_per_byte, e.sent_bytes, e.created_ns = total_bytes, ps_per_byte, sent_bytes, created_ns
+        e.gen, e.cur_level = 0, LEVEL_NONE
+        return e
+
     @property
     def mode_name(self) -> str:
         return MODE_NAMES[self.mode]
@@ -98,25 +130,16 @@ class FlowEntry:
 
     # ---- wire format -------------------------------------------------------------------------
     def pack(self) -> bytes:
-        lv = list(self.levels) + [self.levels[-1]] * (MAX_LEVELS - len(self.levels))
-        th = list(self.thresholds) + [0] * (MAX_THRESH - len(self.thresholds))
-        return struct.pack(
-            ENTRY_FMT,
-            self.mode,
-            self.flags,
-            len(self.thresholds),
-            0,
-            *lv,
-            self.target_layer,
-            self.stage,
-            self.gen,
-            self.request_id,
-            self.deadline_ns,
-            self.total_bytes,
-            self.ps_per_byte,
-            *th,
-            self.sent_bytes,
-            self.created_ns,
+        lv, th = self.levels, self.thresholds
+        n = len(th)
+        if len(lv) < MAX_LEVELS:
+            lv = [*lv, *[lv[-1]] * (MAX_LEVELS - len(lv))]
+        if n < MAX_THRESH:
+            th = [*th, *_ZEROS[: MAX_THRESH - n]]
+        return _ENTRY.pack(
+            self.mode, self.flags, n, 0, *lv,
+            self.target_layer, self.stage, self.gen, self.request_id, self.deadline_ns,
+            self.total_bytes, self.ps_per_byte, *th, self.sent_bytes, self.created_ns,
         )
 
     @classmethod

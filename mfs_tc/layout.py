@@ -153,6 +153,7 @@ def pin_dir(ifname: str, netns: str | None = None, root: Path = PIN_ROOT) -> Pat
 
 _V4MAPPED = b"\0" * 10 + b"\xff\xff"
 _KEY = struct.Struct(KEY_FMT)
+_REQUEST = struct.Struct(REQUEST_FMT)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -296,8 +297,8 @@ class RequestRecord:
     owner_pidns: int = 0
 
     def pack(self) -> bytes:
-        return struct.pack(REQUEST_FMT, self.cursor, self.flags, self.deadline_ns, self.owner_pid,
-                           self.owner_start, self.owner_pidns)
+        return _REQUEST.pack(self.cursor, self.flags, self.deadline_ns, self.owner_pid,
+                             self.owner_start, self.owner_pidns)
 
     @property
     def owner(self) -> Owner:

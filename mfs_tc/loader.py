@@ -350,10 +350,11 @@ def _check_pins(pin: Path) -> bool:
     return True
 
 
-def compile_classifier(pin: Path, socket_storage: bool = True):
+def compile_classifier(pin: Path, socket_storage: bool = True, src_dir: Path | None = None):
     """Compile bpf/mfs_classifier.c with bcc, creating or reusing the maps pinned in `pin`.
     Returns (bpf, fn). Where the program with socket storage does not load, the 5-tuple-only
-    variant is used (no sk_flows/sk_state pins)."""
+    variant is used (no sk_flows/sk_state pins). `src_dir`: another directory holding
+    mfs_classifier.c and mfs_maps.h (benchmarks compare an older version in the same run)."""
     try:
         from bcc import BPF  # noqa: PLC0415 - only attach needs LLVM
     except ImportError as exc:
@@ -361,14 +362,15 @@ def compile_classifier(pin: Path, socket_storage: bool = True):
             "bcc is missing: install Debian's python3-bpfcc (sudo ./tools/install.sh); "
             "the PyPI package named bcc is unrelated"
         ) from exc
-    src = BPF_DIR / "mfs_classifier.c"
+    bpf_dir = BPF_DIR if src_dir is None else Path(src_dir)
+    src = bpf_dir / "mfs_classifier.c"
     kver = os.uname().release
     if not Path(f"/lib/modules/{kver}/build").exists():
         raise KernelFeatureError(
             f"no kernel headers at /lib/modules/{kver}/build: run sudo ./tools/install.sh "
             "(links linux-headers-amd64 where Debian has none for this kernel)"
         )
-    cflags = [f"-I{BPF_DIR}", f'-DMFS_PIN_DIR="{pin}"', "-Wno-unused-function"]
+    cflags = [f"-I{bpf_dir}", f'-DMFS_PIN_DIR="{pin}"', "-Wno-unused-function"]
     variants = [[], ["-DMFS_NO_SK_STORAGE=1"]] if socket_storage else [["-DMFS_NO_SK_STORAGE=1"]]
     for i, extra in enumerate(variants):
         try:

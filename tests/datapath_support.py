@@ -114,6 +114,7 @@ class LoadedClassifier:
     control_level: int | None = None  # None: default_level
     keep_dscp: int = 0  # mask of DSCPs untracked traffic keeps
     socket_storage: bool = True  # False: the 5-tuple-only variant
+    src_dir: Path | None = None  # another bpf/ directory (benchmarks: an older classifier)
     bpf: object = None
     fd: int = -1
 
@@ -123,7 +124,7 @@ class LoadedClassifier:
         bpfsys.ensure_bpffs()
         self.pin.mkdir(parents=True, exist_ok=True)
         try:
-            self.bpf, fn = compile_classifier(self.pin, self.socket_storage)
+            self.bpf, fn = compile_classifier(self.pin, self.socket_storage, self.src_dir)
             self.fd = fn.fd
             self.configure()
         except BaseException:

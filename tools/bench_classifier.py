@@ -6,9 +6,19 @@ packet, with DSCP rewrite on (the default DSCP table). Each path runs `--repeat`
 inside the kernel (the kernel reports the mean ns per run); rounds alternate over all programs and
 the median round counts. Prints JSON: each figure, its target and pass/fail.
 
-    sudo .venv/bin/python tools/bench_classifier.py [--repeat 1000000] [--rounds 5]
+    sudo .venv/bin/python tools/bench_classifier.py [--repeat 1000000] [--rounds 5] [--baseline DIR]
 
-Target: <= 50 ns/packet above the empty program, for every path.
+`--baseline DIR` (another bpf/ directory, e.g. `/work/main/bpf`) compiles that classifier too and
+times it in the same rounds on the same packets and sockets (it must give every path the same
+level): before/after figures from one run, on a machine whose speed drifts between runs.
+
+Target: <= 50 ns/packet above the empty program, for every 5-tuple path; socket storage (wire):
+<= 30 ns static/rli, <= 45 ns mlu/laxity.
+
+`primitives_ns_above_empty`: one map lookup or helper call alone in a program (40-byte hash and
+LRU lookups as `flows` / `flow_state` do, the 8-byte `requests` lookup, a socket-storage get, the
+clock, a per-CPU counter), in the same rounds; each path's `floor_ns_above_empty` is the sum of
+the primitives it cannot do without (e.g. 5-tuple static: storage get + two 40-byte lookups).
 
 The test-run figures are the 5-tuple paths (layout v2: decision in `flows`, kernel counts in
 `flow_state`; every packet first probes the socket's storage, which the test run's dummy socket
@@ -40,6 +50,78 @@ from mfs_tc.layout import FlowKey, RequestRecord  # noqa: E402
 
 TARGET_NS = 50.0
 EMPTY_SRC = "int empty(struct __sk_buff *skb) { return 0; }"
+
+# The building blocks of the classifier, each alone in a tc program, timed in the same rounds as
+# the paths: what one map lookup or helper call costs on this machine and kernel (a floor for any
+# path that needs it). Keys and values are the classifier's sizes: `flows` (40-byte key, hash
+# without prealloc), `flow_state` (40-byte key, LRU), `requests` (8-byte key), socket storage
+# (on the test run's dummy socket: no storage, the lookup misses, as on a socket without an
+# entry), a per-CPU counter, the clock.
+PRIMITIVES_SRC = r"""
+#include <uapi/linux/bpf.h>
+struct k40 { __u64 w[5]; };
+struct v128 { __u64 w[16]; };
+struct cnt { __u64 packets, bytes; };
+BPF_F_TABLE("hash", struct k40, struct v128, p_flows, 1024, BPF_F_NO_PREALLOC);
+BPF_TABLE("lru_hash", struct k40, struct v128, p_state, 1024);
+BPF_F_TABLE("hash", __u64, struct v128, p_requests, 1024, BPF_F_NO_PREALLOC);
+BPF_TABLE("percpu_array", __u32, struct cnt, p_stats, 22);
+BPF_SK_STORAGE(p_sk, struct v128);
+static __always_inline void key_of(struct __sk_buff *skb, struct k40 *k) {
+    __builtin_memset(k, 0, sizeof(*k));
+    k->w[0] = skb->len;
+}
+int hash_lookup_40b(struct __sk_buff *skb) {
+    struct k40 k; key_of(skb, &k);
+    return p_flows.lookup(&k) ? 1 : 0;
+}
+int lru_lookup_40b(struct __sk_buff *skb) {
+    struct k40 k; key_of(skb, &k);
+    return p_state.lookup(&k) ? 1 : 0;
+}
+int hash_lookup_8b(struct __sk_buff *skb) {
+    __u64 k = skb->len;
+    return p_requests.lookup(&k) ? 1 : 0;
+}
+int sk_storage_get(struct __sk_buff *skb) {
+    struct bpf_sock *sk = skb->sk;
+    return sk && p_sk.sk_storage_get(sk, 0, 0) ? 1 : 0;
+}
+int ktime_get_ns(struct __sk_buff *skb) { return bpf_ktime_get_ns() & 1; }
+int percpu_count(struct __sk_buff *skb) {
+    __u32 slot = skb->len & 15;
+    struct cnt *c = p_stats.lookup(&slot);
+    if (c) { c->packets += 1; c->bytes += skb->len; }
+    return 0;
+}
+"""
+PRIMITIVES = ("hash_lookup_40b", "lru_lookup_40b", "hash_lookup_8b", "sk_storage_get", "ktime_get_ns", "percpu_count")
+# which primitives each path needs at least (its floor: the sum, above the empty program)
+FLOORS = {
+    "miss": ("sk_storage_get", "hash_lookup_40b"),
+    "static": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b"),
+    "rli": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b", "hash_lookup_8b"),
+    "mlu": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b", "ktime_get_ns"),
+    "laxity": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b", "ktime_get_ns"),
+}
+
+
+def load_primitives(packet_len: int):
+    """The primitives programs, their maps holding the keys the test packet looks up (hits)."""
+    import ctypes
+
+    from bcc import BPF
+
+    b = BPF(text=PRIMITIVES_SRC)
+    fds = {n: b.load_func(n.encode(), BPF.SCHED_CLS).fd for n in PRIMITIVES}
+    for name in ("p_flows", "p_state"):
+        t = b[name]
+        k = t.Key()
+        k.w[0] = packet_len
+        t[k] = t.Leaf()
+    t = b["p_requests"]
+    t[ctypes.c_uint64(packet_len)] = t.Leaf()
+    return b, fds
 
 
 def _packet(sport: int) -> bytes:
@@ -87,9 +169,10 @@ def prog_stats(fd: int) -> tuple[int, int]:
     return _s.unpack_from("<QQ", info.raw, PROG_RUN_TIME_OFF)
 
 
-def wire_paths(clf, empty_fd: int, n: int, rounds: int) -> dict:
+def wire_paths(clf, empty_fd: int, n: int, rounds: int, baseline=None) -> dict:
     """Mean ns per packet of the classifier on real egress traffic, per path, minus the empty
-    program's on the same traffic."""
+    program's on the same traffic. `baseline`: another classifier timed on the same sockets in
+    the same rounds (its figures under "baseline")."""
     import socket
 
     from nettools import VethPair, sh
@@ -111,20 +194,23 @@ def wire_paths(clf, empty_fd: int, n: int, rounds: int) -> dict:
             now = time.monotonic_ns()
             entries = _entries(now)
             socks: dict[str, socket.socket] = {}
-            with clf.map("sk_flows") as skm, clf.map("flows") as fm, clf.map("requests") as rm:
-                rm.update((99).to_bytes(8, "little"), RequestRecord(cursor=8).pack())
-                for i, name in enumerate(("static", "mlu", "rli", "laxity", "tuple_static", "miss")):
-                    s = socket_in(net.a, socket.AF_INET, socket.SOCK_DGRAM)
-                    s.bind((net.ip_a, 31000 + i))
-                    s.connect((net.ip_b, 9000))
-                    socks[name] = s
-                    if name == "tuple_static":
-                        fm.update(FlowKey(net.ip_a, net.ip_b, 31000 + i, 9000, 17).pack(),
-                                  FlowEntry.static(2, gen=1).pack())
-                    elif name != "miss":
-                        e = entries[name]
-                        e.gen = 1
-                        skm.update(s.fileno().to_bytes(4, "little"), e.pack())
+            for i, name in enumerate(("static", "mlu", "rli", "laxity", "tuple_static", "miss")):
+                s = socket_in(net.a, socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind((net.ip_a, 31000 + i))
+                s.connect((net.ip_b, 9000))
+                socks[name] = s
+            clfs = {"this": clf} if baseline is None else {"this": clf, "baseline": baseline}
+            for c in clfs.values():
+                with c.map("sk_flows") as skm, c.map("flows") as fm, c.map("requests") as rm:
+                    rm.update((99).to_bytes(8, "little"), RequestRecord(cursor=8).pack())
+                    for i, (name, s) in enumerate(socks.items()):
+                        if name == "tuple_static":
+                            fm.update(FlowKey(net.ip_a, net.ip_b, 31000 + i, 9000, 17).pack(),
+                                      FlowEntry.static(2, gen=1).pack())
+                        elif name != "miss":
+                            e = entries[name]
+                            e.gen = 1
+                            skm.update(s.fileno().to_bytes(4, "little"), e.pack())
 
             def measure(fd: int, s: socket.socket) -> float:
                 with iproute(net.a) as ipr:
@@ -137,18 +223,21 @@ def wire_paths(clf, empty_fd: int, n: int, rounds: int) -> dict:
                 t1, c1 = prog_stats(fd)
                 return (t1 - t0) / max(1, c1 - c0)
 
-            samples: dict[str, list[float]] = {k: [] for k in ["empty", *socks]}
+            samples: dict[str, list[float]] = {"empty": []}
             for _ in range(rounds):
                 for name, s in socks.items():
-                    samples[name].append(measure(clf.fd, s))
+                    for label, c in clfs.items():
+                        samples.setdefault(f"{label}:{name}", []).append(measure(c.fd, s))
                     samples["empty"].append(measure(empty_fd, s))
             base = statistics.median(samples["empty"])
-            for name in socks:
-                med = statistics.median(samples[name])
-                path = "socket_storage" if name in ("static", "mlu", "rli", "laxity") else "5-tuple"
-                target = (30.0 if name in ("static", "rli") else 45.0) if path == "socket_storage" else TARGET_NS
-                out[name] = {"path": path, "ns_per_packet": round(med, 1), "ns_above_empty": round(med - base, 1),
-                             "target_ns_above_empty": target, "pass": med - base <= target}
+            for label in clfs:
+                res = out if label == "this" else out.setdefault("baseline", {})
+                for name in socks:
+                    med = statistics.median(samples[f"{label}:{name}"])
+                    path = "socket_storage" if name in ("static", "mlu", "rli", "laxity") else "5-tuple"
+                    target = (30.0 if name in ("static", "rli") else 45.0) if path == "socket_storage" else TARGET_NS
+                    res[name] = {"path": path, "ns_per_packet": round(med, 1), "ns_above_empty": round(med - base, 1),
+                                 "target_ns_above_empty": target, "pass": med - base <= target}
             out["empty_ns_per_packet"] = round(base, 1)
             sink.close()
             for s in socks.values():
@@ -164,6 +253,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--wire-packets", type=int, default=20000,
                     help="datagrams per path and round on a veth (0: skip the socket-storage timing)")
+    ap.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                    help="another bpf/ directory (e.g. a checkout of main) timed in the same rounds: "
+                         "before/after figures from one run")
     args = ap.parse_args()
     if args.repeat < 1 or args.rounds < 1:
         ap.error("--repeat and --rounds must be positive")
@@ -172,31 +264,57 @@ def main() -> int:
 
     empty = BPF(text=EMPTY_SRC)
     empty_fd = empty.load_func(b"empty", BPF.SCHED_CLS).fd
+    base_clf = LoadedClassifier(dscp=layout.DEFAULT_DSCP, src_dir=args.baseline) if args.baseline else None
     with LoadedClassifier(dscp=layout.DEFAULT_DSCP) as clf:
+        if base_clf is not None:
+            base_clf.__enter__()
         packets: dict[str, bytes] = {}
-        with clf.map("flows") as fm, clf.map("requests") as rm:
-            rm.update((99).to_bytes(8, "little"), RequestRecord(cursor=8).pack())
-            for i, (name, e) in enumerate(_entries(time.monotonic_ns()).items()):
-                pkt = _packet(30000 + i)
-                packets[name] = pkt
-                if e is not None:
-                    fm.update(FlowKey("10.9.0.1", "10.9.0.2", 30000 + i, 5201).pack(), e.pack())
+        now = time.monotonic_ns()
+        for c in (clf, base_clf):
+            if c is None:
+                continue
+            with c.map("flows") as fm, c.map("requests") as rm:
+                rm.update((99).to_bytes(8, "little"), RequestRecord(cursor=8).pack())
+                for i, (name, e) in enumerate(_entries(now).items()):
+                    pkt = _packet(30000 + i)
+                    packets[name] = pkt
+                    if e is not None:
+                        fm.update(FlowKey("10.9.0.1", "10.9.0.2", 30000 + i, 5201).pack(), e.pack())
         progs = {"empty": (empty_fd, packets["static"])}
         progs.update({name: (clf.fd, pkt) for name, pkt in packets.items()})
+        if base_clf is not None:
+            progs.update({"baseline:" + name: (base_clf.fd, pkt) for name, pkt in packets.items()})
+            for name, pkt in packets.items():
+                if base_clf.level_of(pkt) != clf.level_of(pkt):
+                    raise SystemExit(f"baseline gives path {name} another level: not the same behaviour")
+        prim_bpf, prim_fds = load_primitives(len(packets["static"]))
+        for name, fd in prim_fds.items():
+            hit = prog_test_run(fd, packets["static"]).retval
+            if name in ("hash_lookup_40b", "lru_lookup_40b", "hash_lookup_8b") and hit != 1:
+                raise SystemExit(f"primitive {name}: the lookup missed (bench bug)")
+            progs["prim:" + name] = (fd, packets["static"])
         samples: dict[str, list[int]] = {n: [] for n in progs}
         levels = {n: clf.level_of(p) for n, p in packets.items()}
         for _ in range(args.rounds):
             for name, (fd, pkt) in progs.items():
                 samples[name].append(prog_test_run(fd, pkt, repeat=args.repeat).duration_ns)
-        wire = wire_paths(clf, empty_fd, args.wire_packets, args.rounds) if args.wire_packets else None
+        try:
+            wire = wire_paths(clf, empty_fd, args.wire_packets, args.rounds, base_clf) if args.wire_packets else None
+        finally:
+            if base_clf is not None:
+                base_clf.close()
     empty.cleanup()
+    prim_bpf.cleanup()
     base = statistics.median(samples["empty"])
+    prims = {n: statistics.median(samples["prim:" + n]) - base for n in PRIMITIVES}
     paths = {}
     for name in packets:
         med = statistics.median(samples[name])
         over = med - base
+        floor = sum(prims[p] for p in FLOORS[name])
         paths[name] = {"ns_per_packet": med, "ns_above_empty": over, "level": levels[name],
                        "target_ns_above_empty": TARGET_NS, "pass": over <= TARGET_NS,
+                       "floor_ns_above_empty": floor, "floor_from": list(FLOORS[name]),
                        "rounds_ns": samples[name]}
     out = {
         "bench": "classifier_prog_test_run",
@@ -206,10 +324,17 @@ def main() -> int:
         "empty_ns_per_packet": base,
         "empty_rounds_ns": samples["empty"],
         "paths": paths,
+        "primitives_ns_above_empty": prims,
         "wire": wire,
         "pass": all(p["pass"] for p in paths.values())
-        and all(v["pass"] for k, v in (wire or {}).items() if isinstance(v, dict)),
+        and all(v["pass"] for k, v in (wire or {}).items() if isinstance(v, dict) and k != "baseline"),
     }
+    if base_clf is not None:
+        out["baseline"] = {
+            "src_dir": str(args.baseline),
+            "paths_ns_above_empty": {n: statistics.median(samples["baseline:" + n]) - base for n in packets},
+            "wire_ns_above_empty": {k: v["ns_above_empty"] for k, v in ((wire or {}).get("baseline") or {}).items()},
+        }
     print(json.dumps(out, indent=2))
     return 0 if out["pass"] else 1
 

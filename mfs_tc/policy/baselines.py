@@ -41,6 +41,7 @@ from .levels import (
     nbytes,
     spread_levels,
     squeeze,
+    static_table,
 )
 from .mfs import stage_ps
 from .work import bytes_ns, hopeless
@@ -54,7 +55,7 @@ NO_SCAVENGER = "scavenger: unused by this policy"
 
 
 def _static(level: int) -> LevelTable:
-    return LevelTable(MODE_STATIC, (), (level,))
+    return static_table(level)
 
 
 def _header(policy: Policy) -> dict:

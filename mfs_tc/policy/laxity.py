@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..entry import FlowEntry, ps_per_byte
-from ..layout import F_MONOTONIC, MODE_LAXITY, MODE_STATIC
+from ..layout import F_MONOTONIC, MODE_LAXITY
 from ..model import Flow, Request, Stage
 from .base import Policy, PolicyConfig
-from .levels import LevelTable, build_table, int_levels, int_thresholds, layout, make_entry, ms, spread_levels
+from .levels import build_table, int_levels, int_thresholds, layout, make_entry, ms, spread_levels, static_table
 from .red import red
 from .work import bytes_ns, check_estimator, hopeless, work_ahead_ns
 
@@ -88,8 +88,7 @@ class MfsLaxityPolicy(Policy):
             self.config.scavenger
             and base + bytes_ns(flow.sent, self.ps) - now_ns + self.config.hopeless_margin_ns < 0
         ):
-            scav = LevelTable(MODE_STATIC, (), (self.config.scavenger_level,))
-            return make_entry(request, stage, flow, now_ns, scav)
+            return make_entry(request, stage, flow, now_ns, static_table(self.config.scavenger_level))
         return make_entry(
             request, stage, flow, now_ns, self.table, flags=F_MONOTONIC, deadline_ns=base, ps=self.ps
         )

@@ -12,6 +12,7 @@ that layout onto fewer levels (K = 2..7), keeping 0 at 0 and never reaching the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -165,10 +166,11 @@ def make_entry(
 ) -> FlowEntry:
     """A flow entry carrying `table` and the fields every policy sets."""
     static = table.mode == MODE_STATIC
-    return FlowEntry(
-        mode=table.mode,
-        levels=[table.levels[0]] if static else list(table.levels),
-        thresholds=[] if static else list(table.thresholds),
+    # the table was checked when it was built (LevelTable): no check per flow
+    return FlowEntry.from_table(
+        table.mode,
+        [table.levels[0]] if static else list(table.levels),
+        [] if static else list(table.thresholds),
         flags=flags,
         target_layer=target_layer(stage, flow),
         stage=STAGE_CODES.get(stage.name, 0),
@@ -179,6 +181,12 @@ def make_entry(
         sent_bytes=flow.sent,
         created_ns=now_ns,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def static_table(level: int) -> LevelTable:
+    """The static table of `level` (every flow at that level), built and checked once."""
+    return LevelTable(MODE_STATIC, (), (level,))
 
 
 def layout(nlevels: int, rows: Sequence[tuple[int, str]], *, scavenger: str) -> list[dict]:

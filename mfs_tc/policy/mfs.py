@@ -50,7 +50,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..entry import FlowEntry, mlu_fixed, ps_per_byte
-from ..layout import F_AUTO_SCAVENGE, F_MONOTONIC, MLU_ONE, MODE_MLU, MODE_RLI, MODE_STATIC
+from ..layout import F_AUTO_SCAVENGE, F_MONOTONIC, MLU_ONE, MODE_MLU, MODE_RLI
 from ..model import Flow, Request, Stage
 from .base import Policy, PolicyConfig
 from .levels import (
@@ -61,6 +61,7 @@ from .levels import (
     layout,
     make_entry,
     spread_levels,
+    static_table,
 )
 from .red import rank_bucket, red
 from .work import check_estimator, hopeless, work_ahead_ns
@@ -191,8 +192,7 @@ class MfsPolicy(Policy):
 
     def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
         if self.hopeless_flow(request, stage, flow, now_ns):
-            scav = LevelTable(MODE_STATIC, (), (self.config.scavenger_level,))
-            return make_entry(request, stage, flow, now_ns, scav)
+            return make_entry(request, stage, flow, now_ns, static_table(self.config.scavenger_level))
         if stage.name == "p2d":
             flags = F_MONOTONIC | (F_AUTO_SCAVENGE if self.config.scavenger else 0)
             deadline = request.deadline_ns - stage.compute_after_ns
