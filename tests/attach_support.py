@@ -2,8 +2,9 @@
 detached from it, the same with mfs-tc attached on its `a` side first, and the mfs-tc command
 as the tests run it (and what its one-line errors look like).
 
-Used by tests/test_rules.py, test_tcx.py, test_apply.py, test_datapath_wire.py,
-test_datapath_attach.py, test_access.py and test_lifecycle.py. Needs root (what attach needs).
+Used by the tests that attach to a veth (test_rules, test_tcx, test_apply, test_access,
+test_lifecycle, test_exporter, test_namespaces, test_controller_integration and the
+test_datapath_* files). Needs root (what attach needs).
 """
 
 from __future__ import annotations
