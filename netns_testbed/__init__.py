@@ -3,8 +3,8 @@
   topology.py          hosts and switch as namespaces, veth links, HTB shaping, cleanup
   shaping.py           mfs-tc attach (HTB backend, trust-dscp on switch ports) or plain HTB
   transfer.py          sinks and real TCP flows (delivered bytes acknowledged)
-  plan.py              what is replayed: RequestJob, BatchJob, Transfer, Scenario
-  workload_adapter.py  mfs_tc.workload -> Scenario (the simulator's workload, same objects)
+  plan.py              what is replayed: the workload's RequestSpec and BatchPlan (no types of
+                       its own), ReplayScenario, a generated workload as one
   scenarios.py         hand-made scenarios (the tight vs loose contention case)
   sched.py             flows, batches and layer cursors through mfs_tc.controller
   replay.py            the agents: batches, layers, compute sleeps, per-request measurements

@@ -21,7 +21,7 @@ from mfs_tc.errors import MfsError
 from mfs_tc.results import summarize_run, write_results
 from mfs_tc.workload.comparison import DEFAULT_POLICIES, ComparisonConfig
 
-from .plan import Scenario
+from .plan import ReplayScenario, scenario_from_workload
 from .replay import Replay, ReplayResult, start_sinks
 from .sched import ControllerScheduler, NullScheduler, Scheduler
 from .topology import DEFAULT_PREFIX, Topology, TopologyConfig
@@ -86,7 +86,7 @@ def make_scheduler(topo: Topology, policy: str, datapath: str, config: dict) -> 
 
 def run_scenarios(
     topo: Topology,
-    points: list[tuple[int, float | None, float, Callable[[], Scenario]]],
+    points: list[tuple[int, float | None, float, Callable[[], ReplayScenario]]],
     cfg: RunConfig,
     out_dir: Path | None,
     progress: Progress,
@@ -137,8 +137,6 @@ def _ms(v: float | None) -> str:
 def run(cfg: RunConfig, out_dir: Path | None, *, progress_out: TextIO | None = sys.stderr) -> dict:
     """The default comparison / sweep on the workload. Returns the summary (also in out_dir)."""
     from mfs_tc.workload import generate
-
-    from .workload_adapter import scenario_from_workload
 
     first = generate(cfg.workload_config(cfg.seeds[0], cfg.loads[0], cfg.slo_scales[0]))
     tcfg = TopologyConfig.from_cluster(first.cluster, levels=cfg.levels, datapath=cfg.datapath,

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .plan import BatchJob, LayerJob, RequestJob, Scenario, Transfer, fifo_batcher
+from mfs_tc.workload import BatchPlan, LayerPlan, RequestSpec, Transfer
+
+from .plan import ReplayScenario, fifo_batcher
 from .topology import TopologyConfig
 
 CONTENTION_TIGHT = 1
@@ -31,31 +33,36 @@ def contention_topology(rate_bps: float = 100e6, prefix: str = "mfsb", **kw: obj
 def contention_scenario(rate_bps: float = 100e6, nbytes: int = 6_000_000,
                         compute_s: float = 0.01, decode_step_s: float = 0.005,
                         loose_flows: int = 3, tight_delay_s: float = 0.15,
-                        loose_factor: int = 2) -> Scenario:
+                        loose_factor: int = 2) -> ReplayScenario:
     alone_s = nbytes * 8 / rate_bps + compute_s + decode_step_s
-    reqs = [
-        RequestJob(CONTENTION_TIGHT, tight_delay_s, 1.5 * alone_s, prefill_group=0, unloaded_ttft_s=alone_s,
-                   remaining_bytes=nbytes, remaining_compute_s=compute_s + decode_step_s),
-        RequestJob(CONTENTION_LOOSE, 0.0, 4.0 * alone_s, prefill_group=1, unloaded_ttft_s=alone_s,
-                   remaining_bytes=loose_factor * nbytes, remaining_compute_s=compute_s + decode_step_s),
-    ]
 
-    def plan(bid: int, group: int, members: Sequence[RequestJob]) -> BatchJob:
+    def spec(rid: int, arrival_s: float, slo_s: float, group: int) -> RequestSpec:
+        # no tokens: the plan below is made by hand, not from a model's shape
+        return RequestSpec(rid, arrival_s, input_tokens=0, reused_tokens=0, output_tokens=1,
+                           prefill_group=group, decode_host="d0", kv_host="kv0", slo_s=slo_s,
+                           unloaded_ttft_s=alone_s)
+
+    reqs = [spec(CONTENTION_TIGHT, tight_delay_s, 1.5 * alone_s, 0),
+            spec(CONTENTION_LOOSE, 0.0, 4.0 * alone_s, 1)]
+
+    def plan(members: Sequence[RequestSpec]) -> BatchPlan:
+        group = members[0].prefill_group
         src = f"p{group}r0"
-        return BatchJob(
-            batch_id=bid, group=group, request_ids=tuple(m.request_id for m in members),
-            layers=(LayerJob(compute_s=compute_s),),
-            p2d={m.request_id: (_p2d(src, loose_factor * nbytes, loose_flows) if m.request_id == CONTENTION_LOOSE
-                                 else _p2d(src, nbytes, 1))
+        return BatchPlan(
+            group=group, ranks=[src], members=[m.request_id for m in members],
+            layers=[LayerPlan(layer=0, compute_s=compute_s)],
+            p2d={m.request_id: (_p2d(src, m.request_id, loose_factor * nbytes, loose_flows)
+                                if m.request_id == CONTENTION_LOOSE
+                                else _p2d(src, m.request_id, nbytes, 1))
                  for m in members},
             decode_step_s=decode_step_s,
         )
 
-    def _p2d(src: str, total: int, flows: int) -> tuple[Transfer, ...]:
+    def _p2d(src: str, rid: int, total: int, flows: int) -> list[Transfer]:
         sizes = [total // flows] * flows
         sizes[-1] += total - sum(sizes)
-        return tuple(Transfer("p2d", src, "d0", n, target_layer=1) for n in sizes)
+        return [Transfer(src, "d0", n, (rid,)) for n in sizes]
 
-    return Scenario(reqs, fifo_batcher(1), plan, name="contention",
-                    meta={"nbytes": nbytes, "alone_s": alone_s,
-                          "bytes_total": (1 + loose_factor) * nbytes})
+    return ReplayScenario(reqs, fifo_batcher(1), plan, link_rate_bps=rate_bps, name="contention",
+                          meta={"nbytes": nbytes, "alone_s": alone_s,
+                                "bytes_total": (1 + loose_factor) * nbytes})

@@ -20,8 +20,9 @@ from pathlib import Path
 from mfs_tc.errors import MfsError
 from mfs_tc.layout import COUNTER_FMT, MAX_LEVELS, FlowKey, pin_dir
 from mfs_tc.policy.admission import moore_hodgson
+from mfs_tc.workload import RequestSpec, Transfer
 
-from .plan import RequestJob, Transfer
+from .plan import ArrivalEstimate
 from .topology import Topology
 
 
@@ -30,16 +31,18 @@ class Scheduler:
 
     policy: str = "none"
 
-    def open_request(self, job: RequestJob, arrival_ns: int) -> None:
-        """The request arrived (its deadline is known from now on)."""
+    def open_request(self, spec: RequestSpec, arrival_ns: int, estimate: ArrivalEstimate) -> None:
+        """The request arrived (its deadline is known from now on; its work ahead as `estimate`
+        until the first update)."""
 
     def begin_batch(self, batch_id: int, request_ids: list[int]) -> None:
         """The prefill group starts a batch of these members."""
 
-    def add_flow(self, host: str, t: Transfer, key: FlowKey, *, batch_id: int | None,
-                 request_id: int | None, stage_bytes: int, compute_after_s: float,
-                 true_remaining_ns: int | None) -> None:
-        """Register a flow sent by `host`: a batch's (kv_fetch, collective) or a request's (p2d)."""
+    def add_flow(self, host: str, stage: str, layer: int, t: Transfer, key: FlowKey, *,
+                 batch_id: int | None, request_id: int | None, stage_bytes: int,
+                 compute_after_s: float, true_remaining_ns: int | None) -> None:
+        """Register a flow sent by `host`, of `stage` with target layer `layer`: a batch's
+        (kv_fetch, collective) or a request's (p2d)."""
 
     def update_estimates(self, batch_id: int | None, estimates: dict[int, tuple[int, float]],
                          batch_estimate: tuple[int, float] | None = None) -> None:
@@ -76,9 +79,10 @@ class ControllerScheduler(Scheduler):
     _batches: dict[tuple[str, int], object] = field(default_factory=dict)
     _members: dict[int, list[int]] = field(default_factory=dict)
     _stages: dict[tuple, object] = field(default_factory=dict)
-    # request id -> (job, its TTFT deadline as wall-clock seconds): what a serving system carries
-    # in request metadata; each host's controller converts it to its own CLOCK_MONOTONIC
-    _jobs: dict[int, tuple[RequestJob, float]] = field(default_factory=dict)
+    # request id -> (spec, its arrival estimate, its TTFT deadline as wall-clock seconds): what a
+    # serving system carries in request metadata; each host's controller converts the deadline
+    # to its own CLOCK_MONOTONIC
+    _jobs: dict[int, tuple[RequestSpec, ArrivalEstimate, float]] = field(default_factory=dict)
     _est: dict[int, tuple[int, float]] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     # p2d admission (policy.admission), as a decode-side scheduler would run it: the live p2d
@@ -138,11 +142,11 @@ class ControllerScheduler(Scheduler):
         key = (host, request_id)
         r = self._reqs.get(key)
         if r is None:
-            job, deadline_wall = self._jobs[request_id]
-            b, c = self._est.get(request_id, (job.remaining_bytes, job.remaining_compute_s))
+            spec, first, deadline_wall = self._jobs[request_id]
+            b, c = self._est.get(request_id, (first.remaining_bytes, first.remaining_compute_s))
             r = self._ctls[host].request(  # type: ignore[attr-defined]
-                request_id, deadline_wall=deadline_wall, arrival_wall=deadline_wall - job.slo_s,
-                num_layers=job.num_layers, remaining_bytes=b, remaining_compute_s=c)
+                request_id, deadline_wall=deadline_wall, arrival_wall=deadline_wall - spec.slo_s,
+                num_layers=first.num_layers, remaining_bytes=b, remaining_compute_s=c)
             self._reqs[key] = r
         return r
 
@@ -158,20 +162,20 @@ class ControllerScheduler(Scheduler):
             self._batches[key] = b
         return b
 
-    def open_request(self, job: RequestJob, arrival_ns: int) -> None:
+    def open_request(self, spec: RequestSpec, arrival_ns: int, estimate: ArrivalEstimate) -> None:
         # the deadline travels as wall-clock time, converted once here (where the request
         # arrives), as the request's metadata would carry it to every host
-        deadline_wall = time.time() - (time.monotonic_ns() - arrival_ns) / 1e9 + job.slo_s
+        deadline_wall = time.time() - (time.monotonic_ns() - arrival_ns) / 1e9 + spec.slo_s
         with self._lock:
-            self._jobs[job.request_id] = (job, deadline_wall)
+            self._jobs[spec.request_id] = (spec, estimate, deadline_wall)
 
     def begin_batch(self, batch_id: int, request_ids: list[int]) -> None:
         with self._lock:
             self._members[batch_id] = list(request_ids)
 
-    def add_flow(self, host: str, t: Transfer, key: FlowKey, *, batch_id: int | None,
-                 request_id: int | None, stage_bytes: int, compute_after_s: float,
-                 true_remaining_ns: int | None) -> None:
+    def add_flow(self, host: str, stage: str, layer: int, t: Transfer, key: FlowKey, *,
+                 batch_id: int | None, request_id: int | None, stage_bytes: int,
+                 compute_after_s: float, true_remaining_ns: int | None) -> None:
         with self._lock:
             if batch_id is not None:
                 owner = self._owner(host, batch_id)
@@ -181,17 +185,17 @@ class ControllerScheduler(Scheduler):
                 okey = (host, "r", request_id)
             else:
                 raise ValueError("a flow belongs to a batch or a request")
-            skey = okey + (t.stage, t.target_layer)
-            stage = self._stages.get(skey)
-            if stage is None:
-                stage = owner.stage(t.stage, bytes=stage_bytes,  # type: ignore[attr-defined]
-                                    compute_after_s=compute_after_s, layer=t.target_layer)
-                self._stages[skey] = stage
-            fh = stage.add_flow(key, bytes=t.nbytes, target_layer=t.target_layer)  # type: ignore[attr-defined]
+            skey = okey + (stage, layer)
+            handle = self._stages.get(skey)
+            if handle is None:
+                handle = owner.stage(stage, bytes=stage_bytes,  # type: ignore[attr-defined]
+                                     compute_after_s=compute_after_s, layer=layer)
+                self._stages[skey] = handle
+            fh = handle.add_flow(key, bytes=t.bytes, target_layer=layer)  # type: ignore[attr-defined]
             if true_remaining_ns is not None and self.policy == "llf-oracle":
                 fh.flow.true_remaining_work_ns = true_remaining_ns
                 fh.update()
-            if self._admitter is not None and t.stage == "p2d" and request_id is not None:
+            if self._admitter is not None and stage == "p2d" and request_id is not None:
                 on = self._p2d.setdefault(t.dst, {})
                 deadline = owner.deadline_ns - int(round(compute_after_s * 1e9))  # type: ignore[attr-defined]
                 fhs = on.get(request_id, ([], stage_bytes, deadline))[0]

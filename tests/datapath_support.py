@@ -402,3 +402,32 @@ def udp_dscp(net, dport: int, v6: bool = False, sport: int = 0, n: int = 3, time
             s.sendto(b"r%d" % i * 40, (dst, dport))
         got = cap.frames(n, timeout=timeout, match=lambda f: UDP in Ether(f) and Ether(f)[UDP].dport == dport)
     return [dscp_of(f) for f in got]
+
+
+def tcp_frames(net, sport: int, dport: int, v6: bool = False, nbytes: int = 20000) -> list[bytes]:
+    """A real TCP connection from net.a:sport to net.b:dport (a tests/nettools.VethPair) that
+    carries `nbytes`; its frames towards dport as captured on the peer (SYN and data segments)."""
+    from scapy.layers.inet import TCP  # noqa: PLC0415
+    from scapy.layers.l2 import Ether  # noqa: PLC0415
+
+    from mfs_tc.netlink import socket_in  # noqa: PLC0415
+
+    fam = socket.AF_INET6 if v6 else socket.AF_INET
+    src, dst = (net.ip6_a, net.ip6_b) if v6 else (net.ip_a, net.ip_b)
+    srv = socket_in(net.b, fam, socket.SOCK_STREAM)
+    cli = socket_in(net.a, fam, socket.SOCK_STREAM)
+    with srv, cli:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        cli.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((dst, dport))
+        srv.listen(1)
+        cli.bind((src, sport))
+        with Capture(net.b, net.dev_b) as cap:
+            cli.connect((dst, dport))
+            conn, _ = srv.accept()
+            with conn:
+                cli.sendall(b"x" * nbytes)
+                got = 0
+                while got < nbytes:
+                    got += len(conn.recv(65536))
+            return cap.frames(1000, timeout=1.0, match=lambda f: TCP in Ether(f) and Ether(f)[TCP].dport == dport)

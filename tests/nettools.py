@@ -49,14 +49,20 @@ class VethPair:
     def _up(self) -> VethPair:
         sh("ip", "netns", "add", self.a)
         sh("ip", "netns", "add", self.b)
+        self.link()
+        for ns in (self.a, self.b):
+            sh("ip", "link", "set", "lo", "up", ns=ns)
+        return self
+
+    def link(self) -> None:
+        """Make the veth between the namespaces, addressed and up (again, after a test deleted
+        it: a new device under the old names)."""
         sh("ip", "link", "add", self.dev_a, "type", "veth", "peer", "name", self.dev_b, ns=self.a)
         sh("ip", "link", "set", self.dev_b, "netns", self.b, ns=self.a)
         for ns, dev, ip4, ip6 in ((self.a, self.dev_a, self.ip_a, self.ip6_a), (self.b, self.dev_b, self.ip_b, self.ip6_b)):
             sh("ip", "addr", "add", f"{ip4}/24", "dev", dev, ns=ns)
             sh("ip", "-6", "addr", "add", f"{ip6}/64", "dev", dev, "nodad", ns=ns)
             sh("ip", "link", "set", dev, "up", ns=ns)
-            sh("ip", "link", "set", "lo", "up", ns=ns)
-        return self
 
     def down(self) -> None:
         for ns in (self.a, self.b):

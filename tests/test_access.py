@@ -26,13 +26,14 @@ from pathlib import Path
 
 import pytest
 from asuser import ids_argv
+from attach_support import attached_veth, mfs
 from nettools import VethPair, sh
 
 from mfs_tc import access, layout, tcx
 from mfs_tc.controller import Controller, PinnedMaps, pack_flow_key, request_key
 from mfs_tc.errors import MfsError
 from mfs_tc.layout import RequestRecord
-from mfs_tc.loader import AttachOptions, attach, default_dscp, detach
+from mfs_tc.loader import AttachOptions, attach, default_dscp
 from mfs_tc.netlink import socket_in
 
 pytestmark = pytest.mark.privileged
@@ -40,7 +41,6 @@ pytestmark = pytest.mark.privileged
 MEMBER_A, MEMBER_B, OUTSIDER = 64101, 64102, 64103
 DSCP = default_dscp(8)
 PORT = 7301
-MFS = [str(Path(sys.executable).parent / "mfs-tc")]
 
 # member A: a long-lived serving process; commands on stdin, answers on stdout
 SERVE = r"""
@@ -190,12 +190,8 @@ def group():
 
 @pytest.fixture(scope="module")
 def net(group):
-    with VethPair() as n:
-        try:
-            attach(AttachOptions(n.dev_a, netns=n.a, qdisc="none", group=group[0]))
-            yield n
-        finally:
-            detach(n.dev_a, n.a)
+    with attached_veth(qdisc="none", group=group[0]) as n:
+        yield n
 
 
 @pytest.fixture(scope="module")
@@ -252,13 +248,12 @@ def test_pins_carry_exactly_the_groups_share(net: VethPair, group) -> None:
     for d in (pin, pin.parent, layout.PIN_ROOT):
         st = os.stat(d)
         assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755), d
-    r = subprocess.run(MFS + ["status", net.dev_a, "-n", net.a, "--json"], capture_output=True, text=True, timeout=60)
+    r = mfs("status", net.dev_a, "-n", net.a, "--json", timeout=60)
     assert r.returncode == 0 and json.loads(r.stdout)["access_gid"] == group[1], r.stderr
 
 
 def test_plan_shows_the_mode_changes(net: VethPair, group) -> None:
-    r = subprocess.run(MFS + ["plan", net.dev_a, "-n", net.a, "--qdisc", "none", "--group", group[0], "--json"],
-                       capture_output=True, text=True, timeout=60)
+    r = mfs("plan", net.dev_a, "-n", net.a, "--qdisc", "none", "--group", group[0], "--json", timeout=60)
     assert r.returncode == 0, r.stderr
     cmds = json.loads(r.stdout)["commands"]
     assert any(c.startswith(f"chgrp {group[1]} ") and "/requests" in c and "/flows " not in c for c in cmds), cmds
@@ -428,7 +423,7 @@ def test_a_member_freezing_requests_is_reported(net: VethPair, group) -> None:
         assert out["freeze"] == "Operation not permitted", out
         return
     assert out["freeze"] == "ok", out
-    r = subprocess.run(MFS + ["status", net.dev_a, "-n", net.a], capture_output=True, text=True, timeout=60)
+    r = mfs("status", net.dev_a, "-n", net.a, timeout=60)
     assert "warning: map requests is frozen" in r.stdout and "detach and attach again" in r.stdout, r.stdout
     assert f"access group {group[0]} (gid {group[1]})" in r.stdout, r.stdout
     with Controller.open(net.dev_a, netns=net.a, policy="mfs") as ctl:

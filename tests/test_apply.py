@@ -12,12 +12,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from attach_support import MFS, assert_one_line_error, mfs, veth_pair
 from datapath_support import udp_dscp
 from nettools import VethPair, sh
 
@@ -28,7 +28,6 @@ from mfs_tc.netlink import ifindex, iproute
 
 pytestmark = pytest.mark.privileged
 
-MFS = [str(Path(sys.executable).parent / "mfs-tc")]
 DSCP = layout.DEFAULT_DSCP
 DEFAULT = 5
 GROUP = f"mfsap{os.getpid() % 100000}"  # the config's access_group, made for this module
@@ -41,10 +40,6 @@ def access_group():
         yield grp.getgrnam(GROUP).gr_gid
     finally:
         subprocess.run(["groupdel", GROUP], capture_output=True)
-
-
-def mfs(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(MFS + list(args), capture_output=True, text=True, timeout=120)
 
 
 def config(net: VethPair, rules: str, extra: str = "") -> str:
@@ -78,11 +73,8 @@ RULES = """
 
 @pytest.fixture
 def net():
-    with VethPair() as n:
-        try:
-            yield n
-        finally:
-            subprocess.run(MFS + ["detach", n.dev_a, "-n", n.a], capture_output=True)
+    with veth_pair(quiet=True) as n:  # what apply attached is detached, as `mfs-tc detach` would
+        yield n
 
 
 @pytest.fixture
@@ -172,14 +164,6 @@ def test_apply_is_idempotent_and_detach_all_undoes_it(net: VethPair, f: Path, ac
     assert mfs("apply", "--config", str(f), "--detach-all").stdout.strip() == "nothing to detach"
 
 
-def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
-    assert r.returncode != 0, r
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("mfs-tc: error:"), r.stderr
-    for n in needles:
-        assert n in lines[0], r.stderr
-
-
 def test_broken_config_names_the_line_and_changes_nothing(net: VethPair, f: Path, tmp_path: Path) -> None:
     f.write_text(config(net, RULES))
     assert mfs("apply", "--config", str(f)).returncode == 0
@@ -188,24 +172,24 @@ def test_broken_config_names_the_line_and_changes_nothing(net: VethPair, f: Path
     lines = good.splitlines()
     syntax = "\n".join(lines[:8] + ["levels = = 4"] + lines[8:])  # line 9
     f.write_text(syntax)
-    _one_line_error(mfs("apply", "--config", str(f)), f"{f}:9:", "TOML syntax error")
+    assert_one_line_error(mfs("apply", "--config", str(f)), f"{f}:9:", "TOML syntax error")
     # validation errors: the key path and its line
     bad_port = good.replace('dport = "7000-7001"', 'dport = "7000-70001"')
     f.write_text(bad_port)
     line = bad_port.splitlines().index('  dport = "7000-70001"') + 1
-    _one_line_error(mfs("apply", "--config", str(f)), f"{f}:{line}:", "interface[0].rule[0].dport", "0..65535")
+    assert_one_line_error(mfs("apply", "--config", str(f)), f"{f}:{line}:", "interface[0].rule[0].dport", "0..65535")
     bad_level = good.replace("level = 2", "level = 8")
     f.write_text(bad_level)
-    _one_line_error(mfs("apply", "--config", str(f)), "interface[0].rule[0].level", "levels 0..7")
+    assert_one_line_error(mfs("apply", "--config", str(f)), "interface[0].rule[0].level", "levels 0..7")
     # a second, broken interface: the first, valid one is not touched either
     two = good.replace("default_level = 5", "default_level = 3") + '\n[[interface]]\nname = "eth9"\nhook = "bpf"\n'
     f.write_text(two)
-    _one_line_error(mfs("apply", "--config", str(f)), "interface[1].hook")
+    assert_one_line_error(mfs("apply", "--config", str(f)), "interface[1].hook")
     f.write_text(good.replace("levels = 8", "levels = 8\ntrust_dscp = true"))
-    _one_line_error(mfs("apply", "--config", str(f)), "interface[0].trust_dscp", "does not look at rules")
+    assert_one_line_error(mfs("apply", "--config", str(f)), "interface[0].trust_dscp", "does not look at rules")
     f.write_text(good.replace("levels = 8", "levles = 8"))
-    _one_line_error(mfs("apply", "--config", str(f)), "interface[0].levles: unknown key")
-    _one_line_error(mfs("apply", "--config", str(tmp_path / "missing.toml")), "no such config file")
+    assert_one_line_error(mfs("apply", "--config", str(f)), "interface[0].levles: unknown key")
+    assert_one_line_error(mfs("apply", "--config", str(tmp_path / "missing.toml")), "no such config file")
     assert (_rules(net), load_state(net.dev_a, net.a)) == before
     f.write_text(good)
     assert mfs("apply", "--config", str(f), "--detach-all").returncode == 0
@@ -214,12 +198,7 @@ def test_broken_config_names_the_line_and_changes_nothing(net: VethPair, f: Path
 
 def _recreate_veth(net: VethPair) -> None:
     sh("ip", "link", "del", net.dev_a, ns=net.a)
-    sh("ip", "link", "add", net.dev_a, "type", "veth", "peer", "name", net.dev_b, ns=net.a)
-    sh("ip", "link", "set", net.dev_b, "netns", net.b, ns=net.a)
-    for ns, dev, ip4, ip6 in ((net.a, net.dev_a, net.ip_a, net.ip6_a), (net.b, net.dev_b, net.ip_b, net.ip6_b)):
-        sh("ip", "addr", "add", f"{ip4}/24", "dev", dev, ns=ns)
-        sh("ip", "-6", "addr", "add", f"{ip6}/64", "dev", dev, "nodad", ns=ns)
-        sh("ip", "link", "set", dev, "up", ns=ns)
+    net.link()
 
 
 def _until(pred, timeout: float = 15.0) -> bool:

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 import pytest
+from attach_support import attached_veth
 from datapath_support import packet_socket
 from nettools import VethPair
 
 from mfs_tc.entry import FlowEntry
-from mfs_tc.loader import AttachOptions, attach, detach
 
 pytestmark = pytest.mark.privileged
 
@@ -212,12 +212,8 @@ def _drain(listeners: list[socket.socket], stop: threading.Event) -> None:
 
 @pytest.fixture
 def attached():
-    with VethPair() as net:
-        attach(AttachOptions(net.dev_a, netns=net.a, levels=8, qdisc="htb", rate_bps=1_000_000_000))
-        try:
-            yield net
-        finally:
-            detach(net.dev_a, net.a)
+    with attached_veth(levels=8, qdisc="htb", rate_bps=1_000_000_000) as net:
+        yield net
 
 
 def test_serving_process_flows_carry_their_levels(attached: VethPair) -> None:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from attach_support import mfs, veth_pair
 from datapath_support import packet_socket
 from nettools import VethPair, sh
 from scapy.layers.inet import ICMP, IP
@@ -24,16 +23,10 @@ from mfs_tc.loader import AttachOptions, attach, detach, load_state, state_path
 
 pytestmark = pytest.mark.privileged
 
-MFS = [str(Path(sys.executable).parent / "mfs-tc")]
-
-
 @pytest.fixture
 def net():
-    with VethPair() as n:
-        try:
-            yield n
-        finally:
-            detach(n.dev_a, n.a)  # idempotent: a failed test leaves no pins or state behind
+    with veth_pair() as n:  # detached at the end: a failed test leaves no pins or state behind
+        yield n
 
 
 def _tc(net: VethPair, *args: str) -> str:
@@ -182,25 +175,24 @@ def test_missing_netns_is_a_clear_error() -> None:
 
 def test_cli_attach_status_detach(net: VethPair) -> None:
     before = _snapshot(net)
-    run = lambda *a: subprocess.run(MFS + list(a), capture_output=True, text=True, timeout=120)  # noqa: E731
-    r = run("attach", net.dev_a, "--netns", net.a, "--qdisc", "htb", "--rate", "100mbit", "--json")
+    r = mfs("attach", net.dev_a, "--netns", net.a, "--qdisc", "htb", "--rate", "100mbit", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["backend"] == "htb"
     icmp = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=net.ip_a, dst=net.ip_b) / ICMP())
     with packet_socket(net.a, net.dev_a) as s:
         for _ in range(3):
             s.send(icmp)
-    r = run("status", net.dev_a, "--netns", net.a, "--json")
+    r = mfs("status", net.dev_a, "--netns", net.a, "--json")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["attached"] and s["backend"] == "htb" and len(s["levels"]) == 8
     assert s["counters"]["no_l4"]["packets"] >= 3  # the pings (ICMP) at the default level
     assert s["levels"][6]["packets"] >= 3  # the default level: K-2
-    r = run("detach", net.dev_a, "--netns", net.a)
+    r = mfs("detach", net.dev_a, "--netns", net.a)
     assert r.returncode == 0, r.stderr
-    r = run("detach", net.dev_a, "--netns", net.a)
+    r = mfs("detach", net.dev_a, "--netns", net.a)
     assert r.returncode == 0 and "nothing" in r.stdout
-    r = run("attach", "nosuchdev0", "--netns", net.a, "--qdisc", "none")
+    r = mfs("attach", "nosuchdev0", "--netns", net.a, "--qdisc", "none")
     assert r.returncode != 0 and "Traceback" not in r.stderr and "nosuchdev0" in (r.stderr + r.stdout)
     assert _snapshot(net) == before
 

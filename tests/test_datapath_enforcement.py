@@ -9,18 +9,16 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
+from attach_support import MFS, attached_veth
 from nettools import VethPair
 
 from mfs_tc import bpfsys, layout
 from mfs_tc.entry import FlowEntry
 from mfs_tc.layout import FlowKey
-from mfs_tc.loader import AttachOptions, attach, detach
 from mfs_tc.netlink import socket_in
 
 pytestmark = pytest.mark.privileged
@@ -28,7 +26,6 @@ pytestmark = pytest.mark.privileged
 RATE = 50_000_000
 HIGH, LOW = 1, 5
 WARMUP_S, WINDOW_S = 1.0, 3.0
-MFS = [str(Path(sys.executable).parent / "mfs-tc")]
 
 
 
@@ -92,23 +89,15 @@ def _level_bytes(net: VethPair) -> dict[int, int]:
 
 
 def test_higher_level_takes_the_bottleneck() -> None:
-    with VethPair() as net:
-        attach(AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=RATE))
-        try:
-            _run(net)
-        finally:
-            detach(net.dev_a, net.a)
+    with attached_veth(qdisc="htb", rate_bps=RATE) as net:
+        _run(net)
 
 
 def test_control_same_level_shares_the_bottleneck() -> None:
     """Control: the same two flows on one level share the link (so the test above measures the
     levels, not an artefact of which flow starts first)."""
-    with VethPair() as net:
-        attach(AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=RATE))
-        try:
-            window, _ = _traffic(net, {44001: (9001, 3), 44002: (9002, 3)})
-        finally:
-            detach(net.dev_a, net.a)
+    with attached_veth(qdisc="htb", rate_bps=RATE) as net:
+        window, _ = _traffic(net, {44001: (9001, 3), 44002: (9002, 3)})
     a, b = window.values()
     share = a / max(1, a + b)
     assert 0.2 <= share <= 0.8, f"received {a} and {b} bytes"

@@ -16,6 +16,7 @@ import struct
 import time
 
 import pytest
+from attach_support import attached_veth
 from datapath_support import Capture
 from nettools import VethPair
 from scapy.layers.inet import IP, UDP
@@ -24,7 +25,6 @@ from scapy.layers.l2 import Ether
 from mfs_tc import bpfsys, layout
 from mfs_tc.entry import FlowEntry, mlu_fixed, ps_per_byte
 from mfs_tc.layout import FlowKey, FlowState, RequestRecord
-from mfs_tc.loader import AttachOptions, attach, detach
 
 pytestmark = pytest.mark.privileged
 
@@ -35,12 +35,8 @@ DSCP_TO_LEVEL = {d: lv for lv, d in enumerate(layout.DEFAULT_DSCP)}
 
 @pytest.fixture(scope="module")
 def net():
-    with VethPair() as n:
-        attach(AttachOptions(n.dev_a, netns=n.a, qdisc="none"))
-        try:
-            yield n
-        finally:
-            detach(n.dev_a, n.a)
+    with attached_veth(qdisc="none") as n:
+        yield n
 
 
 def _udp(ns: str) -> socket.socket:

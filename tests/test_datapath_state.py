@@ -18,6 +18,7 @@ import threading
 import time
 
 import pytest
+from attach_support import attached_veth
 from datapath_support import PRIO_BASE, Capture, LoadedClassifier, prog_test_run
 from nettools import VethPair
 from scapy.layers.inet import IP, TCP
@@ -26,7 +27,6 @@ from scapy.packet import Raw
 
 from mfs_tc import layout
 from mfs_tc.controller import Controller, PinnedMaps, resolve_policy
-from mfs_tc.loader import AttachOptions, attach, detach
 
 pytestmark = pytest.mark.privileged
 
@@ -87,12 +87,8 @@ def test_rewrites_during_traffic_lose_no_kernel_count() -> None:
 
 @pytest.fixture(scope="module")
 def net():
-    with VethPair() as n:
-        attach(AttachOptions(n.dev_a, netns=n.a, qdisc="none", control_level=1))
-        try:
-            yield n
-        finally:
-            detach(n.dev_a, n.a)
+    with attached_veth(qdisc="none", control_level=1) as n:
+        yield n
 
 
 def _in_ns(ns: str, *args) -> socket.socket:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+from attach_support import attached_veth
 from datapath_support import (
     Capture,
     assert_only_dscp_changed,
@@ -20,9 +21,10 @@ from datapath_support import (
     packet_socket,
     read_stats,
     stats_delta,
+    tcp_frames,
     untouched_slots,
 )
-from nettools import VethPair, sh
+from nettools import VethPair
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
@@ -30,7 +32,6 @@ from scapy.layers.l2 import Ether
 from mfs_tc import bpfsys, layout
 from mfs_tc.entry import FlowEntry
 from mfs_tc.layout import FlowKey
-from mfs_tc.loader import AttachOptions, attach, detach
 from mfs_tc.netlink import socket_in
 
 pytestmark = pytest.mark.privileged
@@ -50,14 +51,8 @@ def _only_dscp(raw: bytes, frame: bytes, want: int) -> bool:
 
 @pytest.fixture(scope="module")
 def net():
-    with VethPair() as n:
-        # software checksums on the sender, so what the peer captures carries final L4 checksums
-        sh("ethtool", "-K", n.dev_a, "tx", "off", ns=n.a)
-        attach(AttachOptions(n.dev_a, netns=n.a, qdisc="none", default_level=DEFAULT))
-        try:
-            yield n
-        finally:
-            detach(n.dev_a, n.a)
+    with attached_veth(checksums_in_software=True, qdisc="none", default_level=DEFAULT) as n:
+        yield n
 
 
 def _pin(net: VethPair):
@@ -119,26 +114,10 @@ def test_dscp_on_the_wire_udp(net: VethPair, v6: bool) -> None:
 def test_dscp_on_the_wire_tcp(net: VethPair, v6: bool) -> None:
     """A real TCP connection: every segment of the known flow (SYN included: the entry is written
     before connect) carries the level's DSCP, with valid IP and TCP checksums."""
-    fam = socket.AF_INET6 if v6 else socket.AF_INET
     src, dst = (net.ip6_a, net.ip6_b) if v6 else (net.ip_a, net.ip_b)
     level, port = 1, DP + 10 + v6
-    srv = socket_in(net.b, fam, socket.SOCK_STREAM)
-    cli = socket_in(net.a, fam, socket.SOCK_STREAM)
-    with srv, cli:
-        srv.bind((dst, port))
-        srv.listen(1)
-        cli.bind((src, SP + 10 + v6))
-        _put(net, FlowKey(src, dst, SP + 10 + v6, port), FlowEntry.static(level))
-        with Capture(net.b, net.dev_b) as cap:
-            cli.connect((dst, port))
-            conn, _ = srv.accept()
-            with conn:
-                cli.sendall(b"x" * 20000)
-                n = 0
-                while n < 20000:
-                    n += len(conn.recv(65536))
-            got = cap.frames(1000, timeout=1.0,
-                             match=lambda f: TCP in Ether(f) and Ether(f)[TCP].dport == port)
+    _put(net, FlowKey(src, dst, SP + 10 + v6, port), FlowEntry.static(level))
+    got = tcp_frames(net, SP + 10 + v6, port, v6)
     data = [f for f in got if len(Ether(f)[TCP].payload) > 0]
     syn = [f for f in got if Ether(f)[TCP].flags.S]
     assert data and syn

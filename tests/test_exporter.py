@@ -6,22 +6,20 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from attach_support import MFS, attached_veth
 from nettools import VethPair
 from prometheus_client.parser import text_string_to_metric_families
 
 from mfs_tc.controller import PinnedMaps, set_static
 from mfs_tc.errors import MfsError
 from mfs_tc.exporter import parse_listen
-from mfs_tc.loader import AttachOptions, attach, detach
 from mfs_tc.netlink import socket_in
 
-MFS = [str(Path(sys.executable).parent / "mfs-tc")]
 PAYLOAD = 200
 WIRE = PAYLOAD + 8 + 20 + 14  # UDP + IPv4 + Ethernet: what tc egress sees as skb->len
 
@@ -49,12 +47,8 @@ def _scrape(port: int) -> str:
 
 @pytest.fixture
 def attached():
-    with VethPair() as n:
-        try:
-            attach(AttachOptions(n.dev_a, netns=n.a, qdisc="htb", rate_bps=1_000_000_000))
-            yield n
-        finally:
-            detach(n.dev_a, n.a)
+    with attached_veth(qdisc="htb", rate_bps=1_000_000_000) as n:
+        yield n
 
 
 def _send(net: VethPair, sport: int, count: int) -> None:

@@ -14,41 +14,26 @@ from pathlib import Path
 
 import pytest
 from asuser import mfs_as
+from attach_support import MFS, assert_one_line_error, veth_pair
+from attach_support import mfs as run_mfs
 from nettools import VethPair, sh
 
 from mfs_tc import layout, tcx
-from mfs_tc.errors import MfsError
 from mfs_tc.ifacelock import BusyError, interface_lock
 from mfs_tc.loader import AttachOptions, attach, detach, load_state, lock_path, state_path
-
-MFS = [str(Path(sys.executable).parent / "mfs-tc")]
 
 
 def mfs(*args: str, user: str | None = None, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     if user:
         return mfs_as(user, *args, env=env, timeout=timeout)  # works from a checkout nobody can read
-    return subprocess.run(MFS + list(args), capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
-    assert r.returncode != 0, r
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("mfs-tc: error:"), r.stderr
-    assert needle in lines[0], r.stderr
+    return run_mfs(*args, env=env, timeout=timeout)
 
 
 @pytest.fixture
 def net():
-    with VethPair() as n:
-        try:
-            yield n
-        finally:
-            for dev in (n.dev_a, n.dev_a + "r"):
-                try:
-                    detach(dev, n.a)
-                except MfsError:
-                    pass
+    # also the name test_detach_follows_a_renamed_interface gives veth0
+    with veth_pair(also_detach=(VethPair.dev_a + "r",), quiet=True) as n:
+        yield n
 
 
 def _tc(net: VethPair, *args: str, dev: str | None = None) -> str:
@@ -95,7 +80,7 @@ def test_attach_and_detach_while_locked_fail_cleanly_and_touch_nothing(net: Veth
         for args in (["attach", net.dev_a, "-n", net.a, "--levels", "4", "--rate", "1gbit"],
                      ["detach", net.dev_a, "-n", net.a]):
             r = mfs(*args)
-            one_line_error(r, "another mfs-tc is attaching or detaching")
+            assert_one_line_error(r, "another mfs-tc is attaching or detaching")
             assert f"pid {os.getpid()}" in r.stderr
         with pytest.raises(BusyError):
             detach(net.dev_a, net.a)
@@ -187,7 +172,7 @@ def test_a_users_filter_at_our_pref_is_never_deleted(net: VethPair) -> None:
     assert r.returncode == 0 and "nothing of mfs-tc" in r.stdout, r
     assert _tc(net, "filter", "show", "dev", net.dev_a, "egress") == before
     r = mfs("attach", net.dev_a, "-n", net.a, "--qdisc", "none")  # would replace it: refused
-    one_line_error(r, "not mfs-tc's")
+    assert_one_line_error(r, "not mfs-tc's")
     assert "user_cls" in r.stderr
     assert _tc(net, "filter", "show", "dev", net.dev_a, "egress") == before
     assert not layout.pin_dir(net.dev_a, net.a).exists() and not state_path(net.dev_a, net.a).exists()
@@ -221,7 +206,7 @@ def test_detach_follows_a_renamed_interface(net: VethPair, hook: str) -> None:
     r = mfs("status", net.dev_a, "-n", net.a, "--json")
     assert r.returncode == 0 and f"renamed to {new}" in r.stdout and '"attached": true' in r.stdout, r
     r = mfs("attach", new, "-n", net.a, "--qdisc", "none")  # the same device under its new name
-    one_line_error(r, f"attached as {net.dev_a}")
+    assert_one_line_error(r, f"attached as {net.dev_a}")
     r = mfs("detach", net.dev_a, "-n", net.a)
     assert r.returncode == 0, r.stderr
     assert f"renamed to {new}" in r.stdout and "root htb qdisc" in r.stdout, r.stdout
@@ -309,15 +294,15 @@ def test_doctor_exit_code_follows_its_checks() -> None:
     (["policy", "show", "--levels", "0"], "--levels must be 2..8"),
 ])
 def test_bad_names_are_one_line_errors(args: list[str], needle: str) -> None:
-    one_line_error(mfs(*args), needle)
+    assert_one_line_error(mfs(*args), needle)
 
 
 @pytest.mark.privileged
 @pytest.mark.parametrize("rate, needle", [("", "bad rate ''"), ("100bit", "below what HTB can shape")])
 def test_rates_htb_cannot_shape_are_refused(net: VethPair, rate: str, needle: str) -> None:
     for verb in ("plan", "attach"):
-        one_line_error(mfs(verb, net.dev_a, "-n", net.a, "--qdisc", "htb", "--rate", rate), needle)
-    one_line_error(mfs("attach", net.dev_a, "-n", net.a, "--rate", rate), needle)
+        assert_one_line_error(mfs(verb, net.dev_a, "-n", net.a, "--qdisc", "htb", "--rate", rate), needle)
+    assert_one_line_error(mfs("attach", net.dev_a, "-n", net.a, "--rate", rate), needle)
     assert "clsact" not in _tc(net, "qdisc", "show", "dev", net.dev_a)
     assert mfs("plan", net.dev_a, "-n", net.a, "--qdisc", "htb", "--rate", "128kbit").returncode == 0
 
@@ -342,7 +327,7 @@ def test_non_root_plan_probes_or_says_it_could_not() -> None:
         r = mfs("plan", "lo", "--rate", "1gbit", user="nobody", env=env)
     finally:
         shutil.rmtree(fake)
-    one_line_error(r, "could not probe which qdiscs this kernel has")
+    assert_one_line_error(r, "could not probe which qdiscs this kernel has")
     assert "Operation not permitted" in r.stderr and "--qdisc htb" in r.stderr
 
 

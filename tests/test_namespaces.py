@@ -13,14 +13,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from attach_support import MFS, attached_veth
 from nettools import VethPair
 
-from mfs_tc.loader import AttachOptions, attach, default_dscp, detach
+from mfs_tc.loader import default_dscp
 from mfs_tc.netlink import socket_in
 
 pytestmark = pytest.mark.privileged
 
-MFS = [str(Path(sys.executable).parent / "mfs-tc")]
 LEVEL = 5
 COUNT = 5
 
@@ -40,12 +40,8 @@ print("sent")
 
 @pytest.fixture
 def net():
-    with VethPair() as n:
-        try:
-            attach(AttachOptions(n.dev_a, netns=n.a, qdisc="none"))
-            yield n
-        finally:
-            detach(n.dev_a, n.a)
+    with attached_veth(qdisc="none") as n:
+        yield n
 
 
 def _receiver(net: VethPair, port: int) -> socket.socket:

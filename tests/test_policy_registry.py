@@ -8,7 +8,7 @@ import pytest
 
 from mfs_tc.entry import FlowEntry
 from mfs_tc.model import Batch, Flow, Request, Stage
-from mfs_tc.policy import POLICY_NAMES, Policy, Workload, calibrate, config_keys, make_policy
+from mfs_tc.policy import POLICY_NAMES, CalibrationWorkload, Policy, calibrate, config_keys, make_policy
 
 MS = 1_000_000
 T0 = 10**12
@@ -112,7 +112,7 @@ def test_only_mfs_policies_and_the_oracle_scavenge():
 
 # ---- calibration -------------------------------------------------------------------------------
 def test_calibrate_sizes_hand_values():
-    w = Workload(flow_sizes=[100 * i for i in range(1, 11)], slos_ns=[MS], link_rate_bps=1e9)
+    w = CalibrationWorkload(flow_sizes=[100 * i for i in range(1, 11)], slos_ns=[MS], link_rate_bps=1e9)
     cfg = calibrate("sjf", w, nlevels=4)
     # K=4: 2 thresholds at the 1/3 and 2/3 quantiles of 100..1000 (positions 3 and 6)
     assert cfg == {"nlevels": 4, "ref_rate_bps": 1e9, "size_thresholds": (400, 700), "size_levels": (0, 1, 2)}
@@ -139,7 +139,7 @@ def test_calibrate_mfs_hand_values():
 
 def test_calibrate_laxity_hand_values():
     # flow 40 ms; laxities 60, 160, ..., 960 ms; quantiles j/6 at positions 1.5, 3, 4.5, 6, 7.5
-    w = Workload(flow_sizes=[1_000_000], slos_ns=[(100 * i) * MS for i in range(1, 11)], link_rate_bps=200e6)
+    w = CalibrationWorkload(flow_sizes=[1_000_000], slos_ns=[(100 * i) * MS for i in range(1, 11)], link_rate_bps=200e6)
     cfg = calibrate("mfs-laxity", w)
     assert cfg["laxity_thresholds_ns"] == tuple(x * MS for x in (210, 360, 510, 660, 810))
     assert cfg["laxity_levels"] == (0, 1, 2, 3, 4, 5)
@@ -149,7 +149,7 @@ def test_calibrate_laxity_hand_values():
 @pytest.mark.parametrize("name", POLICY_NAMES)
 @pytest.mark.parametrize("k", [2, 3, 8])
 def test_calibrated_configs_build(name, k):
-    w = Workload(flow_sizes=[10, 10, 5000, 10**6, 10**7], slos_ns=[50 * MS, 2000 * MS],
+    w = CalibrationWorkload(flow_sizes=[10, 10, 5000, 10**6, 10**7], slos_ns=[50 * MS, 2000 * MS],
                  link_rate_bps=1e9, compute_ns=[30 * MS])
     cfg = calibrate(name, w, nlevels=k)
     pol = make_policy(name, **cfg)
@@ -173,6 +173,6 @@ def test_calibrate_bad_workload():
     with pytest.raises(ValueError, match="needs link_rate_bps"):
         calibrate("mfs", {"flow_sizes": [1], "slos_ns": [1]})
     with pytest.raises(ValueError, match="flow_sizes is empty"):
-        Workload(flow_sizes=[], slos_ns=[1], link_rate_bps=1)
+        CalibrationWorkload(flow_sizes=[], slos_ns=[1], link_rate_bps=1)
     with pytest.raises(ValueError, match="valid names"):
-        calibrate("nope", Workload(flow_sizes=[1], slos_ns=[1], link_rate_bps=1))
+        calibrate("nope", CalibrationWorkload(flow_sizes=[1], slos_ns=[1], link_rate_bps=1))

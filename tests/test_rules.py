@@ -7,34 +7,26 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from datapath_support import Capture
+from attach_support import assert_one_line_error, attached_veth, mfs
+from datapath_support import Capture, tcp_frames
 from datapath_support import dscp_of as _dscp
 from datapath_support import udp_dscp as _udp_dscp
-from nettools import VethPair, sh
+from nettools import VethPair
 from scapy.layers.inet import TCP, UDP
 from scapy.layers.l2 import Ether
 
 from mfs_tc import layout
 from mfs_tc.controller import PinnedMaps
 from mfs_tc.layout import RULES_MAX
-from mfs_tc.loader import AttachOptions, attach, detach
 from mfs_tc.netlink import socket_in
 from mfs_tc.rules import RuleSpec, RuleTable
 
 pytestmark = pytest.mark.privileged
 
-MFS = [str(Path(sys.executable).parent / "mfs-tc")]
 DEFAULT = 6
 DSCP = layout.DEFAULT_DSCP
-
-
-def mfs(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(MFS + list(args), capture_output=True, text=True, timeout=120)
 
 
 def ok(*args: str) -> str:
@@ -43,23 +35,10 @@ def ok(*args: str) -> str:
     return r.stdout
 
 
-def one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
-    assert r.returncode != 0, r
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("mfs-tc: error:"), r.stderr
-    assert needle in lines[0], r.stderr
-
-
 @pytest.fixture(scope="module")
 def net():
-    with VethPair() as n:
-        sh("ethtool", "-K", n.dev_a, "tx", "off", ns=n.a)
-        attach(AttachOptions(n.dev_a, netns=n.a, qdisc="none", default_level=DEFAULT))
-        try:
-            yield n
-        finally:
-            detach(n.dev_a, n.a)
+    with attached_veth(checksums_in_software=True, qdisc="none", default_level=DEFAULT) as n:
+        yield n
 
 
 @pytest.fixture
@@ -80,23 +59,7 @@ def udp_dscp(net: VethPair, dport: int, v6: bool = False, sport: int = 0, n: int
 
 def tcp_dscp(net: VethPair, dport: int, sport: int) -> tuple[list[int], list[int]]:
     """A real TCP connection a:sport -> b:dport with 20 kB of data: (DSCP of the SYN, of data segments)."""
-    srv = socket_in(net.b, socket.AF_INET, socket.SOCK_STREAM)
-    cli = socket_in(net.a, socket.AF_INET, socket.SOCK_STREAM)
-    with srv, cli:
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        cli.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind((net.ip_b, dport))
-        srv.listen(1)
-        cli.bind((net.ip_a, sport))
-        with Capture(net.b, net.dev_b) as cap:
-            cli.connect((net.ip_b, dport))
-            conn, _ = srv.accept()
-            with conn:
-                cli.sendall(b"x" * 20000)
-                got = 0
-                while got < 20000:
-                    got += len(conn.recv(65536))
-            frames = cap.frames(1000, timeout=1.0, match=lambda f: TCP in Ether(f) and Ether(f)[TCP].dport == dport)
+    frames = tcp_frames(net, sport, dport)
     syn = [_dscp(f) for f in frames if Ether(f)[TCP].flags.S]
     data = [_dscp(f) for f in frames if len(Ether(f)[TCP].payload) > 0]
     assert syn and data
@@ -205,7 +168,7 @@ def test_full_table_is_a_clear_error(net: VethPair, rules: list[str]) -> None:
         for i in range(RULES_MAX - 1):
             t.add(RuleSpec(dport=str(20000 + i), level=3))
     ok("rule", "add", net.dev_a, *rules, "--dport", "7500", "--level", "1")  # the 64th fits
-    one_line_error(mfs("rule", "add", net.dev_a, *rules, "--dport", "7501", "--level", "1"), "rule table is full (64")
+    assert_one_line_error(mfs("rule", "add", net.dev_a, *rules, "--dport", "7501", "--level", "1"), "rule table is full (64")
     rows = rule_list(rules, net.dev_a)
     assert len(rows) == RULES_MAX and rows[-1]["dport"] == "7500"
     assert udp_dscp(net, 7500) == [DSCP[1]] * 3  # the last slot is reached by the scan
@@ -229,13 +192,13 @@ def test_full_table_is_a_clear_error(net: VethPair, rules: list[str]) -> None:
     ],
 )
 def test_bad_input_is_a_one_line_error(net: VethPair, rules: list[str], args: list[str], needle: str) -> None:
-    one_line_error(mfs("rule", "add", net.dev_a, *rules, *args), needle)
+    assert_one_line_error(mfs("rule", "add", net.dev_a, *rules, *args), needle)
     assert rule_list(rules, net.dev_a) == []
 
 
 def test_del_unknown_id_is_a_one_line_error(net: VethPair, rules: list[str]) -> None:
-    one_line_error(mfs("rule", "del", net.dev_a, "42", *rules), "no rule with id 42")
-    one_line_error(mfs("rule", "del", net.dev_a, *rules), "needs a rule id or --all")
+    assert_one_line_error(mfs("rule", "del", net.dev_a, "42", *rules), "no rule with id 42")
+    assert_one_line_error(mfs("rule", "del", net.dev_a, *rules), "needs a rule id or --all")
 
 
 def test_rule_counters_are_exported(net: VethPair, rules: list[str]) -> None:
@@ -253,10 +216,6 @@ def test_rule_counters_are_exported(net: VethPair, rules: list[str]) -> None:
 
 
 def test_rules_on_a_trust_dscp_port_are_an_error() -> None:
-    with VethPair() as n:
-        attach(AttachOptions(n.dev_a, netns=n.a, qdisc="none", trust_dscp=True))
-        try:
-            one_line_error(mfs("rule", "add", n.dev_a, "-n", n.a, "--dport", "80", "--level", "1"),
-                           "attached with --trust-dscp")
-        finally:
-            detach(n.dev_a, n.a)
+    with attached_veth(qdisc="none", trust_dscp=True) as n:
+        assert_one_line_error(mfs("rule", "add", n.dev_a, "-n", n.a, "--dport", "80", "--level", "1"),
+                              "attached with --trust-dscp")

@@ -10,9 +10,9 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from attach_support import mfs, veth_pair
 from nettools import VethPair, sh
 
 from mfs_tc import layout, tcx
@@ -23,16 +23,10 @@ from mfs_tc.netlink import socket_in
 
 pytestmark = pytest.mark.privileged
 
-MFS = [str(Path(sys.executable).parent / "mfs-tc")]
-
-
 @pytest.fixture
 def net():
-    with VethPair() as n:
-        try:
-            yield n
-        finally:
-            detach(n.dev_a, n.a)
+    with veth_pair() as n:
+        yield n
 
 
 def _class_packets(net: VethPair, classid: str) -> int:
@@ -46,7 +40,7 @@ def _class_packets(net: VethPair, classid: str) -> int:
 def test_tcx_attach_classifies_into_htb_and_marks(net: VethPair) -> None:
     st = attach(AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=1_000_000_000))
     assert st.hook == "tcx" and "clsact" not in sh("tc", "qdisc", "show", "dev", net.dev_a, ns=net.a)
-    r = subprocess.run(MFS + ["status", net.dev_a, "-n", net.a, "--json"], capture_output=True, text=True)
+    r = mfs("status", net.dev_a, "-n", net.a, "--json")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["hook"] == "tcx" and s["attached"] and not s["problems"], s
@@ -115,10 +109,10 @@ def test_auto_keeps_clsact_where_tcx_would_skip_someones_filter(net: VethPair) -
 
 
 def test_doctor_and_plan_say_which_hook() -> None:
-    r = subprocess.run(MFS + ["doctor", "--json"], capture_output=True, text=True)
+    r = mfs("doctor", "--json")
     checks = {c["name"]: c for c in json.loads(r.stdout)}
     assert checks["tcx"]["ok"] and "attach uses it" in checks["tcx"]["detail"]
-    r = subprocess.run(MFS + ["plan", "lo", "--rate", "1gbit"], capture_output=True, text=True)
+    r = mfs("plan", "lo", "--rate", "1gbit")
     assert "# hook tcx" in r.stdout and "bpf link create tcx_egress" in r.stdout, r.stdout
-    r = subprocess.run(MFS + ["plan", "lo", "--rate", "1gbit", "--hook", "clsact"], capture_output=True, text=True)
+    r = mfs("plan", "lo", "--rate", "1gbit", "--hook", "clsact")
     assert "# hook clsact" in r.stdout and "tc filter replace" in r.stdout, r.stdout

@@ -29,7 +29,7 @@ from .baselines import (
     StageConfig,
     StagePolicy,
 )
-from .calibrate import Workload, calibrate
+from .calibrate import CalibrationWorkload, calibrate
 from .laxity import MfsLaxityConfig, MfsLaxityPolicy
 from .mfs import MfsConfig, MfsPolicy
 from .red import red, red_split
@@ -40,6 +40,7 @@ __all__ = [
     "ESTIMATORS",
     "POLICIES",
     "POLICY_NAMES",
+    "CalibrationWorkload",
     "EdfConfig",
     "EdfPolicy",
     "FairConfig",
@@ -62,7 +63,6 @@ __all__ = [
     "SrptPolicy",
     "StageConfig",
     "StagePolicy",
-    "Workload",
     "calibrate",
     "config_keys",
     "make_policy",

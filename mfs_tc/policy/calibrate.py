@@ -1,6 +1,6 @@
 """Thresholds from a workload description.
 
-    cfg = calibrate("mfs", Workload(flow_sizes=[...], slos_ns=[...], link_rate_bps=200e6))
+    cfg = calibrate("mfs", CalibrationWorkload(flow_sizes=[...], slos_ns=[...], link_rate_bps=200e6))
     policy = make_policy("mfs", **cfg)
 
 `calibrate` returns the configuration keys of the named policy (always nlevels and
@@ -36,7 +36,7 @@ MIN_LAXITY_NS = 1_000_000
 
 
 @dataclass(slots=True)
-class Workload:
+class CalibrationWorkload:
     """What calibration needs to know of a workload."""
 
     flow_sizes: list[int]  # bytes of the flows (all stages)
@@ -64,7 +64,7 @@ class Workload:
             raise ValueError("workload decode_ns must not be negative")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Workload:
+    def from_dict(cls, d: Mapping[str, Any]) -> CalibrationWorkload:
         keys = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - keys)
         if unknown:
@@ -107,10 +107,10 @@ def _quantile_thresholds(values: Sequence[int], n: int, floor: int = 1) -> tuple
     return _distinct([max(floor, round(quantile(values, j / (n + 1)))) for j in range(1, n + 1)])
 
 
-def calibrate(policy: str, workload: Workload | Mapping[str, Any], nlevels: int = MAX_LEVELS) -> dict[str, Any]:
+def calibrate(policy: str, workload: CalibrationWorkload | Mapping[str, Any], nlevels: int = MAX_LEVELS) -> dict[str, Any]:
     """Configuration keys for `policy` (make_policy(policy, **result)) derived from `workload`."""
     cls = policy_class(policy)
-    w = workload if isinstance(workload, Workload) else Workload.from_dict(workload)
+    w = workload if isinstance(workload, CalibrationWorkload) else CalibrationWorkload.from_dict(workload)
     if not 2 <= nlevels <= MAX_LEVELS:
         raise ValueError(f"nlevels must be in 2..{MAX_LEVELS}, got {nlevels}")
     top = nlevels - 2  # least urgent non-scavenger level
