@@ -914,7 +914,7 @@ class _Owner:
                 return
             self.closed = True
             self._drop(list(self.flows.values()))
-            key = _U64.pack(self.id)
+            key = self._rkey
             # a private key was inserted with BPF_NOEXIST: the record is ours. A shared one (the id
             # or its hash) may hold another process's record by now: delete only our own
             if self.ctl.private_keys or self._record_owner() == self.ctl.owner:
@@ -975,7 +975,7 @@ class _Owner:
         self.ctl.maps.requests.update(self._rkey, self.record.pack())
 
     def _record_owner(self) -> Owner | None:
-        raw = self.ctl.maps.requests.lookup(_U64.pack(self.id))
+        raw = self.ctl.maps.requests.lookup(self._rkey)
         return RequestRecord.unpack(raw).owner if raw is not None else None
 
     def _create_record(self) -> None:
@@ -994,6 +994,7 @@ class _Owner:
                     continue
                 raise
             self.id = self.model.request_id = key
+            self._rkey = _U64.pack(key)
             return
         raise MfsError("no free request key after 8 random tries: the requests map is corrupt or under attack")
 
