@@ -80,6 +80,7 @@ class FairConfig(PolicyConfig):
 
 class FairPolicy(Policy):
     name = "fair"
+    fixed_entry = True  # Policy.entry_key
     config_class = FairConfig
     config: FairConfig
 
@@ -108,6 +109,7 @@ class SizeConfig(PolicyConfig):
 
 
 class _SizePolicy(Policy):
+    fixed_entry = True  # Policy.entry_key
     config_class = SizeConfig
     config: SizeConfig
     mode = MODE_STATIC
@@ -200,6 +202,7 @@ class KarunaConfig(PolicyConfig):
 
 class KarunaPolicy(Policy):
     name = "karuna"
+    fixed_entry = True  # Policy.entry_key
     config_class = KarunaConfig
     config: KarunaConfig
 
@@ -264,6 +267,7 @@ class EdfConfig(PolicyConfig):
 
 class EdfPolicy(Policy):
     name = "edf"
+    fixed_entry = True  # Policy.entry_key
     config_class = EdfConfig
     config: EdfConfig
 
@@ -316,6 +320,7 @@ class FifoPolicy(Policy):
     laxity mode with no rate term), so the table is the age table mirrored."""
 
     name = "fifo"
+    fixed_entry = True  # Policy.entry_key
     config_class = FifoConfig
     config: FifoConfig
 
@@ -378,6 +383,7 @@ class StageConfig(PolicyConfig):
 
 class StagePolicy(Policy):
     name = "stage"
+    fixed_entry = True  # Policy.entry_key
     config_class = StageConfig
     config: StageConfig
 

@@ -79,7 +79,7 @@ class _FMeta:
     """What the simulator keeps per flow beside the fluid state."""
 
     __slots__ = ("stage", "layer", "batch", "rid", "entry", "req", "cur", "dynamic", "due",
-                 "stage_bytes", "compute_after_ns")
+                 "stage_bytes", "compute_after_ns", "key", "lv_cursor", "st", "fl")
 
     def __init__(self, stage: str, layer: int, batch: _BState, rid: int, entry: FlowEntry,
                  req: Request) -> None:
@@ -94,6 +94,10 @@ class _FMeta:
         self.due = 0
         self.stage_bytes = 0
         self.compute_after_ns = 0
+        self.key = None  # policy.entry_key when `entry` was asked (None: no promise)
+        self.lv_cursor = -1  # the request's cursor at the flow's last level evaluation
+        self.st: Stage | None = None  # what the policy is shown for this flow (entry_key)
+        self.fl: Flow | None = None
 
 
 class _BState:
@@ -163,7 +167,8 @@ class Simulator:
                  max_batch_tokens: int | None = None, horizon_s: float | None = None,
                  skip_unchanged: bool = True, flow_setup_s: float = 0.0,
                  aggregate_groups: bool = False, allocator: str | None = None,
-                 goodput: float = 1.0, queue_bytes: float = 0.0) -> None:
+                 goodput: float = 1.0, queue_bytes: float = 0.0,
+                 check_entry_keys: bool = False) -> None:
         if tick_s <= 0:
             raise ValueError(f"tick_s must be positive, got {tick_s}")
         if not 0.0 < goodput <= 1.0:
@@ -225,6 +230,10 @@ class Simulator:
         self._entry_now = -1
         # the base class's is_hopeless is constant False: no need to ask it
         self._hopeless_enabled = type(policy).is_hopeless is not Policy.is_hopeless
+        # re-asks keep a flow's entry while policy.entry_key stays the same (Policy.entry_key);
+        # check_entry_keys: ask anyway and fail if the entry differs (tests)
+        self._keyed = (type(policy).entry_key is not Policy.entry_key or policy.fixed_entry)
+        self.check_entry_keys = check_entry_keys
         self.events = 0
         self.flows_started = 0
         self._finished = 0
@@ -426,6 +435,9 @@ class Simulator:
         """New estimates: each live flow gets the policy's entry for them (sent counters and
         the kernel's cur_level kept), then its level is re-evaluated."""
         net = self.net
+        keyed = self._keyed
+        policy = self.policy
+        skip = self.skip_unchanged
         for f in flows:
             if f.rem <= 0:
                 continue
@@ -433,8 +445,30 @@ class Simulator:
             net.settle(f, self.t)
             w = f.weight
             sent = int((f.size - f.rem) / w)
-            entry = self._entry(meta.stage, meta.layer, meta.req, f.size // w, meta.stage_bytes,
-                                meta.compute_after_ns, now, sent)
+            if keyed:
+                fl = meta.fl
+                fl.sent = sent
+                fl.true_remaining_work_ns = self._true_work_ns(
+                    meta.stage, meta.req, f.size // w - sent, meta.stage_bytes, f.size // w,
+                    meta.compute_after_ns)
+                key = policy.entry_key(meta.req, meta.st, fl, now)
+                if key is not None and key == meta.key:
+                    # the policy's answer is the entry the flow has (Policy.entry_key)
+                    if self.check_entry_keys:
+                        self._check_key(meta, f, now, sent)
+                    # and its level cannot have moved since it was last evaluated: same cursor
+                    # (static, rli) or before its next change point (sim.due)
+                    if skip and (meta.due > now if meta.dynamic
+                                 else meta.lv_cursor == meta.req.cursor):
+                        continue
+                    entry = meta.entry
+                else:
+                    meta.key = key
+                    entry = self._entry(meta.stage, meta.layer, meta.req, f.size // w,
+                                        meta.stage_bytes, meta.compute_after_ns, now, sent)
+            else:
+                entry = self._entry(meta.stage, meta.layer, meta.req, f.size // w,
+                                    meta.stage_bytes, meta.compute_after_ns, now, sent)
             if entry is not meta.entry:
                 dyn = entry.mode not in (MODE_STATIC, MODE_RLI)
                 if dyn != meta.dynamic:
@@ -444,6 +478,16 @@ class Simulator:
             lv = self._level(meta, sent, now, f.rate / w)
             if lv != f.level:
                 net.set_level(f, lv, self.t)
+
+    def _check_key(self, meta: _FMeta, f: FluidFlow, now: int, sent: int) -> None:
+        """check_entry_keys: the entry the policy gives now must be the one the flow keeps."""
+        w = f.weight
+        fresh = self._entry(meta.stage, meta.layer, meta.req, f.size // w, meta.stage_bytes,
+                            meta.compute_after_ns, now, sent)
+        a, b = (replace(e, created_ns=0, sent_bytes=0, cur_level=0) for e in (fresh, meta.entry))
+        if a != b:
+            raise AssertionError(f"policy {self.policy.name}: equal entry_key {meta.key!r} but a "
+                                 f"different entry ({a} vs {b})")
 
     def _check_hopeless(self, req: Request, b: _BState, now: int) -> None:
         if not self._hopeless_enabled or req.scavenged:
@@ -512,6 +556,13 @@ class Simulator:
         meta = _FMeta(stage, layer, b, rid, entry, req)
         meta.stage_bytes = stage_bytes
         meta.compute_after_ns = compute_after_ns
+        if self._keyed:
+            meta.st = Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns,
+                            layer=layer)
+            meta.fl = Flow(bytes=int(tr.bytes), target_layer=layer, sent=0,
+                           true_remaining_work_ns=self._true_work_ns(
+                               stage, req, tr.bytes, stage_bytes, tr.bytes, compute_after_ns))
+            meta.key = self.policy.entry_key(req, meta.st, meta.fl, now)
         f = FluidFlow(self.net.new_id(), self.fabric.path(tr.src, tr.dst), tr.bytes * weight, 0,
                       self.t, owner=meta)
         f.weight = weight
@@ -547,6 +598,7 @@ class Simulator:
         # the kernel's cur_level (a scavenged packet leaves a MONOTONIC flow's: a p2d flow whose
         # MLU falls back to <= 1 resumes its table level)
         meta.cur = e.next_cur_level(meta.cur, lv, scavenged=lv == self.scav_level)
+        meta.lv_cursor = meta.req.cursor
         if meta.dynamic and self.skip_unchanged:
             meta.due = next_change_ns(e, e.metric(now_ns, isent, meta.req.cursor), isent,
                                       now_ns, rate)

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import waterfill
 from .fabric import Link
-from .netutil import WINDOW_S, LinkMeter
+from .netutil import BINS, WINDOW_S, LinkMeter
 
 EPS_BYTES = 1e-6
 
@@ -197,9 +197,10 @@ class FluidNetwork:
         # a flow still in its setup latency can change level: its links are dirty, unindexed
         dirty = np.fromiter((a._link(ln) for ln in self._dirty), np.int64, len(self._dirty))
         self._dirty.clear()
-        changed, lk, agg = waterfill.recompute_arrays(
+        changed = waterfill.recompute_arrays(
             t, dirty, a.cap, a.lbytes, a.lvbytes, a.p_links, a.p_len, a.f_rem, a.f_rate, a.f_t0,
-            a.f_w, a.f_level, a.f_pid, a.f_bneck, a.l_flows, a.l_deg, a.lmark, a.fmark, a.lloc)
+            a.f_w, a.f_level, a.f_pid, a.f_bneck, a.l_flows, a.l_deg, a.lmark, a.fmark, a.lloc,
+            self.window_s, a.m_f, a.m_k, a.m_hist, a.m_on)
         out = []
         slots = a.slots
         for s, r, rem in zip(changed.tolist(), a.f_rate[changed].tolist(),
@@ -209,14 +210,6 @@ class FluidNetwork:
             f.rem = rem
             f.t0 = t
             out.append(f)
-        meters = self.meters
-        links = a.links
-        for i, r in zip(lk.tolist(), agg.tolist(), strict=False):
-            ln = links[i]
-            m = meters.get(ln)
-            if m is None:
-                meters[ln] = m = LinkMeter(ln.capacity, self.window_s)
-            m.set_rate(t, r)
         return out
 
     def bottleneck(self, f: FluidFlow) -> Link | None:
@@ -229,10 +222,19 @@ class FluidNetwork:
 
     def close_meters(self, t: float) -> None:
         """Account every link's utilisation up to the horizon `t` (and fold the bytes the
-        compiled re-allocation settled into the links' and levels' counts)."""
+        compiled re-allocation settled into the links' and levels' counts, and its meters into
+        `meters`)."""
+        a = self._arr
+        if a is not None:
+            for i in np.flatnonzero(a.m_on[:len(a.links)]).tolist():
+                m = LinkMeter(a.links[i].capacity, self.window_s)
+                m.t, m.rate, m.wbytes = a.m_f[i].tolist()
+                m.k = int(a.m_k[i])
+                m.hist = a.m_hist[i].tolist()
+                self.meters[a.links[i]] = m
+            a.m_on[:] = False
         for m in self.meters.values():
             m.close(t)
-        a = self._arr
         if a is not None:
             for ln, b in zip(a.links, a.lbytes.tolist(), strict=False):
                 ln.bytes += b
@@ -392,6 +394,12 @@ class _Arrays:
         self.lloc = np.zeros(16, np.int64)
         self.l_deg = np.zeros(16, np.int64)
         self.l_flows = np.zeros((16, 8), np.int64)
+        # each link's utilisation meter (netutil.LinkMeter in arrays: t, rate, window bytes;
+        # window index; histogram; whether it was ever in a re-allocation)
+        self.m_f = np.zeros((16, 3))
+        self.m_k = np.zeros(16, np.int64)
+        self.m_hist = np.zeros((16, BINS + 1), np.int64)
+        self.m_on = np.zeros(16, bool)
         self.lvbytes = np.zeros(nlevels)
         self.pid: dict[int, int] = {}
         self.paths: list[tuple] = []  # kept alive: their ids key `pid`
@@ -423,7 +431,8 @@ class _Arrays:
             self.links.append(ln)
             if i >= len(self.cap):
                 n = 2 * len(self.cap)
-                for name in ("cap", "lbytes", "lmark", "lloc", "l_deg", "l_flows"):
+                for name in ("cap", "lbytes", "lmark", "lloc", "l_deg", "l_flows", "m_f", "m_k",
+                             "m_hist", "m_on"):
                     setattr(self, name, self._grown(getattr(self, name), n))
             self.cap[i] = ln.capacity
         return i

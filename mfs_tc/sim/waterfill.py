@@ -14,7 +14,11 @@ Compiled on first use (cached on disk by numba); `available()` says whether numb
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from .netutil import BINS
 
 try:
     import numba
@@ -108,13 +112,54 @@ def _kernel(cap, level, n, ptr, idx, nfl):  # pragma: no cover - compiled
 waterfill = numba.njit(cache=True, nogil=True)(_kernel) if numba is not None else None
 
 
+def _bin(u):  # pragma: no cover - compiled
+    """netutil.LinkMeter._bin: the utilisation histogram bin of `u`."""
+    if u <= 1e-9:
+        return 0
+    return min(BINS, max(1, math.ceil(u * BINS - 1e-9)))
+
+
+def _meter(i, t, rate, cap, window, m_f, m_k, m_hist):  # pragma: no cover - compiled
+    """netutil.LinkMeter.set_rate(t, rate) on link i's meter in arrays (m_f[i] = (t, rate,
+    bytes of the current window), m_k[i] = its window, m_hist[i] = the histogram), the same
+    arithmetic in the same order."""
+    mt = m_f[i, 0]
+    if t > mt:
+        r = m_f[i, 1]
+        k = m_k[i]
+        end = (k + 1) * window
+        if t < end:
+            m_f[i, 2] += r * (t - mt)
+        else:
+            wb = m_f[i, 2] + r * (end - mt)
+            m_hist[i, _bin(wb / (cap * window))] += 1
+            k2 = int(t / window)
+            if k2 <= k:
+                k2 = k + 1
+            full = k2 - k - 1
+            if full > 0:
+                m_hist[i, _bin(r / cap)] += full
+            m_k[i] = k2
+            rest = t - k2 * window
+            m_f[i, 2] = r * (rest if rest > 0.0 else 0.0)
+        m_f[i, 0] = t
+    m_f[i, 1] = rate if rate > 0 else 0.0
+
+
+if numba is not None:
+    _bin = numba.njit(cache=True, nogil=True)(_bin)
+    _meter = numba.njit(cache=True, nogil=True)(_meter)
+
+
 def _recompute(t, dirty, cap, lbytes, lvbytes, p_links, p_len, f_rem, f_rate, f_t0, f_w,
-               f_level, f_pid, f_bneck, l_flows, l_deg, lmark, fmark, lloc):  # pragma: no cover - compiled
+               f_level, f_pid, f_bneck, l_flows, l_deg, lmark, fmark, lloc, window, m_f, m_k,
+               m_hist, m_on):  # pragma: no cover - compiled
     """A whole re-allocation over the fluid state in arrays: the component of the links in
     `dirty` (links reachable through live flows), its classes (level, path), the filling
     (`_kernel`), then the flows whose rate changed settled at their old rate and given the new
-    one; every component flow's bottleneck (shared, else -1) into `f_bneck`. Returns (changed
-    flow slots, the component's links, their aggregate rates)."""
+    one; every component flow's bottleneck (shared, else -1) into `f_bneck`; each component
+    link's meter (netutil.LinkMeter, here in arrays: `_meter`) told its new aggregate rate.
+    Returns the changed flow slots."""
     # component search
     links = np.empty(cap.shape[0], np.int64)
     flows = np.empty(f_rem.shape[0], np.int64)
@@ -208,12 +253,11 @@ def _recompute(t, dirty, cap, lbytes, lvbytes, p_links, p_len, f_rem, f_rate, f_
             f_rate[s] = new
             out[no] = s
             no += 1
-    lk = np.empty(nl, np.int64)
-    agg = np.empty(nl)
     for i in range(nl):
-        lk[i] = links[i]
-        agg[i] = lcap[i] - resid[i]
-    return out[:no], lk, agg
+        li = links[i]
+        _meter(li, t, lcap[i] - resid[i], lcap[i], window, m_f, m_k, m_hist)
+        m_on[li] = True
+    return out[:no]
 
 
 if numba is not None:
