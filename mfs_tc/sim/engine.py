@@ -103,7 +103,7 @@ class _FMeta:
 class _BState:
     __slots__ = ("bid", "group", "members", "plan", "reqs", "owner", "kv_left", "coll_left",
                  "layer", "waiting_kv", "start_t", "coll_t0", "coll_total", "kv_end",
-                 "flows", "p2d_left", "p2d_t0", "compute_total", "mbatch")
+                 "flows", "p2d_left", "p2d_t0", "compute_total", "mbatch", "red")
 
     def __init__(self, bid: int, group: int, members: list[RequestSpec], plan: BatchPlan,
                  reqs: dict[int, Request], t: float, mbatch: Batch, link_rate_bps: float) -> None:
@@ -126,6 +126,8 @@ class _BState:
         self.p2d_t0: dict[int, float] = {}
         self.compute_total = 0.0
         self.mbatch = mbatch
+        # its RED (a batch of one: its deadline), what _rank ranks by (deadlines are fixed)
+        self.red = red(mbatch.deadlines_ns) if mbatch is not None else self.owner.deadline_ns
 
 
 def _owner_request(bid: int, reqs: list[Request], mbatch: Batch | None, plan: BatchPlan,
@@ -144,21 +146,19 @@ def _owner_request(bid: int, reqs: list[Request], mbatch: Batch | None, plan: Ba
         remaining_bytes=nbytes, remaining_compute_ns=compute_ns, batch=mbatch)
 
 
-def _fanout(transfers: list[Transfer], host_map: dict[str, str] | None) -> list[tuple[Transfer, int]]:
-    """(transfer, weight) pairs: with group aggregation, the transfers of one stage between the
-    same (aggregated) endpoints with the same bytes become one flow of that many real flows."""
+def _fanout(transfers: list[Transfer],
+            host_map: dict[str, str] | None) -> list[tuple[str, str, int, int]]:
+    """(src, dst, bytes, weight) of each fluid flow: with group aggregation, the transfers of one
+    stage between the same (aggregated) endpoints with the same bytes become one flow of that
+    many real flows."""
     if host_map is None:
-        return [(t, 1) for t in transfers]
-    out: dict[tuple[str, str, int], list] = {}
+        return [(t.src, t.dst, t.bytes, 1) for t in transfers]
+    out: dict[tuple[str, str, int], int] = {}
+    get = host_map.get
     for t in transfers:
-        src, dst = host_map.get(t.src, t.src), host_map.get(t.dst, t.dst)
-        k = (src, dst, t.bytes)
-        e = out.get(k)
-        if e is None:
-            out[k] = [Transfer(src, dst, t.bytes * 1, t.request_ids), 1]
-        else:
-            e[1] += 1
-    return [(tr, w) for tr, w in out.values()]
+        k = (get(t.src, t.src), get(t.dst, t.dst), t.bytes)
+        out[k] = out.get(k, 0) + 1
+    return [(src, dst, nbytes, w) for (src, dst, nbytes), w in out.items()]
 
 
 class Simulator:
@@ -331,11 +331,14 @@ class Simulator:
             o = self.out[m.request_id]
             o.queue_s = self.t - m.arrival_s
             o.batch_id = b.bid
+        # is_hopeless is asked once per fan-out (nothing it reads changes between its flows)
+        check = True
         for lp in plan.layers:
             sb = sum(t.bytes for t in lp.kv_fetch)
-            for tr, wt in _fanout(lp.kv_fetch, self.host_map):
-                self._start_flow(b, "kv_fetch", lp.layer, tr, b.owner, sb,
-                                 self._compute_after(b, lp.layer), weight=wt)
+            for src, dst, nbytes, wt in _fanout(lp.kv_fetch, self.host_map):
+                self._start_flow(b, "kv_fetch", lp.layer, src, dst, nbytes, b.owner, sb,
+                                 self._compute_after(b, lp.layer), weight=wt, check=check)
+                check = False
                 b.kv_left[lp.layer] += 1
         self._layer_ready(b)
 
@@ -361,8 +364,9 @@ class Simulator:
             ca = self._compute_after(b, b.layer + 1)
             fan = _fanout(lp.collective, self.host_map)
             b.coll_left = len(fan)
-            for tr, wt in fan:
-                self._start_flow(b, "collective", b.layer, tr, b.owner, sb, ca, weight=wt)
+            for i, (src, dst, nbytes, wt) in enumerate(fan):
+                self._start_flow(b, "collective", b.layer, src, dst, nbytes, b.owner, sb, ca,
+                                 weight=wt, check=i == 0)
         else:
             self._layer_done(b)
 
@@ -390,10 +394,10 @@ class Simulator:
             req = b.reqs[m.request_id]
             fan = _fanout(trs, self.host_map)
             b.p2d_left[m.request_id] = len(fan)
-            for tr, wt in fan:
-                self._start_flow(b, "p2d", len(b.plan.layers), tr, req, sb,
+            for i, (src, dst, nbytes, wt) in enumerate(fan):
+                self._start_flow(b, "p2d", len(b.plan.layers), src, dst, nbytes, req, sb,
                                  int(round(b.plan.decode_step_s * NS)), rid=m.request_id,
-                                 weight=wt)
+                                 weight=wt, check=i == 0)
         self._try_start(b.group)
 
     def _set_cursor(self, b: _BState, cursor: int) -> None:
@@ -421,8 +425,7 @@ class Simulator:
     def _rank(self, asking: _BState | None) -> None:
         """Rank the batches in prefill by RED (a batch of one: its deadline). Every batch whose
         rank changed is asked again, except `asking`, whose caller asks it."""
-        reds = {bid: (red(b.mbatch.deadlines_ns) if b.mbatch is not None else b.owner.deadline_ns)
-                for bid, b in self._prefilling.items()}
+        reds = {bid: b.red for bid, b in self._prefilling.items()}
         now = self.now_ns()
         for bid, rank in red_ranks(reds).items():
             b = self._prefilling[bid]
@@ -547,23 +550,24 @@ class Simulator:
             return compute_after_ns + int(flow_rem * share / self.rate_Bps * NS)
         return req.remaining_compute_ns + int(req.remaining_bytes / self.rate_Bps * NS)
 
-    def _start_flow(self, b: _BState, stage: str, layer: int, tr: Transfer, req: Request,
-                    stage_bytes: int, compute_after_ns: int, rid: int = 0,
-                    weight: int = 1) -> None:
+    def _start_flow(self, b: _BState, stage: str, layer: int, src: str, dst: str, nbytes: int,
+                    req: Request, stage_bytes: int, compute_after_ns: int, rid: int = 0,
+                    weight: int = 1, check: bool = True) -> None:
         now = self.now_ns()
-        self._check_hopeless(req, b, now)
-        entry = self._entry(stage, layer, req, tr.bytes, stage_bytes, compute_after_ns, now)
+        if check:
+            self._check_hopeless(req, b, now)
+        entry = self._entry(stage, layer, req, nbytes, stage_bytes, compute_after_ns, now)
         meta = _FMeta(stage, layer, b, rid, entry, req)
         meta.stage_bytes = stage_bytes
         meta.compute_after_ns = compute_after_ns
         if self._keyed:
             meta.st = Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns,
                             layer=layer)
-            meta.fl = Flow(bytes=int(tr.bytes), target_layer=layer, sent=0,
+            meta.fl = Flow(bytes=int(nbytes), target_layer=layer, sent=0,
                            true_remaining_work_ns=self._true_work_ns(
-                               stage, req, tr.bytes, stage_bytes, tr.bytes, compute_after_ns))
+                               stage, req, nbytes, stage_bytes, nbytes, compute_after_ns))
             meta.key = self.policy.entry_key(req, meta.st, meta.fl, now)
-        f = FluidFlow(self.net.new_id(), self.fabric.path(tr.src, tr.dst), tr.bytes * weight, 0,
+        f = FluidFlow(self.net.new_id(), self.fabric.path(src, dst), nbytes * weight, 0,
                       self.t, owner=meta)
         f.weight = weight
         b.flows.add(f)
@@ -572,7 +576,7 @@ class Simulator:
             self._req_flows[req.request_id] = fl = set()
         fl.add(f)
         self.flows_started += 1
-        self.stage_bytes[stage] += tr.bytes * weight
+        self.stage_bytes[stage] += nbytes * weight
         if self.flow_setup_s > 0:
             self._push(self.t + self.flow_setup_s, _FLOW, f)
         else:
