@@ -52,6 +52,9 @@ def _kernel(cap, level, n, ptr, idx, nfl):  # pragma: no cover - compiled
             fill[l] += 1
     frozen = np.zeros(nc, np.bool_)
     cnt = np.zeros(nl)
+    # the links crossed by this level's classes (only they can have cnt > 0 at this level)
+    act = np.empty(nl, np.int64)
+    nact = 0
     order = np.argsort(level, kind="mergesort")
     i = 0
     while i < nc:
@@ -59,23 +62,31 @@ def _kernel(cap, level, n, ptr, idx, nfl):  # pragma: no cover - compiled
         j = i
         while j < nc and level[order[j]] == lv:
             j += 1
-        # real flows per link at this level
-        for l in range(nl):
-            cnt[l] = 0.0
+        # real flows per link at this level (cnt is 0 wherever the last level left it)
+        for a in range(nact):
+            cnt[act[a]] = 0.0
+        nact = 0
         for q in range(i, j):
             c = order[q]
             for k in range(ptr[c], ptr[c + 1]):
-                cnt[idx[k]] += n[c]
-        for l in range(nl):
-            cnt0[l] = cnt[l]
+                l = idx[k]
+                if cnt[l] == 0.0:
+                    act[nact] = l
+                    nact += 1
+                cnt[l] += n[c]
+        for a in range(nact):
+            cnt0[act[a]] = cnt[act[a]]
         left = j - i
         while left > 0:
+            # the link with the smallest fair share, the lowest index among equal shares (what
+            # a scan of every link in index order picks)
             best = -1
             bshare = 0.0
-            for l in range(nl):
+            for a in range(nact):
+                l = act[a]
                 if cnt[l] > 0.0:
                     s = resid[l] / cnt[l]
-                    if best < 0 or s < bshare:
+                    if best < 0 or s < bshare or (s == bshare and l < best):
                         best = l
                         bshare = s
             if best < 0:
