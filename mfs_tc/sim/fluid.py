@@ -476,31 +476,14 @@ class _Arrays:
         self.f_level[s] = f.level
         self.f_pid[s] = p
         self.f_bneck[s] = -1
-        for k in range(self.p_len[p]):
-            li = self.p_links[p, k]
-            d = self.l_deg[li]
-            if d == self.l_flows.shape[1]:
-                self.l_flows = np.hstack([self.l_flows, np.zeros_like(self.l_flows)])
-            self.l_flows[li, d] = s
-            self.f_pos[s, k] = d
-            self.l_deg[li] = d + 1
+        while not waterfill.link_flow(s, p, self.p_links, self.p_len, self.f_pos, self.l_flows,
+                                      self.l_deg):
+            self.l_flows = np.hstack([self.l_flows, np.zeros_like(self.l_flows)])
 
     def remove(self, f: FluidFlow) -> None:
         s = f.slot
-        p = self.f_pid[s]
-        for k in range(self.p_len[p]):
-            li = self.p_links[p, k]
-            pos = self.f_pos[s, k]
-            last = self.l_deg[li] - 1
-            moved = self.l_flows[li, last]
-            self.l_flows[li, pos] = moved
-            if moved != s:  # its position in this link's list
-                mp = self.f_pid[moved]
-                for k2 in range(self.p_len[mp]):
-                    if self.p_links[mp, k2] == li:
-                        self.f_pos[moved, k2] = pos
-                        break
-            self.l_deg[li] = last
+        waterfill.unlink_flow(s, self.f_pid[s], self.p_links, self.p_len, self.f_pid, self.f_pos,
+                              self.l_flows, self.l_deg)
         self.f_rate[s] = 0.0
         self.slots[s] = None
         self.free.append(s)

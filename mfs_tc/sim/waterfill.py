@@ -271,7 +271,42 @@ def _recompute(t, dirty, cap, lbytes, lvbytes, p_links, p_len, f_rem, f_rate, f_
     return out[:no]
 
 
+def _link_flow(s, p, p_links, p_len, f_pos, l_flows, l_deg):  # pragma: no cover - compiled
+    """Flow slot `s` on path `p` joins each of its links' lists of live flows (f_pos: where).
+    False (nothing changed) when a list is full: the caller widens l_flows and asks again."""
+    for k in range(p_len[p]):
+        if l_deg[p_links[p, k]] >= l_flows.shape[1]:
+            return False
+    for k in range(p_len[p]):
+        li = p_links[p, k]
+        d = l_deg[li]
+        l_flows[li, d] = s
+        f_pos[s, k] = d
+        l_deg[li] = d + 1
+    return True
+
+
+def _unlink_flow(s, p, p_links, p_len, f_pid, f_pos, l_flows, l_deg):  # pragma: no cover - compiled
+    """Flow slot `s` (path `p`) leaves its links' lists: the last entry of each list takes its
+    place (and that flow's f_pos follows)."""
+    for k in range(p_len[p]):
+        li = p_links[p, k]
+        pos = f_pos[s, k]
+        last = l_deg[li] - 1
+        moved = l_flows[li, last]
+        l_flows[li, pos] = moved
+        if moved != s:
+            mp = f_pid[moved]
+            for k2 in range(p_len[mp]):
+                if p_links[mp, k2] == li:
+                    f_pos[moved, k2] = pos
+                    break
+        l_deg[li] = last
+
+
 if numba is not None:
     recompute_arrays = numba.njit(cache=True, nogil=True)(_recompute)
+    link_flow = numba.njit(cache=True, nogil=True)(_link_flow)
+    unlink_flow = numba.njit(cache=True, nogil=True)(_unlink_flow)
 else:  # pragma: no cover
-    recompute_arrays = None
+    recompute_arrays = link_flow = unlink_flow = None

@@ -182,13 +182,16 @@ def plan_batch(
         else:
             per = int(round(2 * (G - 1) / G * shard))
             coll = [Transfer(ranks[i], ranks[(i + 1) % G], per, ids) for i in range(G) if per > 0]
+    # every layer group fetches the same bytes per (kv host, rank): one set of (immutable)
+    # Transfers, each layer its own list of them
+    kv = []
+    for host, (b, ids) in kv_by_host.items():
+        per = int(round(b / G))
+        if per > 0:
+            kv += [Transfer(host, r, per, tuple(ids)) for r in ranks]
     for g in range(model.layer_groups):
-        kv = []
-        for host, (b, ids) in kv_by_host.items():
-            per = int(round(b / G))
-            if per > 0:
-                kv += [Transfer(host, r, per, tuple(ids)) for r in ranks]
-        layers.append(LayerPlan(layer=g, kv_fetch=kv, collective=list(coll), compute_s=compute))
+        layers.append(LayerPlan(layer=g, kv_fetch=list(kv), collective=list(coll),
+                                compute_s=compute))
     p2d: dict[int, list[Transfer]] = {}
     for m in members:
         per = int(round(m.input_tokens * model.kv_bytes_per_token_per_group * model.layer_groups / G))
