@@ -55,6 +55,9 @@ class Policy(ABC):
     # batch, stage, layer), never now_ns, flow.sent or the request's cursor, estimates, RED rank
     # or scavenged flag; so entry_key() is () and a caller asking again gets an equal entry
     fixed_entry: bool = False
+    # True: entry_key reads of the stage only its name and nothing of the flow, so one key
+    # serves every flow of one stage of a request at one instant (callers may share it)
+    entry_key_per_request: bool = False
 
     @abstractmethod
     def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
@@ -66,8 +69,10 @@ class Policy(ABC):
         one flow (the same request, stage and flow, whose fixed fields stay as they were), two
         calls returning equal keys get entries from `entry` equal in every field but the
         bookkeeping stamps `created_ns` and `sent_bytes`; the caller may then keep the entry it
-        has. It must be cheaper than `entry`. None (the default, unless `fixed_entry`): no
-        promise, ask `entry`. tests/test_sim.py checks the promise for every policy."""
+        has. It must be cheaper than `entry`, and not read `flow.true_remaining_work_ns` (the
+        oracle's input to `entry`; a caller may leave it stale here). None (the default, unless
+        `fixed_entry`): no promise, ask `entry`. tests/test_sim.py checks the promise (and
+        `entry_key_per_request`) for every policy."""
         return () if self.fixed_entry else None
 
     def is_hopeless(self, request: Request, now_ns: int) -> bool:

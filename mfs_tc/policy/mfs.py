@@ -189,6 +189,10 @@ class MfsPolicy(Policy):
             request, stage, flow, now_ns, table, flags=F_MONOTONIC, deadline_ns=request.deadline_ns
         )
 
+    @property
+    def entry_key_per_request(self) -> bool:  # Policy.entry_key_per_request
+        return self.config.estimator == "request"  # `max` reads the flow's bytes sent
+
     def entry_key(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> tuple:
         """`entry` reads the time, the request's estimates, flags and RED rank (and, estimator
         `max`, the flow's bytes sent) only through `hopeless_flow` and, for kv_fetch and

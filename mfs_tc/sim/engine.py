@@ -233,6 +233,7 @@ class Simulator:
         # re-asks keep a flow's entry while policy.entry_key stays the same (Policy.entry_key);
         # check_entry_keys: ask anyway and fail if the entry differs (tests)
         self._keyed = (type(policy).entry_key is not Policy.entry_key or policy.fixed_entry)
+        self._key_per_request = policy.fixed_entry or policy.entry_key_per_request
         self.check_entry_keys = check_entry_keys
         self.events = 0
         self.flows_started = 0
@@ -441,6 +442,8 @@ class Simulator:
         keyed = self._keyed
         policy = self.policy
         skip = self.skip_unchanged
+        # one key per (request, stage) where the policy says a key reads no more
+        memo: dict | None = {} if self._key_per_request else None
         for f in flows:
             if f.rem <= 0:
                 continue
@@ -451,10 +454,19 @@ class Simulator:
             if keyed:
                 fl = meta.fl
                 fl.sent = sent
-                fl.true_remaining_work_ns = self._true_work_ns(
-                    meta.stage, meta.req, f.size // w - sent, meta.stage_bytes, f.size // w,
-                    meta.compute_after_ns)
-                key = policy.entry_key(meta.req, meta.st, fl, now)
+                if memo is None:
+                    key = policy.entry_key(meta.req, meta.st, fl, now)
+                else:
+                    mk = (meta.req.request_id, meta.stage)
+                    key = memo.get(mk, memo)
+                    if key is memo:
+                        key = memo[mk] = policy.entry_key(meta.req, meta.st, fl, now)
+                    elif self.check_entry_keys:
+                        own = policy.entry_key(meta.req, meta.st, fl, now)
+                        if own != key:
+                            raise AssertionError(
+                                f"policy {policy.name}: entry_key_per_request, but flows of one "
+                                f"stage got keys {key!r} and {own!r}")
                 if key is not None and key == meta.key:
                     # the policy's answer is the entry the flow has (Policy.entry_key)
                     if self.check_entry_keys:
