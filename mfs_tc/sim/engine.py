@@ -227,6 +227,8 @@ class Simulator:
         self._entry_cache: dict[tuple, FlowEntry] = {}
         # batches in prefill, ranked by RED at every batch start, layer boundary and batch end
         self._prefilling: dict[int, _BState] = {}
+        # the ranking changes only when a batch starts or ends (REDs are fixed)
+        self._ranked = False
         self._entry_now = -1
         # the base class's is_hopeless is constant False: no need to ask it
         self._hopeless_enabled = type(policy).is_hopeless is not Policy.is_hopeless
@@ -256,38 +258,46 @@ class Simulator:
             self._push(spec.arrival_s, _ARRIVAL, spec)
         heap = self._heap
         total = len(self.w.requests)
+        net = self.net
+        dirty = net._dirty
+        heappop, heappush = heapq.heappop, heapq.heappush
+        horizon = self.horizon_s
+        skip = self.skip_unchanged
+        on_done, on_arrival, launch = self._on_flow_event, self._on_arrival, self._launch
+        on_compute, on_token, landed = self._on_compute_done, self._on_token, self._flow_landed
         while heap and self._finished < total:
             t = heap[0][0]
-            if self.horizon_s is not None and t > self.horizon_s:
+            if horizon is not None and t > horizon:
                 break
             self.t = t
             # every event of this instant, then one rate recomputation
             while heap and heap[0][0] <= t:
-                _, _, kind, payload, extra = heapq.heappop(heap)
+                _, _, kind, payload, extra = heappop(heap)
                 self.events += 1
                 if kind == _DONE:
-                    self._on_flow_event(payload, extra)
+                    on_done(payload, extra)
                 elif kind == _ARRIVAL:
-                    self._on_arrival(payload)
+                    on_arrival(payload)
                 elif kind == _FLOW:
-                    self._launch(payload)
+                    launch(payload)
                 elif kind == _COMPUTE:
-                    self._on_compute_done(payload)
+                    on_compute(payload)
                 elif kind == _TOKEN:
-                    self._on_token(payload, extra)
+                    on_token(payload, extra)
                 elif kind == _LANDED:
-                    self._flow_landed(payload)
+                    landed(payload)
                 else:
                     self._on_tick()
-            if self.net.dirty:
-                now = self.now_ns()
-                for f in self.net.recompute(t):
+            if dirty:
+                now = int(round(t * NS))
+                for f in net.recompute(t):
                     f.version += 1
                     if f.rate > 0:
-                        self._push(t + f.rem / f.rate, _DONE, f, f.version)
+                        self._seq += 1
+                        heappush(heap, (t + f.rem / f.rate, self._seq, _DONE, f, f.version))
                     m = f.owner
                     # a bound already reached stays: the next tick must evaluate the flow
-                    if m.dynamic and self.skip_unchanged and m.due > now:
+                    if m.dynamic and skip and m.due > now:
                         w = f.weight
                         s = int((f.size - f.rem) / w)
                         e = m.entry
@@ -327,6 +337,7 @@ class Simulator:
                 for m in members}
         b = _BState(self._bid, group, members, plan, reqs, self.t, mb, self.link_rate_bps)
         self._prefilling[b.bid] = b
+        self._ranked = False
         self._rank(b)
         for m in members:
             o = self.out[m.request_id]
@@ -380,6 +391,7 @@ class Simulator:
         # prefill done: the group is free, p2d starts for every member
         self.busy[b.group] = False
         del self._prefilling[b.bid]
+        self._ranked = False
         self._rank(None)
         for m in b.members:
             o = self.out[m.request_id]
@@ -425,7 +437,11 @@ class Simulator:
 
     def _rank(self, asking: _BState | None) -> None:
         """Rank the batches in prefill by RED (a batch of one: its deadline). Every batch whose
-        rank changed is asked again, except `asking`, whose caller asks it."""
+        rank changed is asked again, except `asking`, whose caller asks it. Nothing to do when no
+        batch started or ended since the last ranking (every rank is as it was)."""
+        if self._ranked:
+            return
+        self._ranked = True
         reds = {bid: b.red for bid, b in self._prefilling.items()}
         now = self.now_ns()
         for bid, rank in red_ranks(reds).items():
@@ -480,10 +496,12 @@ class Simulator:
                 else:
                     meta.key = key
                     entry = self._entry(meta.stage, meta.layer, meta.req, f.size // w,
-                                        meta.stage_bytes, meta.compute_after_ns, now, sent)
+                                        meta.stage_bytes, meta.compute_after_ns, now, sent,
+                                        meta.st, meta.fl)
             else:
                 entry = self._entry(meta.stage, meta.layer, meta.req, f.size // w,
-                                    meta.stage_bytes, meta.compute_after_ns, now, sent)
+                                    meta.stage_bytes, meta.compute_after_ns, now, sent,
+                                    meta.st, meta.fl)
             if entry is not meta.entry:
                 dyn = entry.mode not in (MODE_STATIC, MODE_RLI)
                 if dyn != meta.dynamic:
@@ -529,11 +547,13 @@ class Simulator:
 
     # ---- flows ------------------------------------------------------------------------------
     def _entry(self, stage: str, layer: int, req: Request, nbytes: float, stage_bytes: int,
-               compute_after_ns: int, now: int, sent: int = 0) -> FlowEntry:
+               compute_after_ns: int, now: int, sent: int = 0, st: Stage | None = None,
+               fl: Flow | None = None) -> FlowEntry:
         """The policy's entry. A policy is a function of its inputs: flows that ask with the
         same inputs at the same instant (a batch's kv_fetch / collective fan-out) share one
         entry object (the simulator never mutates entries; the kernel's cur_level lives in
-        _FMeta)."""
+        _FMeta). `st`, `fl`: the flow's own Stage and Flow (the same fields), shown to the
+        policy with `sent` and the true work filled in."""
         key = (stage, layer, req.request_id, req.cursor, req.red_rank, req.remaining_bytes,
                req.remaining_compute_ns, nbytes, sent, stage_bytes, compute_after_ns)
         if self._entry_now != now:
@@ -543,10 +563,15 @@ class Simulator:
         if entry is None:
             true_work = self._true_work_ns(stage, req, nbytes - sent, stage_bytes, nbytes,
                                            compute_after_ns)
-            entry = self.policy.entry(
-                req, Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns, layer=layer),
-                Flow(bytes=int(nbytes), target_layer=layer, sent=sent,
-                     true_remaining_work_ns=true_work), now)
+            if st is None:
+                st = Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns,
+                           layer=layer)
+                fl = Flow(bytes=int(nbytes), target_layer=layer, sent=sent,
+                          true_remaining_work_ns=true_work)
+            else:
+                fl.sent = sent
+                fl.true_remaining_work_ns = true_work
+            entry = self.policy.entry(req, st, fl, now)
             self._entry_cache[key] = entry
         return entry
 
@@ -568,17 +593,19 @@ class Simulator:
         now = self.now_ns()
         if check:
             self._check_hopeless(req, b, now)
-        entry = self._entry(stage, layer, req, nbytes, stage_bytes, compute_after_ns, now)
+        st = Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns, layer=layer)
+        fl = Flow(bytes=int(nbytes), target_layer=layer, sent=0,
+                  true_remaining_work_ns=self._true_work_ns(
+                      stage, req, nbytes, stage_bytes, nbytes, compute_after_ns))
+        entry = self._entry(stage, layer, req, nbytes, stage_bytes, compute_after_ns, now,
+                            st=st, fl=fl)
         meta = _FMeta(stage, layer, b, rid, entry, req)
         meta.stage_bytes = stage_bytes
         meta.compute_after_ns = compute_after_ns
+        meta.st = st
+        meta.fl = fl
         if self._keyed:
-            meta.st = Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns,
-                            layer=layer)
-            meta.fl = Flow(bytes=int(nbytes), target_layer=layer, sent=0,
-                           true_remaining_work_ns=self._true_work_ns(
-                               stage, req, nbytes, stage_bytes, nbytes, compute_after_ns))
-            meta.key = self.policy.entry_key(req, meta.st, meta.fl, now)
+            meta.key = self.policy.entry_key(req, st, fl, now)
         f = FluidFlow(self.net.new_id(), self.fabric.path(src, dst), nbytes * weight, 0,
                       self.t, owner=meta)
         f.weight = weight

@@ -106,19 +106,21 @@ class FluidNetwork:
 
     def add(self, f: FluidFlow) -> None:
         self.flows.add(f)
-        for ln in f.links:
-            ln.flows.add(f)
         self._dirty.update(f.links)
         if self._arr is not None:
             self._arr.add(f)
+        else:  # the python allocator finds components through the links' flow sets
+            for ln in f.links:
+                ln.flows.add(f)
 
     def remove(self, f: FluidFlow) -> None:
         self.flows.discard(f)
-        for ln in f.links:
-            ln.flows.discard(f)
         self._dirty.update(f.links)
         if self._arr is not None:
             self._arr.remove(f)
+        else:
+            for ln in f.links:
+                ln.flows.discard(f)
         f.rate = 0.0
         f.version += 1
 
@@ -195,16 +197,20 @@ class FluidNetwork:
     def _recompute_arrays(self, t: float) -> list[FluidFlow]:
         a = self._arr
         # a flow still in its setup latency can change level: its links are dirty, unindexed
-        dirty = np.fromiter((a._link(ln) for ln in self._dirty), np.int64, len(self._dirty))
+        lidx = a.lidx
+        d = []
+        for ln in self._dirty:
+            i = lidx.get(ln)
+            d.append(a._link(ln) if i is None else i)
+        dirty = np.array(d, np.int64)
         self._dirty.clear()
-        changed = waterfill.recompute_arrays(
+        changed, rates, rems = waterfill.recompute_arrays(
             t, dirty, a.cap, a.lbytes, a.lvbytes, a.p_links, a.p_len, a.f_rem, a.f_rate, a.f_t0,
             a.f_w, a.f_level, a.f_pid, a.f_bneck, a.l_flows, a.l_deg, a.lmark, a.fmark, a.lloc,
             self.window_s, a.m_f, a.m_k, a.m_hist, a.m_on)
         out = []
         slots = a.slots
-        for s, r, rem in zip(changed.tolist(), a.f_rate[changed].tolist(),
-                             a.f_rem[changed].tolist(), strict=False):
+        for s, r, rem in zip(changed.tolist(), rates.tolist(), rems.tolist(), strict=True):
             f = slots[s]
             f.rate = r
             f.rem = rem

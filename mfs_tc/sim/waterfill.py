@@ -30,6 +30,27 @@ def available() -> bool:
     return numba is not None
 
 
+def _stable_order(a):  # pragma: no cover - compiled
+    """np.argsort(a, kind="mergesort") (the same permutation: both are stable), by insertion
+    for the short arrays a component has (cheaper there), by mergesort beyond 64."""
+    n = a.shape[0]
+    if n > 64:
+        return np.argsort(a, kind="mergesort")
+    o = np.empty(n, np.int64)
+    for i in range(n):
+        v = a[i]
+        j = i
+        while j > 0 and a[o[j - 1]] > v:
+            o[j] = o[j - 1]
+            j -= 1
+        o[j] = i
+    return o
+
+
+if numba is not None:
+    _stable_order = numba.njit(cache=True, nogil=True)(_stable_order)
+
+
 def _kernel(cap, level, n, ptr, idx, nfl):  # pragma: no cover - compiled
     nl = cap.shape[0]
     nc = level.shape[0]
@@ -55,7 +76,7 @@ def _kernel(cap, level, n, ptr, idx, nfl):  # pragma: no cover - compiled
     # the links crossed by this level's classes (only they can have cnt > 0 at this level)
     act = np.empty(nl, np.int64)
     nact = 0
-    order = np.argsort(level, kind="mergesort")
+    order = _stable_order(level)
     i = 0
     while i < nc:
         lv = level[order[i]]
@@ -170,7 +191,7 @@ def _recompute(t, dirty, cap, lbytes, lvbytes, p_links, p_len, f_rem, f_rate, f_
     (`_kernel`), then the flows whose rate changed settled at their old rate and given the new
     one; every component flow's bottleneck (shared, else -1) into `f_bneck`; each component
     link's meter (netutil.LinkMeter, here in arrays: `_meter`) told its new aggregate rate.
-    Returns the changed flow slots."""
+    Returns the changed flow slots, their new rates and remaining bytes."""
     # component search
     links = np.empty(cap.shape[0], np.int64)
     flows = np.empty(f_rem.shape[0], np.int64)
@@ -208,7 +229,7 @@ def _recompute(t, dirty, cap, lbytes, lvbytes, p_links, p_len, f_rem, f_rate, f_
         fl[i] = s
         fmark[s] = False
         key[i] = f_level[s] * npaths + f_pid[s]
-    order = np.argsort(key, kind="mergesort")
+    order = _stable_order(key)
     # classes: runs of equal key
     cls_of = np.empty(nf, np.int64)
     nc = 0
@@ -242,6 +263,8 @@ def _recompute(t, dirty, cap, lbytes, lvbytes, p_links, p_len, f_rem, f_rate, f_
     rate, resid, bott = waterfill(lcap, level, n, ptr, idx, nfl)
     # changed flows: settle at the old rate, then the new rate
     out = np.empty(nf, np.int64)
+    orate = np.empty(nf)
+    orem = np.empty(nf)
     no = 0
     for i in range(nf):
         s = fl[i]
@@ -263,12 +286,14 @@ def _recompute(t, dirty, cap, lbytes, lvbytes, p_links, p_len, f_rem, f_rate, f_
             f_t0[s] = t
             f_rate[s] = new
             out[no] = s
+            orate[no] = new
+            orem[no] = f_rem[s]
             no += 1
     for i in range(nl):
         li = links[i]
         _meter(li, t, lcap[i] - resid[i], lcap[i], window, m_f, m_k, m_hist)
         m_on[li] = True
-    return out[:no]
+    return out[:no], orate[:no], orem[:no]
 
 
 def _link_flow(s, p, p_links, p_len, f_pos, l_flows, l_deg):  # pragma: no cover - compiled
