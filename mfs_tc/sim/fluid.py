@@ -204,10 +204,7 @@ class FluidNetwork:
             d.append(a._link(ln) if i is None else i)
         dirty = np.array(d, np.int64)
         self._dirty.clear()
-        changed, rates, rems = waterfill.recompute_arrays(
-            t, dirty, a.cap, a.lbytes, a.lvbytes, a.p_links, a.p_len, a.f_rem, a.f_rate, a.f_t0,
-            a.f_w, a.f_level, a.f_pid, a.f_bneck, a.l_flows, a.l_deg, a.lmark, a.fmark, a.lloc,
-            self.window_s, a.m_f, a.m_k, a.m_hist, a.m_on)
+        changed, rates, rems = waterfill.recompute_arrays(t, dirty, self.window_s, *a.kernel_args())
         out = []
         slots = a.slots
         for s, r, rem in zip(changed.tolist(), rates.tolist(), rems.tolist(), strict=True):
@@ -391,7 +388,25 @@ class _Arrays:
     flow objects stay the truth for the engine; the kernel writes back only flows whose rate
     changed (a flow whose rate did not change needs no settling)."""
 
+    # the arrays recompute_arrays takes, in its order (after t, dirty, window)
+    KERNEL_ARRAYS = ("cap", "lbytes", "lvbytes", "p_links", "p_len", "f_rem", "f_rate", "f_t0",
+                     "f_w", "f_level", "f_pid", "f_bneck", "l_flows", "l_deg", "lmark", "fmark",
+                     "lloc", "m_f", "m_k", "m_hist", "m_on")
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _Arrays.KERNEL_ARRAYS:  # an array replaced (grown): the tuple is stale
+            object.__setattr__(self, "_kargs", None)
+        object.__setattr__(self, name, value)
+
+    def kernel_args(self) -> tuple:
+        """The arrays recompute_arrays takes, as one tuple (rebuilt after an array grew)."""
+        k = self._kargs
+        if k is None:
+            k = self._kargs = tuple(getattr(self, n) for n in _Arrays.KERNEL_ARRAYS)
+        return k
+
     def __init__(self, nlevels: int) -> None:
+        self._kargs: tuple | None = None
         self.lidx: dict[Link, int] = {}
         self.links: list[Link] = []
         self.cap = np.zeros(16)
