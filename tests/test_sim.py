@@ -455,3 +455,26 @@ def test_compiled_allocator_with_setup_latency_and_queue() -> None:
                 for alloc in ("python", "numba"))
         assert [r.ttft_s for r in b.requests] == pytest.approx([r.ttft_s for r in a.requests],
                                                                rel=1e-9), name
+
+
+@pytest.mark.parametrize("model,cluster,load,n", [
+    ("dense-small", "testbed", 40.0, 60),      # batches of several requests, hopeless ones
+    ("qwen-72b", "c1024", 63.0, 120),          # the benchmark preset: RED re-ranking
+])
+def test_entry_keys_keep_their_promise(model: str, cluster: str, load: float, n: int) -> None:
+    """Policy.entry_key: wherever a re-ask keeps a flow's entry because its key did not change,
+    the policy asked anyway gives an equal entry (check_entry_keys fails the run otherwise), for
+    every policy; and keeping entries changes no TTFT."""
+    from mfs_tc.policy.registry import POLICY_NAMES
+    from mfs_tc.sim.runner import make_sim_policy
+    from mfs_tc.workload import generate
+
+    w = generate(WorkloadConfig(kind="poisson", load=load, num_requests=n, model=model,
+                                cluster=cluster, byte_scale=1.0 if cluster != "testbed" else 1 / 256,
+                                max_input_tokens=8192))
+    for name in POLICY_NAMES:
+        pol = make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={})
+        a = simulate(w, pol, aggregate_groups=True, check_entry_keys=True)
+        b = simulate(w, pol, aggregate_groups=True, skip_unchanged=False)
+        assert [r.ttft_s for r in a.requests] == pytest.approx([r.ttft_s for r in b.requests],
+                                                               rel=1e-9), name

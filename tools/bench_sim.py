@@ -17,7 +17,12 @@ the same rule on each). Every point runs in its own process, so `peak_rss_mb`
 (getrusage ru_maxrss) is that run's. `--quick`: 1k / 5k requests, 64 / 256 GPUs at 1k.
 Target: 100k requests on 1,024 GPUs in under 120 s (generation + simulation) on one core.
 
+`--against DIR`: every point also runs with the simulator of another checkout (DIR/tools/
+bench_sim.py, e.g. `git archive REF | tar -x -C DIR`), right after this one in the same session,
+and the JSON gives both times and the speedup (the house rule: ratios measured in one run).
+
   .venv/bin/python tools/bench_sim.py [--quick] [--policy mfs] [--allocator numba|python]
+                                      [--against DIR]
 """
 
 from __future__ import annotations
@@ -97,8 +102,8 @@ def one_point(args: argparse.Namespace, n: int, gpus: int) -> dict:
     }
 
 
-def _in_subprocess(argv: list[str], n: int, gpus: int) -> dict:
-    cmd = [sys.executable, __file__, *argv, "--single", f"{n}:{gpus}"]
+def _in_subprocess(argv: list[str], n: int, gpus: int, script: str = __file__) -> dict:
+    cmd = [sys.executable, script, *argv, "--single", f"{n}:{gpus}"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out)
 
@@ -124,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allocator", default="numba", choices=("numba", "python"))
     ap.add_argument("--no-aggregate-groups", action="store_true",
                     help="one fluid flow per rank flow (slower; same results)")
+    ap.add_argument("--against", default="",
+                    help="another checkout whose simulator runs every point too (speedup)")
     ap.add_argument("--single", default="", help=argparse.SUPPRESS)  # N:GPUS, one point, here
     args = ap.parse_args(argv)
     if args.single:
@@ -131,6 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(one_point(args, n, g)))
         return 0
     base = [a for a in argv if a != "--quick"]
+    if args.against:
+        i = base.index("--against") if "--against" in base else -1
+        base = base[:i] + base[i + 2:] if i >= 0 else [a for a in base
+                                                         if not a.startswith("--against=")]
+        other = Path(args.against) / "tools" / "bench_sim.py"
+        if not other.is_file():
+            ap.error(f"--against {args.against}: no tools/bench_sim.py there (a checkout of "
+                     "mfs-tc, e.g. git archive REF | tar -x -C DIR)")
     if args.quick:
         sizes, gpus, size_n = [1000, 5000], [64, 256], 1000
     else:
@@ -143,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     done: dict[tuple[int, int], dict] = {}
     for n, g in points:
         done[(n, g)] = r = _in_subprocess(base, n, g)
+        if args.against:
+            ref = _in_subprocess(base, n, g, str(other))
+            r["against"] = {"dir": args.against, "simulate_s": ref["simulate_s"],
+                            "events": ref["events"], "attainment": ref["attainment"],
+                            "peak_rss_mb": ref["peak_rss_mb"],
+                            "speedup": round(ref["simulate_s"] / r["simulate_s"], 2)}
         print(json.dumps({k: v for k, v in r.items() if k != "net_util"}), file=sys.stderr,
               flush=True)
     big = done.get((TARGET_REQUESTS, cluster_preset(args.cluster).gpus))

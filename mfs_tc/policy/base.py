@@ -10,6 +10,7 @@ updates its estimates.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from ..entry import FlowEntry
@@ -50,9 +51,29 @@ class Policy(ABC):
             )
         self.config = config
 
+    # True: entry() reads only what stays fixed for one flow (ids, sizes, deadlines, arrival,
+    # batch, stage, layer), never now_ns, flow.sent or the request's cursor, estimates, RED rank
+    # or scavenged flag; so entry_key() is () and a caller asking again gets an equal entry
+    fixed_entry: bool = False
+    # True: entry_key reads of the stage only its name and nothing of the flow, so one key
+    # serves every flow of one stage of a request at one instant (callers may share it)
+    entry_key_per_request: bool = False
+
     @abstractmethod
     def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
         """The map entry for `flow` of `stage` of `request`, decided at `now_ns`."""
+
+    def entry_key(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> Hashable | None:
+        """For callers that ask again and again for the same flow (the simulator re-asks every
+        live flow of a batch at each layer boundary and RED re-ranking): a value such that, for
+        one flow (the same request, stage and flow, whose fixed fields stay as they were), two
+        calls returning equal keys get entries from `entry` equal in every field but the
+        bookkeeping stamps `created_ns` and `sent_bytes`; the caller may then keep the entry it
+        has. It must be cheaper than `entry`, and not read `flow.true_remaining_work_ns` (the
+        oracle's input to `entry`; a caller may leave it stale here). None (the default, unless
+        `fixed_entry`): no promise, ask `entry`. tests/test_sim.py checks the promise (and
+        `entry_key_per_request`) for every policy."""
+        return () if self.fixed_entry else None
 
     def is_hopeless(self, request: Request, now_ns: int) -> bool:
         """True when the request should go to the scavenger level (only MFS-style policies)."""

@@ -81,6 +81,7 @@ class FairConfig(PolicyConfig):
 
 class FairPolicy(Policy):
     name = "fair"
+    fixed_entry = True  # Policy.entry_key
     config_class = FairConfig
     config: FairConfig
 
@@ -109,6 +110,7 @@ class SizeConfig(PolicyConfig):
 
 
 class _SizePolicy(Policy):
+    fixed_entry = True  # Policy.entry_key
     config_class = SizeConfig
     config: SizeConfig
     mode = MODE_STATIC
@@ -201,6 +203,7 @@ class KarunaConfig(PolicyConfig):
 
 class KarunaPolicy(Policy):
     name = "karuna"
+    fixed_entry = True  # Policy.entry_key
     config_class = KarunaConfig
     config: KarunaConfig
 
@@ -265,6 +268,7 @@ class EdfConfig(PolicyConfig):
 
 class EdfPolicy(Policy):
     name = "edf"
+    fixed_entry = True  # Policy.entry_key
     config_class = EdfConfig
     config: EdfConfig
 
@@ -317,6 +321,7 @@ class FifoPolicy(Policy):
     laxity mode with no rate term), so the table is the age table mirrored."""
 
     name = "fifo"
+    fixed_entry = True  # Policy.entry_key
     config_class = FifoConfig
     config: FifoConfig
 
@@ -379,6 +384,7 @@ class StageConfig(PolicyConfig):
 
 class StagePolicy(Policy):
     name = "stage"
+    fixed_entry = True  # Policy.entry_key
     config_class = StageConfig
     config: StageConfig
 

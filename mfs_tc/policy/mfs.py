@@ -205,6 +205,20 @@ class MfsPolicy(Policy):
             request, stage, flow, now_ns, table, flags=F_MONOTONIC, deadline_ns=request.deadline_ns
         )
 
+    @property
+    def entry_key_per_request(self) -> bool:  # Policy.entry_key_per_request
+        return self.config.estimator == "request"  # `max` reads the flow's bytes sent
+
+    def entry_key(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> tuple:
+        """`entry` reads the time, the request's estimates, flags and RED rank (and, estimator
+        `max`, the flow's bytes sent) only through `hopeless_flow` and, for kv_fetch and
+        collective, `red_loose`; the rest is fixed for a flow (Policy.entry_key)."""
+        if self.hopeless_flow(request, stage, flow, now_ns):
+            return (True, request.deadline_ns)
+        if stage.name == "p2d":
+            return (False, request.deadline_ns)
+        return (False, request.deadline_ns, self.red_loose(request, now_ns))
+
     # ---- description -------------------------------------------------------------------------
     def describe(self) -> dict:
         c = self.config

@@ -80,7 +80,7 @@ class _FMeta:
     """What the simulator keeps per flow beside the fluid state."""
 
     __slots__ = ("stage", "layer", "batch", "rid", "entry", "req", "cur", "dynamic", "due",
-                 "stage_bytes", "compute_after_ns")
+                 "stage_bytes", "compute_after_ns", "key", "lv_cursor", "st", "fl")
 
     def __init__(self, stage: str, layer: int, batch: _BState, rid: int, entry: FlowEntry,
                  req: Request) -> None:
@@ -95,12 +95,16 @@ class _FMeta:
         self.due = 0
         self.stage_bytes = 0
         self.compute_after_ns = 0
+        self.key = None  # policy.entry_key when `entry` was asked (None: no promise)
+        self.lv_cursor = -1  # the request's cursor at the flow's last level evaluation
+        self.st: Stage | None = None  # what the policy is shown for this flow (entry_key)
+        self.fl: Flow | None = None
 
 
 class _BState:
     __slots__ = ("bid", "group", "members", "plan", "reqs", "owner", "kv_left", "coll_left",
                  "layer", "waiting_kv", "start_t", "coll_t0", "coll_total", "kv_end",
-                 "flows", "p2d_left", "p2d_t0", "compute_total", "mbatch")
+                 "flows", "p2d_left", "p2d_t0", "compute_total", "mbatch", "red")
 
     def __init__(self, bid: int, group: int, members: list[RequestSpec], plan: BatchPlan,
                  reqs: dict[int, Request], t: float, mbatch: Batch, link_rate_bps: float) -> None:
@@ -123,6 +127,8 @@ class _BState:
         self.p2d_t0: dict[int, float] = {}
         self.compute_total = 0.0
         self.mbatch = mbatch
+        # its RED (a batch of one: its deadline), what _rank ranks by (deadlines are fixed)
+        self.red = red(mbatch.deadlines_ns) if mbatch is not None else self.owner.deadline_ns
 
 
 def _owner_request(bid: int, reqs: list[Request], mbatch: Batch | None, plan: BatchPlan,
@@ -141,21 +147,19 @@ def _owner_request(bid: int, reqs: list[Request], mbatch: Batch | None, plan: Ba
         remaining_bytes=nbytes, remaining_compute_ns=compute_ns, batch=mbatch)
 
 
-def _fanout(transfers: list[Transfer], host_map: dict[str, str] | None) -> list[tuple[Transfer, int]]:
-    """(transfer, weight) pairs: with group aggregation, the transfers of one stage between the
-    same (aggregated) endpoints with the same bytes become one flow of that many real flows."""
+def _fanout(transfers: list[Transfer],
+            host_map: dict[str, str] | None) -> list[tuple[str, str, int, int]]:
+    """(src, dst, bytes, weight) of each fluid flow: with group aggregation, the transfers of one
+    stage between the same (aggregated) endpoints with the same bytes become one flow of that
+    many real flows."""
     if host_map is None:
-        return [(t, 1) for t in transfers]
-    out: dict[tuple[str, str, int], list] = {}
+        return [(t.src, t.dst, t.bytes, 1) for t in transfers]
+    out: dict[tuple[str, str, int], int] = {}
+    get = host_map.get
     for t in transfers:
-        src, dst = host_map.get(t.src, t.src), host_map.get(t.dst, t.dst)
-        k = (src, dst, t.bytes)
-        e = out.get(k)
-        if e is None:
-            out[k] = [Transfer(src, dst, t.bytes * 1, t.request_ids), 1]
-        else:
-            e[1] += 1
-    return [(tr, w) for tr, w in out.values()]
+        k = (get(t.src, t.src), get(t.dst, t.dst), t.bytes)
+        out[k] = out.get(k, 0) + 1
+    return [(src, dst, nbytes, w) for (src, dst, nbytes), w in out.items()]
 
 
 class Simulator:
@@ -164,7 +168,8 @@ class Simulator:
                  max_batch_tokens: int | None = None, horizon_s: float | None = None,
                  skip_unchanged: bool = True, flow_setup_s: float = 0.0,
                  aggregate_groups: bool = False, allocator: str | None = None,
-                 goodput: float = 1.0, queue_bytes: float = 0.0) -> None:
+                 goodput: float = 1.0, queue_bytes: float = 0.0,
+                 check_entry_keys: bool = False) -> None:
         if tick_s <= 0:
             raise ValueError(f"tick_s must be positive, got {tick_s}")
         if not 0.0 < goodput <= 1.0:
@@ -228,9 +233,16 @@ class Simulator:
         self._entry_cache: dict[tuple, FlowEntry] = {}
         # batches in prefill, ranked by RED at every batch start, layer boundary and batch end
         self._prefilling: dict[int, _BState] = {}
+        # the ranking changes only when a batch starts or ends (REDs are fixed)
+        self._ranked = False
         self._entry_now = -1
         # the base class's is_hopeless is constant False: no need to ask it
         self._hopeless_enabled = type(policy).is_hopeless is not Policy.is_hopeless
+        # re-asks keep a flow's entry while policy.entry_key stays the same (Policy.entry_key);
+        # check_entry_keys: ask anyway and fail if the entry differs (tests)
+        self._keyed = (type(policy).entry_key is not Policy.entry_key or policy.fixed_entry)
+        self._key_per_request = policy.fixed_entry or policy.entry_key_per_request
+        self.check_entry_keys = check_entry_keys
         self.events = 0
         self.flows_started = 0
         self._finished = 0
@@ -252,38 +264,46 @@ class Simulator:
             self._push(spec.arrival_s, _ARRIVAL, spec)
         heap = self._heap
         total = len(self.w.requests)
+        net = self.net
+        dirty = net._dirty
+        heappop, heappush = heapq.heappop, heapq.heappush
+        horizon = self.horizon_s
+        skip = self.skip_unchanged
+        on_done, on_arrival, launch = self._on_flow_event, self._on_arrival, self._launch
+        on_compute, on_token, landed = self._on_compute_done, self._on_token, self._flow_landed
         while heap and self._finished < total:
             t = heap[0][0]
-            if self.horizon_s is not None and t > self.horizon_s:
+            if horizon is not None and t > horizon:
                 break
             self.t = t
             # every event of this instant, then one rate recomputation
             while heap and heap[0][0] <= t:
-                _, _, kind, payload, extra = heapq.heappop(heap)
+                _, _, kind, payload, extra = heappop(heap)
                 self.events += 1
                 if kind == _DONE:
-                    self._on_flow_event(payload, extra)
+                    on_done(payload, extra)
                 elif kind == _ARRIVAL:
-                    self._on_arrival(payload)
+                    on_arrival(payload)
                 elif kind == _FLOW:
-                    self._launch(payload)
+                    launch(payload)
                 elif kind == _COMPUTE:
-                    self._on_compute_done(payload)
+                    on_compute(payload)
                 elif kind == _TOKEN:
-                    self._on_token(payload, extra)
+                    on_token(payload, extra)
                 elif kind == _LANDED:
-                    self._flow_landed(payload)
+                    landed(payload)
                 else:
                     self._on_tick()
-            if self.net.dirty:
-                now = self.now_ns()
-                for f in self.net.recompute(t):
+            if dirty:
+                now = int(round(t * NS))
+                for f in net.recompute(t):
                     f.version += 1
                     if f.rate > 0:
-                        self._push(t + f.rem / f.rate, _DONE, f, f.version)
+                        self._seq += 1
+                        heappush(heap, (t + f.rem / f.rate, self._seq, _DONE, f, f.version))
                     m = f.owner
                     # a bound already reached stays: the next tick must evaluate the flow
-                    if m.dynamic and self.skip_unchanged and m.due > now:
+                    if m.dynamic and skip and m.due > now:
                         w = f.weight
                         s = int((f.size - f.rem) / w)
                         e = m.entry
@@ -323,16 +343,20 @@ class Simulator:
                 for m in members}
         b = _BState(self._bid, group, members, plan, reqs, self.t, mb, self.link_rate_bps)
         self._prefilling[b.bid] = b
+        self._ranked = False
         self._rank(b)
         for m in members:
             o = self.out[m.request_id]
             o.queue_s = self.t - m.arrival_s
             o.batch_id = b.bid
+        # is_hopeless is asked once per fan-out (nothing it reads changes between its flows)
+        check = True
         for lp in plan.layers:
             sb = sum(t.bytes for t in lp.kv_fetch)
-            for tr, wt in _fanout(lp.kv_fetch, self.host_map):
-                self._start_flow(b, "kv_fetch", lp.layer, tr, b.owner, sb,
-                                 self._compute_after(b, lp.layer), weight=wt)
+            for src, dst, nbytes, wt in _fanout(lp.kv_fetch, self.host_map):
+                self._start_flow(b, "kv_fetch", lp.layer, src, dst, nbytes, b.owner, sb,
+                                 self._compute_after(b, lp.layer), weight=wt, check=check)
+                check = False
                 b.kv_left[lp.layer] += 1
         self._layer_ready(b)
 
@@ -358,8 +382,9 @@ class Simulator:
             ca = self._compute_after(b, b.layer + 1)
             fan = _fanout(lp.collective, self.host_map)
             b.coll_left = len(fan)
-            for tr, wt in fan:
-                self._start_flow(b, "collective", b.layer, tr, b.owner, sb, ca, weight=wt)
+            for i, (src, dst, nbytes, wt) in enumerate(fan):
+                self._start_flow(b, "collective", b.layer, src, dst, nbytes, b.owner, sb, ca,
+                                 weight=wt, check=i == 0)
         else:
             self._layer_done(b)
 
@@ -372,6 +397,7 @@ class Simulator:
         # prefill done: the group is free, p2d starts for every member
         self.busy[b.group] = False
         del self._prefilling[b.bid]
+        self._ranked = False
         self._rank(None)
         for m in b.members:
             o = self.out[m.request_id]
@@ -389,12 +415,12 @@ class Simulator:
             b.p2d_left[m.request_id] = len(fan)
             step_ns = int(round(b.plan.decode_step_s * NS))
             if self._admission:
-                host = fan[0][0].dst
+                host = fan[0][1]
                 self._p2d_on.setdefault(host, {})[m.request_id] = (req, [], req.deadline_ns - step_ns)
                 self._p2d_host[m.request_id] = host
-            for tr, wt in fan:
-                self._start_flow(b, "p2d", len(b.plan.layers), tr, req, sb, step_ns,
-                                 rid=m.request_id, weight=wt)
+            for i, (src, dst, nbytes, wt) in enumerate(fan):
+                self._start_flow(b, "p2d", len(b.plan.layers), src, dst, nbytes, req, sb, step_ns,
+                                 rid=m.request_id, weight=wt, check=i == 0)
         self._try_start(b.group)
 
     def _set_cursor(self, b: _BState, cursor: int) -> None:
@@ -421,9 +447,12 @@ class Simulator:
 
     def _rank(self, asking: _BState | None) -> None:
         """Rank the batches in prefill by RED (a batch of one: its deadline). Every batch whose
-        rank changed is asked again, except `asking`, whose caller asks it."""
-        reds = {bid: (red(b.mbatch.deadlines_ns) if b.mbatch is not None else b.owner.deadline_ns)
-                for bid, b in self._prefilling.items()}
+        rank changed is asked again, except `asking`, whose caller asks it. Nothing to do when no
+        batch started or ended since the last ranking (every rank is as it was)."""
+        if self._ranked:
+            return
+        self._ranked = True
+        reds = {bid: b.red for bid, b in self._prefilling.items()}
         now = self.now_ns()
         for bid, rank in red_ranks(reds).items():
             b = self._prefilling[bid]
@@ -436,6 +465,11 @@ class Simulator:
         """New estimates: each live flow gets the policy's entry for them (sent counters and
         the kernel's cur_level kept), then its level is re-evaluated."""
         net = self.net
+        keyed = self._keyed
+        policy = self.policy
+        skip = self.skip_unchanged
+        # one key per (request, stage) where the policy says a key reads no more
+        memo: dict | None = {} if self._key_per_request else None
         for f in flows:
             if f.rem <= 0:
                 continue
@@ -443,8 +477,41 @@ class Simulator:
             net.settle(f, self.t)
             w = f.weight
             sent = int((f.size - f.rem) / w)
-            entry = self._entry(meta.stage, meta.layer, meta.req, f.size // w, meta.stage_bytes,
-                                meta.compute_after_ns, now, sent)
+            if keyed:
+                fl = meta.fl
+                fl.sent = sent
+                if memo is None:
+                    key = policy.entry_key(meta.req, meta.st, fl, now)
+                else:
+                    mk = (meta.req.request_id, meta.stage)
+                    key = memo.get(mk, memo)
+                    if key is memo:
+                        key = memo[mk] = policy.entry_key(meta.req, meta.st, fl, now)
+                    elif self.check_entry_keys:
+                        own = policy.entry_key(meta.req, meta.st, fl, now)
+                        if own != key:
+                            raise AssertionError(
+                                f"policy {policy.name}: entry_key_per_request, but flows of one "
+                                f"stage got keys {key!r} and {own!r}")
+                if key is not None and key == meta.key:
+                    # the policy's answer is the entry the flow has (Policy.entry_key)
+                    if self.check_entry_keys:
+                        self._check_key(meta, f, now, sent)
+                    # and its level cannot have moved since it was last evaluated: same cursor
+                    # (static, rli) or before its next change point (sim.due)
+                    if skip and (meta.due > now if meta.dynamic
+                                 else meta.lv_cursor == meta.req.cursor):
+                        continue
+                    entry = meta.entry
+                else:
+                    meta.key = key
+                    entry = self._entry(meta.stage, meta.layer, meta.req, f.size // w,
+                                        meta.stage_bytes, meta.compute_after_ns, now, sent,
+                                        meta.st, meta.fl)
+            else:
+                entry = self._entry(meta.stage, meta.layer, meta.req, f.size // w,
+                                    meta.stage_bytes, meta.compute_after_ns, now, sent,
+                                    meta.st, meta.fl)
             if entry is not meta.entry:
                 dyn = entry.mode not in (MODE_STATIC, MODE_RLI)
                 if dyn != meta.dynamic:
@@ -454,6 +521,16 @@ class Simulator:
             lv = self._level(meta, sent, now, f.rate / w)
             if lv != f.level:
                 net.set_level(f, lv, self.t)
+
+    def _check_key(self, meta: _FMeta, f: FluidFlow, now: int, sent: int) -> None:
+        """check_entry_keys: the entry the policy gives now must be the one the flow keeps."""
+        w = f.weight
+        fresh = self._entry(meta.stage, meta.layer, meta.req, f.size // w, meta.stage_bytes,
+                            meta.compute_after_ns, now, sent)
+        a, b = (replace(e, created_ns=0, sent_bytes=0, cur_level=0) for e in (fresh, meta.entry))
+        if a != b:
+            raise AssertionError(f"policy {self.policy.name}: equal entry_key {meta.key!r} but a "
+                                 f"different entry ({a} vs {b})")
 
     def _check_hopeless(self, req: Request, b: _BState, now: int) -> None:
         if not self._hopeless_enabled or req.scavenged:
@@ -507,11 +584,13 @@ class Simulator:
 
     # ---- flows ------------------------------------------------------------------------------
     def _entry(self, stage: str, layer: int, req: Request, nbytes: float, stage_bytes: int,
-               compute_after_ns: int, now: int, sent: int = 0) -> FlowEntry:
+               compute_after_ns: int, now: int, sent: int = 0, st: Stage | None = None,
+               fl: Flow | None = None) -> FlowEntry:
         """The policy's entry. A policy is a function of its inputs: flows that ask with the
         same inputs at the same instant (a batch's kv_fetch / collective fan-out) share one
         entry object (the simulator never mutates entries; the kernel's cur_level lives in
-        _FMeta)."""
+        _FMeta). `st`, `fl`: the flow's own Stage and Flow (the same fields), shown to the
+        policy with `sent` and the true work filled in."""
         key = (stage, layer, req.request_id, req.cursor, req.red_rank, req.remaining_bytes,
                req.remaining_compute_ns, nbytes, sent, stage_bytes, compute_after_ns)
         if self._entry_now != now:
@@ -521,10 +600,15 @@ class Simulator:
         if entry is None:
             true_work = self._true_work_ns(stage, req, nbytes - sent, stage_bytes, nbytes,
                                            compute_after_ns)
-            entry = self.policy.entry(
-                req, Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns, layer=layer),
-                Flow(bytes=int(nbytes), target_layer=layer, sent=sent,
-                     true_remaining_work_ns=true_work), now)
+            if st is None:
+                st = Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns,
+                           layer=layer)
+                fl = Flow(bytes=int(nbytes), target_layer=layer, sent=sent,
+                          true_remaining_work_ns=true_work)
+            else:
+                fl.sent = sent
+                fl.true_remaining_work_ns = true_work
+            entry = self.policy.entry(req, st, fl, now)
             self._entry_cache[key] = entry
         return entry
 
@@ -540,16 +624,26 @@ class Simulator:
             return compute_after_ns + int(flow_rem * share / self.rate_Bps * NS)
         return req.remaining_compute_ns + int(req.remaining_bytes / self.rate_Bps * NS)
 
-    def _start_flow(self, b: _BState, stage: str, layer: int, tr: Transfer, req: Request,
-                    stage_bytes: int, compute_after_ns: int, rid: int = 0,
-                    weight: int = 1) -> None:
+    def _start_flow(self, b: _BState, stage: str, layer: int, src: str, dst: str, nbytes: int,
+                    req: Request, stage_bytes: int, compute_after_ns: int, rid: int = 0,
+                    weight: int = 1, check: bool = True) -> None:
         now = self.now_ns()
-        self._check_hopeless(req, b, now)
-        entry = self._entry(stage, layer, req, tr.bytes, stage_bytes, compute_after_ns, now)
+        if check:
+            self._check_hopeless(req, b, now)
+        st = Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns, layer=layer)
+        fl = Flow(bytes=int(nbytes), target_layer=layer, sent=0,
+                  true_remaining_work_ns=self._true_work_ns(
+                      stage, req, nbytes, stage_bytes, nbytes, compute_after_ns))
+        entry = self._entry(stage, layer, req, nbytes, stage_bytes, compute_after_ns, now,
+                            st=st, fl=fl)
         meta = _FMeta(stage, layer, b, rid, entry, req)
         meta.stage_bytes = stage_bytes
         meta.compute_after_ns = compute_after_ns
-        f = FluidFlow(self.net.new_id(), self.fabric.path(tr.src, tr.dst), tr.bytes * weight, 0,
+        meta.st = st
+        meta.fl = fl
+        if self._keyed:
+            meta.key = self.policy.entry_key(req, st, fl, now)
+        f = FluidFlow(self.net.new_id(), self.fabric.path(src, dst), nbytes * weight, 0,
                       self.t, owner=meta)
         f.weight = weight
         b.flows.add(f)
@@ -560,7 +654,7 @@ class Simulator:
         if stage == "p2d" and self._admission:
             self._p2d_on[self._p2d_host[rid]][rid][1].append(f)
         self.flows_started += 1
-        self.stage_bytes[stage] += tr.bytes * weight
+        self.stage_bytes[stage] += nbytes * weight
         if self.flow_setup_s > 0:
             self._push(self.t + self.flow_setup_s, _FLOW, f)
         else:
@@ -586,6 +680,7 @@ class Simulator:
         # the kernel's cur_level (a scavenged packet leaves a MONOTONIC flow's: a p2d flow whose
         # MLU falls back to <= 1 resumes its table level)
         meta.cur = e.next_cur_level(meta.cur, lv, scavenged=lv == self.scav_level)
+        meta.lv_cursor = meta.req.cursor
         if meta.dynamic and self.skip_unchanged:
             meta.due = next_change_ns(e, e.metric(now_ns, isent, meta.req.cursor), isent,
                                       now_ns, rate)

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import waterfill
 from .fabric import Link
-from .netutil import WINDOW_S, LinkMeter
+from .netutil import BINS, WINDOW_S, LinkMeter
 
 EPS_BYTES = 1e-6
 
@@ -106,19 +106,21 @@ class FluidNetwork:
 
     def add(self, f: FluidFlow) -> None:
         self.flows.add(f)
-        for ln in f.links:
-            ln.flows.add(f)
         self._dirty.update(f.links)
         if self._arr is not None:
             self._arr.add(f)
+        else:  # the python allocator finds components through the links' flow sets
+            for ln in f.links:
+                ln.flows.add(f)
 
     def remove(self, f: FluidFlow) -> None:
         self.flows.discard(f)
-        for ln in f.links:
-            ln.flows.discard(f)
         self._dirty.update(f.links)
         if self._arr is not None:
             self._arr.remove(f)
+        else:
+            for ln in f.links:
+                ln.flows.discard(f)
         f.rate = 0.0
         f.version += 1
 
@@ -195,28 +197,22 @@ class FluidNetwork:
     def _recompute_arrays(self, t: float) -> list[FluidFlow]:
         a = self._arr
         # a flow still in its setup latency can change level: its links are dirty, unindexed
-        dirty = np.fromiter((a._link(ln) for ln in self._dirty), np.int64, len(self._dirty))
+        lidx = a.lidx
+        d = []
+        for ln in self._dirty:
+            i = lidx.get(ln)
+            d.append(a._link(ln) if i is None else i)
+        dirty = np.array(d, np.int64)
         self._dirty.clear()
-        changed, lk, agg = waterfill.recompute_arrays(
-            t, dirty, a.cap, a.lbytes, a.lvbytes, a.p_links, a.p_len, a.f_rem, a.f_rate, a.f_t0,
-            a.f_w, a.f_level, a.f_pid, a.f_bneck, a.l_flows, a.l_deg, a.lmark, a.fmark, a.lloc)
+        changed, rates, rems = waterfill.recompute_arrays(t, dirty, self.window_s, *a.kernel_args())
         out = []
         slots = a.slots
-        for s, r, rem in zip(changed.tolist(), a.f_rate[changed].tolist(),
-                             a.f_rem[changed].tolist(), strict=False):
+        for s, r, rem in zip(changed.tolist(), rates.tolist(), rems.tolist(), strict=True):
             f = slots[s]
             f.rate = r
             f.rem = rem
             f.t0 = t
             out.append(f)
-        meters = self.meters
-        links = a.links
-        for i, r in zip(lk.tolist(), agg.tolist(), strict=False):
-            ln = links[i]
-            m = meters.get(ln)
-            if m is None:
-                meters[ln] = m = LinkMeter(ln.capacity, self.window_s)
-            m.set_rate(t, r)
         return out
 
     def bottleneck(self, f: FluidFlow) -> Link | None:
@@ -229,10 +225,19 @@ class FluidNetwork:
 
     def close_meters(self, t: float) -> None:
         """Account every link's utilisation up to the horizon `t` (and fold the bytes the
-        compiled re-allocation settled into the links' and levels' counts)."""
+        compiled re-allocation settled into the links' and levels' counts, and its meters into
+        `meters`)."""
+        a = self._arr
+        if a is not None:
+            for i in np.flatnonzero(a.m_on[:len(a.links)]).tolist():
+                m = LinkMeter(a.links[i].capacity, self.window_s)
+                m.t, m.rate, m.wbytes = a.m_f[i].tolist()
+                m.k = int(a.m_k[i])
+                m.hist = a.m_hist[i].tolist()
+                self.meters[a.links[i]] = m
+            a.m_on[:] = False
         for m in self.meters.values():
             m.close(t)
-        a = self._arr
         if a is not None:
             for ln, b in zip(a.links, a.lbytes.tolist(), strict=False):
                 ln.bytes += b
@@ -383,7 +388,25 @@ class _Arrays:
     flow objects stay the truth for the engine; the kernel writes back only flows whose rate
     changed (a flow whose rate did not change needs no settling)."""
 
+    # the arrays recompute_arrays takes, in its order (after t, dirty, window)
+    KERNEL_ARRAYS = ("cap", "lbytes", "lvbytes", "p_links", "p_len", "f_rem", "f_rate", "f_t0",
+                     "f_w", "f_level", "f_pid", "f_bneck", "l_flows", "l_deg", "lmark", "fmark",
+                     "lloc", "m_f", "m_k", "m_hist", "m_on")
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _Arrays.KERNEL_ARRAYS:  # an array replaced (grown): the tuple is stale
+            object.__setattr__(self, "_kargs", None)
+        object.__setattr__(self, name, value)
+
+    def kernel_args(self) -> tuple:
+        """The arrays recompute_arrays takes, as one tuple (rebuilt after an array grew)."""
+        k = self._kargs
+        if k is None:
+            k = self._kargs = tuple(getattr(self, n) for n in _Arrays.KERNEL_ARRAYS)
+        return k
+
     def __init__(self, nlevels: int) -> None:
+        self._kargs: tuple | None = None
         self.lidx: dict[Link, int] = {}
         self.links: list[Link] = []
         self.cap = np.zeros(16)
@@ -392,6 +415,12 @@ class _Arrays:
         self.lloc = np.zeros(16, np.int64)
         self.l_deg = np.zeros(16, np.int64)
         self.l_flows = np.zeros((16, 8), np.int64)
+        # each link's utilisation meter (netutil.LinkMeter in arrays: t, rate, window bytes;
+        # window index; histogram; whether it was ever in a re-allocation)
+        self.m_f = np.zeros((16, 3))
+        self.m_k = np.zeros(16, np.int64)
+        self.m_hist = np.zeros((16, BINS + 1), np.int64)
+        self.m_on = np.zeros(16, bool)
         self.lvbytes = np.zeros(nlevels)
         self.pid: dict[int, int] = {}
         self.paths: list[tuple] = []  # kept alive: their ids key `pid`
@@ -423,7 +452,8 @@ class _Arrays:
             self.links.append(ln)
             if i >= len(self.cap):
                 n = 2 * len(self.cap)
-                for name in ("cap", "lbytes", "lmark", "lloc", "l_deg", "l_flows"):
+                for name in ("cap", "lbytes", "lmark", "lloc", "l_deg", "l_flows", "m_f", "m_k",
+                             "m_hist", "m_on"):
                     setattr(self, name, self._grown(getattr(self, name), n))
             self.cap[i] = ln.capacity
         return i
@@ -467,31 +497,14 @@ class _Arrays:
         self.f_level[s] = f.level
         self.f_pid[s] = p
         self.f_bneck[s] = -1
-        for k in range(self.p_len[p]):
-            li = self.p_links[p, k]
-            d = self.l_deg[li]
-            if d == self.l_flows.shape[1]:
-                self.l_flows = np.hstack([self.l_flows, np.zeros_like(self.l_flows)])
-            self.l_flows[li, d] = s
-            self.f_pos[s, k] = d
-            self.l_deg[li] = d + 1
+        while not waterfill.link_flow(s, p, self.p_links, self.p_len, self.f_pos, self.l_flows,
+                                      self.l_deg):
+            self.l_flows = np.hstack([self.l_flows, np.zeros_like(self.l_flows)])
 
     def remove(self, f: FluidFlow) -> None:
         s = f.slot
-        p = self.f_pid[s]
-        for k in range(self.p_len[p]):
-            li = self.p_links[p, k]
-            pos = self.f_pos[s, k]
-            last = self.l_deg[li] - 1
-            moved = self.l_flows[li, last]
-            self.l_flows[li, pos] = moved
-            if moved != s:  # its position in this link's list
-                mp = self.f_pid[moved]
-                for k2 in range(self.p_len[mp]):
-                    if self.p_links[mp, k2] == li:
-                        self.f_pos[moved, k2] = pos
-                        break
-            self.l_deg[li] = last
+        waterfill.unlink_flow(s, self.f_pid[s], self.p_links, self.p_len, self.f_pid, self.f_pos,
+                              self.l_flows, self.l_deg)
         self.f_rate[s] = 0.0
         self.slots[s] = None
         self.free.append(s)

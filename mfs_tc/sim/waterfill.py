@@ -14,7 +14,11 @@ Compiled on first use (cached on disk by numba); `available()` says whether numb
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from .netutil import BINS
 
 try:
     import numba
@@ -24,6 +28,27 @@ except ImportError:  # pragma: no cover - numba is a dependency; the python allo
 
 def available() -> bool:
     return numba is not None
+
+
+def _stable_order(a):  # pragma: no cover - compiled
+    """np.argsort(a, kind="mergesort") (the same permutation: both are stable), by insertion
+    for the short arrays a component has (cheaper there), by mergesort beyond 64."""
+    n = a.shape[0]
+    if n > 64:
+        return np.argsort(a, kind="mergesort")
+    o = np.empty(n, np.int64)
+    for i in range(n):
+        v = a[i]
+        j = i
+        while j > 0 and a[o[j - 1]] > v:
+            o[j] = o[j - 1]
+            j -= 1
+        o[j] = i
+    return o
+
+
+if numba is not None:
+    _stable_order = numba.njit(cache=True, nogil=True)(_stable_order)
 
 
 def _kernel(cap, level, n, ptr, idx, nfl):  # pragma: no cover - compiled
@@ -48,30 +73,41 @@ def _kernel(cap, level, n, ptr, idx, nfl):  # pragma: no cover - compiled
             fill[l] += 1
     frozen = np.zeros(nc, np.bool_)
     cnt = np.zeros(nl)
-    order = np.argsort(level, kind="mergesort")
+    # the links crossed by this level's classes (only they can have cnt > 0 at this level)
+    act = np.empty(nl, np.int64)
+    nact = 0
+    order = _stable_order(level)
     i = 0
     while i < nc:
         lv = level[order[i]]
         j = i
         while j < nc and level[order[j]] == lv:
             j += 1
-        # real flows per link at this level
-        for l in range(nl):
-            cnt[l] = 0.0
+        # real flows per link at this level (cnt is 0 wherever the last level left it)
+        for a in range(nact):
+            cnt[act[a]] = 0.0
+        nact = 0
         for q in range(i, j):
             c = order[q]
             for k in range(ptr[c], ptr[c + 1]):
-                cnt[idx[k]] += n[c]
-        for l in range(nl):
-            cnt0[l] = cnt[l]
+                l = idx[k]
+                if cnt[l] == 0.0:
+                    act[nact] = l
+                    nact += 1
+                cnt[l] += n[c]
+        for a in range(nact):
+            cnt0[act[a]] = cnt[act[a]]
         left = j - i
         while left > 0:
+            # the link with the smallest fair share, the lowest index among equal shares (what
+            # a scan of every link in index order picks)
             best = -1
             bshare = 0.0
-            for l in range(nl):
+            for a in range(nact):
+                l = act[a]
                 if cnt[l] > 0.0:
                     s = resid[l] / cnt[l]
-                    if best < 0 or s < bshare:
+                    if best < 0 or s < bshare or (s == bshare and l < best):
                         best = l
                         bshare = s
             if best < 0:
@@ -108,13 +144,54 @@ def _kernel(cap, level, n, ptr, idx, nfl):  # pragma: no cover - compiled
 waterfill = numba.njit(cache=True, nogil=True)(_kernel) if numba is not None else None
 
 
-def _recompute(t, dirty, cap, lbytes, lvbytes, p_links, p_len, f_rem, f_rate, f_t0, f_w,
-               f_level, f_pid, f_bneck, l_flows, l_deg, lmark, fmark, lloc):  # pragma: no cover - compiled
+def _bin(u):  # pragma: no cover - compiled
+    """netutil.LinkMeter._bin: the utilisation histogram bin of `u`."""
+    if u <= 1e-9:
+        return 0
+    return min(BINS, max(1, math.ceil(u * BINS - 1e-9)))
+
+
+def _meter(i, t, rate, cap, window, m_f, m_k, m_hist):  # pragma: no cover - compiled
+    """netutil.LinkMeter.set_rate(t, rate) on link i's meter in arrays (m_f[i] = (t, rate,
+    bytes of the current window), m_k[i] = its window, m_hist[i] = the histogram), the same
+    arithmetic in the same order."""
+    mt = m_f[i, 0]
+    if t > mt:
+        r = m_f[i, 1]
+        k = m_k[i]
+        end = (k + 1) * window
+        if t < end:
+            m_f[i, 2] += r * (t - mt)
+        else:
+            wb = m_f[i, 2] + r * (end - mt)
+            m_hist[i, _bin(wb / (cap * window))] += 1
+            k2 = int(t / window)
+            if k2 <= k:
+                k2 = k + 1
+            full = k2 - k - 1
+            if full > 0:
+                m_hist[i, _bin(r / cap)] += full
+            m_k[i] = k2
+            rest = t - k2 * window
+            m_f[i, 2] = r * (rest if rest > 0.0 else 0.0)
+        m_f[i, 0] = t
+    m_f[i, 1] = rate if rate > 0 else 0.0
+
+
+if numba is not None:
+    _bin = numba.njit(cache=True, nogil=True)(_bin)
+    _meter = numba.njit(cache=True, nogil=True)(_meter)
+
+
+def _recompute(t, dirty, window, cap, lbytes, lvbytes, p_links, p_len, f_rem, f_rate, f_t0, f_w,
+               f_level, f_pid, f_bneck, l_flows, l_deg, lmark, fmark, lloc, m_f, m_k, m_hist,
+               m_on):  # pragma: no cover - compiled
     """A whole re-allocation over the fluid state in arrays: the component of the links in
     `dirty` (links reachable through live flows), its classes (level, path), the filling
     (`_kernel`), then the flows whose rate changed settled at their old rate and given the new
-    one; every component flow's bottleneck (shared, else -1) into `f_bneck`. Returns (changed
-    flow slots, the component's links, their aggregate rates)."""
+    one; every component flow's bottleneck (shared, else -1) into `f_bneck`; each component
+    link's meter (netutil.LinkMeter, here in arrays: `_meter`) told its new aggregate rate.
+    Returns the changed flow slots, their new rates and remaining bytes."""
     # component search
     links = np.empty(cap.shape[0], np.int64)
     flows = np.empty(f_rem.shape[0], np.int64)
@@ -152,7 +229,7 @@ def _recompute(t, dirty, cap, lbytes, lvbytes, p_links, p_len, f_rem, f_rate, f_
         fl[i] = s
         fmark[s] = False
         key[i] = f_level[s] * npaths + f_pid[s]
-    order = np.argsort(key, kind="mergesort")
+    order = _stable_order(key)
     # classes: runs of equal key
     cls_of = np.empty(nf, np.int64)
     nc = 0
@@ -186,6 +263,8 @@ def _recompute(t, dirty, cap, lbytes, lvbytes, p_links, p_len, f_rem, f_rate, f_
     rate, resid, bott = waterfill(lcap, level, n, ptr, idx, nfl)
     # changed flows: settle at the old rate, then the new rate
     out = np.empty(nf, np.int64)
+    orate = np.empty(nf)
+    orem = np.empty(nf)
     no = 0
     for i in range(nf):
         s = fl[i]
@@ -207,16 +286,52 @@ def _recompute(t, dirty, cap, lbytes, lvbytes, p_links, p_len, f_rem, f_rate, f_
             f_t0[s] = t
             f_rate[s] = new
             out[no] = s
+            orate[no] = new
+            orem[no] = f_rem[s]
             no += 1
-    lk = np.empty(nl, np.int64)
-    agg = np.empty(nl)
     for i in range(nl):
-        lk[i] = links[i]
-        agg[i] = lcap[i] - resid[i]
-    return out[:no], lk, agg
+        li = links[i]
+        _meter(li, t, lcap[i] - resid[i], lcap[i], window, m_f, m_k, m_hist)
+        m_on[li] = True
+    return out[:no], orate[:no], orem[:no]
+
+
+def _link_flow(s, p, p_links, p_len, f_pos, l_flows, l_deg):  # pragma: no cover - compiled
+    """Flow slot `s` on path `p` joins each of its links' lists of live flows (f_pos: where).
+    False (nothing changed) when a list is full: the caller widens l_flows and asks again."""
+    for k in range(p_len[p]):
+        if l_deg[p_links[p, k]] >= l_flows.shape[1]:
+            return False
+    for k in range(p_len[p]):
+        li = p_links[p, k]
+        d = l_deg[li]
+        l_flows[li, d] = s
+        f_pos[s, k] = d
+        l_deg[li] = d + 1
+    return True
+
+
+def _unlink_flow(s, p, p_links, p_len, f_pid, f_pos, l_flows, l_deg):  # pragma: no cover - compiled
+    """Flow slot `s` (path `p`) leaves its links' lists: the last entry of each list takes its
+    place (and that flow's f_pos follows)."""
+    for k in range(p_len[p]):
+        li = p_links[p, k]
+        pos = f_pos[s, k]
+        last = l_deg[li] - 1
+        moved = l_flows[li, last]
+        l_flows[li, pos] = moved
+        if moved != s:
+            mp = f_pid[moved]
+            for k2 in range(p_len[mp]):
+                if p_links[mp, k2] == li:
+                    f_pos[moved, k2] = pos
+                    break
+        l_deg[li] = last
 
 
 if numba is not None:
     recompute_arrays = numba.njit(cache=True, nogil=True)(_recompute)
+    link_flow = numba.njit(cache=True, nogil=True)(_link_flow)
+    unlink_flow = numba.njit(cache=True, nogil=True)(_unlink_flow)
 else:  # pragma: no cover
-    recompute_arrays = None
+    recompute_arrays = link_flow = unlink_flow = None

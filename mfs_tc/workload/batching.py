@@ -50,6 +50,28 @@ class BatchPlan:
     layers: list[LayerPlan]
     p2d: dict[int, list[Transfer]]  # request id -> its p2d transfers
     decode_step_s: float
+    # stage times memoised by `layer_times` / `p2d_time` (a plan is not changed once made)
+    _times: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def layer_times(self, bytes_per_s: float) -> list[tuple[float, float]]:
+        """Per layer: (`stage_time_s` of its kv_fetch, of its collective), computed once."""
+        key = ("layers", bytes_per_s)
+        t = self._times.get(key)
+        if t is None:
+            t = self._times[key] = [(stage_time_s(lp.kv_fetch, bytes_per_s),
+                                     stage_time_s(lp.collective, bytes_per_s))
+                                    for lp in self.layers]
+        return t
+
+    def p2d_time(self, request_id: int | None, bytes_per_s: float) -> float:
+        """`stage_time_s` of member `request_id`'s p2d (None: every member's), computed once."""
+        key = ("p2d", request_id, bytes_per_s)
+        t = self._times.get(key)
+        if t is None:
+            trs = ([t for ts in self.p2d.values() for t in ts] if request_id is None
+                   else self.p2d.get(request_id, []))
+            t = self._times[key] = stage_time_s(trs, bytes_per_s)
+        return t
 
     def total_bytes(self, stage: str | None = None) -> int:
         n = 0
@@ -96,10 +118,13 @@ def prefill_path_s(plan: BatchPlan, cursor: int, bytes_per_s: float) -> tuple[fl
     kv_done = 0.0
     coll_done = 0.0
     compute = 0.0
-    for lp in plan.layers[cursor:]:
-        kv_done += stage_time_s(lp.kv_fetch, bytes_per_s)
+    times = plan.layer_times(bytes_per_s)
+    for g in range(cursor, len(plan.layers)):
+        lp = plan.layers[g]
+        t_kv, t_coll = times[g]
+        kv_done += t_kv
         start = max(kv_done, coll_done)
-        coll_done = start + lp.compute_s + stage_time_s(lp.collective, bytes_per_s)
+        coll_done = start + lp.compute_s + t_coll
         compute += lp.compute_s
     return coll_done, compute
 
@@ -157,13 +182,16 @@ def plan_batch(
         else:
             per = int(round(2 * (G - 1) / G * shard))
             coll = [Transfer(ranks[i], ranks[(i + 1) % G], per, ids) for i in range(G) if per > 0]
+    # every layer group fetches the same bytes per (kv host, rank): one set of (immutable)
+    # Transfers, each layer its own list of them
+    kv = []
+    for host, (b, ids) in kv_by_host.items():
+        per = int(round(b / G))
+        if per > 0:
+            kv += [Transfer(host, r, per, tuple(ids)) for r in ranks]
     for g in range(model.layer_groups):
-        kv = []
-        for host, (b, ids) in kv_by_host.items():
-            per = int(round(b / G))
-            if per > 0:
-                kv += [Transfer(host, r, per, tuple(ids)) for r in ranks]
-        layers.append(LayerPlan(layer=g, kv_fetch=kv, collective=list(coll), compute_s=compute))
+        layers.append(LayerPlan(layer=g, kv_fetch=list(kv), collective=list(coll),
+                                compute_s=compute))
     p2d: dict[int, list[Transfer]] = {}
     for m in members:
         per = int(round(m.input_tokens * model.kv_bytes_per_token_per_group * model.layer_groups / G))

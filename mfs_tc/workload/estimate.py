@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .batching import BatchPlan, prefill_path_s, stage_time_s
+from .batching import BatchPlan, prefill_path_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +53,6 @@ def work_ahead(plan: BatchPlan, request_id: int | None, cursor: int, link_rate_b
         raise ValueError(f"link rate must be positive, got {link_rate_bps}")
     bps = link_rate_bps / 8.0
     path, compute = prefill_path_s(plan, cursor, bps)
-    if request_id is None:
-        p2d = [t for ts in plan.p2d.values() for t in ts]
-    else:
-        p2d = plan.p2d.get(request_id, [])
-    total = path + stage_time_s(p2d, bps) + plan.decode_step_s
+    total = path + plan.p2d_time(request_id, bps) + plan.decode_step_s
     compute += plan.decode_step_s
     return WorkAhead(network_s=max(total - compute, 0.0), compute_s=compute)
