@@ -16,7 +16,7 @@ the inode mode against the open flags of BPF_OBJ_GET; each fd then carries only 
 Pin directories are root's, 0755 (pinroot.py): members cannot rename, unlink or add pins. Attach,
 detach, the qdisc and tc filters need CAP_NET_ADMIN/CAP_BPF, which members do not have.
 
-The same table decides how a process that is not root opens the maps (controller.PinnedMaps):
+The same table decides how a process that is not root opens the maps (maps.PinnedMaps):
 each with exactly these flags, the root-only ones not at all.
 """
 

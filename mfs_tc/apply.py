@@ -137,7 +137,7 @@ def _attach_reason(ic: InterfaceConfig) -> tuple[str | None, bool]:
 
 
 def _rule_diff(ic: InterfaceConfig, dry_run: bool, attached: bool) -> tuple[list, list]:
-    from .controller import PinnedMaps  # noqa: PLC0415
+    from .maps import PinnedMaps  # noqa: PLC0415
     from .rules import RuleSpec, RuleTable, rules_lock, same_match  # noqa: PLC0415
 
     if not attached:  # dry run of an interface not attached yet: every rule is new

@@ -67,7 +67,7 @@ class MfsCollector(Collector):
         self.root = root
 
     def collect(self) -> Iterator:
-        from .controller import PinnedMaps
+        from .maps import PinnedMaps
 
         labels = ["interface", "netns"]
         lvl_p = CounterMetricFamily("mfs_tc_level_packets", "Packets the classifier gave each level.", labels=labels + ["level"])

@@ -6,7 +6,8 @@ idempotent: attaching again replaces the program and qdisc in place and keeps th
 restores the previous root qdisc, and unpins. What attach found and made is recorded in
 /run/mfs-tc/<netns>/<ifname>.json, which detach and status read.
 
-Only this module (and the benchmark tools) import bcc; the controller library never does.
+Only this module (and the benchmark tools) import bcc; the controller library never does. It
+works on the maps through mfs_tc.maps and never imports the controller (the serving library).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 
 from . import access, bpfsys, tcx
 from .backends import BACKENDS, HANDLE, MIN_LEAF_RATE_BPS, Backend, min_htb_rate_bps, probe_qdisc_kinds
-from .controller import PinnedMaps, write_config
 from .errors import KernelFeatureError, LayoutMismatchError, MfsError, PermissionDeniedError
 from .ifacelock import interface_lock
 from .layout import (
@@ -33,6 +33,7 @@ from .layout import (
     netns_label,
     pin_dir,
 )
+from .maps import PinnedMaps, write_config
 from .netlink import (
     check_ifname,
     check_netns,

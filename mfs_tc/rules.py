@@ -184,7 +184,7 @@ class RuleRow:
 class RuleTable:
     """The rules of one attachment, over its pinned `rules` and `rule_stats` maps."""
 
-    def __init__(self, maps) -> None:  # maps: controller.PinnedMaps
+    def __init__(self, maps) -> None:  # maps: maps.PinnedMaps
         self.rules = maps.rules
         self.stats = maps.rule_stats
         self.nlevels = maps.config.nlevels

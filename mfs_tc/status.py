@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from . import access, bpfsys, tcx
 from .backends import HANDLE
-from .controller import PinnedMaps
 from .errors import MfsError, NotAttachedError
 from .layout import MAP_NAMES, SK_MAP_NAMES, pin_dir
 from .loader import _link_name, _our_filter, _root_qdisc, load_state
+from .maps import PinnedMaps
 from .rules import RuleTable
 
 

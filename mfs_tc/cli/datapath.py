@@ -166,7 +166,7 @@ def plan(
 
     opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp, hook=hook, group=group)
     if rdma:
-        from ..controller import rdma_table
+        from ..maps import rdma_table
 
         rows = rdma_table(opts.dscp_table())
         if json_out:
