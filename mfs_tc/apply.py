@@ -112,7 +112,7 @@ def _differences(ic: InterfaceConfig, st) -> list[str]:
 
 def _attach_reason(ic: InterfaceConfig) -> tuple[str | None, bool]:
     """(why attach must run, or None; whether a detach must come first)."""
-    from .loader import load_state  # noqa: PLC0415
+    from .attachment import load_state  # noqa: PLC0415
     from .status import read_status  # noqa: PLC0415
 
     st = load_state(ic.opts.ifname, ic.opts.netns)

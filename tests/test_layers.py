@@ -17,7 +17,7 @@ def _modules_after(imports: str) -> set[str]:
 
 
 @pytest.mark.parametrize("module", ["mfs_tc.loader", "mfs_tc.status", "mfs_tc.apply", "mfs_tc.exporter",
-                                    "mfs_tc.maps"])
+                                    "mfs_tc.maps", "mfs_tc.attachment"])
 def test_the_enforcing_side_does_not_import_the_serving_library(module: str) -> None:
     mods = _modules_after(f"import {module}")
     assert module in mods
