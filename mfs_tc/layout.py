@@ -98,6 +98,20 @@ STAGE_NAMES = {v: k for k, v in STAGE_CODES.items()}
 # default level, never a level some other traffic was marked for.
 DEFAULT_DSCP = (46, 40, 34, 26, 18, 10, 12, 1)
 
+
+def default_dscp(nlevels: int) -> list[int]:
+    """The default DSCP per level of an interface with `nlevels` levels: the first nlevels-1 of
+    DEFAULT_DSCP and LE (1) for the last, the scavenger (a single level: EF)."""
+    if nlevels <= 1:
+        return [DEFAULT_DSCP[0]]
+    return list(DEFAULT_DSCP[: nlevels - 1]) + [DEFAULT_DSCP[-1]]
+
+
+def level_dscp(level: int, dscp: int) -> int:
+    """The DSCP of `level` whose levels record says `dscp`: where the level keeps the packets'
+    DSCP (DSCP_KEEP), DEFAULT_DSCP's at that index (what RoCE traffic classes are given)."""
+    return DEFAULT_DSCP[min(level, len(DEFAULT_DSCP) - 1)] if dscp == DSCP_KEEP else dscp
+
 BPFFS = Path("/sys/fs/bpf")
 PIN_ROOT = BPFFS / "mfs"
 # maps every attach has; SK_MAP_NAMES only where the kernel has socket storage

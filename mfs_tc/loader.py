@@ -41,12 +41,12 @@ from .errors import KernelFeatureError, LayoutMismatchError, MfsError, Permissio
 from .ifacelock import interface_lock
 from .layout import (
     C_TRUST_DSCP,
-    DEFAULT_DSCP,
     DSCP_KEEP,
     MAP_NAMES,
     MAX_LEVELS,
     PIN_ROOT,
     SK_MAP_NAMES,
+    default_dscp,
     netns_label,
     pin_dir,
 )
@@ -129,11 +129,6 @@ class AttachOptions:
         if not self.dscp:
             return [DSCP_KEEP] * self.levels
         return list(self.dscp)
-
-
-def default_dscp(levels: int) -> list[int]:
-    """The default DSCP per level: the first levels-1 of DEFAULT_DSCP, LE (1) for the scavenger."""
-    return list(DEFAULT_DSCP[: levels - 1]) + [DEFAULT_DSCP[-1]]
 
 
 def _locked(ifname: str, netns: str | None):

@@ -25,7 +25,6 @@ from .entry import FlowEntry
 from .errors import LayoutMismatchError, MfsError, NotAttachedError, PermissionDeniedError
 from .layout import (
     COUNTER_FMT,
-    DEFAULT_DSCP,
     DSCP_KEEP,
     LAYOUT_MAGIC,
     LAYOUT_VERSION,
@@ -44,8 +43,10 @@ from .layout import (
     LevelRecord,
     Owner,
     RequestRecord,
+    default_dscp,
     dscp_mask,
     dscp_to_level_table,
+    level_dscp,
     pack_key,
     pidns_inode,
     pin_dir,
@@ -320,7 +321,7 @@ class PinnedMaps:
                 maps[name] = m
             dl = nlevels - 2 if default_level is None else default_level
             sl = nlevels - 1 if scavenger_level is None else scavenger_level
-            dscps = list(dscp) if dscp is not None else list(DEFAULT_DSCP[: nlevels - 1]) + [DEFAULT_DSCP[-1]]
+            dscps = list(dscp) if dscp is not None else default_dscp(nlevels)
             prios = list(priorities) if priorities is not None else list(range(nlevels))
             write_config(maps["config"], maps["levels"], nlevels, dl, sl, flags, dscps, prios,
                          control_level=control_level, keep_dscp=keep_dscp)
@@ -388,7 +389,7 @@ class PinnedMaps:
         if not isinstance(level, int) or not 0 <= level < n:
             raise ValueError(f"level {level!r} out of range: this interface has levels 0..{n - 1}")
         d = self.level_records()[level].dscp
-        return DEFAULT_DSCP[level] if d == DSCP_KEEP else d
+        return level_dscp(level, d)
 
     def request_records(self) -> dict[int, RequestRecord]:
         return {_U64.unpack(k)[0]: RequestRecord.unpack(v) for k, v in self.requests.items()}
@@ -566,13 +567,11 @@ def rdma_table(levels: int | Sequence[LevelRecord | int]) -> list[dict]:
     if isinstance(levels, int):
         if not 1 <= levels <= MAX_LEVELS:
             raise ValueError(f"levels must be in 1..{MAX_LEVELS}, got {levels}")
-        dscps = list(DEFAULT_DSCP[: levels - 1]) + [DEFAULT_DSCP[-1]] if levels > 1 else [DEFAULT_DSCP[0]]
+        dscps = default_dscp(levels)
     else:
         dscps = []
         for i, lv in enumerate(levels):
-            d = lv.dscp if isinstance(lv, LevelRecord) else int(lv)
-            if d == DSCP_KEEP:
-                d = DEFAULT_DSCP[min(i, len(DEFAULT_DSCP) - 1)]
+            d = level_dscp(i, lv.dscp if isinstance(lv, LevelRecord) else int(lv))
             if not 0 <= d < 64:
                 raise ValueError(f"DSCP {d} of level {i} out of range 0..63")
             dscps.append(d)

@@ -32,8 +32,8 @@ from nettools import VethPair, sh
 from mfs_tc import access, layout, tcx
 from mfs_tc.controller import Controller, PinnedMaps, pack_flow_key, request_key
 from mfs_tc.errors import MfsError
-from mfs_tc.layout import RequestRecord
-from mfs_tc.loader import AttachOptions, attach, default_dscp
+from mfs_tc.layout import RequestRecord, default_dscp
+from mfs_tc.loader import AttachOptions, attach
 from mfs_tc.netlink import socket_in
 
 pytestmark = pytest.mark.privileged

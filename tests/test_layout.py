@@ -242,3 +242,17 @@ def test_pin_dir_rejects_bad_names() -> None:
     for bad in ("", "a/b", "..", "."):
         with pytest.raises(ValueError):
             layout.pin_dir(bad)
+
+
+def test_default_dscp_is_one_rule() -> None:
+    """attach's default table, PinnedMaps.create's and the RDMA table's are the same list."""
+    from mfs_tc.loader import AttachOptions  # noqa: PLC0415
+    from mfs_tc.maps import rdma_table  # noqa: PLC0415
+
+    assert layout.default_dscp(8) == list(layout.DEFAULT_DSCP)
+    assert layout.default_dscp(4) == [46, 40, 34, 1]  # the scavenger (last) level is LE
+    assert layout.default_dscp(1) == [46]
+    for n in range(2, layout.MAX_LEVELS + 1):
+        assert AttachOptions("eth0", levels=n).dscp_table() == layout.default_dscp(n)
+        assert [r["dscp"] for r in rdma_table(n)] == layout.default_dscp(n)
+    assert layout.level_dscp(2, layout.DSCP_KEEP) == 34 and layout.level_dscp(2, 7) == 7
