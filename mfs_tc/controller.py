@@ -47,6 +47,8 @@ from .bpfsys import BpfSyscallError
 from .entry import FlowEntry
 from .errors import MfsError
 from .layout import (
+    ENTRY_GEN_OFFSET,
+    ENTRY_REQUEST_ID_OFFSET,
     R_SCAVENGER,
     STAGE_CODES,
     FlowKey,
@@ -94,7 +96,8 @@ __all__ = [
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
-_GEN_OFF = 20  # offset of mfs_flow_entry.gen
+_GEN_OFF = ENTRY_GEN_OFFSET  # where a packed entry's gen is (layout)
+_RID_OFF = ENTRY_REQUEST_ID_OFFSET  # and its request id
 
 
 def wall_to_monotonic_ns(wall_ns: int) -> int:
@@ -591,6 +594,10 @@ class _Owner:
         if owner is not None and owner != ctl.owner:
             return  # our request key holds someone else's record: none of these entries is ours
         rid = _U64.pack(self.id)
+
+        def ours(v: bytes, fh: FlowHandle) -> bool:
+            return _U32.unpack_from(v, _GEN_OFF)[0] == fh.gen and v[_RID_OFF : _RID_OFF + 8] == rid
+
         for fh in handles:
             try:
                 v = flows.lookup_and_delete(fh.key)
@@ -598,10 +605,10 @@ class _Owner:
                 if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, bpfsys.ENOTSUPP):
                     raise
                 v = flows.lookup(fh.key)  # kernel before 5.14: check, then delete (a short race)
-                if v is not None and _U32.unpack_from(v, _GEN_OFF)[0] == fh.gen and v[24:32] == rid:
+                if v is not None and ours(v, fh):
                     flows.delete(fh.key)
                 continue
-            if v is not None and (_U32.unpack_from(v, _GEN_OFF)[0] != fh.gen or v[24:32] != rid):
+            if v is not None and not ours(v, fh):
                 try:
                     flows.update(fh.key, v, bpfsys.BPF_NOEXIST)
                 except BpfSyscallError as exc:

@@ -30,7 +30,7 @@ from .layout import (
     LAYOUT_VERSION,
     LEVEL_NONE,
     MAP_NAMES,
-    MAP_SHAPES,
+    MAP_SPECS,
     MAX_LEVELS,
     NSTATS,
     R_SCAVENGER,
@@ -74,29 +74,6 @@ __all__ = [
 FlowTarget = Union[socket.socket, FlowKey, tuple]
 
 
-# map type each pinned map must have (the loader may pick HASH for flows where LRU is missing)
-_MAP_TYPES = {
-    "flows": {bpfsys.MAP_TYPE_LRU_HASH, bpfsys.MAP_TYPE_HASH},
-    "flow_state": {bpfsys.MAP_TYPE_LRU_HASH, bpfsys.MAP_TYPE_HASH},
-    "sk_flows": {bpfsys.MAP_TYPE_SK_STORAGE},
-    "sk_state": {bpfsys.MAP_TYPE_SK_STORAGE},
-    "requests": {bpfsys.MAP_TYPE_HASH, bpfsys.MAP_TYPE_LRU_HASH},
-    "levels": {bpfsys.MAP_TYPE_ARRAY},
-    "config": {bpfsys.MAP_TYPE_ARRAY},
-    "stats": {bpfsys.MAP_TYPE_PERCPU_ARRAY},
-    "rules": {bpfsys.MAP_TYPE_ARRAY},
-    "rule_stats": {bpfsys.MAP_TYPE_PERCPU_ARRAY},
-}
-_CREATE_TYPES = {
-    "flows": bpfsys.MAP_TYPE_HASH,
-    "flow_state": bpfsys.MAP_TYPE_LRU_HASH,
-    "requests": bpfsys.MAP_TYPE_HASH,
-    "levels": bpfsys.MAP_TYPE_ARRAY,
-    "config": bpfsys.MAP_TYPE_ARRAY,
-    "stats": bpfsys.MAP_TYPE_PERCPU_ARRAY,
-    "rules": bpfsys.MAP_TYPE_ARRAY,
-    "rule_stats": bpfsys.MAP_TYPE_PERCPU_ARRAY,
-}
 _U32_0 = b"\0\0\0\0"
 _U64 = struct.Struct("<Q")
 _I32 = struct.Struct("<i")
@@ -298,7 +275,7 @@ class PinnedMaps:
         control_level: int = 0,
         keep_dscp: Iterable[int] = (),
     ) -> PinnedMaps:
-        """Create the maps of MAP_NAMES shaped per layout.MAP_SHAPES (not the socket-storage
+        """Create the maps of MAP_NAMES as layout.MAP_SPECS says (type, shape, flags; not the socket-storage
         ones: they need BTF, which only the compiled program brings), pin them in `path` (made
         if missing, under a mounted bpffs) and write config and levels. For tests, benchmarks
         and loaders that do not get their maps from the compiled program."""
@@ -309,14 +286,15 @@ class PinnedMaps:
         maps: dict[str, BpfMap] = {}
         try:
             for name in MAP_NAMES:
-                ks, vs, n = MAP_SHAPES[name]
+                spec = MAP_SPECS[name]
+                n = spec.max_entries
                 if name in ("flows", "flow_state") and flows_max:
                     n = flows_max
                 if name == "requests" and requests_max:
                     n = requests_max
                 # maps user space updates: freed after an RCU grace period (see the classifier)
-                fl = bpfsys.BPF_F_NO_PREALLOC if name in ("flows", "requests") else 0
-                m = BpfMap.create(_CREATE_TYPES[name], ks, vs, n, name, fl)
+                fl = bpfsys.BPF_F_NO_PREALLOC if spec.no_prealloc else 0
+                m = BpfMap.create(bpfsys.MAP_TYPE_BY_NAME[spec.kind], spec.key_size, spec.value_size, n, name, fl)
                 m.pin(path / name)
                 maps[name] = m
             dl = nlevels - 2 if default_level is None else default_level
@@ -494,12 +472,12 @@ def _attach_arg(what: str) -> str:
 
 
 def _check_shape(name: str, m: BpfMap, path: Path) -> None:
-    ks, vs, n = MAP_SHAPES[name]
+    spec = MAP_SPECS[name]
+    ks, vs, n = spec.shape
     info = m.info
     problems = []
-    if info.type not in _MAP_TYPES[name]:
-        want = "/".join(sorted(bpfsys.MAP_TYPE_NAMES[t] for t in _MAP_TYPES[name]))
-        problems.append(f"type {info.type_name} (want {want})")
+    if info.type_name not in spec.kinds:
+        problems.append(f"type {info.type_name} (want {'/'.join(sorted(spec.kinds))})")
     if info.key_size != ks:
         problems.append(f"key size {info.key_size} (want {ks})")
     if info.value_size != vs:
