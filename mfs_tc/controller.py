@@ -272,6 +272,22 @@ class StageHandle:
     def _default_layer(self) -> int:
         return self.stage.layer if self.stage.layer is not None else 0
 
+    def _entry_for(self, flow: Flow, now: int) -> tuple[bytes, FlowEntry]:
+        """The packed entry for a new flow of this stage (owner.decide). Flows with the same
+        bytes, target layer and sent bytes, registered at the same instant (one add_flows call) or
+        within the controller's `entry_cache_ns` of each other while nothing the policy sees of
+        the request changed, share one policy decision."""
+        ck = (self.owner._version, flow.bytes, flow.target_layer, flow.sent)
+        hit = self._cache.get(ck)
+        if hit is not None and now - hit[0] <= self.owner.ctl.entry_cache_ns:
+            return hit[1], hit[2]
+        e = self.owner.decide(self.stage, flow, now, now)
+        v = e.pack()
+        if len(self._cache) >= 64:
+            self._cache.clear()
+        self._cache[ck] = (now, v, e)
+        return v, e
+
     def add_flow(
         self, target: FlowTarget, *, bytes: int = 0, target_layer: int | None = None, sent: int = 0
     ) -> FlowHandle:
@@ -298,7 +314,7 @@ class StageHandle:
         owner = self.owner
         with ctl._lock:
             owner._check_live()
-            v, e = owner._entry_for(self, flow, ctl.clock())
+            v, e = self._entry_for(flow, ctl.clock())
             gen = ctl._next_gen()
             v = v[:_GEN_OFF] + _U32.pack(gen) + v[_GEN_OFF + 4 :]
             fh = FlowHandle(owner, self, key, flow, e, gen, sock)
@@ -355,7 +371,7 @@ class StageHandle:
             gen = ctl._next_gen()
             g = _U32.pack(gen)
             if uniform:
-                v, e = owner._entry_for(self, flows[0], now)
+                v, e = self._entry_for(flows[0], now)
                 v = v[:_GEN_OFF] + g + v[_GEN_OFF + 4 :]
                 f0 = flows[0]
                 if not any(socks):  # all 5-tuples: one batch write of one decision, n times
@@ -369,7 +385,7 @@ class StageHandle:
             else:
                 handles, vals = [], []
                 for k, f, sk in zip(keys, flows, socks, strict=False):
-                    v, e = owner._entry_for(self, f, now)
+                    v, e = self._entry_for(f, now)
                     handles.append(FlowHandle(owner, self, k, f, e, gen, sk))
                     vals.append(v[:_GEN_OFF] + g + v[_GEN_OFF + 4 :])
             ctl._write_entries(handles, vals)
@@ -513,26 +529,20 @@ class _Owner:
             return
         raise MfsError("no free request key after 8 random tries: the requests map is corrupt or under attack")
 
-    def _entry_for(self, stage: StageHandle, flow: Flow, now: int) -> tuple[bytes, FlowEntry]:
-        """The packed entry for a new flow. Flows of one stage with the same bytes, target layer
-        and sent bytes, registered at the same instant (one add_flows call) or within the
-        controller's `entry_cache_ns` of each other while nothing the policy sees of the request
-        changed, share one policy decision."""
-        ck = (self._version, flow.bytes, flow.target_layer, flow.sent)
-        hit = stage._cache.get(ck)
-        if hit is not None and now - hit[0] <= self.ctl.entry_cache_ns:
-            return hit[1], hit[2]
-        e = self.ctl.policy.entry(self.model, stage.stage, flow, now)
+    def decide(self, stage: Stage, flow: Flow, now: int, created_ns: int, gen: int | None = None) -> FlowEntry:
+        """Ask the policy for the entry of `flow` of `stage` now and stamp what the controller
+        owns of it: this request's key, the stage code, when the flow was registered
+        (`created_ns`), the flow's bytes where the policy's mode leaves total_bytes unused (shown by
+        `mfs-tc flows`) and, for a registered flow, its registration's `gen`."""
+        e = self.ctl.policy.entry(self.model, stage, flow, now)
         e.request_id = self.id
-        e.stage = STAGE_CODES.get(stage.stage.name, 0)
-        e.created_ns = now
-        if not e.total_bytes:  # unused by modes that ignore it; shown by `mfs-tc flows`
+        e.stage = STAGE_CODES.get(stage.name, 0)
+        e.created_ns = created_ns
+        if not e.total_bytes:
             e.total_bytes = flow.bytes
-        v = e.pack()
-        if len(stage._cache) >= 64:
-            stage._cache.clear()
-        stage._cache[ck] = (now, v, e)
-        return v, e
+        if gen is not None:
+            e.gen = gen
+        return e
 
     def _rewrite(self, handles: list[FlowHandle]) -> None:
         """Re-ask the policy with what the kernel counted so far and write the new decisions
@@ -545,16 +555,10 @@ class _Owner:
             st = fh.state()
             if st is not None and st.sent_bytes != fh.flow.sent:
                 fh.flow = dataclasses.replace(fh.flow, sent=st.sent_bytes)
-            e = self.ctl.policy.entry(self.model, fh.stage.stage, fh.flow, now)
-            e.request_id = self.id
-            e.stage = STAGE_CODES.get(fh.stage.stage.name, 0)
-            if not e.total_bytes:
-                e.total_bytes = fh.flow.bytes
             # sent_bytes (the policy's flow.sent) is where a lost state would restart
-            e.created_ns = fh.entry.created_ns if fh.entry is not None else now
-            e.gen = fh.gen
-            fh.entry = e
-            vals.append(e.pack())
+            created = fh.entry.created_ns if fh.entry is not None else now
+            fh.entry = self.decide(fh.stage.stage, fh.flow, now, created, fh.gen)
+            vals.append(fh.entry.pack())
         if handles:
             self.ctl._write_entries(handles, vals)
 
