@@ -226,7 +226,7 @@ class FlowHandle:
             changes["target_layer"] = _nonneg(target_layer, "target layer")
         if true_remaining_work_ns is not None:
             changes["true_remaining_work_ns"] = _nonneg(true_remaining_work_ns, "true_remaining_work_ns")
-        with self.owner.ctl._lock:
+        with self.owner.ctl.registrations.lock:
             if self.removed:
                 raise MfsError("this flow was removed (or its connection re-registered): add it again")
             if changes:
@@ -251,7 +251,7 @@ class FlowHandle:
         return e
 
     def remove(self) -> None:
-        with self.owner.ctl._lock:
+        with self.owner.ctl.registrations.lock:
             self.owner._drop([self])
 
 
@@ -312,17 +312,17 @@ class StageHandle:
             sent = _nonneg(sent, "sent bytes")
         flow = Flow(bytes, tl, None, sent)
         owner = self.owner
-        with ctl._lock:
+        with ctl.registrations.lock:
             owner._check_live()
             v, e = self._entry_for(flow, ctl.clock())
-            gen = ctl._next_gen()
+            gen = ctl.registrations.next_gen()
             v = v[:_GEN_OFF] + _U32.pack(gen) + v[_GEN_OFF + 4 :]
             fh = FlowHandle(owner, self, key, flow, e, gen, sock)
             if sock is not None:
                 ctl.maps.sk_flows.update(key[2:], v)
             else:
                 ctl.maps.flows.update(key, v)
-            ctl._claim(fh)
+            ctl.registrations.claim([fh])
             self.flows.append(fh)
         return fh
 
@@ -365,10 +365,10 @@ class StageHandle:
             tll = _per_flow(tl, n, "target_layer")
             flows = [Flow(_nonneg(b, "flow bytes"), _nonneg(t, "target layer"), None, s) for b, t in zip(bl, tll, strict=False)]
         owner = self.owner
-        with ctl._lock:
+        with ctl.registrations.lock:
             owner._check_live()
             now = ctl.clock()
-            gen = ctl._next_gen()
+            gen = ctl.registrations.next_gen()
             g = _U32.pack(gen)
             if uniform:
                 v, e = self._entry_for(flows[0], now)
@@ -377,7 +377,7 @@ class StageHandle:
                 if not any(socks):  # all 5-tuples: one batch write of one decision, n times
                     handles = [FlowHandle(owner, self, k, f0, e, gen) for k in keys]
                     ctl.maps.flows.update_batch_raw(b"".join(keys), v * n, n)
-                    ctl._claim_many(handles, keys)
+                    ctl.registrations.claim(handles)
                     self.flows.extend(handles)
                     return handles
                 handles = [FlowHandle(owner, self, k, f0, e, gen, sk) for k, sk in zip(keys, socks, strict=False)]
@@ -388,14 +388,14 @@ class StageHandle:
                     v, e = self._entry_for(f, now)
                     handles.append(FlowHandle(owner, self, k, f, e, gen, sk))
                     vals.append(v[:_GEN_OFF] + g + v[_GEN_OFF + 4 :])
-            ctl._write_entries(handles, vals)
-            ctl._claim_many(handles, keys)
+            _write_decisions(ctl.maps, handles, vals)
+            ctl.registrations.claim(handles)
             self.flows.extend(handles)
         return handles
 
     def update(self, *, bytes: int | None = None, compute_after_s: float | None = None) -> None:
         """New estimates for the stage; its flows are rewritten."""
-        with self.owner.ctl._lock:
+        with self.owner.ctl.registrations.lock:
             if bytes is not None:
                 self.stage.bytes = _nonneg(bytes, "stage bytes")
             if compute_after_s is not None:
@@ -441,7 +441,7 @@ class _Owner:
 
     def done(self) -> None:
         """Remove the record and every flow this request still owns. Idempotent."""
-        with self.ctl._lock:
+        with self.ctl.registrations.lock:
             if self.closed:
                 return
             self.closed = True
@@ -451,7 +451,7 @@ class _Owner:
             # or its hash) may hold another process's record by now: delete only our own
             if self.ctl.private_keys or self._record_owner() == self.ctl.owner:
                 self.ctl.maps.requests.delete(key)
-            self.ctl._owners.pop(self.label, None)
+            self.ctl.registrations.discard(self.label)
 
     # -- stages
     def stage(
@@ -465,7 +465,7 @@ class _Owner:
             _nonneg(seconds_to_ns(compute_after_s, "compute_after_s"), "compute_after_s"),
             None if layer is None else _nonneg(layer, "layer"),
         )
-        with self.ctl._lock:
+        with self.ctl.registrations.lock:
             self._check_live()
             h = StageHandle(self, st)
             self.stages.append(h)
@@ -478,7 +478,7 @@ class _Owner:
         request's rli flows on their next packet."""
         if isinstance(layer, bool) or not isinstance(layer, int) or not -(1 << 31) <= layer < 1 << 31:
             raise ValueError(f"layer must be a 32-bit integer, got {layer!r}")
-        with self.ctl._lock:
+        with self.ctl.registrations.lock:
             self._check_live()
             self.model.cursor = layer
             self.record.cursor = layer
@@ -560,13 +560,13 @@ class _Owner:
             fh.entry = self.decide(fh.stage.stage, fh.flow, now, created, fh.gen)
             vals.append(fh.entry.pack())
         if handles:
-            self.ctl._write_entries(handles, vals)
+            _write_decisions(self.ctl.maps, handles, vals)
 
     def _drop(self, handles: list[FlowHandle]) -> None:
         """Remove the entries of these flows that are still ours: in the map with our gen (an
         entry another controller wrote since on the same 5-tuple stays)."""
         ctl = self.ctl
-        mine = [fh for fh in handles if not fh.removed and ctl._owner_of.get(fh.key) is fh]
+        mine = ctl.registrations.release(handles)
         for fh in handles:
             fh.removed = True
             self.flows.pop(fh.key, None)
@@ -574,7 +574,6 @@ class _Owner:
             return
         tuples = []
         for fh in mine:
-            ctl._owner_of.pop(fh.key, None)
             if fh.sock is not None:
                 fd = fh.sock.fileno()
                 if fd >= 0 and ctl.maps.sk_flows is not None:
@@ -628,7 +627,7 @@ class _Owner:
     ) -> None:
         """New estimates of the work ahead: the policy is asked again for every flow (kernel
         counters kept) and the scavenger flag is set if the request became hopeless."""
-        with self.ctl._lock:
+        with self.ctl.registrations.lock:
             self._check_live()
             if remaining_bytes is not None:
                 self.model.remaining_bytes = _nonneg(remaining_bytes, "remaining_bytes")
@@ -651,7 +650,7 @@ class _Owner:
         """Give this request up: its flows go to the scavenger level (the kernel reads the
         request's flag for every entry carrying its id; sticky). For a decision made beside the
         policy, e.g. a decode-side p2d admission (policy.admission.moore_hodgson)."""
-        with self.ctl._lock:
+        with self.ctl.registrations.lock:
             self._check_live()
             if self.record.flags & R_SCAVENGER:
                 return
@@ -707,7 +706,7 @@ class BatchHandle(_Owner):
         """Move the batch's cursor and its live members' (one batched write)."""
         if isinstance(layer, bool) or not isinstance(layer, int) or not -(1 << 31) <= layer < 1 << 31:
             raise ValueError(f"layer must be a 32-bit integer, got {layer!r}")
-        with self.ctl._lock:
+        with self.ctl.registrations.lock:
             self._check_live()
             now = self.ctl.clock()
             owners: list[_Owner] = [m for m in self.members if not m.closed]
@@ -726,6 +725,77 @@ class BatchHandle(_Owner):
             self.ctl.maps.requests.update_batch_raw(
                 b"".join(_U64.pack(o.id) for o in owners), b"".join(o.record.pack() for o in owners), len(owners)
             )
+
+
+# ---- what a controller registered ----------------------------------------------------------------
+class Registrations:
+    """What one controller has registered, and the lock every handle holds while it changes
+    anything: the registration ids (gen) it hands out, which flow owns each connection key, and
+    its open requests and batches. With the controller's maps, policy and clock, the handles'
+    whole interface to their controller."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.gen = random.getrandbits(32)  # the last registration id handed out
+        self._owner_of: dict[bytes, FlowHandle] = {}
+        self._open: dict[int, _Owner] = {}
+
+    def next_gen(self) -> int:
+        """A registration id: per controller a counter from a random start, never 0."""
+        self.gen = (self.gen + 1) & 0xFFFFFFFF or 1
+        return self.gen
+
+    def claim(self, handles: list[FlowHandle]) -> None:
+        """These new flows (of one stage) own their connections now: a flow registered earlier on
+        the same connection is removed from its request (its entry was overwritten)."""
+        new = {fh.key: fh for fh in handles}
+        if len(new) != len(handles) or not self._owner_of.keys().isdisjoint(new):
+            for fh in handles:  # some connections change hands (or repeat): one by one
+                prev = self._owner_of.get(fh.key)
+                if prev is not None and prev is not fh:
+                    prev.owner.flows.pop(fh.key, None)  # the connection now belongs to the new flow
+                    prev.removed = True
+                self._owner_of[fh.key] = fh
+                fh.owner.flows[fh.key] = fh
+            return
+        self._owner_of.update(new)
+        if handles:
+            handles[0].owner.flows.update(new)
+
+    def release(self, handles: list[FlowHandle]) -> list[FlowHandle]:
+        """Those of these flows that still owned their connection (not removed, not re-registered
+        since), which now do not: their entries are theirs to delete."""
+        mine = [fh for fh in handles if not fh.removed and self._owner_of.get(fh.key) is fh]
+        for fh in mine:
+            del self._owner_of[fh.key]
+        return mine
+
+    def add(self, key: int, owner: _Owner) -> None:
+        self._open[key] = owner
+
+    def discard(self, key: int) -> None:
+        self._open.pop(key, None)
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._open
+
+    def open_owners(self) -> list[_Owner]:
+        """The open requests and batches, batches first (closing a batch before its members)."""
+        owners = list(self._open.values())
+        return [o for o in owners if isinstance(o, BatchHandle)] + [o for o in owners if not isinstance(o, BatchHandle)]
+
+
+def _write_decisions(maps: PinnedMaps, handles: list[FlowHandle], vals: list[bytes]) -> None:
+    """Write decisions: 5-tuple ones in one batch, socket ones keyed by their fd."""
+    tk, tv = [], []
+    for fh, v in zip(handles, vals, strict=False):
+        if fh.sock is not None:
+            maps.sk_flows.update(fh.key[2:], v)  # type: ignore[union-attr]
+        else:
+            tk.append(fh.key)
+            tv.append(v)
+    if tk:
+        maps.flows.update_batch_raw(b"".join(tk), b"".join(tv), len(tk))
 
 
 # ---- the controller -------------------------------------------------------------------------------
@@ -757,10 +827,7 @@ class Controller:
         self.owner = Owner.of(owner_pid)
         self.owner_pid = self.owner.pid
         self.private_keys = (maps.member or maps.shared) if private_keys is None else private_keys
-        self._gen = random.getrandbits(32)
-        self._lock = threading.RLock()
-        self._owners: dict[int, _Owner] = {}
-        self._owner_of: dict[bytes, FlowHandle] = {}
+        self.registrations = Registrations()
 
     @classmethod
     def open(
@@ -787,11 +854,8 @@ class Controller:
 
     def close(self) -> None:
         """Finish every open request of this controller and close the maps."""
-        with self._lock:
-            for o in list(self._owners.values()):
-                if isinstance(o, BatchHandle):
-                    o.done()
-            for o in list(self._owners.values()):
+        with self.registrations.lock:
+            for o in self.registrations.open_owners():
                 o.done()
             self.maps.close()
 
@@ -856,15 +920,15 @@ class Controller:
             remaining_bytes=_nonneg(remaining_bytes, "remaining_bytes"),
             remaining_compute_ns=_nonneg(seconds_to_ns(remaining_compute_s, "remaining_compute_s"), "remaining_compute_s"),
         )
-        with self._lock:
-            if key in self._owners:
+        with self.registrations.lock:
+            if key in self.registrations:
                 raise ValueError(f"request {request_id!r} is already registered: call done() on it first")
             h = RequestHandle(self, key, model, model.deadline_ns)
             if policy_hopeless(self.policy, model, self.clock()):
                 h.record.flags |= R_SCAVENGER
                 model.scavenged = True
             h._create_record()
-            self._owners[key] = h
+            self.registrations.add(key, h)
         return h
 
     def batch(self, requests: Sequence[RequestHandle], batch_id: int | str | None = None) -> BatchHandle:
@@ -880,51 +944,16 @@ class Controller:
         if batch_id is None:
             batch_id = "batch:" + ",".join(str(m.id) for m in sorted(members, key=lambda m: m.id))
         key = request_key(batch_id)
-        with self._lock:
-            if key in self._owners:
+        with self.registrations.lock:
+            if key in self.registrations:
                 raise ValueError(f"batch {batch_id!r} is already registered")
             b = BatchHandle(self, key, members)
             if b._hopeless(self.clock()):
                 b.record.flags |= R_SCAVENGER
                 b.model.scavenged = True
             b._create_record()
-            self._owners[key] = b
+            self.registrations.add(key, b)
         return b
-
-    def _next_gen(self) -> int:
-        """A registration id: per controller a counter from a random start, never 0."""
-        self._gen = (self._gen + 1) & 0xFFFFFFFF or 1
-        return self._gen
-
-    def _write_entries(self, handles: list[FlowHandle], vals: list[bytes]) -> None:
-        """Write decisions: 5-tuple ones in one batch, socket ones keyed by their fd."""
-        tk, tv = [], []
-        for fh, v in zip(handles, vals, strict=False):
-            if fh.sock is not None:
-                self.maps.sk_flows.update(fh.key[2:], v)  # type: ignore[union-attr]
-            else:
-                tk.append(fh.key)
-                tv.append(v)
-        if tk:
-            self.maps.flows.update_batch_raw(b"".join(tk), b"".join(tv), len(tk))
-
-    def _claim(self, fh: FlowHandle) -> None:
-        k = fh.key
-        prev = self._owner_of.get(k)
-        if prev is not None and prev is not fh:
-            prev.owner.flows.pop(k, None)  # the connection now belongs to the new flow
-            prev.removed = True
-        self._owner_of[k] = fh
-        fh.owner.flows[k] = fh
-
-    def _claim_many(self, handles: list[FlowHandle], keys: list[bytes]) -> None:
-        new = dict(zip(keys, handles, strict=False))
-        if len(new) != len(handles) or not self._owner_of.keys().isdisjoint(new):
-            for fh in handles:  # some connections change hands (or repeat): one by one
-                self._claim(fh)
-            return
-        self._owner_of.update(new)
-        handles[0].owner.flows.update(new)
 
     # -- static entries (operators, `mfs-tc set`)
     def set_static(self, target: FlowTarget, level: int) -> bytes:
