@@ -277,15 +277,16 @@ class StageHandle:
         bytes, target layer and sent bytes, registered at the same instant (one add_flows call) or
         within the controller's `entry_cache_ns` of each other while nothing the policy sees of
         the request changed, share one policy decision."""
-        ck = (self.owner._version, flow.bytes, flow.target_layer, flow.sent)
-        hit = self._cache.get(ck)
-        if hit is not None and now - hit[0] <= self.owner.ctl.entry_cache_ns:
+        owner, cache = self.owner, self._cache
+        ck = (owner._version, flow.bytes, flow.target_layer, flow.sent)
+        hit = cache.get(ck)
+        if hit is not None and now - hit[0] <= owner.ctl.entry_cache_ns:
             return hit[1], hit[2]
-        e = self.owner.decide(self.stage, flow, now, now)
+        e = owner.decide(self.stage, flow, now, now)
         v = e.pack()
-        if len(self._cache) >= 64:
-            self._cache.clear()
-        self._cache[ck] = (now, v, e)
+        if len(cache) >= 64:
+            cache.clear()
+        cache[ck] = (now, v, e)
         return v, e
 
     def add_flow(
@@ -312,17 +313,18 @@ class StageHandle:
             sent = _nonneg(sent, "sent bytes")
         flow = Flow(bytes, tl, None, sent)
         owner = self.owner
-        with ctl.registrations.lock:
+        reg = ctl.registrations
+        with reg.lock:
             owner._check_live()
             v, e = self._entry_for(flow, ctl.clock())
-            gen = ctl.registrations.next_gen()
+            gen = reg.next_gen()
             v = v[:_GEN_OFF] + _U32.pack(gen) + v[_GEN_OFF + 4 :]
             fh = FlowHandle(owner, self, key, flow, e, gen, sock)
             if sock is not None:
                 ctl.maps.sk_flows.update(key[2:], v)
             else:
                 ctl.maps.flows.update(key, v)
-            ctl.registrations.claim([fh])
+            reg.claim_one(fh)
             self.flows.append(fh)
         return fh
 
@@ -745,18 +747,24 @@ class Registrations:
         self.gen = (self.gen + 1) & 0xFFFFFFFF or 1
         return self.gen
 
+    def claim_one(self, fh: FlowHandle) -> None:
+        """This new flow owns its connection now: a flow registered earlier on the same
+        connection is removed from its request (its entry was overwritten)."""
+        k = fh.key
+        prev = self._owner_of.get(k)
+        if prev is not None and prev is not fh:
+            prev.owner.flows.pop(k, None)  # the connection now belongs to the new flow
+            prev.removed = True
+        self._owner_of[k] = fh
+        fh.owner.flows[k] = fh
+
     def claim(self, handles: list[FlowHandle]) -> None:
-        """These new flows (of one stage) own their connections now: a flow registered earlier on
-        the same connection is removed from its request (its entry was overwritten)."""
+        """claim_one for each of these new flows of one stage, in one dict update where no
+        connection changes hands."""
         new = {fh.key: fh for fh in handles}
         if len(new) != len(handles) or not self._owner_of.keys().isdisjoint(new):
             for fh in handles:  # some connections change hands (or repeat): one by one
-                prev = self._owner_of.get(fh.key)
-                if prev is not None and prev is not fh:
-                    prev.owner.flows.pop(fh.key, None)  # the connection now belongs to the new flow
-                    prev.removed = True
-                self._owner_of[fh.key] = fh
-                fh.owner.flows[fh.key] = fh
+                self.claim_one(fh)
             return
         self._owner_of.update(new)
         if handles:
