@@ -8,10 +8,10 @@
         req.update_estimate(remaining_bytes=...)    # re-asks the policy, rewrites its flows
     # leaving the block (or req.done()) removes the request and its flows
 
-It opens the maps through the pinned-map layer (mfs_tc.maps, over the bpf syscall) and never imports
-bcc, pyroute2 or the loader, so importing it is cheap (PinnedMaps, gc, rdma_table, ... are re-exported
-from mfs_tc.maps). Thread-safe (one lock per Controller); several processes may write the same maps, each owns
-the entries it wrote.
+It opens the maps through the pinned-map layer (mfs_tc.maps, over the bpf syscall; PinnedMaps, gc,
+rdma_table, ... are re-exported from there) and never imports bcc, pyroute2 or the loader, so
+importing it is cheap. Thread-safe (one lock per Controller, in its Registrations); several
+processes may write the same maps, each owns the entries it wrote.
 
 Where a flow is a connected socket and the kernel has socket storage, its entry is attached to the
 socket (`sk_flows`, one map write keyed by the fd): it dies with the socket. Other flows (5-tuples,
