@@ -16,8 +16,8 @@ the inode mode against the open flags of BPF_OBJ_GET; each fd then carries only 
 Pin directories are root's, 0755 (pinroot.py): members cannot rename, unlink or add pins. Attach,
 detach, the qdisc and tc filters need CAP_NET_ADMIN/CAP_BPF, which members do not have.
 
-The same table decides how a process that is not root opens the maps (controller.PinnedMaps):
-each with exactly these flags, the root-only ones not at all.
+The table is the `member` column of layout.MAP_SPECS. It also decides how a process that is not root
+opens the maps (maps.PinnedMaps): each with exactly these flags, the root-only ones not at all.
 """
 
 from __future__ import annotations
@@ -29,21 +29,12 @@ import stat
 from pathlib import Path
 
 from .errors import KernelFeatureError, MfsError, PermissionDeniedError
+from .layout import MAP_SPECS
 
 READ, WRITE = "r", "w"
-# what the access group (and any process that is not root) gets of each pinned map
-MEMBER_ACCESS: dict[str, str] = {
-    "config": READ,
-    "levels": READ,
-    "sk_flows": READ + WRITE,
-    "sk_state": READ,
-    "requests": WRITE,
-    "flows": "",
-    "flow_state": "",
-    "stats": "",
-    "rules": "",
-    "rule_stats": "",
-}
+# what the access group (and any process that is not root) gets of each pinned map: the `member`
+# column of the one map-spec table (layout.MAP_SPECS)
+MEMBER_ACCESS: dict[str, str] = {name: spec.member for name, spec in MAP_SPECS.items()}
 ROOT_MODE = 0o600
 _GROUP_BITS = {READ: stat.S_IRGRP, WRITE: stat.S_IWGRP}
 SYSCTL = Path("/proc/sys/kernel/unprivileged_bpf_disabled")

@@ -112,7 +112,7 @@ def _differences(ic: InterfaceConfig, st) -> list[str]:
 
 def _attach_reason(ic: InterfaceConfig) -> tuple[str | None, bool]:
     """(why attach must run, or None; whether a detach must come first)."""
-    from .loader import load_state  # noqa: PLC0415
+    from .attachment import load_state  # noqa: PLC0415
     from .status import read_status  # noqa: PLC0415
 
     st = load_state(ic.opts.ifname, ic.opts.netns)
@@ -137,7 +137,7 @@ def _attach_reason(ic: InterfaceConfig) -> tuple[str | None, bool]:
 
 
 def _rule_diff(ic: InterfaceConfig, dry_run: bool, attached: bool) -> tuple[list, list]:
-    from .controller import PinnedMaps  # noqa: PLC0415
+    from .maps import PinnedMaps  # noqa: PLC0415
     from .rules import RuleSpec, RuleTable, rules_lock, same_match  # noqa: PLC0415
 
     if not attached:  # dry run of an interface not attached yet: every rule is new

@@ -20,8 +20,8 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-from .controller import pid_alive
 from .errors import KernelFeatureError
+from .maps import pid_alive
 
 HANDLE_MAJOR = 0x4D46  # "MF"
 HANDLE = f"{HANDLE_MAJOR:x}:"

@@ -63,6 +63,7 @@ MAP_TYPE_NAMES = {
     MAP_TYPE_LRU_PERCPU_HASH: "lru_percpu_hash",
     MAP_TYPE_SK_STORAGE: "sk_storage",
 }
+MAP_TYPE_BY_NAME = {v: k for k, v in MAP_TYPE_NAMES.items()}  # layout.MapSpec.kind -> type
 PERCPU_TYPES = frozenset({MAP_TYPE_PERCPU_HASH, MAP_TYPE_PERCPU_ARRAY, MAP_TYPE_LRU_PERCPU_HASH})
 ARRAY_TYPES = frozenset({MAP_TYPE_ARRAY, MAP_TYPE_PERCPU_ARRAY})
 

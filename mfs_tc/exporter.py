@@ -45,7 +45,7 @@ class Target:
 def pinned_targets(root: Path | None = None) -> list[Target]:
     """Every (netns, interface) with a pinned flows map under `root`, plus those with attach
     state (whose pins may be unreadable or gone: reported as mfs_tc_up 0)."""
-    from .loader import attached
+    from .attachment import attached
 
     found = {(ns, ifn) for ns, ifn in attached()}
     try:
@@ -67,7 +67,7 @@ class MfsCollector(Collector):
         self.root = root
 
     def collect(self) -> Iterator:
-        from .controller import PinnedMaps
+        from .maps import PinnedMaps
 
         labels = ["interface", "netns"]
         lvl_p = CounterMetricFamily("mfs_tc_level_packets", "Packets the classifier gave each level.", labels=labels + ["level"])

@@ -98,11 +98,22 @@ STAGE_NAMES = {v: k for k, v in STAGE_CODES.items()}
 # default level, never a level some other traffic was marked for.
 DEFAULT_DSCP = (46, 40, 34, 26, 18, 10, 12, 1)
 
+
+def default_dscp(nlevels: int) -> list[int]:
+    """The default DSCP per level of an interface with `nlevels` levels: the first nlevels-1 of
+    DEFAULT_DSCP and LE (1) for the last, the scavenger (a single level: EF)."""
+    if nlevels <= 1:
+        return [DEFAULT_DSCP[0]]
+    return list(DEFAULT_DSCP[: nlevels - 1]) + [DEFAULT_DSCP[-1]]
+
+
+def level_dscp(level: int, dscp: int) -> int:
+    """The DSCP of `level` whose levels record says `dscp`: where the level keeps the packets'
+    DSCP (DSCP_KEEP), DEFAULT_DSCP's at that index (what RoCE traffic classes are given)."""
+    return DEFAULT_DSCP[min(level, len(DEFAULT_DSCP) - 1)] if dscp == DSCP_KEEP else dscp
+
 BPFFS = Path("/sys/fs/bpf")
 PIN_ROOT = BPFFS / "mfs"
-# maps every attach has; SK_MAP_NAMES only where the kernel has socket storage
-MAP_NAMES = ("flows", "flow_state", "requests", "levels", "config", "stats", "rules", "rule_stats")
-SK_MAP_NAMES = ("sk_flows", "sk_state")
 FLOWS_MAX = 65536
 REQUESTS_MAX = 16384
 
@@ -125,19 +136,57 @@ RULE_SIZE = struct.calcsize(RULE_FMT)
 assert (KEY_SIZE, ENTRY_SIZE, STATE_SIZE, REQUEST_SIZE, LEVEL_SIZE, CONFIG_SIZE, RULE_SIZE) == (
     40, 128, 40, 40, 8, 104, 88)
 
-# (key size, value size, max entries) per map: what the controller checks before it writes
-MAP_SHAPES = {
-    "flows": (KEY_SIZE, ENTRY_SIZE, FLOWS_MAX),
-    "flow_state": (KEY_SIZE, STATE_SIZE, FLOWS_MAX),
-    "sk_flows": (4, ENTRY_SIZE, 0),
-    "sk_state": (4, STATE_SIZE, 0),
-    "requests": (8, REQUEST_SIZE, REQUESTS_MAX),
-    "levels": (4, LEVEL_SIZE, MAX_LEVELS),
-    "config": (4, CONFIG_SIZE, 1),
-    "stats": (4, COUNTER_SIZE, NSTATS),
-    "rules": (4, RULE_SIZE, RULES_MAX),
-    "rule_stats": (4, COUNTER_SIZE, RULES_MAX),
-}
+@dataclass(frozen=True, slots=True)
+class MapSpec:
+    """One pinned map: what the classifier declares (bpf/mfs_classifier.c's BPF_TABLE_PINNED and
+    MFS_SK_STORAGE lines; tests/test_layout.py checks them against this table), what the maps
+    layer checks before it writes and creates for tests, and the access group's share of it."""
+
+    name: str
+    kind: str  # the map type the classifier declares: "hash", "lru_hash", "array", ...
+    key_size: int
+    value_size: int
+    max_entries: int  # 0: socket storage (no limit of its own)
+    also: tuple[str, ...] = ()  # other map types accepted when opening (hash and LRU hash alike)
+    no_prealloc: bool = False  # BPF_F_NO_PREALLOC: elements freed after an RCU grace period
+    # the access group's share ("r", "w", "rw", "": none; docs/access.md): not part of the kernel
+    # contract (no layout version), it sets the pins' modes and a non-root process's open flags
+    member: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.key_size, self.value_size, self.max_entries
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return (self.kind, *self.also)
+
+    @property
+    def socket_storage(self) -> bool:
+        return self.kind == "sk_storage"
+
+
+# the one table of map specs: maps every attach has, then (SK_MAP_NAMES) those only where the
+# kernel has socket storage
+MAP_SPECS: dict[str, MapSpec] = {s.name: s for s in (
+    MapSpec("flows", "hash", KEY_SIZE, ENTRY_SIZE, FLOWS_MAX, also=("lru_hash",), no_prealloc=True),
+    MapSpec("flow_state", "lru_hash", KEY_SIZE, STATE_SIZE, FLOWS_MAX, also=("hash",)),
+    MapSpec("requests", "hash", 8, REQUEST_SIZE, REQUESTS_MAX, also=("lru_hash",), no_prealloc=True, member="w"),
+    MapSpec("levels", "array", 4, LEVEL_SIZE, MAX_LEVELS, member="r"),
+    MapSpec("config", "array", 4, CONFIG_SIZE, 1, member="r"),
+    MapSpec("stats", "percpu_array", 4, COUNTER_SIZE, NSTATS),
+    MapSpec("rules", "array", 4, RULE_SIZE, RULES_MAX),
+    MapSpec("rule_stats", "percpu_array", 4, COUNTER_SIZE, RULES_MAX),
+    MapSpec("sk_flows", "sk_storage", 4, ENTRY_SIZE, 0, no_prealloc=True, member="rw"),
+    MapSpec("sk_state", "sk_storage", 4, STATE_SIZE, 0, no_prealloc=True, member="r"),
+)}
+MAP_NAMES = tuple(n for n, s in MAP_SPECS.items() if not s.socket_storage)
+SK_MAP_NAMES = tuple(n for n, s in MAP_SPECS.items() if s.socket_storage)
+
+# byte offsets in a packed mfs_flow_entry of the fields user space compares without unpacking
+# (after mode, flags, nthresh, rsvd0, lvl[8], target_layer, stage); tests/test_layout.py checks them
+ENTRY_GEN_OFFSET = struct.calcsize("<4B8BII")
+ENTRY_REQUEST_ID_OFFSET = struct.calcsize("<4B8BIII")
 
 
 def netns_label(netns: str | None) -> str:

@@ -4,35 +4,53 @@ attach(opts) is all-or-nothing: on any failure the steps already taken are undon
 idempotent: attaching again replaces the program and qdisc in place and keeps the pinned maps
 (flows, requests, stats) so controllers keep working. detach() removes only what attach created,
 restores the previous root qdisc, and unpins. What attach found and made is recorded in
-/run/mfs-tc/<netns>/<ifname>.json, which detach and status read.
+/run/mfs-tc/<netns>/<ifname>.json (mfs_tc.attachment, with the tc queries), which detach and status read.
 
-Only this module (and the benchmark tools) import bcc; the controller library never does.
+Only this module (and the benchmark tools) import bcc; the controller library never does. It
+works on the maps through mfs_tc.maps and never imports the controller (the serving library).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import access, bpfsys, tcx
+from .attachment import (
+    FILTER_HANDLE,
+    FILTER_NAME,
+    FILTER_PREF,
+    STATE_ROOT,
+    AttachState,
+    attached,
+    describe_filter,
+    egress_filters,
+    foreign_filters,
+    has_clsact,
+    link_name,
+    load_state,
+    lock_path,
+    our_filters,
+    root_qdisc,
+    save_state,
+    state_path,
+)
 from .backends import BACKENDS, HANDLE, MIN_LEAF_RATE_BPS, Backend, min_htb_rate_bps, probe_qdisc_kinds
-from .controller import PinnedMaps, write_config
 from .errors import KernelFeatureError, LayoutMismatchError, MfsError, PermissionDeniedError
 from .ifacelock import interface_lock
 from .layout import (
     C_TRUST_DSCP,
-    DEFAULT_DSCP,
     DSCP_KEEP,
     MAP_NAMES,
     MAX_LEVELS,
     PIN_ROOT,
     SK_MAP_NAMES,
+    default_dscp,
     netns_label,
     pin_dir,
 )
+from .maps import PinnedMaps, write_config
 from .netlink import (
     check_ifname,
     check_netns,
@@ -48,10 +66,6 @@ from .pinpath import HOST_BPFFS, RUN_BPFFS
 from .pinroot import secure_pin_dir
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
-STATE_ROOT = Path("/run/mfs-tc")
-FILTER_PREF = 0xC0DE  # tc filter priority ("pref") of our egress filter
-FILTER_HANDLE = 1
-FILTER_NAME = "mfs_egress"
 EGRESS_PARENT = 0xFFFFFFF3  # clsact egress (ffff:fff3)
 ETH_P_ALL = 0x0003
 HOOKS = ("auto", "tcx", "clsact")
@@ -117,74 +131,10 @@ class AttachOptions:
         return list(self.dscp)
 
 
-def default_dscp(levels: int) -> list[int]:
-    """The default DSCP per level: the first levels-1 of DEFAULT_DSCP, LE (1) for the scavenger."""
-    return list(DEFAULT_DSCP[: levels - 1]) + [DEFAULT_DSCP[-1]]
-
-
-@dataclass
-class AttachState:
-    ifname: str
-    netns: str | None
-    backend: str
-    nlevels: int
-    rate_bps: int | None
-    dscp: list[int]
-    default_level: int
-    trust_dscp: bool
-    pin_dir: str
-    prev_root: dict | None = None  # root qdisc found before the first attach
-    created_clsact: bool = False
-    attached_at: float = field(default_factory=time.time)
-    program: str = FILTER_NAME
-    hook: str = "clsact"  # how the classifier is on egress: "tcx" (a pinned BPF link) or "clsact" (cls_bpf)
-    ifindex: int | None = None  # the device attached to: found again after a rename
-    prog_id: int | None = None  # the classifier program the filter was given (its identity, with
-    prog_tag: str | None = None  # the tag: our filter is the one running this program)
-    control_level: int = 0
-    keep_dscp: list[int] = field(default_factory=list)
-    socket_storage: bool = True
-    access_gid: int | None = None  # the access group given the serving processes' maps (None: root only)
-
-    @property
-    def scavenger_level(self) -> int:
-        return self.nlevels - 1
-
-    def backend_obj(self) -> Backend:
-        return Backend(self.backend, self.nlevels, self.rate_bps, self.default_level)
-
-
-def state_path(ifname: str, netns: str | None) -> Path:
-    check_ifname(ifname)
-    return STATE_ROOT / netns_label(netns) / f"{ifname}.json"
-
-
-def lock_path(ifname: str, netns: str | None) -> Path:
-    return STATE_ROOT / netns_label(netns) / f"{ifname}.lock"
-
-
 def _locked(ifname: str, netns: str | None):
     where = f" (netns {netns})" if netns else ""
     path = lock_path(ifname, netns)
     return interface_lock(path, f"{ifname}{where}", prune=(path.parent, STATE_ROOT))
-
-
-def load_state(ifname: str, netns: str | None = None) -> AttachState | None:
-    p = state_path(ifname, netns)
-    try:
-        return AttachState(**json.loads(p.read_text()))
-    except FileNotFoundError:
-        return None
-    except (ValueError, TypeError) as exc:
-        raise MfsError(f"attach state {p} is unreadable ({exc}); remove it and run detach again") from exc
-
-
-def _save_state(st: AttachState) -> None:
-    p = state_path(st.ifname, st.netns)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(st), indent=2))
-    tmp.replace(p)
 
 
 # ---- planning ---------------------------------------------------------------------------------
@@ -199,11 +149,6 @@ class Plan:
         lines = [f"# {n}" for n in self.notes]
         lines += [" ".join(c) for c in self.commands]
         return "\n".join(lines)
-
-
-def _root_qdisc(ifname: str, netns: str | None) -> dict | None:
-    roots = [q for q in tc_json(["qdisc", "show", "dev", ifname, "root"], netns) if q.get("root")]
-    return roots[0] if roots else None
 
 
 def _is_default_root(q: dict | None) -> bool:
@@ -322,13 +267,13 @@ def _choose_hook(opts: AttachOptions, prev: AttachState | None, idx: int) -> str
     if opts.hook == "clsact":
         return "clsact"
     has = tcx.available(idx, opts.netns)
-    others = [f for f in _egress_filters(opts.ifname, opts.netns) if f.get("options")]
+    others = [f for f in egress_filters(opts.ifname, opts.netns) if f.get("options")]
     if opts.hook == "tcx":
         if not has:
             raise KernelFeatureError("this kernel has no tcx (Linux 6.6+): use --hook clsact (or auto)")
         if others:
             raise MfsError(
-                f"{opts.ifname} has clsact egress filters ({_describe_filter(others[0])}) that a tcx classifier "
+                f"{opts.ifname} has clsact egress filters ({describe_filter(others[0])}) that a tcx classifier "
                 "would make the kernel skip: use --hook clsact"
             )
         return "tcx"
@@ -436,59 +381,6 @@ def _prog_ident(fd: int) -> tuple[int | None, str | None]:
     return (int(pid) if pid and pid.isdigit() else None), ident.get("prog_tag")
 
 
-def _egress_filters(ifname: str, netns: str | None) -> list[dict]:
-    try:
-        return tc_json(["filter", "show", "dev", ifname, "egress"], netns)
-    except MfsError:
-        return []
-
-
-def _is_ours(f: dict, st: AttachState | None) -> bool:
-    """Our filter: at our pref and handle, a bpf filter running a program named mfs_egress, and,
-    when attach recorded it, that very program (its id, or its tag: the same classifier build
-    re-attached by a run that was killed before it could record the new id)."""
-    opts = f.get("options") or {}
-    prog = opts.get("prog") or {}
-    if f.get("pref") != FILTER_PREF or f.get("kind") != "bpf" or opts.get("handle") != hex(FILTER_HANDLE):
-        return False
-    if prog.get("name") != FILTER_NAME and opts.get("bpf_name") != FILTER_NAME:
-        return False
-    if st is not None and (st.prog_id or st.prog_tag):
-        return prog.get("id") == st.prog_id or (st.prog_tag is not None and prog.get("tag") == st.prog_tag)
-    return True
-
-
-def _our_filter(ifname: str, netns: str | None, st: AttachState | None = None) -> list[dict]:
-    return [f for f in _egress_filters(ifname, netns) if _is_ours(f, st)]
-
-
-def _foreign_filters(ifname: str, netns: str | None, st: AttachState | None) -> list[dict]:
-    """Filters at our pref that are not ours (someone else's, or a classifier we did not record)."""
-    return [f for f in _egress_filters(ifname, netns)
-            if f.get("pref") == FILTER_PREF and f.get("options") and not _is_ours(f, st)]
-
-
-def _describe_filter(f: dict) -> str:
-    opts = f.get("options") or {}
-    prog = opts.get("prog") or {}
-    name = prog.get("name") or opts.get("bpf_name") or "?"
-    return f"{f.get('kind')} filter handle {opts.get('handle')} ({name}, prog id {prog.get('id')})"
-
-
-def _has_clsact(ifname: str, netns: str | None) -> bool:
-    return any(q.get("kind") == "clsact" for q in tc_json(["qdisc", "show", "dev", ifname], netns))
-
-
-def _link_name(netns: str | None, idx: int) -> str | None:
-    """The current name of the device with ifindex `idx` in `netns`, or None when there is none."""
-    try:
-        with iproute(netns) as ipr:
-            links = ipr.get_links(idx)
-    except Exception:  # pyroute2 NetlinkError (ENODEV) or the namespace is gone
-        return None
-    return links[0].get_attr("IFLA_IFNAME") if links else None
-
-
 def _renamed_from(ifname: str, netns: str | None, idx: int) -> str | None:
     """The name under which this device (ifindex `idx`) was attached, if it was renamed since."""
     for ns, name in attached():
@@ -522,13 +414,13 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
     if prev_state and prev_state.ifindex not in (None, idx):
         prev_state = None  # attached to an earlier device of that name, gone with its qdiscs
     hook = _choose_hook(opts, prev_state, idx)
-    foreign = _foreign_filters(opts.ifname, opts.netns, prev_state) if hook == "clsact" else []
+    foreign = foreign_filters(opts.ifname, opts.netns, prev_state) if hook == "clsact" else []
     if foreign:
         raise MfsError(
             f"{opts.ifname} egress pref {FILTER_PREF} ({FILTER_PREF:#x}) holds a filter that is not "
-            f"mfs-tc's: {_describe_filter(foreign[0])}; move it to another pref (or delete it) first"
+            f"mfs-tc's: {describe_filter(foreign[0])}; move it to another pref (or delete it) first"
         )
-    root = _root_qdisc(opts.ifname, opts.netns)
+    root = root_qdisc(opts.ifname, opts.netns)
     ours = root is not None and root.get("handle") == HANDLE
     if ours and prev_state:
         prev_root = prev_state.prev_root
@@ -593,12 +485,12 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
                 undo.append(lambda: tcx.detach_link(link))
             tcx.attach_link(fn.fd, idx, link, opts.netns)
         else:  # clsact + filter
-            if not _has_clsact(opts.ifname, opts.netns):
+            if not has_clsact(opts.ifname, opts.netns):
                 with iproute(opts.netns) as ipr:
                     ipr.tc("add", "clsact", idx)
                 created_clsact = True
                 undo.append(lambda: run(["tc", "qdisc", "del", "dev", opts.ifname, "clsact"], opts.netns, check=False))
-            if not prev_state or not _our_filter(opts.ifname, opts.netns, prev_state):
+            if not prev_state or not our_filters(opts.ifname, opts.netns, prev_state):
                 undo.append(lambda: _delete_our_filter(opts.ifname, opts.netns))
             with iproute(opts.netns) as ipr:
                 ipr.tc(
@@ -615,7 +507,7 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
         )
         # the access group's share of each map (its file mode), or root's only
         access.set_pin_modes(pin, opts.gid, MAP_NAMES + SK_MAP_NAMES + (tcx.LINK_PIN,))
-        _save_state(st)
+        save_state(st)
         del b  # the filter holds the program, the pins hold the maps
         return st
     except BaseException:
@@ -636,7 +528,7 @@ def _delete_our_filter(ifname: str, netns: str | None) -> None:
 def _restore_root(ifname: str, netns: str | None) -> None:
     """Delete our root qdisc: the kernel puts its default back (attach only ever replaces a
     kernel-made default root, so that is the previous one)."""
-    root = _root_qdisc(ifname, netns)
+    root = root_qdisc(ifname, netns)
     if root is not None and root.get("handle") == HANDLE:
         run(["tc", "qdisc", "del", "dev", ifname, "root"], netns, check=False)
 
@@ -666,7 +558,7 @@ def _detach_locked(ifname: str, netns: str | None) -> list[str]:
         lookup_error = exc
     dev: str | None = ifname if idx_now is not None else None
     if st is not None and st.ifindex is not None:
-        current = _link_name(netns, st.ifindex)
+        current = link_name(netns, st.ifindex)
         if current is not None and current != ifname:
             dev = current  # renamed since attach: detach the device, wherever its name went
             removed.append(f"note: {ifname} was renamed to {current} (ifindex {st.ifindex}): detached from {current}")
@@ -679,20 +571,20 @@ def _detach_locked(ifname: str, netns: str | None) -> list[str]:
         check_netns(netns)  # a wrong namespace gets its own clear error
         raise lookup_error
     if dev is not None:
-        foreign = [] if st is None and not has_pins else _foreign_filters(dev, netns, st)
-        if _our_filter(dev, netns, st) and (st is not None or has_pins):
+        foreign = [] if st is None and not has_pins else foreign_filters(dev, netns, st)
+        if our_filters(dev, netns, st) and (st is not None or has_pins):
             _delete_our_filter(dev, netns)
             removed.append("egress filter")
         for f in foreign:
-            removed.append(f"note: kept {_describe_filter(f)} at pref {FILTER_PREF}: not mfs-tc's")
-        if st and st.created_clsact and _has_clsact(dev, netns):
+            removed.append(f"note: kept {describe_filter(f)} at pref {FILTER_PREF}: not mfs-tc's")
+        if st and st.created_clsact and has_clsact(dev, netns):
             others = tc_json(["filter", "show", "dev", dev, "egress"], netns) + tc_json(
                 ["filter", "show", "dev", dev, "ingress"], netns
             )
             if not others:
                 run(["tc", "qdisc", "del", "dev", dev, "clsact"], netns)
                 removed.append("clsact qdisc")
-        root = _root_qdisc(dev, netns)
+        root = root_qdisc(dev, netns)
         if (st is not None or has_pins) and root is not None and root.get("handle") == HANDLE:
             _restore_root(dev, netns)
             removed.append(f"root {root.get('kind')} qdisc")
@@ -760,12 +652,4 @@ def detach_all(netns: str | None) -> list[str]:
         removed += [f"{ifname}: {r}" for r in detach(ifname, netns)]
     return removed
 
-
-def attached() -> list[tuple[str | None, str]]:
-    """(netns, ifname) of every attachment with a state file."""
-    out = []
-    for p in sorted(STATE_ROOT.glob("*/*.json")):
-        ns = None if p.parent.name == "host" else p.parent.name
-        out.append((ns, p.stem))
-    return out
 

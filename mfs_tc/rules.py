@@ -184,7 +184,7 @@ class RuleRow:
 class RuleTable:
     """The rules of one attachment, over its pinned `rules` and `rule_stats` maps."""
 
-    def __init__(self, maps) -> None:  # maps: controller.PinnedMaps
+    def __init__(self, maps) -> None:  # maps: maps.PinnedMaps
         self.rules = maps.rules
         self.stats = maps.rule_stats
         self.nlevels = maps.config.nlevels
@@ -296,9 +296,9 @@ class RuleTable:
 
 def rules_lock(ifname: str, netns: str | None):
     """The per-interface lock of rule table writes (rule add/del, apply)."""
+    from .attachment import STATE_ROOT  # noqa: PLC0415
     from .ifacelock import interface_lock  # noqa: PLC0415
     from .layout import netns_label  # noqa: PLC0415
-    from .loader import STATE_ROOT  # noqa: PLC0415
 
     path: Path = STATE_ROOT / netns_label(netns) / f"{ifname}.rules.lock"
     return interface_lock(path, f"the rules of {ifname}", wait=True, prune=(path.parent, STATE_ROOT))

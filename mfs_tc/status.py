@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from . import access, bpfsys, tcx
+from .attachment import link_name, load_state, our_filters, root_qdisc
 from .backends import HANDLE
-from .controller import PinnedMaps
 from .errors import MfsError, NotAttachedError
 from .layout import MAP_NAMES, SK_MAP_NAMES, pin_dir
-from .loader import _link_name, _our_filter, _root_qdisc, load_state
+from .maps import PinnedMaps
 from .rules import RuleTable
 
 
@@ -40,7 +40,7 @@ def read_status(ifname: str, netns: str | None = None) -> dict:
                 f"group: docs/access.md): controllers cannot change it; detach and attach again" for n in frozen]
     dev: str | None = ifname
     if st is not None and st.ifindex is not None:
-        current = _link_name(netns, st.ifindex)
+        current = link_name(netns, st.ifindex)
         if current is None:
             dev = None
             problems.append(f"the device attached to (ifindex {st.ifindex}) is gone")
@@ -55,10 +55,10 @@ def read_status(ifname: str, netns: str | None = None) -> dict:
         if not on:
             problems.append("our tcx egress program is not on the device (run attach again)")
     else:
-        on = dev is not None and bool(_our_filter(dev, netns, st))
+        on = dev is not None and bool(our_filters(dev, netns, st))
         if not on:
             problems.append("our egress filter is missing (run attach again)")
-    root = _root_qdisc(dev, netns) if dev is not None else None
+    root = root_qdisc(dev, netns) if dev is not None else None
     if st and st.backend not in ("none",) and not (root and root.get("handle") == HANDLE):
         problems.append(f"root qdisc is not ours any more ({root.get('kind') if root else 'none'})")
     return {

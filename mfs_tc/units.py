@@ -57,3 +57,12 @@ def parse_dscp_list(text: str | None) -> list[int] | None:
             raise ValueError(f"DSCP {v} out of range 0..63")
         out.append(v)
     return out
+
+
+def seconds_to_ns(s: float, what: str) -> int:
+    """Seconds (any number) as integer nanoseconds; anything else is an error naming `what`."""
+    try:
+        ns = int(round(float(s) * 1e9))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be a number of seconds, got {s!r}") from exc
+    return ns

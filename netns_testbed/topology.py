@@ -19,9 +19,9 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from mfs_tc.controller import pid_alive
 from mfs_tc.errors import MfsError
 from mfs_tc.layout import PIN_ROOT
+from mfs_tc.maps import pid_alive
 
 from .netns import ip, list_netns, run
 

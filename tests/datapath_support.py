@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mfs_tc import bpfsys
-from mfs_tc.controller import read_counters
 from mfs_tc.layout import (
     MAX_LEVELS,
     PIN_ROOT,
@@ -26,6 +25,7 @@ from mfs_tc.layout import (
     LevelRecord,
     dscp_to_level_table,
 )
+from mfs_tc.maps import read_counters
 
 BPF_PROG_TEST_RUN = 10
 SKB_SIZE = 192  # sizeof(struct __sk_buff) on 5.10+ (through hwtstamp)

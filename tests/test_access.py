@@ -32,8 +32,8 @@ from nettools import VethPair, sh
 from mfs_tc import access, layout, tcx
 from mfs_tc.controller import Controller, PinnedMaps, pack_flow_key, request_key
 from mfs_tc.errors import MfsError
-from mfs_tc.layout import RequestRecord
-from mfs_tc.loader import AttachOptions, attach, default_dscp
+from mfs_tc.layout import RequestRecord, default_dscp
+from mfs_tc.loader import AttachOptions, attach
 from mfs_tc.netlink import socket_in
 
 pytestmark = pytest.mark.privileged
@@ -350,7 +350,7 @@ from mfs_tc.controller import Controller
 from controller_helpers import TinyPolicy
 dev, ns, gen = sys.argv[1], sys.argv[2], int(sys.argv[4])
 ctl = Controller.open(dev, netns=ns, policy=TinyPolicy(), private_keys=False)
-ctl._gen = gen - 1   # the very gen the first controller used: only the owner tells them apart
+ctl.registrations.gen = gen - 1   # the very gen the first controller used: only the owner tells them apart
 req = ctl.request("shared", slo_s=600)
 fh = req.stage("p2d").add_flow(("10.77.0.1", "10.77.0.2", 45001, 9, "udp"), bytes=100)
 assert fh.gen == gen

@@ -15,9 +15,9 @@ from attach_support import MFS, attached_veth
 from nettools import VethPair
 from prometheus_client.parser import text_string_to_metric_families
 
-from mfs_tc.controller import PinnedMaps, set_static
 from mfs_tc.errors import MfsError
 from mfs_tc.exporter import parse_listen
+from mfs_tc.maps import PinnedMaps, set_static
 from mfs_tc.netlink import socket_in
 
 PAYLOAD = 200

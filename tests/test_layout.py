@@ -148,16 +148,70 @@ def test_defines_match(c_layout: dict[str, int]) -> None:
 
 
 def test_map_shapes_match_sizes() -> None:
-    assert layout.MAP_SHAPES["flows"][:2] == (40, 128)
-    assert layout.MAP_SHAPES["flow_state"][:2] == (40, 40)
-    assert layout.MAP_SHAPES["sk_flows"][:2] == (4, 128)
-    assert layout.MAP_SHAPES["sk_state"][:2] == (4, 40)
-    assert layout.MAP_SHAPES["requests"][:2] == (8, 40)
-    assert layout.MAP_SHAPES["levels"][:2] == (4, 8)
-    assert layout.MAP_SHAPES["config"][:2] == (4, 104)
-    assert layout.MAP_SHAPES["stats"] == (4, 16, layout.NSTATS)
-    assert layout.MAP_SHAPES["rules"] == (4, 88, layout.RULES_MAX)
-    assert layout.MAP_SHAPES["rule_stats"] == (4, 16, layout.RULES_MAX)
+    shapes = {n: s.shape for n, s in layout.MAP_SPECS.items()}
+    assert shapes["flows"][:2] == (40, 128)
+    assert shapes["flow_state"][:2] == (40, 40)
+    assert shapes["sk_flows"][:2] == (4, 128)
+    assert shapes["sk_state"][:2] == (4, 40)
+    assert shapes["requests"][:2] == (8, 40)
+    assert shapes["levels"][:2] == (4, 8)
+    assert shapes["config"][:2] == (4, 104)
+    assert shapes["stats"] == (4, 16, layout.NSTATS)
+    assert shapes["rules"] == (4, 88, layout.RULES_MAX)
+    assert shapes["rule_stats"] == (4, 16, layout.RULES_MAX)
+
+
+_C_SIZES = {"__u32": 4, "__u64": 8, "int": 4}
+
+
+def _c_size(ctype: str, c_layout: dict[str, int]) -> int:
+    ctype = " ".join(ctype.split())
+    if ctype.startswith("struct "):
+        return c_layout[f"sizeof {ctype.split()[1]}"]
+    return _C_SIZES[ctype]
+
+
+def test_classifier_map_declarations_match_the_spec_table(c_layout: dict[str, int]) -> None:
+    """Every map the classifier declares (BPF_TABLE_PINNED, MFS_SK_STORAGE) is in layout.MAP_SPECS
+    with its type, key and value sizes, entry count, pin name and BPF_F_NO_PREALLOC, and back."""
+    src = (BPF_DIR / "mfs_classifier.c").read_text()
+    limits = {m.group(1): int(m.group(2)) for m in re.finditer(r"#define (MFS_\w+) (\d+)\n", src)}
+    limits |= {k: v for k, v in c_layout.items() if k.startswith("MFS_")}
+    seen = set()
+    tables = re.finditer(
+        r'BPF_TABLE_PINNED\("(\w+)",\s*([\w ]+?),\s*([\w ]+?),\s*(\w+),\s*(\w+),\s*MFS_PIN_DIR\s*"/(\w+)"'
+        r"\s*(?:,\s*(\w+))?\s*\);", src)
+    for m in tables:
+        kind, key, leaf, name, entries, pin, flags = m.groups()
+        spec = layout.MAP_SPECS[name]
+        assert (kind, pin) == (spec.kind, spec.name), name
+        assert (_c_size(key, c_layout), _c_size(leaf, c_layout)) == (spec.key_size, spec.value_size), name
+        assert (int(entries) if entries.isdigit() else limits[entries]) == spec.max_entries, name
+        assert (flags == "BPF_F_NO_PREALLOC") == spec.no_prealloc, name
+        seen.add(name)
+    assert re.search(r"\.flags = BPF_F_NO_PREALLOC", src)  # what MFS_SK_STORAGE gives each sk map
+    for m in re.finditer(r'^MFS_SK_STORAGE\((\w+), ([\w ]+?), MFS_PIN_DIR "/(\w+)"\);', src, re.M):
+        name, leaf, pin = m.groups()
+        spec = layout.MAP_SPECS[name]
+        assert spec.socket_storage and spec.no_prealloc and pin == name, name
+        assert (spec.key_size, _c_size(leaf, c_layout)) == (_C_SIZES["int"], spec.value_size), name
+        seen.add(name)
+    assert seen == set(layout.MAP_SPECS), set(layout.MAP_SPECS) ^ seen
+    assert layout.MAP_NAMES + layout.SK_MAP_NAMES == tuple(layout.MAP_SPECS)
+
+
+def test_entry_offsets_match_c(c_layout: dict[str, int]) -> None:
+    assert layout.ENTRY_GEN_OFFSET == c_layout["mfs_flow_entry.gen"]
+    assert layout.ENTRY_REQUEST_ID_OFFSET == c_layout["mfs_flow_entry.request_id"]
+
+
+def test_member_access_is_the_spec_tables_column() -> None:
+    from mfs_tc import access  # noqa: PLC0415
+
+    assert access.MEMBER_ACCESS == {n: s.member for n, s in layout.MAP_SPECS.items()}
+    assert {n for n, a in access.MEMBER_ACCESS.items() if a} == {"config", "levels", "sk_flows", "sk_state",
+                                                                  "requests"}
+    assert access.pin_mode("requests", True) == 0o620 and access.pin_mode("sk_flows", True) == 0o660
 
 
 def test_classifier_source_uses_the_layout_limits() -> None:
@@ -242,3 +296,17 @@ def test_pin_dir_rejects_bad_names() -> None:
     for bad in ("", "a/b", "..", "."):
         with pytest.raises(ValueError):
             layout.pin_dir(bad)
+
+
+def test_default_dscp_is_one_rule() -> None:
+    """attach's default table, PinnedMaps.create's and the RDMA table's are the same list."""
+    from mfs_tc.loader import AttachOptions  # noqa: PLC0415
+    from mfs_tc.maps import rdma_table  # noqa: PLC0415
+
+    assert layout.default_dscp(8) == list(layout.DEFAULT_DSCP)
+    assert layout.default_dscp(4) == [46, 40, 34, 1]  # the scavenger (last) level is LE
+    assert layout.default_dscp(1) == [46]
+    for n in range(2, layout.MAX_LEVELS + 1):
+        assert AttachOptions("eth0", levels=n).dscp_table() == layout.default_dscp(n)
+        assert [r["dscp"] for r in rdma_table(n)] == layout.default_dscp(n)
+    assert layout.level_dscp(2, layout.DSCP_KEEP) == 34 and layout.level_dscp(2, 7) == 7

@@ -16,7 +16,7 @@ import pytest
 from attach_support import MFS, attached_veth
 from nettools import VethPair
 
-from mfs_tc.loader import default_dscp
+from mfs_tc.layout import default_dscp
 from mfs_tc.netlink import socket_in
 
 pytestmark = pytest.mark.privileged

@@ -18,8 +18,8 @@ from scapy.layers.inet import TCP, UDP
 from scapy.layers.l2 import Ether
 
 from mfs_tc import layout
-from mfs_tc.controller import PinnedMaps
 from mfs_tc.layout import RULES_MAX
+from mfs_tc.maps import PinnedMaps
 from mfs_tc.netlink import socket_in
 from mfs_tc.rules import RuleSpec, RuleTable
 

@@ -16,9 +16,10 @@ from attach_support import mfs, veth_pair
 from nettools import VethPair, sh
 
 from mfs_tc import layout, tcx
-from mfs_tc.controller import PinnedMaps, set_static
 from mfs_tc.errors import MfsError
-from mfs_tc.loader import AttachOptions, attach, default_dscp, detach
+from mfs_tc.layout import default_dscp
+from mfs_tc.loader import AttachOptions, attach, detach
+from mfs_tc.maps import PinnedMaps, set_static
 from mfs_tc.netlink import socket_in
 
 pytestmark = pytest.mark.privileged

@@ -37,8 +37,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mfs_tc import bpfsys  # noqa: E402
-from mfs_tc.controller import Controller, PinnedMaps  # noqa: E402
+from mfs_tc.controller import Controller  # noqa: E402
 from mfs_tc.layout import ENTRY_SIZE, PIN_ROOT, pin_dir  # noqa: E402
+from mfs_tc.maps import PinnedMaps  # noqa: E402
 
 # issue 9 section 6, the policy asked for every flow (single: `single_uncached`)
 TARGETS = {"single_per_s": 200_000, "batched_per_s": 1_000_000, "at_layer_per_s": 1_000_000, "import_ms": 100.0}

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from datapath_support import LoadedClassifier, prog_test_run  # noqa: E402
 
 from mfs_tc import layout  # noqa: E402
-from mfs_tc.controller import PinnedMaps  # noqa: E402
+from mfs_tc.maps import PinnedMaps  # noqa: E402
 from mfs_tc.rules import RuleSpec, RuleTable  # noqa: E402
 
 TARGET_NS_64 = 100.0

@@ -46,7 +46,7 @@ from mfs_tc import bpfsys, layout  # noqa: E402
 from mfs_tc.backends import HANDLE  # noqa: E402
 from mfs_tc.entry import FlowEntry  # noqa: E402
 from mfs_tc.layout import FlowKey  # noqa: E402
-from mfs_tc.loader import AttachOptions, attach, compile_classifier, default_dscp, detach  # noqa: E402
+from mfs_tc.loader import AttachOptions, attach, compile_classifier, detach  # noqa: E402
 from mfs_tc.netlink import socket_in  # noqa: E402
 
 RESULT_TAG = "MFS_VM_RESULT"
@@ -371,7 +371,7 @@ def step_access(net: Net, qdisc: str, levels: int, rate_bps: int | None) -> dict
             dscps += [c[2][0] >> 2 for c in anc if c[0] == socket.IPPROTO_IP and c[1] == socket.IP_TOS]
     finally:
         rx.close()
-    want = default_dscp(levels)[ACCESS_LEVEL]
+    want = layout.default_dscp(levels)[ACCESS_LEVEL]
     require(child["member"] and child["on_socket"], f"not a member socket flow: {child}")
     require(dscps == [want] * 5, f"the member's packets carried DSCP {dscps}, level {ACCESS_LEVEL} is {want}")
     require("write-only" in child["next_key"] and "read-only" in child["config_write"], f"refusals: {child}")

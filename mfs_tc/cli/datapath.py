@@ -94,7 +94,7 @@ def status(iface: Annotated[Optional[str], typer.Argument(help="Interface (defau
            netns: Netns = None, json_out: Json = False) -> None:
     """Backend, levels and per-level packets/bytes, counters, flow count."""
     from ..access import group_name
-    from ..loader import attached
+    from ..attachment import attached
     from ..netlink import check_ifname, check_netns_name
     from ..status import read_status
 
@@ -166,7 +166,7 @@ def plan(
 
     opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp, hook=hook, group=group)
     if rdma:
-        from ..controller import rdma_table
+        from ..maps import rdma_table
 
         rows = rdma_table(opts.dscp_table())
         if json_out:

@@ -14,7 +14,7 @@ policy_app = typer.Typer(help="Inspect scheduling policies.", no_args_is_help=Tr
 
 
 def _open(iface: str, netns: Optional[str], root: Optional[Path]):
-    from ..controller import PinnedMaps
+    from ..maps import PinnedMaps
 
     try:
         return PinnedMaps.open(iface, netns, root)
@@ -134,7 +134,7 @@ def set_cmd(
     root: Optional[Path] = typer.Option(None, "--pin-root", hidden=True),
 ) -> None:
     """Add (or replace) a static entry: the flow always gets LEVEL."""
-    from ..controller import set_static
+    from ..maps import set_static
 
     maps = _open(iface, netns, root)
     try:
@@ -158,7 +158,7 @@ def unset_cmd(
     root: Optional[Path] = typer.Option(None, "--pin-root", hidden=True),
 ) -> None:
     """Remove a flow entry (static or not)."""
-    from ..controller import pack_flow_key
+    from ..maps import pack_flow_key
 
     maps = _open(iface, netns, root)
     try:
@@ -181,7 +181,7 @@ def gc_cmd(
     root: Optional[Path] = typer.Option(None, "--pin-root", hidden=True),
 ) -> None:
     """Remove requests long past their deadline (or whose process died) and their flows."""
-    from ..controller import gc
+    from ..maps import gc
 
     if grace < 0:
         raise MfsError(f"--grace must not be negative, got {grace}")

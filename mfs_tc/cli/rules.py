@@ -18,7 +18,7 @@ Json = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
 
 
 def _maps(iface: str, netns: str | None):
-    from ..controller import PinnedMaps
+    from ..maps import PinnedMaps
     from ..netlink import check_ifname, check_netns_name
 
     check_ifname(iface)
