@@ -149,14 +149,14 @@ def plan_batch(
     shard = n_tokens * model.act_bytes_per_token_per_group / G
     coll: list[Transfer] = []
     if G > 1 and shard > 0:
-        ids = tuple(m.request_id for m in members)
+        member_ids = tuple(m.request_id for m in members)
         if model.moe:
             per = int(round(2 * shard / G))
-            coll = [Transfer(ranks[i], ranks[j], per, ids)
+            coll = [Transfer(ranks[i], ranks[j], per, member_ids)
                     for i in range(G) for j in range(G) if i != j and per > 0]
         else:
             per = int(round(2 * (G - 1) / G * shard))
-            coll = [Transfer(ranks[i], ranks[(i + 1) % G], per, ids) for i in range(G) if per > 0]
+            coll = [Transfer(ranks[i], ranks[(i + 1) % G], per, member_ids) for i in range(G) if per > 0]
     for g in range(model.layer_groups):
         kv = []
         for host, (b, ids) in kv_by_host.items():
