@@ -24,9 +24,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .config import HostConfig, InterfaceConfig
 from .errors import MfsError
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+    from .attachment import AttachState
+    from .rules import RuleSpec
+
+# a configured interface: (netns, ifname), InterfaceConfig.ident
+IfaceId = tuple[str | None, str]
 
 MANAGED_DIR = Path("/run/mfs-tc")
 
@@ -54,7 +65,7 @@ class Result:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"changes": [{"interface": c.iface, "action": c.what, "detail": c.detail} for c in self.changes],
                 "errors": self.errors, "notes": self.notes}
 
@@ -82,12 +93,12 @@ def _save_managed(config_file: Path, items: list[tuple[str | None, str]]) -> Non
     tmp.replace(path)
 
 
-def _differences(ic: InterfaceConfig, st) -> list[str]:
+def _differences(ic: InterfaceConfig, st: AttachState) -> list[str]:
     """How the recorded attachment differs from the config (empty: the same)."""
     o = ic.opts
-    diff = []
+    diff: list[str] = []
 
-    def cmp(what: str, have, want) -> None:
+    def cmp(what: str, have: object, want: object) -> None:
         if have != want:
             diff.append(f"{what} {have} -> {want}")
 
@@ -136,7 +147,7 @@ def _attach_reason(ic: InterfaceConfig) -> tuple[str | None, bool]:
     return None, False
 
 
-def _rule_diff(ic: InterfaceConfig, dry_run: bool, attached: bool) -> tuple[list, list]:
+def _rule_diff(ic: InterfaceConfig, dry_run: bool, attached: bool) -> tuple[list[RuleSpec], list[RuleSpec]]:
     from .maps import PinnedMaps  # noqa: PLC0415
     from .rules import RuleSpec, RuleTable, rules_lock, same_match  # noqa: PLC0415
 
@@ -145,8 +156,8 @@ def _rule_diff(ic: InterfaceConfig, dry_run: bool, attached: bool) -> tuple[list
     with PinnedMaps.open(ic.opts.ifname, ic.opts.netns) as maps, rules_lock(ic.opts.ifname, ic.opts.netns):
         t = RuleTable(maps)
         if not dry_run:
-            removed, added = t.replace(ic.rules)
-            return [RuleSpec.of(r) for r in removed], [RuleSpec.of(r) for r in added]
+            gone, new = t.replace(ic.rules)
+            return [RuleSpec.of(r) for r in gone], [RuleSpec.of(r) for r in new]
         cur = t.records()
         want = [s.record(t.nlevels) for s in ic.rules]
         if len(cur) == len(want) and all(same_match(a, b) for a, b in zip(cur, want, strict=False)):
@@ -159,7 +170,7 @@ def _rule_diff(ic: InterfaceConfig, dry_run: bool, attached: bool) -> tuple[list
         return removed, added
 
 
-def apply_config(cfg: HostConfig, dry_run: bool = False, only: set | None = None) -> Result:
+def apply_config(cfg: HostConfig, dry_run: bool = False, only: set[IfaceId] | None = None) -> Result:
     """Make the host match `cfg` (or say what that would change, with dry_run). `only`: apply
     just these (netns, ifname) (the watcher, after a link event); others are left alone."""
     from .layout import pin_dir  # noqa: PLC0415
@@ -219,8 +230,9 @@ def apply_config(cfg: HostConfig, dry_run: bool = False, only: set | None = None
 
 def detach_all(cfg: HostConfig | None, config_file: Path) -> Result:
     """Detach every interface of the config and every one an earlier apply attached."""
+    from .attachment import load_state  # noqa: PLC0415
     from .layout import pin_dir  # noqa: PLC0415
-    from .loader import detach, load_state  # noqa: PLC0415
+    from .loader import detach  # noqa: PLC0415
 
     res = Result()
     targets = set(_managed(config_file)) | ({ic.ident for ic in cfg.interfaces} if cfg else set())
@@ -239,7 +251,7 @@ def detach_all(cfg: HostConfig | None, config_file: Path) -> Result:
     return res
 
 
-def print_result(res: Result, out=None, err=None) -> None:
+def print_result(res: Result, out: TextIO | None = None, err: TextIO | None = None) -> None:
     out = out or sys.stdout
     err = err or sys.stderr
     for n in res.notes:
@@ -253,7 +265,7 @@ def print_result(res: Result, out=None, err=None) -> None:
     err.flush()
 
 
-def _safe_apply(cfg: HostConfig, only: set | None) -> None:
+def _safe_apply(cfg: HostConfig, only: set[IfaceId] | None) -> None:
     """One apply of the watcher: an unexpected failure is reported, and the watcher goes on
     (the next link event or period tries again)."""
     try:
@@ -265,7 +277,7 @@ def _safe_apply(cfg: HostConfig, only: set | None) -> None:
 
 
 # ---- watch ------------------------------------------------------------------------------------
-def _link_socket(netns: str | None):
+def _link_socket(netns: str | None) -> IPRoute | None:
     """An IPRoute socket in `netns` subscribed to link events (RTMGRP_LINK), or None when the
     namespace does not exist (yet)."""
     from pyroute2 import IPRoute  # noqa: PLC0415
@@ -289,13 +301,13 @@ def _link_socket(netns: str | None):
     return ipr
 
 
-def watch(load: Callable[[], HostConfig], period: float = 10.0, log=None) -> int:
+def watch(load: Callable[[], HostConfig], period: float = 10.0, log: TextIO | None = None) -> int:
     """Apply, then re-apply on link events of configured interfaces and every `period` s; on
     SIGTERM/SIGINT detach what it manages and return 0."""
     log = log or sys.stdout
     stop = {"flag": False}
 
-    def on_signal(signo, _frame) -> None:
+    def on_signal(signo: int, _frame: FrameType | None) -> None:
         stop["flag"] = True
 
     # the handler only sets the flag; the wakeup pipe makes the select() below return (Python
@@ -307,7 +319,7 @@ def watch(load: Callable[[], HostConfig], period: float = 10.0, log=None) -> int
     signal.signal(signal.SIGINT, on_signal)
     cfg = load()
     _safe_apply(cfg, None)
-    socks: dict[str | None, object] = {}
+    socks: dict[str | None, IPRoute | None] = {}
 
     def refresh_sockets() -> None:
         for ns in cfg.netns_names():
@@ -323,34 +335,34 @@ def watch(load: Callable[[], HostConfig], period: float = 10.0, log=None) -> int
             live = {ns: s for ns, s in socks.items() if s is not None}
             timeout = max(0.0, next_full - time.monotonic())
             try:
-                ready, _, _ = select.select([wake_r] + [s.fileno() for s in live.values()], [], [], timeout)  # type: ignore[attr-defined]
+                ready, _, _ = select.select([wake_r] + [s.fileno() for s in live.values()], [], [], timeout)
             except InterruptedError:
                 continue
             if wake_r in ready:
                 os.read(wake_r, 512)
             if stop["flag"]:
                 break
-            touched: set[tuple[str | None, str]] = set()
+            touched: set[IfaceId] = set()
             for ns, s in live.items():
-                if s.fileno() not in ready:  # type: ignore[attr-defined]
+                if s.fileno() not in ready:
                     continue
                 try:
-                    msgs = s.get()  # type: ignore[attr-defined]
+                    msgs = s.get()
                 except Exception:  # the namespace went away under the socket
                     socks[ns] = None
                     continue
                 for m in msgs:
                     name = m.get_attr("IFLA_IFNAME") if hasattr(m, "get_attr") else None
-                    if name in names and m.get("event") == "RTM_NEWLINK":
+                    if name is not None and name in names and m.get("event") == "RTM_NEWLINK":
                         touched.add((ns, name))
             if touched:
                 time.sleep(0.2)  # let a device being set up (addresses, peer moved) settle
                 for _ns, s in list(socks.items()):
                     if s is None:
                         continue
-                    while select.select([s.fileno()], [], [], 0)[0]:  # type: ignore[attr-defined]
+                    while select.select([s.fileno()], [], [], 0)[0]:
                         try:
-                            s.get()  # type: ignore[attr-defined]
+                            s.get()
                         except Exception:
                             break
                 _safe_apply(cfg, touched)
@@ -361,7 +373,7 @@ def watch(load: Callable[[], HostConfig], period: float = 10.0, log=None) -> int
     finally:
         for s in socks.values():
             if s is not None:
-                s.close()  # type: ignore[attr-defined]
+                s.close()
         signal.set_wakeup_fd(-1)
         os.close(wake_r)
         os.close(wake_w)

@@ -156,7 +156,7 @@ def probe_qdisc_kinds(kinds: tuple[str, ...] = ("ets", "mqprio", "htb", "clsact"
 def cleanup_stale_probes() -> list[str]:
     """Delete `mfsprobe-<pid>-<hex>` namespaces whose pid is gone (left by a probe of an older
     mfs-tc that was killed). Returns their names; needs root to delete (else returns [])."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir("/run/netns")
     except OSError:
@@ -168,6 +168,3 @@ def cleanup_stale_probes() -> list[str]:
         if subprocess.run(["ip", "netns", "del", name], capture_output=True).returncode == 0:
             removed.append(name)
     return removed
-
-
-    return True

@@ -52,12 +52,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .workload import Workload, plan_batch
+from .workload import Transfer, Workload, plan_batch
 from .workload.batching import stage_time_s
+
+if TYPE_CHECKING:
+    from .sim.fabric import Link
 
 TOL = 1e-9
 
@@ -88,9 +93,9 @@ def _parts(w: Workload, *, every_request: bool = False) -> tuple[dict[str, list[
     res: dict[str, list[Part]] = {}
     possible: list[bool] = []
 
-    def load(transfers, scale: float = 1.0) -> dict:
+    def load(transfers: Iterable[Transfer], scale: float = 1.0) -> dict[Link, float]:
         """bytes per link of these transfers (less one byte per transfer against rounding)."""
-        out: dict = {}
+        out: dict[Link, float] = {}
         for t in transfers:
             b = max(0.0, t.bytes - 1.0) * scale
             if b <= 0:
@@ -99,7 +104,7 @@ def _parts(w: Workload, *, every_request: bool = False) -> tuple[dict[str, list[
                 out[ln] = out.get(ln, 0.0) + b
         return out
 
-    def slowest(by_link: dict) -> float:
+    def slowest(by_link: dict[Link, float]) -> float:
         return max((b / ln.capacity for ln, b in by_link.items()), default=0.0)
 
     for j, spec in enumerate(w.requests):
@@ -223,7 +228,7 @@ def _solve(resources: list[_Resource], n: int, alive: np.ndarray,
                        shape=(len(rhs), n))
         if integral:
             sol = milp(-np.ones(n), constraints=LinearConstraint(A, -np.inf, np.array(rhs)),
-                       bounds=Bounds(0.0, alive.astype(float)), integrality=np.ones(n),
+                       bounds=Bounds(0.0, alive.astype(float)), integrality=np.ones(n, dtype=np.int8),
                        options={"time_limit": time_limit_s})
             if sol.x is None:
                 raise RuntimeError(f"bound MILP failed: {sol.message}")
@@ -233,7 +238,9 @@ def _solve(resources: list[_Resource], n: int, alive: np.ndarray,
             if sol.status != 0:
                 value = max(value, float(x.sum()))
         else:
-            sol = linprog(-np.ones(n), A_ub=A, b_ub=np.array(rhs), bounds=bounds, method="highs")
+            # scipy-stubs 1.17 types A_ub as dense only; HiGHS takes the sparse matrix as it is
+            sol = linprog(-np.ones(n), A_ub=A, b_ub=np.array(rhs), bounds=bounds,  # type: ignore[call-overload]
+                          method="highs")
             if sol.status != 0:
                 raise RuntimeError(f"bound LP failed: {sol.message}")
             x = np.clip(sol.x, 0.0, 1.0)
@@ -260,7 +267,7 @@ def saturation_load(w: Workload) -> tuple[float, str]:
     return len(w.requests) / demand[name], name
 
 
-def reference_bound(w: Workload, *, per_resource: bool = True) -> dict:
+def reference_bound(w: Workload, *, per_resource: bool = True) -> dict[str, Any]:
     """The bound of the module doc for workload `w` (see there for what it relaxes)."""
     t0 = time.perf_counter()
     n = len(w.requests)
@@ -270,7 +277,7 @@ def reference_bound(w: Workload, *, per_resource: bool = True) -> dict:
     resources = [r for r in resources if len(r.job)]
     value, rounds, ncons = _solve(resources, n, alive) if n else (0.0, 0, 0)
     met_max = min(int(alive.sum()), int(math.floor(value + 1e-6)))
-    out = {
+    out: dict[str, Any] = {
         "met_max": met_max, "attainment": met_max / n if n else None, "lp_value": value,
         "requests": n, "possible_alone": int(alive.sum()), "resources": len(resources),
         "lp_rounds": rounds, "constraints": ncons,

@@ -30,21 +30,27 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import MfsError
 
+if TYPE_CHECKING:
+    from .loader import AttachOptions
+    from .rules import RuleSpec
+
 DEFAULT_CONFIG = Path("/etc/mfs-tc/mfs-tc.toml")
 
-IFACE_KEYS = {
+IFACE_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str, "netns": str, "levels": int, "qdisc": str, "rate": (str, int), "dscp": (str, list),
     "default_level": int, "control_level": int, "keep_dscp": list, "trust_dscp": bool, "hook": str,
     "access_group": (str, int), "rule": list, "backend": str,
 }
-RULE_KEYS = {"src": str, "dst": str, "sport": (str, int), "dport": (str, int), "proto": str, "level": int,
-             "stage": str}
+RULE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "src": str, "dst": str, "sport": (str, int), "dport": (str, int), "proto": str, "level": int, "stage": str,
+}
 TOP_KEYS = {"interface", "defaults"}
 
 
@@ -54,9 +60,9 @@ class ConfigError(MfsError):
 
 @dataclass
 class InterfaceConfig:
-    opts: Any  # loader.AttachOptions (validated)
-    rules: list  # rules.RuleSpec, in priority order
-    access_group: str | None = None
+    opts: AttachOptions  # validated
+    rules: list[RuleSpec]  # in priority order
+    access_group: str | int | None = None  # a group name or a gid
     path: str = ""  # key path, e.g. interface[0]
 
     @property
@@ -150,7 +156,11 @@ def load(file: Path | str = DEFAULT_CONFIG) -> HostConfig:
     return _validate(file, text, doc)
 
 
-def _validate(file: Path, text: str, doc: dict) -> HostConfig:
+# builds the ConfigError for a key path (file:line: path: message), for the caller to raise
+_Fail = Callable[[list[str | int], str], ConfigError]
+
+
+def _validate(file: Path, text: str, doc: dict[str, Any]) -> HostConfig:
     def fail(path: list[str | int], msg: str) -> ConfigError:
         line = _locate(text, path)
         where = f"{file}:{line}" if line else str(file)
@@ -189,7 +199,7 @@ def _validate(file: Path, text: str, doc: dict) -> HostConfig:
     return cfg
 
 
-def _backend(fail, path: list, table: dict) -> dict:
+def _backend(fail: _Fail, path: list[str | int], table: dict[str, Any]) -> dict[str, Any]:
     """`backend` is another name of `qdisc` (what `status` calls it): one of the two per table."""
     if "backend" not in table:
         return table
@@ -200,7 +210,7 @@ def _backend(fail, path: list, table: dict) -> dict:
     return t
 
 
-def _check_type(fail, path, v, want) -> None:
+def _check_type(fail: _Fail, path: list[str | int], v: object, want: type | tuple[type, ...]) -> None:
     types = want if isinstance(want, tuple) else (want,)
     if isinstance(v, bool) and bool not in types:
         raise fail(path, f"expected {' or '.join(t.__name__ for t in types)}, got a boolean")
@@ -208,12 +218,12 @@ def _check_type(fail, path, v, want) -> None:
         raise fail(path, f"expected {' or '.join(t.__name__ for t in types)}, got {type(v).__name__} {v!r}")
 
 
-def _interface(fail, i: int, d: dict) -> InterfaceConfig:
+def _interface(fail: _Fail, i: int, d: dict[str, Any]) -> InterfaceConfig:
     from .loader import AttachOptions  # noqa: PLC0415
     from .rules import RuleSpec  # noqa: PLC0415
     from .units import parse_dscp_list, parse_rate  # noqa: PLC0415
 
-    p = ["interface", i]
+    p: list[str | int] = ["interface", i]
     try:
         rate = parse_rate(str(d["rate"])) if "rate" in d else None
     except ValueError as exc:
@@ -240,7 +250,7 @@ def _interface(fail, i: int, d: dict) -> InterfaceConfig:
         key = "netns" if "namespace" in str(exc) else _key_of(str(exc))
         key = "access_group" if key == "group" else key
         raise fail(p + [key], _strip_flag(str(exc))) from None
-    specs = []
+    specs: list[RuleSpec] = []
     for j, r in enumerate(d.get("rule", [])):
         rp = p + ["rule", j]
         if not isinstance(r, dict):

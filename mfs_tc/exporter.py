@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import start_http_server, write_to_textfile
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .errors import MfsError
@@ -62,11 +62,11 @@ def pinned_targets(root: Path | None = None) -> list[Target]:
 class MfsCollector(Collector):
     """Reads the maps of `targets()` at every collect()."""
 
-    def __init__(self, targets=pinned_targets, root: Path | None = None) -> None:
+    def __init__(self, targets: Callable[[], list[Target]] = pinned_targets, root: Path | None = None) -> None:
         self.targets = targets
         self.root = root
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         from .maps import PinnedMaps
 
         labels = ["interface", "netns"]
@@ -142,7 +142,7 @@ def write_textfile(directory: Path, reg: CollectorRegistry) -> Path:
 
 
 def serve(listen: str | None, textfile: Path | None, interval_s: float, once: bool,
-          reg: CollectorRegistry | None = None, stop=lambda: False) -> None:
+          reg: CollectorRegistry | None = None, stop: Callable[[], bool] = lambda: False) -> None:
     """Serve HTTP on `listen` and/or rewrite the textfile every `interval_s` until `stop()`."""
     reg = reg or registry()
     if listen:

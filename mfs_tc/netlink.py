@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netns import popns, pushns
@@ -88,7 +89,7 @@ def ifindex(ipr: IPRoute, ifname: str, netns: str | None = None) -> int:
         names = sorted(l.get_attr("IFLA_IFNAME") for l in ipr.get_links())
         where = f" in network namespace {netns!r}" if netns else ""
         raise InterfaceError(f"no interface {ifname!r}{where} (have: {', '.join(names)})")
-    return found[0]
+    return int(found[0])
 
 
 def link_speed_bps(ifname: str, netns: str | None = None) -> int | None:
@@ -128,9 +129,10 @@ def run(
     return r.stdout
 
 
-def tc_json(args: list[str], netns: str | None = None) -> list[dict]:
+def tc_json(args: list[str], netns: str | None = None) -> list[dict[str, Any]]:
     out = run(["tc", "-j"] + args, netns=netns)
-    return json.loads(out) if out.strip() else []
+    objs: list[dict[str, Any]] = json.loads(out) if out.strip() else []
+    return objs
 
 
 def is_root() -> bool:

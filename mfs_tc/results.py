@@ -18,6 +18,10 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+# A JSON object as read from / written to summary.json and requests.csv (rows, runs, aggregates)
+JsonDict = dict[str, Any]
 
 SCHEMA = "mfs-tc-results/1"
 CSV_FIELDS = ["request_id", "policy", "arrival_s", "slo_s", "ttft_s", "met", "kv_fetch_s",
@@ -54,7 +58,7 @@ class RequestRow:
 
 
 def rows_of(requests: Iterable[RequestRow], policy: str, seed: int, load: float | None,
-            slo_scale: float | None) -> list[dict]:
+            slo_scale: float | None) -> list[JsonDict]:
     """The CSV rows of one run: each request's row with the run's point; a request that never
     got its first token (and has no other error) is `unfinished`."""
     out = []
@@ -114,9 +118,9 @@ def _mean(xs: Iterable[float | None]) -> float | None:
     return statistics.fmean(v) if v else None
 
 
-def summarize_run(policy: str, rows: list[dict], *, ccts_s: Sequence[float] = (),
+def summarize_run(policy: str, rows: list[JsonDict], *, ccts_s: Sequence[float] = (),
                   level_bytes: Sequence[int] = (), seed: int = 0, load: float | None = None,
-                  slo_scale: float | None = None, extra: dict | None = None) -> dict:
+                  slo_scale: float | None = None, extra: JsonDict | None = None) -> JsonDict:
     """One run's summary. Unfinished requests (ttft None) count as missed; TTFT percentiles are
     over finished ones."""
     n = len(rows)
@@ -140,28 +144,28 @@ def summarize_run(policy: str, rows: list[dict], *, ccts_s: Sequence[float] = ()
     return out
 
 
-def _f(v: object) -> float | None:
-    if v in (None, ""):
+def _f(v: float | str | None) -> float | None:
+    if v is None or v == "":
         return None
-    return float(v)  # type: ignore[arg-type]
+    return float(v)
 
 
 def _truthy(v: object) -> bool:
     return v is True or v in ("True", "true", "1", 1)
 
 
-def _point(run: dict) -> tuple:
+def _point(run: JsonDict) -> tuple[Any, Any]:
     return (run.get("load"), run.get("slo_scale"))
 
 
-def aggregate(runs: list[dict]) -> list[dict]:
+def aggregate(runs: list[JsonDict]) -> list[JsonDict]:
     """Per (policy, load, slo_scale): mean, min, max, stdev over seeds of the key metrics."""
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple[Any, ...], list[JsonDict]] = {}
     for r in runs:
         groups.setdefault((r["policy"],) + _point(r), []).append(r)
     out = []
     for (policy, load, slo), rs in groups.items():
-        agg: dict = {"policy": policy, "load": load, "slo_scale": slo, "seeds": [r["seed"] for r in rs]}
+        agg: JsonDict = {"policy": policy, "load": load, "slo_scale": slo, "seeds": [r["seed"] for r in rs]}
         for k in ("attainment", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "cct_mean_s",
                   "p2d_earliness_mean_s"):
             v = [r[k] for r in rs if r.get(k) is not None]
@@ -181,9 +185,9 @@ def aggregate(runs: list[dict]) -> list[dict]:
     return out
 
 
-def _mean_net_util(nus: list[dict]) -> dict:
+def _mean_net_util(nus: list[JsonDict]) -> JsonDict:
     """Per link class, the mean over runs (seeds) of each utilisation figure (sim.netutil)."""
-    out: dict = {}
+    out: JsonDict = {}
     for cls in dict.fromkeys(c for nu in nus for c in nu):
         vs = [nu[cls] for nu in nus if cls in nu]
         out[cls] = {k: statistics.fmean(v[k] for v in vs) for k in vs[0] if k != "links"}
@@ -191,7 +195,7 @@ def _mean_net_util(nus: list[dict]) -> dict:
     return out
 
 
-def net_util_headline(nu: dict | None) -> str:
+def net_util_headline(nu: JsonDict | None) -> str:
     """The most loaded link class (highest p99, then mean) as 'class mean/p99'."""
     if not nu:
         return "-"
@@ -199,14 +203,14 @@ def net_util_headline(nu: dict | None) -> str:
     return f"{cls} {v['mean']:.2f}/{v['p99']:.2f}"
 
 
-def sweep(aggs: list[dict], target: float = TARGET_ATTAINMENT) -> dict:
+def sweep(aggs: list[JsonDict], target: float = TARGET_ATTAINMENT) -> JsonDict:
     """Attainment against load (or slo_scale) per policy, and the highest load held at `target`."""
     loads = sorted({a["load"] for a in aggs if a["load"] is not None})
     slos = sorted({a["slo_scale"] for a in aggs if a["slo_scale"] is not None})
     axis = "load" if len(loads) > 1 else "slo_scale" if len(slos) > 1 else None
     if axis is None:
         return {}
-    out: dict = {"axis": axis, "target_attainment": target, "curves": {}, "max_load_at_target": {},
+    out: JsonDict = {"axis": axis, "target_attainment": target, "curves": {}, "max_load_at_target": {},
                  "load_at_target_interpolated": {}}
     for a in sorted(aggs, key=lambda a: (a["policy"], a[axis] or 0)):
         out["curves"].setdefault(a["policy"], []).append([a[axis], a["attainment"]])
@@ -218,10 +222,10 @@ def sweep(aggs: list[dict], target: float = TARGET_ATTAINMENT) -> dict:
     return out
 
 
-def _crossing(pts: list[list], target: float) -> float | None:
+def _crossing(curve: list[list[Any]], target: float) -> float | None:
     """Load where attainment falls through `target`, linear between the two sweep points around
     the first fall (the highest point held if it never falls, None if the first is below)."""
-    pts = [(x, a) for x, a in pts if a is not None]
+    pts: list[tuple[float, float]] = [(x, a) for x, a in curve if a is not None]
     if not pts or pts[0][1] < target:
         return None
     for (x0, a0), (x1, a1) in zip(pts, pts[1:], strict=False):
@@ -230,8 +234,8 @@ def _crossing(pts: list[list], target: float) -> float | None:
     return pts[-1][0]
 
 
-def write_results(out_dir: Path, runs: list[dict], meta: dict | None = None, *,
-                  plots: bool = True) -> dict:
+def write_results(out_dir: Path, runs: list[JsonDict], meta: JsonDict | None = None, *,
+                  plots: bool = True) -> JsonDict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "requests.csv", "w", newline="") as f:
@@ -260,7 +264,7 @@ def _csv(v: object) -> object:
     return v
 
 
-def load_results(out_dir: Path) -> tuple[dict, list[dict]]:
+def load_results(out_dir: Path) -> tuple[JsonDict, list[JsonDict]]:
     """summary.json and the runs with their rows put back (for re-rendering)."""
     out_dir = Path(out_dir)
     sfile = out_dir / "summary.json"
@@ -269,7 +273,7 @@ def load_results(out_dir: Path) -> tuple[dict, list[dict]]:
     summary = json.loads(sfile.read_text())
     if summary.get("schema") != SCHEMA:
         raise ValueError(f"{sfile}: schema {summary.get('schema')!r}, expected {SCHEMA}")
-    rows: list[dict] = []
+    rows: list[JsonDict] = []
     cfile = out_dir / "requests.csv"
     if cfile.is_file():
         with open(cfile, newline="") as f:
@@ -286,12 +290,12 @@ def _same(a: object, b: object) -> bool:
     if a in (None, "") and b in (None, ""):
         return True
     try:
-        return math.isclose(float(a), float(b))  # type: ignore[arg-type]
+        return math.isclose(float(a), float(b))  # type: ignore[arg-type]  # not a number: TypeError, caught
     except (TypeError, ValueError):
         return False
 
 
-def render_plots(out_dir: Path, summary: dict, runs: list[dict]) -> list[Path]:
+def render_plots(out_dir: Path, summary: JsonDict, runs: list[JsonDict]) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -356,13 +360,13 @@ def render_plots(out_dir: Path, summary: dict, runs: list[dict]) -> list[Path]:
     return made
 
 
-def _fmt(v: object, scale: float = 1.0, spec: str = ".3f") -> str:
+def _fmt(v: float | str | None, scale: float = 1.0, spec: str = ".3f") -> str:
     if v is None:
         return "-"
-    return format(float(v) * scale, spec)  # type: ignore[arg-type]
+    return format(float(v) * scale, spec)
 
 
-def table(summary: dict) -> str:
+def table(summary: JsonDict) -> str:
     """A readable table: one line per policy and point (means over seeds, spread of attainment)."""
     head = f"{'policy':<12} {'load':>6} {'slo':>5} {'seeds':>5} {'attain':>7} {'spread':>13} " \
            f"{'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'CCT ms':>8} {'p2d early ms':>12}"

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import MapFullError, MfsError
 from .layout import (
@@ -35,6 +36,9 @@ from .layout import (
     STAGE_NAMES,
     RuleRecord,
 )
+
+if TYPE_CHECKING:
+    from .maps import PinnedMaps
 
 RULE_STAGES = ("kv_fetch", "collective", "p2d")
 PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
@@ -123,7 +127,8 @@ class RuleSpec:
             level = stage_level(self.stage, nlevels)
             stage = STAGE_CODES[self.stage]
         else:
-            level, stage = int(self.level), 0  # type: ignore[arg-type]
+            assert self.level is not None  # exactly one of level / stage: checked above
+            level, stage = int(self.level), 0
             if not 0 <= level < nlevels:
                 raise MfsError(f"--level {level}: this interface has levels 0..{nlevels - 1}")
         r = RuleRecord(level=level, stage=stage)
@@ -184,7 +189,7 @@ class RuleRow:
 class RuleTable:
     """The rules of one attachment, over its pinned `rules` and `rule_stats` maps."""
 
-    def __init__(self, maps) -> None:  # maps: maps.PinnedMaps
+    def __init__(self, maps: PinnedMaps) -> None:
         self.rules = maps.rules
         self.stats = maps.rule_stats
         self.nlevels = maps.config.nlevels
@@ -294,7 +299,7 @@ class RuleTable:
         return removed, added
 
 
-def rules_lock(ifname: str, netns: str | None):
+def rules_lock(ifname: str, netns: str | None) -> AbstractContextManager[None]:
     """The per-interface lock of rule table writes (rule add/del, apply)."""
     from .attachment import STATE_ROOT  # noqa: PLC0415
     from .ifacelock import interface_lock  # noqa: PLC0415

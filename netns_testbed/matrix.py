@@ -14,9 +14,10 @@ import sys
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO, cast
 
 from mfs_tc.sim.matrix import SCENARIOS, MatrixConfig, Scenario, point_workload, run_matrix
+from mfs_tc.workload import Workload
 
 # the simulator's testbed-mooncake scenario at 3 of its loads (light, near saturation, overload)
 # and 40 requests a run (about 20 s per policy per point)
@@ -26,7 +27,7 @@ TESTBED_SCENARIOS: dict[str, Scenario] = {
 DEFAULT_SEEDS = [1, 2, 3]
 
 
-def run_testbed_point(task: dict, prefix: str | None = None) -> list[dict]:
+def run_testbed_point(task: dict[str, Any], prefix: str | None = None) -> list[dict[str, Any]]:
     """One point on a live testbed topology (namespace names from `prefix`, default the
     testbed's): its bound (if asked) and the asked policies, as the simulator's matrix lines."""
     from mfs_tc.sim.runner import point_bound
@@ -41,15 +42,17 @@ def run_testbed_point(task: dict, prefix: str | None = None) -> list[dict]:
                       num_requests=sc["requests"], model=sc["model"], byte_scale=sc["byte_scale"])
     wl, load_info = point_workload(scen, probe.workload_config, seed, load, slo)
     rps = load_info["load_rps"]
+    named: dict[str, Any] = {"prefix": prefix} if prefix else {}
     rc = RunConfig(policies=list(task["policies"] or cfg["policies"]), seeds=[seed], loads=[rps],
                    slo_scales=[slo], workload=sc["workload"], num_requests=sc["requests"],
                    model=sc["model"], byte_scale=sc["byte_scale"], levels=cfg["levels"],
-                   policy_config=dict(cfg["policy_config"]), **({"prefix": prefix} if prefix else {}))
+                   policy_config=dict(cfg["policy_config"]), **named)
     base = {"scenario": sc["name"], "spec": sc, "seed": seed, "load": load, "slo_scale": slo,
             "source": "testbed", **load_info}
-    lines: list[dict] = []
+    lines: list[dict[str, Any]] = []
+    # point_workload (sim/matrix.py) is typed to return object; here it is generate()'s Workload
     if task["bound"]:
-        lines.append({**base, "kind": "bound", "bound": point_bound(wl)})
+        lines.append({**base, "kind": "bound", "bound": point_bound(cast(Workload, wl))})
     if task["policies"]:
         summary = run(rc, None, progress_out=sys.stderr)
         for r in summary["runs"]:
@@ -59,7 +62,7 @@ def run_testbed_point(task: dict, prefix: str | None = None) -> list[dict]:
 
 
 def run_testbed_matrix(cfg: MatrixConfig, out_dir: Path, *, plots: bool = True,
-                       progress_out: TextIO | None = sys.stderr, prefix: str | None = None) -> dict:
+                       progress_out: TextIO | None = sys.stderr, prefix: str | None = None) -> dict[str, Any]:
     """Run (or resume) `cfg` on the testbed into `out_dir` (the simulator's files and summary)."""
     return run_matrix(cfg, out_dir, plots=plots, progress_out=progress_out,
                       point_runner=partial(run_testbed_point, prefix=prefix))

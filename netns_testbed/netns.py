@@ -60,20 +60,21 @@ def enter_netns(ns: str) -> None:
 
 def call_in_netns(ns: str, fn: Callable[[], T], timeout: float = 30) -> T:
     """Run `fn` in a short-lived thread inside namespace `ns` and return its result."""
-    box: dict[str, object] = {}
+    value: list[T] = []  # fn's result, or
+    error: list[BaseException] = []  # what it raised
 
     def body() -> None:
         try:
             enter_netns(ns)
-            box["v"] = fn()
+            value.append(fn())
         except BaseException as exc:  # handed to the caller
-            box["e"] = exc
+            error.append(exc)
 
     t = threading.Thread(target=body, name=f"netns-{ns}", daemon=True)
     t.start()
     t.join(timeout)
     if t.is_alive():
         raise MfsError(f"call in namespace {ns} timed out after {timeout}s")
-    if "e" in box:
-        raise box["e"]  # type: ignore[misc]
-    return box["v"]  # type: ignore[return-value]
+    if error:
+        raise error[0]
+    return value[0]

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from mfs_tc.workload import BatchPlan, RequestSpec, Workload, form_batch, plan_batch, request_estimate
 
@@ -48,7 +49,7 @@ class ReplayScenario:
     planner: Planner
     link_rate_bps: float  # the rate the arrival estimates are made at (the topology's)
     name: str = "custom"
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
     arrival_estimates: dict[int, ArrivalEstimate] = field(init=False)
 
     def __post_init__(self) -> None:

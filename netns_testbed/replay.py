@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from mfs_tc.results import RequestRow
 from mfs_tc.workload import BatchPlan, RequestSpec, Transfer, request_estimate, work_ahead
@@ -130,7 +131,7 @@ class Replay:
                 time.sleep(min(wait / 1e9, 0.5))
             self.arrival_ns[spec.request_id] = at
             est = self.sc.arrival_estimates[spec.request_id]
-            self._safe(lambda spec=spec, at=at, est=est: self.sched.open_request(spec, at, est))
+            self._safe(partial(self.sched.open_request, spec, at, est))
             with self._cv:
                 self._queues[spec.prefill_group].append(spec)
                 self._cv.notify_all()

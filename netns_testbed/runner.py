@@ -13,13 +13,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import TextIO
+from types import FrameType
+from typing import Any, TextIO
 
 from mfs_tc import results
 from mfs_tc.errors import MfsError
-from mfs_tc.results import summarize_run, write_results
+from mfs_tc.results import JsonDict, summarize_run, write_results
 from mfs_tc.workload.comparison import DEFAULT_POLICIES, ComparisonConfig
+from mfs_tc.workload.config import WorkloadConfig
 
 from .plan import ReplayScenario, scenario_from_workload
 from .replay import Replay, ReplayResult, start_sinks
@@ -37,13 +40,13 @@ class RunConfig(ComparisonConfig):
     def checks_policies(self) -> bool:
         return self.datapath == "mfs"
 
-    def workload_config(self, seed: int, load: float | None, slo_scale: float) -> object:
+    def workload_config(self, seed: int, load: float | None, slo_scale: float) -> WorkloadConfig:
         from mfs_tc.workload import ClusterShape
 
         return self.point_config(seed, load, slo_scale, ClusterShape(link_rate_bps=self.rate_bps))
 
 
-def rows_of(result: ReplayResult, seed: int, load: float | None, slo_scale: float | None) -> list[dict]:
+def rows_of(result: ReplayResult, seed: int, load: float | None, slo_scale: float | None) -> list[JsonDict]:
     return results.rows_of(result.requests, result.policy, seed, load, slo_scale)
 
 
@@ -76,7 +79,7 @@ class Progress:
         self.out.flush()
 
 
-def make_scheduler(topo: Topology, policy: str, datapath: str, config: dict) -> Scheduler:
+def make_scheduler(topo: Topology, policy: str, datapath: str, config: dict[str, Any]) -> Scheduler:
     if datapath == "plain":
         s = NullScheduler()
         s.policy = policy
@@ -90,11 +93,11 @@ def run_scenarios(
     cfg: RunConfig,
     out_dir: Path | None,
     progress: Progress,
-    meta: dict,
-) -> dict:
+    meta: JsonDict,
+) -> JsonDict:
     """Replay each (seed, load, slo_scale, scenario) under every policy on a live topology."""
-    runs: list[dict] = []
-    summary: dict = {}
+    runs: list[JsonDict] = []
+    summary: JsonDict = {}
     for seed, load, slo, make in points:
         scenario = make()
         for policy in cfg.policies:
@@ -134,19 +137,18 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v * 1e3:.0f} ms"
 
 
-def run(cfg: RunConfig, out_dir: Path | None, *, progress_out: TextIO | None = sys.stderr) -> dict:
+def run(cfg: RunConfig, out_dir: Path | None, *, progress_out: TextIO | None = sys.stderr) -> JsonDict:
     """The default comparison / sweep on the workload. Returns the summary (also in out_dir)."""
     from mfs_tc.workload import generate
 
     first = generate(cfg.workload_config(cfg.seeds[0], cfg.loads[0], cfg.slo_scales[0]))
     tcfg = TopologyConfig.from_cluster(first.cluster, levels=cfg.levels, datapath=cfg.datapath,
                                        prefix=cfg.prefix)
-    points = []
+    points: list[tuple[int, float | None, float, Callable[[], ReplayScenario]]] = []
     for load in cfg.loads:
         for slo in cfg.slo_scales:
             for seed in cfg.seeds:
-                points.append((seed, load, slo, lambda s=seed, l=load, x=slo:
-                               scenario_from_workload(generate(cfg.workload_config(s, l, x)))))
+                points.append((seed, load, slo, partial(_scenario_at, cfg, seed, load, slo)))
     meta = {"source": "testbed", "config": {k: v for k, v in asdict(cfg).items()},
             "topology": asdict(tcfg), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     progress = Progress(progress_out)
@@ -154,12 +156,24 @@ def run(cfg: RunConfig, out_dir: Path | None, *, progress_out: TextIO | None = s
         return run_scenarios(topo, points, cfg, out_dir, progress, meta)
 
 
+def _scenario_at(cfg: RunConfig, seed: int, load: float | None, slo: float) -> ReplayScenario:
+    """The replay scenario of one point (made when the point runs)."""
+    from mfs_tc.workload import generate
+
+    return scenario_from_workload(generate(cfg.workload_config(seed, load, slo)))
+
+
+# what signal.signal returns and takes back (a handler, SIG_DFL/SIG_IGN, or None: not set from Python)
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
 class live_topology:
     """Context manager: topology up with sinks; down on exit, Ctrl-C or SIGTERM."""
 
     def __init__(self, tcfg: TopologyConfig, tag: str | None = None) -> None:
         self.topo = Topology(tcfg, tag=tag) if tag else Topology(tcfg)
-        self._old: object = None
+        self._old: _Handler = None
+        self._old_int: _Handler = None
 
     def __enter__(self) -> Topology:
         def on_term(signum: int, frame: object) -> None:
@@ -184,9 +198,9 @@ class live_topology:
             s.close()
         self.topo.down()
         if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)  # type: ignore[arg-type]
+            signal.signal(signal.SIGTERM, self._old)
         if getattr(self, "_old_int", None) is not None:
-            signal.signal(signal.SIGINT, self._old_int)  # type: ignore[arg-type]
+            signal.signal(signal.SIGINT, self._old_int)
 
 
 __all__ = ["RunConfig", "run", "run_scenarios", "live_topology", "DEFAULT_POLICIES", "MfsError"]

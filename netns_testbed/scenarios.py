@@ -15,6 +15,7 @@ first) serves it first and both meet their SLOs (tight 0.52 s, loose 1.51 s agai
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from mfs_tc.workload import BatchPlan, LayerPlan, RequestSpec, Transfer
 
@@ -25,9 +26,9 @@ CONTENTION_TIGHT = 1
 CONTENTION_LOOSE = 2
 
 
-def contention_topology(rate_bps: float = 100e6, prefix: str = "mfsb", **kw: object) -> TopologyConfig:
+def contention_topology(rate_bps: float = 100e6, prefix: str = "mfsb", **kw: Any) -> TopologyConfig:
     return TopologyConfig(kv_hosts=1, prefill_groups=2, group_size=1, decode_hosts=1,
-                          rate_bps=rate_bps, prefix=prefix, **kw)  # type: ignore[arg-type]
+                          rate_bps=rate_bps, prefix=prefix, **kw)
 
 
 def contention_scenario(rate_bps: float = 100e6, nbytes: int = 6_000_000,

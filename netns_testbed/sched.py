@@ -14,8 +14,10 @@ from __future__ import annotations
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mfs_tc.errors import MfsError
 from mfs_tc.layout import COUNTER_FMT, MAX_LEVELS, FlowKey, pin_dir
@@ -24,6 +26,12 @@ from mfs_tc.workload import RequestSpec, Transfer
 
 from .plan import ArrivalEstimate
 from .topology import Topology
+
+if TYPE_CHECKING:
+    from mfs_tc.controller import BatchHandle, Controller, FlowHandle, RequestHandle, StageHandle
+
+# a registered stage: (host, "b" batch / "r" request, the batch or request id, stage, layer)
+StageKey = tuple[str, str, int, str, int]
 
 
 class Scheduler:
@@ -73,12 +81,13 @@ class ControllerScheduler(Scheduler):
 
     topology: Topology
     policy: str
-    config: dict = field(default_factory=dict)
-    _ctls: dict[str, object] = field(default_factory=dict)
-    _reqs: dict[tuple[str, int], object] = field(default_factory=dict)
-    _batches: dict[tuple[str, int], object] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    _ctls: dict[str, Controller] = field(default_factory=dict)
+    _reqs: dict[tuple[str, int], RequestHandle] = field(default_factory=dict)
+    # (host, batch id) -> the batch's owner there: its BatchHandle, or a batch of one's request
+    _batches: dict[tuple[str, int], RequestHandle | BatchHandle] = field(default_factory=dict)
     _members: dict[int, list[int]] = field(default_factory=dict)
-    _stages: dict[tuple, object] = field(default_factory=dict)
+    _stages: dict[StageKey, StageHandle] = field(default_factory=dict)
     # request id -> (spec, its arrival estimate, its TTFT deadline as wall-clock seconds): what a
     # serving system carries in request metadata; each host's controller converts the deadline
     # to its own CLOCK_MONOTONIC
@@ -88,7 +97,7 @@ class ControllerScheduler(Scheduler):
     # p2d admission (policy.admission), as a decode-side scheduler would run it: the live p2d
     # stages per decode host, request id -> (its flows, stage bytes, p2d deadline ns)
     admission_tick_s: float = 0.001
-    _p2d: dict[str, dict[int, tuple[list, int, int]]] = field(default_factory=dict)
+    _p2d: dict[str, dict[int, tuple[list[FlowHandle], int, int]]] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _admitter: threading.Thread | None = None
 
@@ -109,7 +118,7 @@ class ControllerScheduler(Scheduler):
         except BaseException:
             self.close()
             raise
-        if any(c.policy.p2d_admission() for c in self._ctls.values()):  # type: ignore[attr-defined]
+        if any(c.policy.p2d_admission() for c in self._ctls.values()):
             self._admitter = threading.Thread(target=self._admit_loop, daemon=True, name="p2d-admission")
             self._admitter.start()
 
@@ -122,9 +131,9 @@ class ControllerScheduler(Scheduler):
             with self._lock:
                 drop: list[int] = []
                 for on in self._p2d.values():
-                    jobs = {}
+                    jobs: dict[int, tuple[int, int]] = {}
                     for rid, (fhs, stage_bytes, deadline) in on.items():
-                        if any(r.scavenged for (_h, x), r in self._reqs.items() if x == rid):  # type: ignore[attr-defined]
+                        if any(r.scavenged for (_h, x), r in self._reqs.items() if x == rid):
                             continue
                         sent = 0
                         for fh in fhs:
@@ -136,29 +145,26 @@ class ControllerScheduler(Scheduler):
                 for rid in drop:
                     for (_h, x), r in list(self._reqs.items()):
                         if x == rid:
-                            _quiet(r.scavenge)  # type: ignore[attr-defined]
+                            _quiet(r.scavenge)
 
-    def _req(self, host: str, request_id: int) -> object:
+    def _req(self, host: str, request_id: int) -> RequestHandle:
         key = (host, request_id)
         r = self._reqs.get(key)
         if r is None:
             spec, first, deadline_wall = self._jobs[request_id]
             b, c = self._est.get(request_id, (first.remaining_bytes, first.remaining_compute_s))
-            r = self._ctls[host].request(  # type: ignore[attr-defined]
+            r = self._ctls[host].request(
                 request_id, deadline_wall=deadline_wall, arrival_wall=deadline_wall - spec.slo_s,
                 num_layers=first.num_layers, remaining_bytes=b, remaining_compute_s=c)
             self._reqs[key] = r
         return r
 
-    def _owner(self, host: str, batch_id: int) -> object:
+    def _owner(self, host: str, batch_id: int) -> RequestHandle | BatchHandle:
         key = (host, batch_id)
         b = self._batches.get(key)
         if b is None:
             members = [self._req(host, rid) for rid in self._members[batch_id]]
-            if len(members) == 1:
-                b = members[0]
-            else:
-                b = self._ctls[host].batch(members, batch_id=f"batch:{batch_id}")  # type: ignore[attr-defined]
+            b = members[0] if len(members) == 1 else self._ctls[host].batch(members, batch_id=f"batch:{batch_id}")
             self._batches[key] = b
         return b
 
@@ -177,27 +183,27 @@ class ControllerScheduler(Scheduler):
                  batch_id: int | None, request_id: int | None, stage_bytes: int,
                  compute_after_s: float, true_remaining_ns: int | None) -> None:
         with self._lock:
+            req: RequestHandle | None = None  # the owner when it is a request (p2d)
+            owner: RequestHandle | BatchHandle
             if batch_id is not None:
                 owner = self._owner(host, batch_id)
-                okey: tuple = (host, "b", batch_id)
+                skey: StageKey = (host, "b", batch_id, stage, layer)
             elif request_id is not None:
-                owner = self._req(host, request_id)
-                okey = (host, "r", request_id)
+                owner = req = self._req(host, request_id)
+                skey = (host, "r", request_id, stage, layer)
             else:
                 raise ValueError("a flow belongs to a batch or a request")
-            skey = okey + (stage, layer)
             handle = self._stages.get(skey)
             if handle is None:
-                handle = owner.stage(stage, bytes=stage_bytes,  # type: ignore[attr-defined]
-                                     compute_after_s=compute_after_s, layer=layer)
+                handle = owner.stage(stage, bytes=stage_bytes, compute_after_s=compute_after_s, layer=layer)
                 self._stages[skey] = handle
-            fh = handle.add_flow(key, bytes=t.bytes, target_layer=layer)  # type: ignore[attr-defined]
+            fh = handle.add_flow(key, bytes=t.bytes, target_layer=layer)
             if true_remaining_ns is not None and self.policy == "llf-oracle":
                 fh.flow.true_remaining_work_ns = true_remaining_ns
                 fh.update()
-            if self._admitter is not None and stage == "p2d" and request_id is not None:
+            if self._admitter is not None and stage == "p2d" and request_id is not None and req is not None:
                 on = self._p2d.setdefault(t.dst, {})
-                deadline = owner.deadline_ns - int(round(compute_after_s * 1e9))  # type: ignore[attr-defined]
+                deadline = req.deadline_ns - int(round(compute_after_s * 1e9))
                 fhs = on.get(request_id, ([], stage_bytes, deadline))[0]
                 fhs.append(fh)
                 on[request_id] = (fhs, stage_bytes, deadline)
@@ -209,7 +215,7 @@ class ControllerScheduler(Scheduler):
             for (_host, rid), r in list(self._reqs.items()):
                 if rid in estimates:
                     b, c = estimates[rid]
-                    r.update_estimate(remaining_bytes=b, remaining_compute_s=c)  # type: ignore[attr-defined]
+                    r.update_estimate(remaining_bytes=b, remaining_compute_s=c)
             if batch_id is None or len(self._members.get(batch_id, [])) < 2:
                 return
             if batch_estimate is not None:
@@ -217,27 +223,27 @@ class ControllerScheduler(Scheduler):
             else:
                 tot = sum(b for b, _ in estimates.values())
                 comp = max((c for _, c in estimates.values()), default=0.0)
-            for (_host, bid), b in list(self._batches.items()):
+            for (_host, bid), owner in list(self._batches.items()):
                 if bid == batch_id:
-                    b.update_estimate(remaining_bytes=tot, remaining_compute_s=comp)  # type: ignore[attr-defined]
+                    owner.update_estimate(remaining_bytes=tot, remaining_compute_s=comp)
 
     def at_layer(self, batch_id: int, layer: int) -> None:
         with self._lock:
             rids = self._members.get(batch_id, [])
-            for (_host, bid), b in list(self._batches.items()):
+            for (_host, bid), owner in list(self._batches.items()):
                 if bid == batch_id:
-                    b.at_layer(layer)  # type: ignore[attr-defined]
+                    owner.at_layer(layer)
             # members registered on hosts where the batch itself has no flows yet (p2d senders)
             for (host, rid), r in list(self._reqs.items()):
                 if rid in rids and (host, batch_id) not in self._batches:
-                    r.at_layer(layer)  # type: ignore[attr-defined]
+                    r.at_layer(layer)
 
     def end_batch(self, batch_id: int) -> None:
         with self._lock:
             for key in [k for k in self._batches if k[1] == batch_id]:
-                b = self._batches.pop(key)
+                owner = self._batches.pop(key)
                 if len(self._members.get(batch_id, [])) > 1:
-                    _quiet(b.done)  # type: ignore[attr-defined]
+                    _quiet(owner.done)
             for skey in [k for k in self._stages if k[1] == "b" and k[2] == batch_id]:
                 del self._stages[skey]
             self._members.pop(batch_id, None)
@@ -245,7 +251,7 @@ class ControllerScheduler(Scheduler):
     def done(self, request_id: int) -> None:
         with self._lock:
             for key in [k for k in self._reqs if k[1] == request_id]:
-                _quiet(self._reqs.pop(key).done)  # type: ignore[attr-defined]
+                _quiet(self._reqs.pop(key).done)
             for skey in [k for k in self._stages if k[1] == "r" and k[2] == request_id]:
                 del self._stages[skey]
             self._jobs.pop(request_id, None)
@@ -259,16 +265,16 @@ class ControllerScheduler(Scheduler):
             self._admitter.join(timeout=2)
         with self._lock:
             for ctl in self._ctls.values():
-                _quiet(ctl.close)  # type: ignore[attr-defined]
+                _quiet(ctl.close)
             self._ctls.clear()
             self._reqs.clear()
             self._batches.clear()
             self._stages.clear()
 
 
-def _quiet(fn: object) -> None:
+def _quiet(fn: Callable[[], object]) -> None:
     try:
-        fn()  # type: ignore[operator]
+        fn()
     except MfsError:
         pass
 

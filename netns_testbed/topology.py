@@ -18,12 +18,16 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from mfs_tc.errors import MfsError
 from mfs_tc.layout import PIN_ROOT
 from mfs_tc.maps import pid_alive
 
 from .netns import ip, list_netns, run
+
+if TYPE_CHECKING:
+    from mfs_tc.workload import ClusterShape
 
 DEFAULT_PREFIX = "mfsb"
 SUBNET = "10.201.0"
@@ -81,11 +85,11 @@ class TopologyConfig:
         return self.prefill_groups * self.group_size
 
     @classmethod
-    def from_cluster(cls, cluster: object, **kw: object) -> TopologyConfig:
+    def from_cluster(cls, cluster: ClusterShape, **kw: Any) -> TopologyConfig:
         """From a mfs_tc.workload ClusterShape (host counts and link rate)."""
-        return cls(kv_hosts=cluster.kv_hosts, prefill_groups=cluster.prefill_groups,  # type: ignore[attr-defined]
-                   group_size=cluster.group_size, decode_hosts=cluster.decode_hosts,  # type: ignore[attr-defined]
-                   rate_bps=cluster.link_rate_bps, **kw)  # type: ignore[attr-defined,arg-type]
+        return cls(kv_hosts=cluster.kv_hosts, prefill_groups=cluster.prefill_groups,
+                   group_size=cluster.group_size, decode_hosts=cluster.decode_hosts,
+                   rate_bps=cluster.link_rate_bps, **kw)
 
 
 @dataclass

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from ..errors import MfsError
 from .output import emit_json, human_bytes, table
+
+if TYPE_CHECKING:
+    from ..maps import PinnedMaps
 
 rule_app = typer.Typer(help="Rules by prefix, port and protocol (after exact entries, before the default).",
                        no_args_is_help=True)
@@ -17,7 +20,7 @@ Netns = Annotated[Optional[str], typer.Option("--netns", "-n", help="Network nam
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
 
 
-def _maps(iface: str, netns: str | None):
+def _maps(iface: str, netns: str | None) -> PinnedMaps:
     from ..maps import PinnedMaps
     from ..netlink import check_ifname, check_netns_name
 
@@ -26,13 +29,13 @@ def _maps(iface: str, netns: str | None):
     return PinnedMaps.open(iface, netns)
 
 
-def rule_rows(maps) -> list[dict]:
+def rule_rows(maps: PinnedMaps) -> list[dict[str, Any]]:
     from ..rules import RuleTable
 
     return [r.as_dict() for r in RuleTable(maps).rows()]
 
 
-def print_rules(rows: list[dict]) -> None:
+def print_rules(rows: list[dict[str, Any]]) -> None:
     if not rows:
         typer.echo("no rules")
         return
@@ -93,7 +96,11 @@ def delete(
         raise MfsError("rule del needs a rule id or --all")
     with _maps(iface, netns) as maps, rules_lock(iface, netns):
         t = RuleTable(maps)
-        gone = t.clear() if all_ else [t.delete(rule_id)]  # type: ignore[arg-type]
+        if all_:
+            gone = t.clear()
+        else:
+            assert rule_id is not None  # exactly one of rule id / --all: checked above
+            gone = [t.delete(rule_id)]
     if json_out:
         emit_json({"removed": [r.id for r in gone]})
         return

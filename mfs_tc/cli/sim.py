@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -16,8 +16,8 @@ sim_app = typer.Typer(help="Flow-level simulator: the same policies and workload
 
 
 
-def _policy_config(items: list[str]) -> dict:
-    cfg: dict = {}
+def _policy_config(items: list[str]) -> dict[str, Any]:
+    cfg: dict[str, Any] = {}
     for it in items:
         if "=" not in it:
             raise MfsError(f"bad --policy-config {it!r}: use KEY=VALUE (VALUE as JSON, e.g. "
@@ -140,9 +140,9 @@ def matrix_cmd(
     echo_matrix(summary, out, plots=plots, json_out=json_out)
 
 
-def matrix_overrides(requests: int | None, load: str | None, slo_scale: str | None) -> dict:
+def matrix_overrides(requests: int | None, load: str | None, slo_scale: str | None) -> dict[str, Any]:
     """Scenario fields a matrix command's --requests/--load/--slo-scale override."""
-    over: dict = {}
+    over: dict[str, Any] = {}
     if requests is not None:
         if requests < 1:
             raise ValueError("--requests must be at least 1")
@@ -154,7 +154,7 @@ def matrix_overrides(requests: int | None, load: str | None, slo_scale: str | No
     return over
 
 
-def echo_matrix(summary: dict, out: Path, *, plots: bool, json_out: bool) -> None:
+def echo_matrix(summary: dict[str, Any], out: Path, *, plots: bool, json_out: bool) -> None:
     """A matrix summary as JSON or as the table, with where the files are."""
     from ..sim.matrix import table
 

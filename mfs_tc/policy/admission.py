@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Hashable, Mapping
+from typing import TypeVar
+
+K = TypeVar("K", bound=Hashable)  # the caller's job key (request id, stage, ...)
 
 
-def moore_hodgson(jobs: Mapping[Hashable, tuple[int, int]], now_ns: int) -> list[Hashable]:
+def moore_hodgson(jobs: Mapping[K, tuple[int, int]], now_ns: int) -> list[K]:
     """The keys to give up, fewest possible: `jobs` maps key -> (time it still needs on the link
     in ns, deadline ns). Ties in deadline keep the mapping's order; of equal sizes the one met
     last is dropped."""
@@ -35,7 +38,7 @@ def moore_hodgson(jobs: Mapping[Hashable, tuple[int, int]], now_ns: int) -> list
     order = sorted(range(len(vals)), key=lambda i: vals[i][1])
     taken: list[tuple[int, int, int]] = []  # (-need, -position, index): a max-heap on need
     t = now_ns
-    dropped: list[Hashable] = []
+    dropped: list[K] = []
     for pos, i in enumerate(order):
         need, deadline = vals[i]
         need = max(int(need), 0)

@@ -22,6 +22,7 @@ Only llf-oracle scavenges; for the others is_hopeless is always False.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..entry import FlowEntry, ps_per_byte
 from ..layout import MODE_LAXITY, MODE_REMAINING, MODE_SENT, MODE_STATIC
@@ -58,7 +59,7 @@ def _static(level: int) -> LevelTable:
     return static_table(level)
 
 
-def _header(policy: Policy) -> dict:
+def _header(policy: Policy) -> dict[str, Any]:
     c = policy.config
     return {
         "policy": policy.name,
@@ -88,7 +89,7 @@ class FairPolicy(Policy):
     def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
         return make_entry(request, stage, flow, now_ns, _static(self.config.level))
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         lv = self.config.level
         return _header(self) | {
             "mode": "static",
@@ -128,7 +129,7 @@ class _SizePolicy(Policy):
             spread_levels(len(th)),
         )
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         rows = self.table.rows("every flow", nbytes, self.metric)
         return _header(self) | {
             "mode": {MODE_STATIC: "static", MODE_REMAINING: "remaining", MODE_SENT: "sent"}[self.mode],
@@ -234,7 +235,7 @@ class KarunaPolicy(Policy):
                               deadline_ns=deadline, ps=0)
         return make_entry(request, stage, flow, now_ns, self.table)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         c = self.config
         rows = self.deadline_table.rows("p2d (deadline flows)", ms, "deadline - now")
         rows += self.table.rows("kv_fetch, collective", nbytes, "bytes sent")
@@ -293,7 +294,7 @@ class EdfPolicy(Policy):
             request, stage, flow, now_ns, self.table, deadline_ns=self.deadline(request, stage), ps=0
         )
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         rows = self.table.rows("every flow", ms, "deadline - now")
         return _header(self) | {
             "mode": "laxity",
@@ -342,7 +343,7 @@ class FifoPolicy(Policy):
     def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
         return make_entry(request, stage, flow, now_ns, self.table, deadline_ns=request.arrival_ns, ps=0)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         ages = self.config.age_thresholds_ns
         rows = []
         for i, lv in enumerate(self.age_levels):
@@ -389,12 +390,13 @@ class StagePolicy(Policy):
     config: StageConfig
 
     def level_of(self, stage: Stage) -> int:
-        return getattr(self.config, f"{stage.name}_level")
+        level: int = getattr(self.config, f"{stage.name}_level")
+        return level
 
     def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
         return make_entry(request, stage, flow, now_ns, _static(self.level_of(stage)))
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         c = self.config
         levels = {s: getattr(c, f"{s}_level") for s in ("collective", "kv_fetch", "p2d")}
         return _header(self) | {
@@ -459,7 +461,7 @@ class LlfOraclePolicy(Policy):
         return make_entry(request, stage, flow, now_ns, self.table, deadline_ns=base,
                           ps=stage_ps(self.ps, stage, flow))
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         rows = self.table.rows("every flow", ms, "laxity")
         return _header(self) | {
             "mode": "laxity",

@@ -26,13 +26,14 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..entry import ps_per_byte
 from ..layout import MAX_LEVELS
 from .registry import policy_class
 
 MIN_LAXITY_NS = 1_000_000
+_Num = TypeVar("_Num", int, float)  # _distinct keeps its input's number type
 
 
 @dataclass(slots=True)
@@ -86,8 +87,8 @@ def quantile(values: Sequence[float], p: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def _distinct(values: Sequence[float]) -> tuple:
-    out: list = []
+def _distinct(values: Sequence[_Num]) -> tuple[_Num, ...]:
+    out: list[_Num] = []
     for v in values:
         if not out or v > out[-1]:
             out.append(v)
@@ -137,14 +138,14 @@ def calibrate(policy: str, workload: CalibrationWorkload | Mapping[str, Any], nl
         lo = min(max(quantile(mlus, 0.5), 0.01), 0.5)
         n = min(5, top)
         if n == 0:
-            th: tuple = ()
+            mlu_th: tuple[float, ...] = ()
         elif n == 1:
-            th = (0.9,)
+            mlu_th = (0.9,)
         else:
-            th = tuple(round(lo * (0.9 / lo) ** (i / (n - 1)), 4) for i in range(n))
+            mlu_th = tuple(round(lo * (0.9 / lo) ** (i / (n - 1)), 4) for i in range(n))
         out |= {
-            "mlu_thresholds": _distinct(th),
-            "mlu_levels": tuple(reversed(_spread(len(_distinct(th)), 0, min(len(_distinct(th)), top)))),
+            "mlu_thresholds": _distinct(mlu_th),
+            "mlu_levels": tuple(reversed(_spread(len(_distinct(mlu_th)), 0, min(len(_distinct(mlu_th)), top)))),
             "red_loose_ns": int(quantile(w.slos_ns, 0.5)),
         }
     elif name in ("mfs-laxity", "llf-oracle"):

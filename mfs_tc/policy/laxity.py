@@ -17,6 +17,7 @@ Reference layout (K = 8, default thresholds): L_hat < 10 ms -> 0, < 25 ms -> 1, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..entry import FlowEntry, ps_per_byte
 from ..layout import F_MONOTONIC, MODE_LAXITY
@@ -93,7 +94,7 @@ class MfsLaxityPolicy(Policy):
             request, stage, flow, now_ns, self.table, flags=F_MONOTONIC, deadline_ns=base, ps=self.ps
         )
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         c = self.config
         rows = self.table.rows("all stages", ms, "L_hat")
         return {

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, overload
 
 from ..entry import FlowEntry, check_table
 from ..layout import MAX_LEVELS, MAX_THRESH, MODE_STATIC, STAGE_CODES
@@ -119,8 +120,13 @@ def check_level(level: int, nlevels: int, key: str) -> None:
         raise ValueError(f"{key} must be a level in 0..{nlevels - 1}, got {level!r}")
 
 
-def as_tuple(value: Sequence[float] | Sequence[int] | None, key: str) -> tuple | None:
-    """Config values arrive as lists (JSON, CLI) or tuples; keep tuples."""
+@overload
+def as_tuple(value: None, key: str) -> None: ...
+@overload
+def as_tuple(value: Sequence[float] | Sequence[int], key: str) -> tuple[Any, ...]: ...
+def as_tuple(value: Sequence[float] | Sequence[int] | None, key: str) -> tuple[Any, ...] | None:
+    """Config values arrive as lists (JSON, CLI) or tuples; keep tuples (elements unchecked:
+    the caller checks them)."""
     if value is None:
         return None
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
@@ -189,7 +195,7 @@ def static_table(level: int) -> LevelTable:
     return LevelTable(MODE_STATIC, (), (level,))
 
 
-def layout(nlevels: int, rows: Sequence[tuple[int, str]], *, scavenger: str) -> list[dict]:
+def layout(nlevels: int, rows: Sequence[tuple[int, str]], *, scavenger: str) -> list[dict[str, Any]]:
     """The level layout of a policy: for each level, what traffic it carries."""
     table: list[list[str]] = [[] for _ in range(nlevels)]
     table[0].append("control packets of unknown flows (SYN, FIN, RST, pure ACKs of reverse "

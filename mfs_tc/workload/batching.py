@@ -51,26 +51,26 @@ class BatchPlan:
     p2d: dict[int, list[Transfer]]  # request id -> its p2d transfers
     decode_step_s: float
     # stage times memoised by `layer_times` / `p2d_time` (a plan is not changed once made)
-    _times: dict = field(default_factory=dict, repr=False, compare=False)
+    _layer_times: dict[float, list[tuple[float, float]]] = field(default_factory=dict, repr=False, compare=False)
+    _p2d_times: dict[tuple[int | None, float], float] = field(default_factory=dict, repr=False, compare=False)
 
     def layer_times(self, bytes_per_s: float) -> list[tuple[float, float]]:
         """Per layer: (`stage_time_s` of its kv_fetch, of its collective), computed once."""
-        key = ("layers", bytes_per_s)
-        t = self._times.get(key)
+        t = self._layer_times.get(bytes_per_s)
         if t is None:
-            t = self._times[key] = [(stage_time_s(lp.kv_fetch, bytes_per_s),
+            t = self._layer_times[bytes_per_s] = [(stage_time_s(lp.kv_fetch, bytes_per_s),
                                      stage_time_s(lp.collective, bytes_per_s))
                                     for lp in self.layers]
         return t
 
     def p2d_time(self, request_id: int | None, bytes_per_s: float) -> float:
         """`stage_time_s` of member `request_id`'s p2d (None: every member's), computed once."""
-        key = ("p2d", request_id, bytes_per_s)
-        t = self._times.get(key)
+        key = (request_id, bytes_per_s)
+        t = self._p2d_times.get(key)
         if t is None:
-            trs = ([t for ts in self.p2d.values() for t in ts] if request_id is None
+            trs = ([tr for ts in self.p2d.values() for tr in ts] if request_id is None
                    else self.p2d.get(request_id, []))
-            t = self._times[key] = stage_time_s(trs, bytes_per_s)
+            t = self._p2d_times[key] = stage_time_s(trs, bytes_per_s)
         return t
 
     def total_bytes(self, stage: str | None = None) -> int:
@@ -174,21 +174,21 @@ def plan_batch(
     shard = n_tokens * model.act_bytes_per_token_per_group / G
     coll: list[Transfer] = []
     if G > 1 and shard > 0:
-        ids = tuple(m.request_id for m in members)
+        member_ids = tuple(m.request_id for m in members)
         if model.moe:
             per = int(round(2 * shard / G))
-            coll = [Transfer(ranks[i], ranks[j], per, ids)
+            coll = [Transfer(ranks[i], ranks[j], per, member_ids)
                     for i in range(G) for j in range(G) if i != j and per > 0]
         else:
             per = int(round(2 * (G - 1) / G * shard))
-            coll = [Transfer(ranks[i], ranks[(i + 1) % G], per, ids) for i in range(G) if per > 0]
+            coll = [Transfer(ranks[i], ranks[(i + 1) % G], per, member_ids) for i in range(G) if per > 0]
     # every layer group fetches the same bytes per (kv host, rank): one set of (immutable)
     # Transfers, each layer its own list of them
-    kv = []
-    for host, (b, ids) in kv_by_host.items():
+    kv: list[Transfer] = []
+    for host, (b, kv_ids) in kv_by_host.items():
         per = int(round(b / G))
         if per > 0:
-            kv += [Transfer(host, r, per, tuple(ids)) for r in ranks]
+            kv += [Transfer(host, r, per, tuple(kv_ids)) for r in ranks]
     for g in range(model.layer_groups):
         layers.append(LayerPlan(layer=g, kv_fetch=list(kv), collective=list(coll),
                                 compute_s=compute))

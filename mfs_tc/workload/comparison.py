@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .config import TRACE_KINDS, WorkloadConfig
 from .generate import trace_window
@@ -29,7 +30,7 @@ class ComparisonConfig:
     trace_path: Path | None = None
     spread_bursts: bool = True
     levels: int = 8
-    policy_config: dict = field(default_factory=dict)
+    policy_config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.policies:
@@ -55,7 +56,7 @@ class ComparisonConfig:
     def point_config(self, seed: int, load: float | None, slo_scale: float, cluster: ClusterShape,
                      **overrides: object) -> WorkloadConfig:
         """The workload of one (seed, load, slo_scale) point on `cluster`."""
-        kw: dict = dict(kind=self.workload, num_requests=self.num_requests, seed=seed, load=load,
+        kw: dict[str, Any] = dict(kind=self.workload, num_requests=self.num_requests, seed=seed, load=load,
                         slo_scale=slo_scale, model=self.model, cluster=cluster,
                         spread_bursts=self.spread_bursts)
         for k in ("byte_scale", "max_batch", "time_scale", "trace_path"):
@@ -65,5 +66,6 @@ class ComparisonConfig:
         kw.update(overrides)
         cfg = WorkloadConfig(**kw)
         if self.workload in TRACE_KINDS:
+            assert cfg.trace_path is not None  # WorkloadConfig.__post_init__ always sets it
             cfg.trace_offset = trace_window(cfg.trace_path, seed, self.num_requests)
         return cfg

@@ -17,6 +17,7 @@ import math
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from ..errors import MfsError
 from .batching import plan_batch
@@ -56,13 +57,16 @@ class Workload:
     def by_id(self) -> dict[int, RequestSpec]:
         return {r.request_id: r for r in self.requests}
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         n = len(self.requests)
+        trace: dict[str, Any] = {}
+        if self.cfg.kind != "poisson":
+            assert self.cfg.trace_path is not None  # WorkloadConfig.__post_init__ always sets it
+            trace = {"trace": Path(self.cfg.trace_path).name, "trace_format": trace_format(self.cfg.trace_path),
+                     "trace_offset": self.cfg.trace_offset}
         return {
             "kind": self.cfg.kind,
-            **({"trace": Path(self.cfg.trace_path).name, "trace_format":
-                trace_format(self.cfg.trace_path), "trace_offset": self.cfg.trace_offset}
-               if self.cfg.kind != "poisson" else {}),
+            **trace,
             "requests": n,
             "duration_s": self.duration_s,
             "rate_rps": self.rate if n > 1 else 0.0,
@@ -87,6 +91,7 @@ class _Raw:
 
 
 def _read_trace(cfg: WorkloadConfig, block_tokens: int) -> list[_Raw]:
+    assert cfg.trace_path is not None  # WorkloadConfig.__post_init__ always sets it
     path = Path(cfg.trace_path)
     reuse = ConversationReuse(block_tokens, cfg.conversation_continue)
     seen: set[int] = set()

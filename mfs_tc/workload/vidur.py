@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +100,8 @@ def load_points(gpu: str, model: str, tp: int, root: Path | None = None) -> Poin
         for r in csv.DictReader(fh):
             if int(r["num_tensor_parallel_workers"]) != tp:
                 continue
-            med = lambda op: float(r[f"time_stats.{op}.median"])  # noqa: E731, B023 (used at once)
+            def med(op: str) -> float:
+                return float(r[f"time_stats.{op}.median"])  # noqa: B023 (used at once)
             rows.append((int(r["num_tokens"]), sum(med(o) for o in ATTN_OPS),
                          sum(med(o) for o in MLP_OPS)))
     if not rows:
@@ -136,7 +138,7 @@ def fit(points: Points, min_tokens: int = FIT_MIN_TOKENS) -> PartFit:
     )
 
 
-def rel_errors(points: Points, pred, min_tokens: int = FIT_MIN_TOKENS) -> tuple[float, float, int]:
+def rel_errors(points: Points, pred: Callable[[int], float], min_tokens: int = FIT_MIN_TOKENS) -> tuple[float, float, int]:
     """(max, mean) |pred(N) - measured| / measured of the layer time over N >= min_tokens, and
     the number of points."""
     errs = [abs(pred(n) - y) / y for n, y in zip(points.tokens, points.layer_ms, strict=False) if n >= min_tokens]
