@@ -69,7 +69,7 @@ from .maps import (  # the pinned-map layer: re-exported for serving processes (
     rdma_table,
     set_static,
 )
-from .model import Batch, Flow, Request, Stage, check_stage
+from .model import Batch, Flow, Request, Stage, batch_hopeless, batch_request, check_stage
 from .policy.base import Policy
 from .units import seconds_to_ns
 
@@ -498,12 +498,17 @@ class _Owner:
         if self.record.flags & R_SCAVENGER:
             return False
         if self._hopeless(self.ctl.clock()):
-            self.record.flags |= R_SCAVENGER
-            self.model.scavenged = True
-            self._version += 1
+            self._mark_scavenged()
             self._write_record()
             return True
         return False
+
+    def _mark_scavenged(self) -> None:
+        """The scavenger flag, set in the record (sticky) and the policy's model; the caller
+        writes the record."""
+        self.record.flags |= R_SCAVENGER
+        self.model.scavenged = True
+        self._version += 1
 
     def _write_record(self) -> None:
         self.ctl.maps.requests.update(self._rkey, self.record.pack())
@@ -657,9 +662,7 @@ class _Owner:
             self._check_live()
             if self.record.flags & R_SCAVENGER:
                 return
-            self.record.flags |= R_SCAVENGER
-            self.model.scavenged = True
-            self._version += 1
+            self._mark_scavenged()
             self._write_record()
 
     @property
@@ -686,15 +689,11 @@ class BatchHandle(_Owner):
 
     def __init__(self, ctl: Controller, key: int, members: list[RequestHandle]) -> None:
         deadlines = sorted(m.model.deadline_ns for m in members)
-        tight = min(members, key=lambda m: m.model.deadline_ns).model
-        model = Request(
-            request_id=key,
-            arrival_ns=tight.arrival_ns,
-            slo_ns=tight.slo_ns,
-            num_layers=max(m.model.num_layers for m in members),
-            cursor=0,
-            remaining_bytes=sum(m.model.remaining_bytes for m in members),
-            remaining_compute_ns=max(m.model.remaining_compute_ns for m in members),
+        models = [m.model for m in members]
+        model = batch_request(
+            key, models,
+            remaining_bytes=sum(m.remaining_bytes for m in models),
+            remaining_compute_ns=max(m.remaining_compute_ns for m in models),
             batch=Batch(key, deadlines),
         )
         super().__init__(ctl, key, model, deadlines[-1])
@@ -703,7 +702,7 @@ class BatchHandle(_Owner):
             m.model.batch = model.batch
 
     def _hopeless(self, now: int) -> bool:
-        return all(m.scavenged or m._hopeless(now) for m in self.members)
+        return batch_hopeless((m.model for m in self.members), lambda r: self.ctl.policy.is_hopeless(r, now))
 
     def at_layer(self, layer: int) -> None:
         """Move the batch's cursor and its live members' (one batched write)."""
@@ -717,13 +716,11 @@ class BatchHandle(_Owner):
                 o.model.cursor = o.record.cursor = layer
                 o._version += 1
                 if not o.record.flags & R_SCAVENGER and o._hopeless(now):
-                    o.record.flags |= R_SCAVENGER
-                    o.model.scavenged = True
+                    o._mark_scavenged()
             self.model.cursor = self.record.cursor = layer
             self._version += 1
             if not self.record.flags & R_SCAVENGER and self._hopeless(now):
-                self.record.flags |= R_SCAVENGER
-                self.model.scavenged = True
+                self._mark_scavenged()
             owners.append(self)
             self.ctl.maps.requests.update_batch_raw(
                 b"".join(_U64.pack(o.id) for o in owners), b"".join(o.record.pack() for o in owners), len(owners)
@@ -934,8 +931,7 @@ class Controller:
                 raise ValueError(f"request {request_id!r} is already registered: call done() on it first")
             h = RequestHandle(self, key, model, model.deadline_ns)
             if policy_hopeless(self.policy, model, self.clock()):
-                h.record.flags |= R_SCAVENGER
-                model.scavenged = True
+                h._mark_scavenged()
             h._create_record()
             self.registrations.add(key, h)
         return h
@@ -958,8 +954,7 @@ class Controller:
                 raise ValueError(f"batch {batch_id!r} is already registered")
             b = BatchHandle(self, key, members)
             if b._hopeless(self.clock()):
-                b.record.flags |= R_SCAVENGER
-                b.model.scavenged = True
+                b._mark_scavenged()
             b._create_record()
             self.registrations.add(key, b)
         return b

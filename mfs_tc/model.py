@@ -8,6 +8,7 @@ and the simulator.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .layout import FlowKey
@@ -82,3 +83,26 @@ class Flow:
     def __post_init__(self) -> None:
         if self.bytes < 0:
             raise ValueError(f"flow bytes must not be negative, got {self.bytes}")
+
+
+# ---- the one batch rule (the controller's BatchHandle, the simulator and, through the
+# controller, the testbed all use it) ----------------------------------------------------------
+def batch_request(request_id: int, members: Sequence[Request], *, remaining_bytes: int,
+                  remaining_compute_ns: int, batch: Batch | None) -> Request:
+    """What a batch's kv_fetch and collective flows belong to: a request with the tightest
+    member's arrival and SLO (equal deadlines: the lowest request id), as many layers as its
+    longest member, the batch's work ahead as the caller estimates it, and the members'
+    deadlines in `batch` (for RED). It is scavenged only when `batch_hopeless` says so."""
+    if not members:
+        raise ValueError("a batch needs at least one member")
+    tight = min(members, key=lambda r: (r.deadline_ns, r.request_id))
+    return Request(request_id=request_id, arrival_ns=tight.arrival_ns, slo_ns=tight.slo_ns,
+                   num_layers=max(r.num_layers for r in members), cursor=0,
+                   remaining_bytes=remaining_bytes, remaining_compute_ns=remaining_compute_ns,
+                   batch=batch)
+
+
+def batch_hopeless(members: Iterable[Request], hopeless: Callable[[Request], bool]) -> bool:
+    """A batch gives up only when every member is scavenged or hopeless: its flows serve them
+    all, so one feasible member keeps them at their levels."""
+    return all(m.scavenged or hopeless(m) for m in members)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 
 from ..entry import FlowEntry
 from ..layout import MODE_RLI, MODE_STATIC
-from ..model import Batch, Flow, Request, Stage
+from ..model import Batch, Flow, Request, Stage, batch_hopeless, batch_request
 from ..policy.admission import moore_hodgson
 from ..policy.base import Policy
 from ..policy.red import red, red_ranks
@@ -134,17 +134,14 @@ class _BState:
 def _owner_request(bid: int, reqs: list[Request], mbatch: Batch | None, plan: BatchPlan,
                    link_rate_bps: float) -> Request:
     """Who a batch's kv_fetch and collective flows belong to, as in the controller: the request
-    itself for a batch of one; otherwise a batch request (the tightest member's arrival and SLO,
-    the batch's work ahead (`request_estimate` of the whole batch), the members' deadlines for
-    RED), scavenged only when every member is."""
+    itself for a batch of one; otherwise the batch request of the one rule
+    (`model.batch_request`), with the batch's work ahead (`request_estimate` of the whole
+    batch)."""
     if len(reqs) == 1:
         return reqs[0]
-    tight = min(reqs, key=lambda r: (r.deadline_ns, r.request_id))
     nbytes, compute_ns = request_estimate(plan, None, 0, link_rate_bps)
-    return Request(
-        request_id=-bid, arrival_ns=tight.arrival_ns, slo_ns=tight.slo_ns,
-        num_layers=max(r.num_layers for r in reqs), cursor=0,
-        remaining_bytes=nbytes, remaining_compute_ns=compute_ns, batch=mbatch)
+    return batch_request(-bid, reqs, remaining_bytes=nbytes, remaining_compute_ns=compute_ns,
+                         batch=mbatch)
 
 
 def _fanout(transfers: list[Transfer],
@@ -535,8 +532,8 @@ class Simulator:
     def _check_hopeless(self, req: Request, b: _BState, now: int) -> None:
         if not self._hopeless_enabled or req.scavenged:
             return
-        if req.request_id < 0:  # a batch: only when every member is scavenged or hopeless
-            if all(r.scavenged or self.policy.is_hopeless(r, now) for r in b.reqs.values()):
+        if req.request_id < 0:  # a batch (model.batch_hopeless)
+            if batch_hopeless(b.reqs.values(), lambda r: self.policy.is_hopeless(r, now)):
                 self._scavenge(req)
         elif self.policy.is_hopeless(req, now):
             self._scavenge(req)
