@@ -149,10 +149,8 @@ def resolve_policy(policy: Policy | str, nlevels: int, **config: Any) -> Policy:
         return policy
     if not isinstance(policy, str):
         raise ValueError(f"policy must be a name or a Policy, got {type(policy).__name__}")
-    try:
-        from .policy import make_policy  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise MfsError(f"policy {policy!r}: the policy registry (mfs_tc.policy.make_policy) is not available") from exc
+    from .policy import make_policy  # noqa: PLC0415 - the registry imports every policy
+
     config.setdefault("nlevels", nlevels)
     return make_policy(policy, **config)
 

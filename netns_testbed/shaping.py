@@ -10,8 +10,6 @@ check the topology itself and as a no-mfs-tc reference).
 
 from __future__ import annotations
 
-from mfs_tc.errors import MfsError
-
 from .netns import run
 
 
@@ -24,12 +22,7 @@ def shape(ns: str, dev: str, rate_bps: float, *, levels: int = 8, trust_dscp: bo
     if datapath == "plain":
         shape_plain(ns, dev, rate_bps)
         return
-    try:
-        from mfs_tc.loader import AttachOptions, attach
-    except ImportError as exc:
-        raise MfsError(
-            f"mfs-tc loader not available ({exc}): reinstall mfs-tc or use --datapath plain"
-        ) from exc
+    from mfs_tc.loader import AttachOptions, attach  # noqa: PLC0415 - the plain datapath needs no loader
     # default level 0: what no flow entry names is the reverse direction's ACKs and handshakes;
     # they must not starve behind bulk data of the other direction
     attach(AttachOptions(ifname=dev, netns=ns, levels=levels, qdisc="htb", rate_bps=int(rate_bps),

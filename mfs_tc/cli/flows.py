@@ -206,11 +206,8 @@ def policy_show_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Print a policy's level layout and thresholds."""
-    try:
-        from ..policy import make_policy  # type: ignore[attr-defined]
-    except ImportError:
-        raise MfsError("the policy registry (mfs_tc.policy.make_policy) is not installed") from None
     from ..layout import MAX_LEVELS
+    from ..policy import make_policy
 
     if levels is not None and not 2 <= levels <= MAX_LEVELS:
         raise MfsError(f"--levels must be 2..{MAX_LEVELS}, got {levels}")
