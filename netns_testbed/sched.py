@@ -196,8 +196,7 @@ class ControllerScheduler(Scheduler):
                 self._stages[skey] = handle
             fh = handle.add_flow(key, bytes=t.bytes, target_layer=layer)
             if true_remaining_ns is not None and self.policy == "llf-oracle":
-                fh.flow.true_remaining_work_ns = true_remaining_ns
-                fh.update()
+                fh.update(true_remaining_work_ns=true_remaining_ns)
             if self._admitter is not None and stage == "p2d" and request_id is not None and req is not None:
                 on = self._p2d.setdefault(t.dst, {})
                 deadline = req.deadline_ns - int(round(compute_after_s * 1e9))
