@@ -437,6 +437,13 @@ class BpfMap:
             sc = self._tls.s = _Scratch(self.fd, self.key_size, self.value_size)
             return sc
 
+    def _raise_unless_absent(self, cmd: int) -> None:
+        """After an element call `cmd` failed: return when the key was absent (ENOENT), raise the
+        error for anything else."""
+        err = _get_errno()
+        if err != E.ENOENT:
+            raise error_for(cmd, err, self.name, self.open_flags, self.fd)
+
     def lookup(self, key: bytes) -> bytes | None:
         if len(key) != self.key_size:
             self._check_key(key)
@@ -445,10 +452,8 @@ class BpfMap:
         sc.attr.flags = 0
         r = _SYSCALL_RAW(_C_NR, _C_LOOKUP, sc.caddr, _C_ELEM_SIZE)
         if r < 0:
-            err = _get_errno()
-            if err == E.ENOENT:
-                return None
-            raise error_for(BPF_MAP_LOOKUP_ELEM, err, self.name, self.open_flags, self.fd)
+            self._raise_unless_absent(BPF_MAP_LOOKUP_ELEM)
+            return None
         return sc.vbuf.raw
 
     def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
@@ -471,10 +476,8 @@ class BpfMap:
         sc.kbuf.raw = key
         r = _SYSCALL_RAW(_C_NR, _C_DELETE, sc.cdaddr, _C_ELEM_SIZE)
         if r < 0:
-            err = _get_errno()
-            if err == E.ENOENT:
-                return False
-            raise error_for(BPF_MAP_DELETE_ELEM, err, self.name, self.open_flags, self.fd)
+            self._raise_unless_absent(BPF_MAP_DELETE_ELEM)
+            return False
         return True
 
     def lookup_and_delete(self, key: bytes) -> bytes | None:
@@ -485,10 +488,8 @@ class BpfMap:
         attr = _ElemAttr(self.fd, 0, key, ctypes.addressof(val), 0)
         r = _SYSCALL(_NR, BPF_MAP_LOOKUP_AND_DELETE_ELEM, ctypes.addressof(attr), _ELEM_SIZE)
         if r < 0:
-            err = _get_errno()
-            if err == E.ENOENT:
-                return None
-            raise error_for(BPF_MAP_LOOKUP_AND_DELETE_ELEM, err, self.name, self.open_flags, self.fd)
+            self._raise_unless_absent(BPF_MAP_LOOKUP_AND_DELETE_ELEM)
+            return None
         return val.raw
 
     def next_key(self, key: bytes | None) -> bytes | None:
@@ -497,10 +498,8 @@ class BpfMap:
         attr = _ElemAttr(self.fd, 0, key, ctypes.addressof(buf), 0)
         r = _SYSCALL(_NR, BPF_MAP_GET_NEXT_KEY, ctypes.addressof(attr), _ELEM_SIZE)
         if r < 0:
-            err = _get_errno()
-            if err == E.ENOENT:
-                return None
-            raise error_for(BPF_MAP_GET_NEXT_KEY, err, self.name, self.open_flags, self.fd)
+            self._raise_unless_absent(BPF_MAP_GET_NEXT_KEY)
+            return None
         return buf.raw
 
     def keys(self) -> Iterator[bytes]:
