@@ -84,6 +84,7 @@ class ControllerScheduler(Scheduler):
     config: dict[str, Any] = field(default_factory=dict)
     _ctls: dict[str, Controller] = field(default_factory=dict)
     _reqs: dict[tuple[str, int], RequestHandle] = field(default_factory=dict)
+    _handles: dict[int, list[RequestHandle]] = field(default_factory=dict)  # request id -> _reqs of it
     # (host, batch id) -> the batch's owner there: its BatchHandle, or a batch of one's request
     _batches: dict[tuple[str, int], RequestHandle | BatchHandle] = field(default_factory=dict)
     _members: dict[int, list[int]] = field(default_factory=dict)
@@ -128,9 +129,11 @@ class ControllerScheduler(Scheduler):
             with self._lock:
                 drop: list[int] = []
                 for on in self._p2d.values():
+                    if len(on) < 2:
+                        continue
                     jobs: dict[int, tuple[int, int]] = {}
                     for rid, (fhs, stage_bytes, deadline) in on.items():
-                        if any(r.scavenged for (_h, x), r in self._reqs.items() if x == rid):
+                        if any(r.scavenged for r in self._handles.get(rid, ())):
                             continue
                         sent = 0
                         for fh in fhs:
@@ -140,9 +143,8 @@ class ControllerScheduler(Scheduler):
                     if len(jobs) >= 2:
                         drop += moore_hodgson(jobs, time.monotonic_ns())
                 for rid in drop:
-                    for (_h, x), r in list(self._reqs.items()):
-                        if x == rid:
-                            _quiet(r.scavenge)
+                    for r in self._handles.get(rid, ()):
+                        _quiet(r.scavenge)
 
     def _req(self, host: str, request_id: int) -> RequestHandle:
         key = (host, request_id)
@@ -154,6 +156,7 @@ class ControllerScheduler(Scheduler):
                 request_id, deadline_wall=deadline_wall, arrival_wall=deadline_wall - spec.slo_s,
                 num_layers=first.num_layers, remaining_bytes=b, remaining_compute_s=c)
             self._reqs[key] = r
+            self._handles.setdefault(request_id, []).append(r)
         return r
 
     def _owner(self, host: str, batch_id: int) -> RequestHandle | BatchHandle:
@@ -248,6 +251,7 @@ class ControllerScheduler(Scheduler):
         with self._lock:
             for key in [k for k in self._reqs if k[1] == request_id]:
                 _quiet(self._reqs.pop(key).done)
+            self._handles.pop(request_id, None)
             for skey in [k for k in self._stages if k[1] == "r" and k[2] == request_id]:
                 del self._stages[skey]
             self._jobs.pop(request_id, None)
@@ -264,6 +268,7 @@ class ControllerScheduler(Scheduler):
                 _quiet(ctl.close)
             self._ctls.clear()
             self._reqs.clear()
+            self._handles.clear()
             self._batches.clear()
             self._stages.clear()
 
