@@ -317,6 +317,7 @@ def packet_socket(netns: str, dev: str, receive: bool = False) -> socket.socket:
 
 
 SOL_PACKET = 263
+SO_RCVBUFFORCE = 33
 PACKET_AUXDATA = 8
 TP_STATUS_VLAN_VALID = 1 << 4
 TP_STATUS_VLAN_TPID_VALID = 1 << 6
@@ -336,7 +337,10 @@ class Capture:
 
     def __enter__(self) -> Capture:
         self.sock = packet_socket(self.netns, self.dev, receive=True)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        try:  # past net.core.rmem_max (as root): a burst of jumbo frames must not overflow it
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)
+        except PermissionError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         return self
 

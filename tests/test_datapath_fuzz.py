@@ -190,11 +190,13 @@ def _send_and_check(net: VethPair, frames: list[bytes], trust: bool) -> tuple[in
                 tx.send(f)
             left = out.frames(len(batch) + 10_000, timeout=0.3)
             left_total += len(left)
-            got = rx.frames(len(batch), timeout=2.0)
-            # the peer's own stack never sends here; frames we did not send are host noise
-            # (a VLAN tag cut short is dropped by the peer's receive path before any tap: such
-            # frames are only checked to have left veth0, below)
+            # a VLAN tag cut short is dropped by the peer's receive path before any tap: such
+            # frames are only checked to have left veth0, below
             want = Counter(masked(f) for f in batch if not receiver_drops(f))
+            # the peer also sees host noise (veth0's stack answering the peer's ARP and neighbour
+            # solicitations for the fuzzed frames' replies): read until every frame of this batch
+            # is in, so that noise never takes a batch frame's place in the count
+            got = rx.frames(sum(want.values()), timeout=2.0, match=lambda g: masked(g) in want)
             have = Counter(masked(f) for f in got)
             lost = want - have
             if lost:
