@@ -181,6 +181,13 @@ def aggregate(runs: list[JsonDict]) -> list[JsonDict]:
         bounds = [r["bound"]["attainment"] for r in rs if r.get("bound")]
         if bounds:
             agg["bound"] = statistics.fmean(bounds)
+        coupled = [r["bound"]["coupled"] for r in rs if r.get("bound") and r["bound"].get("coupled")]
+        if coupled:
+            agg["coupled_bound"] = statistics.fmean(c["attainment"] for c in coupled)
+            agg["contention_free"] = statistics.fmean(c["contention_free_attainment"] for c in coupled)
+            # runs above their point's coupled bound (a reference, not a proof: mfs_tc.bound)
+            agg["coupled_exceeded"] = sum(1 for r in rs if r.get("bound") and r["bound"].get("coupled")
+                                          and r["met"] > r["bound"]["coupled"]["met_max"])
         out.append(agg)
     return out
 
@@ -218,11 +225,11 @@ def sweep(aggs: list[JsonDict], target: float = TARGET_ATTAINMENT) -> JsonDict:
         for pol, pts in out["curves"].items():
             held = [x for x, att in pts if att is not None and att >= target]
             out["max_load_at_target"][pol] = max(held) if held else None
-            out["load_at_target_interpolated"][pol] = _crossing(pts, target)
+            out["load_at_target_interpolated"][pol] = load_at_target(pts, target)
     return out
 
 
-def _crossing(curve: list[list[Any]], target: float) -> float | None:
+def load_at_target(curve: list[list[Any]], target: float = TARGET_ATTAINMENT) -> float | None:
     """Load where attainment falls through `target`, linear between the two sweep points around
     the first fall (the highest point held if it never falls, None if the first is below)."""
     pts: list[tuple[float, float]] = [(x, a) for x, a in curve if a is not None]
@@ -373,7 +380,7 @@ def table(summary: JsonDict) -> str:
     aggs = summary["policies"]
     extra = any(a.get("net_util") or a.get("bound") is not None for a in aggs)
     if extra:  # simulator runs: the reference bound and the most loaded link class
-        head += f" {'bound':>6} {'net util (mean/p99)':>24}"
+        head += f" {'bound':>6} {'coupled':>7} {'net util (mean/p99)':>24}"
     lines = [head, "-" * len(head)]
     for a in aggs:
         spread = f"{_fmt(a['attainment_min'], 1, '.2f')}-{_fmt(a['attainment_max'], 1, '.2f')}"
@@ -385,7 +392,8 @@ def table(summary: JsonDict) -> str:
             f"{_fmt(a['ttft_p50_s'], 1e3, '.0f'):>8} {_fmt(a['ttft_p90_s'], 1e3, '.0f'):>8} "
             f"{_fmt(a['ttft_p99_s'], 1e3, '.0f'):>8} {_fmt(a['cct_mean_s'], 1e3, '.1f'):>8} "
             f"{_fmt(a['p2d_earliness_mean_s'], 1e3, '.0f'):>12}"
-            + (f" {_fmt(a.get('bound'), 1, '.3f'):>6} {net_util_headline(a.get('net_util')):>24}"
+            + (f" {_fmt(a.get('bound'), 1, '.3f'):>6} {_fmt(a.get('coupled_bound'), 1, '.3f'):>7}"
+               f" {net_util_headline(a.get('net_util')):>24}"
                if extra else ""))
     sw = summary.get("sweep") or {}
     if sw.get("max_load_at_target"):

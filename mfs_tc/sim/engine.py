@@ -47,7 +47,7 @@ from ..workload import (
 )
 from . import netutil
 from .due import next_change_ns
-from .fabric import Fabric
+from .fabric import Fabric, Link
 from .fluid import FluidFlow, FluidNetwork
 
 NS = 1_000_000_000
@@ -166,7 +166,7 @@ class Simulator:
                  skip_unchanged: bool = True, flow_setup_s: float = 0.0,
                  aggregate_groups: bool = False, allocator: str | None = None,
                  goodput: float = 1.0, queue_bytes: float = 0.0,
-                 check_entry_keys: bool = False) -> None:
+                 check_entry_keys: bool = False, isolate_stages: bool = False) -> None:
         if tick_s <= 0:
             raise ValueError(f"tick_s must be positive, got {tick_s}")
         if not 0.0 < goodput <= 1.0:
@@ -192,6 +192,13 @@ class Simulator:
         if goodput != 1.0:
             cluster = replace(cluster, link_rate_bps=cluster.link_rate_bps * goodput)
         self.fabric = fabric or Fabric.for_cluster(cluster, aggregate_groups=aggregate_groups)
+        # isolate_stages: every stage instance (a batch's collective of one layer, a request's
+        # kv_fetch of one layer, a request's p2d) has the network to itself: its flows get
+        # private copies of their path's links (same capacities) and share only among
+        # themselves. Nothing is contended, the prefill groups still queue FCFS: the
+        # contention-free run behind the coupled bound (mfs_tc.bound). Per stage instance, so
+        # for reference runs, not for long ones; the fabric's utilisation stays 0.
+        self._private_links: dict[tuple, dict[str, Link]] | None = {} if isolate_stages else None
         self.max_batch = max_batch or workload.cfg.max_batch
         self.max_batch_tokens = (workload.cfg.max_batch_tokens if max_batch_tokens is None
                                  else max_batch_tokens)
@@ -640,8 +647,15 @@ class Simulator:
         meta.fl = fl
         if self._keyed:
             meta.key = self.policy.entry_key(req, st, fl, now)
-        f = FluidFlow(self.net.new_id(), self.fabric.path(src, dst), nbytes * weight, 0,
-                      self.t, owner=meta)
+        path = self.fabric.path(src, dst)
+        if self._private_links is not None:
+            own = self._private_links.setdefault(
+                (b.bid, stage, layer, -1 if stage == "collective" else rid), {})
+            for ln in path:
+                if ln.name not in own:
+                    own[ln.name] = Link(ln.name, ln.capacity)
+            path = tuple(own[ln.name] for ln in path)
+        f = FluidFlow(self.net.new_id(), path, nbytes * weight, 0, self.t, owner=meta)
         f.weight = weight
         b.flows.add(f)
         fl = self._req_flows.get(req.request_id)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from ..results import TARGET_ATTAINMENT, aggregate, net_util_headline, policy_color, sweep
+from ..results import TARGET_ATTAINMENT, aggregate, load_at_target, net_util_headline, policy_color, sweep
 from ..workload.comparison import DEFAULT_POLICIES
 
 SCHEMA = "mfs-tc-matrix/1"
@@ -198,7 +198,9 @@ def run_point(task: dict) -> list[dict]:
             **load_info}
     lines = []
     if task["bound"]:
-        lines.append({**base, "kind": "bound", "bound": point_bound(wl)})
+        lines.append({**base, "kind": "bound", "bound": point_bound(
+            wl, tick_s=scfg.tick_s, flow_setup_s=scfg.flow_setup_s,
+            aggregate_groups=scfg.aggregate_groups)})
     for name in task["policies"]:
         pol = make_sim_policy(name, nlevels=scfg.levels, ref_rate_bps=wl.cluster.link_rate_bps,
                               config=scfg.policy_config)
@@ -363,6 +365,11 @@ def summarize_matrix(cfg: MatrixConfig, lines: list[dict]) -> dict:
         ordered = [runs[k] for k in sorted(runs, key=lambda k: (cfg.policies.index(k[4]), k[2], k[3], k[1]))]
         aggs = aggregate(ordered)
         sw = sweep(aggs)
+        coupled = sorted({(a["load"], a["coupled_bound"]) for a in aggs
+                          if a.get("coupled_bound") is not None and a["load"] is not None})
+        if sw and sw.get("axis") == "load" and coupled:
+            sw["coupled_bound_curve"] = [list(p) for p in coupled]
+            sw["coupled_bound_load_at_target"] = load_at_target([list(p) for p in coupled])
         out["scenarios"][sc.name] = {"spec": sc.spec(), "runs": len(ordered),
                                      "missing": len(wanted) - len(ordered),
                                      "policies": aggs, "sweep": sw}
@@ -384,10 +391,10 @@ def table(summary: dict) -> str:
         pts = sorted({(a["load"], a["slo_scale"]) for a in sc["policies"]})
         by = {(a["policy"], a["load"], a["slo_scale"]): a for a in sc["policies"]}
         head = f"{'load':>6} {'slo':>4} " + " ".join(f"{p:>14}" for p in pols) + \
-               f" {'bound':>6}  {'net util (mean/p99)':<24}"
+               f" {'bound':>6} {'coupled':>7}  {'net util (mean/p99)':<24}"
         lines += [head, "-" * len(head)]
         for load, slo in pts:
-            cells, bound, nu = [], None, None
+            cells, bound, coupled, nu = [], None, None, None
             for p in pols:
                 a = by.get((p, load, slo))
                 if a is None or a.get("attainment") is None:
@@ -397,13 +404,22 @@ def table(summary: dict) -> str:
                 cell = f"{a['attainment']:.3f}" + (f" ±{ci:.3f}" if ci is not None else "")
                 cells.append(f"{cell:>14}")
                 bound = a.get("bound", bound)
+                coupled = a.get("coupled_bound", coupled)
                 nu = nu or a.get("net_util")
             lines.append(f"{load:>6.2f} {slo:>4.1f} " + " ".join(cells) +
-                         f" {('-' if bound is None else f'{bound:.3f}'):>6}  {net_util_headline(nu):<24}")
+                         f" {('-' if bound is None else f'{bound:.3f}'):>6}"
+                         f" {('-' if coupled is None else f'{coupled:.3f}'):>7}  {net_util_headline(nu):<24}")
         interp = (sc["sweep"] or {}).get("load_at_target_interpolated") or {}
         if interp:
+            held = [(p, interp.get(p)) for p in pols]
+            if "coupled_bound_curve" in sc["sweep"]:
+                held.append(("coupled bound", sc["sweep"]["coupled_bound_load_at_target"]))
             lines.append("load held at 90% attainment (interpolated): " + ", ".join(
-                f"{p} {'-' if interp.get(p) is None else format(interp[p], '.2f')}" for p in pols))
+                f"{p} {'-' if v is None else format(v, '.2f')}" for p, v in held))
+        exceeded = sum(a.get("coupled_exceeded", 0) for a in sc["policies"])
+        if exceeded:
+            lines.append(f"({exceeded} runs met more requests than their point's coupled bound: "
+                         "it is a reference, not a proof; see mfs_tc/bound.py)")
         if sc["missing"]:
             lines.append(f"({sc['missing']} runs missing: rerun the same command to resume)")
         lines.append("")
@@ -437,6 +453,10 @@ def render_matrix(path: Path, summary: dict) -> Path:
         if bpts:
             ax.plot([p[0] for p in bpts], [p[1] for p in bpts], ls="--", color=policy_color("bound"),
                     label="bound")
+        cpts = sorted({(a["load"], a["coupled_bound"]) for a in aggs if a.get("coupled_bound") is not None})
+        if cpts:
+            ax.plot([p[0] for p in cpts], [p[1] for p in cpts], ls="-.", color=policy_color("bound"),
+                    label="coupled bound")
         ax.axhline(TARGET_ATTAINMENT, color="grey", ls=":", lw=0.8)
         spec = sc["spec"]
         ax.set_title(f"{name}\n{spec['model']}, slo x{slo0}", fontsize=9)

@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from .. import results
 from ..policy.base import Policy
@@ -81,11 +81,21 @@ def summarize(res: SimResult, seed: int, load: float | None, slo_scale: float | 
                "net_util": res.net_util, "workload": wl.summary()})
 
 
-def point_bound(wl: Workload) -> dict:
-    """The reference bound of one point's workload (the same for every policy)."""
-    from ..bound import reference_bound
+def point_bound(wl: Workload, **sim_kw: Any) -> dict:
+    """The reference bound of one point's workload (the same for every policy), with the coupled
+    bound (mfs_tc.bound) from a contention-free run of the simulator under `sim_kw`."""
+    from ..bound import earliest_starts, reference_bound
 
-    return reference_bound(wl)
+    t0 = time.perf_counter()
+    out = reference_bound(wl)
+    iso = simulate(wl, make_sim_policy("fair", nlevels=8, ref_rate_bps=wl.cluster.link_rate_bps,
+                                          config={}),
+                   isolate_stages=True, **sim_kw)
+    coupled = reference_bound(wl, per_resource=False, earliest=earliest_starts(wl, iso.requests))
+    out["coupled"] = {"attainment": coupled["attainment"], "met_max": coupled["met_max"],
+                      "lp_value": coupled["lp_value"], "contention_free_attainment": iso.attainment}
+    out["wall_s"] = time.perf_counter() - t0  # both LPs and the contention-free run
+    return out
 
 
 def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> list[dict]:
@@ -94,7 +104,9 @@ def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> l
         for load in cfg.loads:
             for slo in cfg.slo_scales:
                 wl = generate(cfg.workload_config(seed, load, slo))
-                bnd = point_bound(wl) if cfg.bound else None
+                bnd = (point_bound(wl, tick_s=cfg.tick_s, flow_setup_s=cfg.flow_setup_s,
+                                   aggregate_groups=cfg.aggregate_groups, goodput=cfg.goodput,
+                                   queue_bytes=cfg.queue_bytes) if cfg.bound else None)
                 for name in cfg.policies:
                     pol = make_sim_policy(name, nlevels=cfg.levels,
                                           ref_rate_bps=wl.cluster.link_rate_bps,
