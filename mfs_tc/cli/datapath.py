@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -10,6 +10,9 @@ from ..errors import MfsError
 from ..layout import MAX_LEVELS
 from ..units import format_rate, parse_dscp_list, parse_rate
 from .output import emit_json, human_bytes, table
+
+if TYPE_CHECKING:
+    from ..loader import AttachOptions
 
 Iface = Annotated[str, typer.Argument(help="Interface name, e.g. eth0")]
 Netns = Annotated[Optional[str], typer.Option("--netns", "-n", help="Network namespace (ip netns name)")]
@@ -20,7 +23,7 @@ def _options(
     iface: str, netns: str | None, levels: int, qdisc: str, rate: str | None, dscp: str | None,
     default_level: int | None, trust_dscp: bool, control_level: int = 0, keep_dscp: str | None = None,
     hook: str = "auto", group: str | None = None,
-):
+) -> AttachOptions:
     from ..loader import AttachOptions
 
     try:
