@@ -62,7 +62,7 @@ from .netlink import (
     iproute,
     is_root,
     link_speed_bps,
-    run,
+    run_command,
     tc_json,
 )
 from .pinpath import HOST_BPFFS, RUN_BPFFS
@@ -461,7 +461,7 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
         # root qdisc
         if backend.name != "none":
             if not ours:
-                undo.append(lambda: run(["tc", "qdisc", "del", "dev", opts.ifname, "root"], opts.netns, check=False))
+                undo.append(lambda: run_command(["tc", "qdisc", "del", "dev", opts.ifname, "root"], opts.netns, check=False))
             cmds = backend.commands(opts.ifname)
             htb_in_place = ours and root is not None and root.get("kind") == backend.name == "htb"
             if htb_in_place:
@@ -470,10 +470,10 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
                 _restore_root(opts.ifname, opts.netns)
             try:
                 for cmd in cmds:
-                    run(cmd, opts.netns)
+                    run_command(cmd, opts.netns)
                 if htb_in_place:
                     for lv in range(backend.nlevels, MAX_LEVELS):  # re-attach with fewer levels
-                        run(["tc", "class", "del", "dev", opts.ifname, "classid", backend.class_of(lv)],
+                        run_command(["tc", "class", "del", "dev", opts.ifname, "classid", backend.class_of(lv)],
                             opts.netns, check=False)
             except MfsError:
                 if opts.qdisc != "auto" or backend.name == "htb":
@@ -487,7 +487,7 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
                 backend = fallback
                 _write_config(pin, opts, backend)
                 for cmd in backend.commands(opts.ifname):
-                    run(cmd, opts.netns)
+                    run_command(cmd, opts.netns)
         elif ours:
             # re-attach with --qdisc none over our own qdisc: give the host its default back
             _restore_root(opts.ifname, opts.netns)
@@ -502,7 +502,7 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
                 with iproute(opts.netns) as ipr:
                     ipr.tc("add", "clsact", idx)
                 created_clsact = True
-                undo.append(lambda: run(["tc", "qdisc", "del", "dev", opts.ifname, "clsact"], opts.netns, check=False))
+                undo.append(lambda: run_command(["tc", "qdisc", "del", "dev", opts.ifname, "clsact"], opts.netns, check=False))
             if not prev_state or not our_filters(opts.ifname, opts.netns, prev_state):
                 undo.append(lambda: _delete_our_filter(opts.ifname, opts.netns))
             with iproute(opts.netns) as ipr:
@@ -534,7 +534,7 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
 
 def _delete_our_filter(ifname: str, netns: str | None) -> None:
     """Delete exactly our filter (pref, handle and kind), never another at the same pref."""
-    run(["tc", "filter", "del", "dev", ifname, "egress", "pref", str(FILTER_PREF), "handle",
+    run_command(["tc", "filter", "del", "dev", ifname, "egress", "pref", str(FILTER_PREF), "handle",
          hex(FILTER_HANDLE), "bpf"], netns)
 
 
@@ -543,7 +543,7 @@ def _restore_root(ifname: str, netns: str | None) -> None:
     kernel-made default root, so that is the previous one)."""
     root = root_qdisc(ifname, netns)
     if root is not None and root.get("handle") == HANDLE:
-        run(["tc", "qdisc", "del", "dev", ifname, "root"], netns, check=False)
+        run_command(["tc", "qdisc", "del", "dev", ifname, "root"], netns, check=False)
 
 
 def detach(ifname: str, netns: str | None = None) -> list[str]:
@@ -595,7 +595,7 @@ def _detach_locked(ifname: str, netns: str | None) -> list[str]:
                 ["filter", "show", "dev", dev, "ingress"], netns
             )
             if not others:
-                run(["tc", "qdisc", "del", "dev", dev, "clsact"], netns)
+                run_command(["tc", "qdisc", "del", "dev", dev, "clsact"], netns)
                 removed.append("clsact qdisc")
         root = root_qdisc(dev, netns)
         if (st is not None or has_pins) and root is not None and root.get("handle") == HANDLE:
@@ -632,7 +632,7 @@ def _ensure_run_bind() -> None:
         if bpfsys.is_bpffs(RUN_BPFFS):
             return
         RUN_BPFFS.mkdir(mode=0o755, parents=True, exist_ok=True)
-        run(["mount", "--bind", str(HOST_BPFFS), str(RUN_BPFFS)])
+        run_command(["mount", "--bind", str(HOST_BPFFS), str(RUN_BPFFS)])
 
 
 def _release_run_bind() -> bool:
@@ -646,7 +646,7 @@ def _release_run_bind() -> bool:
                 return False
         except OSError:
             return False
-        run(["umount", str(RUN_BPFFS)], check=False)
+        run_command(["umount", str(RUN_BPFFS)], check=False)
         try:
             RUN_BPFFS.rmdir()
         except OSError:

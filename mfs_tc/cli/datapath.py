@@ -9,7 +9,7 @@ import typer
 from ..errors import MfsError
 from ..layout import MAX_LEVELS
 from ..units import format_rate, parse_dscp_list, parse_rate
-from .output import emit_json, human_bytes, table
+from .output import emit_json, human_bytes, print_table
 
 if TYPE_CHECKING:
     from ..loader import AttachOptions
@@ -125,7 +125,7 @@ def status(iface: Annotated[Optional[str], typer.Argument(help="Interface (defau
             + (f", access group {group_name(s['access_gid'])}" if s.get("access_gid") is not None else "")
             + f"; {s['flows']} flows, {s['requests']} requests"
         )
-        table(
+        print_table(
             ["level", "class", "dscp", "packets", "bytes"],
             [[l["level"], l["class"], "-" if l["dscp"] is None else l["dscp"], l["packets"], human_bytes(l["bytes"])]
              for l in s["levels"]],
@@ -177,7 +177,7 @@ def plan(
         else:
             typer.echo("RoCE bypasses tc: set these on the transport per level (traffic class = DSCP << 2)")
             headers = list(rows[0].keys())
-            table(headers, [[r[h] for h in headers] for r in rows])
+            print_table(headers, [[r[h] for h in headers] for r in rows])
         return
     p = make_plan(opts)
     if json_out:
@@ -196,8 +196,8 @@ def doctor(json_out: Json = False) -> None:
     if json_out:
         emit_json([asdict(c) for c in checks])
     else:
-        table(["check", "ok", "detail", "fix"],
-              [[c.name, "yes" if c.ok else ("NO" if c.required else "no"), c.detail, "" if c.ok else c.fix] for c in checks])
+        print_table(["check", "ok", "detail", "fix"],
+                    [[c.name, "yes" if c.ok else ("NO" if c.required else "no"), c.detail, "" if c.ok else c.fix] for c in checks])
     if any(c.required and not c.ok for c in checks):
         raise typer.Exit(1)
 
