@@ -794,9 +794,10 @@ class Registrations:
 def _write_decisions(maps: PinnedMaps, handles: list[FlowHandle], vals: list[bytes]) -> None:
     """Write decisions: 5-tuple ones in one batch, socket ones keyed by their fd."""
     tk, tv = [], []
+    sk_flows = maps.sk_flows
     for fh, v in zip(handles, vals, strict=False):
-        if fh.sock is not None:
-            maps.sk_flows.update(fh.key[2:], v)  # type: ignore[union-attr]
+        if fh.sock is not None and sk_flows is not None:  # (a sock only where there is sk_flows)
+            sk_flows.update(fh.key[2:], v)
         else:
             tk.append(fh.key)
             tv.append(v)
