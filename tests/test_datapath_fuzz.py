@@ -196,7 +196,7 @@ def _send_and_check(net: VethPair, frames: list[bytes], trust: bool) -> tuple[in
             # the peer also sees host noise (veth0's stack answering the peer's ARP and neighbour
             # solicitations for the fuzzed frames' replies): read until every frame of this batch
             # is in, so that noise never takes a batch frame's place in the count
-            got = rx.frames(sum(want.values()), timeout=2.0, match=lambda g: masked(g) in want)
+            got = rx.frames(sum(want.values()), timeout=2.0, match=lambda g, want=want: masked(g) in want)
             have = Counter(masked(f) for f in got)
             lost = want - have
             if lost:
