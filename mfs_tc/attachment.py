@@ -9,6 +9,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .backends import Backend
 from .errors import MfsError
@@ -32,7 +33,7 @@ class AttachState:
     default_level: int
     trust_dscp: bool
     pin_dir: str
-    prev_root: dict | None = None  # root qdisc found before the first attach
+    prev_root: dict[str, Any] | None = None  # root qdisc found before the first attach
     created_clsact: bool = False
     attached_at: float = field(default_factory=time.time)
     program: str = FILTER_NAME
@@ -80,19 +81,19 @@ def save_state(st: AttachState) -> None:
     tmp.replace(p)
 
 
-def root_qdisc(ifname: str, netns: str | None) -> dict | None:
+def root_qdisc(ifname: str, netns: str | None) -> dict[str, Any] | None:
     roots = [q for q in tc_json(["qdisc", "show", "dev", ifname, "root"], netns) if q.get("root")]
     return roots[0] if roots else None
 
 
-def egress_filters(ifname: str, netns: str | None) -> list[dict]:
+def egress_filters(ifname: str, netns: str | None) -> list[dict[str, Any]]:
     try:
         return tc_json(["filter", "show", "dev", ifname, "egress"], netns)
     except MfsError:
         return []
 
 
-def is_ours(f: dict, st: AttachState | None) -> bool:
+def is_ours(f: dict[str, Any], st: AttachState | None) -> bool:
     """Our filter: at our pref and handle, a bpf filter running a program named mfs_egress, and,
     when attach recorded it, that very program (its id, or its tag: the same classifier build
     re-attached by a run that was killed before it could record the new id)."""
@@ -107,17 +108,17 @@ def is_ours(f: dict, st: AttachState | None) -> bool:
     return True
 
 
-def our_filters(ifname: str, netns: str | None, st: AttachState | None = None) -> list[dict]:
+def our_filters(ifname: str, netns: str | None, st: AttachState | None = None) -> list[dict[str, Any]]:
     return [f for f in egress_filters(ifname, netns) if is_ours(f, st)]
 
 
-def foreign_filters(ifname: str, netns: str | None, st: AttachState | None) -> list[dict]:
+def foreign_filters(ifname: str, netns: str | None, st: AttachState | None) -> list[dict[str, Any]]:
     """Filters at our pref that are not ours (someone else's, or a classifier we did not record)."""
     return [f for f in egress_filters(ifname, netns)
             if f.get("pref") == FILTER_PREF and f.get("options") and not is_ours(f, st)]
 
 
-def describe_filter(f: dict) -> str:
+def describe_filter(f: dict[str, Any]) -> str:
     opts = f.get("options") or {}
     prog = opts.get("prog") or {}
     name = prog.get("name") or opts.get("bpf_name") or "?"

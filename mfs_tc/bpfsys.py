@@ -19,7 +19,7 @@ import errno as E
 import os
 import platform
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,7 +154,8 @@ class _MapInfo(ctypes.Structure):
     ]
 
 
-def _load_syscall():
+def _load_syscall() -> tuple[int, Callable[..., int], Callable[..., int]]:
+    """The bpf(2) number and libc's syscall(2) twice (with and without argtypes): each returns a long."""
     nr = _SYSCALL_NR.get(platform.machine())
     if nr is None:
         raise KernelFeatureError(
@@ -367,6 +368,12 @@ def map_create(
     return r
 
 
+class _ThreadScratch(threading.local):
+    """A thread's _Scratch for one map, `s`, set on that thread's first element call."""
+
+    s: _Scratch
+
+
 class BpfMap:
     """An open map fd with typed element operations. Thread-safe: each call builds its own attr.
 
@@ -384,7 +391,7 @@ class BpfMap:
         self.slot_size = _round8(self.info.value_size) if self.percpu else self.info.value_size
         self.value_size = self.slot_size * self.ncpus
         self._batch_ok: dict[int, bool] = {}
-        self._tls = threading.local()
+        self._tls = _ThreadScratch()
 
     # -- lifecycle
     @classmethod
@@ -410,7 +417,7 @@ class BpfMap:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-            self._tls = threading.local()  # drop scratch attrs naming the old fd
+            self._tls = _ThreadScratch()  # drop scratch attrs naming the old fd
 
     def __enter__(self) -> BpfMap:
         return self
@@ -602,7 +609,7 @@ class BpfMap:
                 return len(keys)
             err = -r
             if err == E.ENOENT:  # stops at the first missing key: finish one by one
-                done = attr.count
+                done = int(attr.count)
                 return done + sum(self.delete(k) for k in keys[done + 1 :])
             if err in _UNSUPPORTED and attr.count == 0:
                 self._batch_ok[BPF_MAP_DELETE_BATCH] = False

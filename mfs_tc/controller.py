@@ -38,9 +38,9 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from . import bpfsys
 from .bpfsys import BpfSyscallError
@@ -133,7 +133,8 @@ def request_key(request_id: int | str) -> int:
     raise ValueError(f"request id must be an int or a str, got {type(request_id).__name__}")
 
 
-def _nonneg(v: int | float, what: str) -> int:
+def _nonneg(v: object, what: str) -> int:
+    """`v` (a caller's value, any type) as a non-negative int, or a ValueError saying what it is."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError(f"{what} must be a number, got {v!r}")
     if v < 0:
@@ -261,7 +262,7 @@ class StageHandle:
         self.stage = stage
         self.flows: list[FlowHandle] = []
         # (owner version, bytes, target, sent) -> (decided at, packed, entry): see _entry_for
-        self._cache: dict[tuple, tuple[int, bytes, FlowEntry]] = {}
+        self._cache: dict[tuple[int, int, int, int], tuple[int, bytes, FlowEntry]] = {}
 
     @property
     def name(self) -> str:
@@ -294,7 +295,8 @@ class StageHandle:
         own storage where the attach has it (one map write keyed by its fd), else to the
         5-tuple map (then it must be connected)."""
         ctl = self.owner.ctl
-        sock = target if isinstance(target, socket.socket) and ctl.maps.sk_flows is not None else None
+        sk_flows = ctl.maps.sk_flows
+        sock = target if isinstance(target, socket.socket) and sk_flows is not None else None
         if sock is not None:
             fd = sock.fileno()
             if fd < 0:
@@ -318,8 +320,8 @@ class StageHandle:
             gen = reg.next_gen()
             v = v[:_GEN_OFF] + _U32.pack(gen) + v[_GEN_OFF + 4 :]
             fh = FlowHandle(owner, self, key, flow, e, gen, sock)
-            if sock is not None:
-                ctl.maps.sk_flows.update(key[2:], v)
+            if sock is not None and sk_flows is not None:  # (a sock only where there is sk_flows)
+                sk_flows.update(key[2:], v)
             else:
                 ctl.maps.flows.update(key, v)
             reg.claim_one(fh)
@@ -404,7 +406,7 @@ class StageHandle:
             self.owner._rewrite([f for f in self.flows if not f.removed])
 
 
-def _per_flow(v: Any, n: int, what: str) -> list:
+def _per_flow(v: object, n: int, what: str) -> list[object]:
     if isinstance(v, (list, tuple)):
         if len(v) != n:
             raise ValueError(f"{len(v)} values of {what} for {n} flows")
@@ -433,7 +435,7 @@ class _Owner:
         if self.closed:
             raise MfsError(f"request {self.id:#x} is done: register flows before done()")
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -792,9 +794,10 @@ class Registrations:
 def _write_decisions(maps: PinnedMaps, handles: list[FlowHandle], vals: list[bytes]) -> None:
     """Write decisions: 5-tuple ones in one batch, socket ones keyed by their fd."""
     tk, tv = [], []
+    sk_flows = maps.sk_flows
     for fh, v in zip(handles, vals, strict=False):
-        if fh.sock is not None:
-            maps.sk_flows.update(fh.key[2:], v)  # type: ignore[union-attr]
+        if fh.sock is not None and sk_flows is not None:  # (a sock only where there is sk_flows)
+            sk_flows.update(fh.key[2:], v)
         else:
             tk.append(fh.key)
             tv.append(v)
@@ -811,7 +814,7 @@ class Controller:
         maps: PinnedMaps,
         policy: Policy,
         *,
-        clock=time.monotonic_ns,
+        clock: Callable[[], int] = time.monotonic_ns,
         owner_pid: int | None = None,
         entry_cache_ns: int = 1_000_000,
         private_keys: bool | None = None,
@@ -967,7 +970,7 @@ class Controller:
         and MC_IB_TC: RDMA bypasses tc, so the application marks its own queue pairs."""
         return self.maps.dscp(level) << 2
 
-    def rdma_table(self) -> list[dict]:
+    def rdma_table(self) -> list[dict[str, int]]:
         return rdma_table(self.maps.level_records()[: self.maps.config.nlevels])
 
     def flows(self) -> list[FlowView]:

@@ -11,6 +11,7 @@ tests/test_classifier_equivalence.py runs both on the same inputs through BPF_PR
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .layout import (
@@ -87,8 +88,27 @@ class FlowEntry:
             raise ValueError("a static entry has no thresholds")
 
     @classmethod
-    def static(cls, level: int, **kw: int) -> FlowEntry:
-        return cls(mode=MODE_STATIC, levels=[level], **kw)
+    def static(
+        cls,
+        level: int,
+        *,
+        flags: int = 0,
+        target_layer: int = 0,
+        stage: int = 0,
+        request_id: int = 0,
+        deadline_ns: int = 0,
+        total_bytes: int = 0,
+        ps_per_byte: int = 0,
+        sent_bytes: int = 0,
+        created_ns: int = 0,
+        gen: int = 0,
+        cur_level: int = LEVEL_NONE,
+    ) -> FlowEntry:
+        """`level` for every packet: no thresholds (the other fields as the constructor's)."""
+        return cls(mode=MODE_STATIC, levels=[level], flags=flags, target_layer=target_layer, stage=stage,
+                   request_id=request_id, deadline_ns=deadline_ns, total_bytes=total_bytes,
+                   ps_per_byte=ps_per_byte, sent_bytes=sent_bytes, created_ns=created_ns, gen=gen,
+                   cur_level=cur_level)
 
     @classmethod
     def from_table(
@@ -214,7 +234,7 @@ class FlowEntry:
         return level
 
 
-def check_table(mode: int, thresholds, levels) -> None:
+def check_table(mode: int, thresholds: Sequence[int], levels: Sequence[int]) -> None:
     """A threshold table the kernel can evaluate: known mode, at most 7 ascending signed 64-bit
     thresholds, one level (0..7) per threshold count."""
     if mode not in MODE_NAMES:

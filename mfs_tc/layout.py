@@ -11,6 +11,7 @@ import ipaddress
 import os
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -413,7 +414,7 @@ class ConfigRecord:
         return cls(n, dl, sl, fl, table, cl, keep, magic, version)
 
 
-def dscp_mask(dscps) -> int:
+def dscp_mask(dscps: Iterable[int]) -> int:
     """The keep_dscp mask of a collection of DSCP values (0..63)."""
     m = 0
     for d in dscps:

@@ -13,8 +13,11 @@ works on the maps through mfs_tc.maps and never imports the controller (the serv
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import access, bpfsys, tcx
 from .attachment import (
@@ -59,7 +62,7 @@ from .netlink import (
     iproute,
     is_root,
     link_speed_bps,
-    run,
+    run_command,
     tc_json,
 )
 from .pinpath import HOST_BPFFS, RUN_BPFFS
@@ -100,8 +103,7 @@ class AttachOptions:
         check_netns_name(self.netns)
         if not 2 <= self.levels <= MAX_LEVELS:
             raise MfsError(f"--levels must be 2..{MAX_LEVELS}, got {self.levels}")
-        if self.default_level is None:
-            self.default_level = self.levels - 2
+        self.default_level = self.resolved_default_level
         if not 0 <= self.control_level < self.levels:
             raise MfsError(f"--control-level must be 0..{self.levels - 1}, got {self.control_level}")
         bad = [d for d in self.keep_dscp if not 0 <= d < 64]
@@ -123,6 +125,12 @@ class AttachOptions:
             if bad:
                 raise MfsError(f"DSCP values must be 0..63 (or 'keep'): {bad}")
 
+    @property
+    def resolved_default_level(self) -> int:
+        """The level of unknown flows' payload: `default_level`, or levels - 2 (bulk) when not
+        given (what validate() sets it to)."""
+        return self.levels - 2 if self.default_level is None else self.default_level
+
     def dscp_table(self) -> list[int]:
         if self.dscp is None:
             return default_dscp(self.levels)
@@ -131,7 +139,7 @@ class AttachOptions:
         return list(self.dscp)
 
 
-def _locked(ifname: str, netns: str | None):
+def _locked(ifname: str, netns: str | None) -> AbstractContextManager[None]:
     where = f" (netns {netns})" if netns else ""
     path = lock_path(ifname, netns)
     return interface_lock(path, f"{ifname}{where}", prune=(path.parent, STATE_ROOT))
@@ -151,7 +159,7 @@ class Plan:
         return "\n".join(lines)
 
 
-def _is_default_root(q: dict | None) -> bool:
+def _is_default_root(q: dict[str, Any] | None) -> bool:
     """Kernel-made default root qdiscs carry handle 0: (noqueue, pfifo_fast, mq, fq_codel...)."""
     return q is None or q.get("handle") in ("0:", None)
 
@@ -177,22 +185,23 @@ def choose_backend(opts: AttachOptions, probe: dict[str, bool] | None = None) ->
         names.remove("mqprio")  # mqprio only enforces priority in NIC hardware: tried at apply time
         names.insert(1 if "ets" in names else 0, "mqprio")
     for n in names:
-        if n == "htb" and not rate:
-            if opts.qdisc == "htb" or n == names[-1]:
+        if n == "htb":
+            if not rate:
+                if opts.qdisc == "htb" or n == names[-1]:
+                    raise MfsError(
+                        f"the HTB backend shapes at the link rate and {opts.ifname} reports no speed: pass --rate "
+                        "(e.g. --rate 10gbit)"
+                    )
+                continue
+            if rate < min_htb_rate_bps(opts.levels):
                 raise MfsError(
-                    f"the HTB backend shapes at the link rate and {opts.ifname} reports no speed: pass --rate "
-                    "(e.g. --rate 10gbit)"
+                    f"--rate {rate}bit is below what HTB can shape with {opts.levels} levels: each level is "
+                    f"guaranteed {MIN_LEAF_RATE_BPS // 1000}kbit, so the link needs at least "
+                    f"{min_htb_rate_bps(opts.levels) // 1000}kbit (or use --qdisc none to only mark packets)"
                 )
-            continue
-        if n == "htb" and rate < min_htb_rate_bps(opts.levels):
-            raise MfsError(
-                f"--rate {rate}bit is below what HTB can shape with {opts.levels} levels: each level is "
-                f"guaranteed {MIN_LEAF_RATE_BPS // 1000}kbit, so the link needs at least "
-                f"{min_htb_rate_bps(opts.levels) // 1000}kbit (or use --qdisc none to only mark packets)"
-            )
-        return Backend(n, opts.levels, rate if n == "htb" else opts.rate_bps, opts.default_level), notes
+        return Backend(n, opts.levels, rate if n == "htb" else opts.rate_bps, opts.resolved_default_level), notes
     if opts.qdisc == "none":
-        return Backend("none", opts.levels, None, opts.default_level), notes
+        return Backend("none", opts.levels, None, opts.resolved_default_level), notes
     raise KernelFeatureError("no strict-priority qdisc available (ets, mqprio, htb); use --qdisc none")
 
 
@@ -295,10 +304,13 @@ def _check_pins(pin: Path) -> bool:
     return True
 
 
-def compile_classifier(pin: Path, socket_storage: bool = True, src_dir: Path | None = None):
+def compile_classifier(
+    pin: Path, socket_storage: bool = True, src_dir: Path | None = None
+) -> tuple[Any, Any]:
     """Compile bpf/mfs_classifier.c with bcc, creating or reusing the maps pinned in `pin`.
-    Returns (bpf, fn). Where the program with socket storage does not load, the 5-tuple-only
-    variant is used (no sk_flows/sk_state pins). `src_dir`: another directory holding
+    Returns (bpf, fn): bcc's BPF object and its loaded function (bcc ships no types). Where the
+    program with socket storage does not load, the 5-tuple-only variant is used (no
+    sk_flows/sk_state pins). `src_dir`: another directory holding
     mfs_classifier.c and mfs_maps.h (benchmarks compare an older version in the same run)."""
     try:
         from bcc import BPF  # noqa: PLC0415 - only attach needs LLVM
@@ -341,7 +353,7 @@ def _write_config(pin: Path, opts: AttachOptions, backend: Backend) -> None:
     marked = dscp if any(d != DSCP_KEEP for d in dscp) else default_dscp(opts.levels)
     with bpfsys.BpfMap.open(pin / "config") as config_map, bpfsys.BpfMap.open(pin / "levels") as levels_map:
         write_config(
-            config_map, levels_map, opts.levels, opts.default_level, opts.levels - 1,
+            config_map, levels_map, opts.levels, opts.resolved_default_level, opts.levels - 1,
             C_TRUST_DSCP if opts.trust_dscp else 0,
             [DSCP_KEEP] * opts.levels if opts.trust_dscp else dscp,
             [backend.priority(i) for i in range(opts.levels)],
@@ -429,7 +441,7 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
     else:
         prev_root = root
     backend, notes = choose_backend(opts)
-    if backend.name != "none" and not ours and not _is_default_root(root):
+    if backend.name != "none" and not ours and root is not None and not _is_default_root(root):
         raise MfsError(
             f"{opts.ifname} has a configured root qdisc ({root.get('kind')} {root.get('handle')}) that attach "
             "would replace: remove it first, or use --qdisc none to only mark packets"
@@ -438,7 +450,7 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
     bpfsys.ensure_bpffs()
     secure_pin_dir(pin, PIN_ROOT, create=True)  # root-owned 0755 from mfs/ down, or a clear error
     had_pins = _check_pins(pin)
-    undo: list = [_release_run_bind]
+    undo: list[Callable[[], object]] = [_release_run_bind]
     try:
         _ensure_run_bind()
         if not had_pins:
@@ -449,24 +461,25 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
         # root qdisc
         if backend.name != "none":
             if not ours:
-                undo.append(lambda: run(["tc", "qdisc", "del", "dev", opts.ifname, "root"], opts.netns, check=False))
+                undo.append(lambda: run_command(["tc", "qdisc", "del", "dev", opts.ifname, "root"], opts.netns, check=False))
             cmds = backend.commands(opts.ifname)
-            if ours and root.get("kind") == backend.name == "htb":
+            htb_in_place = ours and root is not None and root.get("kind") == backend.name == "htb"
+            if htb_in_place:
                 cmds = cmds[1:]  # HTB cannot change in place: keep the qdisc, replace its classes
             elif ours:
                 _restore_root(opts.ifname, opts.netns)
             try:
                 for cmd in cmds:
-                    run(cmd, opts.netns)
-                if ours and root.get("kind") == backend.name == "htb":
+                    run_command(cmd, opts.netns)
+                if htb_in_place:
                     for lv in range(backend.nlevels, MAX_LEVELS):  # re-attach with fewer levels
-                        run(["tc", "class", "del", "dev", opts.ifname, "classid", backend.class_of(lv)],
+                        run_command(["tc", "class", "del", "dev", opts.ifname, "classid", backend.class_of(lv)],
                             opts.netns, check=False)
             except MfsError:
                 if opts.qdisc != "auto" or backend.name == "htb":
                     raise
                 rate = opts.rate_bps or link_speed_bps(opts.ifname, opts.netns)
-                fallback = Backend("htb", opts.levels, rate, opts.default_level)
+                fallback = Backend("htb", opts.levels, rate, opts.resolved_default_level)
                 if not fallback.rate_bps:
                     raise MfsError(
                         f"{backend.name} could not be set up on {opts.ifname} and the HTB fallback needs --rate"
@@ -474,7 +487,7 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
                 backend = fallback
                 _write_config(pin, opts, backend)
                 for cmd in backend.commands(opts.ifname):
-                    run(cmd, opts.netns)
+                    run_command(cmd, opts.netns)
         elif ours:
             # re-attach with --qdisc none over our own qdisc: give the host its default back
             _restore_root(opts.ifname, opts.netns)
@@ -489,7 +502,7 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
                 with iproute(opts.netns) as ipr:
                     ipr.tc("add", "clsact", idx)
                 created_clsact = True
-                undo.append(lambda: run(["tc", "qdisc", "del", "dev", opts.ifname, "clsact"], opts.netns, check=False))
+                undo.append(lambda: run_command(["tc", "qdisc", "del", "dev", opts.ifname, "clsact"], opts.netns, check=False))
             if not prev_state or not our_filters(opts.ifname, opts.netns, prev_state):
                 undo.append(lambda: _delete_our_filter(opts.ifname, opts.netns))
             with iproute(opts.netns) as ipr:
@@ -499,7 +512,7 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
                 )
         st = AttachState(
             ifname=opts.ifname, netns=opts.netns, backend=backend.name, nlevels=opts.levels,
-            rate_bps=backend.rate_bps, dscp=opts.dscp_table(), default_level=opts.default_level,
+            rate_bps=backend.rate_bps, dscp=opts.dscp_table(), default_level=opts.resolved_default_level,
             trust_dscp=opts.trust_dscp, pin_dir=str(pin), prev_root=prev_root,
             created_clsact=created_clsact, ifindex=idx, prog_id=prog_id, prog_tag=prog_tag, hook=hook,
             control_level=opts.control_level, keep_dscp=list(opts.keep_dscp),
@@ -521,7 +534,7 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
 
 def _delete_our_filter(ifname: str, netns: str | None) -> None:
     """Delete exactly our filter (pref, handle and kind), never another at the same pref."""
-    run(["tc", "filter", "del", "dev", ifname, "egress", "pref", str(FILTER_PREF), "handle",
+    run_command(["tc", "filter", "del", "dev", ifname, "egress", "pref", str(FILTER_PREF), "handle",
          hex(FILTER_HANDLE), "bpf"], netns)
 
 
@@ -530,7 +543,7 @@ def _restore_root(ifname: str, netns: str | None) -> None:
     kernel-made default root, so that is the previous one)."""
     root = root_qdisc(ifname, netns)
     if root is not None and root.get("handle") == HANDLE:
-        run(["tc", "qdisc", "del", "dev", ifname, "root"], netns, check=False)
+        run_command(["tc", "qdisc", "del", "dev", ifname, "root"], netns, check=False)
 
 
 def detach(ifname: str, netns: str | None = None) -> list[str]:
@@ -582,7 +595,7 @@ def _detach_locked(ifname: str, netns: str | None) -> list[str]:
                 ["filter", "show", "dev", dev, "ingress"], netns
             )
             if not others:
-                run(["tc", "qdisc", "del", "dev", dev, "clsact"], netns)
+                run_command(["tc", "qdisc", "del", "dev", dev, "clsact"], netns)
                 removed.append("clsact qdisc")
         root = root_qdisc(dev, netns)
         if (st is not None or has_pins) and root is not None and root.get("handle") == HANDLE:
@@ -608,7 +621,7 @@ def _detach_locked(ifname: str, netns: str | None) -> list[str]:
 
 
 # ---- the bpffs view that survives `ip netns exec` (see pinpath.py) ------------------------------
-def _bind_lock():
+def _bind_lock() -> AbstractContextManager[None]:
     return interface_lock(STATE_ROOT / "bpffs.lock", "the bind mount of bpffs", wait=True, prune=(STATE_ROOT,))
 
 
@@ -619,7 +632,7 @@ def _ensure_run_bind() -> None:
         if bpfsys.is_bpffs(RUN_BPFFS):
             return
         RUN_BPFFS.mkdir(mode=0o755, parents=True, exist_ok=True)
-        run(["mount", "--bind", str(HOST_BPFFS), str(RUN_BPFFS)])
+        run_command(["mount", "--bind", str(HOST_BPFFS), str(RUN_BPFFS)])
 
 
 def _release_run_bind() -> bool:
@@ -633,7 +646,7 @@ def _release_run_bind() -> bool:
                 return False
         except OSError:
             return False
-        run(["umount", str(RUN_BPFFS)], check=False)
+        run_command(["umount", str(RUN_BPFFS)], check=False)
         try:
             RUN_BPFFS.rmdir()
         except OSError:

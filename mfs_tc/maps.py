@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from . import access, bpfsys
 from .bpfsys import BpfMap
@@ -71,7 +71,9 @@ __all__ = [
     "pid_alive",
 ]
 
-FlowTarget = Union[socket.socket, FlowKey, tuple]
+# (saddr, daddr, sport, dport[, proto]): proto "tcp"/"udp"/6/17, tcp when left out
+FlowTuple = tuple[str, str, int, int] | tuple[str, str, int, int, str | int]
+FlowTarget = socket.socket | FlowKey | FlowTuple
 
 
 _U32_0 = b"\0\0\0\0"
@@ -86,14 +88,14 @@ def pack_flow_key(target: FlowTarget) -> bytes:
     (saddr, daddr, sport, dport[, proto]) with proto "tcp"/"udp"/6/17 (default tcp).
     The source is this host (the classifier runs on egress)."""
     if isinstance(target, tuple):
-        n = len(target)
-        if n == 5:
+        proto: str | int
+        if len(target) == 5:
             saddr, daddr, sport, dport, proto = target
-        elif n == 4:
+        elif len(target) == 4:
             saddr, daddr, sport, dport = target
             proto = socket.IPPROTO_TCP
         else:
-            raise ValueError(f"a 5-tuple is (saddr, daddr, sport, dport[, proto]), got {n} items")
+            raise ValueError(f"a 5-tuple is (saddr, daddr, sport, dport[, proto]), got {len(target)} items")
         p = _PROTOS.get(proto) if isinstance(proto, (str, int)) else None
         if p is None:
             p = _PROTOS.get(proto.lower()) if isinstance(proto, str) else None
@@ -115,7 +117,7 @@ def pack_flow_key(target: FlowTarget) -> bytes:
 class FlowView:
     """One live `flows` entry as `mfs-tc flows` shows it."""
 
-    key: FlowKey | None  # None: a socket-storage entry (seen through its socket only)
+    key: FlowKey
     entry: FlowEntry
     level: int
     cursor: int | None
@@ -124,7 +126,7 @@ class FlowView:
     owner_pid: int | None
     state: FlowState | None = None
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         e = self.entry
         st = self.state if self.state is not None and self.state.gen == e.gen else None
         return {
@@ -418,18 +420,18 @@ class PinnedMaps:
         for k, v in raw:
             key, e = FlowKey.unpack(k), FlowEntry.unpack(v)
             st = states.get(k)
-            live = st is not None and st.gen == e.gen
+            live = st if st is not None and st.gen == e.gen else None  # this registration's counts
             rec = reqs.get(e.request_id) if e.request_id else None
             scav = bool(rec and rec.scavenged)
             cursor = rec.cursor if rec else None
             lv = e.level(
                 now,
-                sent=st.sent_bytes if live else None,
+                sent=live.sent_bytes if live is not None else None,
                 cursor=cursor or 0,
                 scavenged=scav,
                 scavenger_level=cfg.scavenger_level,
                 nlevels=cfg.nlevels,
-                cur_level=st.cur_level if live else LEVEL_NONE,
+                cur_level=live.cur_level if live is not None else LEVEL_NONE,
                 default_level=cfg.default_level,
             )
             out.append(FlowView(key, e, lv, cursor, scav, e.request_id, rec.owner_pid if rec else None, st))
@@ -538,7 +540,7 @@ def set_static(maps: PinnedMaps, target: FlowTarget, level: int, now_ns: int | N
     return key
 
 
-def rdma_table(levels: int | Sequence[LevelRecord | int]) -> list[dict]:
+def rdma_table(levels: int | Sequence[LevelRecord | int]) -> list[dict[str, int]]:
     """Per level: DSCP and the traffic class (DSCP << 2) to give NCCL_IB_TC,
     UCX_IB_TRAFFIC_CLASS and MC_IB_TC. `levels` is a level count (default DSCP table), a list of
     DSCPs or the LevelRecords of an attached interface."""
@@ -573,7 +575,7 @@ class GcResult:
     flows_demoted: int = 0  # orphaned 5-tuple flows rewritten to the scavenger level
     flows_removed: int = 0  # demoted flows that sent nothing since the previous gc
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "requests_removed": [f"{r:#x}" for r in self.requests_removed],
             "requests_scavenged": [f"{r:#x}" for r in self.requests_scavenged],

@@ -95,7 +95,7 @@ def ifindex(ipr: IPRoute, ifname: str, netns: str | None = None) -> int:
 def link_speed_bps(ifname: str, netns: str | None = None) -> int | None:
     """The link speed the driver reports (ethtool speed in /sys), or None (veth, virtual)."""
     if netns:
-        out = run(["cat", f"/sys/class/net/{ifname}/speed"], netns=netns, check=False, via_ip=True)
+        out = run_command(["cat", f"/sys/class/net/{ifname}/speed"], netns=netns, check=False, via_ip=True)
         text = out.strip()
     else:
         try:
@@ -109,7 +109,7 @@ def link_speed_bps(ifname: str, netns: str | None = None) -> int | None:
     return mbit * 1_000_000 if mbit > 0 else None
 
 
-def run(
+def run_command(
     argv: list[str], netns: str | None = None, check: bool = True, via_ip: bool = False
 ) -> str:
     """Run a command (tc, ...) in `netns`. tc takes `-n NS` itself; others go through ip netns exec."""
@@ -130,7 +130,7 @@ def run(
 
 
 def tc_json(args: list[str], netns: str | None = None) -> list[dict[str, Any]]:
-    out = run(["tc", "-j"] + args, netns=netns)
+    out = run_command(["tc", "-j"] + args, netns=netns)
     objs: list[dict[str, Any]] = json.loads(out) if out.strip() else []
     return objs
 

@@ -373,7 +373,7 @@ def _fmt(v: float | str | None, scale: float = 1.0, spec: str = ".3f") -> str:
     return format(float(v) * scale, spec)
 
 
-def table(summary: JsonDict) -> str:
+def summary_table(summary: JsonDict) -> str:
     """A readable table: one line per policy and point (means over seeds, spread of attainment)."""
     head = f"{'policy':<12} {'load':>6} {'slo':>5} {'seeds':>5} {'attain':>7} {'spread':>13} " \
            f"{'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'CCT ms':>8} {'p2d early ms':>12}"

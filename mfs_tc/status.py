@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import access, bpfsys, tcx
 from .attachment import link_name, load_state, our_filters, root_qdisc
 from .backends import HANDLE
@@ -11,7 +13,7 @@ from .maps import PinnedMaps
 from .rules import RuleTable
 
 
-def read_status(ifname: str, netns: str | None = None) -> dict:
+def read_status(ifname: str, netns: str | None = None) -> dict[str, Any]:
     st = load_state(ifname, netns)
     pin = pin_dir(ifname, netns)
     if st is None and not (pin / "stats").exists():
@@ -86,7 +88,7 @@ def read_status(ifname: str, netns: str | None = None) -> dict:
     }
 
 
-def _per_stage(rules: list[dict]) -> dict[str, dict[str, int]]:
+def _per_stage(rules: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Packets and bytes matched by --stage rules, per stage (rules that are still installed)."""
     out: dict[str, dict[str, int]] = {}
     for r in rules:

@@ -32,7 +32,7 @@ def run_testbed_point(task: dict[str, Any], prefix: str | None = None) -> list[d
     testbed's): its bound (if asked) and the asked policies, as the simulator's matrix lines."""
     from mfs_tc.sim.runner import point_bound
 
-    from .runner import RunConfig, run
+    from .runner import RunConfig, run_testbed
 
     sc = task["scenario"]
     cfg = task["config"]
@@ -54,7 +54,7 @@ def run_testbed_point(task: dict[str, Any], prefix: str | None = None) -> list[d
     if task["bound"]:
         lines.append({**base, "kind": "bound", "bound": point_bound(cast(Workload, wl))})
     if task["policies"]:
-        summary = run(rc, None, progress_out=sys.stderr)
+        summary = run_testbed(rc, None, progress_out=sys.stderr)
         for r in summary["runs"]:
             r = {k: v for k, v in r.items() if k != "rows"} | load_info | {"load": load}
             lines.append({**base, "kind": "run", "policy": r["policy"], "run": r})

@@ -24,14 +24,10 @@ T = TypeVar("T")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def run(*args: str, ns: str | None = None, check: bool = True) -> str:
-    """Run a command (in namespace `ns` when given): the loader's runner, same errors."""
-    return netlink.run(list(args), netns=ns, check=check)
-
-
 def ip(*args: str, ns: str | None = None, check: bool = True) -> str:
-    """`ip [-n ns] ...` (no remount of /sys, unlike `ip netns exec`)."""
-    return run("ip", *(["-n", ns] if ns else []), *args, check=check)
+    """`ip [-n ns] ...` (no remount of /sys, unlike `ip netns exec`); other commands go through
+    the loader's mfs_tc.netlink.run_command (same errors)."""
+    return netlink.run_command(["ip", *(["-n", ns] if ns else []), *args], check=check)
 
 
 def list_netns() -> list[str]:

@@ -137,7 +137,7 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v * 1e3:.0f} ms"
 
 
-def run(cfg: RunConfig, out_dir: Path | None, *, progress_out: TextIO | None = sys.stderr) -> JsonDict:
+def run_testbed(cfg: RunConfig, out_dir: Path | None, *, progress_out: TextIO | None = sys.stderr) -> JsonDict:
     """The default comparison / sweep on the workload. Returns the summary (also in out_dir)."""
     from mfs_tc.workload import generate
 
@@ -203,4 +203,4 @@ class live_topology:
             signal.signal(signal.SIGINT, self._old_int)
 
 
-__all__ = ["RunConfig", "run", "run_scenarios", "live_topology", "DEFAULT_POLICIES", "MfsError"]
+__all__ = ["RunConfig", "run_testbed", "run_scenarios", "live_topology", "DEFAULT_POLICIES", "MfsError"]

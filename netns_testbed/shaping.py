@@ -10,7 +10,7 @@ check the topology itself and as a no-mfs-tc reference).
 
 from __future__ import annotations
 
-from .netns import run
+from mfs_tc.netlink import run_command
 
 
 def _rate(rate_bps: float) -> str:
@@ -30,6 +30,6 @@ def shape(ns: str, dev: str, rate_bps: float, *, levels: int = 8, trust_dscp: bo
 
 
 def shape_plain(ns: str, dev: str, rate_bps: float) -> None:
-    run("tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1", ns=ns)
-    run("tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb",
-        "rate", _rate(rate_bps), "ceil", _rate(rate_bps), ns=ns)
+    run_command(["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"], ns)
+    run_command(["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb",
+                 "rate", _rate(rate_bps), "ceil", _rate(rate_bps)], ns)

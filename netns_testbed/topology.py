@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 from mfs_tc.errors import MfsError
 from mfs_tc.layout import PIN_ROOT
 from mfs_tc.maps import pid_alive
+from mfs_tc.netlink import run_command
 
-from .netns import ip, list_netns, run
+from .netns import ip, list_netns
 
 if TYPE_CHECKING:
     from mfs_tc.workload import ClusterShape
@@ -156,12 +157,12 @@ class Topology:
 
     def _build(self) -> None:
         sw = self.switch_ns
-        run("ip", "netns", "add", sw)
+        run_command(["ip", "netns", "add", sw])
         ip("link", "set", "lo", "up", ns=sw)
         ip("link", "add", BRIDGE, "type", "bridge", ns=sw)
         ip("link", "set", BRIDGE, "up", ns=sw)
         for h in self.hosts:
-            run("ip", "netns", "add", h.netns)
+            run_command(["ip", "netns", "add", h.netns])
             ip("link", "set", "lo", "up", ns=h.netns)
             ip("link", "add", h.port, "type", "veth", "peer", "name", h.ifname, "netns", h.netns, ns=sw)
             ip("link", "set", h.port, "master", BRIDGE, ns=sw)
@@ -187,7 +188,7 @@ class Topology:
         if not self.created:
             return
         for ns in self.namespaces:
-            run("ip", "netns", "del", ns, check=False)
+            run_command(["ip", "netns", "del", ns], check=False)
             remove_pins(ns)
         self.created = False
 
@@ -227,7 +228,7 @@ def cleanup_leftovers(prefix: str = DEFAULT_PREFIX) -> list[str]:
         m = _LEFTOVER.match(name)
         if not m or m.group("prefix") != prefix or pid_alive(int(m.group("pid"))):
             continue
-        run("ip", "netns", "del", name, check=False)
+        run_command(["ip", "netns", "del", name], check=False)
         remove_pins(name)
         removed.append(name)
     return removed

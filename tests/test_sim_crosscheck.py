@@ -80,14 +80,13 @@ def test_ranking_rule_flags_only_gaps_beyond_the_spread() -> None:
 @pytest.mark.skipif(not default_trace_path().is_file(), reason="Mooncake trace not present")
 def test_sim_attainment_within_tolerance_of_testbed(tmp_path: Path) -> None:
     from mfs_tc.sim.runner import SimRunConfig
-    from mfs_tc.sim.runner import run as sim_run
-    from netns_testbed.runner import RunConfig
-    from netns_testbed.runner import run as testbed_run
+    from mfs_tc.sim.runner import run as run_sim
+    from netns_testbed.runner import RunConfig, run_testbed
 
     common = dict(policies=POLICIES, num_requests=REQUESTS, loads=LOADS, seeds=SEEDS)
-    tb = testbed_run(RunConfig(**common, prefix="mfsx", pause_s=0.5), tmp_path / "testbed",
+    tb = run_testbed(RunConfig(**common, prefix="mfsx", pause_s=0.5), tmp_path / "testbed",
                      progress_out=None)
-    sim = sim_run(SimRunConfig(**common, flow_setup_s=FLOW_SETUP_S, goodput=GOODPUT, bound=False),
+    sim = run_sim(SimRunConfig(**common, flow_setup_s=FLOW_SETUP_S, goodput=GOODPUT, bound=False),
                   tmp_path / "sim", plots=False, progress_out=None)
     tbp, simp = _by_point(tb["runs"]), _by_point(sim["runs"])
     print("testbed", tbp, "\nsim", simp)

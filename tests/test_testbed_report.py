@@ -13,8 +13,8 @@ from mfs_tc.results import (
     load_results,
     percentile,
     summarize_run,
+    summary_table,
     sweep,
-    table,
     write_results,
 )
 
@@ -82,7 +82,7 @@ def test_write_and_reload_round_trip_with_plots(tmp_path):
     assert [len(r["rows"]) for r in runs2] == [3, 3, 3, 3]
     again = write_results(tmp_path, runs2, s2["meta"])
     assert again["policies"] == json.loads(json.dumps(summary["policies"]))
-    text = table(again)
+    text = summary_table(again)
     assert "mfs" in text and "fair" in text and "attain" in text
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ..errors import MfsError
 from ..layout import MAX_LEVELS
 from ..units import format_rate, parse_dscp_list, parse_rate
-from .output import emit_json, human_bytes, table
+from .output import emit_json, human_bytes, print_table
+
+if TYPE_CHECKING:
+    from ..loader import AttachOptions
 
 Iface = Annotated[str, typer.Argument(help="Interface name, e.g. eth0")]
 Netns = Annotated[Optional[str], typer.Option("--netns", "-n", help="Network namespace (ip netns name)")]
@@ -20,7 +23,7 @@ def _options(
     iface: str, netns: str | None, levels: int, qdisc: str, rate: str | None, dscp: str | None,
     default_level: int | None, trust_dscp: bool, control_level: int = 0, keep_dscp: str | None = None,
     hook: str = "auto", group: str | None = None,
-):
+) -> AttachOptions:
     from ..loader import AttachOptions
 
     try:
@@ -122,7 +125,7 @@ def status(iface: Annotated[Optional[str], typer.Argument(help="Interface (defau
             + (f", access group {group_name(s['access_gid'])}" if s.get("access_gid") is not None else "")
             + f"; {s['flows']} flows, {s['requests']} requests"
         )
-        table(
+        print_table(
             ["level", "class", "dscp", "packets", "bytes"],
             [[l["level"], l["class"], "-" if l["dscp"] is None else l["dscp"], l["packets"], human_bytes(l["bytes"])]
              for l in s["levels"]],
@@ -174,7 +177,7 @@ def plan(
         else:
             typer.echo("RoCE bypasses tc: set these on the transport per level (traffic class = DSCP << 2)")
             headers = list(rows[0].keys())
-            table(headers, [[r[h] for h in headers] for r in rows])
+            print_table(headers, [[r[h] for h in headers] for r in rows])
         return
     p = make_plan(opts)
     if json_out:
@@ -193,8 +196,8 @@ def doctor(json_out: Json = False) -> None:
     if json_out:
         emit_json([asdict(c) for c in checks])
     else:
-        table(["check", "ok", "detail", "fix"],
-              [[c.name, "yes" if c.ok else ("NO" if c.required else "no"), c.detail, "" if c.ok else c.fix] for c in checks])
+        print_table(["check", "ok", "detail", "fix"],
+                    [[c.name, "yes" if c.ok else ("NO" if c.required else "no"), c.detail, "" if c.ok else c.fix] for c in checks])
     if any(c.required and not c.ok for c in checks):
         raise typer.Exit(1)
 

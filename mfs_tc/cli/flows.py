@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from ..errors import MfsError, NotAttachedError
 
+if TYPE_CHECKING:
+    from ..maps import PinnedMaps
+
 policy_app = typer.Typer(help="Inspect scheduling policies.", no_args_is_help=True)
 
 
-def _open(iface: str, netns: Optional[str], root: Optional[Path]):
+def _open(iface: str, netns: Optional[str], root: Optional[Path]) -> PinnedMaps:
     from ..maps import PinnedMaps
 
     try:
@@ -34,11 +37,11 @@ def _attached(root: Path) -> list[tuple[Optional[str], str]]:
     return out
 
 
-def _fmt_bytes(n: int) -> str:
+def _fmt_bytes(n: float) -> str:
     for unit in ("B", "K", "M", "G", "T"):
         if abs(n) < 1024 or unit == "T":
             return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024  # type: ignore[assignment]
+        n /= 1024
     return str(n)
 
 
@@ -65,11 +68,14 @@ def flows_cmd(
 ) -> None:
     """List live flow entries with the level the classifier picks for them now."""
     try:
-        if root is None and not iface:
-            from ..pinpath import pin_root
+        if iface:
+            targets = [(netns, iface)]
+        else:
+            if root is None:
+                from ..pinpath import pin_root
 
-            root = pin_root()
-        targets = [(netns, iface)] if iface else _attached(root)
+                root = pin_root()
+            targets = _attached(root)
     except PermissionError as exc:
         raise MfsError(f"cannot read {exc.filename}: run as root, or name the interface") from None
     if not targets:
@@ -222,7 +228,7 @@ def policy_show_cmd(
     typer.echo(_describe_human(desc))
 
 
-def _describe_human(desc: dict, indent: int = 0) -> str:
+def _describe_human(desc: dict[str, Any], indent: int = 0) -> str:
     pad = " " * indent
     lines = []
     for k, v in desc.items():

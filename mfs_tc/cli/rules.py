@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from ..errors import MfsError
-from .output import emit_json, human_bytes, table
+from .output import emit_json, human_bytes, print_table
 
 if TYPE_CHECKING:
     from ..maps import PinnedMaps
@@ -39,9 +39,9 @@ def print_rules(rows: list[dict[str, Any]]) -> None:
     if not rows:
         typer.echo("no rules")
         return
-    table(["prio", "id", "proto", "src", "sport", "dst", "dport", "level", "stage", "packets", "bytes"],
-          [[r["priority"], r["id"], r["proto"] or "any", r["src"] or "any", r["sport"] or "any", r["dst"] or "any",
-            r["dport"] or "any", r["level"], r["stage"] or "-", r["packets"], human_bytes(r["bytes"])] for r in rows])
+    print_table(["prio", "id", "proto", "src", "sport", "dst", "dport", "level", "stage", "packets", "bytes"],
+                [[r["priority"], r["id"], r["proto"] or "any", r["src"] or "any", r["sport"] or "any", r["dst"] or "any",
+                  r["dport"] or "any", r["level"], r["stage"] or "-", r["packets"], human_bytes(r["bytes"])] for r in rows])
 
 
 def add(

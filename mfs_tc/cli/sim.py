@@ -59,7 +59,8 @@ def run_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
 ) -> None:
     """Simulate every policy on the same workload; print a table, write results under --out."""
-    from ..sim.runner import SimRunConfig, run
+    from ..sim.runner import SimRunConfig
+    from ..sim.runner import run as run_sim
     from ..units import parse_rate
 
     try:
@@ -77,15 +78,15 @@ def run_cmd(
             aggregate_groups=aggregate_groups, policy_config=_policy_config(policy_config or []),
             bound=bound,
         )
-        summary = run(cfg, out, plots=plots)
+        summary = run_sim(cfg, out, plots=plots)
     except ValueError as exc:
         raise MfsError(str(exc)) from None
     if json_out:
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
-    from ..results import table
+    from ..results import summary_table
 
-    typer.echo(table(summary))
+    typer.echo(summary_table(summary))
     if out:
         typer.echo(f"results in {out}/ (requests.csv, summary.json, plots)")
 
@@ -156,12 +157,12 @@ def matrix_overrides(requests: int | None, load: str | None, slo_scale: str | No
 
 def echo_matrix(summary: dict[str, Any], out: Path, *, plots: bool, json_out: bool) -> None:
     """A matrix summary as JSON or as the table, with where the files are."""
-    from ..sim.matrix import table
+    from ..sim.matrix import table as matrix_table
 
     if json_out:
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
-    typer.echo(table(summary))
+    typer.echo(matrix_table(summary))
     typer.echo(f"results in {out}/ (runs.jsonl, matrix.json" + (", matrix.png)" if plots else ")"))
 
 

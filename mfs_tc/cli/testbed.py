@@ -46,8 +46,8 @@ def run_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
 ) -> None:
     """Replay the same arrivals under each policy in turn; write requests.csv, summary.json, plots."""
-    from mfs_tc.results import table
-    from netns_testbed.runner import RunConfig, run
+    from mfs_tc.results import summary_table
+    from netns_testbed.runner import RunConfig, run_testbed
 
     loads: list[float | None]
     if load.strip().lower() in ("trace", "native"):
@@ -67,11 +67,11 @@ def run_cmd(
     except ValueError as exc:
         raise MfsError(str(exc)) from exc
     out_dir = out or Path("results") / time.strftime("testbed-%Y%m%d-%H%M%S")
-    summary = run(cfg, out_dir, progress_out=sys.stderr)
+    summary = run_testbed(cfg, out_dir, progress_out=sys.stderr)
     if json_out:
         typer.echo(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2, default=str))
         return
-    typer.echo(table(summary))
+    typer.echo(summary_table(summary))
     typer.echo(f"\nresults in {out_dir}/ (requests.csv, summary.json, *.png)")
 
 
@@ -117,7 +117,7 @@ def report_cmd(
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Only print the table")] = False,
 ) -> None:
     """Re-render the table, summary.json and the plots of a results directory."""
-    from mfs_tc.results import load_results, table, write_results
+    from mfs_tc.results import load_results, summary_table, write_results
 
     try:
         summary, runs = load_results(directory)
@@ -127,7 +127,7 @@ def report_cmd(
     if json_out:
         typer.echo(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2, default=str))
         return
-    typer.echo(table(summary))
+    typer.echo(summary_table(summary))
 
 
 @testbed_app.command("contention")
@@ -137,7 +137,7 @@ def contention_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results directory (none: do not write)")] = None,
 ) -> None:
     """The purpose-built case: a tight and a loose request's p2d on one bottleneck link."""
-    from mfs_tc.results import table
+    from mfs_tc.results import summary_table
     from netns_testbed.runner import Progress, RunConfig, live_topology, run_scenarios
     from netns_testbed.scenarios import contention_scenario, contention_topology
 
@@ -149,7 +149,7 @@ def contention_cmd(
     with live_topology(contention_topology(rbps)) as topo:
         summary = run_scenarios(topo, [(0, None, 1.0, lambda: contention_scenario(rbps))], cfg,
                                 out, Progress(sys.stderr), {"source": "testbed", "scenario": "contention"})
-    typer.echo(table(summary))
+    typer.echo(summary_table(summary))
     for r in summary["runs"]:
         typer.echo(f"{r['policy']}: " + ", ".join(
             f"{'tight' if int(x['request_id']) == 1 else 'loose'} TTFT "

@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 from ..entry import FlowEntry
 from ..layout import MAX_LEVELS
@@ -55,9 +56,12 @@ class Policy(ABC):
     # batch, stage, layer), never now_ns, flow.sent or the request's cursor, estimates, RED rank
     # or scavenged flag; so entry_key() is () and a caller asking again gets an equal entry
     fixed_entry: bool = False
-    # True: entry_key reads of the stage only its name and nothing of the flow, so one key
-    # serves every flow of one stage of a request at one instant (callers may share it)
-    entry_key_per_request: bool = False
+
+    @property
+    def entry_key_per_request(self) -> bool:
+        """True: entry_key reads of the stage only its name and nothing of the flow, so one key
+        serves every flow of one stage of a request at one instant (callers may share it)."""
+        return False
 
     @abstractmethod
     def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
@@ -84,6 +88,6 @@ class Policy(ABC):
         scavenger level by whoever sees them all (policy.admission.moore_hodgson)."""
         return False
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """Thresholds and level layout, for `mfs-tc policy show`."""
         return {"policy": self.name, "levels": self.config.nlevels}

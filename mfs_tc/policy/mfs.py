@@ -48,6 +48,7 @@ while the previous batch's p2d waits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..entry import FlowEntry, mlu_fixed, ps_per_byte
 from ..layout import F_AUTO_SCAVENGE, F_MONOTONIC, MLU_ONE, MODE_MLU, MODE_RLI
@@ -209,7 +210,9 @@ class MfsPolicy(Policy):
     def entry_key_per_request(self) -> bool:  # Policy.entry_key_per_request
         return self.config.estimator == "request"  # `max` reads the flow's bytes sent
 
-    def entry_key(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> tuple:
+    def entry_key(
+        self, request: Request, stage: Stage, flow: Flow, now_ns: int
+    ) -> tuple[bool, int] | tuple[bool, int, bool]:
         """`entry` reads the time, the request's estimates, flags and RED rank (and, estimator
         `max`, the flow's bytes sent) only through `hopeless_flow` and, for kv_fetch and
         collective, `red_loose`; the rest is fixed for a flow (Policy.entry_key)."""
@@ -220,7 +223,7 @@ class MfsPolicy(Policy):
         return (False, request.deadline_ns, self.red_loose(request, now_ns))
 
     # ---- description -------------------------------------------------------------------------
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         c = self.config
         rows = self.mlu.rows("p2d", _mlu_str, "MLU")
         rows += self.rli.rows("kv_fetch, collective", str, "RLI")
@@ -262,7 +265,7 @@ class MfsPolicy(Policy):
             "layout": layout(c.nlevels, rows, scavenger="scavenger: requests that can no longer meet their SLO"),
         }
 
-    def _rli_desc(self) -> dict:
+    def _rli_desc(self) -> dict[str, Any]:
         return {
             "mode": "rli",
             "flags": ["monotonic"],
