@@ -103,6 +103,15 @@ def test_isolated_stages_share_links_only_among_their_own_flows(group_size: int)
     assert all(r.met for r in alone)
 
 
+def test_isolating_some_stages_leaves_the_others_contended() -> None:
+    w = _three_p2d(1)
+    fair = make_sim_policy("fair", nlevels=8, ref_rate_bps=8000.0, config={})
+    assert [round(r.p2d_s, 6) for r in simulate(w, fair, isolate_stages=["p2d"]).requests] == [1.0] * 3
+    assert [round(r.p2d_s, 6) for r in simulate(w, fair, isolate_stages=["collective", "kv_fetch"]).requests] == [3.0] * 3
+    with pytest.raises(ValueError, match="unknown stage"):
+        simulate(w, fair, isolate_stages=["decode"])
+
+
 def test_earliest_starts_come_from_the_rows() -> None:
     w = _three_p2d(1)
     fair = make_sim_policy("fair", nlevels=8, ref_rate_bps=8000.0, config={})

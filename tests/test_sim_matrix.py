@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from mfs_tc.cli import main
 from mfs_tc.sim.matrix import RUNS_FILE, MatrixConfig, parse_scenario, read_lines, run_matrix
+from mfs_tc.sim.matrix import table as matrix_table
 
 TINY = "name=tiny,workload=poisson,loads=2/4,slo=3,requests=16"
 
@@ -66,6 +68,24 @@ def test_resume_refuses_a_changed_scenario(tmp_path: Path) -> None:
                          policies=["fair"], seeds=[1], bound=False)
     with pytest.raises(ValueError, match="another definition"):
         run_matrix(other, out, jobs=1, plots=False, progress_out=None)
+
+
+def test_isolated_matrix_is_kept_apart(tmp_path: Path) -> None:
+    # with collectives alone on the network, the runs record it; the same directory refuses a
+    # matrix with other isolated stages (the numbers would mix), and the coupled bound, which
+    # isolates everything, stays the same
+    iso = replace(_cfg(), isolate=("collective",))
+    a = run_matrix(iso, tmp_path, jobs=1, plots=False, progress_out=None)
+    lines = read_lines(tmp_path / RUNS_FILE)
+    assert {tuple(ln["run"]["isolated_stages"]) for ln in lines if ln["kind"] == "run"} == {("collective",)}
+    assert a["isolated_stages"] == ["collective"] and "isolated stages: collective" in matrix_table(a)
+    with pytest.raises(ValueError, match="isolated stages"):
+        run_matrix(_cfg(), tmp_path, jobs=1, plots=False, progress_out=None)
+    b = run_matrix(_cfg(), tmp_path / "plain", jobs=1, plots=False, progress_out=None)
+    bounds = [{ln["seed"]: ln["bound"]["coupled"] for ln in read_lines(d / RUNS_FILE) if ln["kind"] == "bound"}
+              for d in (tmp_path, tmp_path / "plain")]
+    assert bounds[0] == bounds[1]
+    assert b["isolated_stages"] == []
 
 
 def test_ray_executor_gives_the_same_numbers(tmp_path: Path) -> None:

@@ -53,7 +53,8 @@ def run_cmd(
     queue_kb: Annotated[float, typer.Option(help="Standing queue of a shared saturated band in kB: such flows land queue/rate after their last byte (0: fluid ideal)")] = 0.0,
     aggregate_groups: Annotated[bool, typer.Option(help="Simulate each prefill group's G symmetric rank flows as one weighted flow (exact; much faster)")] = True,
     policy_config: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE policy setting (repeatable)")] = None,
-    bound: Annotated[bool, typer.Option(help="Compute the reference bound per point (mfs_tc.bound: an LP no schedule beats)")] = True,
+    bound: Annotated[bool, typer.Option(help="Compute the reference bound per point (mfs_tc.bound: an LP no schedule beats) and the coupled bound")] = True,
+    isolate: Annotated[Optional[str], typer.Option(help="Stages whose every instance has the network to itself (comma-separated: kv_fetch,collective,p2d): what their contention costs")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results directory (requests.csv, summary.json, plots)")] = None,
     plots: Annotated[bool, typer.Option(help="Write PNG plots")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
@@ -76,7 +77,7 @@ def run_cmd(
             tick_s=tick_ms / 1e3, flow_setup_s=flow_setup_ms / 1e3, goodput=goodput,
             queue_bytes=queue_kb * 1e3,
             aggregate_groups=aggregate_groups, policy_config=_policy_config(policy_config or []),
-            bound=bound,
+            bound=bound, isolate=isolated_stages(isolate),
         )
         summary = run_sim(cfg, out, plots=plots)
     except ValueError as exc:
@@ -105,8 +106,9 @@ def matrix_cmd(
     levels: Annotated[int, typer.Option("--levels", "-k", help="Strict-priority levels K")] = 8,
     tick_ms: Annotated[float, typer.Option(help="Re-level tick in simulated ms")] = 1.0,
     flow_setup_ms: Annotated[float, typer.Option(help="Per-flow setup latency in ms")] = 0.0,
-    bound: Annotated[bool, typer.Option(help="Compute the reference bound per point")] = True,
+    bound: Annotated[bool, typer.Option(help="Compute the reference bound and the coupled bound per point")] = True,
     policy_config: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE policy setting (repeatable)")] = None,
+    isolate: Annotated[Optional[str], typer.Option(help="Stages whose every instance has the network to itself (comma-separated: kv_fetch,collective,p2d): what their contention costs")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Results directory (runs.jsonl appended as runs finish: rerun to resume; matrix.json, matrix.png)")] = Path("results/matrix"),
     plots: Annotated[bool, typer.Option(help="Write matrix.png")] = True,
     list_scenarios: Annotated[bool, typer.Option("--list", help="List the scenario presets and exit")] = False,
@@ -132,13 +134,25 @@ def matrix_cmd(
         cfg = MatrixConfig(scenarios=scs, policies=[p.strip() for p in policy.split(",") if p.strip()],
                            seeds=ints(seeds, "seed"), levels=levels, tick_s=tick_ms / 1e3,
                            flow_setup_s=flow_setup_ms / 1e3, bound=bound,
-                           policy_config=_policy_config(policy_config or []))
+                           policy_config=_policy_config(policy_config or []),
+                           isolate=isolated_stages(isolate))
         if tick_ms <= 0 or flow_setup_ms < 0:
             raise ValueError("--tick-ms must be positive and --flow-setup-ms not negative")
         summary = run_matrix(cfg, out, jobs=jobs, executor=executor, address=address, plots=plots)
     except ValueError as exc:
         raise MfsError(str(exc)) from None
     echo_matrix(summary, out, plots=plots, json_out=json_out)
+
+
+def isolated_stages(text: str | None) -> tuple[str, ...]:
+    """--isolate: stage names, comma-separated."""
+    from ..model import STAGES
+
+    names = tuple(dict.fromkeys(x.strip() for x in (text or "").split(",") if x.strip()))
+    bad = [x for x in names if x not in STAGES]
+    if bad:
+        raise ValueError(f"--isolate: unknown stage(s) {', '.join(bad)}: choose from {', '.join(STAGES)}")
+    return names
 
 
 def matrix_overrides(requests: int | None, load: str | None, slo_scale: str | None) -> dict[str, Any]:

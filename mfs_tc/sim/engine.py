@@ -25,11 +25,12 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from ..entry import FlowEntry
 from ..layout import MODE_RLI, MODE_STATIC
-from ..model import Batch, Flow, Request, Stage, batch_hopeless, batch_request
+from ..model import STAGES, Batch, Flow, Request, Stage, batch_hopeless, batch_request
 from ..policy.admission import moore_hodgson
 from ..policy.base import Policy
 from ..policy.red import red, red_ranks
@@ -166,7 +167,8 @@ class Simulator:
                  skip_unchanged: bool = True, flow_setup_s: float = 0.0,
                  aggregate_groups: bool = False, allocator: str | None = None,
                  goodput: float = 1.0, queue_bytes: float = 0.0,
-                 check_entry_keys: bool = False, isolate_stages: bool = False) -> None:
+                 check_entry_keys: bool = False,
+                 isolate_stages: bool | Iterable[str] = False) -> None:
         if tick_s <= 0:
             raise ValueError(f"tick_s must be positive, got {tick_s}")
         if not 0.0 < goodput <= 1.0:
@@ -192,13 +194,21 @@ class Simulator:
         if goodput != 1.0:
             cluster = replace(cluster, link_rate_bps=cluster.link_rate_bps * goodput)
         self.fabric = fabric or Fabric.for_cluster(cluster, aggregate_groups=aggregate_groups)
-        # isolate_stages: every stage instance (a batch's collective of one layer, a request's
-        # kv_fetch of one layer, a request's p2d) has the network to itself: its flows get
-        # private copies of their path's links (same capacities) and share only among
-        # themselves. Nothing is contended, the prefill groups still queue FCFS: the
-        # contention-free run behind the coupled bound (mfs_tc.bound). Per stage instance, so
-        # for reference runs, not for long ones; the fabric's utilisation stays 0.
-        self._private_links: dict[tuple, dict[str, Link]] | None = {} if isolate_stages else None
+        # isolate_stages (True: every stage; or stage names): every instance of those stages
+        # (a batch's kv_fetch or collective of one layer, a request's p2d) has the network to
+        # itself: its flows get private copies of their path's links (same capacities) and
+        # share only among themselves, so they neither slow nor are slowed by anything else.
+        # The prefill groups still queue FCFS. All stages: the contention-free run behind the
+        # coupled bound (mfs_tc.bound); some: what contention of those stages costs a policy.
+        # Links per stage instance, so for reference runs, not long ones; isolated flows do
+        # not count in the fabric's utilisation.
+        if isolate_stages is True:
+            isolate_stages = STAGES
+        self._isolated = frozenset(isolate_stages or ())
+        if not self._isolated <= set(STAGES):
+            raise ValueError(f"isolate_stages: unknown stage(s) {sorted(self._isolated - set(STAGES))}: "
+                             f"choose from {', '.join(STAGES)}")
+        self._private_links: dict[tuple, dict[str, Link]] = {}
         self.max_batch = max_batch or workload.cfg.max_batch
         self.max_batch_tokens = (workload.cfg.max_batch_tokens if max_batch_tokens is None
                                  else max_batch_tokens)
@@ -648,7 +658,7 @@ class Simulator:
         if self._keyed:
             meta.key = self.policy.entry_key(req, st, fl, now)
         path = self.fabric.path(src, dst)
-        if self._private_links is not None:
+        if stage in self._isolated:
             own = self._private_links.setdefault(
                 (b.bid, stage, layer, -1 if stage == "collective" else rid), {})
             for ln in path:

@@ -152,6 +152,7 @@ class MatrixConfig:
     flow_setup_s: float = 0.0
     bound: bool = True
     policy_config: dict = field(default_factory=dict)
+    isolate: tuple[str, ...] = ()  # stages with the network to themselves (SimRunConfig.isolate)
 
     def __post_init__(self) -> None:
         if not self.scenarios:
@@ -175,7 +176,8 @@ class MatrixConfig:
                             workload=sc.workload, num_requests=sc.requests, model=sc.model,
                             cluster=sc.cluster, byte_scale=sc.byte_scale, levels=self.levels,
                             tick_s=self.tick_s, flow_setup_s=self.flow_setup_s,
-                            policy_config=dict(self.policy_config), bound=False)
+                            policy_config=dict(self.policy_config), bound=False,
+                            isolate=tuple(self.isolate))
 
 
 def _key(scenario: str, seed: int, load: float, slo: float, policy: str | None) -> tuple:
@@ -205,9 +207,11 @@ def run_point(task: dict) -> list[dict]:
         pol = make_sim_policy(name, nlevels=scfg.levels, ref_rate_bps=wl.cluster.link_rate_bps,
                               config=scfg.policy_config)
         res = simulate(wl, pol, tick_s=scfg.tick_s, flow_setup_s=scfg.flow_setup_s,
-                       aggregate_groups=scfg.aggregate_groups)
+                       aggregate_groups=scfg.aggregate_groups, isolate_stages=scfg.isolate)
         run = summarize(res, seed, load, slo, wl) | load_info
         run.pop("rows", None)
+        if scfg.isolate:
+            run["isolated_stages"] = sorted(scfg.isolate)
         lines.append({**base, "kind": "run", "policy": name, "run": run})
     return lines
 
@@ -236,10 +240,14 @@ def plan_tasks(cfg: MatrixConfig, done: list[dict]) -> list[dict]:
             raise ValueError(
                 f"{RUNS_FILE} holds results of scenario {ln['scenario']} with another definition "
                 f"({ln.get('spec')}): use another --out directory or remove {RUNS_FILE}")
+        if ln.get("kind") == "run" and ln["run"].get("isolated_stages", []) != sorted(cfg.isolate):
+            raise ValueError(
+                f"{RUNS_FILE} holds runs with isolated stages {ln['run'].get('isolated_stages', [])}, "
+                f"this matrix isolates {sorted(cfg.isolate)}: use another --out directory")
         have.add(_key(ln["scenario"], ln["seed"], ln["load"], ln["slo_scale"],
                       ln.get("policy") if ln.get("kind") == "run" else None))
     cdict = {k: getattr(cfg, k) for k in ("policies", "seeds", "levels", "tick_s",
-                                          "flow_setup_s", "bound", "policy_config")}
+                                          "flow_setup_s", "bound", "policy_config", "isolate")}
     cdict["scenarios"] = []  # a worker needs the scenario of its task only
     tasks = []
     for sc in cfg.scenarios:
@@ -347,7 +355,7 @@ def summarize_matrix(cfg: MatrixConfig, lines: list[dict]) -> dict:
     bounds = {_key(ln["scenario"], ln["seed"], ln["load"], ln["slo_scale"], None): ln["bound"]
               for ln in lines if ln.get("kind") == "bound"}
     out: dict = {"schema": SCHEMA, "policies": list(cfg.policies), "seeds": list(cfg.seeds),
-                 "scenarios": {}}
+                 "isolated_stages": sorted(cfg.isolate), "scenarios": {}}
     for sc in cfg.scenarios:
         wanted = {_key(sc.name, s, l, q, p) for s in cfg.seeds for l in sc.loads
                   for q in sc.slo_scales for p in cfg.policies}
@@ -387,7 +395,8 @@ def table(summary: dict) -> str:
                 if spec.get("load_unit") == "capacity" else "load in requests/s")
         lines.append(f"== {name}: {spec['workload']} {spec['model']} on {spec['cluster']}, "
                      f"{spec['requests']} requests, seeds {','.join(map(str, summary['seeds']))} "
-                     f"({unit})")
+                     f"({unit})" + (f"; isolated stages: {', '.join(summary['isolated_stages'])}"
+                                    if summary.get("isolated_stages") else ""))
         pts = sorted({(a["load"], a["slo_scale"]) for a in sc["policies"]})
         by = {(a["policy"], a["load"], a["slo_scale"]): a for a in sc["policies"]}
         head = f"{'load':>6} {'slo':>4} " + " ".join(f"{p:>14}" for p in pols) + \

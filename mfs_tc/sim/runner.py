@@ -37,6 +37,9 @@ class SimRunConfig(ComparisonConfig):
     rate_bps: float | None = None  # None: the cluster preset's link rate
     tick_s: float = 0.001
     flow_setup_s: float = 0.0
+    # stages whose every instance has the network to itself (sim.engine isolate_stages): what
+    # their contention costs; () for the real thing
+    isolate: tuple[str, ...] = ()
     goodput: float = 1.0  # payload fraction of the link rate (sim.engine); 1: fluid ideal
     queue_bytes: float = 0.0  # standing queue of a saturated band (sim.engine); 0: fluid ideal
     aggregate_groups: bool = True  # exact for plan_batch workloads (see sim.engine)
@@ -114,8 +117,10 @@ def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> l
                     t0 = time.perf_counter()
                     res = simulate(wl, pol, tick_s=cfg.tick_s, flow_setup_s=cfg.flow_setup_s,
                                    aggregate_groups=cfg.aggregate_groups, goodput=cfg.goodput,
-                                   queue_bytes=cfg.queue_bytes)
+                                   queue_bytes=cfg.queue_bytes, isolate_stages=cfg.isolate)
                     run = summarize(res, seed, load, slo, wl)
+                    if cfg.isolate:
+                        run["isolated_stages"] = sorted(cfg.isolate)
                     if bnd is not None:
                         run["bound"] = bnd
                     runs.append(run)
