@@ -14,10 +14,9 @@ import sys
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, TextIO
 
 from mfs_tc.sim.matrix import SCENARIOS, MatrixConfig, Scenario, point_workload, run_matrix
-from mfs_tc.workload import Workload
 
 # the simulator's testbed-mooncake scenario at 3 of its loads (light, near saturation, overload)
 # and 40 requests a run (about 20 s per policy per point)
@@ -50,9 +49,8 @@ def run_testbed_point(task: dict[str, Any], prefix: str | None = None) -> list[d
     base = {"scenario": sc["name"], "spec": sc, "seed": seed, "load": load, "slo_scale": slo,
             "source": "testbed", **load_info}
     lines: list[dict[str, Any]] = []
-    # point_workload (sim/matrix.py) is typed to return object; here it is generate()'s Workload
     if task["bound"]:
-        lines.append({**base, "kind": "bound", "bound": point_bound(cast(Workload, wl))})
+        lines.append({**base, "kind": "bound", "bound": point_bound(wl)})
     if task["policies"]:
         summary = run_testbed(rc, None, progress_out=sys.stderr)
         for r in summary["runs"]:

@@ -79,8 +79,7 @@ def test_ranking_rule_flags_only_gaps_beyond_the_spread() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not default_trace_path().is_file(), reason="Mooncake trace not present")
 def test_sim_attainment_within_tolerance_of_testbed(tmp_path: Path) -> None:
-    from mfs_tc.sim.runner import SimRunConfig
-    from mfs_tc.sim.runner import run as run_sim
+    from mfs_tc.sim.runner import SimRunConfig, run_sim
     from netns_testbed.runner import RunConfig, run_testbed
 
     common = dict(policies=POLICIES, num_requests=REQUESTS, loads=LOADS, seeds=SEEDS)

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from mfs_tc.cli import main
-from mfs_tc.sim.matrix import RUNS_FILE, MatrixConfig, parse_scenario, read_lines, run_matrix
-from mfs_tc.sim.matrix import table as matrix_table
+from mfs_tc.sim.matrix import RUNS_FILE, MatrixConfig, matrix_table, parse_scenario, read_lines, run_matrix
 
 TINY = "name=tiny,workload=poisson,loads=2/4,slo=3,requests=16"
 

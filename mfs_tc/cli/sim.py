@@ -60,8 +60,7 @@ def run_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
 ) -> None:
     """Simulate every policy on the same workload; print a table, write results under --out."""
-    from ..sim.runner import SimRunConfig
-    from ..sim.runner import run as run_sim
+    from ..sim.runner import SimRunConfig, run_sim
     from ..units import parse_rate
 
     try:
@@ -171,7 +170,7 @@ def matrix_overrides(requests: int | None, load: str | None, slo_scale: str | No
 
 def echo_matrix(summary: dict[str, Any], out: Path, *, plots: bool, json_out: bool) -> None:
     """A matrix summary as JSON or as the table, with where the files are."""
-    from ..sim.matrix import table as matrix_table
+    from ..sim.matrix import matrix_table
 
     if json_out:
         typer.echo(json.dumps(summary, indent=2, default=str))

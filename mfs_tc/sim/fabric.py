@@ -10,15 +10,19 @@ rack's uplink and its destination rack's downlink). Capacities are in bytes per 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..workload import ClusterShape
+
+if TYPE_CHECKING:
+    from .fluid import FluidFlow
 
 
 @dataclass(eq=False, slots=True)
 class Link:
     name: str
     capacity: float  # bytes/s
-    flows: set = field(default_factory=set)
+    flows: set[FluidFlow] = field(default_factory=set)  # the flows crossing it now
     bytes: float = 0.0  # carried so far
 
     def __repr__(self) -> str:

@@ -21,10 +21,24 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from ..results import TARGET_ATTAINMENT, aggregate, load_at_target, net_util_headline, policy_color, sweep
+from ..results import (
+    TARGET_ATTAINMENT,
+    JsonDict,
+    aggregate,
+    load_at_target,
+    net_util_headline,
+    policy_color,
+    sweep,
+)
 from ..workload.comparison import DEFAULT_POLICIES
+
+if TYPE_CHECKING:
+    from ..workload import Workload, WorkloadConfig
+    from .runner import SimRunConfig
+
+PointKey = tuple[str, int, float, float, str | None]  # scenario, seed, load, slo scale, policy
 
 SCHEMA = "mfs-tc-matrix/1"
 RUNS_FILE = "runs.jsonl"
@@ -50,7 +64,7 @@ class Scenario:
             raise ValueError(f"scenario {self.name}: load_unit must be one of {', '.join(LOAD_UNITS)}, "
                              f"got {self.load_unit!r}")
 
-    def spec(self) -> dict:
+    def spec(self) -> JsonDict:
         d = asdict(self)
         d["loads"], d["slo_scales"] = list(self.loads), list(self.slo_scales)
         return d
@@ -59,8 +73,8 @@ class Scenario:
 LOAD_UNITS = ("rps", "capacity")
 
 
-def point_workload(sc: Scenario, make_config: Callable[[int, float, float], object], seed: int,
-                   load: float, slo: float) -> tuple[object, dict]:
+def point_workload(sc: Scenario, make_config: Callable[[int, float, float], WorkloadConfig], seed: int,
+                   load: float, slo: float) -> tuple[Workload, JsonDict]:
     """The workload of one point and what its load means: `make_config(seed, rps, slo)` is the
     runner's workload config; a capacity load is converted with the saturation load of the same
     seed's request mix (generated once at 1 req/s: routing and per-request work do not depend on
@@ -109,7 +123,7 @@ def parse_scenario(text: str) -> Scenario:
             raise ValueError(f"unknown scenario {text!r}: choose one of {', '.join(SCENARIOS)} "
                              "or give KEY=VALUE pairs (name=...,workload=...,loads=1/2/3)")
         return SCENARIOS[text]
-    kw: dict = {}
+    kw: JsonDict = {}
     for item in text.split(","):
         if "=" not in item:
             raise ValueError(f"bad scenario item {item!r} in {text!r}: use KEY=VALUE")
@@ -151,7 +165,7 @@ class MatrixConfig:
     tick_s: float = 0.001
     flow_setup_s: float = 0.0
     bound: bool = True
-    policy_config: dict = field(default_factory=dict)
+    policy_config: JsonDict = field(default_factory=dict)
     isolate: tuple[str, ...] = ()  # stages with the network to themselves (SimRunConfig.isolate)
 
     def __post_init__(self) -> None:
@@ -169,7 +183,8 @@ class MatrixConfig:
             model_preset(s.model)
             self.sim_config(s, self.policies, 1, s.loads[0], s.slo_scales[0])
 
-    def sim_config(self, sc: Scenario, policies: list[str], seed: int, load: float, slo: float):
+    def sim_config(self, sc: Scenario, policies: list[str], seed: int, load: float,
+                   slo: float) -> SimRunConfig:
         from .runner import SimRunConfig
 
         return SimRunConfig(policies=list(policies), seeds=[seed], loads=[load], slo_scales=[slo],
@@ -180,11 +195,11 @@ class MatrixConfig:
                             isolate=tuple(self.isolate))
 
 
-def _key(scenario: str, seed: int, load: float, slo: float, policy: str | None) -> tuple:
+def _key(scenario: str, seed: int, load: float, slo: float, policy: str | None) -> PointKey:
     return (scenario, int(seed), float(load), float(slo), policy)
 
 
-def run_point(task: dict) -> list[dict]:
+def run_point(task: JsonDict) -> list[JsonDict]:
     """One point: its workload, its bound (if asked) and the asked policies. Returns the JSON
     lines (module-level so that process pools and Ray can ship it)."""
     from .engine import simulate
@@ -216,7 +231,7 @@ def run_point(task: dict) -> list[dict]:
     return lines
 
 
-def read_lines(path: Path) -> list[dict]:
+def read_lines(path: Path) -> list[JsonDict]:
     """The JSON lines written so far (a torn last line from an interrupted run is dropped)."""
     if not path.is_file():
         return []
@@ -231,10 +246,10 @@ def read_lines(path: Path) -> list[dict]:
     return out
 
 
-def plan_tasks(cfg: MatrixConfig, done: list[dict]) -> list[dict]:
+def plan_tasks(cfg: MatrixConfig, done: list[JsonDict]) -> list[JsonDict]:
     """Tasks for every point with a policy run or bound not yet in `done`."""
     specs = {s.name: s.spec() for s in cfg.scenarios}
-    have: set[tuple] = set()
+    have: set[PointKey] = set()
     for ln in done:
         if ln.get("scenario") in specs and ln.get("spec") != specs[ln["scenario"]]:
             raise ValueError(
@@ -263,9 +278,9 @@ def plan_tasks(cfg: MatrixConfig, done: list[dict]) -> list[dict]:
     return tasks
 
 
-def execute(tasks: list[dict], sink: Callable[[list[dict]], None], *, jobs: int | None = None,
+def execute(tasks: list[JsonDict], sink: Callable[[list[JsonDict]], None], *, jobs: int | None = None,
             executor: str = "local", address: str | None = None,
-            point_runner: Callable[[dict], list[dict]] | None = None) -> None:
+            point_runner: Callable[[JsonDict], list[JsonDict]] | None = None) -> None:
     """Run `tasks`, handing each task's lines to `sink` as soon as it finishes. `point_runner`
     (default: the simulator's `run_point`) runs one task; another runner (the netns testbed's)
     runs serially in this process."""
@@ -293,7 +308,7 @@ def execute(tasks: list[dict], sink: Callable[[list[dict]], None], *, jobs: int 
             sink(fut.result())
 
 
-def _execute_ray(tasks: list[dict], sink: Callable[[list[dict]], None], address: str | None) -> None:
+def _execute_ray(tasks: list[JsonDict], sink: Callable[[list[JsonDict]], None], address: str | None) -> None:
     try:
         import ray
     except ImportError:
@@ -311,7 +326,7 @@ def _execute_ray(tasks: list[dict], sink: Callable[[list[dict]], None], address:
 def run_matrix(cfg: MatrixConfig, out_dir: Path, *, jobs: int | None = None,
                executor: str = "local", address: str | None = None, plots: bool = True,
                progress_out: TextIO | None = sys.stderr,
-               point_runner: Callable[[dict], list[dict]] | None = None) -> dict:
+               point_runner: Callable[[JsonDict], list[JsonDict]] | None = None) -> JsonDict:
     """Run (or resume) the matrix into `out_dir`; returns the matrix summary."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -326,7 +341,7 @@ def run_matrix(cfg: MatrixConfig, out_dir: Path, *, jobs: int | None = None,
         if torn:  # an interrupted write: end that line (read_lines drops it)
             f.write("\n")
 
-        def sink(lines: list[dict]) -> None:
+        def sink(lines: list[JsonDict]) -> None:
             for ln in lines:
                 f.write(json.dumps(ln, default=str) + "\n")
                 ran["runs" if ln["kind"] == "run" else "bounds"] += 1
@@ -349,12 +364,12 @@ def run_matrix(cfg: MatrixConfig, out_dir: Path, *, jobs: int | None = None,
     return summary
 
 
-def summarize_matrix(cfg: MatrixConfig, lines: list[dict]) -> dict:
+def summarize_matrix(cfg: MatrixConfig, lines: list[JsonDict]) -> JsonDict:
     """Per scenario: the runs of the configured points aggregated over seeds (results.aggregate:
     attainment mean and 95% CI, bound, network utilisation) and the sweep over load."""
     bounds = {_key(ln["scenario"], ln["seed"], ln["load"], ln["slo_scale"], None): ln["bound"]
               for ln in lines if ln.get("kind") == "bound"}
-    out: dict = {"schema": SCHEMA, "policies": list(cfg.policies), "seeds": list(cfg.seeds),
+    out: JsonDict = {"schema": SCHEMA, "policies": list(cfg.policies), "seeds": list(cfg.seeds),
                  "isolated_stages": sorted(cfg.isolate), "scenarios": {}}
     for sc in cfg.scenarios:
         wanted = {_key(sc.name, s, l, q, p) for s in cfg.seeds for l in sc.loads
@@ -370,7 +385,7 @@ def summarize_matrix(cfg: MatrixConfig, lines: list[dict]) -> dict:
                 if b is not None:
                     run["bound"] = b
                 runs[k] = run
-        ordered = [runs[k] for k in sorted(runs, key=lambda k: (cfg.policies.index(k[4]), k[2], k[3], k[1]))]
+        ordered = [runs[k] for k in sorted(runs, key=lambda k: (cfg.policies.index(k[4] or ""), k[2], k[3], k[1]))]
         aggs = aggregate(ordered)
         sw = sweep(aggs)
         coupled = sorted({(a["load"], a["coupled_bound"]) for a in aggs
@@ -384,7 +399,7 @@ def summarize_matrix(cfg: MatrixConfig, lines: list[dict]) -> dict:
     return out
 
 
-def table(summary: dict) -> str:
+def matrix_table(summary: JsonDict) -> str:
     """Per scenario: attainment mean ±95% CI per policy per load, the bound, the most loaded
     link class, then the load held at 90% attainment per policy."""
     lines = []
@@ -435,7 +450,7 @@ def table(summary: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render_matrix(path: Path, summary: dict) -> Path:
+def render_matrix(path: Path, summary: JsonDict) -> Path:
     """One figure, one subplot per scenario: attainment vs load per policy (mean, 95% CI bars),
     the bound dashed black, the 90% target dotted grey. Colours: results.policy_color."""
     import matplotlib

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 
+from ..results import JsonDict
 from ..workload import Workload, plan_batch
 from .fabric import Fabric, Link
 
@@ -106,9 +107,9 @@ def link_class(fabric: Fabric, ln: Link) -> str:
 
 
 def summarize(fabric: Fabric, meters: dict[Link, LinkMeter], horizon_s: float,
-              base_capacity: float) -> dict[str, dict]:
+              base_capacity: float) -> dict[str, JsonDict]:
     """Per link class: links, mean, p99, max_link_mean (see the module doc)."""
-    out: dict[str, dict] = {}
+    out: dict[str, JsonDict] = {}
     if horizon_s <= 0:
         return out
     acc: dict[str, tuple[list[float], list[int], list[int]]] = {}
@@ -147,7 +148,7 @@ def _hist_percentile(hist: list[int], p: float) -> float:
     return 1.0
 
 
-def headline(net_util: dict[str, dict] | None) -> tuple[str, float, float] | None:
+def headline(net_util: dict[str, JsonDict] | None) -> tuple[str, float, float] | None:
     """The most loaded class (highest p99, then mean): (class, mean, p99)."""
     if not net_util:
         return None

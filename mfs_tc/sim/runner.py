@@ -16,13 +16,13 @@ from typing import Any, TextIO
 
 from .. import results
 from ..policy.base import Policy
-from ..results import aggregate, sweep, write_results
+from ..results import JsonDict, aggregate, sweep, write_results
 from ..workload import ClusterShape, Workload, WorkloadConfig, cluster_preset, generate
 from ..workload.comparison import ComparisonConfig
 from .engine import SimResult, simulate
 
 
-def make_sim_policy(name: str, *, nlevels: int, ref_rate_bps: float, config: dict) -> Policy:
+def make_sim_policy(name: str, *, nlevels: int, ref_rate_bps: float, config: JsonDict) -> Policy:
     from ..policy.registry import make_policy
 
     kw = {"nlevels": nlevels, "ref_rate_bps": ref_rate_bps}
@@ -68,12 +68,12 @@ class SimRunConfig(ComparisonConfig):
         return self.point_config(seed, load, slo_scale, self.cluster_shape(), **extra)
 
 
-def rows_of(res: SimResult, seed: int, load: float | None, slo_scale: float | None) -> list[dict]:
+def rows_of(res: SimResult, seed: int, load: float | None, slo_scale: float | None) -> list[JsonDict]:
     return results.rows_of(res.requests, res.policy, seed, load, slo_scale)
 
 
 def summarize(res: SimResult, seed: int, load: float | None, slo_scale: float | None,
-              wl: Workload) -> dict:
+              wl: Workload) -> JsonDict:
     return results.summarize_run(
         res.policy, rows_of(res, seed, load, slo_scale), ccts_s=res.ccts_s,
         level_bytes=[int(round(b)) for b in res.level_bytes], seed=seed, load=load,
@@ -84,7 +84,7 @@ def summarize(res: SimResult, seed: int, load: float | None, slo_scale: float | 
                "net_util": res.net_util, "workload": wl.summary()})
 
 
-def point_bound(wl: Workload, **sim_kw: Any) -> dict:
+def point_bound(wl: Workload, **sim_kw: Any) -> JsonDict:
     """The reference bound of one point's workload (the same for every policy), with the coupled
     bound (mfs_tc.bound) from a contention-free run of the simulator under `sim_kw`."""
     from ..bound import earliest_starts, reference_bound
@@ -101,8 +101,8 @@ def point_bound(wl: Workload, **sim_kw: Any) -> dict:
     return out
 
 
-def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> list[dict]:
-    runs: list[dict] = []
+def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> list[JsonDict]:
+    runs: list[JsonDict] = []
     for seed in cfg.seeds:
         for load in cfg.loads:
             for slo in cfg.slo_scales:
@@ -133,8 +133,8 @@ def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> l
     return runs
 
 
-def run(cfg: SimRunConfig, out_dir: Path | None, *, plots: bool = True,
-        progress_out: TextIO | None = sys.stderr) -> dict:
+def run_sim(cfg: SimRunConfig, out_dir: Path | None, *, plots: bool = True,
+        progress_out: TextIO | None = sys.stderr) -> JsonDict:
     """Run every point and policy; write the results under `out_dir` (if given)."""
     runs = run_points(cfg, progress_out)
     meta = {"source": "sim", "config": {k: (str(v) if isinstance(v, Path) else v)
@@ -147,5 +147,5 @@ def run(cfg: SimRunConfig, out_dir: Path | None, *, plots: bool = True,
     return write_results(Path(out_dir), runs, meta, plots=plots)
 
 
-def _asdict(cfg: SimRunConfig) -> dict:
+def _asdict(cfg: SimRunConfig) -> JsonDict:
     return {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
