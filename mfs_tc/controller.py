@@ -316,9 +316,15 @@ class StageHandle:
         reg = ctl.registrations
         with reg.lock:
             owner._check_live()
-            v, e = self._entry_for(flow, ctl.clock())
-            gen = reg.next_gen()
-            v = v[:_GEN_OFF] + _U32.pack(gen) + v[_GEN_OFF + 4 :]
+            now = ctl.clock()
+            if ctl.entry_cache_ns:
+                v, e = self._entry_for(flow, now)
+                gen = reg.next_gen()
+                v = v[:_GEN_OFF] + _U32.pack(gen) + v[_GEN_OFF + 4 :]
+            else:  # the policy asked for this flow: packed once, with its gen
+                e = owner.decide(self.stage, flow, now, now)
+                gen = reg.next_gen()
+                v = e.pack(gen)
             fh = FlowHandle(owner, self, key, flow, e, gen, sock)
             if sock is not None and sk_flows is not None:  # (a sock only where there is sk_flows)
                 sk_flows.update(key[2:], v)
