@@ -158,13 +158,6 @@ def ascending(values: Sequence[float], key: str, *, positive: bool = False) -> N
         raise ValueError(f"{key} must be positive, got {list(values)}")
 
 
-def target_layer(stage: Stage, flow: Flow) -> int:
-    """The layer a flow feeds: the flow's own target_layer, else its stage's layer."""
-    if flow.target_layer:
-        return flow.target_layer
-    return stage.layer or 0
-
-
 def make_entry(
     request: Request,
     stage: Stage,
@@ -181,9 +174,10 @@ def make_entry(
     levels, thresholds = table.entry_lists
     # the table was checked when it was built (LevelTable): no check per flow. Positional, in
     # from_table's order (flags, target_layer, stage, request_id, deadline_ns, total_bytes,
-    # ps_per_byte, sent_bytes, created_ns): this runs for every registration
+    # ps_per_byte, sent_bytes, created_ns): this runs for every registration. The target
+    # layer: the flow's own, else its stage's
     return FlowEntry.from_table(
-        table.mode, levels, thresholds, flags, target_layer(stage, flow), STAGE_CODES.get(stage.name, 0),
+        table.mode, levels, thresholds, flags, flow.target_layer or stage.layer or 0, STAGE_CODES.get(stage.name, 0),
         request.request_id, deadline_ns, flow.bytes, ps, flow.sent, now_ns,
     )
 
