@@ -467,7 +467,10 @@ class BpfMap:
         if len(key) != self.key_size or len(value) != self.value_size:
             self._check_key(key)
             raise ValueError(f"{self.name}: value of {len(value)} bytes, the map wants {self.value_size}")
-        sc = self._scratch()
+        try:  # self._scratch(), without the call: one update per flow registration
+            sc = self._tls.s
+        except AttributeError:
+            sc = self._scratch()
         sc.kbuf.raw = key
         sc.vbuf.raw = value
         sc.attr.flags = flags

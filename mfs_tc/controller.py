@@ -294,15 +294,19 @@ class StageHandle:
         """Register one flow (a socket, FlowKey or 5-tuple) of this stage. A socket goes to its
         own storage where the attach has it (one map write keyed by its fd), else to the
         5-tuple map (then it must be connected)."""
-        ctl = self.owner.ctl
-        sk_flows = ctl.maps.sk_flows
-        sock = target if isinstance(target, socket.socket) and sk_flows is not None else None
-        if sock is not None:
-            fd = sock.fileno()
+        owner = self.owner
+        ctl = owner.ctl
+        maps = ctl.maps
+        sk_flows = maps.sk_flows
+        if sk_flows is not None and isinstance(target, socket.socket):
+            sock: socket.socket | None = target
+            fd = target.fileno()
             if fd < 0:
                 raise ValueError("the socket is closed")
-            key = b"sk" + _I32.pack(fd)
+            fdkey = _I32.pack(fd)
+            key = b"sk" + fdkey
         else:
+            sock = None
             key = pack_flow_key(target)
         if type(bytes) is not int or bytes < 0:
             bytes = _nonneg(bytes, "flow bytes")
@@ -312,18 +316,24 @@ class StageHandle:
         if sent and (type(sent) is not int or sent < 0):
             sent = _nonneg(sent, "sent bytes")
         flow = Flow(bytes, tl, None, sent)
-        owner = self.owner
         reg = ctl.registrations
         with reg.lock:
-            owner._check_live()
-            v, e = self._entry_for(flow, ctl.clock())
-            gen = reg.next_gen()
-            v = v[:_GEN_OFF] + _U32.pack(gen) + v[_GEN_OFF + 4 :]
+            if owner.closed:
+                owner._check_live()
+            now = ctl.clock()
+            if ctl.entry_cache_ns:
+                v, e = self._entry_for(flow, now)
+                gen = reg.next_gen()
+                v = v[:_GEN_OFF] + _U32.pack(gen) + v[_GEN_OFF + 4 :]
+            else:  # the policy asked for this flow: packed once, with its gen
+                e = owner.decide(self.stage, flow, now, now)
+                gen = reg.next_gen()
+                v = e.pack(gen)
             fh = FlowHandle(owner, self, key, flow, e, gen, sock)
             if sock is not None and sk_flows is not None:  # (a sock only where there is sk_flows)
-                sk_flows.update(key[2:], v)
+                sk_flows.update(fdkey, v)
             else:
-                ctl.maps.flows.update(key, v)
+                maps.flows.update(key, v)
             reg.claim_one(fh)
             self.flows.append(fh)
         return fh
@@ -749,11 +759,11 @@ class Registrations:
         """This new flow owns its connection now: a flow registered earlier on the same
         connection is removed from its request (its entry was overwritten)."""
         k = fh.key
-        prev = self._owner_of.get(k)
-        if prev is not None and prev is not fh:
+        prev = self._owner_of.setdefault(k, fh)
+        if prev is not fh:
             prev.owner.flows.pop(k, None)  # the connection now belongs to the new flow
             prev.removed = True
-        self._owner_of[k] = fh
+            self._owner_of[k] = fh
         fh.owner.flows[k] = fh
 
     def claim(self, handles: list[FlowHandle]) -> None:

@@ -33,6 +33,11 @@ from .layout import (
 )
 
 _ENTRY = struct.Struct(ENTRY_FMT)
+# ENTRY_FMT with the threshold table's bytes as two runs: (mode, flags, nthresh, rsvd0, lvl[8])
+# and thresh[7]; what FlowEntry.pack writes around the per-flow fields
+_ENTRY_SPLIT = struct.Struct("<12sIIIQqQQ56sQq")
+_TABLE_END, _THRESH_AT, _THRESH_END = 12, 56, 112  # byte offsets of those runs in a packed entry
+assert _ENTRY_SPLIT.size == _ENTRY.size
 _S64_MIN = -(1 << 63)
 _S64_MAX = (1 << 63) - 1
 _U64_MAX = (1 << 64) - 1
@@ -56,6 +61,9 @@ def mlu_fixed(mlu: float) -> int:
 class FlowEntry:
     """One `flows` / `sk_flows` map value (the decision). Thresholds ascend; `levels[i]` is the
     level when the metric is at or above exactly i thresholds. len(levels) == len(thresholds) + 1.
+
+    An entry is a value: replace its `levels`/`thresholds` lists, never change them in place
+    (the entries a policy makes from one table share that table's two lists).
 
     `sent_bytes`: bytes the flow had sent when the decision was made (what the policy saw);
     packed as the entry's sent_base, where the kernel's count starts for a new registration.
@@ -116,7 +124,6 @@ class FlowEntry:
         mode: int,
         levels: list[int],
         thresholds: list[int],
-        *,
         flags: int = 0,
         target_layer: int = 0,
         stage: int = 0,
@@ -130,14 +137,25 @@ class FlowEntry:
         """An entry whose threshold table the caller has already checked (check_table: a
         policy's LevelTable is checked once, when it is built); only the per-flow numbers are
         checked here. What policies use per registration: the same entry as the constructor's,
-        without re-checking the same table for every flow."""
+        without re-checking the same table for every flow. `levels` and `thresholds` are
+        taken as they are, not copied (policy.levels.make_entry passes its table's lists)."""
         if total_bytes < 0 or ps_per_byte < 0:
             raise ValueError("bytes and rate term must not be negative")
         e = cls.__new__(cls)
-        e.mode, e.levels, e.thresholds, e.flags = mode, levels, thresholds, flags
-        e.target_layer, e.stage, e.request_id, e.deadline_ns = target_layer, stage, request_id, deadline_ns
-        e.total_bytes, e.ps_per_byte, e.sent_bytes, e.created_ns = total_bytes, ps_per_byte, sent_bytes, created_ns
-        e.gen, e.cur_level = 0, LEVEL_NONE
+        e.mode = mode
+        e.levels = levels
+        e.thresholds = thresholds
+        e.flags = flags
+        e.target_layer = target_layer
+        e.stage = stage
+        e.request_id = request_id
+        e.deadline_ns = deadline_ns
+        e.total_bytes = total_bytes
+        e.ps_per_byte = ps_per_byte
+        e.sent_bytes = sent_bytes
+        e.created_ns = created_ns
+        e.gen = 0
+        e.cur_level = LEVEL_NONE
         return e
 
     @property
@@ -149,17 +167,18 @@ class FlowEntry:
         return {v: k for k, v in STAGE_CODES.items()}.get(self.stage, "other")
 
     # ---- wire format -------------------------------------------------------------------------
-    def pack(self) -> bytes:
+    def pack(self, gen: int | None = None) -> bytes:
+        """The map value (`gen`: the registration to pack instead of this entry's own). The
+        table's bytes (mode, flags, levels, thresholds) are packed once per distinct table
+        (entries of one policy share a few tables) and reused."""
         lv, th = self.levels, self.thresholds
-        n = len(th)
-        if len(lv) < MAX_LEVELS:
-            lv = [*lv, *[lv[-1]] * (MAX_LEVELS - len(lv))]
-        if n < MAX_THRESH:
-            th = [*th, *_ZEROS[: MAX_THRESH - n]]
-        return _ENTRY.pack(
-            self.mode, self.flags, n, 0, *lv,
-            self.target_layer, self.stage, self.gen, self.request_id, self.deadline_ns,
-            self.total_bytes, self.ps_per_byte, *th, self.sent_bytes, self.created_ns,
+        tk = (self.mode, self.flags, len(lv), *lv, *th)
+        tb = _TABLE_BYTES.get(tk)
+        if tb is None:
+            tb = _table_bytes(tk, self.mode, self.flags, lv, th)
+        return _ENTRY_SPLIT.pack(
+            tb[0], self.target_layer, self.stage, self.gen if gen is None else gen, self.request_id,
+            self.deadline_ns, self.total_bytes, self.ps_per_byte, tb[1], self.sent_bytes, self.created_ns,
         )
 
     @classmethod
@@ -232,6 +251,30 @@ class FlowEntry:
         if self.flags & F_MONOTONIC:
             return level if not scavenged and level < cur else cur
         return level
+
+
+# packed table runs by (mode, flags, len(levels), *levels, *thresholds): FlowEntry.pack
+_TABLE_BYTES: dict[tuple[int, ...], tuple[bytes, bytes]] = {}
+_TABLE_BYTES_MAX = 4096  # policies have a few tables each; past this many, start over
+
+
+def _table_bytes(
+    key: tuple[int, ...], mode: int, flags: int, levels: Sequence[int], thresholds: Sequence[int]
+) -> tuple[bytes, bytes]:
+    """The two packed runs of a table, levels padded with the last one and thresholds with
+    zeros (struct.error, as for any unpackable field, where the table cannot be packed)."""
+    lv, th = list(levels), list(thresholds)
+    n = len(th)
+    if len(lv) < MAX_LEVELS:
+        lv = [*lv, *[lv[-1]] * (MAX_LEVELS - len(lv))]
+    if n < MAX_THRESH:
+        th = [*th, *_ZEROS[: MAX_THRESH - n]]
+    raw = _ENTRY.pack(mode, flags, n, 0, *lv, 0, 0, 0, 0, 0, 0, 0, *th, 0, 0)
+    tb = raw[:_TABLE_END], raw[_THRESH_AT:_THRESH_END]
+    if len(_TABLE_BYTES) >= _TABLE_BYTES_MAX:
+        _TABLE_BYTES.clear()
+    _TABLE_BYTES[key] = tb
+    return tb
 
 
 def check_table(mode: int, thresholds: Sequence[int], levels: Sequence[int]) -> None:

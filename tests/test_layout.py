@@ -266,6 +266,39 @@ def test_flow_entry_round_trip() -> None:
     assert raw[4:12] == bytes([6, 4, 2, 0, 0, 0, 0, 0])
 
 
+def _reference_pack(e: FlowEntry, gen: int) -> bytes:
+    """ENTRY_FMT field by field (levels padded with the last, thresholds with zeros): what
+    FlowEntry.pack, which packs each table once and reuses it, must equal byte for byte."""
+    lv = list(e.levels) + [e.levels[-1]] * (layout.MAX_LEVELS - len(e.levels))
+    th = list(e.thresholds) + [0] * (layout.MAX_THRESH - len(e.thresholds))
+    return struct.pack(layout.ENTRY_FMT, e.mode, e.flags, len(e.thresholds), 0, *lv, e.target_layer, e.stage, gen,
+                       e.request_id, e.deadline_ns, e.total_bytes, e.ps_per_byte, *th, e.sent_bytes, e.created_ns)
+
+
+def test_flow_entry_pack_is_the_format_field_by_field() -> None:
+    import random  # noqa: PLC0415
+
+    rnd = random.Random(9)
+    tables = [(layout.MODE_STATIC, [rnd.randrange(8)], []) for _ in range(3)]
+    for _ in range(40):
+        n = rnd.randrange(layout.MAX_THRESH + 1)
+        th = sorted(rnd.randrange(-(1 << 63), 1 << 63) for _ in range(n))
+        tables.append((rnd.choice([layout.MODE_MLU, layout.MODE_RLI, layout.MODE_LAXITY, layout.MODE_SENT]),
+                       [rnd.randrange(8) for _ in range(n + 1)], th))
+    for i in range(2000):  # tables repeat (as a policy's do) with every flags value and field
+        mode, lv, th = rnd.choice(tables)
+        e = FlowEntry(mode=mode, levels=list(lv), thresholds=list(th), flags=rnd.randrange(4),
+                      target_layer=rnd.randrange(1 << 32), stage=rnd.randrange(4), request_id=rnd.randrange(1 << 64),
+                      deadline_ns=rnd.randrange(-(1 << 63), 1 << 63), total_bytes=rnd.randrange(1 << 64),
+                      ps_per_byte=rnd.randrange(1 << 64), sent_bytes=rnd.randrange(1 << 64),
+                      created_ns=rnd.randrange(-(1 << 63), 1 << 63), gen=rnd.randrange(1 << 32))
+        assert e.pack() == _reference_pack(e, e.gen), i
+        g = rnd.randrange(1 << 32)
+        assert e.pack(g) == _reference_pack(e, g), i
+    with pytest.raises(struct.error):  # a level the u8 cannot hold is still refused at packing
+        FlowEntry.from_table(layout.MODE_STATIC, [256], []).pack()
+
+
 def test_records_round_trip() -> None:
     r = layout.RequestRecord(cursor=-3, flags=layout.R_SCAVENGER, deadline_ns=5, owner_pid=9,
                              owner_start=123456, owner_pidns=4026531836)

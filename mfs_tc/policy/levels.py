@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, overload
 
 from ..entry import FlowEntry, check_table
@@ -48,11 +48,17 @@ class LevelTable:
     mode: int
     thresholds: tuple[int, ...]
     levels: tuple[int, ...]
+    # the (levels, thresholds) lists of the entries made from this table (make_entry): one pair,
+    # built once and shared by all those entries (a FlowEntry's lists are never changed in place)
+    entry_lists: tuple[list[int], list[int]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_table(self.mode, self.thresholds, self.levels)
         if any(a >= b for a, b in zip(self.thresholds, self.thresholds[1:], strict=False)):
             raise ValueError(f"thresholds must strictly ascend: {list(self.thresholds)}")
+        static = self.mode == MODE_STATIC
+        lists = ([self.levels[0]], []) if static else (list(self.levels), list(self.thresholds))
+        object.__setattr__(self, "entry_lists", lists)
 
     def level_for(self, metric: int) -> int:
         return self.levels[sum(1 for t in self.thresholds if metric >= t)]
@@ -152,13 +158,6 @@ def ascending(values: Sequence[float], key: str, *, positive: bool = False) -> N
         raise ValueError(f"{key} must be positive, got {list(values)}")
 
 
-def target_layer(stage: Stage, flow: Flow) -> int:
-    """The layer a flow feeds: the flow's own target_layer, else its stage's layer."""
-    if flow.target_layer:
-        return flow.target_layer
-    return stage.layer or 0
-
-
 def make_entry(
     request: Request,
     stage: Stage,
@@ -170,22 +169,16 @@ def make_entry(
     deadline_ns: int = 0,
     ps: int = 0,
 ) -> FlowEntry:
-    """A flow entry carrying `table` and the fields every policy sets."""
-    static = table.mode == MODE_STATIC
-    # the table was checked when it was built (LevelTable): no check per flow
+    """A flow entry carrying `table` and the fields every policy sets. Its level and threshold
+    lists are the table's own (`LevelTable.entry_lists`), shared with the table's other entries."""
+    levels, thresholds = table.entry_lists
+    # the table was checked when it was built (LevelTable): no check per flow. Positional, in
+    # from_table's order (flags, target_layer, stage, request_id, deadline_ns, total_bytes,
+    # ps_per_byte, sent_bytes, created_ns): this runs for every registration. The target
+    # layer: the flow's own, else its stage's
     return FlowEntry.from_table(
-        table.mode,
-        [table.levels[0]] if static else list(table.levels),
-        [] if static else list(table.thresholds),
-        flags=flags,
-        target_layer=target_layer(stage, flow),
-        stage=STAGE_CODES.get(stage.name, 0),
-        request_id=request.request_id,
-        deadline_ns=deadline_ns,
-        total_bytes=flow.bytes,
-        ps_per_byte=ps,
-        sent_bytes=flow.sent,
-        created_ns=now_ns,
+        table.mode, levels, thresholds, flags, flow.target_layer or stage.layer or 0, STAGE_CODES.get(stage.name, 0),
+        request.request_id, deadline_ns, flow.bytes, ps, flow.sent, now_ns,
     )
 
 

@@ -169,12 +169,15 @@ class MfsPolicy(Policy):
     def hopeless_flow(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> bool:
         """is_hopeless, or (estimator `max`) the flow's own view of the work already exceeds the
         time left."""
-        if not self.config.scavenger:
+        c = self.config
+        if not c.scavenger:
             return False
-        if self.is_hopeless(request, now_ns):
+        if hopeless(request, now_ns, self.ps, c.hopeless_margin_ns):  # is_hopeless
             return True
-        work = work_ahead_ns(self.config.estimator, request, stage, flow, self.ps)
-        return request.deadline_ns - now_ns + self.config.hopeless_margin_ns < work
+        if c.estimator == "request":  # the work ahead is the request's own: hopeless() judged it
+            return False
+        work = work_ahead_ns(c.estimator, request, stage, flow, self.ps)
+        return request.deadline_ns - now_ns + c.hopeless_margin_ns < work
 
     def p2d_admission(self) -> bool:
         return self.config.scavenger and self.config.p2d_admission
