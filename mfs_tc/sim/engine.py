@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from ..entry import FlowEntry
 from ..layout import MODE_RLI, MODE_STATIC
 from ..model import Batch, Flow, Request, Stage, batch_hopeless, batch_request
-from ..policy.admission import moore_hodgson
+from ..policy.admission import admission_slack_ns, moore_hodgson
 from ..policy.base import Policy
 from ..policy.red import red, red_ranks
 from ..results import RequestRow
@@ -52,6 +52,8 @@ from .fluid import FluidFlow, FluidNetwork
 
 NS = 1_000_000_000
 _ARRIVAL, _DONE, _COMPUTE, _TOKEN, _TICK, _FLOW, _LANDED = range(7)
+_QUIET_MARGIN_NS = 1_000
+_NEVER = 1 << 62
 
 
 @dataclass(slots=True)
@@ -196,8 +198,9 @@ class Simulator:
         self.max_batch_tokens = (workload.cfg.max_batch_tokens if max_batch_tokens is None
                                  else max_batch_tokens)
         self.horizon_s = horizon_s
-        # False: evaluate every time-dependent flow at every tick (slow; for checking that the
-        # skipping of provably unchanged levels changes nothing)
+        # False: evaluate every time-dependent flow and every decode host's p2d admission at
+        # every tick (slow; for checking that skipping what provably cannot change changes
+        # nothing)
         self.skip_unchanged = skip_unchanged
         if flow_setup_s < 0:
             raise ValueError(f"flow_setup_s must not be negative, got {flow_setup_s}")
@@ -227,6 +230,10 @@ class Simulator:
         self._admission = policy.p2d_admission()
         self._p2d_on: dict[str, dict[int, tuple[Request, list[FluidFlow], int]]] = {}
         self._p2d_host: dict[int, str] = {}
+        # per decode host, until when its admission surely gives up nothing (ns; a stage added
+        # to the host resets it): policy.admission.admission_slack_ns
+        self._p2d_quiet_until: dict[str, int] = {}
+        self._p2d_next_check = 0  # the least of them
         self._entry_cache: dict[tuple, FlowEntry] = {}
         # batches in prefill, ranked by RED at every batch start, layer boundary and batch end
         self._prefilling: dict[int, _BState] = {}
@@ -541,11 +548,21 @@ class Simulator:
     def _admit_p2d(self) -> None:
         """p2d admission on every decode host with two or more live p2d stages: the stages
         Moore-Hodgson gives up (remaining bytes at the downlink's rate against the p2d deadline)
-        are scavenged."""
+        are scavenged. A host is looked at again only once it may give something up: when its
+        slack (policy.admission.admission_slack_ns) ran out or a stage joined it."""
         now = self.now_ns()
+        if self._p2d_next_check > now:
+            return
         t = self.t
-        for on in self._p2d_on.values():
-            if len(on) < 2:
+        quiet = self._p2d_quiet_until
+        next_check = _NEVER
+        for host, on in self._p2d_on.items():
+            until = quiet.get(host, 0)
+            if until > now:
+                next_check = min(next_check, until)
+                continue
+            if len(on) < 2:  # (stages only leave until one joins, which resets `until`)
+                quiet[host] = _NEVER
                 continue
             jobs = {}
             for rid, (req, flows, deadline) in on.items():
@@ -557,10 +574,20 @@ class Simulator:
                     if left > 0:
                         rem += left
                 jobs[rid] = (int(rem / self.rate_Bps * NS), deadline)
-            if len(jobs) < 2:
+            if len(jobs) < 2:  # (a scavenged stage stays scavenged)
+                quiet[host] = _NEVER
                 continue
+            slack = admission_slack_ns(jobs, now)
+            if slack >= 0 and self.skip_unchanged:
+                # nothing to give up, nor before the slack runs out (the needs are truncated to
+                # whole ns: a margin for that)
+                quiet[host] = until = now + slack - _QUIET_MARGIN_NS - len(jobs)
+                next_check = min(next_check, until)
+                continue
+            next_check = now  # look again at the next tick
             for rid in moore_hodgson(jobs, now):
                 self._scavenge(on[rid][0])
+        self._p2d_next_check = next_check
 
     def _p2d_done(self, b: _BState, rid: int) -> None:
         host = self._p2d_host.pop(rid, None)
@@ -649,7 +676,9 @@ class Simulator:
             self._req_flows[req.request_id] = fl = set()
         fl.add(f)
         if stage == "p2d" and self._admission:
-            self._p2d_on[self._p2d_host[rid]][rid][1].append(f)
+            host = self._p2d_host[rid]
+            self._p2d_on[host][rid][1].append(f)
+            self._p2d_quiet_until[host] = self._p2d_next_check = 0
         self.flows_started += 1
         self.stage_bytes[stage] += nbytes * weight
         if self.flow_setup_s > 0:
