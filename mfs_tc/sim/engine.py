@@ -472,26 +472,40 @@ class Simulator:
         keyed = self._keyed
         policy = self.policy
         skip = self.skip_unchanged
+        check = self.check_entry_keys
         # one key per (request, stage) where the policy says a key reads no more
         memo: dict | None = {} if self._key_per_request else None
+        # such a key does not read the flow's bytes sent: a flow that keeps its entry and its
+        # level needs no settling (unless the keys are being checked)
+        key_first = memo is not None and skip and not check
         for f in flows:
             if f.rem <= 0:
                 continue
             meta: _FMeta = f.owner
+            if key_first:
+                mk = (meta.req.request_id, meta.stage)
+                key = memo.get(mk, memo)
+                if key is memo:
+                    key = memo[mk] = policy.entry_key(meta.req, meta.st, meta.fl, now)
+                if key is not None and key == meta.key and (
+                        meta.due > now if meta.dynamic else meta.lv_cursor == meta.req.cursor):
+                    continue  # the same entry, and a level that cannot have moved (below)
             net.settle(f, self.t)
             w = f.weight
             sent = int((f.size - f.rem) / w)
             if keyed:
                 fl = meta.fl
                 fl.sent = sent
-                if memo is None:
+                if key_first:
+                    pass  # asked above
+                elif memo is None:
                     key = policy.entry_key(meta.req, meta.st, fl, now)
                 else:
                     mk = (meta.req.request_id, meta.stage)
                     key = memo.get(mk, memo)
                     if key is memo:
                         key = memo[mk] = policy.entry_key(meta.req, meta.st, fl, now)
-                    elif self.check_entry_keys:
+                    elif check:
                         own = policy.entry_key(meta.req, meta.st, fl, now)
                         if own != key:
                             raise AssertionError(
@@ -499,7 +513,7 @@ class Simulator:
                                 f"stage got keys {key!r} and {own!r}")
                 if key is not None and key == meta.key:
                     # the policy's answer is the entry the flow has (Policy.entry_key)
-                    if self.check_entry_keys:
+                    if check:
                         self._check_key(meta, f, now, sent)
                     # and its level cannot have moved since it was last evaluated: same cursor
                     # (static, rli) or before its next change point (sim.due)
