@@ -355,11 +355,13 @@ class Simulator:
             o.batch_id = b.bid
         # is_hopeless is asked once per fan-out (nothing it reads changes between its flows)
         check = True
+        keys: dict = {}
         for lp in plan.layers:
             sb = sum(t.bytes for t in lp.kv_fetch)
             for src, dst, nbytes, wt in _fanout(lp.kv_fetch, self.host_map):
                 self._start_flow(b, "kv_fetch", lp.layer, src, dst, nbytes, b.owner, sb,
-                                 self._compute_after(b, lp.layer), weight=wt, check=check)
+                                 self._compute_after(b, lp.layer), weight=wt, check=check,
+                                 keys=keys)
                 check = False
                 b.kv_left[lp.layer] += 1
         self._layer_ready(b)
@@ -386,9 +388,10 @@ class Simulator:
             ca = self._compute_after(b, b.layer + 1)
             fan = _fanout(lp.collective, self.host_map)
             b.coll_left = len(fan)
+            keys: dict = {}
             for i, (src, dst, nbytes, wt) in enumerate(fan):
                 self._start_flow(b, "collective", b.layer, src, dst, nbytes, b.owner, sb, ca,
-                                 weight=wt, check=i == 0)
+                                 weight=wt, check=i == 0, keys=keys)
         else:
             self._layer_done(b)
 
@@ -422,9 +425,10 @@ class Simulator:
                 host = fan[0][1]
                 self._p2d_on.setdefault(host, {})[m.request_id] = (req, [], req.deadline_ns - step_ns)
                 self._p2d_host[m.request_id] = host
+            keys = {}
             for i, (src, dst, nbytes, wt) in enumerate(fan):
                 self._start_flow(b, "p2d", len(b.plan.layers), src, dst, nbytes, req, sb, step_ns,
-                                 rid=m.request_id, weight=wt, check=i == 0)
+                                 rid=m.request_id, weight=wt, check=i == 0, keys=keys)
         self._try_start(b.group)
 
     def _set_cursor(self, b: _BState, cursor: int) -> None:
@@ -664,7 +668,10 @@ class Simulator:
 
     def _start_flow(self, b: _BState, stage: str, layer: int, src: str, dst: str, nbytes: int,
                     req: Request, stage_bytes: int, compute_after_ns: int, rid: int = 0,
-                    weight: int = 1, check: bool = True) -> None:
+                    weight: int = 1, check: bool = True, keys: dict | None = None) -> None:
+        """A flow of a fan-out starts. `keys`: the fan-out's entry keys so far, by stage (one
+        fan-out is one request's stage at one instant: with Policy.entry_key_per_request its
+        flows share one key)."""
         now = self.now_ns()
         if check:
             self._check_hopeless(req, b, now)
@@ -680,7 +687,18 @@ class Simulator:
         meta.st = st
         meta.fl = fl
         if self._keyed:
-            meta.key = self.policy.entry_key(req, st, fl, now)
+            if keys is not None and self._key_per_request and stage in keys:
+                meta.key = keys[stage]
+                if self.check_entry_keys:
+                    own = self.policy.entry_key(req, st, fl, now)
+                    if own != meta.key:
+                        raise AssertionError(
+                            f"policy {self.policy.name}: entry_key_per_request, but flows of "
+                            f"one fan-out got keys {meta.key!r} and {own!r}")
+            else:
+                meta.key = self.policy.entry_key(req, st, fl, now)
+                if keys is not None:
+                    keys[stage] = meta.key
         f = FluidFlow(self.net.new_id(), self.fabric.path(src, dst), nbytes * weight, 0,
                       self.t, owner=meta)
         f.weight = weight
