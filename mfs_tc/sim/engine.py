@@ -46,14 +46,13 @@ from ..workload import (
     to_model_request,
 )
 from . import netutil
-from .due import next_change_ns
+from .due import NEVER, next_change_ns
 from .fabric import Fabric
 from .fluid import FluidFlow, FluidNetwork
 
 NS = 1_000_000_000
 _ARRIVAL, _DONE, _COMPUTE, _TOKEN, _TICK, _FLOW, _LANDED = range(7)
 _QUIET_MARGIN_NS = 1_000
-_NEVER = 1 << 62
 
 
 @dataclass(slots=True)
@@ -84,7 +83,7 @@ class _SimFlow(FluidFlow):
     change."""
 
     __slots__ = ("stage", "layer", "batch", "p2d_request_id", "entry", "request", "cur_level",
-                 "dynamic", "due", "stage_bytes", "compute_after_ns", "key", "lv_cursor",
+                 "dynamic", "due", "due_entry", "stage_bytes", "compute_after_ns", "key", "lv_cursor",
                  "policy_stage", "policy_flow")
 
     def __init__(self, fid: int, links: tuple, size: float, t: float, stage: str, layer: int,
@@ -101,6 +100,7 @@ class _SimFlow(FluidFlow):
         self.cur_level = entry.cur_level  # the kernel's MONOTONIC state
         self.dynamic = entry.mode not in (MODE_STATIC, MODE_RLI)  # level moves with time/bytes
         self.due = 0  # before this (ns) its level cannot change (sim.due)
+        self.due_entry = 0  # its latest entry in the simulator's heap of dues
         self.stage_bytes = stage_bytes
         self.compute_after_ns = compute_after_ns
         self.key = None  # policy.entry_key when `entry` was asked (None: no promise)
@@ -237,6 +237,9 @@ class Simulator:
         self._bid = 0
         self._tick_on = False
         self._dyn: set[_SimFlow] = set()
+        # (due, entry, flow) of the time-dependent flows: what the next ticks evaluate
+        self._dues: list[tuple[int, int, _SimFlow]] = []
+        self._due_seq = 0
         self._req_flows: dict[int, set[_SimFlow]] = {}
         # p2d admission (policy.admission): the live p2d stages per decode host,
         # request id -> (request, its flows, p2d deadline ns)
@@ -320,8 +323,8 @@ class Simulator:
                         w = f.weight
                         sent = int((f.size - f.rem) / w)
                         e = f.entry
-                        f.due = next_change_ns(e, e.metric(now, sent, f.request.cursor), sent,
-                                               now, f.rate / w)
+                        self._set_due(f, next_change_ns(e, e.metric(now, sent, f.request.cursor),
+                                                        sent, now, f.rate / w))
         # settle bytes of anything still live (horizon reached)
         for f in list(self.net.flows):
             self.net.settle(f, self.t)
@@ -583,14 +586,14 @@ class Simulator:
             return
         t = self.t
         quiet = self._p2d_quiet_until
-        next_check = _NEVER
+        next_check = NEVER
         for host, on in self._p2d_on.items():
             until = quiet.get(host, 0)
             if until > now:
                 next_check = min(next_check, until)
                 continue
             if len(on) < 2:  # (stages only leave until one joins, which resets `until`)
-                quiet[host] = _NEVER
+                quiet[host] = NEVER
                 continue
             jobs = {}
             for rid, (req, flows, deadline) in on.items():
@@ -603,7 +606,7 @@ class Simulator:
                         rem += left
                 jobs[rid] = (int(rem / self.rate_Bps * NS), deadline)
             if len(jobs) < 2:  # (a scavenged stage stays scavenged)
-                quiet[host] = _NEVER
+                quiet[host] = NEVER
                 continue
             slack = admission_slack_ns(jobs, now)
             if slack >= 0 and self.skip_unchanged:
@@ -746,8 +749,8 @@ class Simulator:
         f.cur_level = e.next_cur_level(f.cur_level, lv, scavenged=lv == self.scav_level)
         f.lv_cursor = f.request.cursor
         if f.dynamic and self.skip_unchanged:
-            f.due = next_change_ns(e, e.metric(now_ns, isent, f.request.cursor), isent,
-                                      now_ns, rate)
+            self._set_due(f, next_change_ns(e, e.metric(now_ns, isent, f.request.cursor), isent,
+                                            now_ns, rate))
         return lv
 
     def _relevel(self, flows) -> None:
@@ -811,6 +814,15 @@ class Simulator:
             if batch.p2d_left[f.p2d_request_id] == 0:
                 self._p2d_done(batch, f.p2d_request_id)
 
+    def _set_due(self, f: _SimFlow, due: int) -> None:
+        """A time-dependent flow's level cannot change before `due` (ns): the tick looks at it
+        again then (a heap of dues; an entry is stale once the flow got a newer one)."""
+        f.due = due
+        if due < NEVER:
+            self._due_seq += 1
+            f.due_entry = self._due_seq
+            heapq.heappush(self._dues, (due, self._due_seq, f))
+
     def _on_tick(self) -> None:
         if not self._dyn:
             self._tick_on = False
@@ -819,8 +831,19 @@ class Simulator:
             self._admit_p2d()
         now = self.now
         t = self.t
+        if self.skip_unchanged:
+            # the flows whose due came (each once: a due pushed while evaluating waits for
+            # the next tick)
+            dues = self._dues
+            todo = []
+            while dues and dues[0][0] <= now:
+                _, entry, f = heapq.heappop(dues)
+                if entry == f.due_entry and f in self._dyn:
+                    todo.append(f)
+        else:
+            todo = list(self._dyn)
         net = self.net
-        for f in list(self._dyn):
+        for f in todo:
             if f.due > now or (f.request.scavenged and f.level == self.scav_level):
                 continue
             rem = f.rem - f.rate * (t - f.t0)
