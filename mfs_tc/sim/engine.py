@@ -83,7 +83,8 @@ class _SimFlow(FluidFlow):
     change."""
 
     __slots__ = ("stage", "layer", "batch", "p2d_request_id", "entry", "request", "cur_level",
-                 "dynamic", "due", "due_entry", "stage_bytes", "compute_after_ns", "key", "lv_cursor",
+                 "dynamic", "due", "due_entry", "due_heap_t",
+                 "stage_bytes", "compute_after_ns", "key", "lv_cursor",
                  "policy_stage", "policy_flow")
 
     def __init__(self, fid: int, links: tuple, size: float, t: float, stage: str, layer: int,
@@ -100,7 +101,9 @@ class _SimFlow(FluidFlow):
         self.cur_level = entry.cur_level  # the kernel's MONOTONIC state
         self.dynamic = entry.mode not in (MODE_STATIC, MODE_RLI)  # level moves with time/bytes
         self.due = 0  # before this (ns) its level cannot change (sim.due)
-        self.due_entry = 0  # its latest entry in the simulator's heap of dues
+        # its entry in the simulator's heap of dues (Simulator._set_due) and that entry's time
+        self.due_entry = 0
+        self.due_heap_t = NEVER
         self.stage_bytes = stage_bytes
         self.compute_after_ns = compute_after_ns
         self.key = None  # policy.entry_key when `entry` was asked (None: no promise)
@@ -815,12 +818,14 @@ class Simulator:
                 self._p2d_done(batch, f.p2d_request_id)
 
     def _set_due(self, f: _SimFlow, due: int) -> None:
-        """A time-dependent flow's level cannot change before `due` (ns): the tick looks at it
-        again then (a heap of dues; an entry is stale once the flow got a newer one)."""
+        """A time-dependent flow's level cannot change before `due` (ns): a tick looks at it
+        again then. A heap of dues holds one live entry per flow, at or before its due (a due
+        that moved later is pushed again when its old entry comes up)."""
         f.due = due
-        if due < NEVER:
+        if due < f.due_heap_t:
             self._due_seq += 1
             f.due_entry = self._due_seq
+            f.due_heap_t = due
             heapq.heappush(self._dues, (due, self._due_seq, f))
 
     def _on_tick(self) -> None:
@@ -838,7 +843,14 @@ class Simulator:
             todo = []
             while dues and dues[0][0] <= now:
                 _, entry, f = heapq.heappop(dues)
-                if entry == f.due_entry and f in self._dyn:
+                if entry != f.due_entry:
+                    continue  # replaced by an earlier one
+                f.due_heap_t = NEVER
+                if f not in self._dyn:
+                    continue
+                if f.due > now:
+                    self._set_due(f, f.due)  # moved later
+                else:
                     todo.append(f)
         else:
             todo = list(self._dyn)
