@@ -118,7 +118,7 @@ class _BatchRun:
 
     __slots__ = ("bid", "group", "members", "plan", "reqs", "owner", "kv_left", "coll_left",
                  "layer", "waiting_kv", "start_t", "coll_t0", "coll_total", "kv_end",
-                 "flows", "p2d_left", "p2d_t0", "compute_total", "model_batch", "red")
+                 "flows", "p2d_left", "p2d_t0", "compute_total", "fanouts", "model_batch", "red")
 
     def __init__(self, bid: int, group: int, members: list[RequestSpec], plan: BatchPlan,
                  reqs: dict[int, Request], t: float, model_batch: Batch | None,
@@ -142,6 +142,8 @@ class _BatchRun:
         self.p2d_left: dict[int, int] = {}  # per member, its p2d flows still live
         self.p2d_t0: dict[int, float] = {}  # per member, its p2d start
         self.compute_total = 0.0
+        # per stage, the last layer's (transfers, fluid flows, stage bytes): Simulator._fanout_of
+        self.fanouts: dict[str, tuple[list[Transfer], list[tuple[str, str, int, int]], int]] = {}
         self.model_batch = model_batch  # model.Batch (for RED) of a batch of several
         # its RED (a batch of one: its deadline), what _rank ranks by (deadlines are fixed)
         self.red = (red(model_batch.deadlines_ns) if model_batch is not None
@@ -277,20 +279,32 @@ class Simulator:
 
     def run(self) -> SimResult:
         wall0 = time.perf_counter()
-        for spec in self.w.requests:
+        requests = self.w.requests
+        for spec in requests:
             self.out[spec.request_id] = RequestRow(
                 request_id=spec.request_id, arrival_s=spec.arrival_s, slo_s=spec.slo_s,
                 unloaded_ttft_s=spec.unloaded_ttft_s, prefill_group=spec.prefill_group)
-            self._push(spec.arrival_s, _ARRIVAL, spec)
         heap = self._heap
-        total = len(self.w.requests)
+        heappop, heappush = heapq.heappop, heapq.heappush
+        total = len(requests)
+        # the arrivals enter the event heap one at a time, in (time, position) order, each with
+        # its position as its sequence number: the order of events is that of pushing them all
+        # first, the heap stays small (the live flows' events, not every future arrival)
+        arrivals = iter(sorted(range(total), key=lambda i: requests[i].arrival_s))
+        self._seq = max(self._seq, total)
+
+        def push_next_arrival() -> None:
+            i = next(arrivals, None)
+            if i is not None:
+                heappush(heap, (requests[i].arrival_s, i + 1, _ARRIVAL, requests[i], None))
+
         net = self.net
         dirty = net._dirty
-        heappop, heappush = heapq.heappop, heapq.heappush
         horizon = self.horizon_s
         skip = self.skip_unchanged
         on_done, on_arrival, launch = self._on_flow_event, self._on_arrival, self._launch
         on_compute, on_token, landed = self._on_compute_done, self._on_token, self._flow_landed
+        push_next_arrival()
         while heap and self._finished < total:
             t = heap[0][0]
             if horizon is not None and t > horizon:
@@ -304,6 +318,7 @@ class Simulator:
                 if kind == _DONE:
                     on_done(payload, extra)
                 elif kind == _ARRIVAL:
+                    push_next_arrival()
                     on_arrival(payload)
                 elif kind == _FLOW:
                     launch(payload)
@@ -357,8 +372,9 @@ class Simulator:
         plan = plan_batch(members, self.w.model, self.w.cluster)
         arr = {spec.request_id: int(round(spec.arrival_s * NS)) for spec in members}
         model_batch = batch_of(self._bid, members, arr) if len(members) > 1 else None
-        reqs = {spec.request_id: to_model_request(spec, arr[spec.request_id], plan, batch=model_batch,
-                                                link_rate_bps=self.link_rate_bps)
+        reqs = {spec.request_id: to_model_request(spec, arr[spec.request_id], plan,
+                                                  batch=model_batch,
+                                                  link_rate_bps=self.link_rate_bps)
                 for spec in members}
         batch = _BatchRun(self._bid, group, members, plan, reqs, self.t, model_batch,
                           self.link_rate_bps)
@@ -373,14 +389,27 @@ class Simulator:
         check = True
         keys: dict = {}
         for lp in plan.layers:
-            stage_bytes = sum(t.bytes for t in lp.kv_fetch)
-            for src, dst, nbytes, wt in _fanout(lp.kv_fetch, self.host_map):
-                self._start_flow(batch, "kv_fetch", lp.layer, src, dst, nbytes, batch.owner, stage_bytes,
-                                 self._compute_after(batch, lp.layer), weight=wt, check=check,
-                                 keys=keys)
+            fan, stage_bytes = self._fanout_of(batch, "kv_fetch", lp.kv_fetch)
+            for src, dst, nbytes, wt in fan:
+                self._start_flow(batch, "kv_fetch", lp.layer, src, dst, nbytes, batch.owner,
+                                 stage_bytes, self._compute_after(batch, lp.layer), weight=wt,
+                                 check=check, keys=keys)
                 check = False
                 batch.kv_left[lp.layer] += 1
         self._layer_ready(batch)
+
+    def _fanout_of(self, batch: _BatchRun, stage: str, transfers: list[Transfer]
+                   ) -> tuple[list[tuple[str, str, int, int]], int]:
+        """The fluid flows of one layer's kv_fetch or collective (`_fanout`) and the stage's
+        bytes, reused while a layer's transfers are the previous layer's (plan_batch gives every
+        layer the same Transfer objects; list equality checks them one by one)."""
+        last = batch.fanouts.get(stage)
+        if last is not None and last[0] == transfers:
+            return last[1], last[2]
+        fan = _fanout(transfers, self.host_map)
+        stage_bytes = sum(t.bytes for t in transfers)
+        batch.fanouts[stage] = (transfers, fan, stage_bytes)
+        return fan, stage_bytes
 
     def _compute_after(self, batch: _BatchRun, layer: int) -> int:
         s = sum(lp.compute_s for lp in batch.plan.layers[layer:]) + batch.plan.decode_step_s
@@ -400,14 +429,13 @@ class Simulator:
         lp = batch.plan.layers[batch.layer]
         if lp.collective:
             batch.coll_t0 = self.t
-            stage_bytes = sum(t.bytes for t in lp.collective)
+            fan, stage_bytes = self._fanout_of(batch, "collective", lp.collective)
             ca = self._compute_after(batch, batch.layer + 1)
-            fan = _fanout(lp.collective, self.host_map)
             batch.coll_left = len(fan)
             keys: dict = {}
             for i, (src, dst, nbytes, wt) in enumerate(fan):
-                self._start_flow(batch, "collective", batch.layer, src, dst, nbytes, batch.owner, stage_bytes, ca,
-                                 weight=wt, check=i == 0, keys=keys)
+                self._start_flow(batch, "collective", batch.layer, src, dst, nbytes, batch.owner,
+                                 stage_bytes, ca, weight=wt, check=i == 0, keys=keys)
         else:
             self._layer_done(batch)
 
@@ -439,12 +467,14 @@ class Simulator:
             step_ns = int(round(batch.plan.decode_step_s * NS))
             if self._admission:
                 host = fan[0][1]
-                self._p2d_on.setdefault(host, {})[spec.request_id] = (req, [], req.deadline_ns - step_ns)
+                self._p2d_on.setdefault(host, {})[spec.request_id] = (req, [],
+                                                                      req.deadline_ns - step_ns)
                 self._p2d_host[spec.request_id] = host
             keys = {}
             for i, (src, dst, nbytes, wt) in enumerate(fan):
-                self._start_flow(batch, "p2d", len(batch.plan.layers), src, dst, nbytes, req, stage_bytes, step_ns,
-                                 rid=spec.request_id, weight=wt, check=i == 0, keys=keys)
+                self._start_flow(batch, "p2d", len(batch.plan.layers), src, dst, nbytes, req,
+                                 stage_bytes, step_ns, rid=spec.request_id, weight=wt,
+                                 check=i == 0, keys=keys)
         self._try_start(batch.group)
 
     def _set_cursor(self, batch: _BatchRun, cursor: int) -> None:
