@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
 
 from ..entry import FlowEntry
@@ -118,7 +119,8 @@ class _BatchRun:
 
     __slots__ = ("bid", "group", "members", "plan", "reqs", "owner", "kv_left", "coll_left",
                  "layer", "waiting_kv", "start_t", "coll_t0", "coll_total", "kv_end",
-                 "flows", "p2d_left", "p2d_t0", "compute_total", "fanouts", "model_batch", "red")
+                 "flows", "p2d_left", "p2d_t0", "compute_total", "fanouts", "compute_after", "model_batch",
+                 "red")
 
     def __init__(self, bid: int, group: int, members: list[RequestSpec], plan: BatchPlan,
                  reqs: dict[int, Request], t: float, model_batch: Batch | None,
@@ -144,6 +146,7 @@ class _BatchRun:
         self.compute_total = 0.0
         # per stage, the last layer's (transfers, fluid flows, stage bytes): Simulator._fanout_of
         self.fanouts: dict[str, tuple[list[Transfer], list[tuple[str, str, int, int]], int]] = {}
+        self.compute_after: dict[int, int] = {}  # Simulator._compute_after
         self.model_batch = model_batch  # model.Batch (for RED) of a batch of several
         # its RED (a batch of one: its deadline), what _rank ranks by (deadlines are fixed)
         self.red = (red(model_batch.deadlines_ns) if model_batch is not None
@@ -387,7 +390,7 @@ class Simulator:
             row.batch_id = batch.bid
         # is_hopeless is asked once per fan-out (nothing it reads changes between its flows)
         check = True
-        keys: dict = {}
+        keys: dict[str, Hashable] = {}
         for lp in plan.layers:
             fan, stage_bytes = self._fanout_of(batch, "kv_fetch", lp.kv_fetch)
             for src, dst, nbytes, wt in fan:
@@ -412,8 +415,12 @@ class Simulator:
         return fan, stage_bytes
 
     def _compute_after(self, batch: _BatchRun, layer: int) -> int:
-        s = sum(lp.compute_s for lp in batch.plan.layers[layer:]) + batch.plan.decode_step_s
-        return int(round(s * NS))
+        """The compute (and decode step) after layer `layer`'s flows, in ns, once per layer."""
+        ns = batch.compute_after.get(layer)
+        if ns is None:
+            s = sum(lp.compute_s for lp in batch.plan.layers[layer:]) + batch.plan.decode_step_s
+            ns = batch.compute_after[layer] = int(round(s * NS))
+        return ns
 
     def _layer_ready(self, batch: _BatchRun) -> None:
         """Layer batch.layer may compute once its kv_fetch flows are done."""
@@ -432,7 +439,7 @@ class Simulator:
             fan, stage_bytes = self._fanout_of(batch, "collective", lp.collective)
             ca = self._compute_after(batch, batch.layer + 1)
             batch.coll_left = len(fan)
-            keys: dict = {}
+            keys: dict[str, Hashable] = {}
             for i, (src, dst, nbytes, wt) in enumerate(fan):
                 self._start_flow(batch, "collective", batch.layer, src, dst, nbytes, batch.owner,
                                  stage_bytes, ca, weight=wt, check=i == 0, keys=keys)
@@ -470,7 +477,7 @@ class Simulator:
                 self._p2d_on.setdefault(host, {})[spec.request_id] = (req, [],
                                                                       req.deadline_ns - step_ns)
                 self._p2d_host[spec.request_id] = host
-            keys = {}
+            keys: dict[str, Hashable] = {}
             for i, (src, dst, nbytes, wt) in enumerate(fan):
                 self._start_flow(batch, "p2d", len(batch.plan.layers), src, dst, nbytes, req,
                                  stage_bytes, step_ns, rid=spec.request_id, weight=wt,
@@ -714,7 +721,7 @@ class Simulator:
 
     def _start_flow(self, batch: _BatchRun, stage: str, layer: int, src: str, dst: str, nbytes: int,
                     req: Request, stage_bytes: int, compute_after_ns: int, rid: int = 0,
-                    weight: int = 1, check: bool = True, keys: dict | None = None) -> None:
+                    weight: int = 1, check: bool = True, keys: dict[str, Hashable] | None = None) -> None:
         """A flow of a fan-out starts. `keys`: the fan-out's entry keys so far, by stage (one
         fan-out is one request's stage at one instant: with Policy.entry_key_per_request its
         flows share one key)."""
