@@ -59,9 +59,17 @@ class BatchPlan:
         """Per layer: (`stage_time_s` of its kv_fetch, of its collective), computed once."""
         t = self._layer_times.get(bytes_per_s)
         if t is None:
-            t = self._layer_times[bytes_per_s] = [(stage_time_s(lp.kv_fetch, bytes_per_s),
-                                     stage_time_s(lp.collective, bytes_per_s))
-                                    for lp in self.layers]
+            t = self._layer_times[bytes_per_s] = []
+            kv: tuple[list[Transfer], float] | None = None
+            coll: tuple[list[Transfer], float] | None = None
+            for lp in self.layers:
+                # a layer with the previous layer's transfers (plan_batch: every layer has the
+                # same Transfer objects) has its times
+                if kv is None or lp.kv_fetch != kv[0]:
+                    kv = (lp.kv_fetch, stage_time_s(lp.kv_fetch, bytes_per_s))
+                if coll is None or lp.collective != coll[0]:
+                    coll = (lp.collective, stage_time_s(lp.collective, bytes_per_s))
+                t.append((kv[1], coll[1]))
         return t
 
     def p2d_time(self, request_id: int | None, bytes_per_s: float) -> float:
