@@ -84,9 +84,8 @@ class _SimFlow(FluidFlow):
     change."""
 
     __slots__ = ("stage", "layer", "batch", "p2d_request_id", "entry", "request", "cur_level",
-                 "dynamic", "due", "due_entry", "due_heap_t",
-                 "stage_bytes", "compute_after_ns", "key", "lv_cursor",
-                 "policy_stage", "policy_flow")
+                 "dynamic", "due", "due_entry", "due_heap_t", "stage_bytes", "compute_after_ns",
+                 "key", "lv_cursor", "policy_stage", "policy_flow")
 
     def __init__(self, fid: int, links: tuple, size: float, t: float, stage: str, layer: int,
                  batch: _BatchRun, p2d_request_id: int, entry: FlowEntry, request: Request,
@@ -119,8 +118,8 @@ class _BatchRun:
 
     __slots__ = ("bid", "group", "members", "plan", "reqs", "owner", "kv_left", "coll_left",
                  "layer", "waiting_kv", "start_t", "coll_t0", "coll_total", "kv_end",
-                 "flows", "p2d_left", "p2d_t0", "compute_total", "fanouts", "compute_after", "model_batch",
-                 "red")
+                 "flows", "p2d_left", "p2d_t0", "compute_total", "fanouts", "compute_after",
+                 "model_batch", "red")
 
     def __init__(self, bid: int, group: int, members: list[RequestSpec], plan: BatchPlan,
                  reqs: dict[int, Request], t: float, model_batch: Batch | None,
