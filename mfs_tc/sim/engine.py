@@ -243,9 +243,11 @@ class Simulator:
         self.stage_bytes = {"kv_fetch": 0.0, "collective": 0.0, "p2d": 0.0}
         self._bid = 0
         self._tick_on = False
-        self._dyn: set[_SimFlow] = set()
-        # (due, entry, flow) of the time-dependent flows: what the next ticks evaluate
-        self._dues: list[tuple[int, int, _SimFlow]] = []
+        # the live time-dependent flows by id
+        self._dyn: dict[int, _SimFlow] = {}
+        # (due, entry, flow id) of the time-dependent flows: what the next ticks evaluate (ids,
+        # not flows: an entry outliving its flow keeps nothing alive)
+        self._dues: list[tuple[int, int, int]] = []
         self._due_seq = 0
         self._req_flows: dict[int, set[_SimFlow]] = {}
         # p2d admission (policy.admission): the live p2d stages per decode host,
@@ -588,7 +590,11 @@ class Simulator:
             if entry is not f.entry:
                 dyn = entry.mode not in (MODE_STATIC, MODE_RLI)
                 if dyn != f.dynamic:
-                    (self._dyn.add if dyn else self._dyn.discard)(f)
+                    if dyn:
+                        self._dyn[f.fid] = f
+                    else:
+                        self._dyn.pop(f.fid, None)
+                        f.due_heap_t = NEVER  # its entries in the heap of dues are stale
                     f.dynamic = dyn
                 f.entry = entry
             lv = self._level(f, sent, now, f.rate / w)
@@ -773,7 +779,7 @@ class Simulator:
         f.t0 = f.start_t = self.t
         self.net.add(f)
         if f.dynamic:
-            self._dyn.add(f)
+            self._dyn[f.fid] = f
             if not self._tick_on:
                 self._tick_on = True
                 self._push(self.t + self.tick_s, _TICK, None)
@@ -830,7 +836,7 @@ class Simulator:
         batch = f.batch
         batch.flows.discard(f)
         if f.dynamic:
-            self._dyn.discard(f)
+            self._dyn.pop(f.fid, None)
         rf = self._req_flows[f.request.request_id]
         rf.discard(f)
         if not rf:
@@ -862,7 +868,7 @@ class Simulator:
             self._due_seq += 1
             f.due_entry = self._due_seq
             f.due_heap_t = due
-            heapq.heappush(self._dues, (due, self._due_seq, f))
+            heapq.heappush(self._dues, (due, self._due_seq, f.fid))
 
     def _on_tick(self) -> None:
         if not self._dyn:
@@ -877,19 +883,19 @@ class Simulator:
             # the next tick)
             dues = self._dues
             todo = []
+            dyn = self._dyn
             while dues and dues[0][0] <= now:
-                _, entry, f = heapq.heappop(dues)
-                if entry != f.due_entry:
-                    continue  # replaced by an earlier one
+                _, entry, fid = heapq.heappop(dues)
+                f = dyn.get(fid)
+                if f is None or entry != f.due_entry:
+                    continue  # ended or no longer time-dependent, or replaced by an earlier one
                 f.due_heap_t = NEVER
-                if f not in self._dyn:
-                    continue
                 if f.due > now:
                     self._set_due(f, f.due)  # moved later
                 else:
                     todo.append(f)
         else:
-            todo = list(self._dyn)
+            todo = list(self._dyn.values())
         net = self.net
         for f in todo:
             if f.due > now or (f.request.scavenged and f.level == self.scav_level):
