@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mfs_tc.policy import make_policy
-from mfs_tc.policy.admission import moore_hodgson
+from mfs_tc.policy.admission import admission_slack_ns, moore_hodgson
 from mfs_tc.sim.engine import simulate
 from mfs_tc.workload import ClusterShape, ModelShape, RequestSpec, Workload, WorkloadConfig
 
@@ -45,6 +45,22 @@ def test_moore_hodgson_keeps_the_most(jobs: list[tuple[int, int]]) -> None:
     best = max(n for n in range(len(jobs) + 1)
                if any(_feasible(list(c), 0) for c in itertools.combinations(jobs, n)))
     assert len(kept) == best
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 120)), min_size=1, max_size=7),
+       st.lists(st.integers(0, 50), min_size=7, max_size=7), st.integers(0, 60))
+def test_admission_slack_is_how_long_nothing_is_given_up(
+        jobs: list[tuple[int, int]], sent: list[int], later: int) -> None:
+    """Slack >= 0 exactly when Moore-Hodgson gives up nothing; and while it lasts, with the
+    stages' needs only falling (any amounts sent), it still gives up nothing."""
+    d = dict(enumerate(jobs))
+    slack = admission_slack_ns(d, 0)
+    assert (slack >= 0) == (moore_hodgson(d, 0) == [])
+    if slack >= 0 and later <= slack:
+        after = {k: (max(need - sent[k], 0), deadline) for k, (need, deadline) in d.items()}
+        assert moore_hodgson(after, later) == []
+    assert admission_slack_ns({}, 0) > 1 << 60  # nothing to give up, ever
 
 
 P2D_ONLY = ModelShape(name="p2d-only", layer_groups=1, kv_bytes_per_token_per_group=1.0,

@@ -49,3 +49,22 @@ def moore_hodgson(jobs: Mapping[K, tuple[int, int]], now_ns: int) -> list[K]:
             t += neg
             dropped.append(keys[j])
     return dropped
+
+
+def admission_slack_ns(jobs: Mapping[K, tuple[int, int]], now_ns: int) -> int:
+    """How long `moore_hodgson(jobs, now_ns)` is sure to give up nothing: the least, over the
+    deadline order, of deadline - (now + the time the stages up to it still need). It gives up
+    nothing exactly when this is >= 0 (no prefix of the deadline order overruns, so no stage is
+    ever dropped; ties in deadline do not matter: the whole tie group's prefix is the tightest).
+
+    A caller may skip the check for this long: as time passes each stage's need only falls
+    (bytes are sent, never added) while now grows by the elapsed time, so the slack falls no
+    faster than the clock, until a stage is added."""
+    t = now_ns
+    least = None
+    for need, deadline in sorted(jobs.values(), key=lambda v: v[1]):
+        t += max(int(need), 0)
+        s = deadline - t
+        if least is None or s < least:
+            least = s
+    return least if least is not None else 1 << 62

@@ -25,13 +25,13 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field, replace
 
 from ..entry import FlowEntry
 from ..layout import MODE_RLI, MODE_STATIC
 from ..model import STAGES, Batch, Flow, Request, Stage, batch_hopeless, batch_request
-from ..policy.admission import moore_hodgson
+from ..policy.admission import admission_slack_ns, moore_hodgson
 from ..policy.base import Policy
 from ..policy.red import red, red_ranks
 from ..results import RequestRow
@@ -47,12 +47,13 @@ from ..workload import (
     to_model_request,
 )
 from . import netutil
-from .due import next_change_ns
+from .due import NEVER, next_change_ns
 from .fabric import Fabric, Link
 from .fluid import FluidFlow, FluidNetwork
 
 NS = 1_000_000_000
 _ARRIVAL, _DONE, _COMPUTE, _TOKEN, _TICK, _FLOW, _LANDED = range(7)
+_QUIET_MARGIN_NS = 1_000
 
 
 @dataclass(slots=True)
@@ -77,62 +78,81 @@ class SimResult:
         return sum(1 for r in self.requests if r.met) / n if n else 0.0
 
 
-class _FMeta:
-    """What the simulator keeps per flow beside the fluid state."""
+class _SimFlow(FluidFlow):
+    """A fluid flow with what the simulator keeps per flow: its stage and batch, the policy's
+    entry and what the policy is shown, the kernel's cur_level, and when its level may next
+    change."""
 
-    __slots__ = ("stage", "layer", "batch", "rid", "entry", "req", "cur", "dynamic", "due",
-                 "stage_bytes", "compute_after_ns", "key", "lv_cursor", "st", "fl")
+    __slots__ = ("stage", "layer", "batch", "p2d_request_id", "entry", "request", "cur_level",
+                 "dynamic", "due", "due_entry", "due_heap_t", "stage_bytes", "compute_after_ns",
+                 "key", "lv_cursor", "policy_stage", "policy_flow")
 
-    def __init__(self, stage: str, layer: int, batch: _BState, rid: int, entry: FlowEntry,
-                 req: Request) -> None:
+    def __init__(self, fid: int, links: tuple, size: float, t: float, stage: str, layer: int,
+                 batch: _BatchRun, p2d_request_id: int, entry: FlowEntry, request: Request,
+                 stage_bytes: int, compute_after_ns: int, policy_stage: Stage,
+                 policy_flow: Flow) -> None:
+        super().__init__(fid, links, size, 0, t)
         self.stage = stage
         self.layer = layer
         self.batch = batch
-        self.rid = rid
+        self.p2d_request_id = p2d_request_id  # p2d: the request whose stage it is (else 0)
         self.entry = entry
-        self.req = req
-        self.cur = entry.cur_level
-        self.dynamic = entry.mode not in (MODE_STATIC, MODE_RLI)
-        self.due = 0
-        self.stage_bytes = 0
-        self.compute_after_ns = 0
+        self.request = request  # whose flow it is to the policy (a batch's: its batch request)
+        self.cur_level = entry.cur_level  # the kernel's MONOTONIC state
+        self.dynamic = entry.mode not in (MODE_STATIC, MODE_RLI)  # level moves with time/bytes
+        self.due = 0  # before this (ns) its level cannot change (sim.due)
+        # its entry in the simulator's heap of dues (Simulator._set_due) and that entry's time
+        self.due_entry = 0
+        self.due_heap_t = NEVER
+        self.stage_bytes = stage_bytes
+        self.compute_after_ns = compute_after_ns
         self.key = None  # policy.entry_key when `entry` was asked (None: no promise)
         self.lv_cursor = -1  # the request's cursor at the flow's last level evaluation
-        self.st: Stage | None = None  # what the policy is shown for this flow (entry_key)
-        self.fl: Flow | None = None
+        # what the policy is shown for this flow (entry, entry_key)
+        self.policy_stage = policy_stage
+        self.policy_flow = policy_flow
 
 
-class _BState:
+class _BatchRun:
+    """A batch from its start on its prefill group to its members' last p2d flow."""
+
     __slots__ = ("bid", "group", "members", "plan", "reqs", "owner", "kv_left", "coll_left",
                  "layer", "waiting_kv", "start_t", "coll_t0", "coll_total", "kv_end",
-                 "flows", "p2d_left", "p2d_t0", "compute_total", "mbatch", "red")
+                 "flows", "p2d_left", "p2d_t0", "compute_total", "fanouts", "compute_after",
+                 "model_batch", "red")
 
     def __init__(self, bid: int, group: int, members: list[RequestSpec], plan: BatchPlan,
-                 reqs: dict[int, Request], t: float, mbatch: Batch, link_rate_bps: float) -> None:
+                 reqs: dict[int, Request], t: float, model_batch: Batch | None,
+                 link_rate_bps: float) -> None:
         self.bid = bid
         self.group = group
         self.members = members
         self.plan = plan
-        self.reqs = reqs
-        self.owner = _owner_request(bid, list(reqs.values()), mbatch, plan, link_rate_bps)
-        self.kv_left = [0] * len(plan.layers)
-        self.coll_left = 0
-        self.layer = 0
-        self.waiting_kv = False
+        self.reqs = reqs  # request id -> its model.Request (what the policy sees)
+        # who the kv_fetch and collective flows belong to (_owner_request)
+        self.owner = _owner_request(bid, list(reqs.values()), model_batch, plan, link_rate_bps)
+        self.kv_left = [0] * len(plan.layers)  # per layer, its kv_fetch flows still live
+        self.coll_left = 0  # the current layer's collective flows still live
+        self.layer = 0  # the layer computing or next to (len(plan.layers): prefill done)
+        self.waiting_kv = False  # the layer waits for its kv_fetch
         self.start_t = t
-        self.coll_t0 = 0.0
+        self.coll_t0 = 0.0  # the current collective's start
         self.coll_total = 0.0
-        self.kv_end = t
-        self.flows: set[FluidFlow] = set()
-        self.p2d_left: dict[int, int] = {}
-        self.p2d_t0: dict[int, float] = {}
+        self.kv_end = t  # the last kv_fetch flow's end so far
+        self.flows: set[_SimFlow] = set()  # its live flows
+        self.p2d_left: dict[int, int] = {}  # per member, its p2d flows still live
+        self.p2d_t0: dict[int, float] = {}  # per member, its p2d start
         self.compute_total = 0.0
-        self.mbatch = mbatch
+        # per stage, the last layer's (transfers, fluid flows, stage bytes): Simulator._fanout_of
+        self.fanouts: dict[str, tuple[list[Transfer], list[tuple[str, str, int, int]], int]] = {}
+        self.compute_after: dict[int, int] = {}  # Simulator._compute_after
+        self.model_batch = model_batch  # model.Batch (for RED) of a batch of several
         # its RED (a batch of one: its deadline), what _rank ranks by (deadlines are fixed)
-        self.red = red(mbatch.deadlines_ns) if mbatch is not None else self.owner.deadline_ns
+        self.red = (red(model_batch.deadlines_ns) if model_batch is not None
+                    else self.owner.deadline_ns)
 
 
-def _owner_request(bid: int, reqs: list[Request], mbatch: Batch | None, plan: BatchPlan,
+def _owner_request(bid: int, reqs: list[Request], model_batch: Batch | None, plan: BatchPlan,
                    link_rate_bps: float) -> Request:
     """Who a batch's kv_fetch and collective flows belong to, as in the controller: the request
     itself for a batch of one; otherwise the batch request of the one rule
@@ -142,7 +162,7 @@ def _owner_request(bid: int, reqs: list[Request], mbatch: Batch | None, plan: Ba
         return reqs[0]
     nbytes, compute_ns = request_estimate(plan, None, 0, link_rate_bps)
     return batch_request(-bid, reqs, remaining_bytes=nbytes, remaining_compute_ns=compute_ns,
-                         batch=mbatch)
+                         batch=model_batch)
 
 
 def _fanout(transfers: list[Transfer],
@@ -200,21 +220,22 @@ class Simulator:
         # share only among themselves, so they neither slow nor are slowed by anything else.
         # The prefill groups still queue FCFS. All stages: the contention-free run behind the
         # coupled bound (mfs_tc.bound); some: what contention of those stages costs a policy.
-        # Links per stage instance, so for reference runs, not long ones; isolated flows do
-        # not count in the fabric's utilisation.
+        # Isolated flows do not count in the fabric's utilisation.
         if isolate_stages is True:
             isolate_stages = STAGES
         self._isolated = frozenset(isolate_stages or ())
         if not self._isolated <= set(STAGES):
             raise ValueError(f"isolate_stages: unknown stage(s) {sorted(self._isolated - set(STAGES))}: "
                              f"choose from {', '.join(STAGES)}")
-        self._private_links: dict[tuple, dict[str, Link]] = {}
+        self._private_instance: tuple[int, str, int, int] | None = None
+        self._private_links: dict[str, Link] = {}
         self.max_batch = max_batch or workload.cfg.max_batch
         self.max_batch_tokens = (workload.cfg.max_batch_tokens if max_batch_tokens is None
                                  else max_batch_tokens)
         self.horizon_s = horizon_s
-        # False: evaluate every time-dependent flow at every tick (slow; for checking that the
-        # skipping of provably unchanged levels changes nothing)
+        # False: evaluate every time-dependent flow and every decode host's p2d admission at
+        # every tick (slow; for checking that skipping what provably cannot change changes
+        # nothing)
         self.skip_unchanged = skip_unchanged
         if flow_setup_s < 0:
             raise ValueError(f"flow_setup_s must not be negative, got {flow_setup_s}")
@@ -230,6 +251,7 @@ class Simulator:
         self._heap: list = []
         self._seq = 0
         self.t = 0.0
+        self.now = 0  # self.t in ns (the policies' clock)
         self.queues: list[deque[RequestSpec]] = [deque() for _ in range(workload.cluster.prefill_groups)]
         self.busy = [False] * workload.cluster.prefill_groups
         self.out: dict[int, RequestRow] = {}
@@ -237,16 +259,25 @@ class Simulator:
         self.stage_bytes = {"kv_fetch": 0.0, "collective": 0.0, "p2d": 0.0}
         self._bid = 0
         self._tick_on = False
-        self._dyn: set[FluidFlow] = set()
-        self._req_flows: dict[int, set[FluidFlow]] = {}
+        # the live time-dependent flows by id
+        self._dyn: dict[int, _SimFlow] = {}
+        # (due, entry, flow id) of the time-dependent flows: what the next ticks evaluate (ids,
+        # not flows: an entry outliving its flow keeps nothing alive)
+        self._dues: list[tuple[int, int, int]] = []
+        self._due_seq = 0
+        self._req_flows: dict[int, set[_SimFlow]] = {}
         # p2d admission (policy.admission): the live p2d stages per decode host,
         # request id -> (request, its flows, p2d deadline ns)
         self._admission = policy.p2d_admission()
-        self._p2d_on: dict[str, dict[int, tuple[Request, list[FluidFlow], int]]] = {}
+        self._p2d_on: dict[str, dict[int, tuple[Request, list[_SimFlow], int]]] = {}
         self._p2d_host: dict[int, str] = {}
+        # per decode host, until when its admission surely gives up nothing (ns; a stage added
+        # to the host resets it): policy.admission.admission_slack_ns
+        self._p2d_quiet_until: dict[str, int] = {}
+        self._p2d_next_check = 0  # the least of them
         self._entry_cache: dict[tuple, FlowEntry] = {}
         # batches in prefill, ranked by RED at every batch start, layer boundary and batch end
-        self._prefilling: dict[int, _BState] = {}
+        self._prefilling: dict[int, _BatchRun] = {}
         # the ranking changes only when a batch starts or ends (REDs are fixed)
         self._ranked = False
         self._entry_now = -1
@@ -266,30 +297,40 @@ class Simulator:
         self._seq += 1
         heapq.heappush(self._heap, (t, self._seq, kind, payload, extra))
 
-    def now_ns(self) -> int:
-        return int(round(self.t * NS))
-
     def run(self) -> SimResult:
         wall0 = time.perf_counter()
-        for spec in self.w.requests:
+        requests = self.w.requests
+        for spec in requests:
             self.out[spec.request_id] = RequestRow(
                 request_id=spec.request_id, arrival_s=spec.arrival_s, slo_s=spec.slo_s,
                 unloaded_ttft_s=spec.unloaded_ttft_s, prefill_group=spec.prefill_group)
-            self._push(spec.arrival_s, _ARRIVAL, spec)
         heap = self._heap
-        total = len(self.w.requests)
+        heappop, heappush = heapq.heappop, heapq.heappush
+        total = len(requests)
+        # the arrivals enter the event heap one at a time, in (time, position) order, each with
+        # its position as its sequence number: the order of events is that of pushing them all
+        # first, the heap stays small (the live flows' events, not every future arrival)
+        arrivals = iter(sorted(range(total), key=lambda i: requests[i].arrival_s))
+        self._seq = max(self._seq, total)
+
+        def push_next_arrival() -> None:
+            i = next(arrivals, None)
+            if i is not None:
+                heappush(heap, (requests[i].arrival_s, i + 1, _ARRIVAL, requests[i], None))
+
         net = self.net
         dirty = net._dirty
-        heappop, heappush = heapq.heappop, heapq.heappush
         horizon = self.horizon_s
         skip = self.skip_unchanged
         on_done, on_arrival, launch = self._on_flow_event, self._on_arrival, self._launch
         on_compute, on_token, landed = self._on_compute_done, self._on_token, self._flow_landed
+        push_next_arrival()
         while heap and self._finished < total:
             t = heap[0][0]
             if horizon is not None and t > horizon:
                 break
             self.t = t
+            self.now = now = int(round(t * NS))
             # every event of this instant, then one rate recomputation
             while heap and heap[0][0] <= t:
                 _, _, kind, payload, extra = heappop(heap)
@@ -297,6 +338,7 @@ class Simulator:
                 if kind == _DONE:
                     on_done(payload, extra)
                 elif kind == _ARRIVAL:
+                    push_next_arrival()
                     on_arrival(payload)
                 elif kind == _FLOW:
                     launch(payload)
@@ -309,20 +351,18 @@ class Simulator:
                 else:
                     self._on_tick()
             if dirty:
-                now = int(round(t * NS))
                 for f in net.recompute(t):
                     f.version += 1
                     if f.rate > 0:
                         self._seq += 1
                         heappush(heap, (t + f.rem / f.rate, self._seq, _DONE, f, f.version))
-                    m = f.owner
                     # a bound already reached stays: the next tick must evaluate the flow
-                    if m.dynamic and skip and m.due > now:
+                    if f.dynamic and skip and f.due > now:
                         w = f.weight
-                        s = int((f.size - f.rem) / w)
-                        e = m.entry
-                        m.due = next_change_ns(e, e.metric(now, s, m.req.cursor), s, now,
-                                               f.rate / w)
+                        sent = int((f.size - f.rem) / w)
+                        e = f.entry
+                        self._set_due(f, next_change_ns(e, e.metric(now, sent, f.request.cursor),
+                                                        sent, now, f.rate / w))
         # settle bytes of anything still live (horizon reached)
         for f in list(self.net.flows):
             self.net.settle(f, self.t)
@@ -350,130 +390,154 @@ class Simulator:
         self.busy[group] = True
         self._bid += 1
         plan = plan_batch(members, self.w.model, self.w.cluster)
-        arr = {m.request_id: int(round(m.arrival_s * NS)) for m in members}
-        mb = batch_of(self._bid, members, arr) if len(members) > 1 else None
-        reqs = {m.request_id: to_model_request(m, arr[m.request_id], plan, batch=mb,
-                                                link_rate_bps=self.link_rate_bps)
-                for m in members}
-        b = _BState(self._bid, group, members, plan, reqs, self.t, mb, self.link_rate_bps)
-        self._prefilling[b.bid] = b
+        arr = {spec.request_id: int(round(spec.arrival_s * NS)) for spec in members}
+        model_batch = batch_of(self._bid, members, arr) if len(members) > 1 else None
+        reqs = {spec.request_id: to_model_request(spec, arr[spec.request_id], plan,
+                                                  batch=model_batch,
+                                                  link_rate_bps=self.link_rate_bps)
+                for spec in members}
+        batch = _BatchRun(self._bid, group, members, plan, reqs, self.t, model_batch,
+                          self.link_rate_bps)
+        self._prefilling[batch.bid] = batch
         self._ranked = False
-        self._rank(b)
-        for m in members:
-            o = self.out[m.request_id]
-            o.queue_s = self.t - m.arrival_s
-            o.batch_id = b.bid
+        self._rank(batch)
+        for spec in members:
+            row = self.out[spec.request_id]
+            row.queue_s = self.t - spec.arrival_s
+            row.batch_id = batch.bid
         # is_hopeless is asked once per fan-out (nothing it reads changes between its flows)
         check = True
+        keys: dict[str, Hashable] = {}
         for lp in plan.layers:
-            sb = sum(t.bytes for t in lp.kv_fetch)
-            for src, dst, nbytes, wt in _fanout(lp.kv_fetch, self.host_map):
-                self._start_flow(b, "kv_fetch", lp.layer, src, dst, nbytes, b.owner, sb,
-                                 self._compute_after(b, lp.layer), weight=wt, check=check)
+            fan, stage_bytes = self._fanout_of(batch, "kv_fetch", lp.kv_fetch)
+            for src, dst, nbytes, wt in fan:
+                self._start_flow(batch, "kv_fetch", lp.layer, src, dst, nbytes, batch.owner,
+                                 stage_bytes, self._compute_after(batch, lp.layer), weight=wt,
+                                 check=check, keys=keys)
                 check = False
-                b.kv_left[lp.layer] += 1
-        self._layer_ready(b)
+                batch.kv_left[lp.layer] += 1
+        self._layer_ready(batch)
 
-    def _compute_after(self, b: _BState, layer: int) -> int:
-        s = sum(lp.compute_s for lp in b.plan.layers[layer:]) + b.plan.decode_step_s
-        return int(round(s * NS))
+    def _fanout_of(self, batch: _BatchRun, stage: str, transfers: list[Transfer]
+                   ) -> tuple[list[tuple[str, str, int, int]], int]:
+        """The fluid flows of one layer's kv_fetch or collective (`_fanout`) and the stage's
+        bytes, reused while a layer's transfers are the previous layer's (plan_batch gives every
+        layer the same Transfer objects; list equality checks them one by one)."""
+        last = batch.fanouts.get(stage)
+        if last is not None and last[0] == transfers:
+            return last[1], last[2]
+        fan = _fanout(transfers, self.host_map)
+        stage_bytes = sum(t.bytes for t in transfers)
+        batch.fanouts[stage] = (transfers, fan, stage_bytes)
+        return fan, stage_bytes
 
-    def _layer_ready(self, b: _BState) -> None:
-        """Layer b.layer may compute once its kv_fetch flows are done."""
-        if b.kv_left[b.layer] > 0:
-            b.waiting_kv = True
+    def _compute_after(self, batch: _BatchRun, layer: int) -> int:
+        """The compute (and decode step) after layer `layer`'s flows, in ns, once per layer."""
+        ns = batch.compute_after.get(layer)
+        if ns is None:
+            s = sum(lp.compute_s for lp in batch.plan.layers[layer:]) + batch.plan.decode_step_s
+            ns = batch.compute_after[layer] = int(round(s * NS))
+        return ns
+
+    def _layer_ready(self, batch: _BatchRun) -> None:
+        """Layer batch.layer may compute once its kv_fetch flows are done."""
+        if batch.kv_left[batch.layer] > 0:
+            batch.waiting_kv = True
             return
-        b.waiting_kv = False
-        c = b.plan.layers[b.layer].compute_s
-        b.compute_total += c
-        self._push(self.t + c, _COMPUTE, b)
+        batch.waiting_kv = False
+        c = batch.plan.layers[batch.layer].compute_s
+        batch.compute_total += c
+        self._push(self.t + c, _COMPUTE, batch)
 
-    def _on_compute_done(self, b: _BState) -> None:
-        lp = b.plan.layers[b.layer]
+    def _on_compute_done(self, batch: _BatchRun) -> None:
+        lp = batch.plan.layers[batch.layer]
         if lp.collective:
-            b.coll_t0 = self.t
-            sb = sum(t.bytes for t in lp.collective)
-            ca = self._compute_after(b, b.layer + 1)
-            fan = _fanout(lp.collective, self.host_map)
-            b.coll_left = len(fan)
+            batch.coll_t0 = self.t
+            fan, stage_bytes = self._fanout_of(batch, "collective", lp.collective)
+            ca = self._compute_after(batch, batch.layer + 1)
+            batch.coll_left = len(fan)
+            keys: dict[str, Hashable] = {}
             for i, (src, dst, nbytes, wt) in enumerate(fan):
-                self._start_flow(b, "collective", b.layer, src, dst, nbytes, b.owner, sb, ca,
-                                 weight=wt, check=i == 0)
+                self._start_flow(batch, "collective", batch.layer, src, dst, nbytes, batch.owner,
+                                 stage_bytes, ca, weight=wt, check=i == 0, keys=keys)
         else:
-            self._layer_done(b)
+            self._layer_done(batch)
 
-    def _layer_done(self, b: _BState) -> None:
-        b.layer += 1
-        self._set_cursor(b, b.layer)
-        if b.layer < len(b.plan.layers):
-            self._layer_ready(b)
+    def _layer_done(self, batch: _BatchRun) -> None:
+        batch.layer += 1
+        self._set_cursor(batch, batch.layer)
+        if batch.layer < len(batch.plan.layers):
+            self._layer_ready(batch)
             return
         # prefill done: the group is free, p2d starts for every member
-        self.busy[b.group] = False
-        del self._prefilling[b.bid]
+        self.busy[batch.group] = False
+        del self._prefilling[batch.bid]
         self._ranked = False
         self._rank(None)
-        for m in b.members:
-            o = self.out[m.request_id]
-            o.kv_fetch_s = b.kv_end - b.start_t
-            o.collective_s = b.coll_total
-            o.compute_s = b.compute_total
-            trs = b.plan.p2d.get(m.request_id, [])
-            b.p2d_t0[m.request_id] = self.t
+        for spec in batch.members:
+            row = self.out[spec.request_id]
+            row.kv_fetch_s = batch.kv_end - batch.start_t
+            row.collective_s = batch.coll_total
+            row.compute_s = batch.compute_total
+            trs = batch.plan.p2d.get(spec.request_id, [])
+            batch.p2d_t0[spec.request_id] = self.t
             if not trs:
-                self._p2d_done(b, m.request_id)
+                self._p2d_done(batch, spec.request_id)
                 continue
-            sb = sum(t.bytes for t in trs)
-            req = b.reqs[m.request_id]
+            stage_bytes = sum(t.bytes for t in trs)
+            req = batch.reqs[spec.request_id]
             fan = _fanout(trs, self.host_map)
-            b.p2d_left[m.request_id] = len(fan)
-            step_ns = int(round(b.plan.decode_step_s * NS))
+            batch.p2d_left[spec.request_id] = len(fan)
+            step_ns = int(round(batch.plan.decode_step_s * NS))
             if self._admission:
                 host = fan[0][1]
-                self._p2d_on.setdefault(host, {})[m.request_id] = (req, [], req.deadline_ns - step_ns)
-                self._p2d_host[m.request_id] = host
+                self._p2d_on.setdefault(host, {})[spec.request_id] = (req, [],
+                                                                      req.deadline_ns - step_ns)
+                self._p2d_host[spec.request_id] = host
+            keys: dict[str, Hashable] = {}
             for i, (src, dst, nbytes, wt) in enumerate(fan):
-                self._start_flow(b, "p2d", len(b.plan.layers), src, dst, nbytes, req, sb, step_ns,
-                                 rid=m.request_id, weight=wt, check=i == 0)
-        self._try_start(b.group)
+                self._start_flow(batch, "p2d", len(batch.plan.layers), src, dst, nbytes, req,
+                                 stage_bytes, step_ns, rid=spec.request_id, weight=wt,
+                                 check=i == 0, keys=keys)
+        self._try_start(batch.group)
 
-    def _set_cursor(self, b: _BState, cursor: int) -> None:
+    def _set_cursor(self, batch: _BatchRun, cursor: int) -> None:
         """The batch's compute reached `cursor`: the serving process moves the cursors, updates
         the work estimates (the controller then asks the policy again for every live flow and
         checks for hopelessness)."""
-        for m in b.members:
-            r = b.reqs[m.request_id]
-            r.cursor = cursor
-            r.remaining_bytes, r.remaining_compute_ns = request_estimate(
-                b.plan, m.request_id, cursor, self.link_rate_bps)
-        o = b.owner
-        if o.request_id < 0:
-            o.cursor = cursor
-            o.remaining_bytes, o.remaining_compute_ns = request_estimate(
-                b.plan, None, cursor, self.link_rate_bps)
-        now = self.now_ns()
-        for r in b.reqs.values():
-            self._check_hopeless(r, b, now)
-        self._check_hopeless(o, b, now)
-        if b.layer < len(b.plan.layers):
-            self._rank(b)
-        self._reask(b.flows, now)
+        for spec in batch.members:
+            request = batch.reqs[spec.request_id]
+            request.cursor = cursor
+            request.remaining_bytes, request.remaining_compute_ns = request_estimate(
+                batch.plan, spec.request_id, cursor, self.link_rate_bps)
+        owner = batch.owner
+        if owner.request_id < 0:
+            owner.cursor = cursor
+            owner.remaining_bytes, owner.remaining_compute_ns = request_estimate(
+                batch.plan, None, cursor, self.link_rate_bps)
+        now = self.now
+        for request in batch.reqs.values():
+            self._check_hopeless(request, batch, now)
+        self._check_hopeless(owner, batch, now)
+        if batch.layer < len(batch.plan.layers):
+            self._rank(batch)
+        self._reask(batch.flows, now)
 
-    def _rank(self, asking: _BState | None) -> None:
+    def _rank(self, asking: _BatchRun | None) -> None:
         """Rank the batches in prefill by RED (a batch of one: its deadline). Every batch whose
         rank changed is asked again, except `asking`, whose caller asks it. Nothing to do when no
         batch started or ended since the last ranking (every rank is as it was)."""
         if self._ranked:
             return
         self._ranked = True
-        reds = {bid: b.red for bid, b in self._prefilling.items()}
-        now = self.now_ns()
+        reds = {bid: batch.red for bid, batch in self._prefilling.items()}
+        now = self.now
         for bid, rank in red_ranks(reds).items():
-            b = self._prefilling[bid]
-            if b.owner.red_rank != rank:
-                b.owner.red_rank = rank
-                if b is not asking:
-                    self._reask(b.flows, now)
+            batch = self._prefilling[bid]
+            if batch.owner.red_rank != rank:
+                batch.owner.red_rank = rank
+                if batch is not asking:
+                    self._reask(batch.flows, now)
 
     def _reask(self, flows, now: int) -> None:
         """New estimates: each live flow gets the policy's entry for them (sent counters and
@@ -482,75 +546,93 @@ class Simulator:
         keyed = self._keyed
         policy = self.policy
         skip = self.skip_unchanged
+        check = self.check_entry_keys
         # one key per (request, stage) where the policy says a key reads no more
         memo: dict | None = {} if self._key_per_request else None
+        # such a key does not read the flow's bytes sent: a flow that keeps its entry and its
+        # level needs no settling (unless the keys are being checked)
+        key_first = memo is not None and skip and not check
         for f in flows:
             if f.rem <= 0:
                 continue
-            meta: _FMeta = f.owner
+            if key_first:
+                mk = (f.request.request_id, f.stage)
+                key = memo.get(mk, memo)
+                if key is memo:
+                    key = memo[mk] = policy.entry_key(f.request, f.policy_stage, f.policy_flow, now)
+                if key is not None and key == f.key and (
+                        f.due > now if f.dynamic else f.lv_cursor == f.request.cursor):
+                    continue  # the same entry, and a level that cannot have moved (below)
             net.settle(f, self.t)
             w = f.weight
             sent = int((f.size - f.rem) / w)
             if keyed:
-                fl = meta.fl
+                fl = f.policy_flow
                 fl.sent = sent
-                if memo is None:
-                    key = policy.entry_key(meta.req, meta.st, fl, now)
+                if key_first:
+                    pass  # asked above
+                elif memo is None:
+                    key = policy.entry_key(f.request, f.policy_stage, fl, now)
                 else:
-                    mk = (meta.req.request_id, meta.stage)
+                    mk = (f.request.request_id, f.stage)
                     key = memo.get(mk, memo)
                     if key is memo:
-                        key = memo[mk] = policy.entry_key(meta.req, meta.st, fl, now)
-                    elif self.check_entry_keys:
-                        own = policy.entry_key(meta.req, meta.st, fl, now)
+                        key = memo[mk] = policy.entry_key(f.request, f.policy_stage, fl, now)
+                    elif check:
+                        own = policy.entry_key(f.request, f.policy_stage, fl, now)
                         if own != key:
                             raise AssertionError(
                                 f"policy {policy.name}: entry_key_per_request, but flows of one "
                                 f"stage got keys {key!r} and {own!r}")
-                if key is not None and key == meta.key:
+                if key is not None and key == f.key:
                     # the policy's answer is the entry the flow has (Policy.entry_key)
-                    if self.check_entry_keys:
-                        self._check_key(meta, f, now, sent)
+                    if check:
+                        self._check_key(f, now, sent)
                     # and its level cannot have moved since it was last evaluated: same cursor
                     # (static, rli) or before its next change point (sim.due)
-                    if skip and (meta.due > now if meta.dynamic
-                                 else meta.lv_cursor == meta.req.cursor):
+                    if skip and (f.due > now if f.dynamic
+                                 else f.lv_cursor == f.request.cursor):
                         continue
-                    entry = meta.entry
+                    entry = f.entry
                 else:
-                    meta.key = key
-                    entry = self._entry(meta.stage, meta.layer, meta.req, f.size // w,
-                                        meta.stage_bytes, meta.compute_after_ns, now, sent,
-                                        meta.st, meta.fl)
+                    f.key = key
+                    entry = self._entry(f.stage, f.layer, f.request, f.size // w,
+                                        f.stage_bytes, f.compute_after_ns, now, sent,
+                                        f.policy_stage, f.policy_flow)
             else:
-                entry = self._entry(meta.stage, meta.layer, meta.req, f.size // w,
-                                    meta.stage_bytes, meta.compute_after_ns, now, sent,
-                                    meta.st, meta.fl)
-            if entry is not meta.entry:
+                entry = self._entry(f.stage, f.layer, f.request, f.size // w,
+                                    f.stage_bytes, f.compute_after_ns, now, sent,
+                                    f.policy_stage, f.policy_flow)
+            if entry is not f.entry:
                 dyn = entry.mode not in (MODE_STATIC, MODE_RLI)
-                if dyn != meta.dynamic:
-                    (self._dyn.add if dyn else self._dyn.discard)(f)
-                    meta.dynamic = dyn
-                meta.entry = entry
-            lv = self._level(meta, sent, now, f.rate / w)
+                if dyn != f.dynamic:
+                    if dyn:
+                        self._dyn[f.fid] = f
+                    else:
+                        self._dyn.pop(f.fid, None)
+                        f.due_heap_t = NEVER  # its entries in the heap of dues are stale
+                    f.dynamic = dyn
+                f.entry = entry
+            lv = self._level(f, sent, now, f.rate / w)
             if lv != f.level:
                 net.set_level(f, lv, self.t)
 
-    def _check_key(self, meta: _FMeta, f: FluidFlow, now: int, sent: int) -> None:
+    def _check_key(self, f: _SimFlow, now: int, sent: int) -> None:
         """check_entry_keys: the entry the policy gives now must be the one the flow keeps."""
         w = f.weight
-        fresh = self._entry(meta.stage, meta.layer, meta.req, f.size // w, meta.stage_bytes,
-                            meta.compute_after_ns, now, sent)
-        a, b = (replace(e, created_ns=0, sent_bytes=0, cur_level=0) for e in (fresh, meta.entry))
-        if a != b:
-            raise AssertionError(f"policy {self.policy.name}: equal entry_key {meta.key!r} but a "
-                                 f"different entry ({a} vs {b})")
+        fresh = self._entry(f.stage, f.layer, f.request, f.size // w, f.stage_bytes,
+                            f.compute_after_ns, now, sent)
+        now_cmp, kept_cmp = (replace(e, created_ns=0, sent_bytes=0, cur_level=0)
+                              for e in (fresh, f.entry))
+        if now_cmp != kept_cmp:
+            raise AssertionError(f"policy {self.policy.name}: equal entry_key {f.key!r} but a "
+                                 f"different entry ({now_cmp} vs {kept_cmp})")
 
-    def _check_hopeless(self, req: Request, b: _BState, now: int) -> None:
+    def _check_hopeless(self, req: Request, batch: _BatchRun, now: int) -> None:
         if not self._hopeless_enabled or req.scavenged:
             return
         if req.request_id < 0:  # a batch (model.batch_hopeless)
-            if batch_hopeless(b.reqs.values(), lambda r: self.policy.is_hopeless(r, now)):
+            if batch_hopeless(batch.reqs.values(), lambda r: self.policy.is_hopeless(r, now)):
                 self._scavenge(req)
         elif self.policy.is_hopeless(req, now):
             self._scavenge(req)
@@ -558,11 +640,21 @@ class Simulator:
     def _admit_p2d(self) -> None:
         """p2d admission on every decode host with two or more live p2d stages: the stages
         Moore-Hodgson gives up (remaining bytes at the downlink's rate against the p2d deadline)
-        are scavenged."""
-        now = self.now_ns()
+        are scavenged. A host is looked at again only once it may give something up: when its
+        slack (policy.admission.admission_slack_ns) ran out or a stage joined it."""
+        now = self.now
+        if self._p2d_next_check > now:
+            return
         t = self.t
-        for on in self._p2d_on.values():
-            if len(on) < 2:
+        quiet = self._p2d_quiet_until
+        next_check = NEVER
+        for host, on in self._p2d_on.items():
+            until = quiet.get(host, 0)
+            if until > now:
+                next_check = min(next_check, until)
+                continue
+            if len(on) < 2:  # (stages only leave until one joins, which resets `until`)
+                quiet[host] = NEVER
                 continue
             jobs = {}
             for rid, (req, flows, deadline) in on.items():
@@ -574,26 +666,36 @@ class Simulator:
                     if left > 0:
                         rem += left
                 jobs[rid] = (int(rem / self.rate_Bps * NS), deadline)
-            if len(jobs) < 2:
+            if len(jobs) < 2:  # (a scavenged stage stays scavenged)
+                quiet[host] = NEVER
                 continue
+            slack = admission_slack_ns(jobs, now)
+            if slack >= 0 and self.skip_unchanged:
+                # nothing to give up, nor before the slack runs out (the needs are truncated to
+                # whole ns: a margin for that)
+                quiet[host] = until = now + slack - _QUIET_MARGIN_NS - len(jobs)
+                next_check = min(next_check, until)
+                continue
+            next_check = now  # look again at the next tick
             for rid in moore_hodgson(jobs, now):
                 self._scavenge(on[rid][0])
+        self._p2d_next_check = next_check
 
-    def _p2d_done(self, b: _BState, rid: int) -> None:
+    def _p2d_done(self, batch: _BatchRun, rid: int) -> None:
         host = self._p2d_host.pop(rid, None)
         if host is not None:
             del self._p2d_on[host][rid]
-        o = self.out[rid]
-        o.p2d_s = self.t - b.p2d_t0[rid]
-        spec_deadline = o.arrival_s + o.slo_s
-        o.p2d_earliness_s = spec_deadline - self.t
-        self._push(self.t + b.plan.decode_step_s, _TOKEN, b, rid)
+        row = self.out[rid]
+        row.p2d_s = self.t - batch.p2d_t0[rid]
+        spec_deadline = row.arrival_s + row.slo_s
+        row.p2d_earliness_s = spec_deadline - self.t
+        self._push(self.t + batch.plan.decode_step_s, _TOKEN, batch, rid)
 
-    def _on_token(self, b: _BState, rid: int) -> None:
-        o = self.out[rid]
-        o.ttft_s = self.t - o.arrival_s
-        o.met = o.ttft_s <= o.slo_s * (1 + 1e-12)
-        o.scavenged = b.reqs[rid].scavenged
+    def _on_token(self, batch: _BatchRun, rid: int) -> None:
+        row = self.out[rid]
+        row.ttft_s = self.t - row.arrival_s
+        row.met = row.ttft_s <= row.slo_s * (1 + 1e-12)
+        row.scavenged = batch.reqs[rid].scavenged
         self._finished += 1
 
     # ---- flows ------------------------------------------------------------------------------
@@ -603,7 +705,7 @@ class Simulator:
         """The policy's entry. A policy is a function of its inputs: flows that ask with the
         same inputs at the same instant (a batch's kv_fetch / collective fan-out) share one
         entry object (the simulator never mutates entries; the kernel's cur_level lives in
-        _FMeta). `st`, `fl`: the flow's own Stage and Flow (the same fields), shown to the
+        the _SimFlow). `st`, `fl`: the flow's own Stage and Flow (the same fields), shown to the
         policy with `sent` and the true work filled in."""
         key = (stage, layer, req.request_id, req.cursor, req.red_rank, req.remaining_bytes,
                req.remaining_compute_ns, nbytes, sent, stage_bytes, compute_after_ns)
@@ -638,42 +740,51 @@ class Simulator:
             return compute_after_ns + int(flow_rem * share / self.rate_Bps * NS)
         return req.remaining_compute_ns + int(req.remaining_bytes / self.rate_Bps * NS)
 
-    def _start_flow(self, b: _BState, stage: str, layer: int, src: str, dst: str, nbytes: int,
+    def _start_flow(self, batch: _BatchRun, stage: str, layer: int, src: str, dst: str, nbytes: int,
                     req: Request, stage_bytes: int, compute_after_ns: int, rid: int = 0,
-                    weight: int = 1, check: bool = True) -> None:
-        now = self.now_ns()
+                    weight: int = 1, check: bool = True, keys: dict[str, Hashable] | None = None) -> None:
+        """A flow of a fan-out starts. `keys`: the fan-out's entry keys so far, by stage (one
+        fan-out is one request's stage at one instant: with Policy.entry_key_per_request its
+        flows share one key)."""
+        now = self.now
         if check:
-            self._check_hopeless(req, b, now)
+            self._check_hopeless(req, batch, now)
         st = Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns, layer=layer)
         fl = Flow(bytes=int(nbytes), target_layer=layer, sent=0,
                   true_remaining_work_ns=self._true_work_ns(
                       stage, req, nbytes, stage_bytes, nbytes, compute_after_ns))
         entry = self._entry(stage, layer, req, nbytes, stage_bytes, compute_after_ns, now,
                             st=st, fl=fl)
-        meta = _FMeta(stage, layer, b, rid, entry, req)
-        meta.stage_bytes = stage_bytes
-        meta.compute_after_ns = compute_after_ns
-        meta.st = st
-        meta.fl = fl
-        if self._keyed:
-            meta.key = self.policy.entry_key(req, st, fl, now)
+        if not self._keyed:
+            key = None
+        elif keys is not None and self._key_per_request and stage in keys:
+            key = keys[stage]
+            if self.check_entry_keys:
+                own = self.policy.entry_key(req, st, fl, now)
+                if own != key:
+                    raise AssertionError(
+                        f"policy {self.policy.name}: entry_key_per_request, but flows of "
+                        f"one fan-out got keys {key!r} and {own!r}")
+        else:
+            key = self.policy.entry_key(req, st, fl, now)
+            if keys is not None:
+                keys[stage] = key
         path = self.fabric.path(src, dst)
         if stage in self._isolated:
-            own = self._private_links.setdefault(
-                (b.bid, stage, layer, -1 if stage == "collective" else rid), {})
-            for ln in path:
-                if ln.name not in own:
-                    own[ln.name] = Link(ln.name, ln.capacity)
-            path = tuple(own[ln.name] for ln in path)
-        f = FluidFlow(self.net.new_id(), path, nbytes * weight, 0, self.t, owner=meta)
+            path = self._isolated_path(path, (batch.bid, stage, layer, -1 if stage == "collective" else rid))
+        f = _SimFlow(self.net.new_id(), path, nbytes * weight, self.t,
+                     stage, layer, batch, rid, entry, req, stage_bytes, compute_after_ns, st, fl)
         f.weight = weight
-        b.flows.add(f)
-        fl = self._req_flows.get(req.request_id)
-        if fl is None:
-            self._req_flows[req.request_id] = fl = set()
-        fl.add(f)
+        f.key = key
+        batch.flows.add(f)
+        live = self._req_flows.get(req.request_id)
+        if live is None:
+            self._req_flows[req.request_id] = live = set()
+        live.add(f)
         if stage == "p2d" and self._admission:
-            self._p2d_on[self._p2d_host[rid]][rid][1].append(f)
+            host = self._p2d_host[rid]
+            self._p2d_on[host][rid][1].append(f)
+            self._p2d_quiet_until[host] = self._p2d_next_check = 0
         self.flows_started += 1
         self.stage_bytes[stage] += nbytes * weight
         if self.flow_setup_s > 0:
@@ -681,50 +792,61 @@ class Simulator:
         else:
             self._launch(f)
 
-    def _launch(self, f: FluidFlow) -> None:
+    def _isolated_path(self, path: tuple[Link, ...], instance: tuple[int, str, int, int]) -> tuple[Link, ...]:
+        """Private copies of `path`'s links for one stage instance (isolate_stages): (batch,
+        stage, layer, p2d request or -1). A fan-out starts all of an instance's flows at once,
+        so only the current instance's copies are kept (the fluid network holds the rest)."""
+        if instance != self._private_instance:
+            self._private_instance, self._private_links = instance, {}
+        own = self._private_links
+        for ln in path:
+            if ln.name not in own:
+                own[ln.name] = Link(ln.name, ln.capacity)
+        return tuple(own[ln.name] for ln in path)
+
+    def _launch(self, f: _SimFlow) -> None:
         """The flow's first byte: its level now, onto the fabric."""
-        meta: _FMeta = f.owner
-        f.level = self._level(meta, 0.0, self.now_ns(), 0.0)
+        f.level = self._level(f, 0.0, self.now, 0.0)
         f.t0 = f.start_t = self.t
         self.net.add(f)
-        if meta.dynamic:
-            self._dyn.add(f)
+        if f.dynamic:
+            self._dyn[f.fid] = f
             if not self._tick_on:
                 self._tick_on = True
                 self._push(self.t + self.tick_s, _TICK, None)
 
-    def _level(self, meta: _FMeta, sent: float, now_ns: int, rate: float) -> int:
-        e = meta.entry
+    def _level(self, f: _SimFlow, sent: float, now_ns: int, rate: float) -> int:
+        e = f.entry
         isent = int(sent)
-        lv = e.level(now_ns, sent=isent, cursor=meta.req.cursor, scavenged=meta.req.scavenged,
-                     scavenger_level=self.scav_level, nlevels=self.nlevels, cur_level=meta.cur)
+        lv = e.level(now_ns, sent=isent, cursor=f.request.cursor, scavenged=f.request.scavenged,
+                     scavenger_level=self.scav_level, nlevels=self.nlevels, cur_level=f.cur_level)
         # the kernel's cur_level (a scavenged packet leaves a MONOTONIC flow's: a p2d flow whose
         # MLU falls back to <= 1 resumes its table level)
-        meta.cur = e.next_cur_level(meta.cur, lv, scavenged=lv == self.scav_level)
-        meta.lv_cursor = meta.req.cursor
-        if meta.dynamic and self.skip_unchanged:
-            meta.due = next_change_ns(e, e.metric(now_ns, isent, meta.req.cursor), isent,
-                                      now_ns, rate)
+        f.cur_level = e.next_cur_level(f.cur_level, lv, scavenged=lv == self.scav_level)
+        f.lv_cursor = f.request.cursor
+        if f.dynamic and self.skip_unchanged:
+            self._set_due(f, next_change_ns(e, e.metric(now_ns, isent, f.request.cursor), isent,
+                                            now_ns, rate))
         return lv
 
     def _relevel(self, flows) -> None:
-        now = self.now_ns()
+        now = self.now
         net = self.net
         for f in flows:
             if f.rem <= 0:
                 continue
             net.settle(f, self.t)
-            lv = self._level(f.owner, (f.size - f.rem) / f.weight, now, f.rate / f.weight)
+            lv = self._level(f, (f.size - f.rem) / f.weight, now, f.rate / f.weight)
             if lv != f.level:
                 net.set_level(f, lv, self.t)
 
     def _scavenge(self, req: Request) -> None:
         req.scavenged = True
-        fl = self._req_flows.get(req.request_id)
-        if fl:
-            self._relevel(fl)
+        live = self._req_flows.get(req.request_id)
+        if live:
+            self._relevel(live)
 
-    def _on_flow_event(self, f: FluidFlow, version: int) -> None:
+    def _on_flow_event(self, f: _SimFlow, version: int) -> None:
         if version != f.version or f not in self.net.flows:
             return
         self.net.settle(f, self.t)
@@ -740,34 +862,44 @@ class Simulator:
             return
         self._flow_landed(f)
 
-    def _flow_landed(self, f: FluidFlow) -> None:
+    def _flow_landed(self, f: _SimFlow) -> None:
         """The flow's last byte arrived: its stage's bookkeeping."""
-        meta: _FMeta = f.owner
-        b = meta.batch
-        b.flows.discard(f)
-        if meta.dynamic:
-            self._dyn.discard(f)
-        rf = self._req_flows[meta.req.request_id]
+        batch = f.batch
+        batch.flows.discard(f)
+        if f.dynamic:
+            self._dyn.pop(f.fid, None)
+        rf = self._req_flows[f.request.request_id]
         rf.discard(f)
         if not rf:
-            del self._req_flows[meta.req.request_id]
-        if meta.stage == "kv_fetch":
-            b.kv_left[meta.layer] -= 1
-            if self.t > b.kv_end:
-                b.kv_end = self.t
-            if b.kv_left[meta.layer] == 0 and b.waiting_kv and b.layer == meta.layer:
-                self._layer_ready(b)
-        elif meta.stage == "collective":
-            b.coll_left -= 1
-            if b.coll_left == 0:
-                cct = self.t - b.coll_t0
+            del self._req_flows[f.request.request_id]
+        if f.stage == "kv_fetch":
+            batch.kv_left[f.layer] -= 1
+            if self.t > batch.kv_end:
+                batch.kv_end = self.t
+            if batch.kv_left[f.layer] == 0 and batch.waiting_kv and batch.layer == f.layer:
+                self._layer_ready(batch)
+        elif f.stage == "collective":
+            batch.coll_left -= 1
+            if batch.coll_left == 0:
+                cct = self.t - batch.coll_t0
                 self.ccts.append(cct)
-                b.coll_total += cct
-                self._layer_done(b)
+                batch.coll_total += cct
+                self._layer_done(batch)
         else:
-            b.p2d_left[meta.rid] -= 1
-            if b.p2d_left[meta.rid] == 0:
-                self._p2d_done(b, meta.rid)
+            batch.p2d_left[f.p2d_request_id] -= 1
+            if batch.p2d_left[f.p2d_request_id] == 0:
+                self._p2d_done(batch, f.p2d_request_id)
+
+    def _set_due(self, f: _SimFlow, due: int) -> None:
+        """A time-dependent flow's level cannot change before `due` (ns): a tick looks at it
+        again then. A heap of dues holds one live entry per flow, at or before its due (a due
+        that moved later is pushed again when its old entry comes up)."""
+        f.due = due
+        if due < f.due_heap_t:
+            self._due_seq += 1
+            f.due_entry = self._due_seq
+            f.due_heap_t = due
+            heapq.heappush(self._dues, (due, self._due_seq, f.fid))
 
     def _on_tick(self) -> None:
         if not self._dyn:
@@ -775,16 +907,33 @@ class Simulator:
             return
         if self._admission:
             self._admit_p2d()
-        now = self.now_ns()
+        now = self.now
         t = self.t
+        if self.skip_unchanged:
+            # the flows whose due came (each once: a due pushed while evaluating waits for
+            # the next tick)
+            dues = self._dues
+            todo = []
+            dyn = self._dyn
+            while dues and dues[0][0] <= now:
+                _, entry, fid = heapq.heappop(dues)
+                f = dyn.get(fid)
+                if f is None or entry != f.due_entry:
+                    continue  # ended or no longer time-dependent, or replaced by an earlier one
+                f.due_heap_t = NEVER
+                if f.due > now:
+                    self._set_due(f, f.due)  # moved later
+                else:
+                    todo.append(f)
+        else:
+            todo = list(self._dyn.values())
         net = self.net
-        for f in list(self._dyn):
-            meta: _FMeta = f.owner
-            if meta.due > now or (meta.req.scavenged and f.level == self.scav_level):
+        for f in todo:
+            if f.due > now or (f.request.scavenged and f.level == self.scav_level):
                 continue
             rem = f.rem - f.rate * (t - f.t0)
             w = f.weight
-            lv = self._level(meta, (f.size - (rem if rem > 0 else 0.0)) / w, now, f.rate / w)
+            lv = self._level(f, (f.size - (rem if rem > 0 else 0.0)) / w, now, f.rate / w)
             if lv != f.level:
                 net.set_level(f, lv, t)
         self._push(t + self.tick_s, _TICK, None)

@@ -197,11 +197,15 @@ def _recompute(t, dirty, window, cap, lbytes, lvbytes, p_links, p_len, f_rem, f_
     flows = np.empty(f_rem.shape[0], np.int64)
     nl = 0
     nf = 0
-    stack = [dirty[0]]
-    for x in dirty[1:]:
-        stack.append(x)
-    while len(stack) > 0:
-        l = stack.pop()
+    # links to visit (a link is pushed once per flow that reaches it: at most every path's)
+    stack = np.empty(dirty.shape[0] + f_rem.shape[0] * p_links.shape[1], np.int64)
+    top = 0
+    for x in dirty:
+        stack[top] = x
+        top += 1
+    while top > 0:
+        top -= 1
+        l = stack[top]
         if lmark[l]:
             continue
         lmark[l] = True
@@ -218,7 +222,8 @@ def _recompute(t, dirty, window, cap, lbytes, lvbytes, p_links, p_len, f_rem, f_
             for q in range(p_len[p]):
                 l2 = p_links[p, q]
                 if not lmark[l2]:
-                    stack.append(l2)
+                    stack[top] = l2
+                    top += 1
     for i in range(nl):
         lloc[links[i]] = i
     fl = np.empty(nf, np.int64)

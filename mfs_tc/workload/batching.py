@@ -53,14 +53,23 @@ class BatchPlan:
     # stage times memoised by `layer_times` / `p2d_time` (a plan is not changed once made)
     _layer_times: dict[float, list[tuple[float, float]]] = field(default_factory=dict, repr=False, compare=False)
     _p2d_times: dict[tuple[int | None, float], float] = field(default_factory=dict, repr=False, compare=False)
+    _path_times: dict[tuple[int, float], tuple[float, float]] = field(default_factory=dict, repr=False, compare=False)
 
     def layer_times(self, bytes_per_s: float) -> list[tuple[float, float]]:
         """Per layer: (`stage_time_s` of its kv_fetch, of its collective), computed once."""
         t = self._layer_times.get(bytes_per_s)
         if t is None:
-            t = self._layer_times[bytes_per_s] = [(stage_time_s(lp.kv_fetch, bytes_per_s),
-                                     stage_time_s(lp.collective, bytes_per_s))
-                                    for lp in self.layers]
+            t = self._layer_times[bytes_per_s] = []
+            kv: tuple[list[Transfer], float] | None = None
+            coll: tuple[list[Transfer], float] | None = None
+            for lp in self.layers:
+                # a layer with the previous layer's transfers (plan_batch: every layer has the
+                # same Transfer objects) has its times
+                if kv is None or lp.kv_fetch != kv[0]:
+                    kv = (lp.kv_fetch, stage_time_s(lp.kv_fetch, bytes_per_s))
+                if coll is None or lp.collective != coll[0]:
+                    coll = (lp.collective, stage_time_s(lp.collective, bytes_per_s))
+                t.append((kv[1], coll[1]))
         return t
 
     def p2d_time(self, request_id: int | None, bytes_per_s: float) -> float:
@@ -114,7 +123,16 @@ def stage_time_s(transfers: Sequence[Transfer], bytes_per_s: float) -> float:
 def prefill_path_s(plan: BatchPlan, cursor: int, bytes_per_s: float) -> tuple[float, float]:
     """(time until the last layer's collective ends, compute within it) from layer `cursor` on
     an idle network: kv_fetch of all layers queue on their link in layer order; layer g computes
-    once its kv_fetch and layer g-1's collective are done; then its collective."""
+    once its kv_fetch and layer g-1's collective are done; then its collective. Computed once
+    per plan, cursor and rate."""
+    key = (cursor, bytes_per_s)
+    got = plan._path_times.get(key)
+    if got is None:
+        got = plan._path_times[key] = _prefill_path_s(plan, cursor, bytes_per_s)
+    return got
+
+
+def _prefill_path_s(plan: BatchPlan, cursor: int, bytes_per_s: float) -> tuple[float, float]:
     kv_done = 0.0
     coll_done = 0.0
     compute = 0.0
