@@ -154,12 +154,15 @@ def grp_label(gid: int) -> str:
 def root_only(name: str, op: str = "use") -> PermissionDeniedError:
     """The error for a process that is not root using a map the access group does not get."""
     if name == "flows":
-        hint = ("5-tuple entries are root's: register the connected socket instead (socket storage, its "
-                "own sockets only), or run as root")
+        hint = (
+            "5-tuple entries are root's: register the connected socket instead (socket storage, its "
+            "own sockets only), or run as root"
+        )
     else:
         hint = "run it as root (status, flows, gc and rules are operator commands)"
-    return PermissionDeniedError(f"{op} {name}: root only (serving processes of the access group get no "
-                                 f"access to {name}: docs/access.md): {hint}")
+    return PermissionDeniedError(
+        f"{op} {name}: root only (serving processes of the access group get no " f"access to {name}: docs/access.md): {hint}"
+    )
 
 
 # ---- the kernel ---------------------------------------------------------------------------------
@@ -184,13 +187,18 @@ def member_open_problem(release: str | None = None, sysctl: int | None = -1) -> 
     val = unprivileged_bpf_disabled() if sysctl == -1 else sysctl
     if kernel_version(release) >= OBJ_GET_UNPRIV_SINCE or not val:
         return None
-    fix = ("`sysctl -w kernel.unprivileged_bpf_disabled=0` (then the kernel also lets unprivileged users "
-           "load socket filters; a value of 1 can only be changed by a reboot)" if val == 2 else
-           "kernel.unprivileged_bpf_disabled=0 on the kernel command line or sysctl.d, and reboot (1 is locked)")
-    return (f"kernel {os.uname().release if release is None else release} with kernel.unprivileged_bpf_disabled="
-            f"{val} refuses every bpf() call of a process without CAP_BPF, so serving processes of an access "
-            f"group cannot open the pinned maps: use a kernel >= 5.19 (which refuses only map creation and "
-            f"program load), or {fix}, or give serving processes CAP_BPF (CAP_SYS_ADMIN before 5.8)")
+    fix = (
+        "`sysctl -w kernel.unprivileged_bpf_disabled=0` (then the kernel also lets unprivileged users "
+        "load socket filters; a value of 1 can only be changed by a reboot)"
+        if val == 2
+        else "kernel.unprivileged_bpf_disabled=0 on the kernel command line or sysctl.d, and reboot (1 is locked)"
+    )
+    return (
+        f"kernel {os.uname().release if release is None else release} with kernel.unprivileged_bpf_disabled="
+        f"{val} refuses every bpf() call of a process without CAP_BPF, so serving processes of an access "
+        f"group cannot open the pinned maps: use a kernel >= 5.19 (which refuses only map creation and "
+        f"program load), or {fix}, or give serving processes CAP_BPF (CAP_SYS_ADMIN before 5.8)"
+    )
 
 
 def check_member_kernel() -> None:

@@ -66,8 +66,11 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"changes": [{"interface": c.iface, "action": c.what, "detail": c.detail} for c in self.changes],
-                "errors": self.errors, "notes": self.notes}
+        return {
+            "changes": [{"interface": c.iface, "action": c.what, "detail": c.detail} for c in self.changes],
+            "errors": self.errors,
+            "notes": self.notes,
+        }
 
 
 def _managed(config_file: Path) -> list[tuple[str | None, str]]:
@@ -88,8 +91,11 @@ def _save_managed(config_file: Path, items: list[tuple[str | None, str]]) -> Non
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"config": str(Path(config_file).resolve()),
-                               "interfaces": sorted(set(items), key=lambda t: (t[0] or "", t[1]))}))
+    tmp.write_text(
+        json.dumps(
+            {"config": str(Path(config_file).resolve()), "interfaces": sorted(set(items), key=lambda t: (t[0] or "", t[1]))}
+        )
+    )
     tmp.replace(path)
 
 

@@ -114,8 +114,7 @@ def our_filters(ifname: str, netns: str | None, st: AttachState | None = None) -
 
 def foreign_filters(ifname: str, netns: str | None, st: AttachState | None) -> list[dict[str, Any]]:
     """Filters at our pref that are not ours (someone else's, or a classifier we did not record)."""
-    return [f for f in egress_filters(ifname, netns)
-            if f.get("pref") == FILTER_PREF and f.get("options") and not is_ours(f, st)]
+    return [f for f in egress_filters(ifname, netns) if f.get("pref") == FILTER_PREF and f.get("options") and not is_ours(f, st)]
 
 
 def describe_filter(f: dict[str, Any]) -> str:

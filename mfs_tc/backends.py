@@ -70,15 +70,49 @@ class Backend:
         if self.name == "ets":
             priomap = [str(min(p, k - 1)) for p in range(16)]
             return [
-                ["tc", "qdisc", "replace", "dev", dev, "root", "handle", HANDLE, "ets",
-                 "bands", str(k), "strict", str(k), "priomap", *priomap]
+                [
+                    "tc",
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    dev,
+                    "root",
+                    "handle",
+                    HANDLE,
+                    "ets",
+                    "bands",
+                    str(k),
+                    "strict",
+                    str(k),
+                    "priomap",
+                    *priomap,
+                ]
             ]
         if self.name == "mqprio":
             prio_map = [str(min(p, k - 1)) for p in range(16)]
             queues = [f"1@{i}" for i in range(k)]
             return [
-                ["tc", "qdisc", "replace", "dev", dev, "root", "handle", HANDLE, "mqprio",
-                 "num_tc", str(k), "map", *prio_map, "queues", *queues, "hw", "1", "mode", "dcb"]
+                [
+                    "tc",
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    dev,
+                    "root",
+                    "handle",
+                    HANDLE,
+                    "mqprio",
+                    "num_tc",
+                    str(k),
+                    "map",
+                    *prio_map,
+                    "queues",
+                    *queues,
+                    "hw",
+                    "1",
+                    "mode",
+                    "dcb",
+                ]
             ]
         if self.name == "htb":
             if not self.rate_bps:
@@ -87,18 +121,66 @@ class Backend:
             leaf = max(MIN_LEAF_RATE_BPS, rate // (100 * k))
             burst = max(rate // 8 // 500, 3 * 65536)  # 2 ms at rate, at least three GSO packets
             cmds = [
-                ["tc", "qdisc", "replace", "dev", dev, "root", "handle", HANDLE, "htb",
-                 "default", f"{HTB_LEAF_MINOR + self.default_level:x}"],
-                ["tc", "class", "replace", "dev", dev, "parent", HANDLE, "classid", f"{HANDLE}1",
-                 "htb", "rate", f"{rate}bit", "ceil", f"{rate}bit", "burst", str(burst),
-                 "cburst", str(burst)],
+                [
+                    "tc",
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    dev,
+                    "root",
+                    "handle",
+                    HANDLE,
+                    "htb",
+                    "default",
+                    f"{HTB_LEAF_MINOR + self.default_level:x}",
+                ],
+                [
+                    "tc",
+                    "class",
+                    "replace",
+                    "dev",
+                    dev,
+                    "parent",
+                    HANDLE,
+                    "classid",
+                    f"{HANDLE}1",
+                    "htb",
+                    "rate",
+                    f"{rate}bit",
+                    "ceil",
+                    f"{rate}bit",
+                    "burst",
+                    str(burst),
+                    "cburst",
+                    str(burst),
+                ],
             ]
             for i in range(k):
                 cmds.append(
-                    ["tc", "class", "replace", "dev", dev, "parent", f"{HANDLE}1", "classid",
-                     self.class_of(i), "htb", "rate", f"{leaf}bit", "ceil", f"{rate}bit",
-                     "prio", str(i), "quantum", str(HTB_QUANTUM), "burst", str(burst),
-                     "cburst", str(burst)]
+                    [
+                        "tc",
+                        "class",
+                        "replace",
+                        "dev",
+                        dev,
+                        "parent",
+                        f"{HANDLE}1",
+                        "classid",
+                        self.class_of(i),
+                        "htb",
+                        "rate",
+                        f"{leaf}bit",
+                        "ceil",
+                        f"{rate}bit",
+                        "prio",
+                        str(i),
+                        "quantum",
+                        str(HTB_QUANTUM),
+                        "burst",
+                        str(burst),
+                        "cburst",
+                        str(burst),
+                    ]
                 )
             return cmds
         raise ValueError(f"unknown qdisc backend {self.name!r}: expected one of {', '.join(BACKENDS)}")
@@ -139,8 +221,9 @@ def probe_qdisc_kinds(kinds: tuple[str, ...] = ("ets", "mqprio", "htb", "clsact"
     env = dict(os.environ, **{f"trial_{k}": v for k, v in _TRIALS.items()})
     base = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--net"]
     try:
-        r = subprocess.run(base + ["sh", "-c", _PROBE_SCRIPT, "probe", *kinds], capture_output=True,
-                           text=True, env=env, timeout=30)
+        r = subprocess.run(
+            base + ["sh", "-c", _PROBE_SCRIPT, "probe", *kinds], capture_output=True, text=True, env=env, timeout=30
+        )
     except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
         raise ProbeError(f"could not probe the kernel's qdiscs ({exc}): install util-linux (unshare)") from None
     found = dict(line.split() for line in r.stdout.splitlines() if len(line.split()) == 2)

@@ -118,8 +118,9 @@ class Part:
     p: float
 
 
-def _parts(w: Workload, *, every_request: bool = False,
-           earliest: Sequence[EarliestStarts] | None = None) -> tuple[dict[str, list[Part]], list[bool]]:
+def _parts(
+    w: Workload, *, every_request: bool = False, earliest: Sequence[EarliestStarts] | None = None
+) -> tuple[dict[str, list[Part]], list[bool]]:
     """Per resource name, the parts of every request that can possibly be on time (alone on an
     idle cluster; `every_request`: of every request); and which requests can possibly be.
     `earliest` (per request, in workload order): release dates no earlier than those starts, and
@@ -189,8 +190,7 @@ def _parts(w: Workload, *, every_request: bool = False,
             for ln, b in by_link.items():
                 mine.append((ln.name, Part(j, r, d, b / ln.capacity)))
         n, t = spec.new_tokens, spec.input_tokens
-        per_layer = (model.compute_b_s_per_token * n + model.compute_c_s_per_token2 * n * t
-                     + model.compute_a_s / mb)
+        per_layer = model.compute_b_s_per_token * n + model.compute_c_s_per_token2 * n * t + model.compute_a_s / mb
         busy = L * per_layer + L * t_coll
         if busy > 0:
             mine.append((f"group{spec.prefill_group}", Part(j, A, D - (t_p2d + dec), busy)))
@@ -225,7 +225,7 @@ class _Resource:
         cuts: list[tuple[float, float, float]] = []
         step = max(1, 4_000_000 // max(1, len(px)))  # bound the matrix to ~4M entries
         for s in range(0, len(self.releases), step):
-            a = self.releases[s:s + step, None]
+            a = self.releases[s : s + step, None]
             inside = self.r[None, :] >= a - TOL
             cum = np.cumsum(np.where(inside, px[None, :], 0.0), axis=1)
             slack = np.where(self.d[None, :] >= a, cum - (self.d[None, :] - a), -np.inf)
@@ -246,9 +246,14 @@ class _Resource:
         return jobs, coef, b - a + TOL
 
 
-def _solve(resources: list[_Resource], n: int, alive: np.ndarray,
-           max_rounds: int = 200, integral: bool = False,
-           time_limit_s: float = 10.0) -> tuple[float, int, int]:
+def _solve(
+    resources: list[_Resource],
+    n: int,
+    alive: np.ndarray,
+    max_rounds: int = 200,
+    integral: bool = False,
+    time_limit_s: float = 10.0,
+) -> tuple[float, int, int]:
     """The LP (or, `integral`, the integer program: its optimum or HiGHS's dual bound at the
     time limit) over these resources by constraint generation: (value, rounds, constraints)."""
     from scipy.optimize import Bounds, LinearConstraint, linprog, milp
@@ -277,12 +282,15 @@ def _solve(resources: list[_Resource], n: int, alive: np.ndarray,
         if not added:
             return value, rounds, len(rhs)
         indptr = np.cumsum([0] + [len(r) for r in rows_j])
-        A = csr_matrix((np.concatenate(rows_c), np.concatenate(rows_j), indptr),
-                       shape=(len(rhs), n))
+        A = csr_matrix((np.concatenate(rows_c), np.concatenate(rows_j), indptr), shape=(len(rhs), n))
         if integral:
-            sol = milp(-np.ones(n), constraints=LinearConstraint(A, -np.inf, np.array(rhs)),
-                       bounds=Bounds(0.0, alive.astype(float)), integrality=np.ones(n, dtype=np.int8),
-                       options={"time_limit": time_limit_s})
+            sol = milp(
+                -np.ones(n),
+                constraints=LinearConstraint(A, -np.inf, np.array(rhs)),
+                bounds=Bounds(0.0, alive.astype(float)),
+                integrality=np.ones(n, dtype=np.int8),
+                options={"time_limit": time_limit_s},
+            )
             if sol.x is None:
                 raise RuntimeError(f"bound MILP failed: {sol.message}")
             x = np.clip(sol.x, 0.0, 1.0)
@@ -292,8 +300,13 @@ def _solve(resources: list[_Resource], n: int, alive: np.ndarray,
                 value = max(value, float(x.sum()))
         else:
             # scipy-stubs 1.17 types A_ub as dense only; HiGHS takes the sparse matrix as it is
-            sol = linprog(-np.ones(n), A_ub=A, b_ub=np.array(rhs), bounds=bounds,  # type: ignore[call-overload]
-                          method="highs")
+            sol = linprog(
+                -np.ones(n),
+                A_ub=A,
+                b_ub=np.array(rhs),
+                bounds=bounds,  # type: ignore[call-overload]
+                method="highs",
+            )
             if sol.status != 0:
                 raise RuntimeError(f"bound LP failed: {sol.message}")
             x = np.clip(sol.x, 0.0, 1.0)
@@ -320,8 +333,9 @@ def saturation_load(w: Workload) -> tuple[float, str]:
     return len(w.requests) / demand[name], name
 
 
-def reference_bound(w: Workload, *, per_resource: bool = True,
-                    earliest: Sequence[EarliestStarts] | None = None) -> dict[str, Any]:
+def reference_bound(
+    w: Workload, *, per_resource: bool = True, earliest: Sequence[EarliestStarts] | None = None
+) -> dict[str, Any]:
     """The bound of the module doc for workload `w` (see there for what it relaxes); with
     `earliest`, the coupled bound (module doc)."""
     t0 = time.perf_counter()
@@ -335,9 +349,14 @@ def reference_bound(w: Workload, *, per_resource: bool = True,
     value, rounds, ncons = _solve(resources, n, alive) if n else (0.0, 0, 0)
     met_max = min(int(alive.sum()), int(math.floor(value + 1e-6)))
     out: dict[str, Any] = {
-        "met_max": met_max, "attainment": met_max / n if n else None, "lp_value": value,
-        "requests": n, "possible_alone": int(alive.sum()), "resources": len(resources),
-        "lp_rounds": rounds, "constraints": ncons,
+        "met_max": met_max,
+        "attainment": met_max / n if n else None,
+        "lp_value": value,
+        "requests": n,
+        "possible_alone": int(alive.sum()),
+        "resources": len(resources),
+        "lp_rounds": rounds,
+        "constraints": ncons,
     }
     if per_resource:
         best, tight = int(alive.sum()), None
@@ -353,6 +372,8 @@ def reference_bound(w: Workload, *, per_resource: bool = True,
         out["single_resource_attainment"] = best / n if n else None
         out["tightest"] = tight
     out["wall_s"] = time.perf_counter() - t0
-    out["relaxes"] = ("preemption, coupling between resources and stages (fixed offsets), "
-                      "path rate limits, batching (marginal compute), integrality (LP)")
+    out["relaxes"] = (
+        "preemption, coupling between resources and stages (fixed offsets), "
+        "path rate limits, batching (marginal compute), integrality (LP)"
+    )
     return out

@@ -158,9 +158,7 @@ def _load_syscall() -> tuple[int, Callable[..., int], Callable[..., int]]:
     """The bpf(2) number and libc's syscall(2) twice (with and without argtypes): each returns a long."""
     nr = _SYSCALL_NR.get(platform.machine())
     if nr is None:
-        raise KernelFeatureError(
-            f"bpf(2) syscall number unknown for {platform.machine()}: mfs-tc supports x86_64 and aarch64"
-        )
+        raise KernelFeatureError(f"bpf(2) syscall number unknown for {platform.machine()}: mfs-tc supports x86_64 and aarch64")
     libc = ctypes.CDLL(None, use_errno=True)
     fn = libc.syscall
     fn.restype = ctypes.c_long
@@ -206,8 +204,9 @@ _CMD_NAMES = {
 
 
 _READS = frozenset({BPF_MAP_LOOKUP_ELEM, BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_BATCH, BPF_MAP_LOOKUP_AND_DELETE_ELEM})
-_WRITES = frozenset({BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_UPDATE_BATCH, BPF_MAP_DELETE_BATCH,
-                     BPF_MAP_LOOKUP_AND_DELETE_ELEM})
+_WRITES = frozenset(
+    {BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_UPDATE_BATCH, BPF_MAP_DELETE_BATCH, BPF_MAP_LOOKUP_AND_DELETE_ELEM}
+)
 
 
 def map_frozen(fd: int) -> bool:
@@ -250,8 +249,7 @@ def error_for(cmd: int, err: int, what: str, opened: int = 0, fd: int = -1) -> M
         )
     if cmd in (BPF_MAP_UPDATE_ELEM, BPF_MAP_UPDATE_BATCH) and err in (E.E2BIG, E.ENOSPC):
         return MapFullError(
-            f"{text}: the map is full. Finish requests (`done()`), run `mfs-tc gc`, or attach with "
-            f"larger maps"
+            f"{text}: the map is full. Finish requests (`done()`), run `mfs-tc gc`, or attach with " f"larger maps"
         )
     if cmd == BPF_OBJ_GET and err == E.ENOENT:
         return NotAttachedError(f"{text}: nothing is pinned there")
@@ -356,9 +354,7 @@ def map_info(fd: int, what: str = "map") -> MapInfo:
     )
 
 
-def map_create(
-    map_type: int, key_size: int, value_size: int, max_entries: int, name: str = "", flags: int = 0
-) -> int:
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, name: str = "", flags: int = 0) -> int:
     """Create a map; returns its fd (the caller owns it)."""
     nm = name.encode()[:15]
     attr = _CreateAttr(map_type, key_size, value_size, max_entries, flags, 0, 0, nm)
@@ -404,9 +400,7 @@ class BpfMap:
             raise
 
     @classmethod
-    def create(
-        cls, map_type: int, key_size: int, value_size: int, max_entries: int, name: str = "", flags: int = 0
-    ) -> BpfMap:
+    def create(cls, map_type: int, key_size: int, value_size: int, max_entries: int, name: str = "", flags: int = 0) -> BpfMap:
         fd = map_create(map_type, key_size, value_size, max_entries, name, flags)
         return cls(fd, name or "map")
 

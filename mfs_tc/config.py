@@ -44,12 +44,29 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = Path("/etc/mfs-tc/mfs-tc.toml")
 
 IFACE_KEYS: dict[str, type | tuple[type, ...]] = {
-    "name": str, "netns": str, "levels": int, "qdisc": str, "rate": (str, int), "dscp": (str, list),
-    "default_level": int, "control_level": int, "keep_dscp": list, "trust_dscp": bool, "hook": str,
-    "access_group": (str, int), "rule": list, "backend": str,
+    "name": str,
+    "netns": str,
+    "levels": int,
+    "qdisc": str,
+    "rate": (str, int),
+    "dscp": (str, list),
+    "default_level": int,
+    "control_level": int,
+    "keep_dscp": list,
+    "trust_dscp": bool,
+    "hook": str,
+    "access_group": (str, int),
+    "rule": list,
+    "backend": str,
 }
 RULE_KEYS: dict[str, type | tuple[type, ...]] = {
-    "src": str, "dst": str, "sport": (str, int), "dport": (str, int), "proto": str, "level": int, "stage": str,
+    "src": str,
+    "dst": str,
+    "sport": (str, int),
+    "dport": (str, int),
+    "proto": str,
+    "level": int,
+    "stage": str,
 }
 TOP_KEYS = {"interface", "defaults"}
 
@@ -113,14 +130,17 @@ def _locate(text: str, path: list[str | int]) -> int | None:
                 rule_i = -1
             elif section == "interface.rule":
                 rule_i += 1
-            here = (section == section_want and
-                    (section_want == "defaults" or iface_i == want_i) and
-                    (want_r is None or rule_i == want_r))
+            here = (
+                section == section_want
+                and (section_want == "defaults" or iface_i == want_i)
+                and (want_r is None or rule_i == want_r)
+            )
             if here:
                 header_line = n
             continue
-        in_target = (section == section_want and (section_want == "defaults" or iface_i == want_i) and
-                     (want_r is None or rule_i == want_r))
+        in_target = (
+            section == section_want and (section_want == "defaults" or iface_i == want_i) and (want_r is None or rule_i == want_r)
+        )
         if in_target and key and re.match(rf"{re.escape(key)}\s*=", s):
             return n
     return header_line
@@ -190,7 +210,7 @@ def _validate(file: Path, text: str, doc: dict[str, Any]) -> HostConfig:
         for k, v in d.items():
             _check_type(fail, ["interface", i, k], v, IFACE_KEYS[k])
         if "name" not in d:
-            raise fail(["interface", i], "needs name = \"IFACE\"")
+            raise fail(["interface", i], 'needs name = "IFACE"')
         ic = _interface(fail, i, d)
         if ic.ident in seen:
             raise fail(["interface", i, "name"], f"{ic.label()} is configured twice (also interface[{seen[ic.ident]}])")
@@ -240,9 +260,18 @@ def _interface(fail: _Fail, i: int, d: dict[str, Any]) -> InterfaceConfig:
     if not all(isinstance(x, int) and not isinstance(x, bool) for x in keep):
         raise fail(p + ["keep_dscp"], "expected a list of DSCP numbers 0..63")
     opts = AttachOptions(
-        d["name"], d.get("netns"), d.get("levels", 8), d.get("qdisc", "auto"), rate, dscp_list,
-        d.get("default_level"), d.get("trust_dscp", False), control_level=d.get("control_level", 0),
-        keep_dscp=list(keep), hook=d.get("hook", "auto"), group=d.get("access_group"),
+        d["name"],
+        d.get("netns"),
+        d.get("levels", 8),
+        d.get("qdisc", "auto"),
+        rate,
+        dscp_list,
+        d.get("default_level"),
+        d.get("trust_dscp", False),
+        control_level=d.get("control_level", 0),
+        keep_dscp=list(keep),
+        hook=d.get("hook", "auto"),
+        group=d.get("access_group"),
     )
     try:
         opts.validate_static()
@@ -259,8 +288,9 @@ def _interface(fail: _Fail, i: int, d: dict[str, Any]) -> InterfaceConfig:
             if k not in RULE_KEYS:
                 raise fail(rp + [k], f"unknown key (known: {', '.join(sorted(RULE_KEYS))})")
             _check_type(fail, rp + [k], v, RULE_KEYS[k])
-        spec = RuleSpec(r.get("src"), r.get("dst"), _s(r.get("sport")), _s(r.get("dport")), r.get("proto"),
-                        r.get("level"), r.get("stage"))
+        spec = RuleSpec(
+            r.get("src"), r.get("dst"), _s(r.get("sport")), _s(r.get("dport")), r.get("proto"), r.get("level"), r.get("stage")
+        )
         try:
             spec.record(opts.levels)
         except MfsError as exc:
@@ -269,8 +299,10 @@ def _interface(fail: _Fail, i: int, d: dict[str, Any]) -> InterfaceConfig:
     from .layout import RULES_MAX  # noqa: PLC0415
 
     if specs and opts.trust_dscp:
-        raise fail(p + ["trust_dscp"], "a trust-dscp port (level from the packet's DSCP) does not look at rules: "
-                                       "remove its rules or trust_dscp")
+        raise fail(
+            p + ["trust_dscp"],
+            "a trust-dscp port (level from the packet's DSCP) does not look at rules: " "remove its rules or trust_dscp",
+        )
 
     if len(specs) > RULES_MAX:
         raise fail(p + ["rule", RULES_MAX], f"{len(specs)} rules: an interface holds at most {RULES_MAX}")

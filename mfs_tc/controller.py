@@ -288,9 +288,7 @@ class StageHandle:
         cache[ck] = (now, v, e)
         return v, e
 
-    def add_flow(
-        self, target: FlowTarget, *, bytes: int = 0, target_layer: int | None = None, sent: int = 0
-    ) -> FlowHandle:
+    def add_flow(self, target: FlowTarget, *, bytes: int = 0, target_layer: int | None = None, sent: int = 0) -> FlowHandle:
         """Register one flow (a socket, FlowKey or 5-tuple) of this stage. A socket goes to its
         own storage where the attach has it (one map write keyed by its fd), else to the
         5-tuple map (then it must be connected)."""
@@ -466,9 +464,7 @@ class _Owner:
             self.ctl.registrations.discard(self.label)
 
     # -- stages
-    def stage(
-        self, name: str, *, bytes: int = 0, compute_after_s: float = 0.0, layer: int | None = None
-    ) -> StageHandle:
+    def stage(self, name: str, *, bytes: int = 0, compute_after_s: float = 0.0, layer: int | None = None) -> StageHandle:
         """A stage of this request: "kv_fetch", "collective" or "p2d"."""
         check_stage(name)
         st = Stage(
@@ -701,7 +697,8 @@ class BatchHandle(_Owner):
         deadlines = sorted(m.model.deadline_ns for m in members)
         models = [m.model for m in members]
         model = batch_request(
-            key, models,
+            key,
+            models,
             remaining_bytes=sum(m.remaining_bytes for m in models),
             remaining_compute_ns=max(m.remaining_compute_ns for m in models),
             batch=Batch(key, deadlines),

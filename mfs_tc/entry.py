@@ -113,10 +113,21 @@ class FlowEntry:
         cur_level: int = LEVEL_NONE,
     ) -> FlowEntry:
         """`level` for every packet: no thresholds (the other fields as the constructor's)."""
-        return cls(mode=MODE_STATIC, levels=[level], flags=flags, target_layer=target_layer, stage=stage,
-                   request_id=request_id, deadline_ns=deadline_ns, total_bytes=total_bytes,
-                   ps_per_byte=ps_per_byte, sent_bytes=sent_bytes, created_ns=created_ns, gen=gen,
-                   cur_level=cur_level)
+        return cls(
+            mode=MODE_STATIC,
+            levels=[level],
+            flags=flags,
+            target_layer=target_layer,
+            stage=stage,
+            request_id=request_id,
+            deadline_ns=deadline_ns,
+            total_bytes=total_bytes,
+            ps_per_byte=ps_per_byte,
+            sent_bytes=sent_bytes,
+            created_ns=created_ns,
+            gen=gen,
+            cur_level=cur_level,
+        )
 
     @classmethod
     def from_table(
@@ -177,8 +188,17 @@ class FlowEntry:
         if tb is None:
             tb = _table_bytes(tk, self.mode, self.flags, lv, th)
         return _ENTRY_SPLIT.pack(
-            tb[0], self.target_layer, self.stage, self.gen if gen is None else gen, self.request_id,
-            self.deadline_ns, self.total_bytes, self.ps_per_byte, tb[1], self.sent_bytes, self.created_ns,
+            tb[0],
+            self.target_layer,
+            self.stage,
+            self.gen if gen is None else gen,
+            self.request_id,
+            self.deadline_ns,
+            self.total_bytes,
+            self.ps_per_byte,
+            tb[1],
+            self.sent_bytes,
+            self.created_ns,
         )
 
     @classmethod
@@ -229,9 +249,7 @@ class FlowEntry:
         bytes already counted and the request's layer cursor at `cursor`. A table level >=
         nlevels gives `default_level` (None: nlevels - 2), not the scavenger."""
         cur = self.cur_level if cur_level is None else cur_level
-        if scavenged or (
-            self.flags & F_AUTO_SCAVENGE and self.mode == MODE_MLU and self.deadline_ns <= now_ns
-        ):
+        if scavenged or (self.flags & F_AUTO_SCAVENGE and self.mode == MODE_MLU and self.deadline_ns <= now_ns):
             return min(scavenger_level, nlevels - 1)
         m = self.metric(now_ns, sent, cursor)
         if self.flags & F_AUTO_SCAVENGE and self.mode == MODE_MLU and m > MLU_ONE:

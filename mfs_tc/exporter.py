@@ -71,19 +71,23 @@ class MfsCollector(Collector):
 
         labels = ["interface", "netns"]
         lvl_p = CounterMetricFamily("mfs_tc_level_packets", "Packets the classifier gave each level.", labels=labels + ["level"])
-        lvl_b = CounterMetricFamily("mfs_tc_level_bytes", "Bytes the classifier gave each level.",
-                                    labels=labels + ["level"], unit="bytes")
-        events = {name: CounterMetricFamily(f"mfs_tc_{name}_packets",
-                                            f"Packets counted as {name} by the classifier.", labels=labels)
-                  for name in STAT_NAMES.values()}
+        lvl_b = CounterMetricFamily(
+            "mfs_tc_level_bytes", "Bytes the classifier gave each level.", labels=labels + ["level"], unit="bytes"
+        )
+        events = {
+            name: CounterMetricFamily(f"mfs_tc_{name}_packets", f"Packets counted as {name} by the classifier.", labels=labels)
+            for name in STAT_NAMES.values()
+        }
         flows = GaugeMetricFamily("mfs_tc_flows", "Live flow entries.", labels=labels)
         stages = GaugeMetricFamily("mfs_tc_stage_flows", "Live flow entries per stage.", labels=labels + ["stage"])
         used = GaugeMetricFamily("mfs_tc_map_entries", "Entries in a pinned map.", labels=labels + ["map"])
         cap = GaugeMetricFamily("mfs_tc_map_max_entries", "Capacity of a pinned map.", labels=labels + ["map"])
-        rule_p = CounterMetricFamily("mfs_tc_rule_matched_packets", "Packets a rule gave its level.",
-                                     labels=labels + ["rule", "level"])
-        rule_b = CounterMetricFamily("mfs_tc_rule_matched_bytes", "Bytes a rule gave its level.",
-                                     labels=labels + ["rule", "level"], unit="bytes")
+        rule_p = CounterMetricFamily(
+            "mfs_tc_rule_matched_packets", "Packets a rule gave its level.", labels=labels + ["rule", "level"]
+        )
+        rule_b = CounterMetricFamily(
+            "mfs_tc_rule_matched_bytes", "Bytes a rule gave its level.", labels=labels + ["rule", "level"], unit="bytes"
+        )
         up = GaugeMetricFamily("mfs_tc_up", "1 when the interface's pinned maps could be read.", labels=labels)
         for t in self.targets():
             lab = [t.ifname, netns_label(t.netns)]
@@ -91,8 +95,10 @@ class MfsCollector(Collector):
                 with PinnedMaps.open(t.ifname, t.netns, self.root) as maps:  # None: pinpath.pin_root()
                     stats = maps.stats()
                     views = maps.flow_views()
-                    sizes = {"flows": (len(views), maps.flows.info.max_entries),
-                             "requests": (len(maps.requests), maps.requests.info.max_entries)}
+                    sizes = {
+                        "flows": (len(views), maps.flows.info.max_entries),
+                        "requests": (len(maps.requests), maps.requests.info.max_entries),
+                    }
                     nlevels = maps.config.nlevels
                     rules = RuleTable(maps).rows()
                     sizes["rules"] = (len(rules), RULES_MAX)
@@ -141,8 +147,14 @@ def write_textfile(directory: Path, reg: CollectorRegistry) -> Path:
     return path
 
 
-def serve(listen: str | None, textfile: Path | None, interval_s: float, once: bool,
-          reg: CollectorRegistry | None = None, stop: Callable[[], bool] = lambda: False) -> None:
+def serve(
+    listen: str | None,
+    textfile: Path | None,
+    interval_s: float,
+    once: bool,
+    reg: CollectorRegistry | None = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
     """Serve HTTP on `listen` and/or rewrite the textfile every `interval_s` until `stop()`."""
     reg = reg or registry()
     if listen:
@@ -166,4 +178,3 @@ def scrape_text(reg: CollectorRegistry | None = None) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(reg or registry()).decode()
-

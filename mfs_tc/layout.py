@@ -113,6 +113,7 @@ def level_dscp(level: int, dscp: int) -> int:
     DSCP (DSCP_KEEP), DEFAULT_DSCP's at that index (what RoCE traffic classes are given)."""
     return DEFAULT_DSCP[min(level, len(DEFAULT_DSCP) - 1)] if dscp == DSCP_KEEP else dscp
 
+
 BPFFS = Path("/sys/fs/bpf")
 PIN_ROOT = BPFFS / "mfs"
 FLOWS_MAX = 65536
@@ -134,8 +135,8 @@ LEVEL_SIZE = struct.calcsize(LEVEL_FMT)
 CONFIG_SIZE = struct.calcsize(CONFIG_FMT)
 COUNTER_SIZE = struct.calcsize(COUNTER_FMT)
 RULE_SIZE = struct.calcsize(RULE_FMT)
-assert (KEY_SIZE, ENTRY_SIZE, STATE_SIZE, REQUEST_SIZE, LEVEL_SIZE, CONFIG_SIZE, RULE_SIZE) == (
-    40, 128, 40, 40, 8, 104, 88)
+assert (KEY_SIZE, ENTRY_SIZE, STATE_SIZE, REQUEST_SIZE, LEVEL_SIZE, CONFIG_SIZE, RULE_SIZE) == (40, 128, 40, 40, 8, 104, 88)
+
 
 @dataclass(frozen=True, slots=True)
 class MapSpec:
@@ -169,18 +170,21 @@ class MapSpec:
 
 # the one table of map specs: maps every attach has, then (SK_MAP_NAMES) those only where the
 # kernel has socket storage
-MAP_SPECS: dict[str, MapSpec] = {s.name: s for s in (
-    MapSpec("flows", "hash", KEY_SIZE, ENTRY_SIZE, FLOWS_MAX, also=("lru_hash",), no_prealloc=True),
-    MapSpec("flow_state", "lru_hash", KEY_SIZE, STATE_SIZE, FLOWS_MAX, also=("hash",)),
-    MapSpec("requests", "hash", 8, REQUEST_SIZE, REQUESTS_MAX, also=("lru_hash",), no_prealloc=True, member="w"),
-    MapSpec("levels", "array", 4, LEVEL_SIZE, MAX_LEVELS, member="r"),
-    MapSpec("config", "array", 4, CONFIG_SIZE, 1, member="r"),
-    MapSpec("stats", "percpu_array", 4, COUNTER_SIZE, NSTATS),
-    MapSpec("rules", "array", 4, RULE_SIZE, RULES_MAX),
-    MapSpec("rule_stats", "percpu_array", 4, COUNTER_SIZE, RULES_MAX),
-    MapSpec("sk_flows", "sk_storage", 4, ENTRY_SIZE, 0, no_prealloc=True, member="rw"),
-    MapSpec("sk_state", "sk_storage", 4, STATE_SIZE, 0, no_prealloc=True, member="r"),
-)}
+MAP_SPECS: dict[str, MapSpec] = {
+    s.name: s
+    for s in (
+        MapSpec("flows", "hash", KEY_SIZE, ENTRY_SIZE, FLOWS_MAX, also=("lru_hash",), no_prealloc=True),
+        MapSpec("flow_state", "lru_hash", KEY_SIZE, STATE_SIZE, FLOWS_MAX, also=("hash",)),
+        MapSpec("requests", "hash", 8, REQUEST_SIZE, REQUESTS_MAX, also=("lru_hash",), no_prealloc=True, member="w"),
+        MapSpec("levels", "array", 4, LEVEL_SIZE, MAX_LEVELS, member="r"),
+        MapSpec("config", "array", 4, CONFIG_SIZE, 1, member="r"),
+        MapSpec("stats", "percpu_array", 4, COUNTER_SIZE, NSTATS),
+        MapSpec("rules", "array", 4, RULE_SIZE, RULES_MAX),
+        MapSpec("rule_stats", "percpu_array", 4, COUNTER_SIZE, RULES_MAX),
+        MapSpec("sk_flows", "sk_storage", 4, ENTRY_SIZE, 0, no_prealloc=True, member="rw"),
+        MapSpec("sk_state", "sk_storage", 4, STATE_SIZE, 0, no_prealloc=True, member="r"),
+    )
+}
 MAP_NAMES = tuple(n for n, s in MAP_SPECS.items() if not s.socket_storage)
 SK_MAP_NAMES = tuple(n for n, s in MAP_SPECS.items() if s.socket_storage)
 
@@ -347,8 +351,7 @@ class RequestRecord:
     owner_pidns: int = 0
 
     def pack(self) -> bytes:
-        return _REQUEST.pack(self.cursor, self.flags, self.deadline_ns, self.owner_pid,
-                             self.owner_start, self.owner_pidns)
+        return _REQUEST.pack(self.cursor, self.flags, self.deadline_ns, self.owner_pid, self.owner_start, self.owner_pidns)
 
     @property
     def owner(self) -> Owner:
@@ -479,9 +482,24 @@ class RuleRecord:
     cslot: int = 0
 
     def pack(self) -> bytes:
-        return struct.pack(RULE_FMT, self.src, self.smask, self.dst, self.dmask, self.sport_lo, self.sport_hi,
-                           self.dport_lo, self.dport_hi, self.proto, self.family, self.level, self.stage,
-                           self.id, self.cslot, 0)
+        return struct.pack(
+            RULE_FMT,
+            self.src,
+            self.smask,
+            self.dst,
+            self.dmask,
+            self.sport_lo,
+            self.sport_hi,
+            self.dport_lo,
+            self.dport_hi,
+            self.proto,
+            self.family,
+            self.level,
+            self.stage,
+            self.id,
+            self.cslot,
+            0,
+        )
 
     @classmethod
     def unpack(cls, raw: bytes) -> RuleRecord:

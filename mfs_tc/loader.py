@@ -206,9 +206,23 @@ def choose_backend(opts: AttachOptions, probe: dict[str, bool] | None = None) ->
 
 
 def filter_command(ifname: str, pin: Path) -> list[str]:
-    return ["tc", "filter", "replace", "dev", ifname, "egress", "pref", str(FILTER_PREF), "handle",
-            str(FILTER_HANDLE), "bpf", "direct-action", "name", FILTER_NAME,
-            f"# fd of {FILTER_NAME} compiled from bpf/mfs_classifier.c, maps pinned in {pin}"]
+    return [
+        "tc",
+        "filter",
+        "replace",
+        "dev",
+        ifname,
+        "egress",
+        "pref",
+        str(FILTER_PREF),
+        "handle",
+        str(FILTER_HANDLE),
+        "bpf",
+        "direct-action",
+        "name",
+        FILTER_NAME,
+        f"# fd of {FILTER_NAME} compiled from bpf/mfs_classifier.c, maps pinned in {pin}",
+    ]
 
 
 def plan(opts: AttachOptions) -> Plan:
@@ -224,8 +238,9 @@ def plan(opts: AttachOptions) -> Plan:
         hook = "tcx" if _kernel_has_tcx(opts.netns) else "clsact"
     notes.insert(1, f"hook {hook}" + (" (tcx: the kernel has it)" if opts.hook == "auto" and hook == "tcx" else ""))
     if hook == "tcx":
-        cmds.append(["bpf", "link", "create", "tcx_egress", "dev", opts.ifname, "prog", FILTER_NAME,
-                     f"# pinned at {pin / tcx.LINK_PIN}"])
+        cmds.append(
+            ["bpf", "link", "create", "tcx_egress", "dev", opts.ifname, "prog", FILTER_NAME, f"# pinned at {pin / tcx.LINK_PIN}"]
+        )
     else:
         cmds.append(["tc", "qdisc", "add", "dev", opts.ifname, "clsact", "# only if absent"])
         cmds.append(filter_command(opts.ifname, pin))
@@ -234,8 +249,10 @@ def plan(opts: AttachOptions) -> Plan:
     cmds += _access_commands(opts.gid, pin)
     if opts.gid is not None:
         problem = access.member_open_problem()
-        notes.append(f"access group {access.group_name(opts.gid)}: serving processes open the maps without root"
-                     + (f"; BUT {problem}" if problem else " (other pins stay root:root 0600)"))
+        notes.append(
+            f"access group {access.group_name(opts.gid)}: serving processes open the maps without root"
+            + (f"; BUT {problem}" if problem else " (other pins stay root:root 0600)")
+        )
     return Plan(opts, backend, cmds, notes)
 
 
@@ -297,16 +314,12 @@ def _check_pins(pin: Path) -> bool:
     if not present:
         return False
     if len(present) != len(MAP_NAMES):
-        raise LayoutMismatchError(
-            f"{pin} holds only {', '.join(present)}: a partial pin set; run `mfs-tc detach` first"
-        )
+        raise LayoutMismatchError(f"{pin} holds only {', '.join(present)}: a partial pin set; run `mfs-tc detach` first")
     PinnedMaps.open_dir(pin).close()
     return True
 
 
-def compile_classifier(
-    pin: Path, socket_storage: bool = True, src_dir: Path | None = None
-) -> tuple[Any, Any]:
+def compile_classifier(pin: Path, socket_storage: bool = True, src_dir: Path | None = None) -> tuple[Any, Any]:
     """Compile bpf/mfs_classifier.c with bcc, creating or reusing the maps pinned in `pin`.
     Returns (bpf, fn): bcc's BPF object and its loaded function (bcc ships no types). Where the
     program with socket storage does not load, the 5-tuple-only variant is used (no
@@ -316,8 +329,7 @@ def compile_classifier(
         from bcc import BPF  # noqa: PLC0415 - only attach needs LLVM
     except ImportError as exc:
         raise KernelFeatureError(
-            "bcc is missing: install Debian's python3-bpfcc (sudo ./tools/install.sh); "
-            "the PyPI package named bcc is unrelated"
+            "bcc is missing: install Debian's python3-bpfcc (sudo ./tools/install.sh); " "the PyPI package named bcc is unrelated"
         ) from exc
     bpf_dir = BPF_DIR if src_dir is None else Path(src_dir)
     src = bpf_dir / "mfs_classifier.c"
@@ -353,7 +365,11 @@ def _write_config(pin: Path, opts: AttachOptions, backend: Backend) -> None:
     marked = dscp if any(d != DSCP_KEEP for d in dscp) else default_dscp(opts.levels)
     with bpfsys.BpfMap.open(pin / "config") as config_map, bpfsys.BpfMap.open(pin / "levels") as levels_map:
         write_config(
-            config_map, levels_map, opts.levels, opts.resolved_default_level, opts.levels - 1,
+            config_map,
+            levels_map,
+            opts.levels,
+            opts.resolved_default_level,
+            opts.levels - 1,
             C_TRUST_DSCP if opts.trust_dscp else 0,
             [DSCP_KEEP] * opts.levels if opts.trust_dscp else dscp,
             [backend.priority(i) for i in range(opts.levels)],
@@ -473,8 +489,9 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
                     run_command(cmd, opts.netns)
                 if htb_in_place:
                     for lv in range(backend.nlevels, MAX_LEVELS):  # re-attach with fewer levels
-                        run_command(["tc", "class", "del", "dev", opts.ifname, "classid", backend.class_of(lv)],
-                            opts.netns, check=False)
+                        run_command(
+                            ["tc", "class", "del", "dev", opts.ifname, "classid", backend.class_of(lv)], opts.netns, check=False
+                        )
             except MfsError:
                 if opts.qdisc != "auto" or backend.name == "htb":
                     raise
@@ -507,16 +524,37 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
                 undo.append(lambda: _delete_our_filter(opts.ifname, opts.netns))
             with iproute(opts.netns) as ipr:
                 ipr.tc(
-                    "replace-filter", "bpf", idx, FILTER_HANDLE, fd=fn.fd, name=FILTER_NAME,
-                    parent=EGRESS_PARENT, direct_action=True, prio=FILTER_PREF, protocol=ETH_P_ALL,
+                    "replace-filter",
+                    "bpf",
+                    idx,
+                    FILTER_HANDLE,
+                    fd=fn.fd,
+                    name=FILTER_NAME,
+                    parent=EGRESS_PARENT,
+                    direct_action=True,
+                    prio=FILTER_PREF,
+                    protocol=ETH_P_ALL,
                 )
         st = AttachState(
-            ifname=opts.ifname, netns=opts.netns, backend=backend.name, nlevels=opts.levels,
-            rate_bps=backend.rate_bps, dscp=opts.dscp_table(), default_level=opts.resolved_default_level,
-            trust_dscp=opts.trust_dscp, pin_dir=str(pin), prev_root=prev_root,
-            created_clsact=created_clsact, ifindex=idx, prog_id=prog_id, prog_tag=prog_tag, hook=hook,
-            control_level=opts.control_level, keep_dscp=list(opts.keep_dscp),
-            socket_storage=(pin / "sk_flows").exists(), access_gid=opts.gid,
+            ifname=opts.ifname,
+            netns=opts.netns,
+            backend=backend.name,
+            nlevels=opts.levels,
+            rate_bps=backend.rate_bps,
+            dscp=opts.dscp_table(),
+            default_level=opts.resolved_default_level,
+            trust_dscp=opts.trust_dscp,
+            pin_dir=str(pin),
+            prev_root=prev_root,
+            created_clsact=created_clsact,
+            ifindex=idx,
+            prog_id=prog_id,
+            prog_tag=prog_tag,
+            hook=hook,
+            control_level=opts.control_level,
+            keep_dscp=list(opts.keep_dscp),
+            socket_storage=(pin / "sk_flows").exists(),
+            access_gid=opts.gid,
         )
         # the access group's share of each map (its file mode), or root's only
         access.set_pin_modes(pin, opts.gid, MAP_NAMES + SK_MAP_NAMES + (tcx.LINK_PIN,))
@@ -534,8 +572,9 @@ def _attach_locked(opts: AttachOptions) -> AttachState:
 
 def _delete_our_filter(ifname: str, netns: str | None) -> None:
     """Delete exactly our filter (pref, handle and kind), never another at the same pref."""
-    run_command(["tc", "filter", "del", "dev", ifname, "egress", "pref", str(FILTER_PREF), "handle",
-         hex(FILTER_HANDLE), "bpf"], netns)
+    run_command(
+        ["tc", "filter", "del", "dev", ifname, "egress", "pref", str(FILTER_PREF), "handle", hex(FILTER_HANDLE), "bpf"], netns
+    )
 
 
 def _restore_root(ifname: str, netns: str | None) -> None:
@@ -578,8 +617,10 @@ def _detach_locked(ifname: str, netns: str | None) -> list[str]:
         elif current is None:
             dev = None  # the device attached to is gone (a device of the same name is another one)
             if idx_now is not None:
-                removed.append(f"note: the {ifname} attached to (ifindex {st.ifindex}) is gone; the "
-                               f"{ifname} there now (ifindex {idx_now}) was not touched")
+                removed.append(
+                    f"note: the {ifname} attached to (ifindex {st.ifindex}) is gone; the "
+                    f"{ifname} there now (ifindex {idx_now}) was not touched"
+                )
     if dev is None and not (st or has_pins):  # no such interface, and nothing of ours under that name
         check_netns(netns)  # a wrong namespace gets its own clear error
         raise lookup_error
@@ -664,5 +705,3 @@ def detach_all(netns: str | None) -> list[str]:
     for ifname in sorted(names):
         removed += [f"{ifname}: {r}" for r in detach(ifname, netns)]
     return removed
-
-

@@ -216,8 +216,9 @@ class PinnedMaps:
                 f"`mfs-tc attach {_attach_arg(what)}`); or run as root"
             ) from None
         if not present:
-            raise NotAttachedError(f"mfs-tc is not attached to {what} ({path} is missing): "
-                                   f"run `mfs-tc attach {_attach_arg(what)}`")
+            raise NotAttachedError(
+                f"mfs-tc is not attached to {what} ({path} is missing): " f"run `mfs-tc attach {_attach_arg(what)}`"
+            )
         if access.is_root():
             try:
                 return cls._open_maps(path, what, member=False)
@@ -237,8 +238,10 @@ class PinnedMaps:
                 flags = access.open_flags(name) if member else 0
                 if flags is None:
                     if not p.exists():
-                        raise NotAttachedError(f"mfs-tc is not (fully) attached to {what}: {p} is missing: "
-                                               f"run `mfs-tc attach {_attach_arg(what)}`")
+                        raise NotAttachedError(
+                            f"mfs-tc is not (fully) attached to {what}: {p} is missing: "
+                            f"run `mfs-tc attach {_attach_arg(what)}`"
+                        )
                     maps[name] = DeniedMap(name)
                     continue
                 try:
@@ -303,8 +306,18 @@ class PinnedMaps:
             sl = nlevels - 1 if scavenger_level is None else scavenger_level
             dscps = list(dscp) if dscp is not None else default_dscp(nlevels)
             prios = list(priorities) if priorities is not None else list(range(nlevels))
-            write_config(maps["config"], maps["levels"], nlevels, dl, sl, flags, dscps, prios,
-                         control_level=control_level, keep_dscp=keep_dscp)
+            write_config(
+                maps["config"],
+                maps["levels"],
+                nlevels,
+                dl,
+                sl,
+                flags,
+                dscps,
+                prios,
+                control_level=control_level,
+                keep_dscp=keep_dscp,
+            )
             return cls(path, maps)
         except BaseException:
             for m in maps.values():
@@ -326,8 +339,18 @@ class PinnedMaps:
             pass
 
     def close(self) -> None:
-        for m in (self.flows, self.flow_state, self.sk_flows, self.sk_state, self.requests, self.levels,
-                  self.config_map, self.stats_map, self.rules, self.rule_stats):
+        for m in (
+            self.flows,
+            self.flow_state,
+            self.sk_flows,
+            self.sk_state,
+            self.requests,
+            self.levels,
+            self.config_map,
+            self.stats_map,
+            self.rules,
+            self.rule_stats,
+        ):
             if m is not None:
                 m.close()
 
@@ -403,8 +426,8 @@ class PinnedMaps:
             "flows_fill": round(n / mx, 4) if mx else None,
             "flow_states": len(self.flow_state),
             "eviction": "flows: none (a full map refuses new entries: MapFullError; gc removes "
-                        "idle orphans); flow_state: LRU, a state lost under pressure restarts at the "
-                        "decision's sent_base; packets whose entry is gone get the default level",
+            "idle orphans); flow_state: LRU, a state lost under pressure restarts at the "
+            "decision's sent_base; packets whose entry is gone get the default level",
             "stale_packets": counters[STAT_STALE][0],
             "socket_storage": self.sk_flows is not None,
         }
@@ -514,8 +537,7 @@ def write_config(
     untracked traffic keeps (all other untracked IP traffic leaves with its level's DSCP)."""
     if len(dscp) != nlevels or len(priorities) != nlevels:
         raise ValueError(f"{len(dscp)} DSCP values and {len(priorities)} priorities for {nlevels} levels")
-    for what, lv in (("default level", default_level), ("control level", control_level),
-                     ("scavenger level", scavenger_level)):
+    for what, lv in (("default level", default_level), ("control level", control_level), ("scavenger level", scavenger_level)):
         if not 0 <= lv < nlevels:
             raise ValueError(f"{what} {lv} out of range: levels are 0..{nlevels - 1}")
     for lv in range(MAX_LEVELS):
@@ -534,8 +556,7 @@ def set_static(maps: PinnedMaps, target: FlowTarget, level: int, now_ns: int | N
     if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < n:
         raise ValueError(f"level {level!r} out of range: this interface has levels 0..{n - 1}")
     key = pack_flow_key(target)
-    e = FlowEntry.static(level, created_ns=time.monotonic_ns() if now_ns is None else now_ns,
-                         gen=random.getrandbits(32) or 1)
+    e = FlowEntry.static(level, created_ns=time.monotonic_ns() if now_ns is None else now_ns, gen=random.getrandbits(32) or 1)
     maps.flows.update(key, e.pack())
     return key
 
@@ -558,9 +579,7 @@ def rdma_table(levels: int | Sequence[LevelRecord | int]) -> list[dict[str, int]
     out = []
     for i, d in enumerate(dscps):
         tc = d << 2
-        out.append(
-            {"level": i, "dscp": d, "traffic_class": tc, "NCCL_IB_TC": tc, "UCX_IB_TRAFFIC_CLASS": tc, "MC_IB_TC": tc}
-        )
+        out.append({"level": i, "dscp": d, "traffic_class": tc, "NCCL_IB_TC": tc, "UCX_IB_TRAFFIC_CLASS": tc, "MC_IB_TC": tc})
     return out
 
 
@@ -681,13 +700,11 @@ def gc(maps: PinnedMaps, grace_s: float = 10.0, now_ns: int | None = None, check
                 dead.append(k)
             elif pkts != e.total_bytes:
                 dk.append(k)
-                dv.append(FlowEntry.static(scav, stage=STAGE_ORPHAN, gen=e.gen, created_ns=now,
-                                           total_bytes=pkts).pack())
+                dv.append(FlowEntry.static(scav, stage=STAGE_ORPHAN, gen=e.gen, created_ns=now, total_bytes=pkts).pack())
             continue
         if e.request_id and e.request_id not in live:
             dk.append(k)
-            dv.append(FlowEntry.static(scav, stage=STAGE_ORPHAN, gen=e.gen, created_ns=now,
-                                       total_bytes=pkts).pack())
+            dv.append(FlowEntry.static(scav, stage=STAGE_ORPHAN, gen=e.gen, created_ns=now, total_bytes=pkts).pack())
             res.flows_demoted += 1
     if dk:
         maps.flows.update_batch_raw(b"".join(dk), b"".join(dv), len(dk))

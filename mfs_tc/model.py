@@ -87,8 +87,9 @@ class Flow:
 
 # ---- the one batch rule (the controller's BatchHandle, the simulator and, through the
 # controller, the testbed all use it) ----------------------------------------------------------
-def batch_request(request_id: int, members: Sequence[Request], *, remaining_bytes: int,
-                  remaining_compute_ns: int, batch: Batch | None) -> Request:
+def batch_request(
+    request_id: int, members: Sequence[Request], *, remaining_bytes: int, remaining_compute_ns: int, batch: Batch | None
+) -> Request:
     """What a batch's kv_fetch and collective flows belong to: a request with the tightest
     member's arrival and SLO (equal deadlines: the lowest request id), as many layers as its
     longest member, the batch's work ahead as the caller estimates it, and the members'
@@ -96,10 +97,16 @@ def batch_request(request_id: int, members: Sequence[Request], *, remaining_byte
     if not members:
         raise ValueError("a batch needs at least one member")
     tight = min(members, key=lambda r: (r.deadline_ns, r.request_id))
-    return Request(request_id=request_id, arrival_ns=tight.arrival_ns, slo_ns=tight.slo_ns,
-                   num_layers=max(r.num_layers for r in members), cursor=0,
-                   remaining_bytes=remaining_bytes, remaining_compute_ns=remaining_compute_ns,
-                   batch=batch)
+    return Request(
+        request_id=request_id,
+        arrival_ns=tight.arrival_ns,
+        slo_ns=tight.slo_ns,
+        num_layers=max(r.num_layers for r in members),
+        cursor=0,
+        remaining_bytes=remaining_bytes,
+        remaining_compute_ns=remaining_compute_ns,
+        batch=batch,
+    )
 
 
 def batch_hopeless(members: Iterable[Request], hopeless: Callable[[Request], bool]) -> bool:

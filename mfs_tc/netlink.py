@@ -26,11 +26,15 @@ IFNAMSIZ = 16
 def check_ifname(ifname: str) -> None:
     """An interface name the kernel could have (1..15 bytes, no '/', no whitespace, not . or ..):
     anything else is a clear error before it is used in a path or a command."""
-    if (not ifname or ifname in (".", "..") or "/" in ifname or len(ifname.encode()) >= IFNAMSIZ
-            or any(c.isspace() or c == ":" for c in ifname)):
+    if (
+        not ifname
+        or ifname in (".", "..")
+        or "/" in ifname
+        or len(ifname.encode()) >= IFNAMSIZ
+        or any(c.isspace() or c == ":" for c in ifname)
+    ):
         raise InterfaceError(
-            f"bad interface name {ifname!r}: Linux names are 1-15 characters without '/', ':' or "
-            "spaces (see `ip link`)"
+            f"bad interface name {ifname!r}: Linux names are 1-15 characters without '/', ':' or " "spaces (see `ip link`)"
         )
 
 
@@ -46,9 +50,7 @@ def check_netns(netns: str | None) -> None:
     check_netns_name(netns)
     if not (NETNS_RUN_DIR / netns).exists():
         known = sorted(p.name for p in NETNS_RUN_DIR.glob("*")) if NETNS_RUN_DIR.exists() else []
-        raise InterfaceError(
-            f"no network namespace {netns!r} (known: {', '.join(known) or 'none'}; see `ip netns list`)"
-        )
+        raise InterfaceError(f"no network namespace {netns!r} (known: {', '.join(known) or 'none'}; see `ip netns list`)")
 
 
 @contextmanager
@@ -109,9 +111,7 @@ def link_speed_bps(ifname: str, netns: str | None = None) -> int | None:
     return mbit * 1_000_000 if mbit > 0 else None
 
 
-def run_command(
-    argv: list[str], netns: str | None = None, check: bool = True, via_ip: bool = False
-) -> str:
+def run_command(argv: list[str], netns: str | None = None, check: bool = True, via_ip: bool = False) -> str:
     """Run a command (tc, ...) in `netns`. tc takes `-n NS` itself; others go through ip netns exec."""
     if netns and argv and argv[0] == "tc" and not via_ip:
         argv = ["tc", "-n", netns] + argv[1:]

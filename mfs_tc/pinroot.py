@@ -37,8 +37,7 @@ def _check_level(p: Path, st: os.stat_result, root: Path) -> None:
         raise UnsafePinRootError(f"{p} is not a directory (a symlink or a file): {fix}")
     if st.st_uid != 0:
         raise UnsafePinRootError(
-            f"{p} is owned by {_owner(st.st_uid)}, not root: that user could swap the pin "
-            f"directories under it; {fix}"
+            f"{p} is owned by {_owner(st.st_uid)}, not root: that user could swap the pin " f"directories under it; {fix}"
         )
     if st.st_mode & 0o022:
         raise UnsafePinRootError(

@@ -24,10 +24,28 @@ from typing import Any
 JsonDict = dict[str, Any]
 
 SCHEMA = "mfs-tc-results/1"
-CSV_FIELDS = ["request_id", "policy", "arrival_s", "slo_s", "ttft_s", "met", "kv_fetch_s",
-              "collective_s", "p2d_s", "p2d_earliness_s", "seed", "load", "slo_scale",
-              "queue_s", "prefill_group", "batch_id", "unloaded_ttft_s", "error", "compute_s",
-              "scavenged"]
+CSV_FIELDS = [
+    "request_id",
+    "policy",
+    "arrival_s",
+    "slo_s",
+    "ttft_s",
+    "met",
+    "kv_fetch_s",
+    "collective_s",
+    "p2d_s",
+    "p2d_earliness_s",
+    "seed",
+    "load",
+    "slo_scale",
+    "queue_s",
+    "prefill_group",
+    "batch_id",
+    "unloaded_ttft_s",
+    "error",
+    "compute_s",
+    "scavenged",
+]
 
 
 @dataclass(slots=True)
@@ -57,8 +75,9 @@ class RequestRow:
     error: str = ""
 
 
-def rows_of(requests: Iterable[RequestRow], policy: str, seed: int, load: float | None,
-            slo_scale: float | None) -> list[JsonDict]:
+def rows_of(
+    requests: Iterable[RequestRow], policy: str, seed: int, load: float | None, slo_scale: float | None
+) -> list[JsonDict]:
     """The CSV rows of one run: each request's row with the run's point; a request that never
     got its first token (and has no other error) is `unfinished`."""
     out = []
@@ -69,15 +88,25 @@ def rows_of(requests: Iterable[RequestRow], policy: str, seed: int, load: float 
         d.update(policy=policy, seed=seed, load=load, slo_scale=slo_scale)
         out.append(d)
     return out
+
+
 STAGE_FIELDS = ("queue_s", "kv_fetch_s", "collective_s", "p2d_s")
 TARGET_ATTAINMENT = 0.9
 
 # One colour per policy name in every figure, whatever the order of --policy (tab10 and a few
 # more); names not listed get a stable colour from their name.
 POLICY_COLORS = {
-    "mfs": "#d62728", "mfs-laxity": "#ff7f0e", "fair": "#7f7f7f", "edf": "#1f77b4",
-    "sjf": "#2ca02c", "karuna": "#9467bd", "pias": "#8c564b", "llf-oracle": "#e377c2",
-    "srpt": "#17becf", "fifo": "#bcbd22", "bound": "#000000",
+    "mfs": "#d62728",
+    "mfs-laxity": "#ff7f0e",
+    "fair": "#7f7f7f",
+    "edf": "#1f77b4",
+    "sjf": "#2ca02c",
+    "karuna": "#9467bd",
+    "pias": "#8c564b",
+    "llf-oracle": "#e377c2",
+    "srpt": "#17becf",
+    "fifo": "#bcbd22",
+    "bound": "#000000",
 }
 _SPARE_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
 
@@ -118,21 +147,37 @@ def _mean(xs: Iterable[float | None]) -> float | None:
     return statistics.fmean(v) if v else None
 
 
-def summarize_run(policy: str, rows: list[JsonDict], *, ccts_s: Sequence[float] = (),
-                  level_bytes: Sequence[int] = (), seed: int = 0, load: float | None = None,
-                  slo_scale: float | None = None, extra: JsonDict | None = None) -> JsonDict:
+def summarize_run(
+    policy: str,
+    rows: list[JsonDict],
+    *,
+    ccts_s: Sequence[float] = (),
+    level_bytes: Sequence[int] = (),
+    seed: int = 0,
+    load: float | None = None,
+    slo_scale: float | None = None,
+    extra: JsonDict | None = None,
+) -> JsonDict:
     """One run's summary. Unfinished requests (ttft None) count as missed; TTFT percentiles are
     over finished ones."""
     n = len(rows)
     ttfts = [float(r["ttft_s"]) for r in rows if r.get("ttft_s") not in (None, "")]
     met = sum(1 for r in rows if _truthy(r.get("met")))
     out = {
-        "policy": policy, "seed": seed, "load": load, "slo_scale": slo_scale,
-        "requests": n, "finished": len(ttfts), "met": met,
+        "policy": policy,
+        "seed": seed,
+        "load": load,
+        "slo_scale": slo_scale,
+        "requests": n,
+        "finished": len(ttfts),
+        "met": met,
         "attainment": met / n if n else None,
-        "ttft_p50_s": percentile(ttfts, 50), "ttft_p90_s": percentile(ttfts, 90),
-        "ttft_p99_s": percentile(ttfts, 99), "ttft_mean_s": _mean(ttfts),
-        "cct_mean_s": _mean(ccts_s), "cct_p99_s": percentile(list(ccts_s), 99),
+        "ttft_p50_s": percentile(ttfts, 50),
+        "ttft_p90_s": percentile(ttfts, 90),
+        "ttft_p99_s": percentile(ttfts, 99),
+        "ttft_mean_s": _mean(ttfts),
+        "cct_mean_s": _mean(ccts_s),
+        "cct_p99_s": percentile(list(ccts_s), 99),
         "collectives": len(ccts_s),
         "p2d_earliness_mean_s": _mean(_f(r.get("p2d_earliness_s")) for r in rows),
         "stage_times_mean_s": {k: _mean(_f(r.get(k)) for r in rows) for k in STAGE_FIELDS},
@@ -166,8 +211,7 @@ def aggregate(runs: list[JsonDict]) -> list[JsonDict]:
     out = []
     for (policy, load, slo), rs in groups.items():
         agg: JsonDict = {"policy": policy, "load": load, "slo_scale": slo, "seeds": [r["seed"] for r in rs]}
-        for k in ("attainment", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "cct_mean_s",
-                  "p2d_earliness_mean_s"):
+        for k in ("attainment", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "cct_mean_s", "p2d_earliness_mean_s"):
             v = [r[k] for r in rs if r.get(k) is not None]
             agg[k] = statistics.fmean(v) if v else None
             agg[k + "_min"] = min(v) if v else None
@@ -186,8 +230,9 @@ def aggregate(runs: list[JsonDict]) -> list[JsonDict]:
             agg["coupled_bound"] = statistics.fmean(c["attainment"] for c in coupled)
             agg["contention_free"] = statistics.fmean(c["contention_free_attainment"] for c in coupled)
             # runs above their point's coupled bound (a reference, not a proof: mfs_tc.bound)
-            agg["coupled_exceeded"] = sum(1 for r in rs if r.get("bound") and r["bound"].get("coupled")
-                                          and r["met"] > r["bound"]["coupled"]["met_max"])
+            agg["coupled_exceeded"] = sum(
+                1 for r in rs if r.get("bound") and r["bound"].get("coupled") and r["met"] > r["bound"]["coupled"]["met_max"]
+            )
         out.append(agg)
     return out
 
@@ -217,8 +262,13 @@ def sweep(aggs: list[JsonDict], target: float = TARGET_ATTAINMENT) -> JsonDict:
     axis = "load" if len(loads) > 1 else "slo_scale" if len(slos) > 1 else None
     if axis is None:
         return {}
-    out: JsonDict = {"axis": axis, "target_attainment": target, "curves": {}, "max_load_at_target": {},
-                 "load_at_target_interpolated": {}}
+    out: JsonDict = {
+        "axis": axis,
+        "target_attainment": target,
+        "curves": {},
+        "max_load_at_target": {},
+        "load_at_target_interpolated": {},
+    }
     for a in sorted(aggs, key=lambda a: (a["policy"], a[axis] or 0)):
         out["curves"].setdefault(a["policy"], []).append([a[axis], a["attainment"]])
     if axis == "load":
@@ -241,8 +291,7 @@ def load_at_target(curve: list[list[Any]], target: float = TARGET_ATTAINMENT) ->
     return pts[-1][0]
 
 
-def write_results(out_dir: Path, runs: list[JsonDict], meta: JsonDict | None = None, *,
-                  plots: bool = True) -> JsonDict:
+def write_results(out_dir: Path, runs: list[JsonDict], meta: JsonDict | None = None, *, plots: bool = True) -> JsonDict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "requests.csv", "w", newline="") as f:
@@ -253,9 +302,11 @@ def write_results(out_dir: Path, runs: list[JsonDict], meta: JsonDict | None = N
                 w.writerow({k: _csv(row.get(k)) for k in CSV_FIELDS})
     aggs = aggregate(runs)
     summary = {
-        "schema": SCHEMA, "meta": meta or {},
+        "schema": SCHEMA,
+        "meta": meta or {},
         "runs": [{k: v for k, v in r.items() if k != "rows"} for r in runs],
-        "policies": aggs, "sweep": sweep(aggs),
+        "policies": aggs,
+        "sweep": sweep(aggs),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     if plots:
@@ -287,8 +338,14 @@ def load_results(out_dir: Path) -> tuple[JsonDict, list[JsonDict]]:
             rows = list(csv.DictReader(f))
     runs = []
     for r in summary["runs"]:
-        mine = [x for x in rows if x["policy"] == r["policy"] and str(x["seed"]) == str(r["seed"])
-                and _same(x.get("load"), r.get("load")) and _same(x.get("slo_scale"), r.get("slo_scale"))]
+        mine = [
+            x
+            for x in rows
+            if x["policy"] == r["policy"]
+            and str(x["seed"]) == str(r["seed"])
+            and _same(x.get("load"), r.get("load"))
+            and _same(x.get("slo_scale"), r.get("slo_scale"))
+        ]
         runs.append(dict(r, rows=mine))
     return summary, runs
 
@@ -317,9 +374,13 @@ def render_plots(out_dir: Path, summary: JsonDict, runs: list[JsonDict]) -> list
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     top = max((_point(r) for r in runs), key=lambda p: tuple(x or 0 for x in p), default=None)
     for pol in policies:
-        v = sorted(float(x["ttft_s"]) / float(x["slo_s"]) for r in runs
-                   if r["policy"] == pol and _point(r) == top for x in r["rows"]
-                   if x.get("ttft_s") not in (None, ""))
+        v = sorted(
+            float(x["ttft_s"]) / float(x["slo_s"])
+            for r in runs
+            if r["policy"] == pol and _point(r) == top
+            for x in r["rows"]
+            if x.get("ttft_s") not in (None, "")
+        )
         if v:
             ax.plot(v, [(i + 1) / len(v) for i in range(len(v))], label=pol, color=color[pol])
     ax.axvline(1.0, color="grey", ls="--", lw=0.8)
@@ -353,8 +414,7 @@ def render_plots(out_dir: Path, summary: JsonDict, runs: list[JsonDict]) -> list
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for pol in policies:
             curve = sw["curves"].get(pol, [])
-            ax.plot([x for x, _ in curve], [y for _, y in curve], marker="o", label=pol,
-                    color=color[pol])
+            ax.plot([x for x, _ in curve], [y for _, y in curve], marker="o", label=pol, color=color[pol])
         ax.axhline(sw.get("target_attainment", TARGET_ATTAINMENT), color="grey", ls="--", lw=0.8)
         ax.set_xlabel("load (requests/s)" if sw["axis"] == "load" else "SLO scale")
         ax.set_ylabel("TTFT SLO attainment")
@@ -375,8 +435,10 @@ def _fmt(v: float | str | None, scale: float = 1.0, spec: str = ".3f") -> str:
 
 def summary_table(summary: JsonDict) -> str:
     """A readable table: one line per policy and point (means over seeds, spread of attainment)."""
-    head = f"{'policy':<12} {'load':>6} {'slo':>5} {'seeds':>5} {'attain':>7} {'spread':>13} " \
-           f"{'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'CCT ms':>8} {'p2d early ms':>12}"
+    head = (
+        f"{'policy':<12} {'load':>6} {'slo':>5} {'seeds':>5} {'attain':>7} {'spread':>13} "
+        f"{'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'CCT ms':>8} {'p2d early ms':>12}"
+    )
     aggs = summary["policies"]
     extra = any(a.get("net_util") or a.get("bound") is not None for a in aggs)
     if extra:  # simulator runs: the reference bound and the most loaded link class
@@ -392,15 +454,20 @@ def summary_table(summary: JsonDict) -> str:
             f"{_fmt(a['ttft_p50_s'], 1e3, '.0f'):>8} {_fmt(a['ttft_p90_s'], 1e3, '.0f'):>8} "
             f"{_fmt(a['ttft_p99_s'], 1e3, '.0f'):>8} {_fmt(a['cct_mean_s'], 1e3, '.1f'):>8} "
             f"{_fmt(a['p2d_earliness_mean_s'], 1e3, '.0f'):>12}"
-            + (f" {_fmt(a.get('bound'), 1, '.3f'):>6} {_fmt(a.get('coupled_bound'), 1, '.3f'):>7}"
-               f" {net_util_headline(a.get('net_util')):>24}"
-               if extra else ""))
+            + (
+                f" {_fmt(a.get('bound'), 1, '.3f'):>6} {_fmt(a.get('coupled_bound'), 1, '.3f'):>7}"
+                f" {net_util_headline(a.get('net_util')):>24}"
+                if extra
+                else ""
+            )
+        )
     sw = summary.get("sweep") or {}
     if sw.get("max_load_at_target"):
         lines.append("")
         interp = sw.get("load_at_target_interpolated", {})
-        lines.append(f"highest load held at {sw['target_attainment']:.0%} attainment (measured point; "
-                     "interpolated): " + ", ".join(
-                         f"{p} {_fmt(v, 1, '.2f')} ({_fmt(interp.get(p), 1, '.1f')})"
-                         for p, v in sw["max_load_at_target"].items()))
+        lines.append(
+            f"highest load held at {sw['target_attainment']:.0%} attainment (measured point; "
+            "interpolated): "
+            + ", ".join(f"{p} {_fmt(v, 1, '.2f')} ({_fmt(interp.get(p), 1, '.1f')})" for p, v in sw["max_load_at_target"].items())
+        )
     return "\n".join(lines)

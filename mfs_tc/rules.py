@@ -155,14 +155,27 @@ class RuleSpec:
     def of(cls, r: RuleRecord) -> RuleSpec:
         stage = STAGE_NAMES.get(r.stage) if r.stage else None
         return cls(
-            src=_fmt_prefix(r.src, r.smask), dst=_fmt_prefix(r.dst, r.dmask),
-            sport=_fmt_ports(r.sport_lo, r.sport_hi), dport=_fmt_ports(r.dport_lo, r.dport_hi),
-            proto=PROTO_NAMES.get(r.proto), level=None if stage else r.level, stage=stage,
+            src=_fmt_prefix(r.src, r.smask),
+            dst=_fmt_prefix(r.dst, r.dmask),
+            sport=_fmt_ports(r.sport_lo, r.sport_hi),
+            dport=_fmt_ports(r.dport_lo, r.dport_hi),
+            proto=PROTO_NAMES.get(r.proto),
+            level=None if stage else r.level,
+            stage=stage,
         )
 
     def describe(self) -> str:
-        parts = [f"{k} {v}" for k, v in (("proto", self.proto), ("src", self.src), ("sport", self.sport),
-                                          ("dst", self.dst), ("dport", self.dport)) if v is not None]
+        parts = [
+            f"{k} {v}"
+            for k, v in (
+                ("proto", self.proto),
+                ("src", self.src),
+                ("sport", self.sport),
+                ("dst", self.dst),
+                ("dport", self.dport),
+            )
+            if v is not None
+        ]
         what = " ".join(parts) or "all TCP/UDP"
         return f"{what} -> " + (f"stage {self.stage}" if self.stage else f"level {self.level}")
 
@@ -181,9 +194,19 @@ class RuleRow:
 
     def as_dict(self) -> dict[str, Any]:
         spec = RuleSpec.of(self.record)
-        return {"id": self.record.id, "priority": self.position, "src": spec.src, "dst": spec.dst,
-                "sport": spec.sport, "dport": spec.dport, "proto": spec.proto, "level": self.record.level,
-                "stage": spec.stage, "packets": self.packets, "bytes": self.bytes}
+        return {
+            "id": self.record.id,
+            "priority": self.position,
+            "src": spec.src,
+            "dst": spec.dst,
+            "sport": spec.sport,
+            "dport": spec.dport,
+            "proto": spec.proto,
+            "level": self.record.level,
+            "stage": spec.stage,
+            "packets": self.packets,
+            "bytes": self.bytes,
+        }
 
 
 class RuleTable:
@@ -239,8 +262,10 @@ class RuleTable:
 
     def _check_trust(self) -> None:
         if self.trust_dscp:
-            raise MfsError("this interface is attached with --trust-dscp (a switch port: the level comes from the "
-                           "packet's DSCP), where rules are not looked at: attach it without --trust-dscp")
+            raise MfsError(
+                "this interface is attached with --trust-dscp (a switch port: the level comes from the "
+                "packet's DSCP), where rules are not looked at: attach it without --trust-dscp"
+            )
 
     def _insert(self, cur: list[RuleRecord], rec: RuleRecord, pos: int) -> RuleRecord:
         rec.id = max((r.id for r in cur), default=0) + 1
@@ -290,7 +315,7 @@ class RuleTable:
             cur = self.records()
             if i < len(cur) and same_match(cur[i], w):
                 continue
-            later = next((r for r in cur[i + 1:] if same_match(r, w)), None)
+            later = next((r for r in cur[i + 1 :] if same_match(r, w)), None)
             if later is not None:  # out of order: it moves (a new id and counter)
                 self.delete(later.id)
                 removed.append(later)
@@ -307,5 +332,3 @@ def rules_lock(ifname: str, netns: str | None) -> AbstractContextManager[None]:
 
     path: Path = STATE_ROOT / netns_label(netns) / f"{ifname}.rules.lock"
     return interface_lock(path, f"the rules of {ifname}", wait=True, prune=(path.parent, STATE_ROOT))
-
-

@@ -24,22 +24,30 @@ def read_status(ifname: str, netns: str | None = None) -> dict[str, Any]:
         nflows, nreq = len(maps.flows), len(maps.requests)
         pressure = maps.pressure()
         rules = [r.as_dict() for r in RuleTable(maps).rows()]
-        frozen = [m.name for m in (maps.requests, maps.sk_flows, maps.flows, maps.config_map, maps.levels, maps.rules)
-                  if m is not None and bpfsys.map_frozen(m.fd)]
+        frozen = [
+            m.name
+            for m in (maps.requests, maps.sk_flows, maps.flows, maps.config_map, maps.levels, maps.rules)
+            if m is not None and bpfsys.map_frozen(m.fd)
+        ]
     backend = st.backend_obj() if st else None
     levels = []
     for i, rec in enumerate(lrecs):
-        levels.append({
-            "level": i,
-            "class": backend.class_of(i) if backend else "-",
-            "priority": f"{rec.priority >> 16:x}:{rec.priority & 0xFFFF:x}" if rec.priority > 0xFFFF else str(rec.priority),
-            "dscp": None if rec.dscp == 0xFF else rec.dscp,
-            "packets": stats["levels"][i]["packets"],
-            "bytes": stats["levels"][i]["bytes"],
-        })
+        levels.append(
+            {
+                "level": i,
+                "class": backend.class_of(i) if backend else "-",
+                "priority": f"{rec.priority >> 16:x}:{rec.priority & 0xFFFF:x}" if rec.priority > 0xFFFF else str(rec.priority),
+                "dscp": None if rec.dscp == 0xFF else rec.dscp,
+                "packets": stats["levels"][i]["packets"],
+                "bytes": stats["levels"][i]["bytes"],
+            }
+        )
     hook = st.hook if st else "clsact"
-    problems = [f"map {n} is frozen (BPF_MAP_FREEZE by a process holding it writable, e.g. a member of the access "
-                f"group: docs/access.md): controllers cannot change it; detach and attach again" for n in frozen]
+    problems = [
+        f"map {n} is frozen (BPF_MAP_FREEZE by a process holding it writable, e.g. a member of the access "
+        f"group: docs/access.md): controllers cannot change it; detach and attach again"
+        for n in frozen
+    ]
     dev: str | None = ifname
     if st is not None and st.ifindex is not None:
         current = link_name(netns, st.ifindex)

@@ -35,8 +35,15 @@ _u64 = ctypes.c_uint64
 
 
 class _LinkCreateAttr(ctypes.Structure):
-    _fields_ = [("prog_fd", _u32), ("target_ifindex", _u32), ("attach_type", _u32), ("flags", _u32),
-                ("relative_fd", _u32), ("_pad", _u32), ("expected_revision", _u64)]
+    _fields_ = [
+        ("prog_fd", _u32),
+        ("target_ifindex", _u32),
+        ("attach_type", _u32),
+        ("flags", _u32),
+        ("relative_fd", _u32),
+        ("_pad", _u32),
+        ("expected_revision", _u64),
+    ]
 
 
 class _LinkUpdateAttr(ctypes.Structure):
@@ -48,10 +55,19 @@ class _LinkDetachAttr(ctypes.Structure):
 
 
 class _QueryAttr(ctypes.Structure):
-    _fields_ = [("target_ifindex", _u32), ("attach_type", _u32), ("query_flags", _u32),
-                ("attach_flags", _u32), ("prog_ids", _u64), ("prog_cnt", _u32), ("_pad", _u32),
-                ("prog_attach_flags", _u64), ("link_ids", _u64), ("link_attach_flags", _u64),
-                ("revision", _u64)]
+    _fields_ = [
+        ("target_ifindex", _u32),
+        ("attach_type", _u32),
+        ("query_flags", _u32),
+        ("attach_flags", _u32),
+        ("prog_ids", _u64),
+        ("prog_cnt", _u32),
+        ("_pad", _u32),
+        ("prog_attach_flags", _u64),
+        ("link_ids", _u64),
+        ("link_attach_flags", _u64),
+        ("revision", _u64),
+    ]
 
 
 @contextmanager
@@ -81,8 +97,7 @@ def _fail(what: str, err: int) -> MfsError:
 def egress_progs(ifindex: int, netns: str | None = None) -> list[int]:
     """Ids of the programs on the device's tcx egress (KernelFeatureError: no tcx here)."""
     ids = (_u32 * 64)()
-    attr = _QueryAttr(target_ifindex=ifindex, attach_type=BPF_TCX_EGRESS,
-                      prog_ids=ctypes.addressof(ids), prog_cnt=64)
+    attr = _QueryAttr(target_ifindex=ifindex, attach_type=BPF_TCX_EGRESS, prog_ids=ctypes.addressof(ids), prog_cnt=64)
     with _in_netns(netns):
         r = bpfsys.bpf(BPF_PROG_QUERY, attr)
     if r < 0:

@@ -7,11 +7,21 @@ import re
 from .layout import DSCP_KEEP
 
 _RATE_UNITS = {
-    "": 1, "bit": 1, "bps": 8,
-    "k": 1e3, "kbit": 1e3, "kbps": 8e3,
-    "m": 1e6, "mbit": 1e6, "mbps": 8e6,
-    "g": 1e9, "gbit": 1e9, "gbps": 8e9,
-    "t": 1e12, "tbit": 1e12, "tbps": 8e12,
+    "": 1,
+    "bit": 1,
+    "bps": 8,
+    "k": 1e3,
+    "kbit": 1e3,
+    "kbps": 8e3,
+    "m": 1e6,
+    "mbit": 1e6,
+    "mbps": 8e6,
+    "g": 1e9,
+    "gbit": 1e9,
+    "gbps": 8e9,
+    "t": 1e12,
+    "tbit": 1e12,
+    "tbps": 8e12,
 }
 
 

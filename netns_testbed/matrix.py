@@ -37,17 +37,30 @@ def run_testbed_point(task: dict[str, Any], prefix: str | None = None) -> list[d
     cfg = task["config"]
     seed, load, slo = task["seed"], task["load"], task["slo_scale"]
     scen = Scenario(**{**sc, "loads": tuple(sc["loads"]), "slo_scales": tuple(sc["slo_scales"])})
-    probe = RunConfig(policies=list(cfg["policies"]), workload=sc["workload"],
-                      num_requests=sc["requests"], model=sc["model"], byte_scale=sc["byte_scale"])
+    probe = RunConfig(
+        policies=list(cfg["policies"]),
+        workload=sc["workload"],
+        num_requests=sc["requests"],
+        model=sc["model"],
+        byte_scale=sc["byte_scale"],
+    )
     wl, load_info = point_workload(scen, probe.workload_config, seed, load, slo)
     rps = load_info["load_rps"]
     named: dict[str, Any] = {"prefix": prefix} if prefix else {}
-    rc = RunConfig(policies=list(task["policies"] or cfg["policies"]), seeds=[seed], loads=[rps],
-                   slo_scales=[slo], workload=sc["workload"], num_requests=sc["requests"],
-                   model=sc["model"], byte_scale=sc["byte_scale"], levels=cfg["levels"],
-                   policy_config=dict(cfg["policy_config"]), **named)
-    base = {"scenario": sc["name"], "spec": sc, "seed": seed, "load": load, "slo_scale": slo,
-            "source": "testbed", **load_info}
+    rc = RunConfig(
+        policies=list(task["policies"] or cfg["policies"]),
+        seeds=[seed],
+        loads=[rps],
+        slo_scales=[slo],
+        workload=sc["workload"],
+        num_requests=sc["requests"],
+        model=sc["model"],
+        byte_scale=sc["byte_scale"],
+        levels=cfg["levels"],
+        policy_config=dict(cfg["policy_config"]),
+        **named,
+    )
+    base = {"scenario": sc["name"], "spec": sc, "seed": seed, "load": load, "slo_scale": slo, "source": "testbed", **load_info}
     lines: list[dict[str, Any]] = []
     if task["bound"]:
         lines.append({**base, "kind": "bound", "bound": point_bound(wl)})
@@ -59,8 +72,10 @@ def run_testbed_point(task: dict[str, Any], prefix: str | None = None) -> list[d
     return lines
 
 
-def run_testbed_matrix(cfg: MatrixConfig, out_dir: Path, *, plots: bool = True,
-                       progress_out: TextIO | None = sys.stderr, prefix: str | None = None) -> dict[str, Any]:
+def run_testbed_matrix(
+    cfg: MatrixConfig, out_dir: Path, *, plots: bool = True, progress_out: TextIO | None = sys.stderr, prefix: str | None = None
+) -> dict[str, Any]:
     """Run (or resume) `cfg` on the testbed into `out_dir` (the simulator's files and summary)."""
-    return run_matrix(cfg, out_dir, plots=plots, progress_out=progress_out,
-                      point_runner=partial(run_testbed_point, prefix=prefix))
+    return run_matrix(
+        cfg, out_dir, plots=plots, progress_out=progress_out, point_runner=partial(run_testbed_point, prefix=prefix)
+    )

@@ -74,8 +74,11 @@ class ReplayScenario:
 
 def check_plan(plan: BatchPlan) -> None:
     """A plan the testbed can replay: no transfer to its own sender, none of negative size."""
-    layers = [(f"layer {lp.layer} {stage}", ts) for lp in plan.layers
-              for stage, ts in (("kv_fetch", lp.kv_fetch), ("collective", lp.collective))]
+    layers = [
+        (f"layer {lp.layer} {stage}", ts)
+        for lp in plan.layers
+        for stage, ts in (("kv_fetch", lp.kv_fetch), ("collective", lp.collective))
+    ]
     for what, ts in [*layers, *((f"request {rid} p2d", ts) for rid, ts in plan.p2d.items())]:
         for t in ts:
             if t.bytes < 0:
@@ -99,4 +102,7 @@ def scenario_from_workload(wl: Workload) -> ReplayScenario:
         list(wl.requests),
         partial(form_batch, max_batch=cfg.max_batch, max_batch_tokens=cfg.max_batch_tokens),
         partial(plan_batch, model=wl.model, cluster=wl.cluster),
-        link_rate_bps=wl.cluster.link_rate_bps, name=f"{cfg.kind}", meta=wl.summary())
+        link_rate_bps=wl.cluster.link_rate_bps,
+        name=f"{cfg.kind}",
+        meta=wl.summary(),
+    )

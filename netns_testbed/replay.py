@@ -49,9 +49,16 @@ ProgressFn = Callable[[int, int], None]
 
 
 class Replay:
-    def __init__(self, topology: Topology, scenario: ReplayScenario, scheduler: Scheduler, *,
-                 seed: int = 0, progress: ProgressFn | None = None,
-                 timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        scenario: ReplayScenario,
+        scheduler: Scheduler,
+        *,
+        seed: int = 0,
+        progress: ProgressFn | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
         self.topo = topology
         self.sc = scenario
         self.sched = scheduler
@@ -62,9 +69,12 @@ class Replay:
         slack = max((r.slo_s for r in specs), default=1.0)
         self.timeout_s = timeout_s if timeout_s is not None else last + max(60.0, 10 * slack)
         self.specs = {r.request_id: r for r in specs}
-        self.results = {r.request_id: RequestRow(
-            r.request_id, r.arrival_s, r.slo_s, prefill_group=r.prefill_group,
-            unloaded_ttft_s=r.unloaded_ttft_s) for r in specs}
+        self.results = {
+            r.request_id: RequestRow(
+                r.request_id, r.arrival_s, r.slo_s, prefill_group=r.prefill_group, unloaded_ttft_s=r.unloaded_ttft_s
+            )
+            for r in specs
+        }
         self.arrival_ns: dict[int, int] = {}
         self.ccts: list[float] = []
         self.errors: list[str] = []
@@ -82,16 +92,16 @@ class Replay:
         self._batch_seq = 0
         for r in specs:
             if not 0 <= r.prefill_group < ngroups:
-                raise ValueError(f"request {r.request_id}: prefill group {r.prefill_group} not in "
-                                 f"0..{ngroups - 1}")
+                raise ValueError(f"request {r.request_id}: prefill group {r.prefill_group} not in " f"0..{ngroups - 1}")
 
     # ---- public -------------------------------------------------------------------------------
     def run(self) -> ReplayResult:
         before = level_bytes(self.topo)
         t_start = time.monotonic_ns()
         self.t0 = t_start + LEAD_NS
-        groups = [threading.Thread(target=self._group_loop, args=(g,), daemon=True,
-                                   name=f"group{g}") for g in range(len(self._queues))]
+        groups = [
+            threading.Thread(target=self._group_loop, args=(g,), daemon=True, name=f"group{g}") for g in range(len(self._queues))
+        ]
         for t in groups:
             t.start()
         if not self.specs:
@@ -101,8 +111,7 @@ class Replay:
         while not self._all_done.is_set():
             left = (deadline - time.monotonic_ns()) / 1e9
             if left <= 0:
-                self._note(f"timed out after {self.timeout_s:.0f}s with "
-                           f"{len(self.specs) - self._done} requests unfinished")
+                self._note(f"timed out after {self.timeout_s:.0f}s with " f"{len(self.specs) - self._done} requests unfinished")
                 break
             self._all_done.wait(min(left, 1.0))
         self._stop.set()
@@ -172,8 +181,7 @@ class Replay:
             res.batch_id = bid
             res.queue_s = (start - self.arrival_ns[rid]) / 1e9
         nl = len(plan.layers)
-        compute_after = [sum(lp.compute_s for lp in plan.layers[i:]) + plan.decode_step_s
-                         for i in range(nl + 1)]
+        compute_after = [sum(lp.compute_s for lp in plan.layers[i:]) + plan.decode_step_s for i in range(nl + 1)]
         self._safe(lambda: self.sched.begin_batch(bid, rids))
         # all kv_fetch flows start now; layer g waits for its own
         kv_threads: list[list[threading.Thread]] = []
@@ -182,9 +190,9 @@ class Replay:
         kv_work = work_ahead(plan, None, 0, rate).total_s  # the batch's critical path now
         for g, lp in enumerate(plan.layers):
             sb = sum(t.bytes for t in lp.kv_fetch)
-            kv_threads.append([self._spawn("kv_fetch", lp.layer, t, bid, None, sb, compute_after[g],
-                                           kv_ends, kv_work)
-                               for t in lp.kv_fetch])
+            kv_threads.append(
+                [self._spawn("kv_fetch", lp.layer, t, bid, None, sb, compute_after[g], kv_ends, kv_work) for t in lp.kv_fetch]
+            )
         coll_s = 0.0
         for g, lp in enumerate(plan.layers):
             for t in kv_threads[g]:
@@ -198,9 +206,10 @@ class Replay:
                 c0 = time.monotonic_ns()
                 sb = sum(t.bytes for t in lp.collective)
                 coll_work = work_ahead(plan, None, g, rate).total_s - lp.compute_s
-                ths = [self._spawn("collective", lp.layer, t, bid, None, sb, compute_after[g + 1],
-                                   None, coll_work)
-                       for t in lp.collective]
+                ths = [
+                    self._spawn("collective", lp.layer, t, bid, None, sb, compute_after[g + 1], None, coll_work)
+                    for t in lp.collective
+                ]
                 for t in ths:
                     t.join()
                 cct = (time.monotonic_ns() - c0) / 1e9
@@ -217,25 +226,24 @@ class Replay:
             res.kv_fetch_s = (kv_end - start) / 1e9
             res.collective_s = coll_s
             flows = plan.p2d.get(rid, [])
-            threading.Thread(target=self._p2d, args=(rid, flows, nl, plan.decode_step_s),
-                             daemon=True, name=f"p2d-{rid}").start()
+            threading.Thread(target=self._p2d, args=(rid, flows, nl, plan.decode_step_s), daemon=True, name=f"p2d-{rid}").start()
 
     @staticmethod
-    def _estimates(plan: BatchPlan, layer: int, rate_bps: float
-                   ) -> tuple[dict[int, tuple[int, float]], tuple[int, float]]:
+    def _estimates(plan: BatchPlan, layer: int, rate_bps: float) -> tuple[dict[int, tuple[int, float]], tuple[int, float]]:
         """(per member, the batch as a whole): (remaining bytes, remaining compute s) from
         `layer` on, from the one work estimator (the critical path per bottleneck link)."""
+
         def est(rid: int | None) -> tuple[int, float]:
             nbytes, compute_ns = request_estimate(plan, rid, layer, rate_bps)
             return nbytes, compute_ns / 1e9
+
         return {rid: est(rid) for rid in plan.members}, est(None)
 
     def _p2d(self, rid: int, flows: Sequence[Transfer], nlayers: int, decode_step_s: float) -> None:
         p0 = time.monotonic_ns()
         sb = sum(t.bytes for t in flows)
         true_s = sb * 8 / self.topo.config.rate_bps + decode_step_s  # its decode downlink
-        ths = [self._spawn("p2d", nlayers, t, None, rid, sb, decode_step_s, None, true_s)
-               for t in flows]
+        ths = [self._spawn("p2d", nlayers, t, None, rid, sb, decode_step_s, None, true_s) for t in flows]
         for t in ths:
             t.join()
         p1 = time.monotonic_ns()
@@ -264,21 +272,38 @@ class Replay:
             self._all_done.set()
 
     # ---- flows --------------------------------------------------------------------------------
-    def _spawn(self, stage: str, layer: int, t: Transfer, bid: int | None, rid: int | None,
-               stage_bytes: int, compute_after_s: float, ends: list[int] | None = None,
-               true_work_s: float | None = None) -> threading.Thread:
+    def _spawn(
+        self,
+        stage: str,
+        layer: int,
+        t: Transfer,
+        bid: int | None,
+        rid: int | None,
+        stage_bytes: int,
+        compute_after_s: float,
+        ends: list[int] | None = None,
+        true_work_s: float | None = None,
+    ) -> threading.Thread:
         """A thread that sends `t`, a flow of `stage` with target layer `layer` (p2d: the layer
         count), owned by batch `bid` (kv_fetch, collective) or request `rid` (p2d)."""
-        th = threading.Thread(target=self._transfer,
-                              args=(stage, layer, t, bid, rid, stage_bytes, compute_after_s, ends,
-                                    true_work_s),
-                              daemon=True)
+        th = threading.Thread(
+            target=self._transfer, args=(stage, layer, t, bid, rid, stage_bytes, compute_after_s, ends, true_work_s), daemon=True
+        )
         th.start()
         return th
 
-    def _transfer(self, stage: str, layer: int, t: Transfer, bid: int | None, rid: int | None,
-                  stage_bytes: int, compute_after_s: float, ends: list[int] | None = None,
-                  true_work_s: float | None = None) -> None:
+    def _transfer(
+        self,
+        stage: str,
+        layer: int,
+        t: Transfer,
+        bid: int | None,
+        rid: int | None,
+        stage_bytes: int,
+        compute_after_s: float,
+        ends: list[int] | None = None,
+        true_work_s: float | None = None,
+    ) -> None:
         if t.bytes == 0:
             return
         src, dst = self.topo.host(t.src), self.topo.host(t.dst)
@@ -291,12 +316,20 @@ class Replay:
             own_s = t.bytes * 8 / self.topo.config.rate_bps + compute_after_s
             true_ns = int(max(true_work_s or 0.0, own_s) * 1e9)
             try:
-                self.sched.add_flow(t.src, stage, layer, t, conn.key, batch_id=bid, request_id=rid,
-                                    stage_bytes=stage_bytes, compute_after_s=compute_after_s,
-                                    true_remaining_ns=true_ns)
+                self.sched.add_flow(
+                    t.src,
+                    stage,
+                    layer,
+                    t,
+                    conn.key,
+                    batch_id=bid,
+                    request_id=rid,
+                    stage_bytes=stage_bytes,
+                    compute_after_s=compute_after_s,
+                    true_remaining_ns=true_ns,
+                )
             except Exception as exc:
-                self._note(f"register {conn.key} ({stage}, batch {bid}, request {rid}): "
-                           f"{type(exc).__name__}: {exc}")
+                self._note(f"register {conn.key} ({stage}, batch {bid}, request {rid}): " f"{type(exc).__name__}: {exc}")
             delivered = conn.send_all()
             if delivered != t.bytes:
                 self._note(f"{stage} {t.src}->{t.dst}: delivered {delivered} of {t.bytes} bytes")

@@ -102,24 +102,36 @@ def run_scenarios(
         scenario = make()
         for policy in cfg.policies:
             sched = make_scheduler(topo, policy, cfg.datapath, cfg.policy_config)
-            label = f"{policy:<11} seed {seed}" + (f" load {load:g}" if load else "") + \
-                f" slo x{slo:g}"
+            label = f"{policy:<11} seed {seed}" + (f" load {load:g}" if load else "") + f" slo x{slo:g}"
             progress.begin(label, len(scenario.requests))
             try:
                 res = Replay(topo, scenario, sched, seed=seed, progress=progress.update).run()
             finally:
                 sched.close()
-            run = summarize_run(policy, rows_of(res, seed, load, slo), ccts_s=res.ccts_s,
-                                level_bytes=res.level_bytes, seed=seed, load=load, slo_scale=slo,
-                                extra={"bytes_intended": res.bytes_intended,
-                                       "bytes_delivered": res.bytes_delivered,
-                                       "flows": res.flows, "duration_s": res.duration_s,
-                                       "errors": res.errors, "workload": scenario.meta})
+            run = summarize_run(
+                policy,
+                rows_of(res, seed, load, slo),
+                ccts_s=res.ccts_s,
+                level_bytes=res.level_bytes,
+                seed=seed,
+                load=load,
+                slo_scale=slo,
+                extra={
+                    "bytes_intended": res.bytes_intended,
+                    "bytes_delivered": res.bytes_delivered,
+                    "flows": res.flows,
+                    "duration_s": res.duration_s,
+                    "errors": res.errors,
+                    "workload": scenario.meta,
+                },
+            )
             runs.append(run)
             att = run["attainment"]
-            progress.end(f"{run['met']}/{run['requests']} met (attainment {att:.3f}), "
-                         f"p99 TTFT {_ms(run['ttft_p99_s'])}, {res.duration_s:.1f}s"
-                         + (f", {len(res.errors)} errors" if res.errors else ""))
+            progress.end(
+                f"{run['met']}/{run['requests']} met (attainment {att:.3f}), "
+                f"p99 TTFT {_ms(run['ttft_p99_s'])}, {res.duration_s:.1f}s"
+                + (f", {len(res.errors)} errors" if res.errors else "")
+            )
             if out_dir is not None:
                 summary = write_results(out_dir, runs, meta, plots=False)
             time.sleep(cfg.pause_s)
@@ -142,15 +154,18 @@ def run_testbed(cfg: RunConfig, out_dir: Path | None, *, progress_out: TextIO | 
     from mfs_tc.workload import generate
 
     first = generate(cfg.workload_config(cfg.seeds[0], cfg.loads[0], cfg.slo_scales[0]))
-    tcfg = TopologyConfig.from_cluster(first.cluster, levels=cfg.levels, datapath=cfg.datapath,
-                                       prefix=cfg.prefix)
+    tcfg = TopologyConfig.from_cluster(first.cluster, levels=cfg.levels, datapath=cfg.datapath, prefix=cfg.prefix)
     points: list[tuple[int, float | None, float, Callable[[], ReplayScenario]]] = []
     for load in cfg.loads:
         for slo in cfg.slo_scales:
             for seed in cfg.seeds:
                 points.append((seed, load, slo, partial(_scenario_at, cfg, seed, load, slo)))
-    meta = {"source": "testbed", "config": {k: v for k, v in asdict(cfg).items()},
-            "topology": asdict(tcfg), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    meta = {
+        "source": "testbed",
+        "config": {k: v for k, v in asdict(cfg).items()},
+        "topology": asdict(tcfg),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     progress = Progress(progress_out)
     with live_topology(tcfg) as topo:
         return run_scenarios(topo, points, cfg, out_dir, progress, meta)

@@ -27,35 +27,53 @@ CONTENTION_LOOSE = 2
 
 
 def contention_topology(rate_bps: float = 100e6, prefix: str = "mfsb", **kw: Any) -> TopologyConfig:
-    return TopologyConfig(kv_hosts=1, prefill_groups=2, group_size=1, decode_hosts=1,
-                          rate_bps=rate_bps, prefix=prefix, **kw)
+    return TopologyConfig(kv_hosts=1, prefill_groups=2, group_size=1, decode_hosts=1, rate_bps=rate_bps, prefix=prefix, **kw)
 
 
-def contention_scenario(rate_bps: float = 100e6, nbytes: int = 6_000_000,
-                        compute_s: float = 0.01, decode_step_s: float = 0.005,
-                        loose_flows: int = 3, tight_delay_s: float = 0.15,
-                        loose_factor: int = 2) -> ReplayScenario:
+def contention_scenario(
+    rate_bps: float = 100e6,
+    nbytes: int = 6_000_000,
+    compute_s: float = 0.01,
+    decode_step_s: float = 0.005,
+    loose_flows: int = 3,
+    tight_delay_s: float = 0.15,
+    loose_factor: int = 2,
+) -> ReplayScenario:
     alone_s = nbytes * 8 / rate_bps + compute_s + decode_step_s
 
     def spec(rid: int, arrival_s: float, slo_s: float, group: int) -> RequestSpec:
         # no tokens: the plan below is made by hand, not from a model's shape
-        return RequestSpec(rid, arrival_s, input_tokens=0, reused_tokens=0, output_tokens=1,
-                           prefill_group=group, decode_host="d0", kv_host="kv0", slo_s=slo_s,
-                           unloaded_ttft_s=alone_s)
+        return RequestSpec(
+            rid,
+            arrival_s,
+            input_tokens=0,
+            reused_tokens=0,
+            output_tokens=1,
+            prefill_group=group,
+            decode_host="d0",
+            kv_host="kv0",
+            slo_s=slo_s,
+            unloaded_ttft_s=alone_s,
+        )
 
-    reqs = [spec(CONTENTION_TIGHT, tight_delay_s, 1.5 * alone_s, 0),
-            spec(CONTENTION_LOOSE, 0.0, 4.0 * alone_s, 1)]
+    reqs = [spec(CONTENTION_TIGHT, tight_delay_s, 1.5 * alone_s, 0), spec(CONTENTION_LOOSE, 0.0, 4.0 * alone_s, 1)]
 
     def plan(members: Sequence[RequestSpec]) -> BatchPlan:
         group = members[0].prefill_group
         src = f"p{group}r0"
         return BatchPlan(
-            group=group, ranks=[src], members=[m.request_id for m in members],
+            group=group,
+            ranks=[src],
+            members=[m.request_id for m in members],
             layers=[LayerPlan(layer=0, compute_s=compute_s)],
-            p2d={m.request_id: (_p2d(src, m.request_id, loose_factor * nbytes, loose_flows)
-                                if m.request_id == CONTENTION_LOOSE
-                                else _p2d(src, m.request_id, nbytes, 1))
-                 for m in members},
+            p2d={
+                m.request_id: (
+                    _p2d(src, m.request_id, loose_factor * nbytes, loose_flows)
+                    if m.request_id == CONTENTION_LOOSE
+                    else _p2d(src, m.request_id, nbytes, 1)
+                )
+                for m in members
+            },
             decode_step_s=decode_step_s,
         )
 
@@ -64,6 +82,11 @@ def contention_scenario(rate_bps: float = 100e6, nbytes: int = 6_000_000,
         sizes[-1] += total - sum(sizes)
         return [Transfer(src, "d0", n, (rid,)) for n in sizes]
 
-    return ReplayScenario(reqs, fifo_batcher(1), plan, link_rate_bps=rate_bps, name="contention",
-                          meta={"nbytes": nbytes, "alone_s": alone_s,
-                                "bytes_total": (1 + loose_factor) * nbytes})
+    return ReplayScenario(
+        reqs,
+        fifo_batcher(1),
+        plan,
+        link_rate_bps=rate_bps,
+        name="contention",
+        meta={"nbytes": nbytes, "alone_s": alone_s, "bytes_total": (1 + loose_factor) * nbytes},
+    )

@@ -46,14 +46,26 @@ class Scheduler:
     def begin_batch(self, batch_id: int, request_ids: list[int]) -> None:
         """The prefill group starts a batch of these members."""
 
-    def add_flow(self, host: str, stage: str, layer: int, t: Transfer, key: FlowKey, *,
-                 batch_id: int | None, request_id: int | None, stage_bytes: int,
-                 compute_after_s: float, true_remaining_ns: int | None) -> None:
+    def add_flow(
+        self,
+        host: str,
+        stage: str,
+        layer: int,
+        t: Transfer,
+        key: FlowKey,
+        *,
+        batch_id: int | None,
+        request_id: int | None,
+        stage_bytes: int,
+        compute_after_s: float,
+        true_remaining_ns: int | None,
+    ) -> None:
         """Register a flow sent by `host`, of `stage` with target layer `layer`: a batch's
         (kv_fetch, collective) or a request's (p2d)."""
 
-    def update_estimates(self, batch_id: int | None, estimates: dict[int, tuple[int, float]],
-                         batch_estimate: tuple[int, float] | None = None) -> None:
+    def update_estimates(
+        self, batch_id: int | None, estimates: dict[int, tuple[int, float]], batch_estimate: tuple[int, float] | None = None
+    ) -> None:
         """New work estimates per request (bytes still to move, compute still ahead in s) and of
         the batch as a whole, so policies that judge feasibility (scavenger) see the work left,
         not the work at arrival."""
@@ -104,6 +116,7 @@ class ControllerScheduler(Scheduler):
 
     def __post_init__(self) -> None:
         from mfs_tc.controller import Controller  # noqa: PLC0415 - the plain datapath needs none
+
         cfg = dict(self.config)
         cfg.setdefault("ref_rate_bps", float(self.topology.config.rate_bps))
         if self.policy == "llf-oracle":
@@ -153,8 +166,13 @@ class ControllerScheduler(Scheduler):
             spec, first, deadline_wall = self._jobs[request_id]
             b, c = self._est.get(request_id, (first.remaining_bytes, first.remaining_compute_s))
             r = self._ctls[host].request(
-                request_id, deadline_wall=deadline_wall, arrival_wall=deadline_wall - spec.slo_s,
-                num_layers=first.num_layers, remaining_bytes=b, remaining_compute_s=c)
+                request_id,
+                deadline_wall=deadline_wall,
+                arrival_wall=deadline_wall - spec.slo_s,
+                num_layers=first.num_layers,
+                remaining_bytes=b,
+                remaining_compute_s=c,
+            )
             self._reqs[key] = r
             self._handles.setdefault(request_id, []).append(r)
         return r
@@ -179,9 +197,20 @@ class ControllerScheduler(Scheduler):
         with self._lock:
             self._members[batch_id] = list(request_ids)
 
-    def add_flow(self, host: str, stage: str, layer: int, t: Transfer, key: FlowKey, *,
-                 batch_id: int | None, request_id: int | None, stage_bytes: int,
-                 compute_after_s: float, true_remaining_ns: int | None) -> None:
+    def add_flow(
+        self,
+        host: str,
+        stage: str,
+        layer: int,
+        t: Transfer,
+        key: FlowKey,
+        *,
+        batch_id: int | None,
+        request_id: int | None,
+        stage_bytes: int,
+        compute_after_s: float,
+        true_remaining_ns: int | None,
+    ) -> None:
         with self._lock:
             req: RequestHandle | None = None  # the owner when it is a request (p2d)
             owner: RequestHandle | BatchHandle
@@ -207,8 +236,9 @@ class ControllerScheduler(Scheduler):
                 fhs.append(fh)
                 on[request_id] = (fhs, stage_bytes, deadline)
 
-    def update_estimates(self, batch_id: int | None, estimates: dict[int, tuple[int, float]],
-                         batch_estimate: tuple[int, float] | None = None) -> None:
+    def update_estimates(
+        self, batch_id: int | None, estimates: dict[int, tuple[int, float]], batch_estimate: tuple[int, float] | None = None
+    ) -> None:
         with self._lock:
             self._est.update(estimates)
             for (_host, rid), r in list(self._reqs.items()):
@@ -285,6 +315,7 @@ def level_bytes(topology: Topology) -> list[int]:
     Zeros where no classifier is attached."""
     out = [0] * MAX_LEVELS
     from mfs_tc.bpfsys import BpfMap  # noqa: PLC0415
+
     for h in topology.hosts:
         path = pin_dir(h.ifname, h.netns) / "stats"
         if not Path(path).exists():

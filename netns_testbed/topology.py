@@ -88,9 +88,14 @@ class TopologyConfig:
     @classmethod
     def from_cluster(cls, cluster: ClusterShape, **kw: Any) -> TopologyConfig:
         """From a mfs_tc.workload ClusterShape (host counts and link rate)."""
-        return cls(kv_hosts=cluster.kv_hosts, prefill_groups=cluster.prefill_groups,
-                   group_size=cluster.group_size, decode_hosts=cluster.decode_hosts,
-                   rate_bps=cluster.link_rate_bps, **kw)
+        return cls(
+            kv_hosts=cluster.kv_hosts,
+            prefill_groups=cluster.prefill_groups,
+            group_size=cluster.group_size,
+            decode_hosts=cluster.decode_hosts,
+            rate_bps=cluster.link_rate_bps,
+            **kw,
+        )
 
 
 @dataclass
@@ -127,7 +132,7 @@ class Topology:
         gs = self.config.group_size
         if not 0 <= g < len(ranks) // gs:
             raise KeyError(f"no prefill group {g}")
-        return ranks[g * gs:(g + 1) * gs]
+        return ranks[g * gs : (g + 1) * gs]
 
     @property
     def namespaces(self) -> list[str]:
@@ -174,15 +179,13 @@ class Topology:
         for h in self.hosts:
             for o in self.hosts:
                 if o is not h:
-                    ip("neigh", "replace", o.addr, "lladdr", macs[o.name], "dev", h.ifname,
-                       "nud", "permanent", ns=h.netns)
+                    ip("neigh", "replace", o.addr, "lladdr", macs[o.name], "dev", h.ifname, "nud", "permanent", ns=h.netns)
 
     def _shape(self) -> None:
         from .shaping import shape
 
         for ns, dev, trust in self.interfaces():
-            shape(ns, dev, self.config.rate_bps, levels=self.config.levels,
-                  trust_dscp=trust, datapath=self.config.datapath)
+            shape(ns, dev, self.config.rate_bps, levels=self.config.levels, trust_dscp=trust, datapath=self.config.datapath)
 
     def down(self) -> None:
         if not self.created:

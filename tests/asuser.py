@@ -39,18 +39,19 @@ DROP_IDS = """os.setgroups({groups!r}); os.setgid({gid}); os.setuid({uid})
 os.environ.update(HOME="/", USER="uid{uid}", LOGNAME="uid{uid}")"""
 
 
-def as_user(user: str, code: str, *args: str, netns: str | None = None, env: dict | None = None,
-            preload: str = "", timeout: float = 120) -> subprocess.CompletedProcess:
+def as_user(
+    user: str, code: str, *args: str, netns: str | None = None, env: dict | None = None, preload: str = "", timeout: float = 120
+) -> subprocess.CompletedProcess:
     """Run python `code` (after the prelude) as `user`; sys.argv[1:] = args."""
     pwd.getpwnam(user)  # a missing user is the test's error, not the child's
     full = PRELUDE.format(tests=str(TESTS), preload=preload, drop=DROP_USER.format(user=user)) + code
     pre = ["ip", "netns", "exec", netns] if netns else []
-    return subprocess.run(pre + [sys.executable, "-c", full, *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(pre + [sys.executable, "-c", full, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def ids_argv(uid: int, gid: int, groups: list[int], code: str, *args: str, netns: str | None = None,
-             preload: str = "") -> list[str]:
+def ids_argv(
+    uid: int, gid: int, groups: list[int], code: str, *args: str, netns: str | None = None, preload: str = ""
+) -> list[str]:
     """The command that runs python `code` as numeric `uid`/`gid` with supplementary `groups`
     (no passwd entry needed), after the same prelude as as_user."""
     drop = DROP_IDS.format(uid=uid, gid=gid, groups=list(groups))
@@ -59,8 +60,9 @@ def ids_argv(uid: int, gid: int, groups: list[int], code: str, *args: str, netns
     return pre + [sys.executable, "-c", full, *args]
 
 
-def mfs_as(user: str, *args: str, netns: str | None = None, env: dict | None = None,
-           timeout: float = 120) -> subprocess.CompletedProcess:
+def mfs_as(
+    user: str, *args: str, netns: str | None = None, env: dict | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """`mfs-tc ARGS` as `user` (optionally inside `ip netns exec NETNS`)."""
     code = "from mfs_tc.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     return as_user(user, code, *args, netns=netns, env=env, timeout=timeout)

@@ -219,8 +219,7 @@ def odd_packets(eth, a4: str, b4: str, a6: str, b6: str, sp: int, dp: int) -> di
     six = IPv6ExtHdrDestOpt
     return {
         "arp": (bytes(eth / ARP(psrc=a4, pdst=b4)), L.STAT_NONIP),
-        "lldp-like": (bytes(Ether(src=src, dst="01:80:c2:00:00:0e", type=0x88CC) / Raw(b"\x02\x07" + b"\0" * 40)),
-                      L.STAT_NONIP),
+        "lldp-like": (bytes(Ether(src=src, dst="01:80:c2:00:00:0e", type=0x88CC) / Raw(b"\x02\x07" + b"\0" * 40)), L.STAT_NONIP),
         "ether-only": (bytes(e(0x0800)), L.STAT_MALFORMED),
         "v4-truncated-ip": (_trunc(eth / v4() / tcp(), 14 + 12), L.STAT_MALFORMED),
         "v4-truncated-tcp": (_trunc(eth / v4() / tcp(), 14 + 20 + 10), L.STAT_MALFORMED),
@@ -236,24 +235,23 @@ def odd_packets(eth, a4: str, b4: str, a6: str, b6: str, sp: int, dp: int) -> di
         "v6-truncated": (_trunc(eth / v6() / tcp(), 14 + 30), L.STAT_MALFORMED),
         "v6-bad-version": (bytes(eth / v6(version=4) / tcp()), L.STAT_MALFORMED),
         "v6-fragment": (bytes(eth / v6() / IPv6ExtHdrFragment(m=1) / udp() / body), L.STAT_FRAGMENT),
-        "v6-hbh-then-fragment": (bytes(eth / v6() / IPv6ExtHdrHopByHop() / IPv6ExtHdrFragment(offset=5) / body),
-                                 L.STAT_FRAGMENT),
+        "v6-hbh-then-fragment": (bytes(eth / v6() / IPv6ExtHdrHopByHop() / IPv6ExtHdrFragment(offset=5) / body), L.STAT_FRAGMENT),
         "v6-truncated-ext": (_trunc(eth / v6() / IPv6ExtHdrHopByHop() / tcp(), 14 + 40 + 1), L.STAT_MALFORMED),
         "v6-ext-past-end": (bytes(eth / v6() / six(len=200, nh=6) / Raw(b"\0" * 6)), L.STAT_MALFORMED),
         "v6-ext-then-nothing": (bytes(eth / v6() / six(len=1) / Raw(b"\0" * 14)), L.STAT_NOL4),
-        "v6-too-many-ext": (bytes(eth / v6() / IPv6ExtHdrHopByHop() / six() / six() / six() / six() / six() / six()
-                                  / tcp()), L.STAT_NOL4),
+        "v6-too-many-ext": (
+            bytes(eth / v6() / IPv6ExtHdrHopByHop() / six() / six() / six() / six() / six() / six() / tcp()),
+            L.STAT_NOL4,
+        ),
         "v6-icmp": (bytes(eth / v6() / ICMPv6EchoRequest() / body), L.STAT_NOL4),
         "vlan-arp": (bytes(eth / Dot1Q(vlan=3) / ARP(psrc=a4, pdst=b4)), L.STAT_NONIP),
         "vlan-truncated": (bytes(e(0x8100) / Raw(b"\x00")), L.STAT_MALFORMED),
         "v4-unknown-flow": (bytes(eth / v4() / TCP(sport=sp + 1, dport=dp, flags="PA") / body), L.STAT_MISS),
         "v6-unknown-flow": (bytes(eth / v6() / UDP(sport=sp, dport=dp + 1) / body), L.STAT_MISS),
-        "v4-reverse-direction": (bytes(eth / IP(src=b4, dst=a4) / TCP(sport=dp, dport=sp, flags="A") / body),
-                                 L.STAT_MISS),
+        "v4-reverse-direction": (bytes(eth / IP(src=b4, dst=a4) / TCP(sport=dp, dport=sp, flags="A") / body), L.STAT_MISS),
         "v4-unknown-syn": (bytes(eth / v4() / TCP(sport=sp + 2, dport=dp, flags="S")), L.STAT_CONTROL),
         "v6-unknown-pure-ack": (bytes(eth / v6() / TCP(sport=sp + 2, dport=dp, flags="A")), L.STAT_CONTROL),
-        "v4-unknown-fin-with-data": (bytes(eth / v4() / TCP(sport=sp + 2, dport=dp, flags="FA") / body),
-                                     L.STAT_CONTROL),
+        "v4-unknown-fin-with-data": (bytes(eth / v4() / TCP(sport=sp + 2, dport=dp, flags="FA") / body), L.STAT_CONTROL),
         "v4-unknown-rst": (bytes(eth / v4() / TCP(sport=sp + 2, dport=dp, flags="R")), L.STAT_CONTROL),
     }
 

@@ -147,8 +147,19 @@ def _groups(uid: int, gid: int | None) -> list[int]:
 
 
 def run_as(uid: int, gid: int | None, what: str, net: VethPair, a_fd: int = -1, a_pid: int = -1) -> dict:
-    argv = ids_argv(uid, uid, _groups(uid, gid), ATTEMPTS, net.dev_a, net.a, what, str(a_fd), str(a_pid),
-                    netns=net.a, preload="import controller_helpers")
+    argv = ids_argv(
+        uid,
+        uid,
+        _groups(uid, gid),
+        ATTEMPTS,
+        net.dev_a,
+        net.a,
+        what,
+        str(a_fd),
+        str(a_pid),
+        netns=net.a,
+        preload="import controller_helpers",
+    )
     r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -158,10 +169,19 @@ class Member:
     """Member A: a serving process of the group with one socket flow, driven over a pipe."""
 
     def __init__(self, net: VethPair, gid: int) -> None:
-        argv = ids_argv(MEMBER_A, MEMBER_A, [gid], SERVE, net.dev_a, net.a, net.ip_b, str(PORT), netns=net.a,
-                        preload="import controller_helpers")
-        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True)
+        argv = ids_argv(
+            MEMBER_A,
+            MEMBER_A,
+            [gid],
+            SERVE,
+            net.dev_a,
+            net.a,
+            net.ip_b,
+            str(PORT),
+            netns=net.a,
+            preload="import controller_helpers",
+        )
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.p.stdout.readline().split()
         assert line and line[0] == "ready", self.p.stderr.read() if self.p.poll() is not None else line
         self.key, self.fd = int(line[1]), int(line[2])
@@ -235,9 +255,19 @@ def _one_line(msg: str, *needles: str) -> None:
 # ---- the modes attach gives ---------------------------------------------------------------------
 def test_pins_carry_exactly_the_groups_share(net: VethPair, group) -> None:
     pin = layout.pin_dir(net.dev_a, net.a)
-    want = {"config": 0o640, "levels": 0o640, "sk_flows": 0o660, "sk_state": 0o640, "requests": 0o620,
-            "flows": 0o600, "flow_state": 0o600, "stats": 0o600, "rules": 0o600, "rule_stats": 0o600,
-            tcx.LINK_PIN: 0o600}
+    want = {
+        "config": 0o640,
+        "levels": 0o640,
+        "sk_flows": 0o660,
+        "sk_state": 0o640,
+        "requests": 0o620,
+        "flows": 0o600,
+        "flow_state": 0o600,
+        "stats": 0o600,
+        "rules": 0o600,
+        "rule_stats": 0o600,
+        tcx.LINK_PIN: 0o600,
+    }
     seen = {}
     for p in pin.iterdir():
         st = os.stat(p)
@@ -297,8 +327,12 @@ def test_member_cannot_reach_another_members_socket(net: VethPair, group, member
 
 def test_member_cannot_change_config_levels_rules_or_5_tuples(net: VethPair, group, member: Member, rx) -> None:
     with PinnedMaps.open(net.dev_a, net.a) as maps:
-        before = (maps.config_map.lookup(b"\0" * 4), [maps.levels.lookup(i.to_bytes(4, "little")) for i in range(8)],
-                  list(maps.rules.items()), len(maps.flows))
+        before = (
+            maps.config_map.lookup(b"\0" * 4),
+            [maps.levels.lookup(i.to_bytes(4, "little")) for i in range(8)],
+            list(maps.rules.items()),
+            len(maps.flows),
+        )
     out = run_as(MEMBER_B, group[1], "config", net)
     for k in ("config_write", "levels_write"):
         _one_line(out[k], "PermissionDeniedError", "read-only", "needs root")
@@ -309,8 +343,12 @@ def test_member_cannot_change_config_levels_rules_or_5_tuples(net: VethPair, gro
     for k in ("set_static", "five_tuple"):
         _one_line(out[k], "PermissionDeniedError", "flows: root only", "register the connected socket")
     with PinnedMaps.open(net.dev_a, net.a) as maps:
-        after = (maps.config_map.lookup(b"\0" * 4), [maps.levels.lookup(i.to_bytes(4, "little")) for i in range(8)],
-                 list(maps.rules.items()), len(maps.flows))
+        after = (
+            maps.config_map.lookup(b"\0" * 4),
+            [maps.levels.lookup(i.to_bytes(4, "little")) for i in range(8)],
+            list(maps.rules.items()),
+            len(maps.flows),
+        )
     assert after == before
     assert wire_levels(member, rx) == [5] * 4  # the classifier still runs with its config
 
@@ -318,18 +356,26 @@ def test_member_cannot_change_config_levels_rules_or_5_tuples(net: VethPair, gro
 # ---- outside the group, and the host ------------------------------------------------------------
 def test_non_member_gets_the_permission_error_naming_the_fix(net: VethPair, group) -> None:
     out = run_as(OUTSIDER, group[1], "controller", net)
-    _one_line(out["controller"], "PermissionDeniedError", f"uid {OUTSIDER}", f"is not in {group[0]}",
-              f"usermod -aG {group[0]}", "or run it as root")
+    _one_line(
+        out["controller"],
+        "PermissionDeniedError",
+        f"uid {OUTSIDER}",
+        f"is not in {group[0]}",
+        f"usermod -aG {group[0]}",
+        "or run it as root",
+    )
 
 
 @pytest.mark.parametrize("uid", [MEMBER_B, OUTSIDER])
 def test_neither_can_attach_detach_or_touch_the_qdisc(net: VethPair, group, uid: int) -> None:
     def snapshot():
         pin = layout.pin_dir(net.dev_a, net.a)
-        return (sh("tc", "qdisc", "show", "dev", net.dev_a, ns=net.a),
-                sh("tc", "filter", "show", "dev", net.dev_a, "egress", ns=net.a),
-                tcx.egress_progs(int(sh("cat", f"/sys/class/net/{net.dev_a}/ifindex", ns=net.a)), net.a),
-                sorted((p.name, os.stat(p).st_mode, os.stat(p).st_gid) for p in pin.iterdir()))
+        return (
+            sh("tc", "qdisc", "show", "dev", net.dev_a, ns=net.a),
+            sh("tc", "filter", "show", "dev", net.dev_a, "egress", ns=net.a),
+            tcx.egress_progs(int(sh("cat", f"/sys/class/net/{net.dev_a}/ifindex", ns=net.a)), net.a),
+            sorted((p.name, os.stat(p).st_mode, os.stat(p).st_gid) for p in pin.iterdir()),
+        )
 
     before = snapshot()
     out = run_as(uid, group[1], "host", net)
@@ -370,8 +416,13 @@ def test_done_leaves_a_5_tuple_entry_another_process_registered_since(net: VethP
     try:
         req = ctl.request("shared", slo_s=600)
         fh = req.stage("p2d").add_flow(tup, bytes=100)
-        other = subprocess.Popen([sys.executable, "-c", OTHER_WRITER, net.dev_a, net.a, tests, str(fh.gen)],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        other = subprocess.Popen(
+            [sys.executable, "-c", OTHER_WRITER, net.dev_a, net.a, tests, str(fh.gen)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert other.stdout.readline().strip() == "registered", other.stderr.read()
         key = fh.key
         theirs = ctl.maps.flows.lookup(key)

@@ -100,8 +100,11 @@ def _clean(net: VethPair) -> None:
 
 
 def _marked(net: VethPair) -> bool:
-    return (udp_dscp(net, 7000) == [DSCP[2]] * 3 and udp_dscp(net, 7002) == [DSCP[DEFAULT]] * 3
-            and udp_dscp(net, 7003, v6=True) == [DSCP[1]] * 3)
+    return (
+        udp_dscp(net, 7000) == [DSCP[2]] * 3
+        and udp_dscp(net, 7002) == [DSCP[DEFAULT]] * 3
+        and udp_dscp(net, 7003, v6=True) == [DSCP[1]] * 3
+    )
 
 
 def _rules(net: VethPair) -> list[dict]:
@@ -135,8 +138,10 @@ def test_apply_is_idempotent_and_detach_all_undoes_it(net: VethPair, f: Path, ac
     assert [r["packets"] for r in _rules(net)] == [3, 3]  # counters kept: the table was not rewritten
     # a changed config changes just that: one rule out, one in, the attachment untouched
     f.write_text(config(net, RULES.replace('dport = "7000-7001"', 'dport = "7002"')))
-    want = [f"{net.dev_a} (netns {net.a}): rule - proto udp dport 7000-7001 -> level 2",
-            f"{net.dev_a} (netns {net.a}): rule + proto udp dport 7002 -> level 2"]
+    want = [
+        f"{net.dev_a} (netns {net.a}): rule - proto udp dport 7000-7001 -> level 2",
+        f"{net.dev_a} (netns {net.a}): rule + proto udp dport 7002 -> level 2",
+    ]
     assert mfs("apply", "--config", str(f), "--dry-run").stdout.strip().splitlines() == want
     assert [r["dport"] for r in _rules(net)] == ["7000-7001", None]  # the dry run changed nothing
     third = mfs("apply", "--config", str(f))
@@ -145,14 +150,20 @@ def test_apply_is_idempotent_and_detach_all_undoes_it(net: VethPair, f: Path, ac
     assert [r["dport"] for r in _rules(net)] == ["7002", None]
     assert udp_dscp(net, 7002) == [DSCP[2]] * 3 and udp_dscp(net, 7000) == [DSCP[DEFAULT]] * 3
     # an attach option changed: re-attach, rules kept
-    f.write_text(config(net, RULES.replace('dport = "7000-7001"', 'dport = "7002"')).replace(
-        f"default_level = {DEFAULT}", "default_level = 4"))
+    f.write_text(
+        config(net, RULES.replace('dport = "7000-7001"', 'dport = "7002"')).replace(
+            f"default_level = {DEFAULT}", "default_level = 4"
+        )
+    )
     fourth = mfs("apply", "--config", str(f))
     assert "re-attach (default_level 5 -> 4)" in fourth.stdout and "rule" not in fourth.stdout
     assert udp_dscp(net, 7000) == [DSCP[4]] * 3
     # the access group taken out of the config: re-attach, every pin root's only again
-    f.write_text(config(net, RULES.replace('dport = "7000-7001"', 'dport = "7002"')).replace(
-        f"default_level = {DEFAULT}", "default_level = 4").replace(f'access_group = "{GROUP}"', ""))
+    f.write_text(
+        config(net, RULES.replace('dport = "7000-7001"', 'dport = "7002"'))
+        .replace(f"default_level = {DEFAULT}", "default_level = 4")
+        .replace(f'access_group = "{GROUP}"', "")
+    )
     fifth = mfs("apply", "--config", str(f))
     assert f"re-attach (access_group {GROUP} (gid {access_group}) -> none)" in fifth.stdout, fifth.stdout
     assert {(os.stat(p).st_mode & 0o777, os.stat(p).st_gid) for p in pin.iterdir()} == {(0o600, 0)}
@@ -232,8 +243,12 @@ class Lines:
 def test_watch_brings_classifier_and_rules_back(net: VethPair, f: Path) -> None:
     f.write_text(config(net, RULES))
     # a long period: what brings the classifier back is the link event, not the periodic run
-    p = subprocess.Popen(MFS + ["apply", "--config", str(f), "--watch", "--period", "600"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        MFS + ["apply", "--config", str(f), "--watch", "--period", "600"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         out = Lines(p)
         out.wait_for("watching 1 interface")
@@ -263,10 +278,8 @@ def test_watch_brings_classifier_and_rules_back(net: VethPair, f: Path) -> None:
 
 def test_install_systemd_copies_the_unit_without_enabling_it(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_DIR": str(tmp_path / "unit"),
-           "MFS_TC_ETC": str(tmp_path / "etc")}
-    r = subprocess.run([str(root / "tools" / "install.sh"), "--systemd"], capture_output=True, text=True,
-                       env=env, timeout=600)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_DIR": str(tmp_path / "unit"), "MFS_TC_ETC": str(tmp_path / "etc")}
+    r = subprocess.run([str(root / "tools" / "install.sh"), "--systemd"], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
     unit = (tmp_path / "unit" / "mfs-tc.service").read_text()
     mfs_tc = root / ".venv" / "bin" / "mfs-tc"
@@ -279,6 +292,5 @@ def test_install_systemd_copies_the_unit_without_enabling_it(tmp_path: Path) -> 
     cfg = load(example)  # the shipped example is a valid config
     (ic,) = cfg.interfaces
     assert ic.opts.ifname == "eth0" and [r.stage for r in ic.rules] == ["kv_fetch", None]
-    bad = subprocess.run([str(root / "tools" / "install.sh"), "--enable"], capture_output=True, text=True,
-                         env=env, timeout=600)
+    bad = subprocess.run([str(root / "tools" / "install.sh"), "--enable"], capture_output=True, text=True, env=env, timeout=600)
     assert bad.returncode == 2 and "--enable needs --systemd" in bad.stderr

@@ -37,18 +37,23 @@ def test_nested_windows_and_fractional_lp() -> None:
     assert _lp([(0, 1, 1), (0, 1, 1), (5, 6, 1), (5, 6, 0.5)]) == pytest.approx(1.0 + 1.5)
 
 
-P2D_ONLY = ModelShape(name="p2d-only", layer_groups=1, kv_bytes_per_token_per_group=1.0,
-                      act_bytes_per_token_per_group=0.0, collective="all_reduce",
-                      compute_a_s=0.0, compute_b_s_per_token=0.0, decode_step_s=0.01)
+P2D_ONLY = ModelShape(
+    name="p2d-only",
+    layer_groups=1,
+    kv_bytes_per_token_per_group=1.0,
+    act_bytes_per_token_per_group=0.0,
+    collective="all_reduce",
+    compute_a_s=0.0,
+    compute_b_s_per_token=0.0,
+    decode_step_s=0.01,
+)
 
 
 def test_workload_bound_matches_the_best_schedule() -> None:
     # three requests of 1000 p2d bytes at 1000 B/s, all at t=0, SLO 2.02 s (1 s p2d + 10 ms
     # decode alone, x2): the decode downlink serves at most two by 2.01 s
-    cl = ClusterShape(kv_hosts=1, prefill_groups=1, group_size=1, decode_hosts=1,
-                      link_rate_bps=8000.0)
-    cfg = WorkloadConfig(kind="poisson", load=1.0, num_requests=3, model=P2D_ONLY, cluster=cl,
-                         byte_scale=1.0, max_batch=8)
+    cl = ClusterShape(kv_hosts=1, prefill_groups=1, group_size=1, decode_hosts=1, link_rate_bps=8000.0)
+    cfg = WorkloadConfig(kind="poisson", load=1.0, num_requests=3, model=P2D_ONLY, cluster=cl, byte_scale=1.0, max_batch=8)
     reqs = [RequestSpec(i + 1, 0.0, 1000, 0, 1, 0, "d0", "kv0", 2.02, 1.01) for i in range(3)]
     w = Workload(cfg=cfg, model=P2D_ONLY, cluster=cl, requests=reqs)
     b = B.reference_bound(w)
@@ -75,17 +80,16 @@ def test_bound_holds_on_simulated_runs(load: float) -> None:
     assert 0 <= b["met_max"] <= b["single_resource_met_max"] <= n
     assert b["attainment"] == pytest.approx(b["met_max"] / n)
     for name in ("mfs", "edf", "sjf", "fair", "llf-oracle"):
-        res = simulate(w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps,
-                                          config={}), aggregate_groups=True)
+        res = simulate(
+            w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={}), aggregate_groups=True
+        )
         assert sum(r.met for r in res.requests) <= b["met_max"], name
 
 
 def _three_p2d(group_size: int) -> Workload:
     """Three requests at t=0 whose only work is 1000 p2d bytes to one decode host at 1000 B/s."""
-    cl = ClusterShape(kv_hosts=1, prefill_groups=1, group_size=group_size, decode_hosts=1,
-                      link_rate_bps=8000.0)
-    cfg = WorkloadConfig(kind="poisson", load=1.0, num_requests=3, model=P2D_ONLY, cluster=cl,
-                         byte_scale=1.0, max_batch=8)
+    cl = ClusterShape(kv_hosts=1, prefill_groups=1, group_size=group_size, decode_hosts=1, link_rate_bps=8000.0)
+    cfg = WorkloadConfig(kind="poisson", load=1.0, num_requests=3, model=P2D_ONLY, cluster=cl, byte_scale=1.0, max_batch=8)
     reqs = [RequestSpec(i + 1, 0.0, 1000, 0, 1, 0, "d0", "kv0", 2.02, 1.01) for i in range(3)]
     return Workload(cfg=cfg, model=P2D_ONLY, cluster=cl, requests=reqs)
 
@@ -137,8 +141,9 @@ def test_coupled_bound_is_tighter_and_holds_on_simulated_runs(load: float) -> No
     assert c["met_max"] <= b["met_max"]
     assert c["met_max"] <= round(c["contention_free_attainment"] * len(w.requests))
     for name in ("mfs", "edf", "sjf", "fair", "llf-oracle"):
-        res = simulate(w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps,
-                                          config={}), aggregate_groups=True)
+        res = simulate(
+            w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={}), aggregate_groups=True
+        )
         assert sum(r.met for r in res.requests) <= c["met_max"], name
     if load > 2:  # queueing at the prefill groups (42 against 37 on this workload): tighter
         assert c["met_max"] <= b["met_max"] - 3

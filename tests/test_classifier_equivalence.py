@@ -56,16 +56,20 @@ def random_entry(rng: random.Random, mode: int, now: int) -> tuple[FlowEntry, Re
     kw: dict = {}
     if mode == layout.MODE_MLU:
         total = rng.choice([rng.randint(1, 10_000), rng.randint(10_000, 1 << 30)])
-        kw = dict(total_bytes=total, ps_per_byte=rng.choice(RATES),
-                  deadline_ns=now + rng.randint(-sec, 5 * sec),
-                  sent_bytes=rng.randint(0, total + total // 4))
+        kw = dict(
+            total_bytes=total,
+            ps_per_byte=rng.choice(RATES),
+            deadline_ns=now + rng.randint(-sec, 5 * sec),
+            sent_bytes=rng.randint(0, total + total // 4),
+        )
         th = sorted(mlu_fixed(rng.uniform(0.001, 3.0)) for _ in range(rng.randint(0, 7)))
     elif mode == layout.MODE_RLI:
         kw = dict(target_layer=rng.randint(0, 80))
         th = _thresholds(rng, -4, 60)
     elif mode == layout.MODE_LAXITY:
-        kw = dict(deadline_ns=now + rng.randint(-2 * sec, 4 * sec), ps_per_byte=rng.choice(RATES),
-                  sent_bytes=rng.randint(0, 1 << 26))
+        kw = dict(
+            deadline_ns=now + rng.randint(-2 * sec, 4 * sec), ps_per_byte=rng.choice(RATES), sent_bytes=rng.randint(0, 1 << 26)
+        )
         th = _thresholds(rng, -sec, 6 * sec)
     elif mode == layout.MODE_SENT:
         kw = dict(sent_bytes=rng.randint(0, 1 << 24))
@@ -75,23 +79,21 @@ def random_entry(rng: random.Random, mode: int, now: int) -> tuple[FlowEntry, Re
         kw = dict(total_bytes=total, sent_bytes=rng.randint(0, total + 5000))
         th = _thresholds(rng, 0, 1 << 24)
     levels = [rng.randint(0, 7) for _ in range(len(th) + 1)]
-    flags = rng.choice([0, layout.F_MONOTONIC, layout.F_AUTO_SCAVENGE,
-                        layout.F_MONOTONIC | layout.F_AUTO_SCAVENGE])
+    flags = rng.choice([0, layout.F_MONOTONIC, layout.F_AUTO_SCAVENGE, layout.F_MONOTONIC | layout.F_AUTO_SCAVENGE])
     cur = rng.choice([0xFF, rng.randint(0, 7)])
     req = None
     rid = 0
     if rng.random() < 0.6:
         rid = RID
         if rng.random() < 0.9:  # else: the entry names a request that is not in the map
-            req = RequestRecord(cursor=rng.randint(-5, 70),
-                                flags=layout.R_SCAVENGER if rng.random() < 0.1 else 0)
-    e = FlowEntry(mode=mode, levels=levels, thresholds=th, flags=flags, cur_level=cur,
-                  request_id=rid, gen=rng.getrandbits(32), **kw)
+            req = RequestRecord(cursor=rng.randint(-5, 70), flags=layout.R_SCAVENGER if rng.random() < 0.1 else 0)
+    e = FlowEntry(
+        mode=mode, levels=levels, thresholds=th, flags=flags, cur_level=cur, request_id=rid, gen=rng.getrandbits(32), **kw
+    )
     return e, req
 
 
-def _check(clf: LoadedClassifier, e: FlowEntry, req: RequestRecord | None, nlevels: int,
-           pkts: int = 0) -> bool:
+def _check(clf: LoadedClassifier, e: FlowEntry, req: RequestRecord | None, nlevels: int, pkts: int = 0) -> bool:
     """Plant the entry and a kernel state of the same registration (sent e.sent_bytes, level
     e.cur_level), run one packet; assert the kernel agrees with the oracle, in its level and in
     the state it leaves. True when the oracle was ambiguous (a threshold crossed mid-run)."""
@@ -114,8 +116,13 @@ def _check(clf: LoadedClassifier, e: FlowEntry, req: RequestRecord | None, nleve
         states.close()
         requests.close()
     scav = bool(req and req.scavenged)
-    kw = dict(cursor=req.cursor if req else 0, scavenged=scav, scavenger_level=nlevels - 1,
-              nlevels=nlevels, default_level=clf.default_level)
+    kw = dict(
+        cursor=req.cursor if req else 0,
+        scavenged=scav,
+        scavenger_level=nlevels - 1,
+        nlevels=nlevels,
+        default_level=clf.default_level,
+    )
     expect = {e.level(t0, **kw), e.level(t1, **kw)}
     got = r.priority - 0x100
     assert r.retval == 0  # TC_ACT_OK: never drops
@@ -134,8 +141,7 @@ def _check(clf: LoadedClassifier, e: FlowEntry, req: RequestRecord | None, nleve
 @pytest.mark.parametrize("nlevels", [8, 4])
 @pytest.mark.parametrize(
     "mode",
-    [layout.MODE_STATIC, layout.MODE_MLU, layout.MODE_RLI, layout.MODE_LAXITY, layout.MODE_SENT,
-     layout.MODE_REMAINING],
+    [layout.MODE_STATIC, layout.MODE_MLU, layout.MODE_RLI, layout.MODE_LAXITY, layout.MODE_SENT, layout.MODE_REMAINING],
     ids=lambda m: layout.MODE_NAMES[m],
 )
 def test_kernel_level_equals_python_mirror(clf: LoadedClassifier, mode: int, nlevels: int) -> None:
@@ -164,10 +170,26 @@ def test_mlu_large_values_and_cap(clf: LoadedClassifier) -> None:
         far = now + rng.randint(1 << 40, 1 << 50)
         total = rng.randint(1 << 30, 1 << 44)
         th = sorted(mlu_fixed(x) for x in rng.sample([0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 63.9], 5))
-        cases.append(FlowEntry(mode=layout.MODE_MLU, levels=[6, 5, 4, 3, 2, 1], thresholds=th,
-                               total_bytes=total, ps_per_byte=rng.choice(RATES), deadline_ns=far))
-    cases.append(FlowEntry(mode=layout.MODE_MLU, levels=[5, 0], thresholds=[layout.MLU_CAP],
-                           total_bytes=1 << 40, ps_per_byte=80000, deadline_ns=now + 10**9))
+        cases.append(
+            FlowEntry(
+                mode=layout.MODE_MLU,
+                levels=[6, 5, 4, 3, 2, 1],
+                thresholds=th,
+                total_bytes=total,
+                ps_per_byte=rng.choice(RATES),
+                deadline_ns=far,
+            )
+        )
+    cases.append(
+        FlowEntry(
+            mode=layout.MODE_MLU,
+            levels=[5, 0],
+            thresholds=[layout.MLU_CAP],
+            total_bytes=1 << 40,
+            ps_per_byte=80000,
+            deadline_ns=now + 10**9,
+        )
+    )
     for e in cases:
         _check(clf, e, None, 8)
 
@@ -176,8 +198,7 @@ def test_request_cursor_drives_rli_level(clf: LoadedClassifier) -> None:
     """An rli entry's level follows its request's cursor, read at each packet."""
     clf.nlevels = 8
     clf.configure()
-    e = FlowEntry(mode=layout.MODE_RLI, levels=[0, 2, 4, 6], thresholds=[1, 3, 6], target_layer=10,
-                  request_id=RID)
+    e = FlowEntry(mode=layout.MODE_RLI, levels=[0, 2, 4, 6], thresholds=[1, 3, 6], target_layer=10, request_id=RID)
     for cursor, want in [(10, 0), (9, 2), (8, 2), (7, 4), (5, 4), (4, 6), (0, 6), (12, 0)]:
         _check(clf, e, RequestRecord(cursor=cursor), 8)
         assert clf.level_of(PACKET) == want, cursor
@@ -210,10 +231,11 @@ def test_entry_counters_accumulate_over_packets(clf: LoadedClassifier) -> None:
 U64 = (1 << 64) - 1
 S64_MIN, S64_MAX = -(1 << 63), (1 << 63) - 1
 
-_u64 = st.one_of(st.integers(0, U64), st.sampled_from([0, 1, 999, 1000, 1 << 32, (1 << 32) - 1, 1 << 40,
-                                                       (1 << 54), (1 << 63) - 1, 1 << 63, U64 - PAYLOAD]))
-_s64 = st.one_of(st.integers(S64_MIN, S64_MAX), st.sampled_from([S64_MIN, S64_MIN + 1, -1, 0, 1, MLU_CAP,
-                                                                 S64_MAX - 1, S64_MAX]))
+_u64 = st.one_of(
+    st.integers(0, U64),
+    st.sampled_from([0, 1, 999, 1000, 1 << 32, (1 << 32) - 1, 1 << 40, (1 << 54), (1 << 63) - 1, 1 << 63, U64 - PAYLOAD]),
+)
+_s64 = st.one_of(st.integers(S64_MIN, S64_MAX), st.sampled_from([S64_MIN, S64_MIN + 1, -1, 0, 1, MLU_CAP, S64_MAX - 1, S64_MAX]))
 _ps = st.one_of(st.sampled_from(RATES + [0, 1, (1 << 32) - 1, 1 << 32, U64]), st.integers(0, U64))
 
 
@@ -224,16 +246,34 @@ def adversarial(draw):
     th = [] if mode == layout.MODE_STATIC else sorted(draw(st.lists(_s64, max_size=layout.MAX_THRESH)))
     levels = draw(st.lists(st.integers(0, 7), min_size=len(th) + 1, max_size=len(th) + 1))
     now = time.monotonic_ns()
-    dl = draw(st.one_of(_s64, st.integers(-10**10, 10**10).map(lambda d: now + d),
-                        st.integers(1 << 40, 1 << 62).map(lambda d: now + d)))
+    dl = draw(
+        st.one_of(
+            _s64, st.integers(-(10**10), 10**10).map(lambda d: now + d), st.integers(1 << 40, 1 << 62).map(lambda d: now + d)
+        )
+    )
     sent = draw(st.one_of(_u64, st.integers(0, 1 << 30))) % (U64 - PAYLOAD)  # the count stays < 2^64
-    e = FlowEntry(mode=mode, levels=levels, thresholds=th, flags=draw(st.integers(0, 3)),
-                  target_layer=draw(st.integers(0, (1 << 32) - 1)), request_id=RID,
-                  deadline_ns=dl, total_bytes=draw(_u64), ps_per_byte=draw(_ps), sent_bytes=sent,
-                  cur_level=draw(st.sampled_from([0xFF, 0, 1, 2, 3, 4, 5, 6, 7])), gen=draw(st.integers(0, (1 << 32) - 1)))
-    req = draw(st.one_of(st.none(), st.builds(
-        RequestRecord, cursor=st.integers(-(1 << 31), (1 << 31) - 1),
-        flags=st.sampled_from([0, layout.R_SCAVENGER]))))
+    e = FlowEntry(
+        mode=mode,
+        levels=levels,
+        thresholds=th,
+        flags=draw(st.integers(0, 3)),
+        target_layer=draw(st.integers(0, (1 << 32) - 1)),
+        request_id=RID,
+        deadline_ns=dl,
+        total_bytes=draw(_u64),
+        ps_per_byte=draw(_ps),
+        sent_bytes=sent,
+        cur_level=draw(st.sampled_from([0xFF, 0, 1, 2, 3, 4, 5, 6, 7])),
+        gen=draw(st.integers(0, (1 << 32) - 1)),
+    )
+    req = draw(
+        st.one_of(
+            st.none(),
+            st.builds(
+                RequestRecord, cursor=st.integers(-(1 << 31), (1 << 31) - 1), flags=st.sampled_from([0, layout.R_SCAVENGER])
+            ),
+        )
+    )
     return e, req, nlevels, draw(st.integers(0, U64 - 1))
 
 

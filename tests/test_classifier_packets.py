@@ -63,10 +63,18 @@ HITS = {
     "v6-udp": ETH / IPv6(src=A6, dst=B6) / UDP(sport=SP, dport=DP) / BODY,
     "vlan-v4-tcp": ETH / Dot1Q(vlan=10) / IP(src=A4, dst=B4) / TCP(sport=SP, dport=DP) / BODY,
     "qinq-outer-v6-udp": ETH / Dot1AD(vlan=20) / IPv6(src=A6, dst=B6) / UDP(sport=SP, dport=DP) / BODY,
-    "v4-options-tcp": ETH / IP(src=A4, dst=B4, options=[IPOption_NOP(), IPOption_RR(routers=["1.2.3.4"])])
-    / TCP(sport=SP, dport=DP, options=[("MSS", 1400), ("NOP", None), ("WScale", 7)]) / BODY,
-    "v6-ext-tcp": ETH / IPv6(src=A6, dst=B6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()
-    / IPv6ExtHdrRouting(addresses=[]) / IPv6ExtHdrDestOpt() / TCP(sport=SP, dport=DP) / BODY,
+    "v4-options-tcp": ETH
+    / IP(src=A4, dst=B4, options=[IPOption_NOP(), IPOption_RR(routers=["1.2.3.4"])])
+    / TCP(sport=SP, dport=DP, options=[("MSS", 1400), ("NOP", None), ("WScale", 7)])
+    / BODY,
+    "v6-ext-tcp": ETH
+    / IPv6(src=A6, dst=B6)
+    / IPv6ExtHdrHopByHop()
+    / IPv6ExtHdrDestOpt()
+    / IPv6ExtHdrRouting(addresses=[])
+    / IPv6ExtHdrDestOpt()
+    / TCP(sport=SP, dport=DP)
+    / BODY,
     "v4-ecn-ce-tcp": ETH / IP(src=A4, dst=B4, tos=0x03) / TCP(sport=SP, dport=DP) / BODY,
     "v6-ecn-ect1-udp": ETH / IPv6(src=A6, dst=B6, tc=0x01) / UDP(sport=SP, dport=DP) / BODY,
 }
@@ -160,8 +168,15 @@ def test_unknown_flows_control_packets_urgent_payload_bulk() -> None:
     """No live flow jumps to the top because its entry is missing: unknown flows' SYN, FIN,
     RST and pure ACKs get the control level, their payload the default (bulk) level."""
     with LoadedClassifier(default_level=6, control_level=1, dscp=layout.DEFAULT_DSCP) as c:
-        for flags, body, want in (("S", b"", 1), ("SA", b"", 1), ("A", b"", 1), ("F", b"", 1),
-                                  ("R", b"", 1), ("PA", b"x" * 100, 6), ("A", b"x", 6)):
+        for flags, body, want in (
+            ("S", b"", 1),
+            ("SA", b"", 1),
+            ("A", b"", 1),
+            ("F", b"", 1),
+            ("R", b"", 1),
+            ("PA", b"x" * 100, 6),
+            ("A", b"x", 6),
+        ):
             for ip in (IP(src=A4, dst=B4), IPv6(src=A6, dst=B6)):
                 raw = bytes(ETH / ip / TCP(sport=9, dport=10, flags=flags) / Raw(body))
                 r = c.run(raw)

@@ -56,7 +56,10 @@ def test_request_key_ints_and_stable_string_hash():
     assert a == request_key("req-17") and a != request_key("req-18") and 0 < a < 1 << 64
     other = subprocess.run(
         [sys.executable, "-c", "from mfs_tc.controller import request_key; print(request_key('req-17'))"],
-        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "123"},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
     )
     assert int(other.stdout) == a  # same in another process, whatever its hash seed
     for bad in (0, -1, 1 << 64, "", True, 1.5, None):
@@ -533,8 +536,9 @@ def test_two_processes_writing_at_once_lose_no_entry(root, maps):
     n = 1500
     code = WRITER.format(tests=str(TESTS))
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(me), str(n), str(root)], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(me), str(n), str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         for me in (1, 2)
     ]
     for p in procs:
@@ -572,8 +576,26 @@ def test_cli_set_flows_unset_gc(ctl, root, capsys):
     r = ctl.request("cli", slo_s=30.0)
     r.stage("kv_fetch", layer=2).add_flow(("10.0.0.1", "10.0.0.2", 11000, 80), bytes=4096)
     pr = ["--pin-root", str(root)]
-    code, out, err = run_cli(["set", IF, "--src", "fd77::1", "--dst", "fd77::2", "--sport", "5", "--dport", "6",
-                              "--proto", "udp", "--level", "3", *pr], capsys)
+    code, out, err = run_cli(
+        [
+            "set",
+            IF,
+            "--src",
+            "fd77::1",
+            "--dst",
+            "fd77::2",
+            "--sport",
+            "5",
+            "--dport",
+            "6",
+            "--proto",
+            "udp",
+            "--level",
+            "3",
+            *pr,
+        ],
+        capsys,
+    )
     assert code == 0, err
     code, out, err = run_cli(["flows", IF, "--json", *pr], capsys)
     assert code == 0, err
@@ -583,14 +605,17 @@ def test_cli_set_flows_unset_gc(ctl, root, capsys):
     assert rows[11000]["request_id"] == r.id and rows[11000]["total_bytes"] == 4096
     code, out, err = run_cli(["flows", *pr], capsys)  # every attached interface, as a table
     assert code == 0 and "kv_fetch" in out and "[fd77::1]:5" in out and "LEVEL" in out
-    code, out, err = run_cli(["set", IF, "--src", "10.0.0.1", "--dst", "10.0.0.2", "--sport", "1", "--dport", "2",
-                              "--level", "9", *pr], capsys)
+    code, out, err = run_cli(
+        ["set", IF, "--src", "10.0.0.1", "--dst", "10.0.0.2", "--sport", "1", "--dport", "2", "--level", "9", *pr], capsys
+    )
     assert code == 1 and "level 9 out of range" in err
-    code, out, err = run_cli(["unset", IF, "--src", "fd77::1", "--dst", "fd77::2", "--sport", "5", "--dport", "6",
-                              "--proto", "udp", *pr], capsys)
+    code, out, err = run_cli(
+        ["unset", IF, "--src", "fd77::1", "--dst", "fd77::2", "--sport", "5", "--dport", "6", "--proto", "udp", *pr], capsys
+    )
     assert code == 0, err
-    code, out, err = run_cli(["unset", IF, "--src", "fd77::1", "--dst", "fd77::2", "--sport", "5", "--dport", "6",
-                              "--proto", "udp", *pr], capsys)
+    code, out, err = run_cli(
+        ["unset", IF, "--src", "fd77::1", "--dst", "fd77::2", "--sport", "5", "--dport", "6", "--proto", "udp", *pr], capsys
+    )
     assert code == 1 and "no entry" in err
     code, out, err = run_cli(["gc", IF, "--json", *pr], capsys)
     assert code == 0 and json.loads(out)["flows_removed"] == 0

@@ -225,13 +225,35 @@ def test_serving_process_flows_carry_their_levels(attached: VethPair) -> None:
     sniff = Sniffer(net.b, net.dev_b)
     try:
         code = SERVER.format(
-            tests=str(TESTS), udp4=UDP4, udp6=UDP6, tcp4=TCP4, t_p2d=T_P2D, t_rli0=T_RLI0,
-            t_rli1=T_RLI1, t_rli2=T_RLI2, t_coll=T_COLL, t_coll_scav=T_COLL_SCAV, t_after=T_AFTER,
+            tests=str(TESTS),
+            udp4=UDP4,
+            udp6=UDP6,
+            tcp4=TCP4,
+            t_p2d=T_P2D,
+            t_rli0=T_RLI0,
+            t_rli1=T_RLI1,
+            t_rli2=T_RLI2,
+            t_coll=T_COLL,
+            t_coll_scav=T_COLL_SCAV,
+            t_after=T_AFTER,
         )
         r = subprocess.run(
-            ["nsenter", f"--net=/run/netns/{net.a}", sys.executable, "-c", code,
-             net.dev_a, net.a, net.ip_a, net.ip_b, net.ip6_a, net.ip6_b],
-            capture_output=True, text=True, timeout=60,
+            [
+                "nsenter",
+                f"--net=/run/netns/{net.a}",
+                sys.executable,
+                "-c",
+                code,
+                net.dev_a,
+                net.a,
+                net.ip_a,
+                net.ip_b,
+                net.ip6_a,
+                net.ip6_b,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -264,8 +286,13 @@ def test_serving_process_flows_carry_their_levels(attached: VethPair) -> None:
     # and receive stamps; packets whose level changes inside that window are not judged
     pe = out["p2d_entry"]
     entry = FlowEntry(
-        mode=1, levels=pe["levels"], thresholds=pe["thresholds"], flags=pe["flags"],
-        deadline_ns=pe["deadline_ns"], total_bytes=pe["total"], ps_per_byte=pe["ps"],
+        mode=1,
+        levels=pe["levels"],
+        thresholds=pe["thresholds"],
+        flags=pe["flags"],
+        deadline_ns=pe["deadline_ns"],
+        total_bytes=pe["total"],
+        ps_per_byte=pe["ps"],
     )
     sent_max = out["p2d_sent_bytes"]
     p2d_rows = sorted(by_tag[T_P2D], key=lambda row: row[1])

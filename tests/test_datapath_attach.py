@@ -23,6 +23,7 @@ from mfs_tc.loader import AttachOptions, attach, detach, load_state, state_path
 
 pytestmark = pytest.mark.privileged
 
+
 @pytest.fixture
 def net():
     with veth_pair() as n:  # detached at the end: a failed test leaves no pins or state behind
@@ -117,8 +118,25 @@ def test_double_attach_is_safe_and_keeps_maps(net: VethPair, hook: str) -> None:
 def test_detach_keeps_a_foreign_ingress_filter_and_clsact(net: VethPair) -> None:
     """clsact that someone else made (with their filter) survives attach+detach."""
     _tc(net, "qdisc", "add", "dev", net.dev_a, "clsact")
-    _tc(net, "filter", "add", "dev", net.dev_a, "ingress", "pref", "10", "protocol", "ip",
-        "u32", "match", "u32", "0", "0", "classid", "1:1")
+    _tc(
+        net,
+        "filter",
+        "add",
+        "dev",
+        net.dev_a,
+        "ingress",
+        "pref",
+        "10",
+        "protocol",
+        "ip",
+        "u32",
+        "match",
+        "u32",
+        "0",
+        "0",
+        "classid",
+        "1:1",
+    )
     before = _snapshot(net)
     attach(AttachOptions(net.dev_a, netns=net.a, qdisc="none"))
     detach(net.dev_a, net.a)
@@ -126,8 +144,7 @@ def test_detach_keeps_a_foreign_ingress_filter_and_clsact(net: VethPair) -> None
 
 
 def test_attach_refuses_a_configured_root_qdisc(net: VethPair) -> None:
-    _tc(net, "qdisc", "add", "dev", net.dev_a, "root", "handle", "1:", "tbf", "rate", "10mbit",
-        "burst", "32k", "latency", "50ms")
+    _tc(net, "qdisc", "add", "dev", net.dev_a, "root", "handle", "1:", "tbf", "rate", "10mbit", "burst", "32k", "latency", "50ms")
     before = _snapshot(net)
     with pytest.raises(MfsError, match="--qdisc none"):
         attach(AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=10**8))

@@ -28,7 +28,6 @@ HIGH, LOW = 1, 5
 WARMUP_S, WINDOW_S = 1.0, 3.0
 
 
-
 class Sink(threading.Thread):
     """Accepts one connection in the peer namespace and counts the bytes it receives."""
 
@@ -82,8 +81,7 @@ class Source(threading.Thread):
 
 
 def _level_bytes(net: VethPair) -> dict[int, int]:
-    r = subprocess.run(MFS + ["status", net.dev_a, "--netns", net.a, "--json"], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(MFS + ["status", net.dev_a, "--netns", net.a, "--json"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return {lv["level"]: lv["bytes"] for lv in json.loads(r.stdout)["levels"]}
 

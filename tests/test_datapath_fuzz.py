@@ -68,11 +68,16 @@ def make_frames(n: int, seed: int) -> list[bytes]:
                 chain = chain / fuzz(rng.choice(ext)())
             p = eth / chain / l4()(sport=rng.randint(1, 65535), dport=rng.randint(1, 65535)) / body()
         elif k == 3:  # VLAN / QinQ around anything
-            inner = rng.choice([IP(src=A4, dst=B4, tos=rng.getrandbits(8)) / l4()() / body(),
-                                IPv6(src=A6, dst=B6, tc=rng.getrandbits(8)) / l4()() / body(),
-                                ARP(psrc=A4, pdst=B4)])
-            tags = rng.choice([[Dot1Q(vlan=rng.randint(1, 4094))],
-                               [Dot1AD(vlan=rng.randint(1, 4094)), Dot1Q(vlan=rng.randint(1, 4094))]])
+            inner = rng.choice(
+                [
+                    IP(src=A4, dst=B4, tos=rng.getrandbits(8)) / l4()() / body(),
+                    IPv6(src=A6, dst=B6, tc=rng.getrandbits(8)) / l4()() / body(),
+                    ARP(psrc=A4, pdst=B4),
+                ]
+            )
+            tags = rng.choice(
+                [[Dot1Q(vlan=rng.randint(1, 4094))], [Dot1AD(vlan=rng.randint(1, 4094)), Dot1Q(vlan=rng.randint(1, 4094))]]
+            )
             p = eth
             for t in tags:
                 p = p / t
@@ -91,15 +96,18 @@ def make_frames(n: int, seed: int) -> list[bytes]:
             return bytes(Ether(src=SRC_MAC, dst=DST_MAC, type=rng.choice([0x0800, 0x86DD, 0x8100, 0x88A8]))) + raw
         elif k == 8:  # bad IHL / lengths on an otherwise fine IPv4 TCP frame of a known flow
             proto, sp = rng.choice(KNOWN)
-            p = eth / IP(src=A4, dst=B4, ihl=rng.randint(0, 15), len=rng.choice([0, rng.randint(0, 2000)]),
-                         tos=rng.getrandbits(8)) / TCP(sport=sp, dport=5201) / body()
+            p = (
+                eth
+                / IP(src=A4, dst=B4, ihl=rng.randint(0, 15), len=rng.choice([0, rng.randint(0, 2000)]), tos=rng.getrandbits(8))
+                / TCP(sport=sp, dport=5201)
+                / body()
+            )
         elif k == 9:
             p = eth / fuzz(IP(src=A4, dst=B4)) / fuzz(ICMP()) / body()
         else:  # well-formed frames of known flows (and their IPv6 twins): hits
             proto, sp = rng.choice(KNOWN)
             l4c = TCP if proto == 6 else UDP
-            ip = (IP(src=A4, dst=B4, tos=rng.getrandbits(8)) if rng.random() < 0.6
-                  else IPv6(src=A6, dst=B6, tc=rng.getrandbits(8)))
+            ip = IP(src=A4, dst=B4, tos=rng.getrandbits(8)) if rng.random() < 0.6 else IPv6(src=A6, dst=B6, tc=rng.getrandbits(8))
             p = eth / ip / l4c(sport=sp, dport=5201) / body()
         return bytes(p)
 
@@ -182,8 +190,7 @@ def _send_and_check(net: VethPair, frames: list[bytes], trust: bool) -> tuple[in
     failures: list[str] = []
     before = read_stats(pin)
     left_total = 0
-    with packet_socket(net.a, net.dev_a) as tx, Capture(net.a, net.dev_a, outgoing=True) as out, \
-            Capture(net.b, net.dev_b) as rx:
+    with packet_socket(net.a, net.dev_a) as tx, Capture(net.a, net.dev_a, outgoing=True) as out, Capture(net.b, net.dev_b) as rx:
         for i in range(0, len(frames), BATCH):
             batch = frames[i : i + BATCH]
             for f in batch:
@@ -200,8 +207,10 @@ def _send_and_check(net: VethPair, frames: list[bytes], trust: bool) -> tuple[in
             have = Counter(masked(f) for f in got)
             lost = want - have
             if lost:
-                failures.append(f"batch {i // BATCH}: {sum(lost.values())} frames lost or changed beyond DSCP: "
-                                + " ".join(k[:60].hex() + f"/{len(k)}" for k in lost))
+                failures.append(
+                    f"batch {i // BATCH}: {sum(lost.values())} frames lost or changed beyond DSCP: "
+                    + " ".join(k[:60].hex() + f"/{len(k)}" for k in lost)
+                )
             by_mask = {masked(f): f for f in batch}
             for g in got:
                 sent = by_mask.get(masked(g))
@@ -221,9 +230,20 @@ def _send_and_check(net: VethPair, frames: list[bytes], trust: bool) -> tuple[in
                     failures.append("IPv4 header checksum broken")
     d = stats_delta(before, read_stats(pin))
     per_level = sum(p for p, _ in d[: layout.MAX_LEVELS])
-    reasons = sum(d[s][0] for s in (layout.STAT_MISS, layout.STAT_MALFORMED, layout.STAT_NONIP,
-                                    layout.STAT_FRAGMENT, layout.STAT_NOL4, layout.STAT_HIT,
-                                    layout.STAT_SCAVENGED, layout.STAT_SK_HIT, layout.STAT_CONTROL))
+    reasons = sum(
+        d[s][0]
+        for s in (
+            layout.STAT_MISS,
+            layout.STAT_MALFORMED,
+            layout.STAT_NONIP,
+            layout.STAT_FRAGMENT,
+            layout.STAT_NOL4,
+            layout.STAT_HIT,
+            layout.STAT_SCAVENGED,
+            layout.STAT_SK_HIT,
+            layout.STAT_CONTROL,
+        )
+    )
     if not (per_level == reasons == left_total):
         failures.append(f"counters: {per_level} by level, {reasons} by reason, {left_total} frames left veth0")
     if left_total < len(frames):

@@ -96,11 +96,16 @@ def test_mlu_and_laxity_promote_on_time_without_a_controller(net: VethPair) -> N
     now = time.monotonic_ns()
     rate = ps_per_byte(100e6)
     # mlu: needs 200 ms of the link; deadline in 1 s; promoted 5 -> 1 when MLU >= 0.5 (at ~0.6 s)
-    mlu = FlowEntry(mode=layout.MODE_MLU, levels=[5, 1], thresholds=[mlu_fixed(0.5)],
-                    total_bytes=2_500_000, ps_per_byte=rate, deadline_ns=now + 1000 * MS)
+    mlu = FlowEntry(
+        mode=layout.MODE_MLU,
+        levels=[5, 1],
+        thresholds=[mlu_fixed(0.5)],
+        total_bytes=2_500_000,
+        ps_per_byte=rate,
+        deadline_ns=now + 1000 * MS,
+    )
     # laxity: base 700 ms ahead; promoted 5 -> 1 once laxity < 300 ms (at ~0.4 s)
-    lax = FlowEntry(mode=layout.MODE_LAXITY, levels=[1, 5], thresholds=[300 * MS],
-                    ps_per_byte=rate, deadline_ns=now + 700 * MS)
+    lax = FlowEntry(mode=layout.MODE_LAXITY, levels=[1, 5], thresholds=[300 * MS], ps_per_byte=rate, deadline_ns=now + 700 * MS)
     flows = [Flow(net, 43001, mlu), Flow(net, 43002, lax)]
     pin = layout.pin_dir(net.dev_a, net.a)
     with bpfsys.BpfMap.open(pin / "flows") as m:
@@ -139,8 +144,7 @@ def test_mlu_and_laxity_promote_on_time_without_a_controller(net: VethPair) -> N
 
 def test_rli_level_moves_with_the_cursor_only(net: VethPair) -> None:
     rid = 4242
-    rli = FlowEntry(mode=layout.MODE_RLI, levels=[0, 2, 4], thresholds=[1, 3], target_layer=6,
-                    request_id=rid)
+    rli = FlowEntry(mode=layout.MODE_RLI, levels=[0, 2, 4], thresholds=[1, 3], target_layer=6, request_id=rid)
     f = Flow(net, 43003, rli)
     pin = layout.pin_dir(net.dev_a, net.a)
     rkey = rid.to_bytes(8, "little")

@@ -44,8 +44,7 @@ def test_rewrites_during_traffic_lose_no_kernel_count() -> None:
         ctl = Controller(maps, resolve_policy("mfs", 8), entry_cache_ns=0)
         req = ctl.request("counts", slo_s=30.0, remaining_bytes=1 << 32, num_layers=8)
         st = req.stage("p2d", bytes=1 << 32)
-        handles = [st.add_flow((SRC, DST, 42000 + i, 5201), bytes=1 << 29, sent=1000 * i)
-                   for i in range(len(sizes))]
+        handles = [st.add_flow((SRC, DST, 42000 + i, 5201), bytes=1 << 29, sent=1000 * i) for i in range(len(sizes))]
         frames = [_frame(42000 + i, n) for i, n in enumerate(sizes)]
         stop = threading.Event()
         rewrites = [0]

@@ -64,7 +64,6 @@ def _put(net: VethPair, key: FlowKey, entry: FlowEntry) -> None:
         m.update(key.pack(), entry.pack())
 
 
-
 def _check_ip(frame: bytes, level: int, ecn: int) -> None:
     p = Ether(frame)
     want = layout.DEFAULT_DSCP[level]

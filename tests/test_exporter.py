@@ -86,8 +86,14 @@ def test_scrape_while_traffic_flows_counts_what_was_sent_per_level(attached: Vet
             _send(net, 40005, n5)
             after = _samples(_scrape(port), net.dev_a, net.a)
             lv = lambda s, lvl, what: s[(f"mfs_tc_level_{what}_total", (("level", str(lvl)),))]  # noqa: E731
-            deltas.append((lv(after, 2, "packets") - lv(before, 2, "packets"), lv(after, 5, "packets") - lv(before, 5, "packets"),
-                           lv(after, 2, "bytes") - lv(before, 2, "bytes"), lv(after, 5, "bytes") - lv(before, 5, "bytes")))
+            deltas.append(
+                (
+                    lv(after, 2, "packets") - lv(before, 2, "packets"),
+                    lv(after, 5, "packets") - lv(before, 5, "packets"),
+                    lv(after, 2, "bytes") - lv(before, 2, "bytes"),
+                    lv(after, 5, "bytes") - lv(before, 5, "bytes"),
+                )
+            )
             assert deltas[-1] == (n2, n5, n2 * WIRE, n5 * WIRE), deltas
             hits = after[("mfs_tc_hit_packets_total", ())] - before[("mfs_tc_hit_packets_total", ())]
             assert hits == n2 + n5

@@ -32,8 +32,10 @@ def test_bytes_follow_the_configs():
 def test_compute_scales_with_tp_and_gpu():
     t = {g: model_preset(f"qwen-72b:h100:tp{g}").compute_s([4096], [4096]) for g in (1, 2, 4, 8)}
     assert t[1] > 1.7 * t[2] > 1.7 * 1.7 * t[4]  # tensor parallelism roughly halves the time
-    assert model_preset("llama3-70b:a100", tp=4).compute_b_s_per_token > \
-        2 * model_preset("llama3-70b:h100", tp=4).compute_b_s_per_token
+    assert (
+        model_preset("llama3-70b:a100", tp=4).compute_b_s_per_token
+        > 2 * model_preset("llama3-70b:h100", tp=4).compute_b_s_per_token
+    )
     # attention term: 4 heads x head_dim FLOPs per pair, 0.75 causal, over G at ATTN_FLOPS
     m = model_preset("llama3-8b:a100:tp4")
     assert m.compute_c_s_per_token2 == pytest.approx(4 * 0.75 * 4 * 32 * 128 / (4 * 190e12))
@@ -52,8 +54,7 @@ def test_model_names_and_tp_errors():
     with pytest.raises(ValueError, match="drop ':tp4'"):
         model_preset("qwen-72b:tp4", tp=8)
     # the cluster's group size picks the TP degree; a fixed TP that disagrees is named
-    cfg = WorkloadConfig(kind="poisson", load=1.0, num_requests=3, model="llama3-70b",
-                         cluster="paper")
+    cfg = WorkloadConfig(kind="poisson", load=1.0, num_requests=3, model="llama3-70b", cluster="paper")
     assert cfg.model_shape().tp == cluster_preset("paper").group_size
     with pytest.raises(ValueError, match="have 4 GPUs: drop .:tp8."):
         WorkloadConfig(kind="poisson", load=1.0, model="llama3-70b:tp8", cluster="paper")
@@ -68,12 +69,14 @@ def test_profile_shapes_match_the_csvs():
         with path.open() as fh:
             row = next(csv.DictReader(fh))
         s = hw.PROFILE_SHAPES[name]
-        assert (int(row["n_head"]), int(row["n_kv_head"]), int(row["n_embd"]),
-                int(row["n_expanded_embd"])) == (s.num_attention_heads, s.num_key_value_heads,
-                                                 s.hidden_size, s.intermediate_size), name
+        assert (int(row["n_head"]), int(row["n_kv_head"]), int(row["n_embd"]), int(row["n_expanded_embd"])) == (
+            s.num_attention_heads,
+            s.num_key_value_heads,
+            s.hidden_size,
+            s.intermediate_size,
+        ), name
     # the hardware configs agree with the profiles Vidur measured for the same model
-    for ours, prof in (("qwen-72b", "Qwen-72B"), ("llama3-70b", "Meta-Llama-3-70B"),
-                       ("llama3-8b", "Meta-Llama-3-8B")):
+    for ours, prof in (("qwen-72b", "Qwen-72B"), ("llama3-70b", "Meta-Llama-3-70B"), ("llama3-8b", "Meta-Llama-3-8B")):
         a, b = hw.HF_CONFIGS[ours], hw.PROFILE_SHAPES[prof]
         assert (a.attn_weights, a.mlp_weights) == (b.attn_weights, b.mlp_weights)
 
@@ -86,9 +89,14 @@ def test_refit_matches_the_table_and_the_error_bounds():
     assert set(fits) == set(hw.PROFILE_FITS)
     for key, (f, (mx, mean, n)) in fits.items():
         t = hw.PROFILE_FITS[key]
-        for got, want in ((f.attn.a_ms, t.attn.a_ms), (f.attn.b_ms_per_token, t.attn.b_ms_per_token),
-                          (f.mlp.a_ms, t.mlp.a_ms), (f.mlp.b_ms_per_token, t.mlp.b_ms_per_token),
-                          (f.attn_floor_ms, t.attn_floor_ms), (f.mlp_floor_ms, t.mlp_floor_ms)):
+        for got, want in (
+            (f.attn.a_ms, t.attn.a_ms),
+            (f.attn.b_ms_per_token, t.attn.b_ms_per_token),
+            (f.mlp.a_ms, t.mlp.a_ms),
+            (f.mlp.b_ms_per_token, t.mlp.b_ms_per_token),
+            (f.attn_floor_ms, t.attn_floor_ms),
+            (f.mlp_floor_ms, t.mlp_floor_ms),
+        ):
             assert got == pytest.approx(want, rel=1e-4, abs=1e-9), key
         assert n >= 190, key
         assert mean < 0.05, (key, mean)  # mean relative error over N >= 512 below 5%
@@ -125,7 +133,6 @@ def test_cluster_presets_as_deployed():
 
 
 def test_hardware_workload_generates():
-    wl = generate(WorkloadConfig(kind="poisson", load=2.0, num_requests=20, model="qwen-72b",
-                                 cluster="paper", byte_scale=1.0))
+    wl = generate(WorkloadConfig(kind="poisson", load=2.0, num_requests=20, model="qwen-72b", cluster="paper", byte_scale=1.0))
     assert wl.model.name == "qwen-72b:h100:tp4"
     assert all(r.unloaded_ttft_s > 0 for r in wl.requests)

@@ -16,8 +16,9 @@ def _modules_after(imports: str) -> set[str]:
     return set(r.stdout.split())
 
 
-@pytest.mark.parametrize("module", ["mfs_tc.loader", "mfs_tc.status", "mfs_tc.apply", "mfs_tc.exporter",
-                                    "mfs_tc.maps", "mfs_tc.attachment"])
+@pytest.mark.parametrize(
+    "module", ["mfs_tc.loader", "mfs_tc.status", "mfs_tc.apply", "mfs_tc.exporter", "mfs_tc.maps", "mfs_tc.attachment"]
+)
 def test_the_enforcing_side_does_not_import_the_serving_library(module: str) -> None:
     mods = _modules_after(f"import {module}")
     assert module in mods
@@ -28,4 +29,5 @@ def test_the_serving_library_imports_neither_bcc_nor_the_loader() -> None:
     mods = _modules_after("import mfs_tc.controller")
     assert "mfs_tc.maps" in mods
     assert not {"bcc", "pyroute2", "mfs_tc.loader", "mfs_tc.netlink"} & mods, sorted(
-        {"bcc", "pyroute2", "mfs_tc.loader", "mfs_tc.netlink"} & mods)
+        {"bcc", "pyroute2", "mfs_tc.loader", "mfs_tc.netlink"} & mods
+    )

@@ -25,24 +25,62 @@ STRUCTS = {
     "mfs_flow_key": (layout.KEY_FMT, ["saddr", "daddr", "sport", "dport", "proto"]),
     "mfs_flow_entry": (
         layout.ENTRY_FMT,
-        ["mode", "flags", "nthresh", "rsvd0", "lvl", "target_layer", "stage", "gen",
-         "request_id", "deadline_ns", "total_bytes", "ps_per_byte", "thresh", "sent_base",
-         "created_ns"],
+        [
+            "mode",
+            "flags",
+            "nthresh",
+            "rsvd0",
+            "lvl",
+            "target_layer",
+            "stage",
+            "gen",
+            "request_id",
+            "deadline_ns",
+            "total_bytes",
+            "ps_per_byte",
+            "thresh",
+            "sent_base",
+            "created_ns",
+        ],
     ),
     "mfs_flow_state": (layout.STATE_FMT, ["gen", "cur_level", "sent_bytes", "sent_pkts", "flags"]),
-    "mfs_request": (layout.REQUEST_FMT, ["cursor", "flags", "deadline_ns", "owner_pid", "owner_start",
-                                         "owner_pidns"]),
+    "mfs_request": (layout.REQUEST_FMT, ["cursor", "flags", "deadline_ns", "owner_pid", "owner_start", "owner_pidns"]),
     "mfs_level": (layout.LEVEL_FMT, ["priority", "dscp"]),
     "mfs_config": (
         layout.CONFIG_FMT,
-        ["magic", "version", "nlevels", "default_level", "scavenger_level", "flags", "control_level",
-         "rsvd", "keep_dscp", "dscp2level"],
+        [
+            "magic",
+            "version",
+            "nlevels",
+            "default_level",
+            "scavenger_level",
+            "flags",
+            "control_level",
+            "rsvd",
+            "keep_dscp",
+            "dscp2level",
+        ],
     ),
     "mfs_counter": (layout.COUNTER_FMT, ["packets", "bytes"]),
     "mfs_rule": (
         layout.RULE_FMT,
-        ["src", "smask", "dst", "dmask", "sport_lo", "sport_hi", "dport_lo", "dport_hi", "proto", "family",
-         "level", "stage", "id", "cslot", "rsvd"],
+        [
+            "src",
+            "smask",
+            "dst",
+            "dmask",
+            "sport_lo",
+            "sport_hi",
+            "dport_lo",
+            "dport_hi",
+            "proto",
+            "family",
+            "level",
+            "stage",
+            "id",
+            "cslot",
+            "rsvd",
+        ],
     ),
 }
 
@@ -112,8 +150,7 @@ def c_layout(tmp_path_factory) -> dict[str, int]:
     if cc is None:
         pytest.fail("no C compiler (cc): apt-get install gcc")
     d = tmp_path_factory.mktemp("layout")
-    lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <linux/types.h>",
-             '#include "mfs_maps.h"', "int main(void) {"]
+    lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <linux/types.h>", '#include "mfs_maps.h"', "int main(void) {"]
     for cs, (_fmt, fields) in STRUCTS.items():
         lines.append(f'printf("sizeof {cs} %zu\\n", sizeof(struct {cs}));')
         for f in fields:
@@ -180,7 +217,9 @@ def test_classifier_map_declarations_match_the_spec_table(c_layout: dict[str, in
     seen = set()
     tables = re.finditer(
         r'BPF_TABLE_PINNED\("(\w+)",\s*([\w ]+?),\s*([\w ]+?),\s*(\w+),\s*(\w+),\s*MFS_PIN_DIR\s*"/(\w+)"'
-        r"\s*(?:,\s*(\w+))?\s*\);", src)
+        r"\s*(?:,\s*(\w+))?\s*\);",
+        src,
+    )
     for m in tables:
         kind, key, leaf, name, entries, pin, flags = m.groups()
         spec = layout.MAP_SPECS[name]
@@ -209,8 +248,7 @@ def test_member_access_is_the_spec_tables_column() -> None:
     from mfs_tc import access  # noqa: PLC0415
 
     assert access.MEMBER_ACCESS == {n: s.member for n, s in layout.MAP_SPECS.items()}
-    assert {n for n, a in access.MEMBER_ACCESS.items() if a} == {"config", "levels", "sk_flows", "sk_state",
-                                                                  "requests"}
+    assert {n for n, a in access.MEMBER_ACCESS.items() if a} == {"config", "levels", "sk_flows", "sk_state", "requests"}
     assert access.pin_mode("requests", True) == 0o620 and access.pin_mode("sk_flows", True) == 0o660
 
 
@@ -250,16 +288,38 @@ def test_flow_key_rejects_bad_input(kwargs: dict, fix: str) -> None:
 
 def test_flow_entry_round_trip() -> None:
     e = FlowEntry(
-        mode=layout.MODE_MLU, levels=[6, 4, 2, 0], thresholds=[100, 200, 300],
-        flags=layout.F_MONOTONIC, target_layer=7, stage=3, request_id=(1 << 63) + 5,
-        deadline_ns=-12345, total_bytes=1 << 40, ps_per_byte=80, sent_bytes=99,
-        created_ns=42, gen=0xDEADBEEF,
+        mode=layout.MODE_MLU,
+        levels=[6, 4, 2, 0],
+        thresholds=[100, 200, 300],
+        flags=layout.F_MONOTONIC,
+        target_layer=7,
+        stage=3,
+        request_id=(1 << 63) + 5,
+        deadline_ns=-12345,
+        total_bytes=1 << 40,
+        ps_per_byte=80,
+        sent_bytes=99,
+        created_ns=42,
+        gen=0xDEADBEEF,
     )
     raw = e.pack()
     assert len(raw) == 128
     back = FlowEntry.unpack(raw)
-    for f in ("mode", "levels", "thresholds", "flags", "target_layer", "stage", "request_id",
-              "deadline_ns", "total_bytes", "ps_per_byte", "sent_bytes", "created_ns", "gen"):
+    for f in (
+        "mode",
+        "levels",
+        "thresholds",
+        "flags",
+        "target_layer",
+        "stage",
+        "request_id",
+        "deadline_ns",
+        "total_bytes",
+        "ps_per_byte",
+        "sent_bytes",
+        "created_ns",
+        "gen",
+    ):
         assert getattr(back, f) == getattr(e, f), f
     assert back.cur_level == layout.LEVEL_NONE  # the kernel's, not the decision's
     # unused level slots repeat the last level (the kernel masks the index, never reads junk)
@@ -271,8 +331,24 @@ def _reference_pack(e: FlowEntry, gen: int) -> bytes:
     FlowEntry.pack, which packs each table once and reuses it, must equal byte for byte."""
     lv = list(e.levels) + [e.levels[-1]] * (layout.MAX_LEVELS - len(e.levels))
     th = list(e.thresholds) + [0] * (layout.MAX_THRESH - len(e.thresholds))
-    return struct.pack(layout.ENTRY_FMT, e.mode, e.flags, len(e.thresholds), 0, *lv, e.target_layer, e.stage, gen,
-                       e.request_id, e.deadline_ns, e.total_bytes, e.ps_per_byte, *th, e.sent_bytes, e.created_ns)
+    return struct.pack(
+        layout.ENTRY_FMT,
+        e.mode,
+        e.flags,
+        len(e.thresholds),
+        0,
+        *lv,
+        e.target_layer,
+        e.stage,
+        gen,
+        e.request_id,
+        e.deadline_ns,
+        e.total_bytes,
+        e.ps_per_byte,
+        *th,
+        e.sent_bytes,
+        e.created_ns,
+    )
 
 
 def test_flow_entry_pack_is_the_format_field_by_field() -> None:
@@ -283,15 +359,30 @@ def test_flow_entry_pack_is_the_format_field_by_field() -> None:
     for _ in range(40):
         n = rnd.randrange(layout.MAX_THRESH + 1)
         th = sorted(rnd.randrange(-(1 << 63), 1 << 63) for _ in range(n))
-        tables.append((rnd.choice([layout.MODE_MLU, layout.MODE_RLI, layout.MODE_LAXITY, layout.MODE_SENT]),
-                       [rnd.randrange(8) for _ in range(n + 1)], th))
+        tables.append(
+            (
+                rnd.choice([layout.MODE_MLU, layout.MODE_RLI, layout.MODE_LAXITY, layout.MODE_SENT]),
+                [rnd.randrange(8) for _ in range(n + 1)],
+                th,
+            )
+        )
     for i in range(2000):  # tables repeat (as a policy's do) with every flags value and field
         mode, lv, th = rnd.choice(tables)
-        e = FlowEntry(mode=mode, levels=list(lv), thresholds=list(th), flags=rnd.randrange(4),
-                      target_layer=rnd.randrange(1 << 32), stage=rnd.randrange(4), request_id=rnd.randrange(1 << 64),
-                      deadline_ns=rnd.randrange(-(1 << 63), 1 << 63), total_bytes=rnd.randrange(1 << 64),
-                      ps_per_byte=rnd.randrange(1 << 64), sent_bytes=rnd.randrange(1 << 64),
-                      created_ns=rnd.randrange(-(1 << 63), 1 << 63), gen=rnd.randrange(1 << 32))
+        e = FlowEntry(
+            mode=mode,
+            levels=list(lv),
+            thresholds=list(th),
+            flags=rnd.randrange(4),
+            target_layer=rnd.randrange(1 << 32),
+            stage=rnd.randrange(4),
+            request_id=rnd.randrange(1 << 64),
+            deadline_ns=rnd.randrange(-(1 << 63), 1 << 63),
+            total_bytes=rnd.randrange(1 << 64),
+            ps_per_byte=rnd.randrange(1 << 64),
+            sent_bytes=rnd.randrange(1 << 64),
+            created_ns=rnd.randrange(-(1 << 63), 1 << 63),
+            gen=rnd.randrange(1 << 32),
+        )
         assert e.pack() == _reference_pack(e, e.gen), i
         g = rnd.randrange(1 << 32)
         assert e.pack(g) == _reference_pack(e, g), i
@@ -300,14 +391,14 @@ def test_flow_entry_pack_is_the_format_field_by_field() -> None:
 
 
 def test_records_round_trip() -> None:
-    r = layout.RequestRecord(cursor=-3, flags=layout.R_SCAVENGER, deadline_ns=5, owner_pid=9,
-                             owner_start=123456, owner_pidns=4026531836)
+    r = layout.RequestRecord(
+        cursor=-3, flags=layout.R_SCAVENGER, deadline_ns=5, owner_pid=9, owner_start=123456, owner_pidns=4026531836
+    )
     assert layout.RequestRecord.unpack(r.pack()) == r and r.scavenged
     assert r.owner == layout.Owner(9, 123456, 4026531836)
     lv = layout.LevelRecord(0x4D460011, 46)
     assert layout.LevelRecord.unpack(lv.pack()) == lv
-    c = layout.ConfigRecord(8, 6, 7, layout.C_TRUST_DSCP, bytes(range(64)), control_level=1,
-                            keep_dscp=layout.dscp_mask([46, 0]))
+    c = layout.ConfigRecord(8, 6, 7, layout.C_TRUST_DSCP, bytes(range(64)), control_level=1, keep_dscp=layout.dscp_mask([46, 0]))
     assert layout.ConfigRecord.unpack(c.pack()) == c and c.keep_dscp == (1 << 46) | 1
     st = layout.FlowState(gen=7, cur_level=3, sent_bytes=1 << 63, sent_pkts=5)
     assert layout.FlowState.unpack(st.pack()) == st

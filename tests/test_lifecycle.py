@@ -51,10 +51,18 @@ def test_two_concurrent_attaches_leave_a_working_attachment(net: VethPair) -> No
     maps, filter and state agree and status reads them (the old loser unpinned the winner's maps)."""
     for _ in range(2):
         procs = [
-            subprocess.Popen(MFS + ["attach", net.dev_a, "-n", net.a, "--rate", "100mbit"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-            subprocess.Popen(MFS + ["attach", net.dev_a, "-n", net.a, "--levels", "4", "--rate", "1gbit"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+            subprocess.Popen(
+                MFS + ["attach", net.dev_a, "-n", net.a, "--rate", "100mbit"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+            subprocess.Popen(
+                MFS + ["attach", net.dev_a, "-n", net.a, "--levels", "4", "--rate", "1gbit"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
         ]
         outs = [(p.wait(timeout=120), *p.communicate()) for p in procs]
         for rc, _out, err in outs:
@@ -74,26 +82,33 @@ def test_two_concurrent_attaches_leave_a_working_attachment(net: VethPair) -> No
 @pytest.mark.privileged
 def test_attach_and_detach_while_locked_fail_cleanly_and_touch_nothing(net: VethPair) -> None:
     attach(AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=100_000_000))
-    before = (_tc(net, "qdisc", "show", "dev", net.dev_a), _tc(net, "filter", "show", "dev", net.dev_a, "egress"),
-              sorted(p.name for p in layout.pin_dir(net.dev_a, net.a).iterdir()))
+    before = (
+        _tc(net, "qdisc", "show", "dev", net.dev_a),
+        _tc(net, "filter", "show", "dev", net.dev_a, "egress"),
+        sorted(p.name for p in layout.pin_dir(net.dev_a, net.a).iterdir()),
+    )
     with interface_lock(lock_path(net.dev_a, net.a), "test"):
-        for args in (["attach", net.dev_a, "-n", net.a, "--levels", "4", "--rate", "1gbit"],
-                     ["detach", net.dev_a, "-n", net.a]):
+        for args in (["attach", net.dev_a, "-n", net.a, "--levels", "4", "--rate", "1gbit"], ["detach", net.dev_a, "-n", net.a]):
             r = mfs(*args)
             assert_one_line_error(r, "another mfs-tc is attaching or detaching")
             assert f"pid {os.getpid()}" in r.stderr
         with pytest.raises(BusyError):
             detach(net.dev_a, net.a)
-    after = (_tc(net, "qdisc", "show", "dev", net.dev_a), _tc(net, "filter", "show", "dev", net.dev_a, "egress"),
-             sorted(p.name for p in layout.pin_dir(net.dev_a, net.a).iterdir()))
+    after = (
+        _tc(net, "qdisc", "show", "dev", net.dev_a),
+        _tc(net, "filter", "show", "dev", net.dev_a, "egress"),
+        sorted(p.name for p in layout.pin_dir(net.dev_a, net.a).iterdir()),
+    )
     assert after == before
     assert load_state(net.dev_a, net.a).nlevels == 8
 
 
 @pytest.mark.privileged
 def test_a_killed_lock_holder_leaves_the_interface_unlocked(net: VethPair) -> None:
-    code = ("import sys, time; from mfs_tc.ifacelock import interface_lock; from pathlib import Path\n"
-            "with interface_lock(Path(sys.argv[1]), 'x'):\n    print('held', flush=True); time.sleep(60)\n")
+    code = (
+        "import sys, time; from mfs_tc.ifacelock import interface_lock; from pathlib import Path\n"
+        "with interface_lock(Path(sys.argv[1]), 'x'):\n    print('held', flush=True); time.sleep(60)\n"
+    )
     p = subprocess.Popen([sys.executable, "-c", code, str(lock_path(net.dev_a, net.a))], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     with pytest.raises(BusyError):
@@ -223,9 +238,10 @@ def _in_private_bpffs(script: str) -> subprocess.CompletedProcess:
     """Run `script` (sh) in a mount namespace of its own with a fresh bpffs on /sys/fs/bpf, so
     that the pin root it plays with is not the host's (other tests use that one)."""
     return subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-ec",
-         "mount -t bpf bpf /sys/fs/bpf\n" + script],
-        capture_output=True, text=True, timeout=180,
+        ["unshare", "--mount", "--propagation", "private", "sh", "-ec", "mount -t bpf bpf /sys/fs/bpf\n" + script],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
@@ -245,11 +261,14 @@ def test_pin_root_is_made_root_owned_0755(net: VethPair) -> None:
 
 
 @pytest.mark.privileged
-@pytest.mark.parametrize("squat", [
-    "runuser -u nobody -- mkdir /sys/fs/bpf/mfs",
-    "mkdir -m 0777 /sys/fs/bpf/mfs",
-    "runuser -u nobody -- mkdir /sys/fs/bpf/elsewhere && ln -s /sys/fs/bpf/elsewhere /sys/fs/bpf/mfs",
-])
+@pytest.mark.parametrize(
+    "squat",
+    [
+        "runuser -u nobody -- mkdir /sys/fs/bpf/mfs",
+        "mkdir -m 0777 /sys/fs/bpf/mfs",
+        "runuser -u nobody -- mkdir /sys/fs/bpf/elsewhere && ln -s /sys/fs/bpf/elsewhere /sys/fs/bpf/mfs",
+    ],
+)
 def test_a_pin_root_another_user_can_change_is_refused(net: VethPair, squat: str) -> None:
     mfsbin = MFS[0]
     r = _in_private_bpffs(
@@ -283,16 +302,19 @@ def test_doctor_exit_code_follows_its_checks() -> None:
 
 
 @pytest.mark.privileged
-@pytest.mark.parametrize("args, needle", [
-    (["attach", "veth0", "--netns", ".."], "bad network namespace name '..'"),
-    (["attach", "veth0", "--netns", "."], "bad network namespace name '.'"),
-    (["detach", "veth0", "--netns", ".."], "bad network namespace name '..'"),
-    (["status", "veth0", "--netns", "."], "bad network namespace name '.'"),
-    (["status", "a/b"], "bad interface name 'a/b'"),
-    (["detach", "a/b"], "bad interface name 'a/b'"),
-    (["attach", "a/b"], "bad interface name 'a/b'"),
-    (["policy", "show", "--levels", "0"], "--levels must be 2..8"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["attach", "veth0", "--netns", ".."], "bad network namespace name '..'"),
+        (["attach", "veth0", "--netns", "."], "bad network namespace name '.'"),
+        (["detach", "veth0", "--netns", ".."], "bad network namespace name '..'"),
+        (["status", "veth0", "--netns", "."], "bad network namespace name '.'"),
+        (["status", "a/b"], "bad interface name 'a/b'"),
+        (["detach", "a/b"], "bad interface name 'a/b'"),
+        (["attach", "a/b"], "bad interface name 'a/b'"),
+        (["policy", "show", "--levels", "0"], "--levels must be 2..8"),
+    ],
+)
 def test_bad_names_are_one_line_errors(args: list[str], needle: str) -> None:
     assert_one_line_error(mfs(*args), needle)
 
@@ -343,17 +365,23 @@ def test_non_root_flows_that_could_read_nothing_fail(net: VethPair) -> None:
 def test_attach_killed_anywhere_then_detach_leaves_the_host_as_found(net: VethPair) -> None:
     """SIGKILL an attach at points spread over its run; the next detach removes whatever it left
     (pins, an empty pin dir, a link or filter, the qdisc, state) and the lock is free again."""
+
     def snapshot() -> tuple:
         pins = layout.PIN_ROOT / net.a
-        return (_tc(net, "qdisc", "show", "dev", net.dev_a), _tc(net, "filter", "show", "dev", net.dev_a, "egress"),
-                tcx.egress_progs(int(sh("cat", f"/sys/class/net/{net.dev_a}/ifindex", ns=net.a)), net.a),
-                sorted(str(p) for p in pins.rglob("*")) if pins.exists() else None,
-                state_path(net.dev_a, net.a).exists(), lock_path(net.dev_a, net.a).exists())
+        return (
+            _tc(net, "qdisc", "show", "dev", net.dev_a),
+            _tc(net, "filter", "show", "dev", net.dev_a, "egress"),
+            tcx.egress_progs(int(sh("cat", f"/sys/class/net/{net.dev_a}/ifindex", ns=net.a)), net.a),
+            sorted(str(p) for p in pins.rglob("*")) if pins.exists() else None,
+            state_path(net.dev_a, net.a).exists(),
+            lock_path(net.dev_a, net.a).exists(),
+        )
 
     before = snapshot()
     for delay in (0.3, 0.5, 0.7, 0.9, 1.1, 1.4):
-        p = subprocess.Popen(MFS + ["attach", net.dev_a, "-n", net.a, "--rate", "100mbit"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            MFS + ["attach", net.dev_a, "-n", net.a, "--rate", "100mbit"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(delay)
         p.send_signal(signal.SIGKILL)
         p.wait()

@@ -68,9 +68,22 @@ def _serve_cmd(net: VethPair, sport: int, dport: int) -> list[str]:
 def test_serving_process_under_ip_netns_exec_marks_its_flow(net: VethPair) -> None:
     r = _receiver(net, 7001)
     try:
-        p = subprocess.run(["ip", "netns", "exec", net.a, "sh", "-c",
-                            '[ "$(stat -f -c %T /sys/fs/bpf)" = sysfs ] && exec "$@"', "sh", *_serve_cmd(net, 41001, 7001)],
-                           capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                net.a,
+                "sh",
+                "-c",
+                '[ "$(stat -f -c %T /sys/fs/bpf)" = sysfs ] && exec "$@"',
+                "sh",
+                *_serve_cmd(net, 41001, 7001),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert p.returncode == 0 and "sent" in p.stdout, p.stderr  # (and /sys/fs/bpf was hidden)
         assert _dscps(r, COUNT) == [default_dscp(8)[LEVEL]] * COUNT
     finally:
@@ -87,8 +100,12 @@ def test_serving_process_in_its_own_mount_namespace_with_mfs_tc_bpffs(net: VethP
             "umount /run/mfs-tc/bpffs 2>/dev/null || true\n"  # no fallback: MFS_TC_BPFFS must do it
             f'MFS_TC_BPFFS={view} exec ip netns exec {net.a} "$@"\n'
         )
-        p = subprocess.run(["unshare", "--mount", "sh", "-ec", script, "sh", *_serve_cmd(net, 41002, 7002)],
-                           capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            ["unshare", "--mount", "sh", "-ec", script, "sh", *_serve_cmd(net, 41002, 7002)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert p.returncode == 0 and "sent" in p.stdout, p.stderr
         assert _dscps(r, COUNT) == [default_dscp(8)[LEVEL]] * COUNT
     finally:
@@ -97,15 +114,19 @@ def test_serving_process_in_its_own_mount_namespace_with_mfs_tc_bpffs(net: VethP
 
 
 def test_no_visible_bpffs_is_a_clear_error(net: VethPair) -> None:
-    script = (
-        "umount /sys/fs/bpf\n"
-        "umount /run/mfs-tc/bpffs 2>/dev/null || true\n"
-        'exec "$@"\n'
+    script = "umount /sys/fs/bpf\n" "umount /run/mfs-tc/bpffs 2>/dev/null || true\n" 'exec "$@"\n'
+    p = subprocess.run(
+        ["unshare", "--mount", "sh", "-ec", script, "sh", *MFS, "flows", net.dev_a, "-n", net.a],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    p = subprocess.run(["unshare", "--mount", "sh", "-ec", script, "sh", *MFS, "flows", net.dev_a, "-n", net.a],
-                       capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "Traceback" not in p.stderr, p
     assert "no bpf filesystem is visible" in p.stderr and "MFS_TC_BPFFS" in p.stderr, p.stderr
-    p = subprocess.run(["unshare", "--mount", "sh", "-ec", script, "sh", "env", "MFS_TC_BPFFS=/tmp", *MFS,
-                        "flows", net.dev_a, "-n", net.a], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        ["unshare", "--mount", "sh", "-ec", script, "sh", "env", "MFS_TC_BPFFS=/tmp", *MFS, "flows", net.dev_a, "-n", net.a],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 1 and "MFS_TC_BPFFS=/tmp is not a bpf filesystem" in p.stderr, p.stderr

@@ -42,16 +42,17 @@ def test_moore_hodgson_keeps_the_most(jobs: list[tuple[int, int]]) -> None:
     dropped = set(moore_hodgson(d, 0))
     kept = [j for k, j in d.items() if k not in dropped]
     assert _feasible(kept, 0)
-    best = max(n for n in range(len(jobs) + 1)
-               if any(_feasible(list(c), 0) for c in itertools.combinations(jobs, n)))
+    best = max(n for n in range(len(jobs) + 1) if any(_feasible(list(c), 0) for c in itertools.combinations(jobs, n)))
     assert len(kept) == best
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 120)), min_size=1, max_size=7),
-       st.lists(st.integers(0, 50), min_size=7, max_size=7), st.integers(0, 60))
-def test_admission_slack_is_how_long_nothing_is_given_up(
-        jobs: list[tuple[int, int]], sent: list[int], later: int) -> None:
+@given(
+    st.lists(st.tuples(st.integers(0, 50), st.integers(0, 120)), min_size=1, max_size=7),
+    st.lists(st.integers(0, 50), min_size=7, max_size=7),
+    st.integers(0, 60),
+)
+def test_admission_slack_is_how_long_nothing_is_given_up(jobs: list[tuple[int, int]], sent: list[int], later: int) -> None:
     """Slack >= 0 exactly when Moore-Hodgson gives up nothing; and while it lasts, with the
     stages' needs only falling (any amounts sent), it still gives up nothing."""
     d = dict(enumerate(jobs))
@@ -63,9 +64,16 @@ def test_admission_slack_is_how_long_nothing_is_given_up(
     assert admission_slack_ns({}, 0) > 1 << 60  # nothing to give up, ever
 
 
-P2D_ONLY = ModelShape(name="p2d-only", layer_groups=1, kv_bytes_per_token_per_group=1.0,
-                      act_bytes_per_token_per_group=0.0, collective="all_reduce",
-                      compute_a_s=0.0, compute_b_s_per_token=0.0, decode_step_s=0.01)
+P2D_ONLY = ModelShape(
+    name="p2d-only",
+    layer_groups=1,
+    kv_bytes_per_token_per_group=1.0,
+    act_bytes_per_token_per_group=0.0,
+    collective="all_reduce",
+    compute_a_s=0.0,
+    compute_b_s_per_token=0.0,
+    decode_step_s=0.01,
+)
 
 
 def test_two_p2d_stages_that_cannot_both_make_it() -> None:
@@ -73,8 +81,7 @@ def test_two_p2d_stages_that_cannot_both_make_it() -> None:
     2 s and both miss (each is scavenged only when its own MLU passes 1, together); with the
     admission one is given up at the first tick and the other ends at 1 s."""
     cl = ClusterShape(kv_hosts=1, prefill_groups=1, group_size=1, decode_hosts=1, link_rate_bps=8000.0)
-    cfg = WorkloadConfig(kind="poisson", load=1.0, num_requests=2, model=P2D_ONLY, cluster=cl,
-                         byte_scale=1.0, max_batch=8)
+    cfg = WorkloadConfig(kind="poisson", load=1.0, num_requests=2, model=P2D_ONLY, cluster=cl, byte_scale=1.0, max_batch=8)
     reqs = [RequestSpec(i + 1, 0.0, 1000, 0, 1, 0, "d0", "kv0", 1.5, 1.0) for i in range(2)]
     w = Workload(cfg=cfg, model=P2D_ONLY, cluster=cl, requests=reqs)
     out = {}

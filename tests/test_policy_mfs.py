@@ -162,8 +162,7 @@ def test_red_shift_never_reaches_the_scavenger():
 def test_infeasible_request_goes_to_scavenger():
     pol = make_policy("mfs")
     # 10 MB ahead = 400 ms at the ref rate, + 50 ms compute = 450 ms > 300 ms SLO
-    req = Request(request_id=3, arrival_ns=T0, slo_ns=300 * MS, remaining_bytes=10_000_000,
-                  remaining_compute_ns=50 * MS)
+    req = Request(request_id=3, arrival_ns=T0, slo_ns=300 * MS, remaining_bytes=10_000_000, remaining_compute_ns=50 * MS)
     assert pol.is_hopeless(req, T0)
     for st in (Stage("p2d"), Stage("kv_fetch"), Stage("collective")):
         e = pol.entry(req, st, Flow(bytes=1000, target_layer=1), T0)
@@ -177,8 +176,7 @@ def test_infeasible_request_goes_to_scavenger():
 def test_feasible_request_becomes_hopeless_when_time_runs_out():
     pol = make_policy("mfs")
     # 1 MB (40 ms) + 50 ms compute = 90 ms of work
-    req = Request(request_id=4, arrival_ns=T0, slo_ns=300 * MS, remaining_bytes=1_000_000,
-                  remaining_compute_ns=50 * MS)
+    req = Request(request_id=4, arrival_ns=T0, slo_ns=300 * MS, remaining_bytes=1_000_000, remaining_compute_ns=50 * MS)
     assert not pol.is_hopeless(req, T0)
     assert not pol.is_hopeless(req, T0 + 210 * MS)  # 90 ms left: exactly enough
     assert pol.is_hopeless(req, T0 + 211 * MS)
@@ -213,8 +211,7 @@ def test_fewer_levels_squeeze_the_layout():
 # ---- mfs-laxity --------------------------------------------------------------------------------
 def laxity_case():
     # W = 2 MB (80 ms) + 120 ms compute = 200 ms; deadline T0 + 1000 ms: base = T0 + 800 ms
-    req = Request(request_id=11, arrival_ns=T0, slo_ns=1000 * MS, remaining_bytes=2_000_000,
-                  remaining_compute_ns=120 * MS)
+    req = Request(request_id=11, arrival_ns=T0, slo_ns=1000 * MS, remaining_bytes=2_000_000, remaining_compute_ns=120 * MS)
     return req, Stage("p2d", compute_after_ns=10 * MS), Flow(bytes=1_000_000)
 
 
@@ -253,5 +250,4 @@ def test_laxity_hopeless_and_batch_red():
     breq = batch_request(12, [100, 100] + [2000] * 8)
     e = pol.entry(breq, Stage("kv_fetch"), Flow(bytes=1, target_layer=1), T0)
     assert e.deadline_ns == T0 + 1620 * MS  # RED, no work estimates given
-    assert make_policy("mfs-laxity", use_red=False).entry(
-        breq, Stage("kv_fetch"), Flow(bytes=1), T0).deadline_ns == T0 + 100 * MS
+    assert make_policy("mfs-laxity", use_red=False).entry(breq, Stage("kv_fetch"), Flow(bytes=1), T0).deadline_ns == T0 + 100 * MS

@@ -16,7 +16,17 @@ T0 = 10**12
 
 def test_names():
     assert POLICY_NAMES == (
-        "mfs", "mfs-laxity", "fair", "sjf", "edf", "karuna", "fifo", "srpt", "pias", "stage", "llf-oracle",
+        "mfs",
+        "mfs-laxity",
+        "fair",
+        "sjf",
+        "edf",
+        "karuna",
+        "fifo",
+        "srpt",
+        "pias",
+        "stage",
+        "llf-oracle",
     )
 
 
@@ -67,8 +77,7 @@ def test_config_keys():
 
 def scenario():
     b = Batch(1, [T0 + 100 * MS, T0 + 3000 * MS])
-    r = Request(request_id=1, arrival_ns=T0, slo_ns=400 * MS, remaining_bytes=2_000_000,
-                remaining_compute_ns=30 * MS, batch=b)
+    r = Request(request_id=1, arrival_ns=T0, slo_ns=400 * MS, remaining_bytes=2_000_000, remaining_compute_ns=30 * MS, batch=b)
     for st in (Stage("kv_fetch", layer=2), Stage("collective", layer=1), Stage("p2d", compute_after_ns=5 * MS)):
         yield r, st, Flow(bytes=3_000_000, target_layer=st.layer or 0, true_remaining_work_ns=150 * MS)
 
@@ -149,21 +158,22 @@ def test_calibrate_laxity_hand_values():
 @pytest.mark.parametrize("name", POLICY_NAMES)
 @pytest.mark.parametrize("k", [2, 3, 8])
 def test_calibrated_configs_build(name, k):
-    w = CalibrationWorkload(flow_sizes=[10, 10, 5000, 10**6, 10**7], slos_ns=[50 * MS, 2000 * MS],
-                 link_rate_bps=1e9, compute_ns=[30 * MS])
+    w = CalibrationWorkload(
+        flow_sizes=[10, 10, 5000, 10**6, 10**7], slos_ns=[50 * MS, 2000 * MS], link_rate_bps=1e9, compute_ns=[30 * MS]
+    )
     cfg = calibrate(name, w, nlevels=k)
     pol = make_policy(name, **cfg)
     assert pol.config.nlevels == k and pol.config.ref_rate_bps == 1e9
     # every key calibrate derived is one the policy reads, with the value calibrate chose
     for key, value in cfg.items():
         got = getattr(pol.config, key)
-        assert (tuple(got) if isinstance(got, (list, tuple)) else got) == \
-            (tuple(value) if isinstance(value, (list, tuple)) else value), key
+        assert (tuple(got) if isinstance(got, (list, tuple)) else got) == (
+            tuple(value) if isinstance(value, (list, tuple)) else value
+        ), key
     # and the calibrated tables fit K: no entry of any stage names a level >= K
     r = Request(request_id=1, arrival_ns=T0, slo_ns=500 * MS, remaining_bytes=10**6)
     for stage in ("kv_fetch", "collective", "p2d"):
-        e = pol.entry(r, Stage(stage, bytes=10**6, layer=1), Flow(bytes=10**6, target_layer=1,
-                                                                   true_remaining_work_ns=MS), T0)
+        e = pol.entry(r, Stage(stage, bytes=10**6, layer=1), Flow(bytes=10**6, target_layer=1, true_remaining_work_ns=MS), T0)
         assert max(e.levels) < k, (name, k, stage, e.levels)
 
 

@@ -122,8 +122,23 @@ def test_precedence_first_match_in_priority_order(net: VethPair, rules: list[str
 
 def test_exact_entries_win_over_rules(net: VethPair, rules: list[str]) -> None:
     ok("rule", "add", net.dev_a, *rules, "--dst", "10.77.0.0/24", "--level", "4")
-    ok("set", net.dev_a, *rules, "--src", net.ip_a, "--dst", net.ip_b, "--sport", "43100", "--dport", "7300",
-       "--proto", "udp", "--level", "1")
+    ok(
+        "set",
+        net.dev_a,
+        *rules,
+        "--src",
+        net.ip_a,
+        "--dst",
+        net.ip_b,
+        "--sport",
+        "43100",
+        "--dport",
+        "7300",
+        "--proto",
+        "udp",
+        "--level",
+        "1",
+    )
     assert udp_dscp(net, 7300, sport=43100) == [DSCP[1]] * 3  # the 5-tuple entry
     assert udp_dscp(net, 7300, sport=43101) == [DSCP[4]] * 3  # same destination, no entry: the rule
     (row,) = rule_list(rules, net.dev_a)
@@ -135,9 +150,12 @@ def test_exact_socket_entry_wins_over_rules(net: VethPair, rules: list[str]) -> 
     from mfs_tc.controller import Controller
 
     ok("rule", "add", net.dev_a, *rules, "--dst", "10.77.0.0/24", "--level", "4")
-    with Controller.open(net.dev_a, netns=net.a, policy="stage") as ctl, \
-            socket_in(net.a, socket.AF_INET, socket.SOCK_DGRAM) as s, \
-            socket_in(net.b, socket.AF_INET, socket.SOCK_DGRAM) as sink, Capture(net.b, net.dev_b) as cap:
+    with (
+        Controller.open(net.dev_a, netns=net.a, policy="stage") as ctl,
+        socket_in(net.a, socket.AF_INET, socket.SOCK_DGRAM) as s,
+        socket_in(net.b, socket.AF_INET, socket.SOCK_DGRAM) as sink,
+        Capture(net.b, net.dev_b) as cap,
+    ):
         sink.bind((net.ip_b, 7400))  # no ICMP port unreachable back to the connected socket
         s.bind((net.ip_a, 0))
         s.connect((net.ip_b, 7400))
@@ -217,5 +235,6 @@ def test_rule_counters_are_exported(net: VethPair, rules: list[str]) -> None:
 
 def test_rules_on_a_trust_dscp_port_are_an_error() -> None:
     with attached_veth(qdisc="none", trust_dscp=True) as n:
-        assert_one_line_error(mfs("rule", "add", n.dev_a, "-n", n.a, "--dport", "80", "--level", "1"),
-                              "attached with --trust-dscp")
+        assert_one_line_error(
+            mfs("rule", "add", n.dev_a, "-n", n.a, "--dport", "80", "--level", "1"), "attached with --trust-dscp"
+        )

@@ -55,19 +55,26 @@ def test_leaf_spine_paths() -> None:
 
 # ---- the engine on hand-built workloads ---------------------------------------------------------
 
-P2D_ONLY = ModelShape(name="p2d-only", layer_groups=1, kv_bytes_per_token_per_group=1.0,
-                      act_bytes_per_token_per_group=0.0, collective="all_reduce",
-                      compute_a_s=0.0, compute_b_s_per_token=0.0, decode_step_s=0.01)
+P2D_ONLY = ModelShape(
+    name="p2d-only",
+    layer_groups=1,
+    kv_bytes_per_token_per_group=1.0,
+    act_bytes_per_token_per_group=0.0,
+    collective="all_reduce",
+    compute_a_s=0.0,
+    compute_b_s_per_token=0.0,
+    decode_step_s=0.01,
+)
 
 
-def _workload(inputs: list[int], rate_bps: float, model: ModelShape = P2D_ONLY,
-              group_size: int = 1, reused: int = 0, max_batch: int = 8) -> Workload:
-    cl = ClusterShape(kv_hosts=1, prefill_groups=1, group_size=group_size, decode_hosts=1,
-                      link_rate_bps=rate_bps)
-    cfg = WorkloadConfig(kind="poisson", load=1.0, num_requests=len(inputs), model=model,
-                         cluster=cl, byte_scale=1.0, max_batch=max_batch)
-    reqs = [RequestSpec(i + 1, 0.0, n, reused, 1, 0, "d0", "kv0", 100.0, 1.0)
-            for i, n in enumerate(inputs)]
+def _workload(
+    inputs: list[int], rate_bps: float, model: ModelShape = P2D_ONLY, group_size: int = 1, reused: int = 0, max_batch: int = 8
+) -> Workload:
+    cl = ClusterShape(kv_hosts=1, prefill_groups=1, group_size=group_size, decode_hosts=1, link_rate_bps=rate_bps)
+    cfg = WorkloadConfig(
+        kind="poisson", load=1.0, num_requests=len(inputs), model=model, cluster=cl, byte_scale=1.0, max_batch=max_batch
+    )
+    reqs = [RequestSpec(i + 1, 0.0, n, reused, 1, 0, "d0", "kv0", 100.0, 1.0) for i, n in enumerate(inputs)]
     return Workload(cfg=cfg, model=model, cluster=cl, requests=reqs)
 
 
@@ -85,8 +92,9 @@ class ById(Policy):
         rid = request.request_id
         if rid in self.promote:
             # level 5 while base - now >= 0, level 0 after: a promotion at `base`
-            return FlowEntry(mode=MODE_LAXITY, levels=[0, 5], thresholds=[0],
-                             deadline_ns=self.promote[rid], ps_per_byte=0, request_id=rid)
+            return FlowEntry(
+                mode=MODE_LAXITY, levels=[0, 5], thresholds=[0], deadline_ns=self.promote[rid], ps_per_byte=0, request_id=rid
+            )
         return FlowEntry.static(self.table.get(rid, 0), request_id=rid)
 
 
@@ -134,9 +142,16 @@ def test_promotion_in_mid_flow() -> None:
 def test_lone_request_matches_unloaded_ttft() -> None:
     # kv_fetch then compute per layer, no collective (G = 1): the simulator reproduces the
     # analytical unloaded TTFT when kv flows are served layer by layer (levels by layer)
-    model = ModelShape(name="m", layer_groups=3, kv_bytes_per_token_per_group=10.0,
-                       act_bytes_per_token_per_group=0.0, collective="all_reduce",
-                       compute_a_s=0.05, compute_b_s_per_token=1e-4, decode_step_s=0.02)
+    model = ModelShape(
+        name="m",
+        layer_groups=3,
+        kv_bytes_per_token_per_group=10.0,
+        act_bytes_per_token_per_group=0.0,
+        collective="all_reduce",
+        compute_a_s=0.05,
+        compute_b_s_per_token=1e-4,
+        decode_step_s=0.02,
+    )
 
     class ByLayer(Policy):
         name = "by-layer"
@@ -158,9 +173,16 @@ def test_lone_request_matches_unloaded_ttft() -> None:
 
 def test_collective_and_group_busy() -> None:
     # two requests, max_batch 1: the second batch starts when the first's last collective ends
-    model = ModelShape(name="m", layer_groups=2, kv_bytes_per_token_per_group=0.0,
-                       act_bytes_per_token_per_group=10.0, collective="all_reduce",
-                       compute_a_s=0.1, compute_b_s_per_token=0.0, decode_step_s=0.0)
+    model = ModelShape(
+        name="m",
+        layer_groups=2,
+        kv_bytes_per_token_per_group=0.0,
+        act_bytes_per_token_per_group=10.0,
+        collective="all_reduce",
+        compute_a_s=0.1,
+        compute_b_s_per_token=0.0,
+        decode_step_s=0.0,
+    )
     w = _workload([100, 100], 8000.0, model=model, group_size=2, max_batch=1)
     res = simulate(w, ById({}))
     # shard = 100 x 10 / 2 = 500 B; ring: 500 B per rank pair at 1000 B/s = 0.5 s per layer
@@ -178,11 +200,11 @@ def _reference_allocation(links: list[Link], flows: list[FluidFlow]) -> dict[int
     for level in sorted({f.level for f in flows}):
         todo = [f for f in flows if f.level == level]
         while todo:
-            share = min(resid[ln.name] / sum(1 for g in todo if ln in g.links)
-                        for f in todo for ln in f.links)
+            share = min(resid[ln.name] / sum(1 for g in todo if ln in g.links) for f in todo for ln in f.links)
             share = max(share, 0.0)
-            bott = {ln.name for f in todo for ln in f.links
-                    if resid[ln.name] / sum(1 for g in todo if ln in g.links) <= share + 1e-9}
+            bott = {
+                ln.name for f in todo for ln in f.links if resid[ln.name] / sum(1 for g in todo if ln in g.links) <= share + 1e-9
+            }
             frozen = [f for f in todo if any(ln.name in bott for ln in f.links)]
             for f in frozen:
                 rate[f.fid] = share
@@ -199,8 +221,7 @@ def test_allocation_matches_reference_on_random_networks() -> None:
     for _ in range(200):
         links = [Link(f"l{i}", rng.choice([10.0, 25.0, 40.0, 100.0])) for i in range(rng.randint(2, 7))]
         paths = [tuple(rng.sample(links, rng.randint(1, min(3, len(links))))) for _ in range(5)]
-        flows = [FluidFlow(i, rng.choice(paths), 1.0, rng.randint(0, 3), 0.0)
-                 for i in range(rng.randint(1, 12))]
+        flows = [FluidFlow(i, rng.choice(paths), 1.0, rng.randint(0, 3), 0.0) for i in range(rng.randint(1, 12))]
         allocate(set(links), set(flows))
         ref = _reference_allocation(links, flows)
         for f in flows:
@@ -213,12 +234,12 @@ def test_skipping_unchanged_levels_changes_nothing() -> None:
     from mfs_tc.sim.runner import make_sim_policy
     from mfs_tc.workload import generate
 
-    w = generate(WorkloadConfig(kind="poisson", load=40.0, num_requests=60, seed=3,
-                                max_input_tokens=8192))
+    w = generate(WorkloadConfig(kind="poisson", load=40.0, num_requests=60, seed=3, max_input_tokens=8192))
     for name in ("mfs", "mfs-laxity", "pias", "karuna", "srpt"):
-        runs = [simulate(w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps,
-                                            config={}), skip_unchanged=skip)
-                for skip in (True, False)]
+        runs = [
+            simulate(w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={}), skip_unchanged=skip)
+            for skip in (True, False)
+        ]
         a, b = ([r.ttft_s for r in run.requests] for run in runs)
         assert a == pytest.approx(b, rel=1e-9), name
 
@@ -237,21 +258,19 @@ def test_group_aggregation_is_exact(model: str, load: float) -> None:
     from mfs_tc.sim.runner import make_sim_policy
     from mfs_tc.workload import generate
 
-    w = generate(WorkloadConfig(kind="poisson", load=load, num_requests=80, model=model,
-                                cluster="c256", byte_scale=1.0))
+    w = generate(WorkloadConfig(kind="poisson", load=load, num_requests=80, model=model, cluster="c256", byte_scale=1.0))
     for name in ("mfs", "pias"):
-        a, b = (simulate(w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps,
-                                            config={}), aggregate_groups=agg)
-                for agg in (False, True))
-        assert [r.ttft_s for r in b.requests] == pytest.approx([r.ttft_s for r in a.requests],
-                                                               rel=1e-9)
+        a, b = (
+            simulate(w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={}), aggregate_groups=agg)
+            for agg in (False, True)
+        )
+        assert [r.ttft_s for r in b.requests] == pytest.approx([r.ttft_s for r in a.requests], rel=1e-9)
         assert b.flows < a.flows
         assert sum(b.level_bytes) == pytest.approx(sum(a.level_bytes), rel=1e-9)
 
 
 def test_group_aggregation_refuses_straddling_racks() -> None:
-    cl = ClusterShape(kv_hosts=1, prefill_groups=2, group_size=2, decode_hosts=1,
-                      hosts_per_rack=2)
+    cl = ClusterShape(kv_hosts=1, prefill_groups=2, group_size=2, decode_hosts=1, hosts_per_rack=2)
     with pytest.raises(ValueError, match="straddle racks"):
         Fabric.for_cluster(cl, aggregate_groups=True)
 
@@ -288,8 +307,8 @@ def test_net_util_leaf_spine_and_aggregated_groups() -> None:
     from mfs_tc.sim.runner import make_sim_policy
     from mfs_tc.workload import generate
 
-    w = generate(WorkloadConfig(kind="poisson", load=12.0, num_requests=40, model="dense-70b",
-                                cluster="c256", byte_scale=1.0))
+    w = generate(WorkloadConfig(kind="poisson", load=12.0, num_requests=40, model="dense-70b", cluster="c256", byte_scale=1.0))
+
     def pol():
         return make_sim_policy("fair", nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={})
 
@@ -315,8 +334,7 @@ def test_compiled_allocation_matches_python_on_random_networks() -> None:
     for _ in range(200):
         links = [Link(f"l{i}", rng.choice([10.0, 25.0, 40.0, 100.0])) for i in range(rng.randint(2, 7))]
         paths = [tuple(rng.sample(links, rng.randint(1, min(3, len(links))))) for _ in range(5)]
-        flows = [FluidFlow(i, rng.choice(paths), 1.0, rng.randint(0, 3), 0.0)
-                 for i in range(rng.randint(1, 12))]
+        flows = [FluidFlow(i, rng.choice(paths), 1.0, rng.randint(0, 3), 0.0) for i in range(rng.randint(1, 12))]
         for f in flows:
             f.weight = rng.choice([1, 1, 2, 8])
         allocate(set(links), set(flows), allocator="python")
@@ -326,25 +344,40 @@ def test_compiled_allocation_matches_python_on_random_networks() -> None:
             assert f.rate == pytest.approx(ref[f.fid], rel=1e-12, abs=1e-12), (f, ref)
 
 
-@pytest.mark.parametrize("model,cluster,load,n", [
-    ("dense-small", "testbed", 3.0, 60),       # the testbed's workload (Poisson)
-    ("qwen-72b", "c1024", 63.0, 150),          # the network-bound benchmark preset
-    ("moe-8x", "c256", 40.0, 80),              # all-to-all, leaf-spine
-    ("llama3-70b", "paper", 3.0, 60),          # one switch, hardware model
-])
-def test_compiled_allocator_same_ttfts_as_python(model: str, cluster: str, load: float,
-                                                 n: int) -> None:
+@pytest.mark.parametrize(
+    "model,cluster,load,n",
+    [
+        ("dense-small", "testbed", 3.0, 60),  # the testbed's workload (Poisson)
+        ("qwen-72b", "c1024", 63.0, 150),  # the network-bound benchmark preset
+        ("moe-8x", "c256", 40.0, 80),  # all-to-all, leaf-spine
+        ("llama3-70b", "paper", 3.0, 60),  # one switch, hardware model
+    ],
+)
+def test_compiled_allocator_same_ttfts_as_python(model: str, cluster: str, load: float, n: int) -> None:
     from mfs_tc.sim.runner import make_sim_policy
     from mfs_tc.workload import generate
 
-    w = generate(WorkloadConfig(kind="poisson", load=load, num_requests=n, model=model,
-                                cluster=cluster, byte_scale=1.0 if cluster != "testbed" else 1 / 32))
+    w = generate(
+        WorkloadConfig(
+            kind="poisson",
+            load=load,
+            num_requests=n,
+            model=model,
+            cluster=cluster,
+            byte_scale=1.0 if cluster != "testbed" else 1 / 32,
+        )
+    )
     for name in ("mfs", "fair", "pias"):
-        a, b = (simulate(w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps,
-                                            config={}), aggregate_groups=True, allocator=alloc)
-                for alloc in ("python", "numba"))
-        assert [r.ttft_s for r in b.requests] == pytest.approx([r.ttft_s for r in a.requests],
-                                                               rel=1e-9), (name, model)
+        a, b = (
+            simulate(
+                w,
+                make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={}),
+                aggregate_groups=True,
+                allocator=alloc,
+            )
+            for alloc in ("python", "numba")
+        )
+        assert [r.ttft_s for r in b.requests] == pytest.approx([r.ttft_s for r in a.requests], rel=1e-9), (name, model)
         assert [r.met for r in b.requests] == [r.met for r in a.requests]
         assert sum(b.level_bytes) == pytest.approx(sum(a.level_bytes), rel=1e-9)
 
@@ -449,18 +482,28 @@ def test_compiled_allocator_with_setup_latency_and_queue() -> None:
 
     w = generate(WorkloadConfig(kind="mooncake", num_requests=40, load=2.5))
     for name in ("mfs", "fair", "edf"):
-        a, b = (simulate(w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps,
-                                            config={}), aggregate_groups=True, allocator=alloc,
-                         flow_setup_s=0.006, goodput=1448 / 1514, queue_bytes=757e3)
-                for alloc in ("python", "numba"))
-        assert [r.ttft_s for r in b.requests] == pytest.approx([r.ttft_s for r in a.requests],
-                                                               rel=1e-9), name
+        a, b = (
+            simulate(
+                w,
+                make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={}),
+                aggregate_groups=True,
+                allocator=alloc,
+                flow_setup_s=0.006,
+                goodput=1448 / 1514,
+                queue_bytes=757e3,
+            )
+            for alloc in ("python", "numba")
+        )
+        assert [r.ttft_s for r in b.requests] == pytest.approx([r.ttft_s for r in a.requests], rel=1e-9), name
 
 
-@pytest.mark.parametrize("model,cluster,load,n", [
-    ("dense-small", "testbed", 40.0, 60),      # batches of several requests, hopeless ones
-    ("qwen-72b", "c1024", 63.0, 120),          # the benchmark preset: RED re-ranking
-])
+@pytest.mark.parametrize(
+    "model,cluster,load,n",
+    [
+        ("dense-small", "testbed", 40.0, 60),  # batches of several requests, hopeless ones
+        ("qwen-72b", "c1024", 63.0, 120),  # the benchmark preset: RED re-ranking
+    ],
+)
 def test_entry_keys_keep_their_promise(model: str, cluster: str, load: float, n: int) -> None:
     """Policy.entry_key: wherever a re-ask keeps a flow's entry because its key did not change,
     the policy asked anyway gives an equal entry (check_entry_keys fails the run otherwise), for
@@ -469,12 +512,19 @@ def test_entry_keys_keep_their_promise(model: str, cluster: str, load: float, n:
     from mfs_tc.sim.runner import make_sim_policy
     from mfs_tc.workload import generate
 
-    w = generate(WorkloadConfig(kind="poisson", load=load, num_requests=n, model=model,
-                                cluster=cluster, byte_scale=1.0 if cluster != "testbed" else 1 / 256,
-                                max_input_tokens=8192))
+    w = generate(
+        WorkloadConfig(
+            kind="poisson",
+            load=load,
+            num_requests=n,
+            model=model,
+            cluster=cluster,
+            byte_scale=1.0 if cluster != "testbed" else 1 / 256,
+            max_input_tokens=8192,
+        )
+    )
     for name in POLICY_NAMES:
         pol = make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={})
         a = simulate(w, pol, aggregate_groups=True, check_entry_keys=True)
         b = simulate(w, pol, aggregate_groups=True, skip_unchanged=False)
-        assert [r.ttft_s for r in a.requests] == pytest.approx([r.ttft_s for r in b.requests],
-                                                               rel=1e-9), name
+        assert [r.ttft_s for r in a.requests] == pytest.approx([r.ttft_s for r in b.requests], rel=1e-9), name

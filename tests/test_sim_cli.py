@@ -13,24 +13,41 @@ from mfs_tc.cli import main
 
 def test_sim_run_writes_testbed_shaped_results(tmp_path: Path, capsys) -> None:
     out = tmp_path / "res"
-    rc = main(["sim", "run", "-p", "mfs,fair", "--workload", "poisson", "--requests", "40",
-               "--load", "4,12", "--out", str(out)])
+    rc = main(["sim", "run", "-p", "mfs,fair", "--workload", "poisson", "--requests", "40", "--load", "4,12", "--out", str(out)])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["schema"] == "mfs-tc-results/1"
     assert summary["meta"]["source"] == "sim"
-    assert {(a["policy"], a["load"]) for a in summary["policies"]} == {
-        ("mfs", 4.0), ("mfs", 12.0), ("fair", 4.0), ("fair", 12.0)}
+    assert {(a["policy"], a["load"]) for a in summary["policies"]} == {("mfs", 4.0), ("mfs", 12.0), ("fair", 4.0), ("fair", 12.0)}
     run = summary["runs"][0]
-    for k in ("attainment", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "cct_mean_s",
-              "p2d_earliness_mean_s", "stage_times_mean_s", "level_bytes"):
+    for k in (
+        "attainment",
+        "ttft_p50_s",
+        "ttft_p90_s",
+        "ttft_p99_s",
+        "cct_mean_s",
+        "p2d_earliness_mean_s",
+        "stage_times_mean_s",
+        "level_bytes",
+    ):
         assert k in run
     assert sum(run["level_bytes"]) == sum(run["stage_bytes"].values())
     assert summary["sweep"]["axis"] == "load"
     rows = list(csv.DictReader((out / "requests.csv").open()))
     assert len(rows) == 4 * 40
-    assert {"request_id", "policy", "arrival_s", "slo_s", "ttft_s", "met", "kv_fetch_s",
-            "collective_s", "p2d_s", "p2d_earliness_s", "seed"} <= set(rows[0])
+    assert {
+        "request_id",
+        "policy",
+        "arrival_s",
+        "slo_s",
+        "ttft_s",
+        "met",
+        "kv_fetch_s",
+        "collective_s",
+        "p2d_s",
+        "p2d_earliness_s",
+        "seed",
+    } <= set(rows[0])
     assert (out / "attainment_vs_load.png").is_file()
     # heavier load cannot help attainment here (same seed, same requests)
     att = {(a["policy"], a["load"]): a["attainment"] for a in summary["policies"]}
@@ -38,15 +55,18 @@ def test_sim_run_writes_testbed_shaped_results(tmp_path: Path, capsys) -> None:
     assert "mfs" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--policy", "nope"], "unknown policy"),
-    (["--load", "fast"], "--load"),
-    (["--cluster", "huge"], "unknown cluster"),
-    (["--model", "gpt"], "unknown model"),
-    (["--tick-ms", "0"], "tick"),
-    (["--policy-config", "oops"], "KEY=VALUE"),
-    (["--trace", "/no/such/trace.jsonl"], "--trace"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--policy", "nope"], "unknown policy"),
+        (["--load", "fast"], "--load"),
+        (["--cluster", "huge"], "unknown cluster"),
+        (["--model", "gpt"], "unknown model"),
+        (["--tick-ms", "0"], "tick"),
+        (["--policy-config", "oops"], "KEY=VALUE"),
+        (["--trace", "/no/such/trace.jsonl"], "--trace"),
+    ],
+)
 def test_sim_run_bad_input_is_a_clear_error(args: list[str], msg: str, capsys) -> None:
     rc = main(["sim", "run", "--requests", "5", *args])
     assert rc != 0

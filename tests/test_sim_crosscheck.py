@@ -45,8 +45,7 @@ def _by_point(runs: list[dict]) -> dict[tuple[str, float], list[float]]:
     return out
 
 
-def ranking_mismatches(tb: dict[tuple[str, float], list[float]],
-                       sim: dict[tuple[str, float], list[float]]) -> list[tuple]:
+def ranking_mismatches(tb: dict[tuple[str, float], list[float]], sim: dict[tuple[str, float], list[float]]) -> list[tuple]:
     """(baseline, load, testbed gap, spread, sim gap) where the testbed's mfs-vs-baseline gap
     exceeds its seed spread and the simulator ranks the other way by more than its own seed
     spread (a simulator gap inside its spread is a tie, not a contradiction: at 1.5 req/s one
@@ -65,10 +64,12 @@ def ranking_mismatches(tb: dict[tuple[str, float], list[float]],
 
 
 def test_ranking_rule_flags_only_gaps_beyond_the_spread() -> None:
-    tb = {("mfs", x): [0.8, 0.8] for x in LOADS} | {("fair", x): [0.5, 0.6] for x in LOADS} | \
-         {("edf", x): [0.7, 0.9] for x in LOADS}
-    sim = {("mfs", x): [0.5] for x in LOADS} | {("fair", x): [0.6] for x in LOADS} | \
-          {("edf", x): [0.9] for x in LOADS}
+    tb = (
+        {("mfs", x): [0.8, 0.8] for x in LOADS}
+        | {("fair", x): [0.5, 0.6] for x in LOADS}
+        | {("edf", x): [0.7, 0.9] for x in LOADS}
+    )
+    sim = {("mfs", x): [0.5] for x in LOADS} | {("fair", x): [0.6] for x in LOADS} | {("edf", x): [0.9] for x in LOADS}
     bad = ranking_mismatches(tb, sim)
     # fair: testbed gap 0.25 > spread 0.1 and the simulator ranks fair first: flagged at every
     # load; edf: gap 0.0 within the spread 0.2: never flagged
@@ -83,10 +84,13 @@ def test_sim_attainment_within_tolerance_of_testbed(tmp_path: Path) -> None:
     from netns_testbed.runner import RunConfig, run_testbed
 
     common = dict(policies=POLICIES, num_requests=REQUESTS, loads=LOADS, seeds=SEEDS)
-    tb = run_testbed(RunConfig(**common, prefix="mfsx", pause_s=0.5), tmp_path / "testbed",
-                     progress_out=None)
-    sim = run_sim(SimRunConfig(**common, flow_setup_s=FLOW_SETUP_S, goodput=GOODPUT, bound=False),
-                  tmp_path / "sim", plots=False, progress_out=None)
+    tb = run_testbed(RunConfig(**common, prefix="mfsx", pause_s=0.5), tmp_path / "testbed", progress_out=None)
+    sim = run_sim(
+        SimRunConfig(**common, flow_setup_s=FLOW_SETUP_S, goodput=GOODPUT, bound=False),
+        tmp_path / "sim",
+        plots=False,
+        progress_out=None,
+    )
     tbp, simp = _by_point(tb["runs"]), _by_point(sim["runs"])
     print("testbed", tbp, "\nsim", simp)
     diffs = {k: round(sum(simp[k]) / len(simp[k]) - sum(v) / len(v), 3) for k, v in tbp.items()}
@@ -94,5 +98,6 @@ def test_sim_attainment_within_tolerance_of_testbed(tmp_path: Path) -> None:
     assert all(abs(d) <= TOLERANCE[p] for (p, _), d in diffs.items()), (diffs, tbp, simp)
     assert ranking_mismatches(tbp, simp) == [], (tbp, simp)
     # same result shape: the report code reads both
-    assert (tmp_path / "sim" / "requests.csv").read_text().splitlines()[0] == \
-        (tmp_path / "testbed" / "requests.csv").read_text().splitlines()[0]
+    assert (tmp_path / "sim" / "requests.csv").read_text().splitlines()[0] == (
+        tmp_path / "testbed" / "requests.csv"
+    ).read_text().splitlines()[0]

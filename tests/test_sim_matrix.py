@@ -54,17 +54,16 @@ def test_resume_reruns_only_the_missing_lines(tmp_path: Path) -> None:
     assert again["meta"]["ran"] == {"runs": kinds.count("run"), "bounds": kinds.count("bound")}
     assert _numbers(out) == full
     # nothing left: a third run computes nothing
-    assert run_matrix(_cfg(), out, jobs=2, plots=False, progress_out=None)["meta"]["ran"] == \
-        {"runs": 0, "bounds": 0}
+    assert run_matrix(_cfg(), out, jobs=2, plots=False, progress_out=None)["meta"]["ran"] == {"runs": 0, "bounds": 0}
 
 
 def test_resume_refuses_a_changed_scenario(tmp_path: Path) -> None:
     out = tmp_path / "m"
-    cfg = MatrixConfig(scenarios=[parse_scenario(TINY)], policies=["fair"], seeds=[1],
-                       bound=False)
+    cfg = MatrixConfig(scenarios=[parse_scenario(TINY)], policies=["fair"], seeds=[1], bound=False)
     run_matrix(cfg, out, jobs=1, plots=False, progress_out=None)
-    other = MatrixConfig(scenarios=[parse_scenario(TINY.replace("requests=16", "requests=8"))],
-                         policies=["fair"], seeds=[1], bound=False)
+    other = MatrixConfig(
+        scenarios=[parse_scenario(TINY.replace("requests=16", "requests=8"))], policies=["fair"], seeds=[1], bound=False
+    )
     with pytest.raises(ValueError, match="another definition"):
         run_matrix(other, out, jobs=1, plots=False, progress_out=None)
 
@@ -81,8 +80,10 @@ def test_isolated_matrix_is_kept_apart(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="isolated stages"):
         run_matrix(_cfg(), tmp_path, jobs=1, plots=False, progress_out=None)
     b = run_matrix(_cfg(), tmp_path / "plain", jobs=1, plots=False, progress_out=None)
-    bounds = [{ln["seed"]: ln["bound"]["coupled"] for ln in read_lines(d / RUNS_FILE) if ln["kind"] == "bound"}
-              for d in (tmp_path, tmp_path / "plain")]
+    bounds = [
+        {ln["seed"]: ln["bound"]["coupled"] for ln in read_lines(d / RUNS_FILE) if ln["kind"] == "bound"}
+        for d in (tmp_path, tmp_path / "plain")
+    ]
     assert bounds[0] == bounds[1]
     assert b["isolated_stages"] == []
 
@@ -111,15 +112,35 @@ def test_policy_colour_does_not_depend_on_order() -> None:
 
 
 def test_matrix_cli_table_and_errors(tmp_path: Path, capsys) -> None:
-    rc = main(["sim", "matrix", "-s", TINY, "-p", "fair", "--seeds", "1", "--load", "2",
-               "-o", str(tmp_path / "c"), "--jobs", "1", "--no-plots"])
+    rc = main(
+        [
+            "sim",
+            "matrix",
+            "-s",
+            TINY,
+            "-p",
+            "fair",
+            "--seeds",
+            "1",
+            "--load",
+            "2",
+            "-o",
+            str(tmp_path / "c"),
+            "--jobs",
+            "1",
+            "--no-plots",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "== tiny" in text and "bound" in text and "net util" in text
     assert main(["sim", "matrix", "--list"]) == 0
     assert "testbed-poisson" in capsys.readouterr().out
-    for args, msg in ((["-s", "nosuch"], "unknown scenario"), (["-s", "loads=x"], "bad value"),
-                      (["-s", TINY, "-p", "nope"], "unknown policy"),
-                      (["-s", TINY, "--executor", "spark"], "unknown executor")):
+    for args, msg in (
+        (["-s", "nosuch"], "unknown scenario"),
+        (["-s", "loads=x"], "bad value"),
+        (["-s", TINY, "-p", "nope"], "unknown policy"),
+        (["-s", TINY, "--executor", "spark"], "unknown executor"),
+    ):
         assert main(["sim", "matrix", *args, "-o", str(tmp_path / "e")]) != 0
         assert msg in capsys.readouterr().err

@@ -24,6 +24,7 @@ from mfs_tc.netlink import socket_in
 
 pytestmark = pytest.mark.privileged
 
+
 @pytest.fixture
 def net():
     with veth_pair() as n:
@@ -96,8 +97,26 @@ def test_a_link_never_pinned_dies_with_its_process(net: VethPair) -> None:
 
 def test_auto_keeps_clsact_where_tcx_would_skip_someones_filter(net: VethPair) -> None:
     sh("tc", "qdisc", "add", "dev", net.dev_a, "clsact", ns=net.a)
-    sh("tc", "filter", "add", "dev", net.dev_a, "egress", "pref", "10", "protocol", "ip", "u32", "match",
-       "u32", "0", "0", "classid", "1:1", ns=net.a)
+    sh(
+        "tc",
+        "filter",
+        "add",
+        "dev",
+        net.dev_a,
+        "egress",
+        "pref",
+        "10",
+        "protocol",
+        "ip",
+        "u32",
+        "match",
+        "u32",
+        "0",
+        "0",
+        "classid",
+        "1:1",
+        ns=net.a,
+    )
     with pytest.raises(MfsError, match="--hook clsact"):
         attach(AttachOptions(net.dev_a, netns=net.a, qdisc="none", hook="tcx"))
     assert not layout.pin_dir(net.dev_a, net.a).exists()

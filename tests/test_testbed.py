@@ -33,8 +33,7 @@ def test_topology_up_down_and_plain_transfers_are_accounted():
     from netns_testbed.transfer import Sink, open_flow
 
     tag = _tag()
-    topo = Topology(TopologyConfig(prefill_groups=1, group_size=2, rate_bps=100e6, datapath="plain",
-                                   prefix=PREFIX), tag=tag)
+    topo = Topology(TopologyConfig(prefill_groups=1, group_size=2, rate_bps=100e6, datapath="plain", prefix=PREFIX), tag=tag)
     with topo:
         assert len(_ours(tag)) == 5  # kv0, p0r0, p0r1, d0, switch
         sinks = [Sink(h.netns, h.addr).start() for h in topo.hosts]
@@ -86,8 +85,7 @@ def test_contention_mfs_serves_tight_first_where_fair_misses():
     rate = 100e6
     cfg = RunConfig(policies=["mfs", "fair"], rate_bps=rate, pause_s=0.3)
     with live_topology(contention_topology(rate, prefix=PREFIX), tag=_tag()) as topo:
-        summary = run_scenarios(topo, [(0, None, 1.0, lambda: contention_scenario(rate))], cfg,
-                                None, Progress(None), {})
+        summary = run_scenarios(topo, [(0, None, 1.0, lambda: contention_scenario(rate))], cfg, None, Progress(None), {})
     by = {r["policy"]: {int(x["request_id"]): x for x in r["rows"]} for r in summary["runs"]}
     for pol in ("mfs", "fair"):
         r = summary["runs"][[x["policy"] for x in summary["runs"]].index(pol)]
@@ -106,10 +104,10 @@ def test_contention_mfs_serves_tight_first_where_fair_misses():
 def test_cli_run_small_workload_accounts_for_every_request(tmp_path):
     out = tmp_path / "res"
     env = dict(os.environ)
-    cmd = [*CLI, "testbed", "run", "--policy", "mfs,fair",
-           "--requests", "12", "--load", "2", "--out", str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cmd = [*CLI, "testbed", "run", "--policy", "mfs,fair", "--requests", "12", "--load", "2", "--out", str(out)]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=240, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "mfs" in r.stdout and "fair" in r.stdout and "attain" in r.stdout
     import json
@@ -124,6 +122,5 @@ def test_cli_run_small_workload_accounts_for_every_request(tmp_path):
     assert len(rows) == 1 + 2 * 12
     for name in ("ttft_cdf.png", "attainment.png"):
         assert (out / name).stat().st_size > 0
-    rep = subprocess.run([*CLI, "testbed", "report", str(out)],
-                         capture_output=True, text=True, timeout=120)
+    rep = subprocess.run([*CLI, "testbed", "report", str(out)], capture_output=True, text=True, timeout=120)
     assert rep.returncode == 0 and "mfs" in rep.stdout

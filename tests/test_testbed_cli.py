@@ -9,8 +9,7 @@ CLI = [sys.executable, "-c", "import sys; from mfs_tc.cli import main; sys.exit(
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, "testbed", *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run([*CLI, "testbed", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_unknown_policy_is_named():

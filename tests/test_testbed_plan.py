@@ -12,9 +12,18 @@ from netns_testbed.runner import RunConfig
 
 
 def _spec(rid: int, arrival_s: float, slo_s: float = 1.0, group: int = 0) -> RequestSpec:
-    return RequestSpec(rid, arrival_s, input_tokens=0, reused_tokens=0, output_tokens=1,
-                       prefill_group=group, decode_host="d0", kv_host="kv0", slo_s=slo_s,
-                       unloaded_ttft_s=0.0)
+    return RequestSpec(
+        rid,
+        arrival_s,
+        input_tokens=0,
+        reused_tokens=0,
+        output_tokens=1,
+        prefill_group=group,
+        decode_host="d0",
+        kv_host="kv0",
+        slo_s=slo_s,
+        unloaded_ttft_s=0.0,
+    )
 
 
 def test_trace_window_moves_with_seed_and_wraps(tmp_path):
@@ -37,10 +46,9 @@ def test_run_config_names_bad_input():
 
 def test_work_estimates_shrink_as_layers_complete():
     def layer(g: int) -> LayerPlan:
-        return LayerPlan(g, kv_fetch=[Transfer("kv0", "p0r0", 1000)], compute_s=0.01,
-                         collective=[Transfer("p0r0", "p0r1", 3000)])
-    plan = BatchPlan(0, ["p0r0", "p0r1"], [1, 2], [layer(0), layer(1)],
-                     {1: [Transfer("p0r0", "d0", 500)], 2: []}, 0.005)
+        return LayerPlan(g, kv_fetch=[Transfer("kv0", "p0r0", 1000)], compute_s=0.01, collective=[Transfer("p0r0", "p0r1", 3000)])
+
+    plan = BatchPlan(0, ["p0r0", "p0r1"], [1, 2], [layer(0), layer(1)], {1: [Transfer("p0r0", "d0", 500)], 2: []}, 0.005)
     assert plan.total_bytes() == 2 * 4000 + 500
     # the one estimator, per bottleneck link, 1000 B/s links: kv 1 s per layer on kv0's uplink,
     # collective 3 s on p0r0's uplink, compute 0.01 s. From layer 0: kv 1 s, compute, collective
@@ -60,8 +68,14 @@ def test_work_estimates_shrink_as_layers_complete():
 
 
 def _one_layer(members) -> BatchPlan:
-    return BatchPlan(0, ["p0r0"], [m.request_id for m in members], [LayerPlan(0, compute_s=0.01)],
-                     {m.request_id: [Transfer("p0r0", "d0", 2500)] for m in members}, 0.005)
+    return BatchPlan(
+        0,
+        ["p0r0"],
+        [m.request_id for m in members],
+        [LayerPlan(0, compute_s=0.01)],
+        {m.request_id: [Transfer("p0r0", "d0", 2500)] for m in members},
+        0.005,
+    )
 
 
 def test_scenario_checks_ids_sorts_arrivals_and_estimates_each_request_alone():
@@ -91,7 +105,7 @@ def test_workload_scenario_replays_the_workloads_batches():
     q = [r for r in sc.requests if r.prefill_group == 0]
     members = sc.batcher(q)
     assert 1 <= len(members) <= wl.cfg.max_batch
-    assert members == q[:len(members)]  # oldest first
+    assert members == q[: len(members)]  # oldest first
     plan = sc.planner(members)
     assert plan == plan_batch(members, wl.model, wl.cluster)
     assert len(plan.layers) == wl.model.layer_groups
@@ -100,5 +114,4 @@ def test_workload_scenario_replays_the_workloads_batches():
     solo = plan_batch([r], wl.model, wl.cluster)
     nbytes, compute_ns = request_estimate(solo, r.request_id, 0, wl.cluster.link_rate_bps)
     est = sc.arrival_estimates[r.request_id]
-    assert (est.remaining_bytes, est.remaining_compute_s, est.num_layers) == \
-        (nbytes, compute_ns / 1e9, wl.model.layer_groups)
+    assert (est.remaining_bytes, est.remaining_compute_s, est.num_layers) == (nbytes, compute_ns / 1e9, wl.model.layer_groups)

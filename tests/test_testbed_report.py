@@ -22,10 +22,24 @@ from mfs_tc.results import (
 def _rows(policy: str, seed: int, load: float, ttfts: list[float | None], slo: float = 1.0) -> list[dict]:
     rows = []
     for i, t in enumerate(ttfts, start=1):
-        rows.append({"request_id": i, "policy": policy, "arrival_s": 0.1 * i, "slo_s": slo,
-                     "ttft_s": t, "met": t is not None and t <= slo, "kv_fetch_s": 0.1,
-                     "collective_s": 0.2, "p2d_s": 0.3, "p2d_earliness_s": 0.05, "seed": seed,
-                     "load": load, "slo_scale": 5.0, "queue_s": 0.0})
+        rows.append(
+            {
+                "request_id": i,
+                "policy": policy,
+                "arrival_s": 0.1 * i,
+                "slo_s": slo,
+                "ttft_s": t,
+                "met": t is not None and t <= slo,
+                "kv_fetch_s": 0.1,
+                "collective_s": 0.2,
+                "p2d_s": 0.3,
+                "p2d_earliness_s": 0.05,
+                "seed": seed,
+                "load": load,
+                "slo_scale": 5.0,
+                "queue_s": 0.0,
+            }
+        )
     return rows
 
 
@@ -37,8 +51,15 @@ def test_percentile_interpolates_and_handles_empty():
 
 
 def test_summarize_counts_unfinished_as_missed():
-    run = summarize_run("mfs", _rows("mfs", 1, 2.0, [0.5, 0.9, 1.5, None]), ccts_s=[0.1, 0.3],
-                        level_bytes=[10, 0, 5], seed=1, load=2.0, slo_scale=5.0)
+    run = summarize_run(
+        "mfs",
+        _rows("mfs", 1, 2.0, [0.5, 0.9, 1.5, None]),
+        ccts_s=[0.1, 0.3],
+        level_bytes=[10, 0, 5],
+        seed=1,
+        load=2.0,
+        slo_scale=5.0,
+    )
     assert run["requests"] == 4 and run["finished"] == 3 and run["met"] == 2
     assert run["attainment"] == pytest.approx(0.5)
     assert run["ttft_p50_s"] == pytest.approx(0.9)
@@ -69,8 +90,11 @@ def test_aggregate_over_seeds_and_sweep_finds_highest_load_at_target():
 
 
 def test_write_and_reload_round_trip_with_plots(tmp_path):
-    runs = [summarize_run(p, _rows(p, 1, l, [0.5, 0.8, 1.2]), ccts_s=[0.01], seed=1, load=l, slo_scale=5.0)
-            for p in ("mfs", "fair") for l in (1.0, 2.0)]
+    runs = [
+        summarize_run(p, _rows(p, 1, l, [0.5, 0.8, 1.2]), ccts_s=[0.01], seed=1, load=l, slo_scale=5.0)
+        for p in ("mfs", "fair")
+        for l in (1.0, 2.0)
+    ]
     summary = write_results(tmp_path, runs, {"source": "test"})
     assert summary["schema"] == SCHEMA
     for name in ("requests.csv", "summary.json", "ttft_cdf.png", "attainment.png", "attainment_vs_load.png"):

@@ -20,26 +20,24 @@ SPLITWISE = default_trace_path("azure")
 
 def _csv(tmp_path: Path, rows: list[tuple[float, int, int]], name: str = "t.csv") -> Path:
     p = tmp_path / name
-    p.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n"
-                 + "".join(f"{t},{i},{o}\n" for t, i, o in rows))
+    p.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n" + "".join(f"{t},{i},{o}\n" for t, i, o in rows))
     return p
 
 
 def test_formats_detected_by_content(tmp_path: Path) -> None:
     j = tmp_path / "m.txt"  # the name does not decide
-    j.write_text(json.dumps({"timestamp": 1500, "input_length": 700, "output_length": 3,
-                             "hash_ids": [1, 2]}) + "\n")
+    j.write_text(json.dumps({"timestamp": 1500, "input_length": 700, "output_length": 3, "hash_ids": [1, 2]}) + "\n")
     assert trace_format(j) == "mooncake"
     assert len(list(read_records(j))) == 1
     assert next(read_records(j)).t_s == 1.5 and next(read_records(j)).hashes == (1, 2)
     c = _csv(tmp_path, [(0.0, 100, 5), (0.5, 200, 6)], name="c.jsonl")
     assert trace_format(c) == "splitwise" and count_records(c) == 2
     r = list(read_records(c))
-    assert [(x.t_s, x.input_tokens, x.output_tokens, x.hashes) for x in r] == \
-        [(0.0, 100, 5, None), (0.5, 200, 6, None)]
+    assert [(x.t_s, x.input_tokens, x.output_tokens, x.hashes) for x in r] == [(0.0, 100, 5, None), (0.5, 200, 6, None)]
     a = tmp_path / "azure.csv"  # the Azure public dataset's own columns, in another order
-    a.write_text("ContextTokens,TIMESTAMP,GeneratedTokens\n"
-                 "374,2023-11-16 18:15:46.6805900,44\n396,2023-11-16 18:15:50.9951690,109\n")
+    a.write_text(
+        "ContextTokens,TIMESTAMP,GeneratedTokens\n" "374,2023-11-16 18:15:46.6805900,44\n396,2023-11-16 18:15:50.9951690,109\n"
+    )
     assert trace_format(a) == "azure"
     r = list(read_records(a))
     assert r[0].input_tokens == 374 and r[1].output_tokens == 109
@@ -118,9 +116,29 @@ def test_sim_run_takes_a_csv_trace_and_hardware_presets(tmp_path: Path, capsys) 
 
     p = _csv(tmp_path, [(0.1 * i, 400 + 211 * (i % 7), 20) for i in range(40)])
     out = tmp_path / "res"
-    rc = main(["sim", "run", "-p", "mfs,fair", "--trace", str(p), "--requests", "15",
-               "--seeds", "1,2", "--load", "30", "--cluster", "paper", "--model", "llama3-8b",
-               "--no-plots", "--out", str(out)])
+    rc = main(
+        [
+            "sim",
+            "run",
+            "-p",
+            "mfs,fair",
+            "--trace",
+            str(p),
+            "--requests",
+            "15",
+            "--seeds",
+            "1,2",
+            "--load",
+            "30",
+            "--cluster",
+            "paper",
+            "--model",
+            "llama3-8b",
+            "--no-plots",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     wls = [r["workload"] for r in summary["runs"]]

@@ -25,8 +25,7 @@ def strict_clean_files() -> list[str]:
 
 def pending_modules() -> list[str]:
     """The modules still to follow: the override that does not report their errors."""
-    return [m for o in mypy_config().get("overrides", []) if o.get("follow_imports") == "silent"
-            for m in o["module"]]
+    return [m for o in mypy_config().get("overrides", []) if o.get("follow_imports") == "silent" for m in o["module"]]
 
 
 def test_strict_clean_set_exists():

@@ -21,9 +21,15 @@ from mfs_tc.workload import (
 )
 
 TINY = ModelShape(
-    name="tiny", layer_groups=2, kv_bytes_per_token_per_group=100.0,
-    act_bytes_per_token_per_group=40.0, collective="all_reduce",
-    compute_a_s=0.001, compute_b_s_per_token=1e-6, decode_step_s=0.002, block_tokens=10,
+    name="tiny",
+    layer_groups=2,
+    kv_bytes_per_token_per_group=100.0,
+    act_bytes_per_token_per_group=40.0,
+    collective="all_reduce",
+    compute_a_s=0.001,
+    compute_b_s_per_token=1e-6,
+    decode_step_s=0.002,
+    block_tokens=10,
 )
 
 
@@ -40,8 +46,9 @@ def _write_trace(tmp_path: Path) -> Path:
 
 
 def test_trace_prefix_reuse_and_time_scale(tmp_path: Path) -> None:
-    cfg = WorkloadConfig(trace_path=_write_trace(tmp_path), num_requests=4, model=TINY,
-                         byte_scale=1.0, time_scale=0.5, max_input_tokens=0)
+    cfg = WorkloadConfig(
+        trace_path=_write_trace(tmp_path), num_requests=4, model=TINY, byte_scale=1.0, time_scale=0.5, max_input_tokens=0
+    )
     w = generate(cfg)
     assert [r.arrival_s for r in w.requests] == [0.0, 0.5, 1.5, 2.0]
     # leading run of already-seen blocks x block_tokens, capped at the input length
@@ -58,8 +65,18 @@ def test_load_overrides_time_scale(tmp_path: Path) -> None:
 
 def test_unloaded_ttft_by_hand() -> None:
     cl = ClusterShape(kv_hosts=1, prefill_groups=1, group_size=2, decode_hosts=1, link_rate_bps=8000.0)
-    spec = RequestSpec(1, 0.0, input_tokens=30, reused_tokens=10, output_tokens=1, prefill_group=0,
-                       decode_host="d0", kv_host="kv0", slo_s=1.0, unloaded_ttft_s=0.0)
+    spec = RequestSpec(
+        1,
+        0.0,
+        input_tokens=30,
+        reused_tokens=10,
+        output_tokens=1,
+        prefill_group=0,
+        decode_host="d0",
+        kv_host="kv0",
+        slo_s=1.0,
+        unloaded_ttft_s=0.0,
+    )
     plan = plan_batch([spec], TINY, cl)
     # 1000 B/s links. kv per layer: 10 tok x 100 B = 1000 B from kv0, 500 B to each rank: kv0's
     # uplink carries 1000 B -> 1 s per layer. compute 0.001 + 20e-6 s. collective: shard =
@@ -74,9 +91,15 @@ def test_unloaded_ttft_by_hand() -> None:
 
 
 def test_moe_all_to_all_pairs() -> None:
-    moe = ModelShape(name="m", layer_groups=1, kv_bytes_per_token_per_group=1.0,
-                     act_bytes_per_token_per_group=64.0, collective="all_to_all",
-                     compute_a_s=0.0, compute_b_s_per_token=0.0)
+    moe = ModelShape(
+        name="m",
+        layer_groups=1,
+        kv_bytes_per_token_per_group=1.0,
+        act_bytes_per_token_per_group=64.0,
+        collective="all_to_all",
+        compute_a_s=0.0,
+        compute_b_s_per_token=0.0,
+    )
     cl = ClusterShape(prefill_groups=1, group_size=4)
     spec = RequestSpec(1, 0.0, 100, 0, 1, 0, "d0", "kv0", 1.0, 0.0)
     coll = plan_batch([spec], moe, cl).layers[0].collective
@@ -133,7 +156,7 @@ def test_bad_input_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(MfsError, match="--trace"):
         generate(WorkloadConfig(trace_path=tmp_path / "nope.jsonl"))
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("{\"x\": 1}\n")
+    bad.write_text('{"x": 1}\n')
     with pytest.raises(MfsError, match="bad.jsonl:1"):
         generate(WorkloadConfig(trace_path=bad))
 

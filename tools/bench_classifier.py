@@ -129,9 +129,12 @@ def _packet(sport: int) -> bytes:
     from scapy.layers.l2 import Ether
     from scapy.packet import Raw
 
-    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
-                 / IP(src="10.9.0.1", dst="10.9.0.2") / TCP(sport=sport, dport=5201, flags="A")
-                 / Raw(b"\0" * 1000))
+    return bytes(
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+        / IP(src="10.9.0.1", dst="10.9.0.2")
+        / TCP(sport=sport, dport=5201, flags="A")
+        / Raw(b"\0" * 1000)
+    )
 
 
 def _entries(now: int) -> dict[str, FlowEntry | None]:
@@ -141,13 +144,22 @@ def _entries(now: int) -> dict[str, FlowEntry | None]:
     return {
         "miss": None,
         "static": FlowEntry.static(2),
-        "mlu": FlowEntry(mode=layout.MODE_MLU, levels=[7, 6, 5, 4, 3, 2, 1, 0], thresholds=th_mlu,
-                         total_bytes=1 << 40, ps_per_byte=ps, deadline_ns=far),
-        "rli": FlowEntry(mode=layout.MODE_RLI, levels=[0, 1, 2, 3], thresholds=[1, 2, 4],
-                         target_layer=10, request_id=99),
-        "laxity": FlowEntry(mode=layout.MODE_LAXITY, levels=[0, 1, 2, 3, 4, 5, 6, 7],
-                            thresholds=[10**6 * x for x in (1, 2, 5, 10, 20, 50, 100)],
-                            ps_per_byte=ps, deadline_ns=far),
+        "mlu": FlowEntry(
+            mode=layout.MODE_MLU,
+            levels=[7, 6, 5, 4, 3, 2, 1, 0],
+            thresholds=th_mlu,
+            total_bytes=1 << 40,
+            ps_per_byte=ps,
+            deadline_ns=far,
+        ),
+        "rli": FlowEntry(mode=layout.MODE_RLI, levels=[0, 1, 2, 3], thresholds=[1, 2, 4], target_layer=10, request_id=99),
+        "laxity": FlowEntry(
+            mode=layout.MODE_LAXITY,
+            levels=[0, 1, 2, 3, 4, 5, 6, 7],
+            thresholds=[10**6 * x for x in (1, 2, 5, 10, 20, 50, 100)],
+            ps_per_byte=ps,
+            deadline_ns=far,
+        ),
     }
 
 
@@ -205,8 +217,7 @@ def wire_paths(clf, empty_fd: int, n: int, rounds: int, baseline=None) -> dict:
                     rm.update((99).to_bytes(8, "little"), RequestRecord(cursor=8).pack())
                     for i, (name, s) in enumerate(socks.items()):
                         if name == "tuple_static":
-                            fm.update(FlowKey(net.ip_a, net.ip_b, 31000 + i, 9000, 17).pack(),
-                                      FlowEntry.static(2, gen=1).pack())
+                            fm.update(FlowKey(net.ip_a, net.ip_b, 31000 + i, 9000, 17).pack(), FlowEntry.static(2, gen=1).pack())
                         elif name != "miss":
                             e = entries[name]
                             e.gen = 1
@@ -214,8 +225,18 @@ def wire_paths(clf, empty_fd: int, n: int, rounds: int, baseline=None) -> dict:
 
             def measure(fd: int, s: socket.socket) -> float:
                 with iproute(net.a) as ipr:
-                    ipr.tc("replace-filter", "bpf", idx, 1, fd=fd, name="bench", parent=EGRESS_PARENT,
-                           direct_action=True, prio=FILTER_PREF, protocol=ETH_P_ALL)
+                    ipr.tc(
+                        "replace-filter",
+                        "bpf",
+                        idx,
+                        1,
+                        fd=fd,
+                        name="bench",
+                        parent=EGRESS_PARENT,
+                        direct_action=True,
+                        prio=FILTER_PREF,
+                        protocol=ETH_P_ALL,
+                    )
                 t0, c0 = prog_stats(fd)
                 data = b"\0" * 1000
                 for _ in range(n):
@@ -236,8 +257,13 @@ def wire_paths(clf, empty_fd: int, n: int, rounds: int, baseline=None) -> dict:
                     med = statistics.median(samples[f"{label}:{name}"])
                     path = "socket_storage" if name in ("static", "mlu", "rli", "laxity") else "5-tuple"
                     target = (30.0 if name in ("static", "rli") else 45.0) if path == "socket_storage" else TARGET_NS
-                    res[name] = {"path": path, "ns_per_packet": round(med, 1), "ns_above_empty": round(med - base, 1),
-                                 "target_ns_above_empty": target, "pass": med - base <= target}
+                    res[name] = {
+                        "path": path,
+                        "ns_per_packet": round(med, 1),
+                        "ns_above_empty": round(med - base, 1),
+                        "target_ns_above_empty": target,
+                        "pass": med - base <= target,
+                    }
             out["empty_ns_per_packet"] = round(base, 1)
             sink.close()
             for s in socks.values():
@@ -251,11 +277,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=1_000_000, help="runs per program per round (>= 1e6)")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--wire-packets", type=int, default=20000,
-                    help="datagrams per path and round on a veth (0: skip the socket-storage timing)")
-    ap.add_argument("--baseline", type=Path, default=None, metavar="DIR",
-                    help="another bpf/ directory (e.g. a checkout of main) timed in the same rounds: "
-                         "before/after figures from one run")
+    ap.add_argument(
+        "--wire-packets",
+        type=int,
+        default=20000,
+        help="datagrams per path and round on a veth (0: skip the socket-storage timing)",
+    )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="another bpf/ directory (e.g. a checkout of main) timed in the same rounds: " "before/after figures from one run",
+    )
     args = ap.parse_args()
     if args.repeat < 1 or args.rounds < 1:
         ap.error("--repeat and --rounds must be positive")
@@ -312,10 +346,16 @@ def main() -> int:
         med = statistics.median(samples[name])
         over = med - base
         floor = sum(prims[p] for p in FLOORS[name])
-        paths[name] = {"ns_per_packet": med, "ns_above_empty": over, "level": levels[name],
-                       "target_ns_above_empty": TARGET_NS, "pass": over <= TARGET_NS,
-                       "floor_ns_above_empty": floor, "floor_from": list(FLOORS[name]),
-                       "rounds_ns": samples[name]}
+        paths[name] = {
+            "ns_per_packet": med,
+            "ns_above_empty": over,
+            "level": levels[name],
+            "target_ns_above_empty": TARGET_NS,
+            "pass": over <= TARGET_NS,
+            "floor_ns_above_empty": floor,
+            "floor_from": list(FLOORS[name]),
+            "rounds_ns": samples[name],
+        }
     out = {
         "bench": "classifier_prog_test_run",
         "repeat": args.repeat,

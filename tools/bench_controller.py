@@ -48,10 +48,7 @@ TARGETS = {"single_per_s": 200_000, "batched_per_s": 1_000_000, "at_layer_per_s"
 def tuples(n: int, salt: int, peers: int = 250) -> list[tuple]:
     """`n` distinct egress 5-tuples from one host to `peers` peers (many connections per peer,
     as a serving host has): the address text of a peer is parsed once, its ports vary."""
-    return [
-        ("10.8.0.1", f"10.{salt}.{i % peers // 250}.{i % peers % 250 + 1}", 1024 + i // peers, 5201, "tcp")
-        for i in range(n)
-    ]
+    return [("10.8.0.1", f"10.{salt}.{i % peers // 250}.{i % peers % 250 + 1}", 1024 + i // peers, 5201, "tcp") for i in range(n)]
 
 
 def import_ms(runs: int) -> tuple[float, list[float]]:
@@ -119,8 +116,7 @@ def socket_storage_rate(policy: str, n: int, repeat: int) -> dict | None:
     finally:
         for sk in socks:
             sk.close()
-    return {"socket_registrations_per_s": round(best), "socket_registrations_cpu_per_s": round(best_cpu),
-            "sockets": n}
+    return {"socket_registrations_per_s": round(best), "socket_registrations_cpu_per_s": round(best_cpu), "sockets": n}
 
 
 def load_baseline(checkout: Path, tmp: Path):
@@ -178,9 +174,14 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5, help="best of N runs (the machine is noisy)")
     ap.add_argument("--import-runs", type=int, default=7)
     ap.add_argument("--peers", type=int, default=250, help="distinct peer addresses among the flows")
-    ap.add_argument("--baseline", type=Path, default=None, metavar="CHECKOUT",
-                    help="another checkout (e.g. /work/main) whose controller runs the same rounds, "
-                         "alternating with this one in one process: before/after figures from one run")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="CHECKOUT",
+        help="another checkout (e.g. /work/main) whose controller runs the same rounds, "
+        "alternating with this one in one process: before/after figures from one run",
+    )
     args = ap.parse_args()
     if not 1 <= args.flows <= 65536:
         ap.error("--flows must be 1..65536 (the flows map size)")
@@ -193,7 +194,11 @@ def main() -> int:
     path = pin_dir("bench0", None, root)
     maps = PinnedMaps.create(path)
     res: dict = {
-        "flows": args.flows, "batch": args.batch, "peers": args.peers, "policy": args.policy, "repeat": args.repeat,
+        "flows": args.flows,
+        "batch": args.batch,
+        "peers": args.peers,
+        "policy": args.policy,
+        "repeat": args.repeat,
     }
     tmpdir: Path | None = None
     try:
@@ -208,12 +213,22 @@ def main() -> int:
 
             tmpdir = Path(tempfile.mkdtemp(prefix="mfs-bench-baseline-"))
             bc = load_baseline(args.baseline, tmpdir)
-            base = (bc.Controller.open("bench0", policy=args.policy, root=root),
-                    bc.Controller.open("bench0", policy=args.policy, root=root, entry_cache_ns=0))
+            base = (
+                bc.Controller.open("bench0", policy=args.policy, root=root),
+                bc.Controller.open("bench0", policy=args.policy, root=root, entry_cache_ns=0),
+            )
             base_best = dict.fromkeys(("single", "single_uncached", "batched", "at_layer"), 0.0)
         best_cpu: dict[str, float] = {}
-        best = {"single": 0.0, "single_uncached": 0.0, "batched": 0.0, "at_layer": 0.0, "raw_update": 0.0,
-                "raw_batch": 0.0, "raw_insert": 0.0, "raw_batch_insert": 0.0}
+        best = {
+            "single": 0.0,
+            "single_uncached": 0.0,
+            "batched": 0.0,
+            "at_layer": 0.0,
+            "raw_update": 0.0,
+            "raw_batch": 0.0,
+            "raw_insert": 0.0,
+            "raw_batch_insert": 0.0,
+        }
         for rep in range(args.repeat):
             rounds = [(ctl, ctl_nc, best, best_cpu)]
             if base is not None:

@@ -37,9 +37,12 @@ def _packet() -> bytes:
     from scapy.layers.l2 import Ether
     from scapy.packet import Raw
 
-    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
-                 / IP(src="10.9.0.1", dst="10.9.0.2") / TCP(sport=30000, dport=5201, flags="PA")
-                 / Raw(b"\0" * 1000))
+    return bytes(
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+        / IP(src="10.9.0.1", dst="10.9.0.2")
+        / TCP(sport=30000, dport=5201, flags="PA")
+        / Raw(b"\0" * 1000)
+    )
 
 
 def main() -> int:
@@ -71,12 +74,10 @@ def main() -> int:
         t.clear()
         maps.close()
     base = statistics.median(samples["0"])
-    out = {"bench": "rules_prog_test_run", "repeat": args.repeat, "rounds": args.rounds,
-           "miss_0_rules_ns": base, "sets": {}}
+    out = {"bench": "rules_prog_test_run", "repeat": args.repeat, "rounds": args.rounds, "miss_0_rules_ns": base, "sets": {}}
     for name, s in samples.items():
         med = statistics.median(s)
-        out["sets"][name] = {"ns_per_packet": med, "ns_above_0_rules": med - base, "level": levels[name],
-                             "rounds_ns": s}
+        out["sets"][name] = {"ns_per_packet": med, "ns_above_0_rules": med - base, "level": levels[name], "rounds_ns": s}
     over64 = out["sets"]["64"]["ns_above_0_rules"]
     out["target_ns_above_0_rules_64"] = TARGET_NS_64
     out["pass"] = over64 <= TARGET_NS_64

@@ -56,16 +56,28 @@ def cluster_for(gpus: int, base: str) -> ClusterShape:
     if gpus % c.group_size:
         raise ValueError(f"--gpus {gpus} is not a multiple of the group size {c.group_size}")
     edge = max(8, gpus // 16)
-    return ClusterShape(kv_hosts=edge, prefill_groups=gpus // c.group_size,
-                        group_size=c.group_size, decode_hosts=edge,
-                        link_rate_bps=c.link_rate_bps, hosts_per_rack=c.hosts_per_rack,
-                        oversubscription=c.oversubscription)
+    return ClusterShape(
+        kv_hosts=edge,
+        prefill_groups=gpus // c.group_size,
+        group_size=c.group_size,
+        decode_hosts=edge,
+        link_rate_bps=c.link_rate_bps,
+        hosts_per_rack=c.hosts_per_rack,
+        oversubscription=c.oversubscription,
+    )
 
 
 def _config(args: argparse.Namespace, cluster: ClusterShape, n: int, load: float) -> WorkloadConfig:
-    return WorkloadConfig(kind="poisson", load=load, num_requests=n, model=args.model,
-                          cluster=cluster, byte_scale=1.0, max_batch=args.max_batch,
-                          slo_scale=args.slo_scale)
+    return WorkloadConfig(
+        kind="poisson",
+        load=load,
+        num_requests=n,
+        model=args.model,
+        cluster=cluster,
+        byte_scale=1.0,
+        max_batch=args.max_batch,
+        slo_scale=args.slo_scale,
+    )
 
 
 def one_point(args: argparse.Namespace, n: int, gpus: int) -> dict:
@@ -82,23 +94,36 @@ def one_point(args: argparse.Namespace, n: int, gpus: int) -> dict:
     wl = generate(_config(args, cluster, n, load))
     gen_s = time.perf_counter() - t0
     pol = make_sim_policy(args.policy, nlevels=8, ref_rate_bps=wl.cluster.link_rate_bps, config={})
-    res = simulate(wl, pol, tick_s=args.tick_ms / 1e3, aggregate_groups=not args.no_aggregate_groups,
-                   allocator=args.allocator)
+    res = simulate(wl, pol, tick_s=args.tick_ms / 1e3, aggregate_groups=not args.no_aggregate_groups, allocator=args.allocator)
     nu = res.net_util
-    bott = {"link": bneck, "class": bclass, "expected_mean": round(load * busy, 3) if busy else None,
-            "measured_mean": round(nu[bclass]["max_link_mean"], 3) if bclass in nu else None}
+    bott = {
+        "link": bneck,
+        "class": bclass,
+        "expected_mean": round(load * busy, 3) if busy else None,
+        "measured_mean": round(nu[bclass]["max_link_mean"], 3) if bclass in nu else None,
+    }
     return {
-        "requests": n, "gpus": wl.cluster.gpus, "hosts": wl.cluster.num_hosts,
-        "load_rps": round(load, 3), "load_rule_s": round(rule_s, 3),
-        "generate_s": round(gen_s, 3), "simulate_s": round(res.wall_s, 3),
-        "wall_s": round(gen_s + res.wall_s, 3), "events": res.events,
-        "events_per_s": round(res.events / res.wall_s), "fluid_flows": res.flows,
-        "rate_recomputations": res.recomputes, "requests_per_wall_s": round(n / res.wall_s, 1),
+        "requests": n,
+        "gpus": wl.cluster.gpus,
+        "hosts": wl.cluster.num_hosts,
+        "load_rps": round(load, 3),
+        "load_rule_s": round(rule_s, 3),
+        "generate_s": round(gen_s, 3),
+        "simulate_s": round(res.wall_s, 3),
+        "wall_s": round(gen_s + res.wall_s, 3),
+        "events": res.events,
+        "events_per_s": round(res.events / res.wall_s),
+        "fluid_flows": res.flows,
+        "rate_recomputations": res.recomputes,
+        "requests_per_wall_s": round(n / res.wall_s, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "simulated_s": round(res.sim_time_s, 3), "attainment": round(res.attainment, 4),
+        "simulated_s": round(res.sim_time_s, 3),
+        "attainment": round(res.attainment, 4),
         "bottleneck": bott,
-        "net_util": {k: {"mean": round(v["mean"], 3), "p99": v["p99"],
-                         "max_link_mean": round(v["max_link_mean"], 3)} for k, v in nu.items()},
+        "net_util": {
+            k: {"mean": round(v["mean"], 3), "p99": v["p99"], "max_link_mean": round(v["max_link_mean"], 3)}
+            for k, v in nu.items()
+        },
     }
 
 
@@ -111,26 +136,25 @@ def _in_subprocess(argv: list[str], n: int, gpus: int, script: str = __file__) -
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", default="1000,10000,100000",
-                    help="request counts of the requests curve (on the largest --gpus)")
+    ap.add_argument(
+        "--requests", default="1000,10000,100000", help="request counts of the requests curve (on the largest --gpus)"
+    )
     ap.add_argument("--gpus", default="64,256,1024", help="GPU counts of the size curve")
-    ap.add_argument("--size-requests", type=int, default=10000,
-                    help="requests per point of the size curve")
+    ap.add_argument("--size-requests", type=int, default=10000, help="requests per point of the size curve")
     ap.add_argument("--quick", action="store_true", help="a small version: 1k/5k, 64/256 GPUs at 1k")
     ap.add_argument("--policy", default="mfs")
     ap.add_argument("--model", default="qwen-72b")
     ap.add_argument("--cluster", default="c1024", help="the base cluster (scaled for --gpus)")
-    ap.add_argument("--target-util", type=float, default=0.8,
-                    help="expected mean utilisation of the busiest link (the load rule)")
+    ap.add_argument(
+        "--target-util", type=float, default=0.8, help="expected mean utilisation of the busiest link (the load rule)"
+    )
     ap.add_argument("--load", type=float, default=0.0, help="fixed load (req/s) instead of the rule")
     ap.add_argument("--slo-scale", type=float, default=5.0)
     ap.add_argument("--tick-ms", type=float, default=1.0)
     ap.add_argument("--max-batch", type=int, default=4)
     ap.add_argument("--allocator", default="numba", choices=("numba", "python"))
-    ap.add_argument("--no-aggregate-groups", action="store_true",
-                    help="one fluid flow per rank flow (slower; same results)")
-    ap.add_argument("--against", default="",
-                    help="another checkout whose simulator runs every point too (speedup)")
+    ap.add_argument("--no-aggregate-groups", action="store_true", help="one fluid flow per rank flow (slower; same results)")
+    ap.add_argument("--against", default="", help="another checkout whose simulator runs every point too (speedup)")
     ap.add_argument("--single", default="", help=argparse.SUPPRESS)  # N:GPUS, one point, here
     args = ap.parse_args(argv)
     if args.single:
@@ -140,12 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     base = [a for a in argv if a != "--quick"]
     if args.against:
         i = base.index("--against") if "--against" in base else -1
-        base = base[:i] + base[i + 2:] if i >= 0 else [a for a in base
-                                                         if not a.startswith("--against=")]
+        base = base[:i] + base[i + 2 :] if i >= 0 else [a for a in base if not a.startswith("--against=")]
         other = Path(args.against) / "tools" / "bench_sim.py"
         if not other.is_file():
-            ap.error(f"--against {args.against}: no tools/bench_sim.py there (a checkout of "
-                     "mfs-tc, e.g. git archive REF | tar -x -C DIR)")
+            ap.error(
+                f"--against {args.against}: no tools/bench_sim.py there (a checkout of "
+                "mfs-tc, e.g. git archive REF | tar -x -C DIR)"
+            )
     if args.quick:
         sizes, gpus, size_n = [1000, 5000], [64, 256], 1000
     else:
@@ -153,31 +178,41 @@ def main(argv: list[str] | None = None) -> int:
         gpus = [int(x) for x in args.gpus.split(",") if x.strip()]
         size_n = args.size_requests
     top = cluster_preset(args.cluster).gpus if not args.quick else max(gpus)
-    points = [(n, top) for n in sizes] + [(size_n, g) for g in gpus if (size_n, g) not in
-                                          [(n, top) for n in sizes]]
+    points = [(n, top) for n in sizes] + [(size_n, g) for g in gpus if (size_n, g) not in [(n, top) for n in sizes]]
     done: dict[tuple[int, int], dict] = {}
     for n, g in points:
         done[(n, g)] = r = _in_subprocess(base, n, g)
         if args.against:
             ref = _in_subprocess(base, n, g, str(other))
-            r["against"] = {"dir": args.against, "simulate_s": ref["simulate_s"],
-                            "events": ref["events"], "attainment": ref["attainment"],
-                            "peak_rss_mb": ref["peak_rss_mb"],
-                            "speedup": round(ref["simulate_s"] / r["simulate_s"], 2)}
-        print(json.dumps({k: v for k, v in r.items() if k != "net_util"}), file=sys.stderr,
-              flush=True)
+            r["against"] = {
+                "dir": args.against,
+                "simulate_s": ref["simulate_s"],
+                "events": ref["events"],
+                "attainment": ref["attainment"],
+                "peak_rss_mb": ref["peak_rss_mb"],
+                "speedup": round(ref["simulate_s"] / r["simulate_s"], 2),
+            }
+        print(json.dumps({k: v for k, v in r.items() if k != "net_util"}), file=sys.stderr, flush=True)
     big = done.get((TARGET_REQUESTS, cluster_preset(args.cluster).gpus))
     out = {
-        "benchmark": "sim_scale_network_bound", "policy": args.policy, "model": args.model,
-        "cluster": args.cluster, "target_util": args.target_util, "tick_ms": args.tick_ms,
-        "allocator": args.allocator, "aggregate_groups": not args.no_aggregate_groups,
+        "benchmark": "sim_scale_network_bound",
+        "policy": args.policy,
+        "model": args.model,
+        "cluster": args.cluster,
+        "target_util": args.target_util,
+        "tick_ms": args.tick_ms,
+        "allocator": args.allocator,
+        "aggregate_groups": not args.no_aggregate_groups,
         "python": platform.python_version(),
         "requests_curve": [done[(n, top)] for n in sizes],
         "size_curve": [done[(size_n, g)] for g in gpus],
-        "target": {"requests": TARGET_REQUESTS, "gpus": cluster_preset(args.cluster).gpus,
-                   "max_wall_s": TARGET_S,
-                   "wall_s": big["wall_s"] if big else None,
-                   "met": (big["wall_s"] < TARGET_S) if big else None},
+        "target": {
+            "requests": TARGET_REQUESTS,
+            "gpus": cluster_preset(args.cluster).gpus,
+            "max_wall_s": TARGET_S,
+            "wall_s": big["wall_s"] if big else None,
+            "met": (big["wall_s"] < TARGET_S) if big else None,
+        },
     }
     print(json.dumps(out, indent=2))
     return 0

@@ -40,13 +40,34 @@ CPORT, PORT = 45001, 5201
 
 def _iperf(net: VethPair, seconds: float) -> float:
     """One iperf3 TCP run a -> b; bits per second received."""
-    srv = subprocess.Popen(["ip", "netns", "exec", net.b, "iperf3", "-s", "-1", "-B", net.ip_b, "-p", str(PORT)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    srv = subprocess.Popen(
+        ["ip", "netns", "exec", net.b, "iperf3", "-s", "-1", "-B", net.ip_b, "-p", str(PORT)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(0.3)
-        r = subprocess.run(["ip", "netns", "exec", net.a, "iperf3", "-c", net.ip_b, "-p", str(PORT),
-                            "--cport", str(CPORT), "-t", str(seconds), "-J"],
-                           capture_output=True, text=True, timeout=seconds + 30)
+        r = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                net.a,
+                "iperf3",
+                "-c",
+                net.ip_b,
+                "-p",
+                str(PORT),
+                "--cport",
+                str(CPORT),
+                "-t",
+                str(seconds),
+                "-J",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"iperf3 failed: {r.stderr.strip() or r.stdout[-300:]}")
         return float(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"])

@@ -134,8 +134,7 @@ def step_verifier() -> dict:
             p.unlink()
         pin.rmdir()
     # the socket-storage variant loaded (else compile_classifier fell back to the 5-tuple one)
-    return {"compile_load_s": round(secs, 2), "maps_pinned": pinned,
-            "socket_storage": set(layout.SK_MAP_NAMES) <= set(pinned)}
+    return {"compile_load_s": round(secs, 2), "maps_pinned": pinned, "socket_storage": set(layout.SK_MAP_NAMES) <= set(pinned)}
 
 
 # ---- step (b): attach -------------------------------------------------------------------------
@@ -145,8 +144,10 @@ def step_attach(net: Net, qdisc: str, expect: str, levels: int, rate_bps: int | 
     roots = [q for q in net.tc_json("qdisc", "show", "dev", net.dev_a) if q.get("root")]
     require(len(roots) == 1, f"root qdiscs: {roots}")
     root = roots[0]
-    require(root.get("kind") == expect and root.get("handle") == HANDLE,
-            f"root qdisc is {root.get('kind')} {root.get('handle')}, expected {expect} {HANDLE}")
+    require(
+        root.get("kind") == expect and root.get("handle") == HANDLE,
+        f"root qdisc is {root.get('kind')} {root.get('handle')}, expected {expect} {HANDLE}",
+    )
     info: dict[str, Any] = {"backend": st.backend, "root": {k: root.get(k) for k in ("kind", "handle", "options")}}
     if expect == "ets":
         opts = root.get("options", {})
@@ -161,6 +162,7 @@ def step_attach(net: Net, qdisc: str, expect: str, levels: int, rate_bps: int | 
 
 
 # ---- step (c): classification -----------------------------------------------------------------
+
 
 class Sink(threading.Thread):
     """Accepts one connection and counts what it receives until the peer closes."""
@@ -235,8 +237,7 @@ def _class_bytes(net: Net) -> dict[str, int]:
 def _status(net: Net) -> dict:
     exe = Path(sys.executable).parent / "mfs-tc"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "mfs_tc.cli"]
-    r = subprocess.run(cmd + ["status", net.dev_a, "--netns", net.a, "--json"], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(cmd + ["status", net.dev_a, "--netns", net.a, "--json"], capture_output=True, text=True, timeout=120)
     require(r.returncode == 0, f"mfs-tc status failed ({r.returncode}): {r.stderr.strip()}")
     return json.loads(r.stdout)
 
@@ -269,24 +270,32 @@ def step_classify(net: Net, levels: int, secs: float) -> dict:
     status = _status(net)
     st_after = {lv["level"]: lv["bytes"] for lv in status["levels"]}
     backend = Backend(status["backend"], levels)
-    per_class = {backend.class_of(lv): cls_after.get(backend.class_of(lv), 0) - cls_before.get(backend.class_of(lv), 0)
-                 for lv in range(levels)}
+    per_class = {
+        backend.class_of(lv): cls_after.get(backend.class_of(lv), 0) - cls_before.get(backend.class_of(lv), 0)
+        for lv in range(levels)
+    }
     per_level = {lv: st_after[lv] - st_before[lv] for lv in range(levels)}
     delivered = {lv: sinks[lv].received for lv in flows}
     offered = {lv: sources[lv].sent for lv in flows}
     detail = {"class_bytes": per_class, "status_level_bytes": per_level, "delivered": delivered, "offered": offered}
     for lv in flows:
-        require(delivered[lv] == offered[lv] and offered[lv] > 1_000_000,
-                f"flow at level {lv}: delivered {delivered[lv]} of {offered[lv]} bytes: {detail}")
+        require(
+            delivered[lv] == offered[lv] and offered[lv] > 1_000_000,
+            f"flow at level {lv}: delivered {delivered[lv]} of {offered[lv]} bytes: {detail}",
+        )
         cb = per_class[backend.class_of(lv)]
         # the class carries the flow's frames: payload + headers (a few % at MTU 1500), retransmits
-        require(offered[lv] <= cb <= 1.10 * offered[lv] + 200_000,
-                f"class {backend.class_of(lv)} (level {lv}) carried {cb} bytes for {offered[lv]} sent: {detail}")
+        require(
+            offered[lv] <= cb <= 1.10 * offered[lv] + 200_000,
+            f"class {backend.class_of(lv)} (level {lv}) carried {cb} bytes for {offered[lv]} sent: {detail}",
+        )
         sb = per_level[lv]
         # the classifier counts skb->len (a GSO packet once, with one set of headers), the qdisc
         # counts the wire length of every segment: payload <= status <= class
-        require(offered[lv] <= sb <= cb + 20_000,
-                f"status says {sb} bytes at level {lv}, the qdisc class {cb}, {offered[lv]} sent: {detail}")
+        require(
+            offered[lv] <= sb <= cb + 20_000,
+            f"status says {sb} bytes at level {lv}, the qdisc class {cb}, {offered[lv]} sent: {detail}",
+        )
     other = sum(b for c, b in per_class.items() if c not in {backend.class_of(lv) for lv in flows})
     require(other < 100_000, f"{other} bytes went through classes of other levels: {detail}")
     require(status["attached"] and not status["problems"], f"status problems: {status['problems']}")
@@ -360,9 +369,28 @@ def step_access(net: Net, qdisc: str, levels: int, rate_bps: int | None) -> dict
     rx.bind((IP_B, ACCESS_PORT))
     rx.settimeout(10)
     try:
-        r = subprocess.run(["ip", "netns", "exec", net.a, sys.executable, "-c", ACCESS_CHILD, str(REPO), net.dev_a,
-                            net.a, str(ACCESS_LEVEL), str(ACCESS_GID), str(ACCESS_UID), IP_B, str(ACCESS_PORT)],
-                           capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                net.a,
+                sys.executable,
+                "-c",
+                ACCESS_CHILD,
+                str(REPO),
+                net.dev_a,
+                net.a,
+                str(ACCESS_LEVEL),
+                str(ACCESS_GID),
+                str(ACCESS_UID),
+                IP_B,
+                str(ACCESS_PORT),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         require(r.returncode == 0, f"the serving process failed: {r.stderr.strip()[-600:]}")
         child = json.loads(r.stdout.strip().splitlines()[-1])
         dscps = []
@@ -375,8 +403,12 @@ def step_access(net: Net, qdisc: str, levels: int, rate_bps: int | None) -> dict
     require(child["member"] and child["on_socket"], f"not a member socket flow: {child}")
     require(dscps == [want] * 5, f"the member's packets carried DSCP {dscps}, level {ACCESS_LEVEL} is {want}")
     require("write-only" in child["next_key"] and "read-only" in child["config_write"], f"refusals: {child}")
-    return {"unprivileged_bpf_disabled": {"found": found, "checked": value}, "pin_modes": modes,
-            "child": child, "dscp_seen": dscps}
+    return {
+        "unprivileged_bpf_disabled": {"found": found, "checked": value},
+        "pin_modes": modes,
+        "child": child,
+        "dscp_seen": dscps,
+    }
 
 
 def step_detach(net: Net, before: dict) -> dict:
@@ -415,8 +447,11 @@ def main(argv: list[str] | None = None) -> int:
             result["steps"][name] = {"ok": True, "secs": round(time.monotonic() - t0, 2), **info}
             return True
         except Exception as exc:  # record and stop: the JSON line says which step and why
-            result["steps"][name] = {"ok": False, "secs": round(time.monotonic() - t0, 2),
-                                     "error": f"{type(exc).__name__}: {exc}"}
+            result["steps"][name] = {
+                "ok": False,
+                "secs": round(time.monotonic() - t0, 2),
+                "error": f"{type(exc).__name__}: {exc}",
+            }
             traceback.print_exc(file=sys.stderr)
             return False
 

@@ -1,12 +1,12 @@
 """The `mfs-tc` command line. Each verb group lives in its own module and registers itself here.
 
-  datapath.py   attach, detach, status, plan, doctor
-  flows.py      flows, set, gc, policy show
-  testbed.py    testbed run / report
-  sim.py        sim run
-  metrics.py    exporter
-  rules.py      rule add / list / del
-  apply.py      apply (declarative config, --watch)
+datapath.py   attach, detach, status, plan, doctor
+flows.py      flows, set, gc, policy show
+testbed.py    testbed run / report
+sim.py        sim run
+metrics.py    exporter
+rules.py      rule add / list / del
+apply.py      apply (declarative config, --watch)
 """
 
 from __future__ import annotations

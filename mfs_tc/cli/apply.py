@@ -14,8 +14,12 @@ from .output import emit_json
 def apply(
     config: Annotated[Path, typer.Option("--config", "-c", help="Config file")] = Path("/etc/mfs-tc/mfs-tc.toml"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would change, change nothing")] = False,
-    detach_all: Annotated[bool, typer.Option("--detach-all", help="Detach every interface of the config (and any an earlier apply attached)")] = False,
-    watch: Annotated[bool, typer.Option("--watch", help="Stay running: re-apply on link events, detach on SIGTERM (the systemd unit)")] = False,
+    detach_all: Annotated[
+        bool, typer.Option("--detach-all", help="Detach every interface of the config (and any an earlier apply attached)")
+    ] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Stay running: re-apply on link events, detach on SIGTERM (the systemd unit)")
+    ] = False,
     period: Annotated[float, typer.Option("--period", help="With --watch: full re-apply every PERIOD seconds")] = 10.0,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:

@@ -20,9 +20,18 @@ Json = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
 
 
 def _options(
-    iface: str, netns: str | None, levels: int, qdisc: str, rate: str | None, dscp: str | None,
-    default_level: int | None, trust_dscp: bool, control_level: int = 0, keep_dscp: str | None = None,
-    hook: str = "auto", group: str | None = None,
+    iface: str,
+    netns: str | None,
+    levels: int,
+    qdisc: str,
+    rate: str | None,
+    dscp: str | None,
+    default_level: int | None,
+    trust_dscp: bool,
+    control_level: int = 0,
+    keep_dscp: str | None = None,
+    hook: str = "auto",
+    group: str | None = None,
 ) -> AttachOptions:
     from ..loader import AttachOptions
 
@@ -32,8 +41,20 @@ def _options(
         keep = [int(x) for x in keep_dscp.split(",") if x.strip()] if keep_dscp else []
     except ValueError as exc:
         raise MfsError(f"{exc} (--keep-dscp takes a list like 46,34)") from exc
-    opts = AttachOptions(iface, netns, levels, qdisc, rate_bps, dscp_list, default_level, trust_dscp,
-                         control_level=control_level, keep_dscp=keep, hook=hook, group=group)
+    opts = AttachOptions(
+        iface,
+        netns,
+        levels,
+        qdisc,
+        rate_bps,
+        dscp_list,
+        default_level,
+        trust_dscp,
+        control_level=control_level,
+        keep_dscp=keep,
+        hook=hook,
+        group=group,
+    )
     opts.validate()
     return opts
 
@@ -45,12 +66,27 @@ def attach(
     qdisc: Annotated[str, typer.Option(help="auto | ets | mqprio | htb | none (mark only)")] = "auto",
     rate: Annotated[Optional[str], typer.Option(help="Link rate for HTB, e.g. 10gbit (default: link speed)")] = None,
     dscp: Annotated[Optional[str], typer.Option(help="DSCP per level: 'default', 'none' (keep), or a list 46,40,...")] = None,
-    default_level: Annotated[Optional[int], typer.Option(help="Level of unknown flows' payload, non-IP and fragments (default: K-2, the bulk level)")] = None,
+    default_level: Annotated[
+        Optional[int], typer.Option(help="Level of unknown flows' payload, non-IP and fragments (default: K-2, the bulk level)")
+    ] = None,
     trust_dscp: Annotated[bool, typer.Option("--trust-dscp", help="Switch port: level from the packet's DSCP")] = False,
-    control_level: Annotated[int, typer.Option(help="Level of unknown flows' pure control packets (SYN, FIN, RST, ACK without payload)")] = 0,
-    keep_dscp: Annotated[Optional[str], typer.Option(help="DSCP values untracked traffic keeps, e.g. 46,34 (others leave with their level's DSCP)")] = None,
-    hook: Annotated[str, typer.Option(help="auto (tcx where the kernel has it) | tcx (pinned BPF link) | clsact (cls_bpf filter)")] = "auto",
-    group: Annotated[Optional[str], typer.Option("--group", "-g", help="Access group (name or gid) of serving processes without root: what they need of the maps, nothing else (docs/access.md)")] = None,
+    control_level: Annotated[
+        int, typer.Option(help="Level of unknown flows' pure control packets (SYN, FIN, RST, ACK without payload)")
+    ] = 0,
+    keep_dscp: Annotated[
+        Optional[str], typer.Option(help="DSCP values untracked traffic keeps, e.g. 46,34 (others leave with their level's DSCP)")
+    ] = None,
+    hook: Annotated[
+        str, typer.Option(help="auto (tcx where the kernel has it) | tcx (pinned BPF link) | clsact (cls_bpf filter)")
+    ] = "auto",
+    group: Annotated[
+        Optional[str],
+        typer.Option(
+            "--group",
+            "-g",
+            help="Access group (name or gid) of serving processes without root: what they need of the maps, nothing else (docs/access.md)",
+        ),
+    ] = None,
     json_out: Json = False,
 ) -> None:
     """Compile and attach the classifier on IFACE egress, pin its maps, set up the root qdisc."""
@@ -59,8 +95,7 @@ def attach(
     from ..access import group_name
     from ..loader import attach as do_attach
 
-    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp, control_level, keep_dscp,
-                    hook, group)
+    opts = _options(iface, netns, levels, qdisc, rate, dscp, default_level, trust_dscp, control_level, keep_dscp, hook, group)
     st = do_attach(opts)
     if json_out:
         emit_json(asdict(st))
@@ -80,7 +115,7 @@ def detach(iface: Iface, netns: Netns = None, json_out: Json = False) -> None:
     from ..loader import detach as do_detach
 
     result = do_detach(iface, netns)
-    notes = [r[len("note: "):] for r in result if r.startswith("note: ")]
+    notes = [r[len("note: ") :] for r in result if r.startswith("note: ")]
     removed = [r for r in result if not r.startswith("note: ")]
     if json_out:
         emit_json({"ifname": iface, "netns": netns, "removed": removed, "notes": notes})
@@ -93,8 +128,11 @@ def detach(iface: Iface, netns: Netns = None, json_out: Json = False) -> None:
         typer.echo(f"nothing of mfs-tc on {iface}: nothing to do")
 
 
-def status(iface: Annotated[Optional[str], typer.Argument(help="Interface (default: every attached one)")] = None,
-           netns: Netns = None, json_out: Json = False) -> None:
+def status(
+    iface: Annotated[Optional[str], typer.Argument(help="Interface (default: every attached one)")] = None,
+    netns: Netns = None,
+    json_out: Json = False,
+) -> None:
     """Backend, levels and per-level packets/bytes, counters, flow count."""
     from ..access import group_name
     from ..attachment import attached
@@ -127,8 +165,10 @@ def status(iface: Annotated[Optional[str], typer.Argument(help="Interface (defau
         )
         print_table(
             ["level", "class", "dscp", "packets", "bytes"],
-            [[l["level"], l["class"], "-" if l["dscp"] is None else l["dscp"], l["packets"], human_bytes(l["bytes"])]
-             for l in s["levels"]],
+            [
+                [l["level"], l["class"], "-" if l["dscp"] is None else l["dscp"], l["packets"], human_bytes(l["bytes"])]
+                for l in s["levels"]
+            ],
         )
         c = s["counters"]
         typer.echo("counters: " + ", ".join(f"{k} {v['packets']}" for k, v in c.items()))
@@ -196,8 +236,10 @@ def doctor(json_out: Json = False) -> None:
     if json_out:
         emit_json([asdict(c) for c in checks])
     else:
-        print_table(["check", "ok", "detail", "fix"],
-                    [[c.name, "yes" if c.ok else ("NO" if c.required else "no"), c.detail, "" if c.ok else c.fix] for c in checks])
+        print_table(
+            ["check", "ok", "detail", "fix"],
+            [[c.name, "yes" if c.ok else ("NO" if c.required else "no"), c.detail, "" if c.ok else c.fix] for c in checks],
+        )
     if any(c.required and not c.ok for c in checks):
         raise typer.Exit(1)
 

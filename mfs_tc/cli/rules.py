@@ -12,8 +12,7 @@ from .output import emit_json, human_bytes, print_table
 if TYPE_CHECKING:
     from ..maps import PinnedMaps
 
-rule_app = typer.Typer(help="Rules by prefix, port and protocol (after exact entries, before the default).",
-                       no_args_is_help=True)
+rule_app = typer.Typer(help="Rules by prefix, port and protocol (after exact entries, before the default).", no_args_is_help=True)
 
 Iface = Annotated[str, typer.Argument(help="Attached interface, e.g. eth0")]
 Netns = Annotated[Optional[str], typer.Option("--netns", "-n", help="Network namespace (ip netns name)")]
@@ -39,9 +38,25 @@ def print_rules(rows: list[dict[str, Any]]) -> None:
     if not rows:
         typer.echo("no rules")
         return
-    print_table(["prio", "id", "proto", "src", "sport", "dst", "dport", "level", "stage", "packets", "bytes"],
-                [[r["priority"], r["id"], r["proto"] or "any", r["src"] or "any", r["sport"] or "any", r["dst"] or "any",
-                  r["dport"] or "any", r["level"], r["stage"] or "-", r["packets"], human_bytes(r["bytes"])] for r in rows])
+    print_table(
+        ["prio", "id", "proto", "src", "sport", "dst", "dport", "level", "stage", "packets", "bytes"],
+        [
+            [
+                r["priority"],
+                r["id"],
+                r["proto"] or "any",
+                r["src"] or "any",
+                r["sport"] or "any",
+                r["dst"] or "any",
+                r["dport"] or "any",
+                r["level"],
+                r["stage"] or "-",
+                r["packets"],
+                human_bytes(r["bytes"]),
+            ]
+            for r in rows
+        ],
+    )
 
 
 def add(
@@ -54,7 +69,9 @@ def add(
     proto: Annotated[Optional[str], typer.Option("--proto", help="tcp or udp (default: both)")] = None,
     level: Annotated[Optional[int], typer.Option("--level", help="Level of matching packets (0 = most urgent)")] = None,
     stage: Annotated[Optional[str], typer.Option("--stage", help="kv_fetch | collective | p2d: that stage's level")] = None,
-    priority: Annotated[Optional[int], typer.Option("--priority", help="Position in the table, 1 = looked at first (default: last)")] = None,
+    priority: Annotated[
+        Optional[int], typer.Option("--priority", help="Position in the table, 1 = looked at first (default: last)")
+    ] = None,
     json_out: Json = False,
 ) -> None:
     """Add a rule: TCP/UDP packets without an exact entry that match it get its level."""

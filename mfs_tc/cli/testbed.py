@@ -13,10 +13,10 @@ import typer
 from ..errors import MfsError
 from .args import floats, ints
 
-testbed_app = typer.Typer(help="Emulated cluster in network namespaces: replay a workload under "
-                          "each policy, real TCP flows, SLO attainment.", no_args_is_help=True)
-
-
+testbed_app = typer.Typer(
+    help="Emulated cluster in network namespaces: replay a workload under " "each policy, real TCP flows, SLO attainment.",
+    no_args_is_help=True,
+)
 
 
 def _rate(text: str) -> float:
@@ -30,18 +30,40 @@ def _rate(text: str) -> float:
 
 @testbed_app.command("run")
 def run_cmd(
-    policy: Annotated[str, typer.Option("--policy", "-p", help="Policies to compare, comma separated")] = "mfs,fair,edf,karuna,sjf,pias",
-    workload: Annotated[str, typer.Option(help="mooncake (the real trace), azure (the Azure conversation trace) or poisson")] = "mooncake",
+    policy: Annotated[
+        str, typer.Option("--policy", "-p", help="Policies to compare, comma separated")
+    ] = "mfs,fair,edf,karuna,sjf,pias",
+    workload: Annotated[
+        str, typer.Option(help="mooncake (the real trace), azure (the Azure conversation trace) or poisson")
+    ] = "mooncake",
     requests: Annotated[int, typer.Option("--requests", "-n", help="Requests per run")] = 40,
-    load: Annotated[str, typer.Option(help="Arrival rate(s) in requests/s, comma separated for a sweep; 'trace' replays the Mooncake trace at its own rate")] = "3",
+    load: Annotated[
+        str,
+        typer.Option(
+            help="Arrival rate(s) in requests/s, comma separated for a sweep; 'trace' replays the Mooncake trace at its own rate"
+        ),
+    ] = "3",
     slo_scale: Annotated[str, typer.Option(help="SLO = this x unloaded TTFT; comma separated for a sweep")] = "5",
     seed: Annotated[str, typer.Option(help="Seeds: 1,2,3 or 1-3")] = "1",
     rate: Annotated[str, typer.Option(help="Link rate of every host and switch port")] = "200mbit",
-    model: Annotated[str, typer.Option(help="Model shape: dense-small, dense-70b, moe-8x, or qwen-72b, llama3-70b, llama3-8b, mixtral-8x7b (docs/hardware.md)")] = "dense-small",
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Model shape: dense-small, dense-70b, moe-8x, or qwen-72b, llama3-70b, llama3-8b, mixtral-8x7b (docs/hardware.md)"
+        ),
+    ] = "dense-small",
     max_batch: Annotated[Optional[int], typer.Option(help="Requests per prefill batch (workload default 4)")] = None,
     byte_scale: Annotated[Optional[float], typer.Option(help="Multiply every byte count (workload default 1/32)")] = None,
-    spread_bursts: Annotated[bool, typer.Option("--spread-bursts/--no-spread-bursts", help="Spread the trace's same-timestamp bursts over the gap to the next timestamp")] = True,
-    datapath: Annotated[str, typer.Option(help="mfs (classifier + strict-priority HTB) or plain (HTB only: no scheduling)")] = "mfs",
+    spread_bursts: Annotated[
+        bool,
+        typer.Option(
+            "--spread-bursts/--no-spread-bursts",
+            help="Spread the trace's same-timestamp bursts over the gap to the next timestamp",
+        ),
+    ] = True,
+    datapath: Annotated[
+        str, typer.Option(help="mfs (classifier + strict-priority HTB) or plain (HTB only: no scheduling)")
+    ] = "mfs",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results directory (default results/testbed-<time>)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
 ) -> None:
@@ -59,10 +81,18 @@ def run_cmd(
     try:
         cfg = RunConfig(
             policies=[p.strip() for p in policy.split(",") if p.strip()],
-            seeds=ints(seed, "seed"), loads=loads, slo_scales=floats(slo_scale, "slo-scale"),
-            workload=workload, num_requests=requests, model=model, rate_bps=_rate(rate),
-            byte_scale=byte_scale, max_batch=max_batch, datapath=datapath,
-            spread_bursts=spread_bursts)
+            seeds=ints(seed, "seed"),
+            loads=loads,
+            slo_scales=floats(slo_scale, "slo-scale"),
+            workload=workload,
+            num_requests=requests,
+            model=model,
+            rate_bps=_rate(rate),
+            byte_scale=byte_scale,
+            max_batch=max_batch,
+            datapath=datapath,
+            spread_bursts=spread_bursts,
+        )
         cfg.workload_config(cfg.seeds[0], cfg.loads[0], cfg.slo_scales[0])
     except ValueError as exc:
         raise MfsError(str(exc)) from exc
@@ -79,12 +109,16 @@ def run_cmd(
 def matrix_cmd(
     policy: Annotated[str, typer.Option("--policy", "-p", help="Comma-separated policies")] = "mfs,fair,edf,karuna,sjf,pias",
     seeds: Annotated[str, typer.Option("--seed", "--seeds", help="Seeds: 1,2,3 or 1-3")] = "1-3",
-    load: Annotated[Optional[str], typer.Option(help="Loads as fractions of the saturation load (comma-separated; default 0.5,0.85,1.2)")] = None,
+    load: Annotated[
+        Optional[str], typer.Option(help="Loads as fractions of the saturation load (comma-separated; default 0.5,0.85,1.2)")
+    ] = None,
     slo_scale: Annotated[Optional[str], typer.Option(help="SLO scales (comma-separated; default 5)")] = None,
     requests: Annotated[Optional[int], typer.Option(help="Requests per run (default 40)")] = None,
     levels: Annotated[int, typer.Option("--levels", "-k", help="Strict-priority levels K")] = 8,
     bound: Annotated[bool, typer.Option(help="Compute the reference bound per point")] = True,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Results directory (runs.jsonl appended as runs finish: rerun to resume)")] = Path("results/testbed-matrix"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Results directory (runs.jsonl appended as runs finish: rerun to resume)")
+    ] = Path("results/testbed-matrix"),
     plots: Annotated[bool, typer.Option(help="Write matrix.png")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the matrix summary as JSON")] = False,
 ) -> None:
@@ -100,10 +134,13 @@ def matrix_cmd(
     try:
         sc = TESTBED_SCENARIOS["testbed-mooncake"]
         over = matrix_overrides(requests, load, slo_scale)
-        cfg = MatrixConfig(scenarios=[replace(sc, **over)],
-                           policies=[p.strip() for p in policy.split(",") if p.strip()],
-                           seeds=ints(seeds, "seed") if seeds else DEFAULT_SEEDS, levels=levels,
-                           bound=bound)
+        cfg = MatrixConfig(
+            scenarios=[replace(sc, **over)],
+            policies=[p.strip() for p in policy.split(",") if p.strip()],
+            seeds=ints(seeds, "seed") if seeds else DEFAULT_SEEDS,
+            levels=levels,
+            bound=bound,
+        )
         summary = run_testbed_matrix(cfg, out, plots=plots)
     except ValueError as exc:
         raise MfsError(str(exc)) from None
@@ -147,14 +184,25 @@ def contention_cmd(
     except ValueError as exc:
         raise MfsError(str(exc)) from exc
     with live_topology(contention_topology(rbps)) as topo:
-        summary = run_scenarios(topo, [(0, None, 1.0, lambda: contention_scenario(rbps))], cfg,
-                                out, Progress(sys.stderr), {"source": "testbed", "scenario": "contention"})
+        summary = run_scenarios(
+            topo,
+            [(0, None, 1.0, lambda: contention_scenario(rbps))],
+            cfg,
+            out,
+            Progress(sys.stderr),
+            {"source": "testbed", "scenario": "contention"},
+        )
     typer.echo(summary_table(summary))
     for r in summary["runs"]:
-        typer.echo(f"{r['policy']}: " + ", ".join(
-            f"{'tight' if int(x['request_id']) == 1 else 'loose'} TTFT "
-            f"{float(x['ttft_s']) * 1e3:.0f} ms / SLO {float(x['slo_s']) * 1e3:.0f} ms"
-            for x in (r.get("rows") or []) if x.get("ttft_s") not in (None, "")))
+        typer.echo(
+            f"{r['policy']}: "
+            + ", ".join(
+                f"{'tight' if int(x['request_id']) == 1 else 'loose'} TTFT "
+                f"{float(x['ttft_s']) * 1e3:.0f} ms / SLO {float(x['slo_s']) * 1e3:.0f} ms"
+                for x in (r.get("rows") or [])
+                if x.get("ttft_s") not in (None, "")
+            )
+        )
 
 
 @testbed_app.command("clean")

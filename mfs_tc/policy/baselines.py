@@ -195,8 +195,7 @@ class KarunaConfig(PolicyConfig):
 
     def __post_init__(self) -> None:
         PolicyConfig.__post_init__(self)
-        self.deadline_thresholds_ns = int_thresholds(
-            self.deadline_thresholds_ns, "deadline_thresholds_ns", positive=False)
+        self.deadline_thresholds_ns = int_thresholds(self.deadline_thresholds_ns, "deadline_thresholds_ns", positive=False)
         self.deadline_levels = int_levels(self.deadline_levels, "deadline_levels")
         self.sent_thresholds = int_thresholds(self.sent_thresholds, "sent_thresholds")
         self.sent_levels = int_levels(self.sent_levels, "sent_levels")
@@ -213,8 +212,9 @@ class KarunaPolicy(Policy):
         c = self.config
         dth = c.deadline_thresholds_ns
         top = KARUNA_DEADLINE_LEVELS - 1
-        self.deadline_table = build_table(MODE_LAXITY, dth, c.deadline_levels, c.nlevels,
-                                          "deadline_levels", spread_levels(len(dth), top))
+        self.deadline_table = build_table(
+            MODE_LAXITY, dth, c.deadline_levels, c.nlevels, "deadline_levels", spread_levels(len(dth), top)
+        )
         th = c.sent_thresholds
         below = max(self.deadline_table.levels) + 1
         ref = tuple(min(below + lv, REF_TOP) for lv in spread_levels(len(th), REF_TOP - below))
@@ -231,8 +231,7 @@ class KarunaPolicy(Policy):
     def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
         if stage.name == "p2d":
             deadline = request.deadline_ns - stage.compute_after_ns
-            return make_entry(request, stage, flow, now_ns, self.deadline_table,
-                              deadline_ns=deadline, ps=0)
+            return make_entry(request, stage, flow, now_ns, self.deadline_table, deadline_ns=deadline, ps=0)
         return make_entry(request, stage, flow, now_ns, self.table)
 
     def describe(self) -> dict[str, Any]:
@@ -241,13 +240,18 @@ class KarunaPolicy(Policy):
         rows += self.table.rows("kv_fetch, collective", nbytes, "bytes sent")
         return _header(self) | {
             "stages": {
-                "p2d": {"mode": "laxity", "metric": "p2d deadline - now",
-                        "thresholds_ms": [t / 1e6 for t in self.deadline_table.thresholds],
-                        "levels": list(self.deadline_table.levels)},
-                "kv_fetch": {"mode": "sent", "thresholds_bytes": list(self.table.thresholds),
-                             "levels": list(self.table.levels)},
-                "collective": {"mode": "sent", "thresholds_bytes": list(self.table.thresholds),
-                               "levels": list(self.table.levels)},
+                "p2d": {
+                    "mode": "laxity",
+                    "metric": "p2d deadline - now",
+                    "thresholds_ms": [t / 1e6 for t in self.deadline_table.thresholds],
+                    "levels": list(self.deadline_table.levels),
+                },
+                "kv_fetch": {"mode": "sent", "thresholds_bytes": list(self.table.thresholds), "levels": list(self.table.levels)},
+                "collective": {
+                    "mode": "sent",
+                    "thresholds_bytes": list(self.table.thresholds),
+                    "levels": list(self.table.levels),
+                },
             },
             "layout": layout(c.nlevels, rows, scavenger=NO_SCAVENGER),
         }
@@ -261,9 +265,7 @@ class EdfConfig(PolicyConfig):
 
     def __post_init__(self) -> None:
         PolicyConfig.__post_init__(self)
-        self.deadline_thresholds_ns = int_thresholds(
-            self.deadline_thresholds_ns, "deadline_thresholds_ns", positive=False
-        )
+        self.deadline_thresholds_ns = int_thresholds(self.deadline_thresholds_ns, "deadline_thresholds_ns", positive=False)
         self.deadline_levels = int_levels(self.deadline_levels, "deadline_levels")
 
 
@@ -277,7 +279,11 @@ class EdfPolicy(Policy):
         super().__init__(config)
         th = self.config.deadline_thresholds_ns
         self.table = build_table(
-            MODE_LAXITY, th, self.config.deadline_levels, self.config.nlevels, "deadline_levels",
+            MODE_LAXITY,
+            th,
+            self.config.deadline_levels,
+            self.config.nlevels,
+            "deadline_levels",
             spread_levels(len(th)),
         )
 
@@ -290,9 +296,7 @@ class EdfPolicy(Policy):
         return request.deadline_ns
 
     def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
-        return make_entry(
-            request, stage, flow, now_ns, self.table, deadline_ns=self.deadline(request, stage), ps=0
-        )
+        return make_entry(request, stage, flow, now_ns, self.table, deadline_ns=self.deadline(request, stage), ps=0)
 
     def describe(self) -> dict[str, Any]:
         rows = self.table.rows("every flow", ms, "deadline - now")
@@ -416,9 +420,7 @@ class LlfOracleConfig(PolicyConfig):
 
     def __post_init__(self) -> None:
         PolicyConfig.__post_init__(self)
-        self.laxity_thresholds_ns = int_thresholds(
-            self.laxity_thresholds_ns, "laxity_thresholds_ns", positive=False
-        )
+        self.laxity_thresholds_ns = int_thresholds(self.laxity_thresholds_ns, "laxity_thresholds_ns", positive=False)
         self.laxity_levels = int_levels(self.laxity_levels, "laxity_levels")
 
 
@@ -435,8 +437,7 @@ class LlfOraclePolicy(Policy):
         c = self.config
         self.ps = ps_per_byte(c.ref_rate_bps)
         th = c.laxity_thresholds_ns
-        self.table = build_table(MODE_LAXITY, th, c.laxity_levels, c.nlevels, "laxity_levels",
-                                 spread_levels(len(th)))
+        self.table = build_table(MODE_LAXITY, th, c.laxity_levels, c.nlevels, "laxity_levels", spread_levels(len(th)))
 
     def true_work_ns(self, request: Request, flow: Flow) -> int:
         if flow.true_remaining_work_ns is not None:
@@ -458,8 +459,7 @@ class LlfOraclePolicy(Policy):
         if self.config.admission and (request.scavenged or request.deadline_ns - now_ns < work):
             return make_entry(request, stage, flow, now_ns, _static(self.config.scavenger_level))
         base = request.deadline_ns - work - bytes_ns(flow.sent, self.ps)
-        return make_entry(request, stage, flow, now_ns, self.table, deadline_ns=base,
-                          ps=stage_ps(self.ps, stage, flow))
+        return make_entry(request, stage, flow, now_ns, self.table, deadline_ns=base, ps=stage_ps(self.ps, stage, flow))
 
     def describe(self) -> dict[str, Any]:
         rows = self.table.rows("every flow", ms, "laxity")

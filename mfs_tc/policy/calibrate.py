@@ -126,8 +126,7 @@ def calibrate(policy: str, workload: CalibrationWorkload | Mapping[str, Any], nl
         # deadline flows: the top min(3, K-1) levels, thresholds at SLO quantiles; the others below
         nd = min(3, top)  # deadline levels 0..nd-1 (nd >= 1 when K >= 3)
         dth = _quantile_thresholds(w.slos_ns, max(nd - 1, 0)) if nd > 1 else ()
-        out |= {"deadline_thresholds_ns": dth,
-                "deadline_levels": _spread(len(dth), 0, max(nd - 1, 0))}
+        out |= {"deadline_thresholds_ns": dth, "deadline_levels": _spread(len(dth), 0, max(nd - 1, 0))}
         below = min(nd, top)
         th = _quantile_thresholds(w.flow_sizes, max(top - below, 0))
         out |= {"sent_thresholds": th, "sent_levels": _spread(len(th), below, top)}

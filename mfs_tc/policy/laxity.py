@@ -43,9 +43,7 @@ class MfsLaxityConfig(PolicyConfig):
 
     def __post_init__(self) -> None:
         PolicyConfig.__post_init__(self)
-        self.laxity_thresholds_ns = int_thresholds(
-            self.laxity_thresholds_ns, "laxity_thresholds_ns", positive=False
-        )
+        self.laxity_thresholds_ns = int_thresholds(self.laxity_thresholds_ns, "laxity_thresholds_ns", positive=False)
         self.laxity_levels = int_levels(self.laxity_levels, "laxity_levels")
         check_estimator(self.estimator)
 
@@ -68,9 +66,7 @@ class MfsLaxityPolicy(Policy):
         c = self.config
         self.ps = ps_per_byte(c.ref_rate_bps)
         th = c.laxity_thresholds_ns
-        self.table = build_table(
-            MODE_LAXITY, th, c.laxity_levels, c.nlevels, "laxity_levels", spread_levels(len(th))
-        )
+        self.table = build_table(MODE_LAXITY, th, c.laxity_levels, c.nlevels, "laxity_levels", spread_levels(len(th)))
 
     def is_hopeless(self, request: Request, now_ns: int) -> bool:
         if not self.config.scavenger:
@@ -86,13 +82,10 @@ class MfsLaxityPolicy(Policy):
     def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
         base = self.base_ns(request, stage, flow)
         if self.is_hopeless(request, now_ns) or (
-            self.config.scavenger
-            and base + bytes_ns(flow.sent, self.ps) - now_ns + self.config.hopeless_margin_ns < 0
+            self.config.scavenger and base + bytes_ns(flow.sent, self.ps) - now_ns + self.config.hopeless_margin_ns < 0
         ):
             return make_entry(request, stage, flow, now_ns, static_table(self.config.scavenger_level))
-        return make_entry(
-            request, stage, flow, now_ns, self.table, flags=F_MONOTONIC, deadline_ns=base, ps=self.ps
-        )
+        return make_entry(request, stage, flow, now_ns, self.table, flags=F_MONOTONIC, deadline_ns=base, ps=self.ps)
 
     def describe(self) -> dict[str, Any]:
         c = self.config

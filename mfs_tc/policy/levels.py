@@ -177,8 +177,18 @@ def make_entry(
     # ps_per_byte, sent_bytes, created_ns): this runs for every registration. The target
     # layer: the flow's own, else its stage's
     return FlowEntry.from_table(
-        table.mode, levels, thresholds, flags, flow.target_layer or stage.layer or 0, STAGE_CODES.get(stage.name, 0),
-        request.request_id, deadline_ns, flow.bytes, ps, flow.sent, now_ns,
+        table.mode,
+        levels,
+        thresholds,
+        flags,
+        flow.target_layer or stage.layer or 0,
+        STAGE_CODES.get(stage.name, 0),
+        request.request_id,
+        deadline_ns,
+        flow.bytes,
+        ps,
+        flow.sent,
+        now_ns,
     )
 
 
@@ -191,8 +201,9 @@ def static_table(level: int) -> LevelTable:
 def layout(nlevels: int, rows: Sequence[tuple[int, str]], *, scavenger: str) -> list[dict[str, Any]]:
     """The level layout of a policy: for each level, what traffic it carries."""
     table: list[list[str]] = [[] for _ in range(nlevels)]
-    table[0].append("control packets of unknown flows (SYN, FIN, RST, pure ACKs of reverse "
-                    "flows): the datapath's control level")
+    table[0].append(
+        "control packets of unknown flows (SYN, FIN, RST, pure ACKs of reverse " "flows): the datapath's control level"
+    )
     table[max(nlevels - 2, 0)].append("payload of unknown flows: the datapath's default level")
     for lv, what in rows:
         table[min(lv, nlevels - 1)].append(what)

@@ -201,21 +201,23 @@ class MfsPolicy(Policy):
             flags = F_MONOTONIC | (F_AUTO_SCAVENGE if self.config.scavenger else 0)
             deadline = request.deadline_ns - stage.compute_after_ns
             return make_entry(
-                request, stage, flow, now_ns, self.mlu, flags=flags, deadline_ns=deadline,
+                request,
+                stage,
+                flow,
+                now_ns,
+                self.mlu,
+                flags=flags,
+                deadline_ns=deadline,
                 ps=stage_ps(self.ps, stage, flow),
             )
         table = self.rli_loose if self.red_loose(request, now_ns) else self.rli
-        return make_entry(
-            request, stage, flow, now_ns, table, flags=F_MONOTONIC, deadline_ns=request.deadline_ns
-        )
+        return make_entry(request, stage, flow, now_ns, table, flags=F_MONOTONIC, deadline_ns=request.deadline_ns)
 
     @property
     def entry_key_per_request(self) -> bool:  # Policy.entry_key_per_request
         return self.config.estimator == "request"  # `max` reads the flow's bytes sent
 
-    def entry_key(
-        self, request: Request, stage: Stage, flow: Flow, now_ns: int
-    ) -> tuple[bool, int] | tuple[bool, int, bool]:
+    def entry_key(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> tuple[bool, int] | tuple[bool, int, bool]:
         """`entry` reads the time, the request's estimates, flags and RED rank (and, estimator
         `max`, the flow's bytes sent) only through `hopeless_flow` and, for kv_fetch and
         collective, `red_loose`; the rest is fixed for a flow (Policy.entry_key)."""
@@ -252,7 +254,7 @@ class MfsPolicy(Policy):
             },
             "red": {
                 "loose_when": "ranked: in the looser (buckets-1)/buckets of the RED ranking of the "
-                              "batches in prefill; unranked: RED - now > loose_ms",
+                "batches in prefill; unranked: RED - now > loose_ms",
                 "buckets": c.red_buckets,
                 "loose_ms": c.red_loose_ns / 1e6,
                 "shift_levels": c.red_shift,
@@ -276,4 +278,3 @@ class MfsPolicy(Policy):
             "thresholds_layers": list(self.rli.thresholds),
             "levels": list(self.rli.levels),
         }
-

@@ -59,9 +59,7 @@ def make_policy(name: str, **config: Any) -> Policy:
     keys = config_keys(name)
     unknown = sorted(set(config) - set(keys))
     if unknown:
-        raise ValueError(
-            f"policy {name!r} has no config key {', '.join(unknown)}: valid keys are {', '.join(keys)}"
-        )
+        raise ValueError(f"policy {name!r} has no config key {', '.join(unknown)}: valid keys are {', '.join(keys)}")
     try:
         cfg = cls.config_class(**config)
     except TypeError as exc:  # e.g. a value of a type the comparisons reject

@@ -83,14 +83,43 @@ class _SimFlow(FluidFlow):
     entry and what the policy is shown, the kernel's cur_level, and when its level may next
     change."""
 
-    __slots__ = ("stage", "layer", "batch", "p2d_request_id", "entry", "request", "cur_level",
-                 "dynamic", "due", "due_entry", "due_heap_t", "stage_bytes", "compute_after_ns",
-                 "key", "lv_cursor", "policy_stage", "policy_flow")
+    __slots__ = (
+        "stage",
+        "layer",
+        "batch",
+        "p2d_request_id",
+        "entry",
+        "request",
+        "cur_level",
+        "dynamic",
+        "due",
+        "due_entry",
+        "due_heap_t",
+        "stage_bytes",
+        "compute_after_ns",
+        "key",
+        "lv_cursor",
+        "policy_stage",
+        "policy_flow",
+    )
 
-    def __init__(self, fid: int, links: tuple, size: float, t: float, stage: str, layer: int,
-                 batch: _BatchRun, p2d_request_id: int, entry: FlowEntry, request: Request,
-                 stage_bytes: int, compute_after_ns: int, policy_stage: Stage,
-                 policy_flow: Flow) -> None:
+    def __init__(
+        self,
+        fid: int,
+        links: tuple,
+        size: float,
+        t: float,
+        stage: str,
+        layer: int,
+        batch: _BatchRun,
+        p2d_request_id: int,
+        entry: FlowEntry,
+        request: Request,
+        stage_bytes: int,
+        compute_after_ns: int,
+        policy_stage: Stage,
+        policy_flow: Flow,
+    ) -> None:
         super().__init__(fid, links, size, 0, t)
         self.stage = stage
         self.layer = layer
@@ -116,14 +145,42 @@ class _SimFlow(FluidFlow):
 class _BatchRun:
     """A batch from its start on its prefill group to its members' last p2d flow."""
 
-    __slots__ = ("bid", "group", "members", "plan", "reqs", "owner", "kv_left", "coll_left",
-                 "layer", "waiting_kv", "start_t", "coll_t0", "coll_total", "kv_end",
-                 "flows", "p2d_left", "p2d_t0", "compute_total", "fanouts", "compute_after",
-                 "model_batch", "red")
+    __slots__ = (
+        "bid",
+        "group",
+        "members",
+        "plan",
+        "reqs",
+        "owner",
+        "kv_left",
+        "coll_left",
+        "layer",
+        "waiting_kv",
+        "start_t",
+        "coll_t0",
+        "coll_total",
+        "kv_end",
+        "flows",
+        "p2d_left",
+        "p2d_t0",
+        "compute_total",
+        "fanouts",
+        "compute_after",
+        "model_batch",
+        "red",
+    )
 
-    def __init__(self, bid: int, group: int, members: list[RequestSpec], plan: BatchPlan,
-                 reqs: dict[int, Request], t: float, model_batch: Batch | None,
-                 link_rate_bps: float) -> None:
+    def __init__(
+        self,
+        bid: int,
+        group: int,
+        members: list[RequestSpec],
+        plan: BatchPlan,
+        reqs: dict[int, Request],
+        t: float,
+        model_batch: Batch | None,
+        link_rate_bps: float,
+    ) -> None:
         self.bid = bid
         self.group = group
         self.members = members
@@ -148,12 +205,10 @@ class _BatchRun:
         self.compute_after: dict[int, int] = {}  # Simulator._compute_after
         self.model_batch = model_batch  # model.Batch (for RED) of a batch of several
         # its RED (a batch of one: its deadline), what _rank ranks by (deadlines are fixed)
-        self.red = (red(model_batch.deadlines_ns) if model_batch is not None
-                    else self.owner.deadline_ns)
+        self.red = red(model_batch.deadlines_ns) if model_batch is not None else self.owner.deadline_ns
 
 
-def _owner_request(bid: int, reqs: list[Request], model_batch: Batch | None, plan: BatchPlan,
-                   link_rate_bps: float) -> Request:
+def _owner_request(bid: int, reqs: list[Request], model_batch: Batch | None, plan: BatchPlan, link_rate_bps: float) -> Request:
     """Who a batch's kv_fetch and collective flows belong to, as in the controller: the request
     itself for a batch of one; otherwise the batch request of the one rule
     (`model.batch_request`), with the batch's work ahead (`request_estimate` of the whole
@@ -161,12 +216,10 @@ def _owner_request(bid: int, reqs: list[Request], model_batch: Batch | None, pla
     if len(reqs) == 1:
         return reqs[0]
     nbytes, compute_ns = request_estimate(plan, None, 0, link_rate_bps)
-    return batch_request(-bid, reqs, remaining_bytes=nbytes, remaining_compute_ns=compute_ns,
-                         batch=model_batch)
+    return batch_request(-bid, reqs, remaining_bytes=nbytes, remaining_compute_ns=compute_ns, batch=model_batch)
 
 
-def _fanout(transfers: list[Transfer],
-            host_map: dict[str, str] | None) -> list[tuple[str, str, int, int]]:
+def _fanout(transfers: list[Transfer], host_map: dict[str, str] | None) -> list[tuple[str, str, int, int]]:
     """(src, dst, bytes, weight) of each fluid flow: with group aggregation, the transfers of one
     stage between the same (aggregated) endpoints with the same bytes become one flow of that
     many real flows."""
@@ -181,14 +234,25 @@ def _fanout(transfers: list[Transfer],
 
 
 class Simulator:
-    def __init__(self, workload: Workload, policy: Policy, *, tick_s: float = 0.001,
-                 fabric: Fabric | None = None, max_batch: int | None = None,
-                 max_batch_tokens: int | None = None, horizon_s: float | None = None,
-                 skip_unchanged: bool = True, flow_setup_s: float = 0.0,
-                 aggregate_groups: bool = False, allocator: str | None = None,
-                 goodput: float = 1.0, queue_bytes: float = 0.0,
-                 check_entry_keys: bool = False,
-                 isolate_stages: bool | Iterable[str] = False) -> None:
+    def __init__(
+        self,
+        workload: Workload,
+        policy: Policy,
+        *,
+        tick_s: float = 0.001,
+        fabric: Fabric | None = None,
+        max_batch: int | None = None,
+        max_batch_tokens: int | None = None,
+        horizon_s: float | None = None,
+        skip_unchanged: bool = True,
+        flow_setup_s: float = 0.0,
+        aggregate_groups: bool = False,
+        allocator: str | None = None,
+        goodput: float = 1.0,
+        queue_bytes: float = 0.0,
+        check_entry_keys: bool = False,
+        isolate_stages: bool | Iterable[str] = False,
+    ) -> None:
         if tick_s <= 0:
             raise ValueError(f"tick_s must be positive, got {tick_s}")
         if not 0.0 < goodput <= 1.0:
@@ -206,7 +270,7 @@ class Simulator:
         # aggregate_groups: a prefill group's G ranks as one host of G links' capacity and each
         # G-fold fan-out as one weighted flow: exact when every flow touching a rank belongs
         # to a group-symmetric fan-out (true of plan_batch) and a group sits in one rack
-        self.host_map = (Fabric.group_map(workload.cluster) if aggregate_groups else None)
+        self.host_map = Fabric.group_map(workload.cluster) if aggregate_groups else None
         # goodput: the fraction of a link's rate that carries payload (protocol headers: a TCP
         # segment of 1448 B rides in a 1514 B frame; 1.0 in the fluid ideal). It scales the
         # fabric only: the workload (SLOs, unloaded TTFTs) and the policies keep the link rate.
@@ -225,13 +289,13 @@ class Simulator:
             isolate_stages = STAGES
         self._isolated = frozenset(isolate_stages or ())
         if not self._isolated <= set(STAGES):
-            raise ValueError(f"isolate_stages: unknown stage(s) {sorted(self._isolated - set(STAGES))}: "
-                             f"choose from {', '.join(STAGES)}")
+            raise ValueError(
+                f"isolate_stages: unknown stage(s) {sorted(self._isolated - set(STAGES))}: " f"choose from {', '.join(STAGES)}"
+            )
         self._private_instance: tuple[int, str, int, int] | None = None
         self._private_links: dict[str, Link] = {}
         self.max_batch = max_batch or workload.cfg.max_batch
-        self.max_batch_tokens = (workload.cfg.max_batch_tokens if max_batch_tokens is None
-                                 else max_batch_tokens)
+        self.max_batch_tokens = workload.cfg.max_batch_tokens if max_batch_tokens is None else max_batch_tokens
         self.horizon_s = horizon_s
         # False: evaluate every time-dependent flow and every decode host's p2d admission at
         # every tick (slow; for checking that skipping what provably cannot change changes
@@ -285,7 +349,7 @@ class Simulator:
         self._hopeless_enabled = type(policy).is_hopeless is not Policy.is_hopeless
         # re-asks keep a flow's entry while policy.entry_key stays the same (Policy.entry_key);
         # check_entry_keys: ask anyway and fail if the entry differs (tests)
-        self._keyed = (type(policy).entry_key is not Policy.entry_key or policy.fixed_entry)
+        self._keyed = type(policy).entry_key is not Policy.entry_key or policy.fixed_entry
         self._key_per_request = policy.fixed_entry or policy.entry_key_per_request
         self.check_entry_keys = check_entry_keys
         self.events = 0
@@ -302,8 +366,12 @@ class Simulator:
         requests = self.w.requests
         for spec in requests:
             self.out[spec.request_id] = RequestRow(
-                request_id=spec.request_id, arrival_s=spec.arrival_s, slo_s=spec.slo_s,
-                unloaded_ttft_s=spec.unloaded_ttft_s, prefill_group=spec.prefill_group)
+                request_id=spec.request_id,
+                arrival_s=spec.arrival_s,
+                slo_s=spec.slo_s,
+                unloaded_ttft_s=spec.unloaded_ttft_s,
+                prefill_group=spec.prefill_group,
+            )
         heap = self._heap
         heappop, heappush = heapq.heappop, heapq.heappush
         total = len(requests)
@@ -361,17 +429,23 @@ class Simulator:
                         w = f.weight
                         sent = int((f.size - f.rem) / w)
                         e = f.entry
-                        self._set_due(f, next_change_ns(e, e.metric(now, sent, f.request.cursor),
-                                                        sent, now, f.rate / w))
+                        self._set_due(f, next_change_ns(e, e.metric(now, sent, f.request.cursor), sent, now, f.rate / w))
         # settle bytes of anything still live (horizon reached)
         for f in list(self.net.flows):
             self.net.settle(f, self.t)
         self.net.close_meters(self.t)
         return SimResult(
-            policy=self.policy.name, requests=[self.out[s.request_id] for s in self.w.requests],
-            ccts_s=self.ccts, level_bytes=list(self.net.level_bytes), stage_bytes=self.stage_bytes,
-            sim_time_s=self.t, wall_s=time.perf_counter() - wall0, events=self.events,
-            recomputes=self.net.recomputes, flows=self.flows_started, tick_s=self.tick_s,
+            policy=self.policy.name,
+            requests=[self.out[s.request_id] for s in self.w.requests],
+            ccts_s=self.ccts,
+            level_bytes=list(self.net.level_bytes),
+            stage_bytes=self.stage_bytes,
+            sim_time_s=self.t,
+            wall_s=time.perf_counter() - wall0,
+            events=self.events,
+            recomputes=self.net.recomputes,
+            flows=self.flows_started,
+            tick_s=self.tick_s,
             net_util=netutil.summarize(self.fabric, self.net.meters, self.t, self.rate_Bps),
         )
 
@@ -392,12 +466,13 @@ class Simulator:
         plan = plan_batch(members, self.w.model, self.w.cluster)
         arr = {spec.request_id: int(round(spec.arrival_s * NS)) for spec in members}
         model_batch = batch_of(self._bid, members, arr) if len(members) > 1 else None
-        reqs = {spec.request_id: to_model_request(spec, arr[spec.request_id], plan,
-                                                  batch=model_batch,
-                                                  link_rate_bps=self.link_rate_bps)
-                for spec in members}
-        batch = _BatchRun(self._bid, group, members, plan, reqs, self.t, model_batch,
-                          self.link_rate_bps)
+        reqs = {
+            spec.request_id: to_model_request(
+                spec, arr[spec.request_id], plan, batch=model_batch, link_rate_bps=self.link_rate_bps
+            )
+            for spec in members
+        }
+        batch = _BatchRun(self._bid, group, members, plan, reqs, self.t, model_batch, self.link_rate_bps)
         self._prefilling[batch.bid] = batch
         self._ranked = False
         self._rank(batch)
@@ -411,15 +486,25 @@ class Simulator:
         for lp in plan.layers:
             fan, stage_bytes = self._fanout_of(batch, "kv_fetch", lp.kv_fetch)
             for src, dst, nbytes, wt in fan:
-                self._start_flow(batch, "kv_fetch", lp.layer, src, dst, nbytes, batch.owner,
-                                 stage_bytes, self._compute_after(batch, lp.layer), weight=wt,
-                                 check=check, keys=keys)
+                self._start_flow(
+                    batch,
+                    "kv_fetch",
+                    lp.layer,
+                    src,
+                    dst,
+                    nbytes,
+                    batch.owner,
+                    stage_bytes,
+                    self._compute_after(batch, lp.layer),
+                    weight=wt,
+                    check=check,
+                    keys=keys,
+                )
                 check = False
                 batch.kv_left[lp.layer] += 1
         self._layer_ready(batch)
 
-    def _fanout_of(self, batch: _BatchRun, stage: str, transfers: list[Transfer]
-                   ) -> tuple[list[tuple[str, str, int, int]], int]:
+    def _fanout_of(self, batch: _BatchRun, stage: str, transfers: list[Transfer]) -> tuple[list[tuple[str, str, int, int]], int]:
         """The fluid flows of one layer's kv_fetch or collective (`_fanout`) and the stage's
         bytes, reused while a layer's transfers are the previous layer's (plan_batch gives every
         layer the same Transfer objects; list equality checks them one by one)."""
@@ -458,8 +543,20 @@ class Simulator:
             batch.coll_left = len(fan)
             keys: dict[str, Hashable] = {}
             for i, (src, dst, nbytes, wt) in enumerate(fan):
-                self._start_flow(batch, "collective", batch.layer, src, dst, nbytes, batch.owner,
-                                 stage_bytes, ca, weight=wt, check=i == 0, keys=keys)
+                self._start_flow(
+                    batch,
+                    "collective",
+                    batch.layer,
+                    src,
+                    dst,
+                    nbytes,
+                    batch.owner,
+                    stage_bytes,
+                    ca,
+                    weight=wt,
+                    check=i == 0,
+                    keys=keys,
+                )
         else:
             self._layer_done(batch)
 
@@ -491,14 +588,25 @@ class Simulator:
             step_ns = int(round(batch.plan.decode_step_s * NS))
             if self._admission:
                 host = fan[0][1]
-                self._p2d_on.setdefault(host, {})[spec.request_id] = (req, [],
-                                                                      req.deadline_ns - step_ns)
+                self._p2d_on.setdefault(host, {})[spec.request_id] = (req, [], req.deadline_ns - step_ns)
                 self._p2d_host[spec.request_id] = host
             keys: dict[str, Hashable] = {}
             for i, (src, dst, nbytes, wt) in enumerate(fan):
-                self._start_flow(batch, "p2d", len(batch.plan.layers), src, dst, nbytes, req,
-                                 stage_bytes, step_ns, rid=spec.request_id, weight=wt,
-                                 check=i == 0, keys=keys)
+                self._start_flow(
+                    batch,
+                    "p2d",
+                    len(batch.plan.layers),
+                    src,
+                    dst,
+                    nbytes,
+                    req,
+                    stage_bytes,
+                    step_ns,
+                    rid=spec.request_id,
+                    weight=wt,
+                    check=i == 0,
+                    keys=keys,
+                )
         self._try_start(batch.group)
 
     def _set_cursor(self, batch: _BatchRun, cursor: int) -> None:
@@ -509,12 +617,12 @@ class Simulator:
             request = batch.reqs[spec.request_id]
             request.cursor = cursor
             request.remaining_bytes, request.remaining_compute_ns = request_estimate(
-                batch.plan, spec.request_id, cursor, self.link_rate_bps)
+                batch.plan, spec.request_id, cursor, self.link_rate_bps
+            )
         owner = batch.owner
         if owner.request_id < 0:
             owner.cursor = cursor
-            owner.remaining_bytes, owner.remaining_compute_ns = request_estimate(
-                batch.plan, None, cursor, self.link_rate_bps)
+            owner.remaining_bytes, owner.remaining_compute_ns = request_estimate(batch.plan, None, cursor, self.link_rate_bps)
         now = self.now
         for request in batch.reqs.values():
             self._check_hopeless(request, batch, now)
@@ -560,8 +668,7 @@ class Simulator:
                 key = memo.get(mk, memo)
                 if key is memo:
                     key = memo[mk] = policy.entry_key(f.request, f.policy_stage, f.policy_flow, now)
-                if key is not None and key == f.key and (
-                        f.due > now if f.dynamic else f.lv_cursor == f.request.cursor):
+                if key is not None and key == f.key and (f.due > now if f.dynamic else f.lv_cursor == f.request.cursor):
                     continue  # the same entry, and a level that cannot have moved (below)
             net.settle(f, self.t)
             w = f.weight
@@ -583,26 +690,44 @@ class Simulator:
                         if own != key:
                             raise AssertionError(
                                 f"policy {policy.name}: entry_key_per_request, but flows of one "
-                                f"stage got keys {key!r} and {own!r}")
+                                f"stage got keys {key!r} and {own!r}"
+                            )
                 if key is not None and key == f.key:
                     # the policy's answer is the entry the flow has (Policy.entry_key)
                     if check:
                         self._check_key(f, now, sent)
                     # and its level cannot have moved since it was last evaluated: same cursor
                     # (static, rli) or before its next change point (sim.due)
-                    if skip and (f.due > now if f.dynamic
-                                 else f.lv_cursor == f.request.cursor):
+                    if skip and (f.due > now if f.dynamic else f.lv_cursor == f.request.cursor):
                         continue
                     entry = f.entry
                 else:
                     f.key = key
-                    entry = self._entry(f.stage, f.layer, f.request, f.size // w,
-                                        f.stage_bytes, f.compute_after_ns, now, sent,
-                                        f.policy_stage, f.policy_flow)
+                    entry = self._entry(
+                        f.stage,
+                        f.layer,
+                        f.request,
+                        f.size // w,
+                        f.stage_bytes,
+                        f.compute_after_ns,
+                        now,
+                        sent,
+                        f.policy_stage,
+                        f.policy_flow,
+                    )
             else:
-                entry = self._entry(f.stage, f.layer, f.request, f.size // w,
-                                    f.stage_bytes, f.compute_after_ns, now, sent,
-                                    f.policy_stage, f.policy_flow)
+                entry = self._entry(
+                    f.stage,
+                    f.layer,
+                    f.request,
+                    f.size // w,
+                    f.stage_bytes,
+                    f.compute_after_ns,
+                    now,
+                    sent,
+                    f.policy_stage,
+                    f.policy_flow,
+                )
             if entry is not f.entry:
                 dyn = entry.mode not in (MODE_STATIC, MODE_RLI)
                 if dyn != f.dynamic:
@@ -620,13 +745,12 @@ class Simulator:
     def _check_key(self, f: _SimFlow, now: int, sent: int) -> None:
         """check_entry_keys: the entry the policy gives now must be the one the flow keeps."""
         w = f.weight
-        fresh = self._entry(f.stage, f.layer, f.request, f.size // w, f.stage_bytes,
-                            f.compute_after_ns, now, sent)
-        now_cmp, kept_cmp = (replace(e, created_ns=0, sent_bytes=0, cur_level=0)
-                              for e in (fresh, f.entry))
+        fresh = self._entry(f.stage, f.layer, f.request, f.size // w, f.stage_bytes, f.compute_after_ns, now, sent)
+        now_cmp, kept_cmp = (replace(e, created_ns=0, sent_bytes=0, cur_level=0) for e in (fresh, f.entry))
         if now_cmp != kept_cmp:
-            raise AssertionError(f"policy {self.policy.name}: equal entry_key {f.key!r} but a "
-                                 f"different entry ({now_cmp} vs {kept_cmp})")
+            raise AssertionError(
+                f"policy {self.policy.name}: equal entry_key {f.key!r} but a " f"different entry ({now_cmp} vs {kept_cmp})"
+            )
 
     def _check_hopeless(self, req: Request, batch: _BatchRun, now: int) -> None:
         if not self._hopeless_enabled or req.scavenged:
@@ -699,28 +823,46 @@ class Simulator:
         self._finished += 1
 
     # ---- flows ------------------------------------------------------------------------------
-    def _entry(self, stage: str, layer: int, req: Request, nbytes: float, stage_bytes: int,
-               compute_after_ns: int, now: int, sent: int = 0, st: Stage | None = None,
-               fl: Flow | None = None) -> FlowEntry:
+    def _entry(
+        self,
+        stage: str,
+        layer: int,
+        req: Request,
+        nbytes: float,
+        stage_bytes: int,
+        compute_after_ns: int,
+        now: int,
+        sent: int = 0,
+        st: Stage | None = None,
+        fl: Flow | None = None,
+    ) -> FlowEntry:
         """The policy's entry. A policy is a function of its inputs: flows that ask with the
         same inputs at the same instant (a batch's kv_fetch / collective fan-out) share one
         entry object (the simulator never mutates entries; the kernel's cur_level lives in
         the _SimFlow). `st`, `fl`: the flow's own Stage and Flow (the same fields), shown to the
         policy with `sent` and the true work filled in."""
-        key = (stage, layer, req.request_id, req.cursor, req.red_rank, req.remaining_bytes,
-               req.remaining_compute_ns, nbytes, sent, stage_bytes, compute_after_ns)
+        key = (
+            stage,
+            layer,
+            req.request_id,
+            req.cursor,
+            req.red_rank,
+            req.remaining_bytes,
+            req.remaining_compute_ns,
+            nbytes,
+            sent,
+            stage_bytes,
+            compute_after_ns,
+        )
         if self._entry_now != now:
             self._entry_now = now
             self._entry_cache.clear()
         entry = self._entry_cache.get(key)
         if entry is None:
-            true_work = self._true_work_ns(stage, req, nbytes - sent, stage_bytes, nbytes,
-                                           compute_after_ns)
+            true_work = self._true_work_ns(stage, req, nbytes - sent, stage_bytes, nbytes, compute_after_ns)
             if st is None:
-                st = Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns,
-                           layer=layer)
-                fl = Flow(bytes=int(nbytes), target_layer=layer, sent=sent,
-                          true_remaining_work_ns=true_work)
+                st = Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns, layer=layer)
+                fl = Flow(bytes=int(nbytes), target_layer=layer, sent=sent, true_remaining_work_ns=true_work)
             else:
                 fl.sent = sent
                 fl.true_remaining_work_ns = true_work
@@ -728,8 +870,9 @@ class Simulator:
             self._entry_cache[key] = entry
         return entry
 
-    def _true_work_ns(self, stage: str, req: Request, flow_rem: float, stage_bytes: int,
-                      flow_bytes: float, compute_after_ns: int) -> int:
+    def _true_work_ns(
+        self, stage: str, req: Request, flow_rem: float, stage_bytes: int, flow_bytes: float, compute_after_ns: int
+    ) -> int:
         """What only the simulator knows (llf-oracle's input): the work still ahead of the flow's
         owner per bottleneck link. p2d: the stage's remaining bytes on the decode host's
         downlink (its flows progress together: flow remaining x stage / flow bytes) at link rate,
@@ -740,9 +883,22 @@ class Simulator:
             return compute_after_ns + int(flow_rem * share / self.rate_Bps * NS)
         return req.remaining_compute_ns + int(req.remaining_bytes / self.rate_Bps * NS)
 
-    def _start_flow(self, batch: _BatchRun, stage: str, layer: int, src: str, dst: str, nbytes: int,
-                    req: Request, stage_bytes: int, compute_after_ns: int, rid: int = 0,
-                    weight: int = 1, check: bool = True, keys: dict[str, Hashable] | None = None) -> None:
+    def _start_flow(
+        self,
+        batch: _BatchRun,
+        stage: str,
+        layer: int,
+        src: str,
+        dst: str,
+        nbytes: int,
+        req: Request,
+        stage_bytes: int,
+        compute_after_ns: int,
+        rid: int = 0,
+        weight: int = 1,
+        check: bool = True,
+        keys: dict[str, Hashable] | None = None,
+    ) -> None:
         """A flow of a fan-out starts. `keys`: the fan-out's entry keys so far, by stage (one
         fan-out is one request's stage at one instant: with Policy.entry_key_per_request its
         flows share one key)."""
@@ -750,11 +906,13 @@ class Simulator:
         if check:
             self._check_hopeless(req, batch, now)
         st = Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns, layer=layer)
-        fl = Flow(bytes=int(nbytes), target_layer=layer, sent=0,
-                  true_remaining_work_ns=self._true_work_ns(
-                      stage, req, nbytes, stage_bytes, nbytes, compute_after_ns))
-        entry = self._entry(stage, layer, req, nbytes, stage_bytes, compute_after_ns, now,
-                            st=st, fl=fl)
+        fl = Flow(
+            bytes=int(nbytes),
+            target_layer=layer,
+            sent=0,
+            true_remaining_work_ns=self._true_work_ns(stage, req, nbytes, stage_bytes, nbytes, compute_after_ns),
+        )
+        entry = self._entry(stage, layer, req, nbytes, stage_bytes, compute_after_ns, now, st=st, fl=fl)
         if not self._keyed:
             key = None
         elif keys is not None and self._key_per_request and stage in keys:
@@ -764,7 +922,8 @@ class Simulator:
                 if own != key:
                     raise AssertionError(
                         f"policy {self.policy.name}: entry_key_per_request, but flows of "
-                        f"one fan-out got keys {key!r} and {own!r}")
+                        f"one fan-out got keys {key!r} and {own!r}"
+                    )
         else:
             key = self.policy.entry_key(req, st, fl, now)
             if keys is not None:
@@ -772,8 +931,22 @@ class Simulator:
         path = self.fabric.path(src, dst)
         if stage in self._isolated:
             path = self._isolated_path(path, (batch.bid, stage, layer, -1 if stage == "collective" else rid))
-        f = _SimFlow(self.net.new_id(), path, nbytes * weight, self.t,
-                     stage, layer, batch, rid, entry, req, stage_bytes, compute_after_ns, st, fl)
+        f = _SimFlow(
+            self.net.new_id(),
+            path,
+            nbytes * weight,
+            self.t,
+            stage,
+            layer,
+            batch,
+            rid,
+            entry,
+            req,
+            stage_bytes,
+            compute_after_ns,
+            st,
+            fl,
+        )
         f.weight = weight
         f.key = key
         batch.flows.add(f)
@@ -818,15 +991,21 @@ class Simulator:
     def _level(self, f: _SimFlow, sent: float, now_ns: int, rate: float) -> int:
         e = f.entry
         isent = int(sent)
-        lv = e.level(now_ns, sent=isent, cursor=f.request.cursor, scavenged=f.request.scavenged,
-                     scavenger_level=self.scav_level, nlevels=self.nlevels, cur_level=f.cur_level)
+        lv = e.level(
+            now_ns,
+            sent=isent,
+            cursor=f.request.cursor,
+            scavenged=f.request.scavenged,
+            scavenger_level=self.scav_level,
+            nlevels=self.nlevels,
+            cur_level=f.cur_level,
+        )
         # the kernel's cur_level (a scavenged packet leaves a MONOTONIC flow's: a p2d flow whose
         # MLU falls back to <= 1 resumes its table level)
         f.cur_level = e.next_cur_level(f.cur_level, lv, scavenged=lv == self.scav_level)
         f.lv_cursor = f.request.cursor
         if f.dynamic and self.skip_unchanged:
-            self._set_due(f, next_change_ns(e, e.metric(now_ns, isent, f.request.cursor), isent,
-                                            now_ns, rate))
+            self._set_due(f, next_change_ns(e, e.metric(now_ns, isent, f.request.cursor), isent, now_ns, rate))
         return lv
 
     def _relevel(self, flows) -> None:

@@ -34,9 +34,16 @@ class Fabric:
     prefill group: G links as one), `racks` places hosts in racks (default: consecutive blocks
     of `hosts_per_rack`)."""
 
-    def __init__(self, hosts: list[str], link_rate_bps: float, hosts_per_rack: int = 0,
-                 oversubscription: float = 1.0, *, capacity_scale: dict[str, int] | None = None,
-                 racks: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        hosts: list[str],
+        link_rate_bps: float,
+        hosts_per_rack: int = 0,
+        oversubscription: float = 1.0,
+        *,
+        capacity_scale: dict[str, int] | None = None,
+        racks: dict[str, int] | None = None,
+    ) -> None:
         if link_rate_bps <= 0:
             raise ValueError("link rate must be positive")
         if len(set(hosts)) != len(hosts):
@@ -65,8 +72,7 @@ class Fabric:
     @classmethod
     def for_cluster(cls, cluster: ClusterShape, aggregate_groups: bool = False) -> Fabric:
         if not aggregate_groups:
-            return cls(cluster.hosts(), cluster.link_rate_bps, cluster.hosts_per_rack,
-                       cluster.oversubscription)
+            return cls(cluster.hosts(), cluster.link_rate_bps, cluster.hosts_per_rack, cluster.oversubscription)
         gmap = cls.group_map(cluster)
         hosts: list[str] = []
         racks: dict[str, int] = {}
@@ -77,13 +83,15 @@ class Fabric:
                 raise ValueError(
                     f"cannot aggregate prefill group {v}: its ranks straddle racks; use "
                     "hosts_per_rack a multiple of group_size aligned with the groups, or run "
-                    "without group aggregation")
+                    "without group aggregation"
+                )
             if v not in racks:
                 hosts.append(v)
                 racks[v] = r
         scale = {f"p{g}": cluster.group_size for g in range(cluster.prefill_groups)}
-        return cls(hosts, cluster.link_rate_bps, cluster.hosts_per_rack,
-                   cluster.oversubscription, capacity_scale=scale, racks=racks)
+        return cls(
+            hosts, cluster.link_rate_bps, cluster.hosts_per_rack, cluster.oversubscription, capacity_scale=scale, racks=racks
+        )
 
     @staticmethod
     def group_map(cluster: ClusterShape) -> dict[str, str]:

@@ -27,11 +27,24 @@ EPS_BYTES = 1e-6
 
 
 class FluidFlow:
-    __slots__ = ("fid", "links", "size", "rem", "rate", "t0", "level", "version", "owner",
-                 "start_t", "prev_rate", "weight", "bneck", "slot")
+    __slots__ = (
+        "fid",
+        "links",
+        "size",
+        "rem",
+        "rate",
+        "t0",
+        "level",
+        "version",
+        "owner",
+        "start_t",
+        "prev_rate",
+        "weight",
+        "bneck",
+        "slot",
+    )
 
-    def __init__(self, fid: int, links: tuple[Link, ...], size: float, level: int, t: float,
-                 owner: object = None):
+    def __init__(self, fid: int, links: tuple[Link, ...], size: float, level: int, t: float, owner: object = None):
         self.fid = fid
         self.links = links
         self.size = float(size)
@@ -59,12 +72,10 @@ class FluidFlow:
 class FluidNetwork:
     """Holds active flows and their rates; the event loop owns the clock."""
 
-    def __init__(self, nlevels: int = 8, window_s: float = WINDOW_S,
-                 allocator: str | None = None) -> None:
+    def __init__(self, nlevels: int = 8, window_s: float = WINDOW_S, allocator: str | None = None) -> None:
         allocator = allocator or DEFAULT_ALLOCATOR
         if allocator not in ALLOCATORS:
-            raise ValueError(f"unknown allocator {allocator!r}: choose one of "
-                             f"{', '.join(ALLOCATORS)}")
+            raise ValueError(f"unknown allocator {allocator!r}: choose one of " f"{', '.join(ALLOCATORS)}")
         self.nlevels = nlevels
         # the re-allocation: "python" (heap-based progressive filling over the flow objects,
         # the reference) or "numba" (the default: the state in arrays, compiled; module doc)
@@ -229,7 +240,7 @@ class FluidNetwork:
         `meters`)."""
         a = self._arr
         if a is not None:
-            for i in np.flatnonzero(a.m_on[:len(a.links)]).tolist():
+            for i in np.flatnonzero(a.m_on[: len(a.links)]).tolist():
                 m = LinkMeter(a.links[i].capacity, self.window_s)
                 m.t, m.rate, m.wbytes = a.m_f[i].tolist()
                 m.k = int(a.m_k[i])
@@ -336,8 +347,7 @@ def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, 
     return resid
 
 
-def _tight(path: tuple, resid: dict, cnt: dict, share: float, n: float, nflows: int,
-           cnt0: dict | None = None) -> Link | None:
+def _tight(path: tuple, resid: dict, cnt: dict, share: float, n: float, nflows: int, cnt0: dict | None = None) -> Link | None:
     """The first link of `path` where a class of `n` real flows (`nflows` fluid flows) gets
     `share` (within rounding) and other flows of its level cross too (its band's queue is shared),
     else None."""
@@ -363,8 +373,10 @@ def _fill_numba(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[
         np.fromiter((ln.capacity for ln in lidx), float, len(lidx)),
         np.fromiter((c[0] for c in cl), np.int64, nc),
         np.fromiter((c[4] for c in cl), float, nc),
-        np.asarray(ptr, np.int64), np.asarray(idx, np.int64),
-        np.fromiter((len(c[2]) for c in cl), np.int64, nc))
+        np.asarray(ptr, np.int64),
+        np.asarray(idx, np.int64),
+        np.fromiter((len(c[2]) for c in cl), np.int64, nc),
+    )
     lks = list(lidx)
     for c, r, b in zip(cl, rate.tolist(), bott.tolist(), strict=False):
         c[3] = True
@@ -389,9 +401,29 @@ class _Arrays:
     changed (a flow whose rate did not change needs no settling)."""
 
     # the arrays recompute_arrays takes, in its order (after t, dirty, window)
-    KERNEL_ARRAYS = ("cap", "lbytes", "lvbytes", "p_links", "p_len", "f_rem", "f_rate", "f_t0",
-                     "f_w", "f_level", "f_pid", "f_bneck", "l_flows", "l_deg", "lmark", "fmark",
-                     "lloc", "m_f", "m_k", "m_hist", "m_on")
+    KERNEL_ARRAYS = (
+        "cap",
+        "lbytes",
+        "lvbytes",
+        "p_links",
+        "p_len",
+        "f_rem",
+        "f_rate",
+        "f_t0",
+        "f_w",
+        "f_level",
+        "f_pid",
+        "f_bneck",
+        "l_flows",
+        "l_deg",
+        "lmark",
+        "fmark",
+        "lloc",
+        "m_f",
+        "m_k",
+        "m_hist",
+        "m_on",
+    )
 
     def __setattr__(self, name: str, value: object) -> None:
         if name in _Arrays.KERNEL_ARRAYS:  # an array replaced (grown): the tuple is stale
@@ -442,7 +474,7 @@ class _Arrays:
     @staticmethod
     def _grown(a: np.ndarray, n: int, fill: float = 0) -> np.ndarray:
         b = np.full((n, *a.shape[1:]), fill, a.dtype)
-        b[:len(a)] = a
+        b[: len(a)] = a
         return b
 
     def _link(self, ln: Link) -> int:
@@ -452,8 +484,7 @@ class _Arrays:
             self.links.append(ln)
             if i >= len(self.cap):
                 n = 2 * len(self.cap)
-                for name in ("cap", "lbytes", "lmark", "lloc", "l_deg", "l_flows", "m_f", "m_k",
-                             "m_hist", "m_on"):
+                for name in ("cap", "lbytes", "lmark", "lloc", "l_deg", "l_flows", "m_f", "m_k", "m_hist", "m_on"):
                     setattr(self, name, self._grown(getattr(self, name), n))
             self.cap[i] = ln.capacity
         return i
@@ -485,8 +516,7 @@ class _Arrays:
             self.slots.append(f)
             if s >= len(self.f_rem):
                 n = 2 * len(self.f_rem)
-                for name in ("f_rem", "f_rate", "f_t0", "f_w", "f_level", "f_pid", "f_pos",
-                             "fmark"):
+                for name in ("f_rem", "f_rate", "f_t0", "f_w", "f_level", "f_pid", "f_pos", "fmark"):
                     setattr(self, name, self._grown(getattr(self, name), n))
                 self.f_bneck = self._grown(self.f_bneck, n, -1)
         f.slot = s
@@ -497,14 +527,12 @@ class _Arrays:
         self.f_level[s] = f.level
         self.f_pid[s] = p
         self.f_bneck[s] = -1
-        while not waterfill.link_flow(s, p, self.p_links, self.p_len, self.f_pos, self.l_flows,
-                                      self.l_deg):
+        while not waterfill.link_flow(s, p, self.p_links, self.p_len, self.f_pos, self.l_flows, self.l_deg):
             self.l_flows = np.hstack([self.l_flows, np.zeros_like(self.l_flows)])
 
     def remove(self, f: FluidFlow) -> None:
         s = f.slot
-        waterfill.unlink_flow(s, self.f_pid[s], self.p_links, self.p_len, self.f_pid, self.f_pos,
-                              self.l_flows, self.l_deg)
+        waterfill.unlink_flow(s, self.f_pid[s], self.p_links, self.p_len, self.f_pid, self.f_pos, self.l_flows, self.l_deg)
         self.f_rate[s] = 0.0
         self.slots[s] = None
         self.free.append(s)

@@ -61,8 +61,9 @@ class Scenario:
 
     def __post_init__(self) -> None:
         if self.load_unit not in LOAD_UNITS:
-            raise ValueError(f"scenario {self.name}: load_unit must be one of {', '.join(LOAD_UNITS)}, "
-                             f"got {self.load_unit!r}")
+            raise ValueError(
+                f"scenario {self.name}: load_unit must be one of {', '.join(LOAD_UNITS)}, " f"got {self.load_unit!r}"
+            )
 
     def spec(self) -> JsonDict:
         d = asdict(self)
@@ -73,8 +74,9 @@ class Scenario:
 LOAD_UNITS = ("rps", "capacity")
 
 
-def point_workload(sc: Scenario, make_config: Callable[[int, float, float], WorkloadConfig], seed: int,
-                   load: float, slo: float) -> tuple[Workload, JsonDict]:
+def point_workload(
+    sc: Scenario, make_config: Callable[[int, float, float], WorkloadConfig], seed: int, load: float, slo: float
+) -> tuple[Workload, JsonDict]:
     """The workload of one point and what its load means: `make_config(seed, rps, slo)` is the
     runner's workload config; a capacity load is converted with the saturation load of the same
     seed's request mix (generated once at 1 req/s: routing and per-request work do not depend on
@@ -95,22 +97,18 @@ def point_workload(sc: Scenario, make_config: Callable[[int, float, float], Work
 # with prefix reuse; models: dense and MoE (the testbed's shapes and hardware-derived ones);
 # clusters: the netns testbed's, the paper's testbed (8 x 4 GPUs, 100G) and a 256-host leaf-spine.
 CAPACITY_LOADS = (0.5, 0.7, 0.85, 1.0, 1.2)
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    Scenario("testbed-mooncake", "mooncake", "dense-small", "testbed", CAPACITY_LOADS, (5.0,), 60,
-             load_unit="capacity"),
-    Scenario("testbed-poisson", "poisson", "dense-small", "testbed", CAPACITY_LOADS, (3.0,), 60,
-             load_unit="capacity"),
-    Scenario("testbed-azure", "azure", "dense-small", "testbed", CAPACITY_LOADS, (3.0,), 60,
-             load_unit="capacity"),
-    Scenario("testbed-moe-poisson", "poisson", "moe-8x", "testbed", CAPACITY_LOADS, (3.0,), 60,
-             load_unit="capacity"),
-    Scenario("paper-mixtral-poisson", "poisson", "mixtral-8x7b", "paper", CAPACITY_LOADS, (3.0,),
-             300, load_unit="capacity"),
-    Scenario("paper-llama70b-mooncake", "mooncake", "llama3-70b", "paper", CAPACITY_LOADS,
-             (3.0,), 200, load_unit="capacity"),
-    Scenario("ls256-llama70b-azure", "azure", "llama3-70b", "ls256-200g", CAPACITY_LOADS, (3.0,),
-             600, load_unit="capacity"),
-)}
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("testbed-mooncake", "mooncake", "dense-small", "testbed", CAPACITY_LOADS, (5.0,), 60, load_unit="capacity"),
+        Scenario("testbed-poisson", "poisson", "dense-small", "testbed", CAPACITY_LOADS, (3.0,), 60, load_unit="capacity"),
+        Scenario("testbed-azure", "azure", "dense-small", "testbed", CAPACITY_LOADS, (3.0,), 60, load_unit="capacity"),
+        Scenario("testbed-moe-poisson", "poisson", "moe-8x", "testbed", CAPACITY_LOADS, (3.0,), 60, load_unit="capacity"),
+        Scenario("paper-mixtral-poisson", "poisson", "mixtral-8x7b", "paper", CAPACITY_LOADS, (3.0,), 300, load_unit="capacity"),
+        Scenario("paper-llama70b-mooncake", "mooncake", "llama3-70b", "paper", CAPACITY_LOADS, (3.0,), 200, load_unit="capacity"),
+        Scenario("ls256-llama70b-azure", "azure", "llama3-70b", "ls256-200g", CAPACITY_LOADS, (3.0,), 600, load_unit="capacity"),
+    )
+}
 DEFAULT_SCENARIOS = tuple(SCENARIOS)
 
 
@@ -120,8 +118,10 @@ def parse_scenario(text: str) -> Scenario:
     text = text.strip()
     if "=" not in text:
         if text not in SCENARIOS:
-            raise ValueError(f"unknown scenario {text!r}: choose one of {', '.join(SCENARIOS)} "
-                             "or give KEY=VALUE pairs (name=...,workload=...,loads=1/2/3)")
+            raise ValueError(
+                f"unknown scenario {text!r}: choose one of {', '.join(SCENARIOS)} "
+                "or give KEY=VALUE pairs (name=...,workload=...,loads=1/2/3)"
+            )
         return SCENARIOS[text]
     kw: JsonDict = {}
     for item in text.split(","):
@@ -142,14 +142,15 @@ def parse_scenario(text: str) -> Scenario:
             elif k in ("unit", "load_unit"):
                 kw["load_unit"] = v
             else:
-                raise ValueError(f"unknown scenario key {k!r}: use name, workload, model, "
-                                 "cluster, loads, slo, requests, byte_scale, unit (rps|capacity)")
+                raise ValueError(
+                    f"unknown scenario key {k!r}: use name, workload, model, "
+                    "cluster, loads, slo, requests, byte_scale, unit (rps|capacity)"
+                )
         except ValueError as exc:
             if "scenario key" in str(exc):
                 raise
             raise ValueError(f"bad value for {k} in scenario {text!r}: {v!r}") from None
-    kw.setdefault("name", "-".join(str(kw.get(k, "")) for k in ("cluster", "model", "workload")
-                                   if kw.get(k)) or "custom")
+    kw.setdefault("name", "-".join(str(kw.get(k, "")) for k in ("cluster", "model", "workload") if kw.get(k)) or "custom")
     sc = Scenario(**kw)
     if not sc.loads or any(x <= 0 for x in sc.loads) or any(x <= 0 for x in sc.slo_scales):
         raise ValueError(f"scenario {sc.name}: loads and slo scales must be positive")
@@ -178,21 +179,30 @@ class MatrixConfig:
 
         for s in self.scenarios:  # validate through the simulator's own config
             if s.workload not in KINDS:
-                raise ValueError(f"scenario {s.name}: workload must be one of {', '.join(KINDS)}, "
-                                 f"got {s.workload!r}")
+                raise ValueError(f"scenario {s.name}: workload must be one of {', '.join(KINDS)}, " f"got {s.workload!r}")
             model_preset(s.model)
             self.sim_config(s, self.policies, 1, s.loads[0], s.slo_scales[0])
 
-    def sim_config(self, sc: Scenario, policies: list[str], seed: int, load: float,
-                   slo: float) -> SimRunConfig:
+    def sim_config(self, sc: Scenario, policies: list[str], seed: int, load: float, slo: float) -> SimRunConfig:
         from .runner import SimRunConfig
 
-        return SimRunConfig(policies=list(policies), seeds=[seed], loads=[load], slo_scales=[slo],
-                            workload=sc.workload, num_requests=sc.requests, model=sc.model,
-                            cluster=sc.cluster, byte_scale=sc.byte_scale, levels=self.levels,
-                            tick_s=self.tick_s, flow_setup_s=self.flow_setup_s,
-                            policy_config=dict(self.policy_config), bound=False,
-                            isolate=tuple(self.isolate))
+        return SimRunConfig(
+            policies=list(policies),
+            seeds=[seed],
+            loads=[load],
+            slo_scales=[slo],
+            workload=sc.workload,
+            num_requests=sc.requests,
+            model=sc.model,
+            cluster=sc.cluster,
+            byte_scale=sc.byte_scale,
+            levels=self.levels,
+            tick_s=self.tick_s,
+            flow_setup_s=self.flow_setup_s,
+            policy_config=dict(self.policy_config),
+            bound=False,
+            isolate=tuple(self.isolate),
+        )
 
 
 def _key(scenario: str, seed: int, load: float, slo: float, policy: str | None) -> PointKey:
@@ -206,23 +216,34 @@ def run_point(task: JsonDict) -> list[JsonDict]:
     from .runner import make_sim_policy, point_bound, summarize
 
     cfg = MatrixConfig(**task["config"]) if isinstance(task["config"], dict) else task["config"]
-    sc = Scenario(**{**task["scenario"], "loads": tuple(task["scenario"]["loads"]),
-                     "slo_scales": tuple(task["scenario"]["slo_scales"])})
+    sc = Scenario(
+        **{**task["scenario"], "loads": tuple(task["scenario"]["loads"]), "slo_scales": tuple(task["scenario"]["slo_scales"])}
+    )
     seed, load, slo = task["seed"], task["load"], task["slo_scale"]
     scfg = cfg.sim_config(sc, task["policies"] or cfg.policies, seed, load, slo)
     wl, load_info = point_workload(sc, scfg.workload_config, seed, load, slo)
-    base = {"scenario": sc.name, "spec": sc.spec(), "seed": seed, "load": load, "slo_scale": slo,
-            **load_info}
+    base = {"scenario": sc.name, "spec": sc.spec(), "seed": seed, "load": load, "slo_scale": slo, **load_info}
     lines = []
     if task["bound"]:
-        lines.append({**base, "kind": "bound", "bound": point_bound(
-            wl, tick_s=scfg.tick_s, flow_setup_s=scfg.flow_setup_s,
-            aggregate_groups=scfg.aggregate_groups)})
+        lines.append(
+            {
+                **base,
+                "kind": "bound",
+                "bound": point_bound(
+                    wl, tick_s=scfg.tick_s, flow_setup_s=scfg.flow_setup_s, aggregate_groups=scfg.aggregate_groups
+                ),
+            }
+        )
     for name in task["policies"]:
-        pol = make_sim_policy(name, nlevels=scfg.levels, ref_rate_bps=wl.cluster.link_rate_bps,
-                              config=scfg.policy_config)
-        res = simulate(wl, pol, tick_s=scfg.tick_s, flow_setup_s=scfg.flow_setup_s,
-                       aggregate_groups=scfg.aggregate_groups, isolate_stages=scfg.isolate)
+        pol = make_sim_policy(name, nlevels=scfg.levels, ref_rate_bps=wl.cluster.link_rate_bps, config=scfg.policy_config)
+        res = simulate(
+            wl,
+            pol,
+            tick_s=scfg.tick_s,
+            flow_setup_s=scfg.flow_setup_s,
+            aggregate_groups=scfg.aggregate_groups,
+            isolate_stages=scfg.isolate,
+        )
         run = summarize(res, seed, load, slo, wl) | load_info
         run.pop("rows", None)
         if scfg.isolate:
@@ -254,15 +275,19 @@ def plan_tasks(cfg: MatrixConfig, done: list[JsonDict]) -> list[JsonDict]:
         if ln.get("scenario") in specs and ln.get("spec") != specs[ln["scenario"]]:
             raise ValueError(
                 f"{RUNS_FILE} holds results of scenario {ln['scenario']} with another definition "
-                f"({ln.get('spec')}): use another --out directory or remove {RUNS_FILE}")
+                f"({ln.get('spec')}): use another --out directory or remove {RUNS_FILE}"
+            )
         if ln.get("kind") == "run" and ln["run"].get("isolated_stages", []) != sorted(cfg.isolate):
             raise ValueError(
                 f"{RUNS_FILE} holds runs with isolated stages {ln['run'].get('isolated_stages', [])}, "
-                f"this matrix isolates {sorted(cfg.isolate)}: use another --out directory")
-        have.add(_key(ln["scenario"], ln["seed"], ln["load"], ln["slo_scale"],
-                      ln.get("policy") if ln.get("kind") == "run" else None))
-    cdict = {k: getattr(cfg, k) for k in ("policies", "seeds", "levels", "tick_s",
-                                          "flow_setup_s", "bound", "policy_config", "isolate")}
+                f"this matrix isolates {sorted(cfg.isolate)}: use another --out directory"
+            )
+        have.add(
+            _key(ln["scenario"], ln["seed"], ln["load"], ln["slo_scale"], ln.get("policy") if ln.get("kind") == "run" else None)
+        )
+    cdict = {
+        k: getattr(cfg, k) for k in ("policies", "seeds", "levels", "tick_s", "flow_setup_s", "bound", "policy_config", "isolate")
+    }
     cdict["scenarios"] = []  # a worker needs the scenario of its task only
     tasks = []
     for sc in cfg.scenarios:
@@ -272,15 +297,29 @@ def plan_tasks(cfg: MatrixConfig, done: list[JsonDict]) -> list[JsonDict]:
                     todo = [p for p in cfg.policies if _key(sc.name, seed, load, slo, p) not in have]
                     need_bound = cfg.bound and _key(sc.name, seed, load, slo, None) not in have
                     if todo or need_bound:
-                        tasks.append({"config": {**cdict, "scenarios": [sc]}, "scenario": sc.spec(),
-                                      "seed": seed, "load": load, "slo_scale": slo,
-                                      "policies": todo, "bound": need_bound})
+                        tasks.append(
+                            {
+                                "config": {**cdict, "scenarios": [sc]},
+                                "scenario": sc.spec(),
+                                "seed": seed,
+                                "load": load,
+                                "slo_scale": slo,
+                                "policies": todo,
+                                "bound": need_bound,
+                            }
+                        )
     return tasks
 
 
-def execute(tasks: list[JsonDict], sink: Callable[[list[JsonDict]], None], *, jobs: int | None = None,
-            executor: str = "local", address: str | None = None,
-            point_runner: Callable[[JsonDict], list[JsonDict]] | None = None) -> None:
+def execute(
+    tasks: list[JsonDict],
+    sink: Callable[[list[JsonDict]], None],
+    *,
+    jobs: int | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    point_runner: Callable[[JsonDict], list[JsonDict]] | None = None,
+) -> None:
     """Run `tasks`, handing each task's lines to `sink` as soon as it finishes. `point_runner`
     (default: the simulator's `run_point`) runs one task; another runner (the netns testbed's)
     runs serially in this process."""
@@ -323,10 +362,17 @@ def _execute_ray(tasks: list[JsonDict], sink: Callable[[list[JsonDict]], None], 
             sink(ray.get(ref))
 
 
-def run_matrix(cfg: MatrixConfig, out_dir: Path, *, jobs: int | None = None,
-               executor: str = "local", address: str | None = None, plots: bool = True,
-               progress_out: TextIO | None = sys.stderr,
-               point_runner: Callable[[JsonDict], list[JsonDict]] | None = None) -> JsonDict:
+def run_matrix(
+    cfg: MatrixConfig,
+    out_dir: Path,
+    *,
+    jobs: int | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    plots: bool = True,
+    progress_out: TextIO | None = sys.stderr,
+    point_runner: Callable[[JsonDict], list[JsonDict]] | None = None,
+) -> JsonDict:
     """Run (or resume) the matrix into `out_dir`; returns the matrix summary."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -346,18 +392,26 @@ def run_matrix(cfg: MatrixConfig, out_dir: Path, *, jobs: int | None = None,
                 f.write(json.dumps(ln, default=str) + "\n")
                 ran["runs" if ln["kind"] == "run" else "bounds"] += 1
                 if progress_out is not None and ln["kind"] == "run":
-                    print(f"matrix [{ran['runs']}/{total}] {ln['scenario']} {ln['policy']:10s} "
-                          f"seed={ln['seed']} load={ln['load']} slo={ln['slo_scale']}: "
-                          f"attainment {ln['run']['attainment']:.3f} "
-                          f"({time.perf_counter() - t0:.0f} s)", file=progress_out, flush=True)
+                    print(
+                        f"matrix [{ran['runs']}/{total}] {ln['scenario']} {ln['policy']:10s} "
+                        f"seed={ln['seed']} load={ln['load']} slo={ln['slo_scale']}: "
+                        f"attainment {ln['run']['attainment']:.3f} "
+                        f"({time.perf_counter() - t0:.0f} s)",
+                        file=progress_out,
+                        flush=True,
+                    )
             f.flush()
             os.fsync(f.fileno())
 
-        execute(tasks, sink, jobs=jobs, executor=executor, address=address,
-                point_runner=point_runner)
+        execute(tasks, sink, jobs=jobs, executor=executor, address=address, point_runner=point_runner)
     summary = summarize_matrix(cfg, read_lines(path))
-    summary["meta"] = {"ran": ran, "tasks": len(tasks), "executor": executor,
-                       "jobs": jobs or os.cpu_count(), "wall_s": time.perf_counter() - t0}
+    summary["meta"] = {
+        "ran": ran,
+        "tasks": len(tasks),
+        "executor": executor,
+        "jobs": jobs or os.cpu_count(),
+        "wall_s": time.perf_counter() - t0,
+    }
     (out_dir / "matrix.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     if plots:
         render_matrix(out_dir / "matrix.png", summary)
@@ -367,13 +421,20 @@ def run_matrix(cfg: MatrixConfig, out_dir: Path, *, jobs: int | None = None,
 def summarize_matrix(cfg: MatrixConfig, lines: list[JsonDict]) -> JsonDict:
     """Per scenario: the runs of the configured points aggregated over seeds (results.aggregate:
     attainment mean and 95% CI, bound, network utilisation) and the sweep over load."""
-    bounds = {_key(ln["scenario"], ln["seed"], ln["load"], ln["slo_scale"], None): ln["bound"]
-              for ln in lines if ln.get("kind") == "bound"}
-    out: JsonDict = {"schema": SCHEMA, "policies": list(cfg.policies), "seeds": list(cfg.seeds),
-                 "isolated_stages": sorted(cfg.isolate), "scenarios": {}}
+    bounds = {
+        _key(ln["scenario"], ln["seed"], ln["load"], ln["slo_scale"], None): ln["bound"]
+        for ln in lines
+        if ln.get("kind") == "bound"
+    }
+    out: JsonDict = {
+        "schema": SCHEMA,
+        "policies": list(cfg.policies),
+        "seeds": list(cfg.seeds),
+        "isolated_stages": sorted(cfg.isolate),
+        "scenarios": {},
+    }
     for sc in cfg.scenarios:
-        wanted = {_key(sc.name, s, l, q, p) for s in cfg.seeds for l in sc.loads
-                  for q in sc.slo_scales for p in cfg.policies}
+        wanted = {_key(sc.name, s, l, q, p) for s in cfg.seeds for l in sc.loads for q in sc.slo_scales for p in cfg.policies}
         runs = {}
         for ln in lines:
             if ln.get("kind") != "run":
@@ -388,14 +449,19 @@ def summarize_matrix(cfg: MatrixConfig, lines: list[JsonDict]) -> JsonDict:
         ordered = [runs[k] for k in sorted(runs, key=lambda k: (cfg.policies.index(k[4] or ""), k[2], k[3], k[1]))]
         aggs = aggregate(ordered)
         sw = sweep(aggs)
-        coupled = sorted({(a["load"], a["coupled_bound"]) for a in aggs
-                          if a.get("coupled_bound") is not None and a["load"] is not None})
+        coupled = sorted(
+            {(a["load"], a["coupled_bound"]) for a in aggs if a.get("coupled_bound") is not None and a["load"] is not None}
+        )
         if sw and sw.get("axis") == "load" and coupled:
             sw["coupled_bound_curve"] = [list(p) for p in coupled]
             sw["coupled_bound_load_at_target"] = load_at_target([list(p) for p in coupled])
-        out["scenarios"][sc.name] = {"spec": sc.spec(), "runs": len(ordered),
-                                     "missing": len(wanted) - len(ordered),
-                                     "policies": aggs, "sweep": sw}
+        out["scenarios"][sc.name] = {
+            "spec": sc.spec(),
+            "runs": len(ordered),
+            "missing": len(wanted) - len(ordered),
+            "policies": aggs,
+            "sweep": sw,
+        }
     return out
 
 
@@ -406,16 +472,20 @@ def matrix_table(summary: JsonDict) -> str:
     pols = summary["policies"]
     for name, sc in summary["scenarios"].items():
         spec = sc["spec"]
-        unit = ("load = fraction of the saturation load"
-                if spec.get("load_unit") == "capacity" else "load in requests/s")
-        lines.append(f"== {name}: {spec['workload']} {spec['model']} on {spec['cluster']}, "
-                     f"{spec['requests']} requests, seeds {','.join(map(str, summary['seeds']))} "
-                     f"({unit})" + (f"; isolated stages: {', '.join(summary['isolated_stages'])}"
-                                    if summary.get("isolated_stages") else ""))
+        unit = "load = fraction of the saturation load" if spec.get("load_unit") == "capacity" else "load in requests/s"
+        lines.append(
+            f"== {name}: {spec['workload']} {spec['model']} on {spec['cluster']}, "
+            f"{spec['requests']} requests, seeds {','.join(map(str, summary['seeds']))} "
+            f"({unit})"
+            + (f"; isolated stages: {', '.join(summary['isolated_stages'])}" if summary.get("isolated_stages") else "")
+        )
         pts = sorted({(a["load"], a["slo_scale"]) for a in sc["policies"]})
         by = {(a["policy"], a["load"], a["slo_scale"]): a for a in sc["policies"]}
-        head = f"{'load':>6} {'slo':>4} " + " ".join(f"{p:>14}" for p in pols) + \
-               f" {'bound':>6} {'coupled':>7}  {'net util (mean/p99)':<24}"
+        head = (
+            f"{'load':>6} {'slo':>4} "
+            + " ".join(f"{p:>14}" for p in pols)
+            + f" {'bound':>6} {'coupled':>7}  {'net util (mean/p99)':<24}"
+        )
         lines += [head, "-" * len(head)]
         for load, slo in pts:
             cells, bound, coupled, nu = [], None, None, None
@@ -430,20 +500,25 @@ def matrix_table(summary: JsonDict) -> str:
                 bound = a.get("bound", bound)
                 coupled = a.get("coupled_bound", coupled)
                 nu = nu or a.get("net_util")
-            lines.append(f"{load:>6.2f} {slo:>4.1f} " + " ".join(cells) +
-                         f" {('-' if bound is None else f'{bound:.3f}'):>6}"
-                         f" {('-' if coupled is None else f'{coupled:.3f}'):>7}  {net_util_headline(nu):<24}")
+            lines.append(
+                f"{load:>6.2f} {slo:>4.1f} " + " ".join(cells) + f" {('-' if bound is None else f'{bound:.3f}'):>6}"
+                f" {('-' if coupled is None else f'{coupled:.3f}'):>7}  {net_util_headline(nu):<24}"
+            )
         interp = (sc["sweep"] or {}).get("load_at_target_interpolated") or {}
         if interp:
             held = [(p, interp.get(p)) for p in pols]
             if "coupled_bound_curve" in sc["sweep"]:
                 held.append(("coupled bound", sc["sweep"]["coupled_bound_load_at_target"]))
-            lines.append("load held at 90% attainment (interpolated): " + ", ".join(
-                f"{p} {'-' if v is None else format(v, '.2f')}" for p, v in held))
+            lines.append(
+                "load held at 90% attainment (interpolated): "
+                + ", ".join(f"{p} {'-' if v is None else format(v, '.2f')}" for p, v in held)
+            )
         exceeded = sum(a.get("coupled_exceeded", 0) for a in sc["policies"])
         if exceeded:
-            lines.append(f"({exceeded} runs met more requests than their point's coupled bound: "
-                         "it is a reference, not a proof; see mfs_tc/bound.py)")
+            lines.append(
+                f"({exceeded} runs met more requests than their point's coupled bound: "
+                "it is a reference, not a proof; see mfs_tc/bound.py)"
+            )
         if sc["missing"]:
             lines.append(f"({sc['missing']} runs missing: rerun the same command to resume)")
         lines.append("")
@@ -462,25 +537,34 @@ def render_matrix(path: Path, summary: JsonDict) -> Path:
     ncol = min(3, len(scs)) or 1
     nrow = (len(scs) + ncol - 1) // ncol or 1
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.6 * nrow), squeeze=False)
-    for ax in axes.flat[len(scs):]:
+    for ax in axes.flat[len(scs) :]:
         ax.set_visible(False)
     for ax, (name, sc) in zip(axes.flat, scs, strict=False):
         slo0 = min((a["slo_scale"] for a in sc["policies"]), default=None)
         aggs = [a for a in sc["policies"] if a["slo_scale"] == slo0]
         for pol in summary["policies"]:
-            pts = sorted((a["load"], a["attainment"], a.get("attainment_ci95") or 0.0)
-                         for a in aggs if a["policy"] == pol and a["attainment"] is not None)
+            pts = sorted(
+                (a["load"], a["attainment"], a.get("attainment_ci95") or 0.0)
+                for a in aggs
+                if a["policy"] == pol and a["attainment"] is not None
+            )
             if pts:
-                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
-                            marker="o", ms=3, capsize=2, label=pol, color=policy_color(pol))
+                ax.errorbar(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    yerr=[p[2] for p in pts],
+                    marker="o",
+                    ms=3,
+                    capsize=2,
+                    label=pol,
+                    color=policy_color(pol),
+                )
         bpts = sorted({(a["load"], a["bound"]) for a in aggs if a.get("bound") is not None})
         if bpts:
-            ax.plot([p[0] for p in bpts], [p[1] for p in bpts], ls="--", color=policy_color("bound"),
-                    label="bound")
+            ax.plot([p[0] for p in bpts], [p[1] for p in bpts], ls="--", color=policy_color("bound"), label="bound")
         cpts = sorted({(a["load"], a["coupled_bound"]) for a in aggs if a.get("coupled_bound") is not None})
         if cpts:
-            ax.plot([p[0] for p in cpts], [p[1] for p in cpts], ls="-.", color=policy_color("bound"),
-                    label="coupled bound")
+            ax.plot([p[0] for p in cpts], [p[1] for p in cpts], ls="-.", color=policy_color("bound"), label="coupled bound")
         ax.axhline(TARGET_ATTAINMENT, color="grey", ls=":", lw=0.8)
         spec = sc["spec"]
         ax.set_title(f"{name}\n{spec['model']}, slo x{slo0}", fontsize=9)

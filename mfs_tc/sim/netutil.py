@@ -36,8 +36,7 @@ from .fabric import Fabric, Link
 
 WINDOW_S = 0.010
 BINS = 200  # utilisation histogram resolution: 0.5%
-CLASSES = ("kv_up", "kv_down", "prefill_up", "prefill_down", "decode_up", "decode_down",
-           "leaf_up", "leaf_down")
+CLASSES = ("kv_up", "kv_down", "prefill_up", "prefill_down", "decode_up", "decode_down", "leaf_up", "leaf_down")
 
 
 class LinkMeter:
@@ -106,8 +105,7 @@ def link_class(fabric: Fabric, ln: Link) -> str:
     return f"{role}_{direction}"
 
 
-def summarize(fabric: Fabric, meters: dict[Link, LinkMeter], horizon_s: float,
-              base_capacity: float) -> dict[str, JsonDict]:
+def summarize(fabric: Fabric, meters: dict[Link, LinkMeter], horizon_s: float, base_capacity: float) -> dict[str, JsonDict]:
     """Per link class: links, mean, p99, max_link_mean (see the module doc)."""
     out: dict[str, JsonDict] = {}
     if horizon_s <= 0:
@@ -130,8 +128,12 @@ def summarize(fabric: Fabric, meters: dict[Link, LinkMeter], horizon_s: float,
         if cls not in acc:
             continue
         means, counts, hist = acc[cls]
-        out[cls] = {"links": counts[0], "mean": sum(means) / len(means),
-                    "p99": _hist_percentile(hist, 99.0), "max_link_mean": max(means)}
+        out[cls] = {
+            "links": counts[0],
+            "mean": sum(means) / len(means),
+            "p99": _hist_percentile(hist, 99.0),
+            "max_link_mean": max(means),
+        }
     return out
 
 

@@ -72,16 +72,28 @@ def rows_of(res: SimResult, seed: int, load: float | None, slo_scale: float | No
     return results.rows_of(res.requests, res.policy, seed, load, slo_scale)
 
 
-def summarize(res: SimResult, seed: int, load: float | None, slo_scale: float | None,
-              wl: Workload) -> JsonDict:
+def summarize(res: SimResult, seed: int, load: float | None, slo_scale: float | None, wl: Workload) -> JsonDict:
     return results.summarize_run(
-        res.policy, rows_of(res, seed, load, slo_scale), ccts_s=res.ccts_s,
-        level_bytes=[int(round(b)) for b in res.level_bytes], seed=seed, load=load,
+        res.policy,
+        rows_of(res, seed, load, slo_scale),
+        ccts_s=res.ccts_s,
+        level_bytes=[int(round(b)) for b in res.level_bytes],
+        seed=seed,
+        load=load,
         slo_scale=slo_scale,
-        extra={"source": "sim", "stage_bytes": {k: int(v) for k, v in res.stage_bytes.items()},
-               "sim_time_s": res.sim_time_s, "wall_s": res.wall_s, "events": res.events,
-               "flows": res.flows, "recomputes": res.recomputes, "tick_s": res.tick_s,
-               "net_util": res.net_util, "workload": wl.summary()})
+        extra={
+            "source": "sim",
+            "stage_bytes": {k: int(v) for k, v in res.stage_bytes.items()},
+            "sim_time_s": res.sim_time_s,
+            "wall_s": res.wall_s,
+            "events": res.events,
+            "flows": res.flows,
+            "recomputes": res.recomputes,
+            "tick_s": res.tick_s,
+            "net_util": res.net_util,
+            "workload": wl.summary(),
+        },
+    )
 
 
 def point_bound(wl: Workload, **sim_kw: Any) -> JsonDict:
@@ -91,12 +103,16 @@ def point_bound(wl: Workload, **sim_kw: Any) -> JsonDict:
 
     t0 = time.perf_counter()
     out = reference_bound(wl)
-    iso = simulate(wl, make_sim_policy("fair", nlevels=8, ref_rate_bps=wl.cluster.link_rate_bps,
-                                          config={}),
-                   isolate_stages=True, **sim_kw)
+    iso = simulate(
+        wl, make_sim_policy("fair", nlevels=8, ref_rate_bps=wl.cluster.link_rate_bps, config={}), isolate_stages=True, **sim_kw
+    )
     coupled = reference_bound(wl, per_resource=False, earliest=earliest_starts(wl, iso.requests))
-    out["coupled"] = {"attainment": coupled["attainment"], "met_max": coupled["met_max"],
-                      "lp_value": coupled["lp_value"], "contention_free_attainment": iso.attainment}
+    out["coupled"] = {
+        "attainment": coupled["attainment"],
+        "met_max": coupled["met_max"],
+        "lp_value": coupled["lp_value"],
+        "contention_free_attainment": iso.attainment,
+    }
     out["wall_s"] = time.perf_counter() - t0  # both LPs and the contention-free run
     return out
 
@@ -107,17 +123,33 @@ def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> l
         for load in cfg.loads:
             for slo in cfg.slo_scales:
                 wl = generate(cfg.workload_config(seed, load, slo))
-                bnd = (point_bound(wl, tick_s=cfg.tick_s, flow_setup_s=cfg.flow_setup_s,
-                                   aggregate_groups=cfg.aggregate_groups, goodput=cfg.goodput,
-                                   queue_bytes=cfg.queue_bytes) if cfg.bound else None)
+                bnd = (
+                    point_bound(
+                        wl,
+                        tick_s=cfg.tick_s,
+                        flow_setup_s=cfg.flow_setup_s,
+                        aggregate_groups=cfg.aggregate_groups,
+                        goodput=cfg.goodput,
+                        queue_bytes=cfg.queue_bytes,
+                    )
+                    if cfg.bound
+                    else None
+                )
                 for name in cfg.policies:
-                    pol = make_sim_policy(name, nlevels=cfg.levels,
-                                          ref_rate_bps=wl.cluster.link_rate_bps,
-                                          config=cfg.policy_config)
+                    pol = make_sim_policy(
+                        name, nlevels=cfg.levels, ref_rate_bps=wl.cluster.link_rate_bps, config=cfg.policy_config
+                    )
                     t0 = time.perf_counter()
-                    res = simulate(wl, pol, tick_s=cfg.tick_s, flow_setup_s=cfg.flow_setup_s,
-                                   aggregate_groups=cfg.aggregate_groups, goodput=cfg.goodput,
-                                   queue_bytes=cfg.queue_bytes, isolate_stages=cfg.isolate)
+                    res = simulate(
+                        wl,
+                        pol,
+                        tick_s=cfg.tick_s,
+                        flow_setup_s=cfg.flow_setup_s,
+                        aggregate_groups=cfg.aggregate_groups,
+                        goodput=cfg.goodput,
+                        queue_bytes=cfg.queue_bytes,
+                        isolate_stages=cfg.isolate,
+                    )
                     run = summarize(res, seed, load, slo, wl)
                     if cfg.isolate:
                         run["isolated_stages"] = sorted(cfg.isolate)
@@ -125,25 +157,30 @@ def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> l
                         run["bound"] = bnd
                     runs.append(run)
                     if progress_out is not None:
-                        print(f"sim {name:10s} seed={seed} load={load} slo_scale={slo}: "
-                              f"attainment {run['attainment']:.3f}, p99 TTFT "
-                              f"{(run['ttft_p99_s'] or 0) * 1e3:.1f} ms "
-                              f"({res.events} events, {time.perf_counter() - t0:.1f} s)",
-                              file=progress_out, flush=True)
+                        print(
+                            f"sim {name:10s} seed={seed} load={load} slo_scale={slo}: "
+                            f"attainment {run['attainment']:.3f}, p99 TTFT "
+                            f"{(run['ttft_p99_s'] or 0) * 1e3:.1f} ms "
+                            f"({res.events} events, {time.perf_counter() - t0:.1f} s)",
+                            file=progress_out,
+                            flush=True,
+                        )
     return runs
 
 
-def run_sim(cfg: SimRunConfig, out_dir: Path | None, *, plots: bool = True,
-        progress_out: TextIO | None = sys.stderr) -> JsonDict:
+def run_sim(cfg: SimRunConfig, out_dir: Path | None, *, plots: bool = True, progress_out: TextIO | None = sys.stderr) -> JsonDict:
     """Run every point and policy; write the results under `out_dir` (if given)."""
     runs = run_points(cfg, progress_out)
-    meta = {"source": "sim", "config": {k: (str(v) if isinstance(v, Path) else v)
-                                        for k, v in _asdict(cfg).items()}}
+    meta = {"source": "sim", "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in _asdict(cfg).items()}}
     if out_dir is None:
         aggs = aggregate(runs)
-        return {"schema": "mfs-tc-results/1", "meta": meta,
-                "runs": [{k: v for k, v in r.items() if k != "rows"} for r in runs],
-                "policies": aggs, "sweep": sweep(aggs)}
+        return {
+            "schema": "mfs-tc-results/1",
+            "meta": meta,
+            "runs": [{k: v for k, v in r.items() if k != "rows"} for r in runs],
+            "policies": aggs,
+            "sweep": sweep(aggs),
+        }
     return write_results(Path(out_dir), runs, meta, plots=plots)
 
 

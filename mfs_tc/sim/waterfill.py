@@ -183,9 +183,32 @@ if numba is not None:
     _meter = numba.njit(cache=True, nogil=True)(_meter)
 
 
-def _recompute(t, dirty, window, cap, lbytes, lvbytes, p_links, p_len, f_rem, f_rate, f_t0, f_w,
-               f_level, f_pid, f_bneck, l_flows, l_deg, lmark, fmark, lloc, m_f, m_k, m_hist,
-               m_on):  # pragma: no cover - compiled
+def _recompute(
+    t,
+    dirty,
+    window,
+    cap,
+    lbytes,
+    lvbytes,
+    p_links,
+    p_len,
+    f_rem,
+    f_rate,
+    f_t0,
+    f_w,
+    f_level,
+    f_pid,
+    f_bneck,
+    l_flows,
+    l_deg,
+    lmark,
+    fmark,
+    lloc,
+    m_f,
+    m_k,
+    m_hist,
+    m_on,
+):  # pragma: no cover - compiled
     """A whole re-allocation over the fluid state in arrays: the component of the links in
     `dirty` (links reachable through live flows), its classes (level, path), the filling
     (`_kernel`), then the flows whose rate changed settled at their old rate and given the new

@@ -17,8 +17,7 @@ from .estimate import work_ahead
 from .spec import RequestSpec
 
 
-def request_estimate(plan: BatchPlan, request_id: int | None, cursor: int,
-                     link_rate_bps: float) -> tuple[int, int]:
+def request_estimate(plan: BatchPlan, request_id: int | None, cursor: int, link_rate_bps: float) -> tuple[int, int]:
     """(remaining_bytes, remaining_compute_ns) of member `request_id` (None: the whole batch)."""
     return work_ahead(plan, request_id, cursor, link_rate_bps).as_estimate(link_rate_bps)
 
@@ -39,8 +38,12 @@ def to_model_request(
     slo_ns = max(1, int(round(spec.slo_s * 1e9)))
     if plan is None:
         return Request(
-            request_id=spec.request_id, arrival_ns=arrival_ns, slo_ns=slo_ns,
-            num_layers=num_layers or 1, cursor=cursor, batch=batch,
+            request_id=spec.request_id,
+            arrival_ns=arrival_ns,
+            slo_ns=slo_ns,
+            num_layers=num_layers or 1,
+            cursor=cursor,
+            batch=batch,
         )
     nbytes, compute_ns = request_estimate(plan, spec.request_id, cursor, link_rate_bps)
     return Request(

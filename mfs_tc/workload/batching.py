@@ -77,8 +77,7 @@ class BatchPlan:
         key = (request_id, bytes_per_s)
         t = self._p2d_times.get(key)
         if t is None:
-            trs = ([tr for ts in self.p2d.values() for tr in ts] if request_id is None
-                   else self.p2d.get(request_id, []))
+            trs = [tr for ts in self.p2d.values() for tr in ts] if request_id is None else self.p2d.get(request_id, [])
             t = self._p2d_times[key] = stage_time_s(trs, bytes_per_s)
         return t
 
@@ -147,9 +146,7 @@ def _prefill_path_s(plan: BatchPlan, cursor: int, bytes_per_s: float) -> tuple[f
     return coll_done, compute
 
 
-def form_batch(
-    queue: Sequence[RequestSpec], max_batch: int, max_batch_tokens: int = 0
-) -> list[RequestSpec]:
+def form_batch(queue: Sequence[RequestSpec], max_batch: int, max_batch_tokens: int = 0) -> list[RequestSpec]:
     """The next batch from `queue` (oldest first; the queue is not changed: the caller removes
     the members). See the module doc for the rule."""
     if max_batch < 1:
@@ -166,9 +163,7 @@ def form_batch(
     return out
 
 
-def plan_batch(
-    members: Sequence[RequestSpec], model: ModelShape, cluster: ClusterShape
-) -> BatchPlan:
+def plan_batch(members: Sequence[RequestSpec], model: ModelShape, cluster: ClusterShape) -> BatchPlan:
     """Transfers and compute of a batch (bytes already scaled: pass `cfg.model_shape()`)."""
     if not members:
         raise ValueError("a batch needs at least one request")
@@ -195,8 +190,7 @@ def plan_batch(
         member_ids = tuple(m.request_id for m in members)
         if model.moe:
             per = int(round(2 * shard / G))
-            coll = [Transfer(ranks[i], ranks[j], per, member_ids)
-                    for i in range(G) for j in range(G) if i != j and per > 0]
+            coll = [Transfer(ranks[i], ranks[j], per, member_ids) for i in range(G) for j in range(G) if i != j and per > 0]
         else:
             per = int(round(2 * (G - 1) / G * shard))
             coll = [Transfer(ranks[i], ranks[(i + 1) % G], per, member_ids) for i in range(G) if per > 0]
@@ -208,15 +202,16 @@ def plan_batch(
         if per > 0:
             kv += [Transfer(host, r, per, tuple(kv_ids)) for r in ranks]
     for g in range(model.layer_groups):
-        layers.append(LayerPlan(layer=g, kv_fetch=list(kv), collective=list(coll),
-                                compute_s=compute))
+        layers.append(LayerPlan(layer=g, kv_fetch=list(kv), collective=list(coll), compute_s=compute))
     p2d: dict[int, list[Transfer]] = {}
     for m in members:
         per = int(round(m.input_tokens * model.kv_bytes_per_token_per_group * model.layer_groups / G))
-        p2d[m.request_id] = (
-            [Transfer(r, m.decode_host, per, (m.request_id,)) for r in ranks] if per > 0 else []
-        )
+        p2d[m.request_id] = [Transfer(r, m.decode_host, per, (m.request_id,)) for r in ranks] if per > 0 else []
     return BatchPlan(
-        group=group, ranks=ranks, members=[m.request_id for m in members], layers=layers,
-        p2d=p2d, decode_step_s=model.decode_step_s,
+        group=group,
+        ranks=ranks,
+        members=[m.request_id for m in members],
+        layers=layers,
+        p2d=p2d,
+        decode_step_s=model.decode_step_s,
     )

@@ -53,12 +53,20 @@ class ComparisonConfig:
         runs without one)."""
         return True
 
-    def point_config(self, seed: int, load: float | None, slo_scale: float, cluster: ClusterShape,
-                     **overrides: object) -> WorkloadConfig:
+    def point_config(
+        self, seed: int, load: float | None, slo_scale: float, cluster: ClusterShape, **overrides: object
+    ) -> WorkloadConfig:
         """The workload of one (seed, load, slo_scale) point on `cluster`."""
-        kw: dict[str, Any] = dict(kind=self.workload, num_requests=self.num_requests, seed=seed, load=load,
-                        slo_scale=slo_scale, model=self.model, cluster=cluster,
-                        spread_bursts=self.spread_bursts)
+        kw: dict[str, Any] = dict(
+            kind=self.workload,
+            num_requests=self.num_requests,
+            seed=seed,
+            load=load,
+            slo_scale=slo_scale,
+            model=self.model,
+            cluster=cluster,
+            spread_bursts=self.spread_bursts,
+        )
         for k in ("byte_scale", "max_batch", "time_scale", "trace_path"):
             v = getattr(self, k)
             if v is not None:

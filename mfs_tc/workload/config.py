@@ -94,9 +94,7 @@ class WorkloadConfig:
         if not 0.0 <= self.prefix_reuse < 1.0:
             raise ValueError(f"prefix_reuse must be in [0, 1), got {self.prefix_reuse}")
         if self.input_dist not in INPUT_DISTS:
-            raise ValueError(
-                f"input_dist must be one of {', '.join(INPUT_DISTS)}, got {self.input_dist!r}"
-            )
+            raise ValueError(f"input_dist must be one of {', '.join(INPUT_DISTS)}, got {self.input_dist!r}")
         if self.input_mean_tokens < 1 or self.input_sigma < 0:
             raise ValueError("input_mean_tokens must be >= 1 and input_sigma >= 0")
         if self.kind == "poisson" and self.load is None:
@@ -105,8 +103,7 @@ class WorkloadConfig:
             raise ValueError(f"conversation_continue must be in [0, 1], got {self.conversation_continue}")
         if self.kind == "trace" and self.trace_path is None:
             raise ValueError("workload kind 'trace' reads the file given by --trace FILE (trace_path=)")
-        self.trace_path = Path(self.trace_path) if self.trace_path is not None else \
-            default_trace_path(self.kind)
+        self.trace_path = Path(self.trace_path) if self.trace_path is not None else default_trace_path(self.kind)
         if isinstance(self.cluster, str):
             cluster_preset(self.cluster)
         self.base_model()
@@ -117,9 +114,11 @@ class WorkloadConfig:
         g = self.cluster_shape().group_size
         m = model_preset(self.model, tp=g) if isinstance(self.model, str) else self.model
         if m.tp and m.tp != g:
-            raise ValueError(f"model {m.name} is for TP {m.tp} but the cluster's prefill groups "
-                             f"have {g} GPUs: use a cluster with groups of {m.tp} or build the "
-                             f"model for TP {g}")
+            raise ValueError(
+                f"model {m.name} is for TP {m.tp} but the cluster's prefill groups "
+                f"have {g} GPUs: use a cluster with groups of {m.tp} or build the "
+                f"model for TP {g}"
+            )
         return m
 
     def model_shape(self) -> ModelShape:

@@ -62,8 +62,11 @@ class Workload:
         trace: dict[str, Any] = {}
         if self.cfg.kind != "poisson":
             assert self.cfg.trace_path is not None  # WorkloadConfig.__post_init__ always sets it
-            trace = {"trace": Path(self.cfg.trace_path).name, "trace_format": trace_format(self.cfg.trace_path),
-                     "trace_offset": self.cfg.trace_offset}
+            trace = {
+                "trace": Path(self.cfg.trace_path).name,
+                "trace_format": trace_format(self.cfg.trace_path),
+                "trace_offset": self.cfg.trace_offset,
+            }
         return {
             "kind": self.cfg.kind,
             **trace,
@@ -111,7 +114,7 @@ def _read_trace(cfg: WorkloadConfig, block_tokens: int) -> list[_Raw]:
         else:
             reused, key = reuse.next(inp, rec.output_tokens)
         out.append(_Raw(rec.t_s, max(inp, 1), rec.output_tokens, min(reused, inp), key))
-    out = out[cfg.trace_offset:]
+    out = out[cfg.trace_offset :]
     if not out:
         raise MfsError(f"{path}: no requests after offset {cfg.trace_offset}")
     t0 = out[0].t

@@ -77,8 +77,9 @@ class HFConfig:
         try:
             return DTYPE_BYTES[self.torch_dtype]
         except KeyError:
-            raise ValueError(f"model {self.name}: unknown torch_dtype {self.torch_dtype!r}: "
-                             f"one of {', '.join(DTYPE_BYTES)}") from None
+            raise ValueError(
+                f"model {self.name}: unknown torch_dtype {self.torch_dtype!r}: " f"one of {', '.join(DTYPE_BYTES)}"
+            ) from None
 
     @property
     def moe(self) -> bool:
@@ -117,22 +118,49 @@ class HFConfig:
 # as Vidur's n_expanded_embd = 24576 confirms).
 HF_CONFIGS: dict[str, HFConfig] = {
     "qwen-72b": HFConfig(
-        name="qwen-72b", source="Qwen/Qwen-72B", num_hidden_layers=80, hidden_size=8192,
-        num_attention_heads=64, num_key_value_heads=64, head_dim=128, intermediate_size=24576,
+        name="qwen-72b",
+        source="Qwen/Qwen-72B",
+        num_hidden_layers=80,
+        hidden_size=8192,
+        num_attention_heads=64,
+        num_key_value_heads=64,
+        head_dim=128,
+        intermediate_size=24576,
         torch_dtype="bfloat16",
-        note="config.json: intermediate_size 49152 (= 2 x 24576), kv_channels 128, no GQA"),
+        note="config.json: intermediate_size 49152 (= 2 x 24576), kv_channels 128, no GQA",
+    ),
     "llama3-70b": HFConfig(
-        name="llama3-70b", source="meta-llama/Meta-Llama-3-70B", num_hidden_layers=80,
-        hidden_size=8192, num_attention_heads=64, num_key_value_heads=8, intermediate_size=28672,
-        torch_dtype="bfloat16"),
+        name="llama3-70b",
+        source="meta-llama/Meta-Llama-3-70B",
+        num_hidden_layers=80,
+        hidden_size=8192,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        intermediate_size=28672,
+        torch_dtype="bfloat16",
+    ),
     "llama3-8b": HFConfig(
-        name="llama3-8b", source="meta-llama/Meta-Llama-3-8B", num_hidden_layers=32,
-        hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336,
-        torch_dtype="bfloat16"),
+        name="llama3-8b",
+        source="meta-llama/Meta-Llama-3-8B",
+        num_hidden_layers=32,
+        hidden_size=4096,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        torch_dtype="bfloat16",
+    ),
     "mixtral-8x7b": HFConfig(
-        name="mixtral-8x7b", source="mistralai/Mixtral-8x7B-v0.1", num_hidden_layers=32,
-        hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336,
-        torch_dtype="bfloat16", num_local_experts=8, num_experts_per_tok=2),
+        name="mixtral-8x7b",
+        source="mistralai/Mixtral-8x7B-v0.1",
+        num_hidden_layers=32,
+        hidden_size=4096,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        torch_dtype="bfloat16",
+        num_local_experts=8,
+        num_experts_per_tok=2,
+    ),
 }
 
 # Layer shapes of the profiled models, from the CSVs' n_head, n_kv_head, n_embd, n_expanded_embd
@@ -165,30 +193,30 @@ def _pf(aa: float, ba: float, am: float, bm: float, fa: float, fm: float) -> Par
 # Printed by `python -m mfs_tc.workload.vidur` (per layer, ms and ms/token; attn side, mlp side,
 # N = 1 floors). tests/test_hardware.py re-fits the CSVs and checks these numbers and the errors.
 PROFILE_FITS: dict[tuple[str, str, int], PartFit] = {
-    ('h100', 'Qwen-72B', 1): _pf(0.174443, 0.00087434, 0.296921, 0.00174858, 0.209, 0.431),
-    ('h100', 'Qwen-72B', 2): _pf(0.0927588, 0.000460154, 0.17645, 0.000825567, 0.117, 0.215),
-    ('h100', 'Qwen-72B', 4): _pf(0.05196, 0.000271746, 0.124411, 0.000375901, 0.071, 0.113),
-    ('h100', 'Qwen-72B', 8): _pf(0.0233873, 0.000180486, 0.0794875, 0.000184941, 0.051, 0.06),
-    ('a100', 'Qwen-72B', 1): _pf(0.290081, 0.00248223, 0.505086, 0.00520707, 0.373, 0.7755),
-    ('a100', 'Qwen-72B', 2): _pf(0.151142, 0.00133743, 0.301444, 0.00257662, 0.196, 0.377),
-    ('a100', 'Qwen-72B', 4): _pf(0.032808, 0.000786713, 0.135482, 0.00128903, 0.116, 0.197),
-    ('a100', 'Qwen-72B', 8): _pf(0.00473335, 0.000465938, 0.0376075, 0.000671355, 0.08, 0.105),
-    ('h100', 'Llama-2-70b-hf', 1): _pf(0.096412, 0.000530497, 0.344616, 0.00201623, 0.129, 0.497),
-    ('h100', 'Llama-2-70b-hf', 2): _pf(0.0365335, 0.000311324, 0.221103, 0.000941938, 0.076, 0.245),
-    ('h100', 'Llama-2-70b-hf', 4): _pf(0.0252136, 0.000196405, 0.132139, 0.000447124, 0.053, 0.128),
-    ('h100', 'Llama-2-70b-hf', 8): _pf(0.0194722, 0.000141069, 0.0984938, 0.000210151, 0.038, 0.0675),
-    ('h100', 'Llama-2-7b-hf', 1): _pf(0.0444302, 0.000237088, 0.0769014, 0.000376776, 0.068, 0.108),
-    ('h100', 'Llama-2-7b-hf', 2): _pf(0.0321206, 0.000138815, 0.0610086, 0.000180475, 0.042, 0.059),
-    ('h100', 'Llama-2-7b-hf', 4): _pf(0.0216323, 9.32371e-05, 0.0282567, 9.9852e-05, 0.032, 0.0325),
-    ('h100', 'Llama-2-7b-hf', 8): _pf(0.0171893, 6.96028e-05, 0.0227774, 5.22091e-05, 0.023, 0.019),
-    ('a100', 'Meta-Llama-3-70B', 1): _pf(0.230808, 0.00144835, 0.511499, 0.00625006, 0.2275, 0.8935),
-    ('a100', 'Meta-Llama-3-70B', 2): _pf(0.0716253, 0.000849168, 0.304991, 0.0030746, 0.128, 0.441),
-    ('a100', 'Meta-Llama-3-70B', 4): _pf(0.0226402, 0.000506506, 0.159903, 0.00150647, 0.081, 0.232),
-    ('a100', 'Meta-Llama-3-70B', 8): _pf(0.00801381, 0.000329552, 0.050576, 0.000773824, 0.0555, 0.125),
-    ('a100', 'Meta-Llama-3-8B', 1): _pf(0.0270866, 0.000496318, 0.148829, 0.00160012, 0.076, 0.229),
-    ('a100', 'Meta-Llama-3-8B', 2): _pf(5.49758e-05, 0.000287889, 0.0242264, 0.000829493, 0.051, 0.128),
-    ('a100', 'Meta-Llama-3-8B', 4): _pf(0.00817058, 0.00017717, 0.0253572, 0.00040774, 0.04, 0.068),
-    ('a100', 'Meta-Llama-3-8B', 8): _pf(0.00888728, 0.000127355, 0.0163932, 0.000203082, 0.03, 0.037),
+    ("h100", "Qwen-72B", 1): _pf(0.174443, 0.00087434, 0.296921, 0.00174858, 0.209, 0.431),
+    ("h100", "Qwen-72B", 2): _pf(0.0927588, 0.000460154, 0.17645, 0.000825567, 0.117, 0.215),
+    ("h100", "Qwen-72B", 4): _pf(0.05196, 0.000271746, 0.124411, 0.000375901, 0.071, 0.113),
+    ("h100", "Qwen-72B", 8): _pf(0.0233873, 0.000180486, 0.0794875, 0.000184941, 0.051, 0.06),
+    ("a100", "Qwen-72B", 1): _pf(0.290081, 0.00248223, 0.505086, 0.00520707, 0.373, 0.7755),
+    ("a100", "Qwen-72B", 2): _pf(0.151142, 0.00133743, 0.301444, 0.00257662, 0.196, 0.377),
+    ("a100", "Qwen-72B", 4): _pf(0.032808, 0.000786713, 0.135482, 0.00128903, 0.116, 0.197),
+    ("a100", "Qwen-72B", 8): _pf(0.00473335, 0.000465938, 0.0376075, 0.000671355, 0.08, 0.105),
+    ("h100", "Llama-2-70b-hf", 1): _pf(0.096412, 0.000530497, 0.344616, 0.00201623, 0.129, 0.497),
+    ("h100", "Llama-2-70b-hf", 2): _pf(0.0365335, 0.000311324, 0.221103, 0.000941938, 0.076, 0.245),
+    ("h100", "Llama-2-70b-hf", 4): _pf(0.0252136, 0.000196405, 0.132139, 0.000447124, 0.053, 0.128),
+    ("h100", "Llama-2-70b-hf", 8): _pf(0.0194722, 0.000141069, 0.0984938, 0.000210151, 0.038, 0.0675),
+    ("h100", "Llama-2-7b-hf", 1): _pf(0.0444302, 0.000237088, 0.0769014, 0.000376776, 0.068, 0.108),
+    ("h100", "Llama-2-7b-hf", 2): _pf(0.0321206, 0.000138815, 0.0610086, 0.000180475, 0.042, 0.059),
+    ("h100", "Llama-2-7b-hf", 4): _pf(0.0216323, 9.32371e-05, 0.0282567, 9.9852e-05, 0.032, 0.0325),
+    ("h100", "Llama-2-7b-hf", 8): _pf(0.0171893, 6.96028e-05, 0.0227774, 5.22091e-05, 0.023, 0.019),
+    ("a100", "Meta-Llama-3-70B", 1): _pf(0.230808, 0.00144835, 0.511499, 0.00625006, 0.2275, 0.8935),
+    ("a100", "Meta-Llama-3-70B", 2): _pf(0.0716253, 0.000849168, 0.304991, 0.0030746, 0.128, 0.441),
+    ("a100", "Meta-Llama-3-70B", 4): _pf(0.0226402, 0.000506506, 0.159903, 0.00150647, 0.081, 0.232),
+    ("a100", "Meta-Llama-3-70B", 8): _pf(0.00801381, 0.000329552, 0.050576, 0.000773824, 0.0555, 0.125),
+    ("a100", "Meta-Llama-3-8B", 1): _pf(0.0270866, 0.000496318, 0.148829, 0.00160012, 0.076, 0.229),
+    ("a100", "Meta-Llama-3-8B", 2): _pf(5.49758e-05, 0.000287889, 0.0242264, 0.000829493, 0.051, 0.128),
+    ("a100", "Meta-Llama-3-8B", 4): _pf(0.00817058, 0.00017717, 0.0253572, 0.00040774, 0.04, 0.068),
+    ("a100", "Meta-Llama-3-8B", 8): _pf(0.00888728, 0.000127355, 0.0163932, 0.000203082, 0.03, 0.037),
 }
 
 
@@ -196,14 +224,14 @@ def scaled_fit(fit: PartFit, attn_ratio: float, mlp_ratio: float) -> PartFit:
     return PartFit(
         LinFit(fit.attn.a_ms * attn_ratio, fit.attn.b_ms_per_token * attn_ratio),
         LinFit(fit.mlp.a_ms * mlp_ratio, fit.mlp.b_ms_per_token * mlp_ratio),
-        fit.attn_floor_ms * attn_ratio, fit.mlp_floor_ms * mlp_ratio,
+        fit.attn_floor_ms * attn_ratio,
+        fit.mlp_floor_ms * mlp_ratio,
     )
 
 
 def fit_for(cfg: HFConfig, profiled: HFConfig, fit: PartFit) -> PartFit:
     """`fit` of the `profiled` layer shape carried over to `cfg`'s shape (module doc)."""
-    return scaled_fit(fit, cfg.attn_weights / profiled.attn_weights,
-                      cfg.mlp_weights / profiled.mlp_weights)
+    return scaled_fit(fit, cfg.attn_weights / profiled.attn_weights, cfg.mlp_weights / profiled.mlp_weights)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,14 +244,15 @@ class LayerCompute:
     decode_ms: float
 
 
-def layer_compute(cfg: HFConfig, gpu: str, tp: int,
-                  fits: dict[tuple[str, str, int], PartFit] | None = None) -> LayerCompute:
+def layer_compute(cfg: HFConfig, gpu: str, tp: int, fits: dict[tuple[str, str, int], PartFit] | None = None) -> LayerCompute:
     gpu = gpu.lower()
     if gpu not in GPUS:
         raise ValueError(f"model {cfg.name}: unknown GPU {gpu!r}: choose one of {', '.join(GPUS)}")
     if tp not in TP_DEGREES:
-        raise ValueError(f"model {cfg.name}: TP degree {tp} not profiled: choose one of "
-                         f"{', '.join(map(str, TP_DEGREES))} (the cluster's group_size)")
+        raise ValueError(
+            f"model {cfg.name}: TP degree {tp} not profiled: choose one of "
+            f"{', '.join(map(str, TP_DEGREES))} (the cluster's group_size)"
+        )
     fits = PROFILE_FITS if fits is None else fits
     try:
         prof_name = PROFILE_OF[(cfg.name, gpu)]
@@ -233,8 +262,9 @@ def layer_compute(cfg: HFConfig, gpu: str, tp: int,
     c = CAUSAL_PAIR_FACTOR * cfg.attn_flops_per_pair / (tp * ATTN_FLOPS[gpu])
     if not cfg.moe:
         f = fit_for(cfg, prof, fits[(gpu, prof_name, tp)])
-        return LayerCompute(f.attn.a_ms + f.mlp.a_ms, f.attn.b_ms_per_token + f.mlp.b_ms_per_token,
-                            c, f.attn_floor_ms + f.mlp_floor_ms)
+        return LayerCompute(
+            f.attn.a_ms + f.mlp.a_ms, f.attn.b_ms_per_token + f.mlp.b_ms_per_token, c, f.attn_floor_ms + f.mlp_floor_ms
+        )
     f = fit_for(cfg, prof, fits[(gpu, prof_name, 1)])
     experts_per_rank = math.ceil(cfg.num_local_experts / tp)
     a = f.attn.a_ms + experts_per_rank * f.mlp.a_ms
@@ -243,8 +273,9 @@ def layer_compute(cfg: HFConfig, gpu: str, tp: int,
     return LayerCompute(a, b, c, f.attn_floor_ms + f.mlp_floor_ms)
 
 
-def model_from_config(cfg: HFConfig, gpu: str = "h100", tp: int = DEFAULT_TP,
-                      layer_groups: int = DEFAULT_LAYER_GROUPS, name: str | None = None) -> ModelShape:
+def model_from_config(
+    cfg: HFConfig, gpu: str = "h100", tp: int = DEFAULT_TP, layer_groups: int = DEFAULT_LAYER_GROUPS, name: str | None = None
+) -> ModelShape:
     """The `ModelShape` of `cfg` on prefill groups of `tp` GPUs of type `gpu` (module doc)."""
     L = cfg.num_hidden_layers
     if layer_groups < 1 or L % layer_groups:
@@ -291,14 +322,26 @@ def hardware_model(name: str, tp: int | None = None) -> ModelShape | None:
         return None
     base, gpu, explicit = parsed
     if explicit is not None and tp is not None and explicit != tp:
-        raise ValueError(f"model {name} is for TP {explicit} but the cluster's prefill groups have "
-                         f"{tp} GPUs: drop ':tp{explicit}' or pick a cluster with groups of {explicit}")
+        raise ValueError(
+            f"model {name} is for TP {explicit} but the cluster's prefill groups have "
+            f"{tp} GPUs: drop ':tp{explicit}' or pick a cluster with groups of {explicit}"
+        )
     g = explicit or tp or DEFAULT_TP
     return model_from_config(HF_CONFIGS[base], gpu, g, name=f"{base}:{gpu}:tp{g}")
 
 
 __all__ = [
-    "ATTN_FLOPS", "CAUSAL_PAIR_FACTOR", "HFConfig", "HF_CONFIGS", "LayerCompute", "PROFILE_FITS",
-    "PROFILE_OF", "PROFILE_SHAPES", "fit_for", "hardware_model", "layer_compute",
-    "model_from_config", "parse_model_name",
+    "ATTN_FLOPS",
+    "CAUSAL_PAIR_FACTOR",
+    "HFConfig",
+    "HF_CONFIGS",
+    "LayerCompute",
+    "PROFILE_FITS",
+    "PROFILE_OF",
+    "PROFILE_SHAPES",
+    "fit_for",
+    "hardware_model",
+    "layer_compute",
+    "model_from_config",
+    "parse_model_name",
 ]

@@ -48,11 +48,16 @@ class ModelShape:
             raise ValueError(f"model {self.name}: layer_groups must be >= 1, got {self.layer_groups}")
         if self.collective not in COLLECTIVES:
             raise ValueError(
-                f"model {self.name}: collective must be one of {', '.join(COLLECTIVES)}, "
-                f"got {self.collective!r}"
+                f"model {self.name}: collective must be one of {', '.join(COLLECTIVES)}, " f"got {self.collective!r}"
             )
-        for f in ("kv_bytes_per_token_per_group", "act_bytes_per_token_per_group", "compute_a_s",
-                  "compute_b_s_per_token", "compute_c_s_per_token2", "decode_step_s"):
+        for f in (
+            "kv_bytes_per_token_per_group",
+            "act_bytes_per_token_per_group",
+            "compute_a_s",
+            "compute_b_s_per_token",
+            "compute_c_s_per_token2",
+            "decode_step_s",
+        ):
             if getattr(self, f) < 0:
                 raise ValueError(f"model {self.name}: {f} must not be negative")
         if self.block_tokens < 1:
@@ -85,27 +90,42 @@ MODEL_PRESETS: dict[str, ModelShape] = {
     # ~1B dense, 16 layers in 4 groups, 8 KV heads x 64 dims: 2 KiB/token/layer of KV;
     # hidden 2048: one all-reduce of 4 KiB/token per layer. The testbed default.
     "dense-small": ModelShape(
-        name="dense-small", layer_groups=4,
-        kv_bytes_per_token_per_group=4 * 2048, act_bytes_per_token_per_group=4 * 4096,
-        collective="all_reduce", compute_a_s=0.0005, compute_b_s_per_token=2e-6,
-        compute_c_s_per_token2=0.0, decode_step_s=0.005,
+        name="dense-small",
+        layer_groups=4,
+        kv_bytes_per_token_per_group=4 * 2048,
+        act_bytes_per_token_per_group=4 * 4096,
+        collective="all_reduce",
+        compute_a_s=0.0005,
+        compute_b_s_per_token=2e-6,
+        compute_c_s_per_token2=0.0,
+        decode_step_s=0.005,
     ),
     # Llama-70B-like: 80 layers in 8 groups of 10, GQA 8 KV heads x 128 dims x 2 (K,V) x 2 B
     # = 4 KiB/token/layer; hidden 8192 bf16: 16 KiB/token per all-reduce, 2 per layer.
     "dense-70b": ModelShape(
-        name="dense-70b", layer_groups=8,
-        kv_bytes_per_token_per_group=10 * 4096, act_bytes_per_token_per_group=10 * 2 * 16384,
-        collective="all_reduce", compute_a_s=0.002, compute_b_s_per_token=2.2e-5,
-        compute_c_s_per_token2=1.0e-10, decode_step_s=0.03,
+        name="dense-70b",
+        layer_groups=8,
+        kv_bytes_per_token_per_group=10 * 4096,
+        act_bytes_per_token_per_group=10 * 2 * 16384,
+        collective="all_reduce",
+        compute_a_s=0.002,
+        compute_b_s_per_token=2.2e-5,
+        compute_c_s_per_token2=1.0e-10,
+        decode_step_s=0.03,
     ),
     # Mixtral-8x7B-like MoE: 32 layers in 8 groups of 4, 8 KV heads x 128 x 2 x 2 B = 4 KiB/token/
     # layer; hidden 4096 bf16 = 8 KiB/token, top-2 routing: 2 x 8 KiB per token per layer (each of
     # dispatch and combine is counted by the all-to-all rule).
     "moe-8x": ModelShape(
-        name="moe-8x", layer_groups=8,
-        kv_bytes_per_token_per_group=4 * 4096, act_bytes_per_token_per_group=4 * 2 * 8192,
-        collective="all_to_all", compute_a_s=0.001, compute_b_s_per_token=4e-6,
-        compute_c_s_per_token2=3.0e-11, decode_step_s=0.015,
+        name="moe-8x",
+        layer_groups=8,
+        kv_bytes_per_token_per_group=4 * 4096,
+        act_bytes_per_token_per_group=4 * 2 * 8192,
+        collective="all_to_all",
+        compute_a_s=0.001,
+        compute_b_s_per_token=4e-6,
+        compute_c_s_per_token2=3.0e-11,
+        decode_step_s=0.015,
     ),
 }
 
@@ -196,25 +216,52 @@ CLUSTER_PRESETS: dict[str, ClusterShape] = {
     # the netns testbed: 1 KV host, 2 prefill groups of 2, 1 decode host, 200 Mbit/s links
     "testbed": ClusterShape(),
     # 32 servers x 8 NICs = 256 hosts: 24 prefill servers (groups of 8 GPUs), 4 KV, 4 decode servers
-    "c256": ClusterShape(kv_hosts=32, prefill_groups=24, group_size=8, decode_hosts=32,
-                         link_rate_bps=200e9, hosts_per_rack=32, oversubscription=2.0),
+    "c256": ClusterShape(
+        kv_hosts=32,
+        prefill_groups=24,
+        group_size=8,
+        decode_hosts=32,
+        link_rate_bps=200e9,
+        hosts_per_rack=32,
+        oversubscription=2.0,
+    ),
     # 1,024 GPUs: 128 groups of 8, 64 KV and 64 decode NICs, 400 Gbit/s
-    "c1024": ClusterShape(kv_hosts=64, prefill_groups=128, group_size=8, decode_hosts=64,
-                          link_rate_bps=400e9, hosts_per_rack=64, oversubscription=2.0),
+    "c1024": ClusterShape(
+        kv_hosts=64,
+        prefill_groups=128,
+        group_size=8,
+        decode_hosts=64,
+        link_rate_bps=400e9,
+        hosts_per_rack=64,
+        oversubscription=2.0,
+    ),
     # As deployed (docs/hardware.md has the sources and the split). The paper's testbed: 8
     # servers x 4 GPUs, one 100 Gbit/s NIC per GPU, one switch: 1 KV server (4 NICs), 5 prefill
     # servers (5 groups of TP 4), 2 decode servers (8 decode GPUs).
-    "paper": ClusterShape(kv_hosts=4, prefill_groups=5, group_size=4, decode_hosts=8,
-                          link_rate_bps=100e9),
+    "paper": ClusterShape(kv_hosts=4, prefill_groups=5, group_size=4, decode_hosts=8, link_rate_bps=100e9),
     # 32 DGX-A100-class servers, 8 GPUs each with its own 200 Gbit/s NIC (256 hosts): 4 KV
     # servers, 20 prefill servers (TP 8), 8 decode servers; leaves of 32 NICs (4 servers) with
     # 16 uplinks: 2:1.
-    "ls256-200g": ClusterShape(kv_hosts=32, prefill_groups=20, group_size=8, decode_hosts=64,
-                               link_rate_bps=200e9, hosts_per_rack=32, oversubscription=2.0),
+    "ls256-200g": ClusterShape(
+        kv_hosts=32,
+        prefill_groups=20,
+        group_size=8,
+        decode_hosts=64,
+        link_rate_bps=200e9,
+        hosts_per_rack=32,
+        oversubscription=2.0,
+    ),
     # 72 DGX-H100-class servers, 8 x 400 Gbit/s NICs each (576 hosts): 8 KV, 48 prefill (TP 8),
     # 16 decode servers; 64-port 400G leaves, 48 NICs (6 servers) down, 16 up: 3:1.
-    "ls576-400g": ClusterShape(kv_hosts=64, prefill_groups=48, group_size=8, decode_hosts=128,
-                               link_rate_bps=400e9, hosts_per_rack=48, oversubscription=3.0),
+    "ls576-400g": ClusterShape(
+        kv_hosts=64,
+        prefill_groups=48,
+        group_size=8,
+        decode_hosts=128,
+        link_rate_bps=400e9,
+        hosts_per_rack=48,
+        oversubscription=3.0,
+    ),
 }
 
 
@@ -222,6 +269,4 @@ def cluster_preset(name: str) -> ClusterShape:
     try:
         return CLUSTER_PRESETS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown cluster shape {name!r}: choose one of {', '.join(CLUSTER_PRESETS)}"
-        ) from None
+        raise ValueError(f"unknown cluster shape {name!r}: choose one of {', '.join(CLUSTER_PRESETS)}") from None

@@ -81,8 +81,7 @@ def trace_format(path: Path | str) -> str:
     for fmt, cols in CSV_COLUMNS.items():
         if set(cols) <= header:
             return fmt
-    raise MfsError(f"{path}: not a known trace format (first line {first.strip()[:60]!r}): "
-                   f"{FORMAT_HELP}")
+    raise MfsError(f"{path}: not a known trace format (first line {first.strip()[:60]!r}): " f"{FORMAT_HELP}")
 
 
 def _azure_time(s: str) -> float:
@@ -107,9 +106,12 @@ def read_records(path: Path | str, limit: int | None = None) -> Iterator[TraceRe
                     continue
                 try:
                     rec = json.loads(line)
-                    r = TraceRecord(float(rec["timestamp"]) / 1000.0, int(rec["input_length"]),
-                                    int(rec.get("output_length", 0)),
-                                    tuple(int(h) for h in rec.get("hash_ids", [])))
+                    r = TraceRecord(
+                        float(rec["timestamp"]) / 1000.0,
+                        int(rec["input_length"]),
+                        int(rec.get("output_length", 0)),
+                        tuple(int(h) for h in rec.get("hash_ids", [])),
+                    )
                 except (ValueError, KeyError, TypeError) as exc:
                     raise MfsError(f"{path}:{lineno}: not a Mooncake trace line ({exc})") from None
                 n += 1
@@ -156,7 +158,7 @@ class ConversationReuse:
         u = self.rng.random()
         reused, conv = 0, 0
         if u < self.continue_fraction:
-            recent = self._history[-self.window:]
+            recent = self._history[-self.window :]
             fits = [i for i, (_, hist) in enumerate(recent) if hist < input_tokens]
             if fits:
                 k = len(self._history) - len(recent) + self.rng.choice(fits)

@@ -29,8 +29,7 @@ from pathlib import Path
 from ..errors import MfsError
 
 FIT_MIN_TOKENS = 512
-ATTN_OPS = ("input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
-            "post_attention_layernorm", "add", "add")
+ATTN_OPS = ("input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm", "add", "add")
 MLP_OPS = ("mlp_up_proj", "mlp_act", "mlp_down_proj")
 # (gpu, profiled model) -> path under profiling/compute/
 PROFILES: dict[tuple[str, str], str] = {
@@ -90,8 +89,9 @@ def load_points(gpu: str, model: str, tp: int, root: Path | None = None) -> Poin
     try:
         sub = PROFILES[(gpu, model)]
     except KeyError:
-        raise MfsError(f"no Vidur profile for {model} on {gpu}: have "
-                       f"{', '.join(f'{m} ({g})' for g, m in PROFILES)}") from None
+        raise MfsError(
+            f"no Vidur profile for {model} on {gpu}: have " f"{', '.join(f'{m} ({g})' for g, m in PROFILES)}"
+        ) from None
     path = (root or default_vidur_dir()) / "profiling" / "compute" / sub / "mlp.csv"
     if not path.is_file():
         raise MfsError(f"Vidur profile not found at {path}: point root= at the shared vidur folder")
@@ -100,10 +100,11 @@ def load_points(gpu: str, model: str, tp: int, root: Path | None = None) -> Poin
         for r in csv.DictReader(fh):
             if int(r["num_tensor_parallel_workers"]) != tp:
                 continue
+
             def med(op: str) -> float:
                 return float(r[f"time_stats.{op}.median"])  # noqa: B023 (used at once)
-            rows.append((int(r["num_tokens"]), sum(med(o) for o in ATTN_OPS),
-                         sum(med(o) for o in MLP_OPS)))
+
+            rows.append((int(r["num_tokens"]), sum(med(o) for o in ATTN_OPS), sum(med(o) for o in MLP_OPS)))
     if not rows:
         raise MfsError(f"{path}: no rows for TP {tp}")
     rows.sort()
@@ -160,20 +161,26 @@ def main(argv: list[str] | None = None) -> int:
     fits = fit_all()
     print("PROFILE_FITS = {")
     for (gpu, model, tp), (f, _) in fits.items():
-        print(f"    ({gpu!r}, {model!r}, {tp}): _pf({f.attn.a_ms:.6g}, {f.attn.b_ms_per_token:.6g}, "
-              f"{f.mlp.a_ms:.6g}, {f.mlp.b_ms_per_token:.6g}, {f.attn_floor_ms:.6g}, "
-              f"{f.mlp_floor_ms:.6g}),")
+        print(
+            f"    ({gpu!r}, {model!r}, {tp}): _pf({f.attn.a_ms:.6g}, {f.attn.b_ms_per_token:.6g}, "
+            f"{f.mlp.a_ms:.6g}, {f.mlp.b_ms_per_token:.6g}, {f.attn_floor_ms:.6g}, "
+            f"{f.mlp_floor_ms:.6g}),"
+        )
     print("}\n")
-    print("| GPU | profiled model | TP | a (ms/layer) | b (us/token/layer) | floor N=1 (ms) | "
-          "points | max / mean rel. err (N >= 512) | max / mean (N >= 1024) |")
+    print(
+        "| GPU | profiled model | TP | a (ms/layer) | b (us/token/layer) | floor N=1 (ms) | "
+        "points | max / mean rel. err (N >= 512) | max / mean (N >= 1024) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     root = default_vidur_dir()
     for (gpu, model, tp), (f, (mx, mean, n)) in fits.items():
         mx2, mean2, _ = rel_errors(load_points(gpu, model, tp, root), f.layer_ms, 1024)
-        print(f"| {gpu} | {model} | {tp} | {f.attn.a_ms + f.mlp.a_ms:.4f} | "
-              f"{(f.attn.b_ms_per_token + f.mlp.b_ms_per_token) * 1e3:.4f} | "
-              f"{f.attn_floor_ms + f.mlp_floor_ms:.4f} | {n} | {mx:.1%} / {mean:.1%} | "
-              f"{mx2:.1%} / {mean2:.1%} |")
+        print(
+            f"| {gpu} | {model} | {tp} | {f.attn.a_ms + f.mlp.a_ms:.4f} | "
+            f"{(f.attn.b_ms_per_token + f.mlp.b_ms_per_token) * 1e3:.4f} | "
+            f"{f.attn_floor_ms + f.mlp_floor_ms:.4f} | {n} | {mx:.1%} / {mean:.1%} | "
+            f"{mx2:.1%} / {mean2:.1%} |"
+        )
     return 0
 
 
