@@ -8,6 +8,9 @@ make a loose batch look urgent; a uniformly tight batch keeps its earliest deadl
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import TypeVar
+
+_Key = TypeVar("_Key", bound=Hashable)  # what red_ranks ranks (a batch id, a request id)
 
 
 def red_split(deadlines_ns: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -38,7 +41,7 @@ def red(deadlines_ns: Sequence[int]) -> int:
     return (len(tight) * tight[0] + len(loose) * loose[0]) // n
 
 
-def red_ranks(reds: Mapping[Hashable, int]) -> dict[Hashable, tuple[int, int]]:
+def red_ranks(reds: Mapping[_Key, int]) -> dict[_Key, tuple[int, int]]:
     """The one ranking rule: each key's (rank, n) among `reds` (key -> RED, or a single request's
     deadline), rank 0 the earliest; ties by key order of arrival in the mapping."""
     items = list(reds.items())

@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..entry import FlowEntry
 from ..layout import MODE_RLI, MODE_STATIC
@@ -34,7 +35,7 @@ from ..model import STAGES, Batch, Flow, Request, Stage, batch_hopeless, batch_r
 from ..policy.admission import admission_slack_ns, moore_hodgson
 from ..policy.base import Policy
 from ..policy.red import red, red_ranks
-from ..results import RequestRow
+from ..results import JsonDict, RequestRow
 from ..workload import (
     BatchPlan,
     RequestSpec,
@@ -53,6 +54,13 @@ from .fluid import FluidFlow, FluidNetwork
 
 NS = 1_000_000_000
 _ARRIVAL, _DONE, _COMPUTE, _TOKEN, _TICK, _FLOW, _LANDED = range(7)
+# an event in the heap: (time s, sequence, kind, payload, extra); what payload and extra hold
+# depends on the kind (the handler `run` dispatches it to)
+_Event = tuple[float, int, int, Any, Any]
+# what a policy's entry is a function of (Simulator._entry): stage, layer, request id, cursor,
+# RED rank, remaining bytes, remaining compute ns, flow bytes, bytes sent, stage bytes,
+# compute after ns
+_EntryKey = tuple[str, int, int, int, tuple[int, int] | None, int, int, float, int, int, int]
 _QUIET_MARGIN_NS = 1_000
 
 
@@ -69,8 +77,8 @@ class SimResult:
     recomputes: int
     flows: int
     tick_s: float
-    stats: dict = field(default_factory=dict)
-    net_util: dict = field(default_factory=dict)  # per link class, see sim.netutil
+    stats: JsonDict = field(default_factory=dict)
+    net_util: dict[str, JsonDict] = field(default_factory=dict)  # per link class, see sim.netutil
 
     @property
     def attainment(self) -> float:
@@ -106,7 +114,7 @@ class _SimFlow(FluidFlow):
     def __init__(
         self,
         fid: int,
-        links: tuple,
+        links: tuple[Link, ...],
         size: float,
         t: float,
         stage: str,
@@ -135,7 +143,7 @@ class _SimFlow(FluidFlow):
         self.due_heap_t = NEVER
         self.stage_bytes = stage_bytes
         self.compute_after_ns = compute_after_ns
-        self.key = None  # policy.entry_key when `entry` was asked (None: no promise)
+        self.key: Hashable | None = None  # policy.entry_key when `entry` was asked (None: no promise)
         self.lv_cursor = -1  # the request's cursor at the flow's last level evaluation
         # what the policy is shown for this flow (entry, entry_key)
         self.policy_stage = policy_stage
@@ -312,7 +320,7 @@ class Simulator:
         self.net = FluidNetwork(self.nlevels, allocator=allocator)
         self.link_rate_bps = workload.cluster.link_rate_bps
         self.rate_Bps = self.link_rate_bps / 8.0
-        self._heap: list = []
+        self._heap: list[_Event] = []
         self._seq = 0
         self.t = 0.0
         self.now = 0  # self.t in ns (the policies' clock)
@@ -339,7 +347,7 @@ class Simulator:
         # to the host resets it): policy.admission.admission_slack_ns
         self._p2d_quiet_until: dict[str, int] = {}
         self._p2d_next_check = 0  # the least of them
-        self._entry_cache: dict[tuple, FlowEntry] = {}
+        self._entry_cache: dict[_EntryKey, FlowEntry] = {}
         # batches in prefill, ranked by RED at every batch start, layer boundary and batch end
         self._prefilling: dict[int, _BatchRun] = {}
         # the ranking changes only when a batch starts or ends (REDs are fixed)
@@ -420,6 +428,7 @@ class Simulator:
                     self._on_tick()
             if dirty:
                 for f in net.recompute(t):
+                    assert isinstance(f, _SimFlow)  # the simulator's network holds only its flows
                     f.version += 1
                     if f.rate > 0:
                         self._seq += 1
@@ -647,7 +656,7 @@ class Simulator:
                 if batch is not asking:
                     self._reask(batch.flows, now)
 
-    def _reask(self, flows, now: int) -> None:
+    def _reask(self, flows: Iterable[_SimFlow], now: int) -> None:
         """New estimates: each live flow gets the policy's entry for them (sent counters and
         the kernel's cur_level kept), then its level is re-evaluated."""
         net = self.net
@@ -656,14 +665,16 @@ class Simulator:
         skip = self.skip_unchanged
         check = self.check_entry_keys
         # one key per (request, stage) where the policy says a key reads no more
-        memo: dict | None = {} if self._key_per_request else None
+        memo: dict[tuple[int, str], Hashable | None] | None = {} if self._key_per_request else None
         # such a key does not read the flow's bytes sent: a flow that keeps its entry and its
         # level needs no settling (unless the keys are being checked)
         key_first = memo is not None and skip and not check
+        key: object  # an entry key, or `memo` itself (the sentinel: not asked yet)
         for f in flows:
             if f.rem <= 0:
                 continue
             if key_first:
+                assert memo is not None  # key_first: one key per (request, stage)
                 mk = (f.request.request_id, f.stage)
                 key = memo.get(mk, memo)
                 if key is memo:
@@ -864,6 +875,7 @@ class Simulator:
                 st = Stage(stage, bytes=stage_bytes, compute_after_ns=compute_after_ns, layer=layer)
                 fl = Flow(bytes=int(nbytes), target_layer=layer, sent=sent, true_remaining_work_ns=true_work)
             else:
+                assert fl is not None  # the caller passes its Stage and Flow together
                 fl.sent = sent
                 fl.true_remaining_work_ns = true_work
             entry = self.policy.entry(req, st, fl, now)
@@ -1008,7 +1020,7 @@ class Simulator:
             self._set_due(f, next_change_ns(e, e.metric(now_ns, isent, f.request.cursor), isent, now_ns, rate))
         return lv
 
-    def _relevel(self, flows) -> None:
+    def _relevel(self, flows: Iterable[_SimFlow]) -> None:
         now = self.now
         net = self.net
         for f in flows:
@@ -1118,6 +1130,6 @@ class Simulator:
         self._push(t + self.tick_s, _TICK, None)
 
 
-def simulate(workload: Workload, policy: Policy, **kw) -> SimResult:
+def simulate(workload: Workload, policy: Policy, **kw: Any) -> SimResult:
     """Run `workload` under `policy`; see `Simulator` for the keyword options."""
     return Simulator(workload, policy, **kw).run()

@@ -16,14 +16,20 @@ compiled (`waterfill.recompute_arrays`). They agree to rounding (tests: TTFTs eq
 from __future__ import annotations
 
 import heapq
+from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from . import waterfill
 from .fabric import Link
 from .netutil import BINS, WINDOW_S, LinkMeter
 
 EPS_BYTES = 1e-6
+
+# a class of the python allocator: [level, path, flows, frozen, real flow count], a list of mixed
+# types mutated in place by `_fill`
+_FillClass = list[Any]
 
 
 class FluidFlow:
@@ -112,6 +118,7 @@ class FluidNetwork:
         f.t0 = t
         if f.slot >= 0:
             a = self._arr
+            assert a is not None  # a flow has a slot only in the arrays
             a.f_rem[f.slot] = f.rem
             a.f_t0[f.slot] = t
 
@@ -141,7 +148,9 @@ class FluidNetwork:
             f.level = level
             self._dirty.update(f.links)
             if f.slot >= 0:
-                self._arr.f_level[f.slot] = level
+                a = self._arr
+                assert a is not None  # a flow has a slot only in the arrays
+                a.f_level[f.slot] = level
 
     @property
     def dirty(self) -> bool:
@@ -161,7 +170,7 @@ class FluidNetwork:
         level_bytes = self.level_bytes
         links: set[Link] = set()
         seen: set[FluidFlow] = set()
-        classes: dict[tuple[int, int], list] = {}
+        classes: dict[tuple[int, int], _FillClass] = {}
         stack = list(self._dirty)
         self._dirty.clear()
         while stack:
@@ -207,6 +216,7 @@ class FluidNetwork:
 
     def _recompute_arrays(self, t: float) -> list[FluidFlow]:
         a = self._arr
+        assert a is not None  # called only with the arrays (allocator "numba")
         # a flow still in its setup latency can change level: its links are dirty, unindexed
         lidx = a.lidx
         d = []
@@ -230,8 +240,10 @@ class FluidNetwork:
         """The link that fixed `f`'s rate at the last allocation, if other flows of its level
         share it (else None)."""
         if f.slot >= 0:
-            b = int(self._arr.f_bneck[f.slot])
-            return self._arr.links[b] if b >= 0 else None
+            a = self._arr
+            assert a is not None  # a flow has a slot only in the arrays
+            b = int(a.f_bneck[f.slot])
+            return a.links[b] if b >= 0 else None
         return f.bneck
 
     def close_meters(self, t: float) -> None:
@@ -263,7 +275,7 @@ def allocate(links: set[Link], flows: set[FluidFlow], allocator: str = "python")
 
     Flows of one level on the same path get the same max-min rate, so they are filled as one
     class of n flows (paths are shared tuples from `Fabric.path`)."""
-    classes: dict[tuple[int, int], list] = {}
+    classes: dict[tuple[int, int], _FillClass] = {}
     for f in flows:
         k = (f.level, id(f.links))
         c = classes.get(k)
@@ -275,12 +287,12 @@ def allocate(links: set[Link], flows: set[FluidFlow], allocator: str = "python")
     ALLOCATORS[allocator](links, classes)
 
 
-def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, float]:
+def _fill(links: set[Link], classes: dict[tuple[int, int], _FillClass]) -> dict[Link, float]:
     """Progressive filling of classes [level, path, flows, frozen, real flow count], level by
     level; a fluid flow standing for w real flows gets w shares. Returns each link's capacity
     left unallocated."""
     resid = {ln: ln.capacity for ln in links}
-    by_level: dict[int, list[list]] = {}
+    by_level: dict[int, list[_FillClass]] = {}
     for c in classes.values():
         by_level.setdefault(c[0], []).append(c)
     for level in sorted(by_level):
@@ -300,7 +312,7 @@ def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, 
                 resid[ln] -= share * n
             continue
         cnt: dict[Link, int] = {}
-        members: dict[Link, list[list]] = {}
+        members: dict[Link, list[_FillClass]] = {}
         for c in group:
             n = c[4]
             for ln in c[1]:
@@ -347,7 +359,15 @@ def _fill(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, 
     return resid
 
 
-def _tight(path: tuple, resid: dict, cnt: dict, share: float, n: float, nflows: int, cnt0: dict | None = None) -> Link | None:
+def _tight(
+    path: tuple[Link, ...],
+    resid: dict[Link, float],
+    cnt: dict[Link, int],
+    share: float,
+    n: float,
+    nflows: int,
+    cnt0: dict[Link, int] | None = None,
+) -> Link | None:
     """The first link of `path` where a class of `n` real flows (`nflows` fluid flows) gets
     `share` (within rounding) and other flows of its level cross too (its band's queue is shared),
     else None."""
@@ -359,7 +379,7 @@ def _tight(path: tuple, resid: dict, cnt: dict, share: float, n: float, nflows: 
     return None
 
 
-def _fill_numba(links: set[Link], classes: dict[tuple[int, int], list]) -> dict[Link, float]:
+def _fill_numba(links: set[Link], classes: dict[tuple[int, int], _FillClass]) -> dict[Link, float]:
     """`_fill` by the compiled kernel (`waterfill`): the component as flat arrays."""
     lidx = {ln: i for i, ln in enumerate(links)}
     cl = list(classes.values())
@@ -391,6 +411,9 @@ ALLOCATORS = {"python": _fill}
 if waterfill.available():
     ALLOCATORS["numba"] = _fill_numba
 DEFAULT_ALLOCATOR = "numba" if waterfill.available() else "python"
+
+
+_Scalar = TypeVar("_Scalar", bound=np.generic)
 
 
 class _Arrays:
@@ -430,7 +453,10 @@ class _Arrays:
             object.__setattr__(self, "_kargs", None)
         object.__setattr__(self, name, value)
 
-    def kernel_args(self) -> tuple:
+    # the KERNEL_ARRAYS as one tuple (None: stale); arrays of several dtypes
+    _kargs: tuple[npt.NDArray[Any], ...] | None
+
+    def kernel_args(self) -> tuple[npt.NDArray[Any], ...]:
         """The arrays recompute_arrays takes, as one tuple (rebuilt after an array grew)."""
         k = self._kargs
         if k is None:
@@ -438,41 +464,41 @@ class _Arrays:
         return k
 
     def __init__(self, nlevels: int) -> None:
-        self._kargs: tuple | None = None
+        self._kargs = None
         self.lidx: dict[Link, int] = {}
         self.links: list[Link] = []
-        self.cap = np.zeros(16)
-        self.lbytes = np.zeros(16)
-        self.lmark = np.zeros(16, bool)
-        self.lloc = np.zeros(16, np.int64)
-        self.l_deg = np.zeros(16, np.int64)
-        self.l_flows = np.zeros((16, 8), np.int64)
+        self.cap: npt.NDArray[np.float64] = np.zeros(16)
+        self.lbytes: npt.NDArray[np.float64] = np.zeros(16)
+        self.lmark: npt.NDArray[np.bool_] = np.zeros(16, bool)
+        self.lloc: npt.NDArray[np.int64] = np.zeros(16, np.int64)
+        self.l_deg: npt.NDArray[np.int64] = np.zeros(16, np.int64)
+        self.l_flows: npt.NDArray[np.int64] = np.zeros((16, 8), np.int64)
         # each link's utilisation meter (netutil.LinkMeter in arrays: t, rate, window bytes;
         # window index; histogram; whether it was ever in a re-allocation)
-        self.m_f = np.zeros((16, 3))
-        self.m_k = np.zeros(16, np.int64)
-        self.m_hist = np.zeros((16, BINS + 1), np.int64)
-        self.m_on = np.zeros(16, bool)
-        self.lvbytes = np.zeros(nlevels)
+        self.m_f: npt.NDArray[np.float64] = np.zeros((16, 3))
+        self.m_k: npt.NDArray[np.int64] = np.zeros(16, np.int64)
+        self.m_hist: npt.NDArray[np.int64] = np.zeros((16, BINS + 1), np.int64)
+        self.m_on: npt.NDArray[np.bool_] = np.zeros(16, bool)
+        self.lvbytes: npt.NDArray[np.float64] = np.zeros(nlevels)
         self.pid: dict[int, int] = {}
-        self.paths: list[tuple] = []  # kept alive: their ids key `pid`
-        self.p_links = np.zeros((16, 4), np.int64)
-        self.p_len = np.zeros(16, np.int64)
+        self.paths: list[tuple[Link, ...]] = []  # kept alive: their ids key `pid`
+        self.p_links: npt.NDArray[np.int64] = np.zeros((16, 4), np.int64)
+        self.p_len: npt.NDArray[np.int64] = np.zeros(16, np.int64)
         n = 64
-        self.f_rem = np.zeros(n)
-        self.f_rate = np.zeros(n)
-        self.f_t0 = np.zeros(n)
-        self.f_w = np.zeros(n)
-        self.f_level = np.zeros(n, np.int64)
-        self.f_pid = np.zeros(n, np.int64)
-        self.f_bneck = np.full(n, -1, np.int64)
-        self.f_pos = np.zeros((n, 4), np.int64)
-        self.fmark = np.zeros(n, bool)
+        self.f_rem: npt.NDArray[np.float64] = np.zeros(n)
+        self.f_rate: npt.NDArray[np.float64] = np.zeros(n)
+        self.f_t0: npt.NDArray[np.float64] = np.zeros(n)
+        self.f_w: npt.NDArray[np.float64] = np.zeros(n)
+        self.f_level: npt.NDArray[np.int64] = np.zeros(n, np.int64)
+        self.f_pid: npt.NDArray[np.int64] = np.zeros(n, np.int64)
+        self.f_bneck: npt.NDArray[np.int64] = np.full(n, -1, np.int64)
+        self.f_pos: npt.NDArray[np.int64] = np.zeros((n, 4), np.int64)
+        self.fmark: npt.NDArray[np.bool_] = np.zeros(n, bool)
         self.slots: list[FluidFlow | None] = []
         self.free: list[int] = []
 
     @staticmethod
-    def _grown(a: np.ndarray, n: int, fill: float = 0) -> np.ndarray:
+    def _grown(a: npt.NDArray[_Scalar], n: int, fill: float = 0) -> npt.NDArray[_Scalar]:
         b = np.full((n, *a.shape[1:]), fill, a.dtype)
         b[: len(a)] = a
         return b
@@ -489,7 +515,7 @@ class _Arrays:
             self.cap[i] = ln.capacity
         return i
 
-    def _path(self, path: tuple) -> int:
+    def _path(self, path: tuple[Link, ...]) -> int:
         p = self.pid.get(id(path))
         if p is None:
             p = self.pid[id(path)] = len(self.paths)

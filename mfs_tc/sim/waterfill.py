@@ -17,20 +17,21 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 from .netutil import BINS
 
 try:
     import numba
 except ImportError:  # pragma: no cover - numba is a dependency; the python allocator remains
-    numba = None
+    numba = None  # type: ignore[assignment]  # only on an install without numba (a pinned dependency): available() is False
 
 
 def available() -> bool:
     return numba is not None
 
 
-def _stable_order(a):  # pragma: no cover - compiled
+def _stable_order(a: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:  # pragma: no cover - compiled
     """np.argsort(a, kind="mergesort") (the same permutation: both are stable), by insertion
     for the short arrays a component has (cheaper there), by mergesort beyond 64."""
     n = a.shape[0]
@@ -51,7 +52,14 @@ if numba is not None:
     _stable_order = numba.njit(cache=True, nogil=True)(_stable_order)
 
 
-def _kernel(cap, level, n, ptr, idx, nfl):  # pragma: no cover - compiled
+def _kernel(
+    cap: npt.NDArray[np.float64],
+    level: npt.NDArray[np.int64],
+    n: npt.NDArray[np.float64],
+    ptr: npt.NDArray[np.int64],
+    idx: npt.NDArray[np.int64],
+    nfl: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:  # pragma: no cover - compiled
     nl = cap.shape[0]
     nc = level.shape[0]
     resid = cap.copy()
@@ -144,14 +152,23 @@ def _kernel(cap, level, n, ptr, idx, nfl):  # pragma: no cover - compiled
 waterfill = numba.njit(cache=True, nogil=True)(_kernel) if numba is not None else None
 
 
-def _bin(u):  # pragma: no cover - compiled
+def _bin(u: float) -> int:  # pragma: no cover - compiled
     """netutil.LinkMeter._bin: the utilisation histogram bin of `u`."""
     if u <= 1e-9:
         return 0
     return min(BINS, max(1, math.ceil(u * BINS - 1e-9)))
 
 
-def _meter(i, t, rate, cap, window, m_f, m_k, m_hist):  # pragma: no cover - compiled
+def _meter(
+    i: int | np.int64,
+    t: float,
+    rate: float,
+    cap: float,
+    window: float,
+    m_f: npt.NDArray[np.float64],
+    m_k: npt.NDArray[np.int64],
+    m_hist: npt.NDArray[np.int64],
+) -> None:  # pragma: no cover - compiled
     """netutil.LinkMeter.set_rate(t, rate) on link i's meter in arrays (m_f[i] = (t, rate,
     bytes of the current window), m_k[i] = its window, m_hist[i] = the histogram), the same
     arithmetic in the same order."""
@@ -184,31 +201,31 @@ if numba is not None:
 
 
 def _recompute(
-    t,
-    dirty,
-    window,
-    cap,
-    lbytes,
-    lvbytes,
-    p_links,
-    p_len,
-    f_rem,
-    f_rate,
-    f_t0,
-    f_w,
-    f_level,
-    f_pid,
-    f_bneck,
-    l_flows,
-    l_deg,
-    lmark,
-    fmark,
-    lloc,
-    m_f,
-    m_k,
-    m_hist,
-    m_on,
-):  # pragma: no cover - compiled
+    t: float,
+    dirty: npt.NDArray[np.int64],
+    window: float,
+    cap: npt.NDArray[np.float64],
+    lbytes: npt.NDArray[np.float64],
+    lvbytes: npt.NDArray[np.float64],
+    p_links: npt.NDArray[np.int64],
+    p_len: npt.NDArray[np.int64],
+    f_rem: npt.NDArray[np.float64],
+    f_rate: npt.NDArray[np.float64],
+    f_t0: npt.NDArray[np.float64],
+    f_w: npt.NDArray[np.float64],
+    f_level: npt.NDArray[np.int64],
+    f_pid: npt.NDArray[np.int64],
+    f_bneck: npt.NDArray[np.int64],
+    l_flows: npt.NDArray[np.int64],
+    l_deg: npt.NDArray[np.int64],
+    lmark: npt.NDArray[np.bool_],
+    fmark: npt.NDArray[np.bool_],
+    lloc: npt.NDArray[np.int64],
+    m_f: npt.NDArray[np.float64],
+    m_k: npt.NDArray[np.int64],
+    m_hist: npt.NDArray[np.int64],
+    m_on: npt.NDArray[np.bool_],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:  # pragma: no cover - compiled
     """A whole re-allocation over the fluid state in arrays: the component of the links in
     `dirty` (links reachable through live flows), its classes (level, path), the filling
     (`_kernel`), then the flows whose rate changed settled at their old rate and given the new
@@ -324,7 +341,15 @@ def _recompute(
     return out[:no], orate[:no], orem[:no]
 
 
-def _link_flow(s, p, p_links, p_len, f_pos, l_flows, l_deg):  # pragma: no cover - compiled
+def _link_flow(
+    s: int,
+    p: int,
+    p_links: npt.NDArray[np.int64],
+    p_len: npt.NDArray[np.int64],
+    f_pos: npt.NDArray[np.int64],
+    l_flows: npt.NDArray[np.int64],
+    l_deg: npt.NDArray[np.int64],
+) -> bool:  # pragma: no cover - compiled
     """Flow slot `s` on path `p` joins each of its links' lists of live flows (f_pos: where).
     False (nothing changed) when a list is full: the caller widens l_flows and asks again."""
     for k in range(p_len[p]):
@@ -339,7 +364,16 @@ def _link_flow(s, p, p_links, p_len, f_pos, l_flows, l_deg):  # pragma: no cover
     return True
 
 
-def _unlink_flow(s, p, p_links, p_len, f_pid, f_pos, l_flows, l_deg):  # pragma: no cover - compiled
+def _unlink_flow(
+    s: int,
+    p: int | np.int64,
+    p_links: npt.NDArray[np.int64],
+    p_len: npt.NDArray[np.int64],
+    f_pid: npt.NDArray[np.int64],
+    f_pos: npt.NDArray[np.int64],
+    l_flows: npt.NDArray[np.int64],
+    l_deg: npt.NDArray[np.int64],
+) -> None:  # pragma: no cover - compiled
     """Flow slot `s` (path `p`) leaves its links' lists: the last entry of each list takes its
     place (and that flow's f_pos follows)."""
     for k in range(p_len[p]):
