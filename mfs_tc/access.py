@@ -28,6 +28,7 @@ import pwd
 import stat
 from pathlib import Path
 
+from .bpfsys import BPF_F_RDONLY, BPF_F_WRONLY
 from .errors import KernelFeatureError, MfsError, PermissionDeniedError
 from .layout import MAP_SPECS
 
@@ -54,7 +55,6 @@ def pin_mode(name: str, group: bool) -> int:
 
 def open_flags(name: str) -> int | None:
     """BPF_OBJ_GET file_flags for a process that is not root: the least it needs, or None (root's)."""
-    from .bpfsys import BPF_F_RDONLY, BPF_F_WRONLY  # noqa: PLC0415
 
     a = MEMBER_ACCESS.get(name, "")
     if not a:

@@ -27,8 +27,16 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
+from .access import group_name
+from .attachment import load_state
 from .config import HostConfig, InterfaceConfig
 from .errors import MfsError
+from .layout import pin_dir
+from .loader import attach, detach, plan
+from .maps import PinnedMaps
+from .netlink import check_netns, ifindex, iproute
+from .rules import RuleSpec, RuleTable, rules_lock, same_match
+from .status import read_status
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -121,16 +129,12 @@ def _differences(ic: InterfaceConfig, st: AttachState) -> list[str]:
     if o.hook != "auto":
         cmp("hook", st.hook, o.hook)
     if getattr(st, "access_gid", None) != o.gid:
-        from .access import group_name  # noqa: PLC0415
-
         diff.append(f"access_group {group_name(st.access_gid)} -> {group_name(o.gid)}")
     return diff
 
 
 def _attach_reason(ic: InterfaceConfig) -> tuple[str | None, bool]:
     """(why attach must run, or None; whether a detach must come first)."""
-    from .attachment import load_state  # noqa: PLC0415
-    from .status import read_status  # noqa: PLC0415
 
     st = load_state(ic.opts.ifname, ic.opts.netns)
     if st is None:
@@ -154,9 +158,6 @@ def _attach_reason(ic: InterfaceConfig) -> tuple[str | None, bool]:
 
 
 def _rule_diff(ic: InterfaceConfig, dry_run: bool, attached: bool) -> tuple[list[RuleSpec], list[RuleSpec]]:
-    from .maps import PinnedMaps  # noqa: PLC0415
-    from .rules import RuleSpec, RuleTable, rules_lock, same_match  # noqa: PLC0415
-
     if not attached:  # dry run of an interface not attached yet: every rule is new
         return [], list(ic.rules)
     with PinnedMaps.open(ic.opts.ifname, ic.opts.netns) as maps, rules_lock(ic.opts.ifname, ic.opts.netns):
@@ -179,9 +180,6 @@ def _rule_diff(ic: InterfaceConfig, dry_run: bool, attached: bool) -> tuple[list
 def apply_config(cfg: HostConfig, dry_run: bool = False, only: set[IfaceId] | None = None) -> Result:
     """Make the host match `cfg` (or say what that would change, with dry_run). `only`: apply
     just these (netns, ifname) (the watcher, after a link event); others are left alone."""
-    from .layout import pin_dir  # noqa: PLC0415
-    from .loader import attach, detach, plan  # noqa: PLC0415
-    from .netlink import check_netns, ifindex, iproute  # noqa: PLC0415
 
     res = Result()
     wanted = {ic.ident for ic in cfg.interfaces}
@@ -236,9 +234,6 @@ def apply_config(cfg: HostConfig, dry_run: bool = False, only: set[IfaceId] | No
 
 def detach_all(cfg: HostConfig | None, config_file: Path) -> Result:
     """Detach every interface of the config and every one an earlier apply attached."""
-    from .attachment import load_state  # noqa: PLC0415
-    from .layout import pin_dir  # noqa: PLC0415
-    from .loader import detach  # noqa: PLC0415
 
     res = Result()
     targets = set(_managed(config_file)) | ({ic.ident for ic in cfg.interfaces} if cfg else set())
@@ -289,8 +284,6 @@ def _link_socket(netns: str | None) -> IPRoute | None:
     from pyroute2 import IPRoute  # noqa: PLC0415
     from pyroute2.netlink.rtnl import RTMGRP_LINK  # noqa: PLC0415
     from pyroute2.netns import popns, pushns  # noqa: PLC0415
-
-    from .netlink import check_netns  # noqa: PLC0415
 
     try:
         check_netns(netns)

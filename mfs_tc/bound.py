@@ -75,6 +75,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .results import RequestRow
+from .sim.fabric import Fabric
 from .workload import Transfer, Workload, plan_batch
 from .workload.batching import stage_time_s
 
@@ -125,7 +126,6 @@ def _parts(
     idle cluster; `every_request`: of every request); and which requests can possibly be.
     `earliest` (per request, in workload order): release dates no earlier than those starts, and
     a request that missed even there cannot be on time (module doc, "coupled")."""
-    from .sim.fabric import Fabric
 
     cl, model = w.cluster, w.model
     try:

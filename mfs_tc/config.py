@@ -36,6 +36,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import MfsError
+from .layout import RULES_MAX
+from .loader import AttachOptions
+from .rules import RuleSpec
+from .units import parse_dscp_list, parse_rate
 
 if TYPE_CHECKING:
     from .loader import AttachOptions
@@ -239,10 +243,6 @@ def _check_type(fail: _Fail, path: list[str | int], v: object, want: type | tupl
 
 
 def _interface(fail: _Fail, i: int, d: dict[str, Any]) -> InterfaceConfig:
-    from .loader import AttachOptions  # noqa: PLC0415
-    from .rules import RuleSpec  # noqa: PLC0415
-    from .units import parse_dscp_list, parse_rate  # noqa: PLC0415
-
     p: list[str | int] = ["interface", i]
     try:
         rate = parse_rate(str(d["rate"])) if "rate" in d else None
@@ -296,7 +296,6 @@ def _interface(fail: _Fail, i: int, d: dict[str, Any]) -> InterfaceConfig:
         except MfsError as exc:
             raise fail(rp + [_key_of(str(exc), "level")], _strip_flag(str(exc))) from None
         specs.append(spec)
-    from .layout import RULES_MAX  # noqa: PLC0415
 
     if specs and opts.trust_dscp:
         raise fail(

@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bpfsys
+from . import bpfsys, tcx
+from .access import OBJ_GET_UNPRIV_SINCE, member_open_problem, unprivileged_bpf_disabled
 from .backends import ProbeError, cleanup_stale_probes, probe_qdisc_kinds
 from .layout import PIN_ROOT
 from .pinroot import UnsafePinRootError, secure_pin_dir
@@ -62,7 +63,6 @@ def run_checks() -> list[Check]:
         checks.append(Check("pin root", True, f"{PIN_ROOT} absent or root-owned, not writable by others", required=False))
     except UnsafePinRootError as exc:
         checks.append(Check("pin root", False, str(exc).split(": ")[0], str(exc).split("; ")[-1]))
-    from .access import OBJ_GET_UNPRIV_SINCE, member_open_problem, unprivileged_bpf_disabled
 
     problem = member_open_problem()
     val = unprivileged_bpf_disabled()
@@ -132,7 +132,6 @@ def run_checks() -> list[Check]:
                 "a kernel with CONFIG_NET_SCH_INGRESS",
             )
         )
-        from . import tcx
 
         has_tcx = tcx.available(1)
         checks.append(

@@ -28,8 +28,10 @@ from prometheus_client import start_http_server, write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from .attachment import attached
 from .errors import MfsError
 from .layout import RULES_MAX, STAT_NAMES, netns_label
+from .maps import PinnedMaps
 from .pinpath import pin_root
 from .rules import RuleTable
 
@@ -45,7 +47,6 @@ class Target:
 def pinned_targets(root: Path | None = None) -> list[Target]:
     """Every (netns, interface) with a pinned flows map under `root`, plus those with attach
     state (whose pins may be unreadable or gone: reported as mfs_tc_up 0)."""
-    from .attachment import attached
 
     found = {(ns, ifn) for ns, ifn in attached()}
     try:
@@ -67,8 +68,6 @@ class MfsCollector(Collector):
         self.root = root
 
     def collect(self) -> Iterator[Metric]:
-        from .maps import PinnedMaps
-
         labels = ["interface", "netns"]
         lvl_p = CounterMetricFamily("mfs_tc_level_packets", "Packets the classifier gave each level.", labels=labels + ["level"])
         lvl_b = CounterMetricFamily(

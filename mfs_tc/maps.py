@@ -52,6 +52,7 @@ from .layout import (
     pin_dir,
     proc_start_ticks,
 )
+from .pinpath import pin_root
 from .units import seconds_to_ns
 
 __all__ = [
@@ -199,8 +200,6 @@ class PinnedMaps:
     def open(cls, ifname: str, netns: str | None = None, root: Path | str | None = None) -> PinnedMaps:
         """`root` None: the pin root visible from this mount namespace (pinpath.pin_root)."""
         if root is None:
-            from .pinpath import pin_root
-
             root = pin_root()
         return cls.open_dir(pin_dir(ifname, netns, Path(root)), what=_describe(ifname, netns))
 

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .attachment import STATE_ROOT
 from .errors import MapFullError, MfsError
+from .ifacelock import interface_lock
 from .layout import (
     C_TRUST_DSCP,
     COUNTER_SIZE,
@@ -35,7 +37,9 @@ from .layout import (
     STAGE_CODES,
     STAGE_NAMES,
     RuleRecord,
+    netns_label,
 )
+from .policy.baselines import STAGE_DEFAULT_LEVELS
 
 if TYPE_CHECKING:
     from .maps import PinnedMaps
@@ -49,7 +53,6 @@ _V4MAPPED = b"\0" * 10 + b"\xff\xff"
 def stage_level(stage: str, nlevels: int) -> int:
     """The level a --stage rule gets: the `stage` policy's static layout for K levels
     (collective 0, kv_fetch 1, p2d 2, each capped at K-2 so that none is the scavenger)."""
-    from .policy.baselines import STAGE_DEFAULT_LEVELS  # noqa: PLC0415
 
     if stage not in RULE_STAGES:
         raise MfsError(f"--stage {stage!r}: use one of {', '.join(RULE_STAGES)}")
@@ -326,9 +329,6 @@ class RuleTable:
 
 def rules_lock(ifname: str, netns: str | None) -> AbstractContextManager[None]:
     """The per-interface lock of rule table writes (rule add/del, apply)."""
-    from .attachment import STATE_ROOT  # noqa: PLC0415
-    from .ifacelock import interface_lock  # noqa: PLC0415
-    from .layout import netns_label  # noqa: PLC0415
 
     path: Path = STATE_ROOT / netns_label(netns) / f"{ifname}.rules.lock"
     return interface_lock(path, f"the rules of {ifname}", wait=True, prune=(path.parent, STATE_ROOT))

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from ..bound import saturation_load
 from ..results import (
     TARGET_ATTAINMENT,
     JsonDict,
@@ -32,7 +33,10 @@ from ..results import (
     policy_color,
     sweep,
 )
+from ..workload import KINDS, generate, model_preset
 from ..workload.comparison import DEFAULT_POLICIES
+from .engine import simulate
+from .runner import SimRunConfig, make_sim_policy, point_bound, summarize
 
 if TYPE_CHECKING:
     from ..workload import Workload, WorkloadConfig
@@ -81,8 +85,6 @@ def point_workload(
     runner's workload config; a capacity load is converted with the saturation load of the same
     seed's request mix (generated once at 1 req/s: routing and per-request work do not depend on
     the arrival rate)."""
-    from ..bound import saturation_load
-    from ..workload import generate
 
     if sc.load_unit == "rps":
         return generate(make_config(seed, load, slo)), {"load_rps": load}
@@ -175,7 +177,6 @@ class MatrixConfig:
         names = [s.name for s in self.scenarios]
         if len(set(names)) != len(names):
             raise ValueError(f"a scenario name is used twice: {','.join(names)}")
-        from ..workload import KINDS, model_preset
 
         for s in self.scenarios:  # validate through the simulator's own config
             if s.workload not in KINDS:
@@ -184,8 +185,6 @@ class MatrixConfig:
             self.sim_config(s, self.policies, 1, s.loads[0], s.slo_scales[0])
 
     def sim_config(self, sc: Scenario, policies: list[str], seed: int, load: float, slo: float) -> SimRunConfig:
-        from .runner import SimRunConfig
-
         return SimRunConfig(
             policies=list(policies),
             seeds=[seed],
@@ -212,8 +211,6 @@ def _key(scenario: str, seed: int, load: float, slo: float, policy: str | None) 
 def run_point(task: JsonDict) -> list[JsonDict]:
     """One point: its workload, its bound (if asked) and the asked policies. Returns the JSON
     lines (module-level so that process pools and Ray can ship it)."""
-    from .engine import simulate
-    from .runner import make_sim_policy, point_bound, summarize
 
     cfg = MatrixConfig(**task["config"]) if isinstance(task["config"], dict) else task["config"]
     sc = Scenario(

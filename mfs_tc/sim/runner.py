@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import results
+from ..bound import earliest_starts, reference_bound
 from ..policy.base import Policy
+from ..policy.registry import make_policy
 from ..results import JsonDict, aggregate, sweep, write_results
 from ..workload import ClusterShape, Workload, WorkloadConfig, cluster_preset, generate
 from ..workload.comparison import ComparisonConfig
@@ -23,8 +25,6 @@ from .engine import SimResult, simulate
 
 
 def make_sim_policy(name: str, *, nlevels: int, ref_rate_bps: float, config: JsonDict) -> Policy:
-    from ..policy.registry import make_policy
-
     kw = {"nlevels": nlevels, "ref_rate_bps": ref_rate_bps}
     kw.update(config)
     return make_policy(name, **kw)
@@ -99,7 +99,6 @@ def summarize(res: SimResult, seed: int, load: float | None, slo_scale: float | 
 def point_bound(wl: Workload, **sim_kw: Any) -> JsonDict:
     """The reference bound of one point's workload (the same for every policy), with the coupled
     bound (mfs_tc.bound) from a contention-free run of the simulator under `sim_kw`."""
-    from ..bound import earliest_starts, reference_bound
 
     t0 = time.perf_counter()
     out = reference_bound(wl)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..policy.registry import POLICY_NAMES
 from .config import TRACE_KINDS, WorkloadConfig
 from .generate import trace_window
 from .shapes import ClusterShape
@@ -38,8 +39,6 @@ class ComparisonConfig:
         if len(set(self.policies)) != len(self.policies):
             raise ValueError(f"a policy is listed twice: {','.join(self.policies)}")
         if self.checks_policies():
-            from ..policy.registry import POLICY_NAMES
-
             bad = [p for p in self.policies if p not in POLICY_NAMES]
             if bad:
                 raise ValueError(f"unknown policy {', '.join(bad)}: choose from {', '.join(POLICY_NAMES)}")

@@ -133,7 +133,7 @@ MODEL_PRESETS: dict[str, ModelShape] = {
 def model_names() -> list[str]:
     """Every model preset name: the synthetic shapes above and the hardware presets
     (`hardware.py`, each also as `<name>:a100`, `<name>:h100:tp4`...)."""
-    from .hardware import HF_CONFIGS
+    from .hardware import HF_CONFIGS  # hardware builds ModelShapes: imported at top, a cycle
 
     return [*MODEL_PRESETS, *HF_CONFIGS]
 
@@ -144,7 +144,7 @@ def model_preset(name: str, tp: int | None = None) -> ModelShape:
     (pass the cluster's group size) unless the name fixes it; the synthetic ones ignore `tp`."""
     if name in MODEL_PRESETS:
         return MODEL_PRESETS[name]
-    from .hardware import hardware_model
+    from .hardware import hardware_model  # (the same cycle)
 
     shape = hardware_model(name, tp)
     if shape is None:
