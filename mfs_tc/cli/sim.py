@@ -27,6 +27,12 @@ def _policy_config(items: list[str]) -> dict[str, Any]:
     return cfg
 
 
+ISOLATE_HELP = (
+    "Stages whose every instance has the network to itself (comma-separated: kv_fetch,collective,p2d): "
+    "what their contention costs"
+)
+
+
 @sim_app.command("run")
 def run_cmd(
     policy: Annotated[str, typer.Option("--policy", "-p", help="Comma-separated policies")] = "mfs,fair,edf,karuna,sjf,pias",
@@ -88,9 +94,7 @@ def run_cmd(
     ] = True,
     isolate: Annotated[
         Optional[str],
-        typer.Option(
-            help="Stages whose every instance has the network to itself (comma-separated: kv_fetch,collective,p2d): what their contention costs"
-        ),
+        typer.Option(help=ISOLATE_HELP),
     ] = None,
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="Results directory (requests.csv, summary.json, plots)")
@@ -170,9 +174,7 @@ def matrix_cmd(
     policy_config: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE policy setting (repeatable)")] = None,
     isolate: Annotated[
         Optional[str],
-        typer.Option(
-            help="Stages whose every instance has the network to itself (comma-separated: kv_fetch,collective,p2d): what their contention costs"
-        ),
+        typer.Option(help=ISOLATE_HELP),
     ] = None,
     out: Annotated[
         Path,

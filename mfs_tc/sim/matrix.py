@@ -226,21 +226,12 @@ def run_point(task: JsonDict) -> list[JsonDict]:
             {
                 **base,
                 "kind": "bound",
-                "bound": point_bound(
-                    wl, tick_s=scfg.tick_s, flow_setup_s=scfg.flow_setup_s, aggregate_groups=scfg.aggregate_groups
-                ),
+                "bound": point_bound(wl, **scfg.engine_options()),
             }
         )
     for name in task["policies"]:
         pol = make_sim_policy(name, nlevels=scfg.levels, ref_rate_bps=wl.cluster.link_rate_bps, config=scfg.policy_config)
-        res = simulate(
-            wl,
-            pol,
-            tick_s=scfg.tick_s,
-            flow_setup_s=scfg.flow_setup_s,
-            aggregate_groups=scfg.aggregate_groups,
-            isolate_stages=scfg.isolate,
-        )
+        res = simulate(wl, pol, isolate_stages=scfg.isolate, **scfg.engine_options())
         run = summarize(res, seed, load, slo, wl) | load_info
         run.pop("rows", None)
         if scfg.isolate:

@@ -57,6 +57,17 @@ class SimRunConfig(ComparisonConfig):
             raise ValueError(f"--goodput must be in (0, 1], got {self.goodput}")
         cluster_preset(self.cluster)
 
+    def engine_options(self) -> dict[str, Any]:
+        """The simulator's options of this config (`simulate` keywords), for the policies' runs
+        and the bound's contention-free run alike; stage isolation is the policies' only."""
+        return {
+            "tick_s": self.tick_s,
+            "flow_setup_s": self.flow_setup_s,
+            "aggregate_groups": self.aggregate_groups,
+            "goodput": self.goodput,
+            "queue_bytes": self.queue_bytes,
+        }
+
     def cluster_shape(self) -> ClusterShape:
         c = cluster_preset(self.cluster)
         return replace(c, link_rate_bps=self.rate_bps) if self.rate_bps else c
@@ -122,33 +133,13 @@ def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> l
         for load in cfg.loads:
             for slo in cfg.slo_scales:
                 wl = generate(cfg.workload_config(seed, load, slo))
-                bnd = (
-                    point_bound(
-                        wl,
-                        tick_s=cfg.tick_s,
-                        flow_setup_s=cfg.flow_setup_s,
-                        aggregate_groups=cfg.aggregate_groups,
-                        goodput=cfg.goodput,
-                        queue_bytes=cfg.queue_bytes,
-                    )
-                    if cfg.bound
-                    else None
-                )
+                bnd = point_bound(wl, **cfg.engine_options()) if cfg.bound else None
                 for name in cfg.policies:
                     pol = make_sim_policy(
                         name, nlevels=cfg.levels, ref_rate_bps=wl.cluster.link_rate_bps, config=cfg.policy_config
                     )
                     t0 = time.perf_counter()
-                    res = simulate(
-                        wl,
-                        pol,
-                        tick_s=cfg.tick_s,
-                        flow_setup_s=cfg.flow_setup_s,
-                        aggregate_groups=cfg.aggregate_groups,
-                        goodput=cfg.goodput,
-                        queue_bytes=cfg.queue_bytes,
-                        isolate_stages=cfg.isolate,
-                    )
+                    res = simulate(wl, pol, isolate_stages=cfg.isolate, **cfg.engine_options())
                     run = summarize(res, seed, load, slo, wl)
                     if cfg.isolate:
                         run["isolated_stages"] = sorted(cfg.isolate)
