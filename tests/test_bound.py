@@ -49,13 +49,17 @@ P2D_ONLY = ModelShape(
 )
 
 
-def test_workload_bound_matches_the_best_schedule() -> None:
-    # three requests of 1000 p2d bytes at 1000 B/s, all at t=0, SLO 2.02 s (1 s p2d + 10 ms
-    # decode alone, x2): the decode downlink serves at most two by 2.01 s
-    cl = ClusterShape(kv_hosts=1, prefill_groups=1, group_size=1, decode_hosts=1, link_rate_bps=8000.0)
+def _three_p2d(group_size: int) -> Workload:
+    """Three requests at t=0 whose only work is 1000 p2d bytes to one decode host at 1000 B/s."""
+    cl = ClusterShape(kv_hosts=1, prefill_groups=1, group_size=group_size, decode_hosts=1, link_rate_bps=8000.0)
     cfg = WorkloadConfig(kind="poisson", load=1.0, num_requests=3, model=P2D_ONLY, cluster=cl, byte_scale=1.0, max_batch=8)
     reqs = [RequestSpec(i + 1, 0.0, 1000, 0, 1, 0, "d0", "kv0", 2.02, 1.01) for i in range(3)]
-    w = Workload(cfg=cfg, model=P2D_ONLY, cluster=cl, requests=reqs)
+    return Workload(cfg=cfg, model=P2D_ONLY, cluster=cl, requests=reqs)
+
+
+def test_workload_bound_matches_the_best_schedule() -> None:
+    # SLO 2.02 s (1 s p2d + 10 ms decode alone, x2): the decode downlink serves at most two by 2.01 s
+    w = _three_p2d(1)
     b = B.reference_bound(w)
     assert b["met_max"] == 2 and b["tightest"] in ("p0:up", "d0:down")  # both carry p2d
     assert b["single_resource_met_max"] == 2
@@ -84,14 +88,6 @@ def test_bound_holds_on_simulated_runs(load: float) -> None:
             w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={}), aggregate_groups=True
         )
         assert sum(r.met for r in res.requests) <= b["met_max"], name
-
-
-def _three_p2d(group_size: int) -> Workload:
-    """Three requests at t=0 whose only work is 1000 p2d bytes to one decode host at 1000 B/s."""
-    cl = ClusterShape(kv_hosts=1, prefill_groups=1, group_size=group_size, decode_hosts=1, link_rate_bps=8000.0)
-    cfg = WorkloadConfig(kind="poisson", load=1.0, num_requests=3, model=P2D_ONLY, cluster=cl, byte_scale=1.0, max_batch=8)
-    reqs = [RequestSpec(i + 1, 0.0, 1000, 0, 1, 0, "d0", "kv0", 2.02, 1.01) for i in range(3)]
-    return Workload(cfg=cfg, model=P2D_ONLY, cluster=cl, requests=reqs)
 
 
 @pytest.mark.parametrize("group_size", [1, 2])
