@@ -100,13 +100,13 @@ def earliest_starts(w: Workload, rows: Iterable[RequestRow]) -> list[EarliestSta
     """`EarliestStarts` per request of `w` (workload order) from a contention-free run's rows; a
     request the run did not finish keeps the idle-cluster windows and counts as missed."""
     by_id = {r.request_id: r for r in rows}
+    dec = w.model.decode_step_s  # a plan's decode step is its model's (plan_batch)
     out = []
     for spec in w.requests:
         r = by_id.get(spec.request_id)
         if r is None or r.ttft_s is None:
             out.append(EarliestStarts(spec.arrival_s, spec.arrival_s, False))
             continue
-        dec = plan_batch([spec], w.model, w.cluster).decode_step_s
         out.append(EarliestStarts(r.arrival_s + r.queue_s, r.arrival_s + r.ttft_s - dec - r.p2d_s, r.met))
     return out
 
