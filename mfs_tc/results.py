@@ -225,14 +225,12 @@ def aggregate(runs: list[JsonDict]) -> list[JsonDict]:
         bounds = [r["bound"]["attainment"] for r in rs if r.get("bound")]
         if bounds:
             agg["bound"] = statistics.fmean(bounds)
-        coupled = [r["bound"]["coupled"] for r in rs if r.get("bound") and r["bound"].get("coupled")]
+        coupled = [(r, r["bound"]["coupled"]) for r in rs if r.get("bound") and r["bound"].get("coupled")]
         if coupled:
-            agg["coupled_bound"] = statistics.fmean(c["attainment"] for c in coupled)
-            agg["contention_free"] = statistics.fmean(c["contention_free_attainment"] for c in coupled)
+            agg["coupled_bound"] = statistics.fmean(c["attainment"] for _, c in coupled)
+            agg["contention_free"] = statistics.fmean(c["contention_free_attainment"] for _, c in coupled)
             # runs above their point's coupled bound (a reference, not a proof: mfs_tc.bound)
-            agg["coupled_exceeded"] = sum(
-                1 for r in rs if r.get("bound") and r["bound"].get("coupled") and r["met"] > r["bound"]["coupled"]["met_max"]
-            )
+            agg["coupled_exceeded"] = sum(1 for r, c in coupled if r["met"] > c["met_max"])
         out.append(agg)
     return out
 
@@ -276,6 +274,12 @@ def sweep(aggs: list[JsonDict], target: float = TARGET_ATTAINMENT) -> JsonDict:
             held = [x for x, att in pts if att is not None and att >= target]
             out["max_load_at_target"][pol] = max(held) if held else None
             out["load_at_target_interpolated"][pol] = load_at_target(pts, target)
+        coupled = sorted(
+            {(a["load"], a["coupled_bound"]) for a in aggs if a.get("coupled_bound") is not None and a["load"] is not None}
+        )
+        if coupled:  # the coupled bound's curve and the load it holds (mfs_tc.bound)
+            out["coupled_bound_curve"] = [list(p) for p in coupled]
+            out["coupled_bound_load_at_target"] = load_at_target(out["coupled_bound_curve"], target)
     return out
 
 

@@ -28,7 +28,6 @@ from ..results import (
     TARGET_ATTAINMENT,
     JsonDict,
     aggregate,
-    load_at_target,
     net_util_headline,
     policy_color,
     sweep,
@@ -437,12 +436,6 @@ def summarize_matrix(cfg: MatrixConfig, lines: list[JsonDict]) -> JsonDict:
         ordered = [runs[k] for k in sorted(runs, key=lambda k: (cfg.policies.index(k[4] or ""), k[2], k[3], k[1]))]
         aggs = aggregate(ordered)
         sw = sweep(aggs)
-        coupled = sorted(
-            {(a["load"], a["coupled_bound"]) for a in aggs if a.get("coupled_bound") is not None and a["load"] is not None}
-        )
-        if sw and sw.get("axis") == "load" and coupled:
-            sw["coupled_bound_curve"] = [list(p) for p in coupled]
-            sw["coupled_bound_load_at_target"] = load_at_target([list(p) for p in coupled])
         out["scenarios"][sc.name] = {
             "spec": sc.spec(),
             "runs": len(ordered),
