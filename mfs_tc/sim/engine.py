@@ -684,6 +684,7 @@ class Simulator:
             net.settle(f, self.t)
             w = f.weight
             sent = int((f.size - f.rem) / w)
+            entry: FlowEntry | None = None  # None: ask the policy (below)
             if keyed:
                 fl = f.policy_flow
                 fl.sent = sent
@@ -714,19 +715,7 @@ class Simulator:
                     entry = f.entry
                 else:
                     f.key = key
-                    entry = self._entry(
-                        f.stage,
-                        f.layer,
-                        f.request,
-                        f.size // w,
-                        f.stage_bytes,
-                        f.compute_after_ns,
-                        now,
-                        sent,
-                        f.policy_stage,
-                        f.policy_flow,
-                    )
-            else:
+            if entry is None:
                 entry = self._entry(
                     f.stage,
                     f.layer,
