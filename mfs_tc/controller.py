@@ -50,6 +50,7 @@ from .layout import (
     ENTRY_GEN_OFFSET,
     ENTRY_REQUEST_ID_OFFSET,
     R_SCAVENGER,
+    SLOT_NONE,
     STAGE_CODES,
     FlowKey,
     FlowState,
@@ -414,6 +415,14 @@ class StageHandle:
             self.owner._rewrite([f for f in self.flows if not f.removed])
 
 
+def _layer_arg(layer: object) -> int:
+    """A layer given as something other than a plain int in range: an int subclass in range
+    (not a bool), or a ValueError."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -(1 << 31) <= layer < 1 << 31:
+        raise ValueError(f"layer must be a 32-bit integer, got {layer!r}")
+    return int(layer)
+
+
 def _per_flow(v: object, n: int, what: str) -> list[object]:
     if isinstance(v, (list, tuple)):
         if len(v) != n:
@@ -433,6 +442,11 @@ class _Owner:
         self.label = key  # request_key(the caller's id): this controller's name for it
         o = ctl.owner
         self.record = RequestRecord(0, 0, deadline_ns, o.pid, o.start, o.pidns)
+        self._lock = ctl.registrations.lock
+        # the cursor's place in the mapped cursor array (mfs_tc.cursors): _cursors[_ci]; None
+        # where the record keeps the cursor (no mapping: one update syscall per at_layer)
+        self._cursors: memoryview | None = None
+        self._ci = 0
         self.stages: list[StageHandle] = []
         self.flows: dict[bytes, FlowHandle] = {}
         self.closed = False
@@ -461,6 +475,7 @@ class _Owner:
             # or its hash) may hold another process's record by now: delete only our own
             if self.ctl.private_keys or self._record_owner() == self.ctl.owner:
                 self.ctl.maps.requests.delete(key)
+            self._release_slot()
             self.ctl.registrations.discard(self.label)
 
     # -- stages
@@ -482,16 +497,24 @@ class _Owner:
 
     # -- cursor
     def at_layer(self, layer: int) -> None:
-        """Move the compute cursor: one write of the request record; the kernel re-levels this
-        request's rli flows on their next packet."""
-        if isinstance(layer, bool) or not isinstance(layer, int) or not -(1 << 31) <= layer < 1 << 31:
-            raise ValueError(f"layer must be a 32-bit integer, got {layer!r}")
-        with self.ctl.registrations.lock:
-            self._check_live()
-            self.model.cursor = layer
-            self.record.cursor = layer
+        """Move the compute cursor; the kernel re-levels this request's rli flows on their next
+        packet. With a cursor slot (mfs_tc.cursors) one store into the mapped cursor array, no
+        syscall; without, one write of the request record. The record is written too when the
+        policy gives the request up now (scavenger flag)."""
+        if type(layer) is not int or not -0x80000000 <= layer <= 0x7FFFFFFF:
+            layer = _layer_arg(layer)
+        with self._lock:
+            if self.closed:
+                self._check_live()
+            self.model.cursor = self.record.cursor = layer
             self._version += 1
-            if not self._check_hopeless():
+            cur = self._cursors
+            if cur is not None:
+                cur[self._ci] = layer
+                if not self.record.flags & R_SCAVENGER and self._hopeless(self.ctl.clock()):
+                    self._mark_scavenged()
+                    self._write_record()
+            elif not self._check_hopeless():
                 self._write_record()
 
     # -- policy plumbing
@@ -524,14 +547,33 @@ class _Owner:
         return RequestRecord.unpack(raw).owner if raw is not None else None
 
     def _create_record(self) -> None:
-        """Write the record the first time. With private keys (controller.private_keys) the map
-        key is 64 random bits, inserted with BPF_NOEXIST: nobody else's record is overwritten,
-        and a process that may only write `requests` cannot find it to change it."""
+        """Write the record the first time, after claiming a cursor slot where the cursor array is
+        mapped (the record names it). With private keys (controller.private_keys) the map key
+        is 64 random bits, inserted with BPF_NOEXIST: nobody else's record is overwritten, and a
+        process that may only write `requests` cannot find it to change it."""
+        ctl = self.ctl
+        key = (secrets.randbits(64) or 1) if ctl.private_keys else self.id
+        cs = ctl.maps.cursor_slots
+        if cs is not None:
+            slot = cs.claim(key, ctl.owner, self.record.cursor)
+            self.record.slot = slot
+            self._cursors, self._ci = cs.view, cs.index(slot)
+        try:
+            self._insert_record(key)
+        except BaseException:
+            self._release_slot()
+            raise
+
+    def _insert_record(self, key: int) -> None:
         if not self.ctl.private_keys:
             self._write_record()
             return
-        for _ in range(8):
-            key = secrets.randbits(64) or 1
+        cs = self.ctl.maps.cursor_slots
+        for i in range(8):
+            if i:
+                key = secrets.randbits(64) or 1
+                if cs is not None and self.record.slot != SLOT_NONE:
+                    cs.set_key(self.record.slot, key, self.ctl.owner)
             try:
                 self.ctl.maps.requests.update(_U64.pack(key), self.record.pack(), bpfsys.BPF_NOEXIST)
             except BpfSyscallError as exc:
@@ -542,6 +584,17 @@ class _Owner:
             self._rkey = _U64.pack(key)
             return
         raise MfsError("no free request key after 8 random tries: the requests map is corrupt or under attack")
+
+    def _release_slot(self) -> None:
+        """Free this request's cursor slot (if it has one and still owns it)."""
+        slot = self.record.slot
+        if slot == SLOT_NONE:
+            return
+        self.record.slot = SLOT_NONE
+        self._cursors = None
+        cs = self.ctl.maps.cursor_slots
+        if cs is not None:
+            cs.release(slot, self.ctl.owner)
 
     def decide(self, stage: Stage, flow: Flow, now: int, created_ns: int, gen: int | None = None) -> FlowEntry:
         """Ask the policy for the entry of `flow` of `stage` now and stamp what the controller
@@ -676,8 +729,14 @@ class _Owner:
         return bool(self.record.flags & R_SCAVENGER)
 
     def read_record(self) -> RequestRecord | None:
+        """The record in `requests`, its `cursor` the one the kernel reads (its slot's, where it
+        has one: PinnedMaps.request_cursor)."""
         raw = self.ctl.maps.requests.lookup(_U64.pack(self.id))
-        return RequestRecord.unpack(raw) if raw else None
+        if not raw:
+            return None
+        rec = RequestRecord.unpack(raw)
+        rec.cursor = self.ctl.maps.request_cursor(rec)
+        return rec
 
 
 class RequestHandle(_Owner):
@@ -712,26 +771,32 @@ class BatchHandle(_Owner):
         return batch_hopeless((m.model for m in self.members), lambda r: self.ctl.policy.is_hopeless(r, now))
 
     def at_layer(self, layer: int) -> None:
-        """Move the batch's cursor and its live members' (one batched write)."""
-        if isinstance(layer, bool) or not isinstance(layer, int) or not -(1 << 31) <= layer < 1 << 31:
-            raise ValueError(f"layer must be a 32-bit integer, got {layer!r}")
+        """Move the batch's cursor and its live members': stores into the mapped cursor array
+        where they have slots; one batched write of the records that have none or that the
+        policy gives up now (scavenger flag)."""
+        if type(layer) is not int or not -0x80000000 <= layer <= 0x7FFFFFFF:
+            layer = _layer_arg(layer)
         with self.ctl.registrations.lock:
             self._check_live()
             now = self.ctl.clock()
             owners: list[_Owner] = [m for m in self.members if not m.closed]
+            owners.append(self)
+            write = []
             for o in owners:
                 o.model.cursor = o.record.cursor = layer
                 o._version += 1
-                if not o.record.flags & R_SCAVENGER and o._hopeless(now):
+                changed = not o.record.flags & R_SCAVENGER and o._hopeless(now)
+                if changed:
                     o._mark_scavenged()
-            self.model.cursor = self.record.cursor = layer
-            self._version += 1
-            if not self.record.flags & R_SCAVENGER and self._hopeless(now):
-                self._mark_scavenged()
-            owners.append(self)
-            self.ctl.maps.requests.update_batch_raw(
-                b"".join(_U64.pack(o.id) for o in owners), b"".join(o.record.pack() for o in owners), len(owners)
-            )
+                cur = o._cursors
+                if cur is not None:
+                    cur[o._ci] = layer
+                if changed or cur is None:
+                    write.append(o)
+            if write:
+                self.ctl.maps.requests.update_batch_raw(
+                    b"".join(o._rkey for o in write), b"".join(o.record.pack() for o in write), len(write)
+                )
 
 
 # ---- what a controller registered ----------------------------------------------------------------

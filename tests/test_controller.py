@@ -31,11 +31,13 @@ from mfs_tc.controller import (
 from mfs_tc.entry import FlowEntry
 from mfs_tc.errors import LayoutMismatchError, MapFullError, MfsError, NotAttachedError
 from mfs_tc.layout import (
+    CURSORS_MAX,
     DSCP_KEEP,
     MODE_MLU,
     MODE_RLI,
     R_SCAVENGER,
     STAGE_CODES,
+    CursorOwner,
     FlowKey,
     FlowState,
     LevelRecord,
@@ -363,7 +365,7 @@ def test_batch_gives_policy_all_deadlines_and_moves_all_cursors(ctl, maps, polic
     assert {v.request_id for v in ctl.flows()} == {batch.id}
     batch.at_layer(2)
     recs = maps.request_records()
-    assert recs[batch.id].cursor == 2 and all(recs[m.id].cursor == 2 for m in members)
+    assert {maps.request_cursor(recs[o.id]) for o in [batch, *members]} == {2}  # through their slots
     assert {v.level for v in ctl.flows()} == {0}
     assert recs[batch.id].deadline_ns == max(m.deadline_ns for m in members)
     # scavenged only when every member is hopeless
@@ -553,10 +555,21 @@ def test_two_processes_writing_at_once_lose_no_entry(root, maps):
     recs = maps.request_records()
     assert len(recs) == 2 * n
     assert {r.owner_pid for r in recs.values()} == {p.pid for p in procs}
+    # each request got a cursor slot of its own (the two claimed slots at the same time), and
+    # its cursor, written through the writer's mapping, is in its slot
+    slots = [r.slot for r in recs.values()]
+    assert len(set(slots)) == 2 * n and max(slots) < CURSORS_MAX
+    for me in (1, 2):
+        for i in range(n):
+            assert maps.request_cursor(recs[request_key(f"p{me}-{i}")]) == i % 3
+    claims = dict(maps.cursor_owners.items())
+    assert {int.from_bytes(k, "little") for k in claims} == set(slots)
+    assert {CursorOwner.unpack(v).owner.pid for v in claims.values()} == {p.pid for p in procs}
     # both writers have exited without done(): gc finds their owners dead, removes their
     # requests and demotes their flows; a later gc removes the flows that stayed idle
     res = gc(maps, grace_s=3600)
     assert len(res.requests_removed) == 2 * n and res.flows_demoted == 2 * n * 3
+    assert res.slots_freed == sorted(slots) and len(maps.cursor_owners) == 0  # crashed owners' slots
     res = gc(maps, grace_s=3600, now_ns=time.monotonic_ns() + 3601 * 10**9)
     assert res.flows_removed == 2 * n * 3
     assert len(maps.flows) == 0
