@@ -60,12 +60,14 @@ from .layout import (
 from .maps import (  # the pinned-map layer: re-exported for serving processes (docs/controller.md)
     STAGE_ORPHAN,
     FlowTarget,
+    FlowTuple,
     FlowView,
     GcResult,
     PinnedMaps,
     gc,
     owner_alive,
     pack_flow_key,
+    pack_flow_keys,
     pid_alive,
     rdma_table,
     set_static,
@@ -80,6 +82,7 @@ __all__ = [
     "BatchHandle",
     "StageHandle",
     "FlowHandle",
+    "FlowBatch",
     "PinnedMaps",
     "FlowView",
     "GcResult",
@@ -255,6 +258,90 @@ class FlowHandle:
             self.owner._drop([self])
 
 
+class FlowBatch:
+    """Flows registered together by `StageHandle.register_flows`: one decision (`entry`), one
+    registration id (`gen`) and their packed 5-tuple keys, with no handle per flow. A flow of
+    the batch whose connection is registered again (in this process) belongs to the newer
+    registration from then on: `keys()` and everything below leave it alone."""
+
+    __slots__ = ("owner", "stage", "_keys", "flow", "entry", "gen", "removed")
+
+    def __init__(self, owner: _Owner, stage: StageHandle, keys: list[bytes], flow: Flow, entry: FlowEntry, gen: int) -> None:
+        self.owner = owner
+        self.stage = stage
+        self._keys = keys
+        self.flow = flow  # replaced on change, never mutated
+        self.entry = entry
+        self.gen = gen
+        self.removed = False
+
+    def keys(self) -> list[bytes]:
+        """The packed keys of the flows this batch still owns."""
+        if self.removed:
+            return []
+        return self.owner.ctl.registrations.owned_keys(self)
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def flow_keys(self) -> list[FlowKey]:
+        return [FlowKey.unpack(k) for k in self.keys()]
+
+    def states(self) -> dict[FlowKey, FlowState]:
+        """What the kernel counted for the flows of this registration that sent packets."""
+        maps, out = self.owner.ctl.maps, {}
+        for k in self.keys():
+            st = maps.state_of(k)
+            if st is not None and st.gen == self.gen:
+                out[FlowKey.unpack(k)] = st
+        return out
+
+    def update(self, *, bytes: int | None = None, target_layer: int | None = None) -> None:
+        """New estimates for every flow of the batch: the policy is asked again and the entries
+        rewritten (same gen: the kernel's counts stay)."""
+        changes: dict[str, Any] = {}
+        if bytes is not None:
+            changes["bytes"] = _nonneg(bytes, "flow bytes")
+        if target_layer is not None:
+            changes["target_layer"] = _nonneg(target_layer, "target layer")
+        with self.owner.ctl.registrations.lock:
+            if self.removed:
+                raise MfsError("this flow batch was removed: register its flows again")
+            if changes:
+                self.flow = dataclasses.replace(self.flow, **changes)
+            self.rewrite()
+
+    def rewrite(self) -> None:
+        """Re-ask the policy (once per distinct count of bytes the kernel saw sent) and write
+        the decisions of the flows still owned, keeping gen. Caller holds the lock."""
+        owner = self.owner
+        owner._check_live()
+        keys = self.keys()
+        if not keys:
+            return
+        maps, now = owner.ctl.maps, owner.ctl.clock()
+        by_sent: dict[int, bytes] = {}
+        vals = []
+        for k in keys:
+            st = maps.state_of(k)
+            sent = st.sent_bytes if st is not None and st.gen == self.gen else self.flow.sent
+            v = by_sent.get(sent)
+            if v is None:
+                f = self.flow if sent == self.flow.sent else dataclasses.replace(self.flow, sent=sent)
+                e = owner.decide(self.stage.stage, f, now, self.entry.created_ns, self.gen)
+                v = by_sent[sent] = e.pack()
+                if sent == self.flow.sent:
+                    self.entry = e
+            vals.append(v)
+        maps.flows.update_batch_raw(b"".join(keys), b"".join(vals), len(keys))
+
+    def remove(self) -> None:
+        """Remove the entries of the flows this batch still owns (those in the map with its gen)."""
+        with self.owner.ctl.registrations.lock:
+            if not self.removed:
+                self.owner._drop_batch(self)
+
+
 class StageHandle:
     """A stage of a request (or batch): registers its flows."""
 
@@ -262,6 +349,7 @@ class StageHandle:
         self.owner = owner
         self.stage = stage
         self.flows: list[FlowHandle] = []
+        self.batches: list[FlowBatch] = []
         # (owner version, bytes, target, sent) -> (decided at, packed, entry): see _entry_for
         self._cache: dict[tuple[int, int, int, int], tuple[int, bytes, FlowEntry]] = {}
 
@@ -362,7 +450,7 @@ class StageHandle:
                 else:
                     keys.append(pack_flow_key(t))
         else:
-            keys = [pack_flow_key(t) for t in targets]
+            keys = pack_flow_keys(targets)
         n = len(keys)
         if n == 0:
             return []
@@ -404,6 +492,37 @@ class StageHandle:
             self.flows.extend(handles)
         return handles
 
+    def register_flows(
+        self, targets: Iterable[FlowTuple | FlowKey], *, bytes: int = 0, target_layer: int | None = None, sent: int = 0
+    ) -> FlowBatch:
+        """Register many 5-tuple flows of one shape (same bytes, target layer, sent) with one
+        policy decision, one gen and one BPF_MAP_UPDATE_BATCH, and return one FlowBatch for all
+        of them instead of a FlowHandle each: no Python object per flow but its packed key
+        (what add_flows costs beyond the kernel's insert is mostly the handles). Sockets: use
+        add_flow/add_flows (their entries go to the socket's storage)."""
+        owner, ctl = self.owner, self.owner.ctl
+        keys = pack_flow_keys(targets)
+        flow = Flow(
+            _nonneg(bytes, "flow bytes"),
+            _nonneg(self._default_layer() if target_layer is None else target_layer, "target layer"),
+            None,
+            _nonneg(sent, "sent bytes"),
+        )
+        reg = ctl.registrations
+        with reg.lock:
+            owner._check_live()
+            now = ctl.clock()
+            v, e = self._entry_for(flow, now)
+            gen = reg.next_gen()
+            fb = FlowBatch(owner, self, keys, flow, e, gen)
+            n = len(keys)
+            if n:
+                ctl.maps.flows.update_batch_raw(b"".join(keys), (v[:_GEN_OFF] + _U32.pack(gen) + v[_GEN_OFF + 4 :]) * n, n)
+            reg.claim_batch(fb)
+            owner.batches.append(fb)
+            self.batches.append(fb)
+        return fb
+
     def update(self, *, bytes: int | None = None, compute_after_s: float | None = None) -> None:
         """New estimates for the stage; its flows are rewritten."""
         with self.owner.ctl.registrations.lock:
@@ -413,6 +532,8 @@ class StageHandle:
                 self.stage.compute_after_ns = _nonneg(seconds_to_ns(compute_after_s, "compute_after_s"), "compute_after_s")
             self.owner._version += 1
             self.owner._rewrite([f for f in self.flows if not f.removed])
+            for fb in self.batches:
+                fb.rewrite()
 
 
 def _layer_arg(layer: object) -> int:
@@ -449,6 +570,7 @@ class _Owner:
         self._ci = 0
         self.stages: list[StageHandle] = []
         self.flows: dict[bytes, FlowHandle] = {}
+        self.batches: list[FlowBatch] = []  # register_flows' batches
         self.closed = False
         self._version = 0  # bumped whenever what the policy sees of this request changes
 
@@ -470,6 +592,8 @@ class _Owner:
                 return
             self.closed = True
             self._drop(list(self.flows.values()))
+            for fb in list(self.batches):
+                self._drop_batch(fb)
             key = self._rkey
             # a private key was inserted with BPF_NOEXIST: the record is ours. A shared one (the id
             # or its hash) may hold another process's record by now: delete only our own
@@ -648,11 +772,22 @@ class _Owner:
                     if raw is not None and _U32.unpack_from(raw, _GEN_OFF)[0] == fh.gen:
                         ctl.maps.sk_flows.delete(fh.key[2:])
                 continue
-            tuples.append(fh)
+            tuples.append((fh.key, fh.gen))
         if tuples:
             self._delete_own(tuples)
 
-    def _delete_own(self, handles: list[FlowHandle]) -> None:
+    def _drop_batch(self, fb: FlowBatch) -> None:
+        """Remove the entries of a FlowBatch that are still its own (as _drop)."""
+        mine = self.ctl.registrations.release_batch(fb)
+        fb.removed = True
+        if fb in self.batches:
+            self.batches.remove(fb)
+        if fb in fb.stage.batches:
+            fb.stage.batches.remove(fb)
+        if mine:
+            self._delete_own([(k, fb.gen) for k in mine])
+
+    def _delete_own(self, handles: list[tuple[bytes, int]]) -> None:
         """Delete these 5-tuple entries where they are still this registration's: the map's
         entry carries our gen and our request id, and our request record names this process
         (pid + start time + pid namespace) as its owner. Each is removed with one atomic
@@ -665,22 +800,22 @@ class _Owner:
             return  # our request key holds someone else's record: none of these entries is ours
         rid = _U64.pack(self.id)
 
-        def ours(v: bytes, fh: FlowHandle) -> bool:
-            return _U32.unpack_from(v, _GEN_OFF)[0] == fh.gen and v[_RID_OFF : _RID_OFF + 8] == rid
+        def ours(v: bytes, gen: int) -> bool:
+            return _U32.unpack_from(v, _GEN_OFF)[0] == gen and v[_RID_OFF : _RID_OFF + 8] == rid
 
-        for fh in handles:
+        for key, gen in handles:
             try:
-                v = flows.lookup_and_delete(fh.key)
+                v = flows.lookup_and_delete(key)
             except BpfSyscallError as exc:
                 if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, bpfsys.ENOTSUPP):
                     raise
-                v = flows.lookup(fh.key)  # kernel before 5.14: check, then delete (a short race)
-                if v is not None and ours(v, fh):
-                    flows.delete(fh.key)
+                v = flows.lookup(key)  # kernel before 5.14: check, then delete (a short race)
+                if v is not None and ours(v, gen):
+                    flows.delete(key)
                 continue
-            if v is not None and not ours(v, fh):
+            if v is not None and not ours(v, gen):
                 try:
-                    flows.update(fh.key, v, bpfsys.BPF_NOEXIST)
+                    flows.update(key, v, bpfsys.BPF_NOEXIST)
                 except BpfSyscallError as exc:
                     if exc.errno != errno.EEXIST:
                         raise
@@ -712,6 +847,8 @@ class _Owner:
             self._version += 1
             self._check_hopeless()
             self._rewrite([fh for fh in self.flows.values() if not fh.removed])
+            for fb in self.batches:
+                fb.rewrite()
 
     def scavenge(self) -> None:
         """Give this request up: its flows go to the scavenger level (the kernel reads the
@@ -809,7 +946,7 @@ class Registrations:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.gen = random.getrandbits(32)  # the last registration id handed out
-        self._owner_of: dict[bytes, FlowHandle] = {}
+        self._owner_of: dict[bytes, FlowHandle | FlowBatch] = {}
         self._open: dict[int, _Owner] = {}
 
     def next_gen(self) -> int:
@@ -823,27 +960,60 @@ class Registrations:
         k = fh.key
         prev = self._owner_of.setdefault(k, fh)
         if prev is not fh:
-            prev.owner.flows.pop(k, None)  # the connection now belongs to the new flow
-            prev.removed = True
+            self._taken(k, prev)
             self._owner_of[k] = fh
         fh.owner.flows[k] = fh
+
+    @staticmethod
+    def _taken(k: bytes, prev: FlowHandle | FlowBatch) -> None:
+        """The connection `k` of `prev` now belongs to a newer registration. (A FlowBatch
+        only stops owning it: owned_keys looks the owner up.)"""
+        if isinstance(prev, FlowHandle):
+            prev.owner.flows.pop(k, None)
+            prev.removed = True
+
+    def claim_batch(self, fb: FlowBatch) -> None:
+        """claim_one for each connection of a new FlowBatch, in one dict update."""
+        new = dict.fromkeys(fb._keys, fb)
+        if len(new) != len(fb._keys):
+            fb._keys = list(new)  # a connection listed twice is one flow
+        owner_of = self._owner_of
+        if not owner_of.keys().isdisjoint(new):
+            for k in new:
+                prev = owner_of.get(k)
+                if prev is not None:
+                    self._taken(k, prev)
+        owner_of.update(new)
+
+    def owned_keys(self, fb: FlowBatch) -> list[bytes]:
+        """The keys of `fb` no newer registration has taken."""
+        owner_of = self._owner_of
+        return [k for k in fb._keys if owner_of.get(k) is fb]
+
+    def release_batch(self, fb: FlowBatch) -> list[bytes]:
+        """release for a FlowBatch: the keys it still owned, which now it does not."""
+        mine = self.owned_keys(fb)
+        for k in mine:
+            del self._owner_of[k]
+        return mine
 
     def claim(self, handles: list[FlowHandle]) -> None:
         """claim_one for each of these new flows of one stage, in one dict update where no
         connection changes hands."""
-        new = {fh.key: fh for fh in handles}
+        new: dict[bytes, FlowHandle | FlowBatch] = {fh.key: fh for fh in handles}
         if len(new) != len(handles) or not self._owner_of.keys().isdisjoint(new):
             for fh in handles:  # some connections change hands (or repeat): one by one
                 self.claim_one(fh)
             return
         self._owner_of.update(new)
         if handles:
-            handles[0].owner.flows.update(new)
+            handles[0].owner.flows.update({fh.key: fh for fh in handles})
 
     def release(self, handles: list[FlowHandle]) -> list[FlowHandle]:
         """Those of these flows that still owned their connection (not removed, not re-registered
         since), which now do not: their entries are theirs to delete."""
-        mine = [fh for fh in handles if not fh.removed and self._owner_of.get(fh.key) is fh]
+        owner_of = self._owner_of
+        mine = [fh for fh in handles if not fh.removed and owner_of.get(fh.key) is fh]
         for fh in mine:
             del self._owner_of[fh.key]
         return mine

@@ -216,7 +216,7 @@ def pin_dir(ifname: str, netns: str | None = None, root: Path = PIN_ROOT) -> Pat
 
 
 _V4MAPPED = b"\0" * 10 + b"\xff\xff"
-_KEY = struct.Struct(KEY_FMT)
+_KEY = KEY_STRUCT = struct.Struct(KEY_FMT)
 _REQUEST = struct.Struct(REQUEST_FMT)
 _CURSOR_OWNER = struct.Struct(CURSOR_OWNER_FMT)
 

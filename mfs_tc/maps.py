@@ -28,6 +28,7 @@ from .layout import (
     COUNTER_FMT,
     CURSORS_MAX,
     DSCP_KEEP,
+    KEY_STRUCT,
     LAYOUT_MAGIC,
     LAYOUT_VERSION,
     LEVEL_NONE,
@@ -46,6 +47,7 @@ from .layout import (
     LevelRecord,
     Owner,
     RequestRecord,
+    addr16,
     default_dscp,
     dscp_mask,
     dscp_to_level_table,
@@ -66,6 +68,7 @@ __all__ = [
     "GcResult",
     "STAGE_ORPHAN",
     "pack_flow_key",
+    "pack_flow_keys",
     "read_counters",
     "write_config",
     "set_static",
@@ -85,6 +88,33 @@ _U64 = struct.Struct("<Q")
 _I32 = struct.Struct("<i")
 
 _PROTOS: dict[Any, int] = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, 6: 6, 17: 17}
+
+
+def pack_flow_keys(targets: Iterable[FlowTarget]) -> list[bytes]:
+    """pack_flow_key of each target. 5-tuples of address strings, tcp/udp and int ports (what a
+    batch of connections is) take a fast path: each address is parsed once per call and the key
+    packed in one struct call; anything else (or anything bad) goes through pack_flow_key, which
+    names the problem."""
+    addrs: dict[str, tuple[bytes, bool]] = {}
+    protos = _PROTOS
+    pack = KEY_STRUCT.pack
+    out: list[bytes] = []
+    append = out.append
+    for t in targets:
+        try:
+            sa, da, sp, dp, pr = t  # type: ignore[misc]
+            s = addrs.get(sa)
+            if s is None:
+                s = addrs[sa] = addr16(sa)
+            d = addrs.get(da)
+            if d is None:
+                d = addrs[da] = addr16(da)
+            if s[1] is not d[1] or type(sp) is not int or type(dp) is not int:
+                raise ValueError
+            append(pack(s[0], d[0], sp, dp, protos[pr]))
+        except (TypeError, ValueError, KeyError, struct.error):
+            append(pack_flow_key(t))
+    return out
 
 
 def pack_flow_key(target: FlowTarget) -> bytes:
