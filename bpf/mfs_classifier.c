@@ -39,6 +39,13 @@
 #ifndef MFS_REQUESTS_MAX
 #define MFS_REQUESTS_MAX 16384
 #endif
+/* the cursor array is mapped into the controllers' memory; -DMFS_NO_MMAP_CURSORS for kernels
+ * before 5.5 (no BPF_F_MMAPABLE): controllers then keep cursors in the request records */
+#ifdef MFS_NO_MMAP_CURSORS
+#define MFS_CURSORS_FLAGS 0
+#else
+#define MFS_CURSORS_FLAGS BPF_F_MMAPABLE
+#endif
 
 /* Maps that user space updates are BPF_F_NO_PREALLOC hashes: an update frees the replaced
  * element only after an RCU grace period, so a program running on another CPU never reads (or
@@ -50,6 +57,11 @@ BPF_TABLE_PINNED("lru_hash", struct mfs_flow_key, struct mfs_flow_state, flow_st
 		 MFS_PIN_DIR "/flow_state");
 BPF_TABLE_PINNED("hash", __u64, struct mfs_request, requests, MFS_REQUESTS_MAX,
 		 MFS_PIN_DIR "/requests", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("array", __u32, struct mfs_cursor, cursors, MFS_CURSORS_MAX, MFS_PIN_DIR "/cursors",
+		 MFS_CURSORS_FLAGS);
+/* user space only (slot ownership across controllers); declared so attach creates and pins it */
+BPF_TABLE_PINNED("hash", __u32, struct mfs_cursor_owner, cursor_owners, MFS_CURSORS_MAX,
+		 MFS_PIN_DIR "/cursor_owners", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("array", __u32, struct mfs_level, levels, MFS_MAX_LEVELS, MFS_PIN_DIR "/levels");
 BPF_TABLE_PINNED("array", __u32, struct mfs_config, config, 1, MFS_PIN_DIR "/config");
 BPF_TABLE_PINNED("percpu_array", __u32, struct mfs_counter, stats, MFS_NSTATS,
@@ -212,7 +224,9 @@ static __always_inline __u32 flow_level(struct mfs_flow_entry *e, struct mfs_flo
 		__u64 rid = e->request_id;
 		struct mfs_request *r = requests.lookup(&rid);
 		if (r) {
-			cursor = r->cursor;
+			__u32 slot = r->slot;
+			struct mfs_cursor *c = slot < MFS_CURSORS_MAX ? cursors.lookup(&slot) : 0;
+			cursor = c ? c->cursor : r->cursor;
 			if (r->flags & MFS_R_SCAVENGER)
 				scav = 1;
 		}

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * mfs-tc map contract, layout version 3.
+ * mfs-tc map contract, layout version 4.
  *
  * The maps are the contract between the controller (any process that opens the pins under
  * /sys/fs/bpf/mfs/<netns>/<ifname>/) and the tc egress classifier. Python mirrors every
@@ -44,6 +44,14 @@
  * that between writes the table is the old or the new one with at most one rule present twice
  * (a packet read during the copy of one slot may see a mix of the two rules involved).
  *
+ * Cursors (version 4): a request's layer cursor lives in `cursors`, a BPF_F_MMAPABLE array that
+ * the controller maps into its memory and writes with one aligned 32-bit store (no syscall),
+ * at the slot its record names (request.slot). The controller owns the slot through
+ * `cursor_owners` (slot -> request key and owner, inserted with BPF_NOEXIST: two controllers
+ * never share one); it frees it when the request ends, gc frees the slots of dead owners. A
+ * record with slot MFS_SLOT_NONE (no mmapable array on this kernel, or a controller without
+ * access to it) keeps its cursor in the record itself (request.cursor, one update syscall).
+ *
  * Unknown flows never get a level because their entry is missing: pure control packets (TCP
  * SYN, FIN, RST, or an ACK without payload) get config.control_level, everything else
  * config.default_level. Untracked traffic (no entry, ICMP, fragments) leaves with the DSCP of
@@ -53,7 +61,7 @@
 #define MFS_MAPS_H
 
 #define MFS_LAYOUT_MAGIC   0x4d465331u /* "MFS1" */
-#define MFS_LAYOUT_VERSION 3u
+#define MFS_LAYOUT_VERSION 4u
 #define MFS_MAX_LEVELS     8
 #define MFS_MAX_THRESH     (MFS_MAX_LEVELS - 1)
 #define MFS_MLU_ONE        65536ll     /* MLU fixed point: 1.0 */
@@ -64,7 +72,7 @@
 /* flow entry modes: what the metric is */
 #define MFS_MODE_STATIC    0 /* metric = 0 (table with nthresh=0: level = lvl[0])           */
 #define MFS_MODE_MLU       1 /* metric = MLU * 65536 = remaining*ps_per_byte/1000/(deadline-now) */
-#define MFS_MODE_RLI       2 /* metric = target_layer - requests[request_id].cursor          */
+#define MFS_MODE_RLI       2 /* metric = target_layer - the request's cursor (its slot's)    */
 #define MFS_MODE_LAXITY    3 /* metric = base_ns + sent*ps_per_byte/1000 - now   (ns, signed) */
 #define MFS_MODE_SENT      4 /* metric = sent bytes (PIAS: demote as bytes are sent)         */
 #define MFS_MODE_REMAINING 5 /* metric = max(total - sent, 0) (SRPT)                         */
@@ -100,6 +108,10 @@
 #define MFS_STAT_BAD_LEVEL  20  /* entry chose a level >= nlevels: default level used           */
 #define MFS_STAT_RULE       21  /* no exact entry, a rule matched (its level)                   */
 #define MFS_NSTATS          22
+
+/* cursors (version 4) */
+#define MFS_CURSORS_MAX     16384       /* = MFS_REQUESTS_MAX: one slot per request record      */
+#define MFS_SLOT_NONE       0xffffffffu /* request.slot: the cursor is request.cursor           */
 
 /* rules (version 3): an ordered table scanned on the exact-entry miss path, first match wins */
 #define MFS_RULES_MAX       64
@@ -143,13 +155,29 @@ struct mfs_flow_state {
 };                                                   /* 40 bytes */
 
 struct mfs_request {
-	__s32 cursor;        /* compute layer the request (its batch) is at                   */
+	__s32 cursor;        /* compute layer the request (its batch) is at, if slot is NONE  */
 	__u32 flags;         /* MFS_R_*                                                       */
 	__s64 deadline_ns;   /* for gc and status                                             */
 	__u64 owner_pid;     /* process that registered it, as its own pid namespace sees it  */
 	__u64 owner_start;   /* its start time (clock ticks after boot, /proc/PID/stat field 22) */
 	__u64 owner_pidns;   /* inode of its pid namespace (/proc/PID/ns/pid)                 */
-};                                                   /* 40 bytes */
+	__u32 slot;          /* its cursor's index in `cursors`, or MFS_SLOT_NONE             */
+	__u32 rsvd;
+};                                                   /* 48 bytes */
+
+/* One slot of `cursors` (BPF_F_MMAPABLE array): written by the controller through its mmap. */
+struct mfs_cursor {
+	__s32 cursor;        /* compute layer the request (its batch) is at                   */
+	__u32 rsvd;
+};                                                   /* 8 bytes */
+
+/* Who owns a cursor slot (`cursor_owners`, slot -> owner): user space only. */
+struct mfs_cursor_owner {
+	__u64 request_key;   /* the request's key in `requests` (informational)               */
+	__u64 owner_pid;     /* as in struct mfs_request                                      */
+	__u64 owner_start;
+	__u64 owner_pidns;
+};                                                   /* 32 bytes */
 
 struct mfs_level {
 	__u32 priority;      /* skb->priority for this level (qdisc class handle or band)     */

@@ -46,6 +46,7 @@ BPF_EXIST = 2
 BPF_F_NO_PREALLOC = 1 << 0
 BPF_F_RDONLY = 1 << 3
 BPF_F_WRONLY = 1 << 4
+BPF_F_MMAPABLE = 1 << 10  # an array user space can mmap (5.5+)
 
 MAP_TYPE_HASH = 1
 MAP_TYPE_ARRAY = 2

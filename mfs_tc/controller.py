@@ -50,6 +50,7 @@ from .layout import (
     ENTRY_GEN_OFFSET,
     ENTRY_REQUEST_ID_OFFSET,
     R_SCAVENGER,
+    SLOT_NONE,
     STAGE_CODES,
     FlowKey,
     FlowState,
@@ -59,12 +60,14 @@ from .layout import (
 from .maps import (  # the pinned-map layer: re-exported for serving processes (docs/controller.md)
     STAGE_ORPHAN,
     FlowTarget,
+    FlowTuple,
     FlowView,
     GcResult,
     PinnedMaps,
     gc,
     owner_alive,
     pack_flow_key,
+    pack_flow_keys,
     pid_alive,
     rdma_table,
     set_static,
@@ -79,6 +82,7 @@ __all__ = [
     "BatchHandle",
     "StageHandle",
     "FlowHandle",
+    "FlowBatch",
     "PinnedMaps",
     "FlowView",
     "GcResult",
@@ -254,6 +258,90 @@ class FlowHandle:
             self.owner._drop([self])
 
 
+class FlowBatch:
+    """Flows registered together by `StageHandle.register_flows`: one decision (`entry`), one
+    registration id (`gen`) and their packed 5-tuple keys, with no handle per flow. A flow of
+    the batch whose connection is registered again (in this process) belongs to the newer
+    registration from then on: `keys()` and everything below leave it alone."""
+
+    __slots__ = ("owner", "stage", "_keys", "flow", "entry", "gen", "removed")
+
+    def __init__(self, owner: _Owner, stage: StageHandle, keys: list[bytes], flow: Flow, entry: FlowEntry, gen: int) -> None:
+        self.owner = owner
+        self.stage = stage
+        self._keys = keys
+        self.flow = flow  # replaced on change, never mutated
+        self.entry = entry
+        self.gen = gen
+        self.removed = False
+
+    def keys(self) -> list[bytes]:
+        """The packed keys of the flows this batch still owns."""
+        if self.removed:
+            return []
+        return self.owner.ctl.registrations.owned_keys(self)
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def flow_keys(self) -> list[FlowKey]:
+        return [FlowKey.unpack(k) for k in self.keys()]
+
+    def states(self) -> dict[FlowKey, FlowState]:
+        """What the kernel counted for the flows of this registration that sent packets."""
+        maps, out = self.owner.ctl.maps, {}
+        for k in self.keys():
+            st = maps.state_of(k)
+            if st is not None and st.gen == self.gen:
+                out[FlowKey.unpack(k)] = st
+        return out
+
+    def update(self, *, bytes: int | None = None, target_layer: int | None = None) -> None:
+        """New estimates for every flow of the batch: the policy is asked again and the entries
+        rewritten (same gen: the kernel's counts stay)."""
+        changes: dict[str, Any] = {}
+        if bytes is not None:
+            changes["bytes"] = _nonneg(bytes, "flow bytes")
+        if target_layer is not None:
+            changes["target_layer"] = _nonneg(target_layer, "target layer")
+        with self.owner.ctl.registrations.lock:
+            if self.removed:
+                raise MfsError("this flow batch was removed: register its flows again")
+            if changes:
+                self.flow = dataclasses.replace(self.flow, **changes)
+            self.rewrite()
+
+    def rewrite(self) -> None:
+        """Re-ask the policy (once per distinct count of bytes the kernel saw sent) and write
+        the decisions of the flows still owned, keeping gen. Caller holds the lock."""
+        owner = self.owner
+        owner._check_live()
+        keys = self.keys()
+        if not keys:
+            return
+        maps, now = owner.ctl.maps, owner.ctl.clock()
+        by_sent: dict[int, bytes] = {}
+        vals = []
+        for k in keys:
+            st = maps.state_of(k)
+            sent = st.sent_bytes if st is not None and st.gen == self.gen else self.flow.sent
+            v = by_sent.get(sent)
+            if v is None:
+                f = self.flow if sent == self.flow.sent else dataclasses.replace(self.flow, sent=sent)
+                e = owner.decide(self.stage.stage, f, now, self.entry.created_ns, self.gen)
+                v = by_sent[sent] = e.pack()
+                if sent == self.flow.sent:
+                    self.entry = e
+            vals.append(v)
+        maps.flows.update_batch_raw(b"".join(keys), b"".join(vals), len(keys))
+
+    def remove(self) -> None:
+        """Remove the entries of the flows this batch still owns (those in the map with its gen)."""
+        with self.owner.ctl.registrations.lock:
+            if not self.removed:
+                self.owner._drop_batch(self)
+
+
 class StageHandle:
     """A stage of a request (or batch): registers its flows."""
 
@@ -261,6 +349,7 @@ class StageHandle:
         self.owner = owner
         self.stage = stage
         self.flows: list[FlowHandle] = []
+        self.batches: list[FlowBatch] = []
         # (owner version, bytes, target, sent) -> (decided at, packed, entry): see _entry_for
         self._cache: dict[tuple[int, int, int, int], tuple[int, bytes, FlowEntry]] = {}
 
@@ -361,7 +450,7 @@ class StageHandle:
                 else:
                     keys.append(pack_flow_key(t))
         else:
-            keys = [pack_flow_key(t) for t in targets]
+            keys = pack_flow_keys(targets)
         n = len(keys)
         if n == 0:
             return []
@@ -403,6 +492,37 @@ class StageHandle:
             self.flows.extend(handles)
         return handles
 
+    def register_flows(
+        self, targets: Iterable[FlowTuple | FlowKey], *, bytes: int = 0, target_layer: int | None = None, sent: int = 0
+    ) -> FlowBatch:
+        """Register many 5-tuple flows of one shape (same bytes, target layer, sent) with one
+        policy decision, one gen and one BPF_MAP_UPDATE_BATCH, and return one FlowBatch for all
+        of them instead of a FlowHandle each: no Python object per flow but its packed key
+        (what add_flows costs beyond the kernel's insert is mostly the handles). Sockets: use
+        add_flow/add_flows (their entries go to the socket's storage)."""
+        owner, ctl = self.owner, self.owner.ctl
+        keys = pack_flow_keys(targets)
+        flow = Flow(
+            _nonneg(bytes, "flow bytes"),
+            _nonneg(self._default_layer() if target_layer is None else target_layer, "target layer"),
+            None,
+            _nonneg(sent, "sent bytes"),
+        )
+        reg = ctl.registrations
+        with reg.lock:
+            owner._check_live()
+            now = ctl.clock()
+            v, e = self._entry_for(flow, now)
+            gen = reg.next_gen()
+            fb = FlowBatch(owner, self, keys, flow, e, gen)
+            n = len(keys)
+            if n:
+                ctl.maps.flows.update_batch_raw(b"".join(keys), (v[:_GEN_OFF] + _U32.pack(gen) + v[_GEN_OFF + 4 :]) * n, n)
+            reg.claim_batch(fb)
+            owner.batches.append(fb)
+            self.batches.append(fb)
+        return fb
+
     def update(self, *, bytes: int | None = None, compute_after_s: float | None = None) -> None:
         """New estimates for the stage; its flows are rewritten."""
         with self.owner.ctl.registrations.lock:
@@ -412,6 +532,16 @@ class StageHandle:
                 self.stage.compute_after_ns = _nonneg(seconds_to_ns(compute_after_s, "compute_after_s"), "compute_after_s")
             self.owner._version += 1
             self.owner._rewrite([f for f in self.flows if not f.removed])
+            for fb in self.batches:
+                fb.rewrite()
+
+
+def _layer_arg(layer: object) -> int:
+    """A layer given as something other than a plain int in range: an int subclass in range
+    (not a bool), or a ValueError."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -(1 << 31) <= layer < 1 << 31:
+        raise ValueError(f"layer must be a 32-bit integer, got {layer!r}")
+    return int(layer)
 
 
 def _per_flow(v: object, n: int, what: str) -> list[object]:
@@ -433,8 +563,14 @@ class _Owner:
         self.label = key  # request_key(the caller's id): this controller's name for it
         o = ctl.owner
         self.record = RequestRecord(0, 0, deadline_ns, o.pid, o.start, o.pidns)
+        self._lock = ctl.registrations.lock
+        # the cursor's place in the mapped cursor array (mfs_tc.cursors): _cursors[_ci]; None
+        # where the record keeps the cursor (no mapping: one update syscall per at_layer)
+        self._cursors: memoryview | None = None
+        self._ci = 0
         self.stages: list[StageHandle] = []
         self.flows: dict[bytes, FlowHandle] = {}
+        self.batches: list[FlowBatch] = []  # register_flows' batches
         self.closed = False
         self._version = 0  # bumped whenever what the policy sees of this request changes
 
@@ -456,11 +592,14 @@ class _Owner:
                 return
             self.closed = True
             self._drop(list(self.flows.values()))
+            for fb in list(self.batches):
+                self._drop_batch(fb)
             key = self._rkey
             # a private key was inserted with BPF_NOEXIST: the record is ours. A shared one (the id
             # or its hash) may hold another process's record by now: delete only our own
             if self.ctl.private_keys or self._record_owner() == self.ctl.owner:
                 self.ctl.maps.requests.delete(key)
+            self._release_slot()
             self.ctl.registrations.discard(self.label)
 
     # -- stages
@@ -482,16 +621,24 @@ class _Owner:
 
     # -- cursor
     def at_layer(self, layer: int) -> None:
-        """Move the compute cursor: one write of the request record; the kernel re-levels this
-        request's rli flows on their next packet."""
-        if isinstance(layer, bool) or not isinstance(layer, int) or not -(1 << 31) <= layer < 1 << 31:
-            raise ValueError(f"layer must be a 32-bit integer, got {layer!r}")
-        with self.ctl.registrations.lock:
-            self._check_live()
-            self.model.cursor = layer
-            self.record.cursor = layer
+        """Move the compute cursor; the kernel re-levels this request's rli flows on their next
+        packet. With a cursor slot (mfs_tc.cursors) one store into the mapped cursor array, no
+        syscall; without, one write of the request record. The record is written too when the
+        policy gives the request up now (scavenger flag)."""
+        if type(layer) is not int or not -0x80000000 <= layer <= 0x7FFFFFFF:
+            layer = _layer_arg(layer)
+        with self._lock:
+            if self.closed:
+                self._check_live()
+            self.model.cursor = self.record.cursor = layer
             self._version += 1
-            if not self._check_hopeless():
+            cur = self._cursors
+            if cur is not None:
+                cur[self._ci] = layer
+                if not self.record.flags & R_SCAVENGER and self._hopeless(self.ctl.clock()):
+                    self._mark_scavenged()
+                    self._write_record()
+            elif not self._check_hopeless():
                 self._write_record()
 
     # -- policy plumbing
@@ -524,14 +671,33 @@ class _Owner:
         return RequestRecord.unpack(raw).owner if raw is not None else None
 
     def _create_record(self) -> None:
-        """Write the record the first time. With private keys (controller.private_keys) the map
-        key is 64 random bits, inserted with BPF_NOEXIST: nobody else's record is overwritten,
-        and a process that may only write `requests` cannot find it to change it."""
+        """Write the record the first time, after claiming a cursor slot where the cursor array is
+        mapped (the record names it). With private keys (controller.private_keys) the map key
+        is 64 random bits, inserted with BPF_NOEXIST: nobody else's record is overwritten, and a
+        process that may only write `requests` cannot find it to change it."""
+        ctl = self.ctl
+        key = (secrets.randbits(64) or 1) if ctl.private_keys else self.id
+        cs = ctl.maps.cursor_slots
+        if cs is not None:
+            slot = cs.claim(key, ctl.owner, self.record.cursor)
+            self.record.slot = slot
+            self._cursors, self._ci = cs.view, cs.index(slot)
+        try:
+            self._insert_record(key)
+        except BaseException:
+            self._release_slot()
+            raise
+
+    def _insert_record(self, key: int) -> None:
         if not self.ctl.private_keys:
             self._write_record()
             return
-        for _ in range(8):
-            key = secrets.randbits(64) or 1
+        cs = self.ctl.maps.cursor_slots
+        for i in range(8):
+            if i:
+                key = secrets.randbits(64) or 1
+                if cs is not None and self.record.slot != SLOT_NONE:
+                    cs.set_key(self.record.slot, key, self.ctl.owner)
             try:
                 self.ctl.maps.requests.update(_U64.pack(key), self.record.pack(), bpfsys.BPF_NOEXIST)
             except BpfSyscallError as exc:
@@ -542,6 +708,17 @@ class _Owner:
             self._rkey = _U64.pack(key)
             return
         raise MfsError("no free request key after 8 random tries: the requests map is corrupt or under attack")
+
+    def _release_slot(self) -> None:
+        """Free this request's cursor slot (if it has one and still owns it)."""
+        slot = self.record.slot
+        if slot == SLOT_NONE:
+            return
+        self.record.slot = SLOT_NONE
+        self._cursors = None
+        cs = self.ctl.maps.cursor_slots
+        if cs is not None:
+            cs.release(slot, self.ctl.owner)
 
     def decide(self, stage: Stage, flow: Flow, now: int, created_ns: int, gen: int | None = None) -> FlowEntry:
         """Ask the policy for the entry of `flow` of `stage` now and stamp what the controller
@@ -595,11 +772,22 @@ class _Owner:
                     if raw is not None and _U32.unpack_from(raw, _GEN_OFF)[0] == fh.gen:
                         ctl.maps.sk_flows.delete(fh.key[2:])
                 continue
-            tuples.append(fh)
+            tuples.append((fh.key, fh.gen))
         if tuples:
             self._delete_own(tuples)
 
-    def _delete_own(self, handles: list[FlowHandle]) -> None:
+    def _drop_batch(self, fb: FlowBatch) -> None:
+        """Remove the entries of a FlowBatch that are still its own (as _drop)."""
+        mine = self.ctl.registrations.release_batch(fb)
+        fb.removed = True
+        if fb in self.batches:
+            self.batches.remove(fb)
+        if fb in fb.stage.batches:
+            fb.stage.batches.remove(fb)
+        if mine:
+            self._delete_own([(k, fb.gen) for k in mine])
+
+    def _delete_own(self, handles: list[tuple[bytes, int]]) -> None:
         """Delete these 5-tuple entries where they are still this registration's: the map's
         entry carries our gen and our request id, and our request record names this process
         (pid + start time + pid namespace) as its owner. Each is removed with one atomic
@@ -612,22 +800,22 @@ class _Owner:
             return  # our request key holds someone else's record: none of these entries is ours
         rid = _U64.pack(self.id)
 
-        def ours(v: bytes, fh: FlowHandle) -> bool:
-            return _U32.unpack_from(v, _GEN_OFF)[0] == fh.gen and v[_RID_OFF : _RID_OFF + 8] == rid
+        def ours(v: bytes, gen: int) -> bool:
+            return _U32.unpack_from(v, _GEN_OFF)[0] == gen and v[_RID_OFF : _RID_OFF + 8] == rid
 
-        for fh in handles:
+        for key, gen in handles:
             try:
-                v = flows.lookup_and_delete(fh.key)
+                v = flows.lookup_and_delete(key)
             except BpfSyscallError as exc:
                 if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, bpfsys.ENOTSUPP):
                     raise
-                v = flows.lookup(fh.key)  # kernel before 5.14: check, then delete (a short race)
-                if v is not None and ours(v, fh):
-                    flows.delete(fh.key)
+                v = flows.lookup(key)  # kernel before 5.14: check, then delete (a short race)
+                if v is not None and ours(v, gen):
+                    flows.delete(key)
                 continue
-            if v is not None and not ours(v, fh):
+            if v is not None and not ours(v, gen):
                 try:
-                    flows.update(fh.key, v, bpfsys.BPF_NOEXIST)
+                    flows.update(key, v, bpfsys.BPF_NOEXIST)
                 except BpfSyscallError as exc:
                     if exc.errno != errno.EEXIST:
                         raise
@@ -659,6 +847,8 @@ class _Owner:
             self._version += 1
             self._check_hopeless()
             self._rewrite([fh for fh in self.flows.values() if not fh.removed])
+            for fb in self.batches:
+                fb.rewrite()
 
     def scavenge(self) -> None:
         """Give this request up: its flows go to the scavenger level (the kernel reads the
@@ -676,8 +866,14 @@ class _Owner:
         return bool(self.record.flags & R_SCAVENGER)
 
     def read_record(self) -> RequestRecord | None:
+        """The record in `requests`, its `cursor` the one the kernel reads (its slot's, where it
+        has one: PinnedMaps.request_cursor)."""
         raw = self.ctl.maps.requests.lookup(_U64.pack(self.id))
-        return RequestRecord.unpack(raw) if raw else None
+        if not raw:
+            return None
+        rec = RequestRecord.unpack(raw)
+        rec.cursor = self.ctl.maps.request_cursor(rec)
+        return rec
 
 
 class RequestHandle(_Owner):
@@ -712,26 +908,32 @@ class BatchHandle(_Owner):
         return batch_hopeless((m.model for m in self.members), lambda r: self.ctl.policy.is_hopeless(r, now))
 
     def at_layer(self, layer: int) -> None:
-        """Move the batch's cursor and its live members' (one batched write)."""
-        if isinstance(layer, bool) or not isinstance(layer, int) or not -(1 << 31) <= layer < 1 << 31:
-            raise ValueError(f"layer must be a 32-bit integer, got {layer!r}")
+        """Move the batch's cursor and its live members': stores into the mapped cursor array
+        where they have slots; one batched write of the records that have none or that the
+        policy gives up now (scavenger flag)."""
+        if type(layer) is not int or not -0x80000000 <= layer <= 0x7FFFFFFF:
+            layer = _layer_arg(layer)
         with self.ctl.registrations.lock:
             self._check_live()
             now = self.ctl.clock()
             owners: list[_Owner] = [m for m in self.members if not m.closed]
+            owners.append(self)
+            write = []
             for o in owners:
                 o.model.cursor = o.record.cursor = layer
                 o._version += 1
-                if not o.record.flags & R_SCAVENGER and o._hopeless(now):
+                changed = not o.record.flags & R_SCAVENGER and o._hopeless(now)
+                if changed:
                     o._mark_scavenged()
-            self.model.cursor = self.record.cursor = layer
-            self._version += 1
-            if not self.record.flags & R_SCAVENGER and self._hopeless(now):
-                self._mark_scavenged()
-            owners.append(self)
-            self.ctl.maps.requests.update_batch_raw(
-                b"".join(_U64.pack(o.id) for o in owners), b"".join(o.record.pack() for o in owners), len(owners)
-            )
+                cur = o._cursors
+                if cur is not None:
+                    cur[o._ci] = layer
+                if changed or cur is None:
+                    write.append(o)
+            if write:
+                self.ctl.maps.requests.update_batch_raw(
+                    b"".join(o._rkey for o in write), b"".join(o.record.pack() for o in write), len(write)
+                )
 
 
 # ---- what a controller registered ----------------------------------------------------------------
@@ -744,7 +946,7 @@ class Registrations:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.gen = random.getrandbits(32)  # the last registration id handed out
-        self._owner_of: dict[bytes, FlowHandle] = {}
+        self._owner_of: dict[bytes, FlowHandle | FlowBatch] = {}
         self._open: dict[int, _Owner] = {}
 
     def next_gen(self) -> int:
@@ -758,27 +960,60 @@ class Registrations:
         k = fh.key
         prev = self._owner_of.setdefault(k, fh)
         if prev is not fh:
-            prev.owner.flows.pop(k, None)  # the connection now belongs to the new flow
-            prev.removed = True
+            self._taken(k, prev)
             self._owner_of[k] = fh
         fh.owner.flows[k] = fh
+
+    @staticmethod
+    def _taken(k: bytes, prev: FlowHandle | FlowBatch) -> None:
+        """The connection `k` of `prev` now belongs to a newer registration. (A FlowBatch
+        only stops owning it: owned_keys looks the owner up.)"""
+        if isinstance(prev, FlowHandle):
+            prev.owner.flows.pop(k, None)
+            prev.removed = True
+
+    def claim_batch(self, fb: FlowBatch) -> None:
+        """claim_one for each connection of a new FlowBatch, in one dict update."""
+        new = dict.fromkeys(fb._keys, fb)
+        if len(new) != len(fb._keys):
+            fb._keys = list(new)  # a connection listed twice is one flow
+        owner_of = self._owner_of
+        if not owner_of.keys().isdisjoint(new):
+            for k in new:
+                prev = owner_of.get(k)
+                if prev is not None:
+                    self._taken(k, prev)
+        owner_of.update(new)
+
+    def owned_keys(self, fb: FlowBatch) -> list[bytes]:
+        """The keys of `fb` no newer registration has taken."""
+        owner_of = self._owner_of
+        return [k for k in fb._keys if owner_of.get(k) is fb]
+
+    def release_batch(self, fb: FlowBatch) -> list[bytes]:
+        """release for a FlowBatch: the keys it still owned, which now it does not."""
+        mine = self.owned_keys(fb)
+        for k in mine:
+            del self._owner_of[k]
+        return mine
 
     def claim(self, handles: list[FlowHandle]) -> None:
         """claim_one for each of these new flows of one stage, in one dict update where no
         connection changes hands."""
-        new = {fh.key: fh for fh in handles}
+        new: dict[bytes, FlowHandle | FlowBatch] = {fh.key: fh for fh in handles}
         if len(new) != len(handles) or not self._owner_of.keys().isdisjoint(new):
             for fh in handles:  # some connections change hands (or repeat): one by one
                 self.claim_one(fh)
             return
         self._owner_of.update(new)
         if handles:
-            handles[0].owner.flows.update(new)
+            handles[0].owner.flows.update({fh.key: fh for fh in handles})
 
     def release(self, handles: list[FlowHandle]) -> list[FlowHandle]:
         """Those of these flows that still owned their connection (not removed, not re-registered
         since), which now do not: their entries are theirs to delete."""
-        mine = [fh for fh in handles if not fh.removed and self._owner_of.get(fh.key) is fh]
+        owner_of = self._owner_of
+        mine = [fh for fh in handles if not fh.removed and owner_of.get(fh.key) is fh]
         for fh in mine:
             del self._owner_of[fh.key]
         return mine

@@ -9,6 +9,7 @@ from pathlib import Path
 from . import bpfsys, tcx
 from .access import OBJ_GET_UNPRIV_SINCE, member_open_problem, unprivileged_bpf_disabled
 from .backends import ProbeError, cleanup_stale_probes, probe_qdisc_kinds
+from .cursors import mmap_supported
 from .layout import PIN_ROOT
 from .pinroot import UnsafePinRootError, secure_pin_dir
 
@@ -103,6 +104,18 @@ def run_checks() -> list[Check]:
         )
     )
     if root:
+        mm = mmap_supported()
+        checks.append(
+            Check(
+                "mmap cursors",
+                mm,
+                "BPF_F_MMAPABLE arrays: at_layer is a store into mapped memory (no syscall)"
+                if mm
+                else "no BPF_F_MMAPABLE: request cursors live in the request records (at_layer is one update syscall)",
+                "a kernel >= 5.5",
+                required=False,
+            )
+        )
         have_cls = syms["cls_bpf_classify"]
         checks.append(
             Check(

@@ -1,4 +1,4 @@
-"""The map contract, Python side: mirrors bpf/mfs_maps.h (layout version 3).
+"""The map contract, Python side: mirrors bpf/mfs_maps.h (layout version 4).
 
 Every struct here has the same size and field order as its C twin; tests/test_layout.py checks
 the sizes against what the C compiler lays out. Nothing here needs root or bcc.
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LAYOUT_MAGIC = 0x4D465331  # "MFS1"
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 MAX_LEVELS = 8
 MAX_THRESH = MAX_LEVELS - 1
 MLU_ONE = 65536
@@ -73,6 +73,8 @@ STAT_BAD_LEVEL = 20
 STAT_RULE = 21
 NSTATS = 22
 RULES_MAX = 64
+CURSORS_MAX = 16384  # = REQUESTS_MAX: one cursor slot per request record
+SLOT_NONE = 0xFFFFFFFF  # request.slot: the cursor is the record's own (no mmapable cursors)
 STAT_NAMES = {
     STAT_MISS: "miss",
     STAT_MALFORMED: "malformed",
@@ -122,7 +124,9 @@ REQUESTS_MAX = 16384
 KEY_FMT = "<16s16sHHB3x"
 ENTRY_FMT = "<BBBB8BIIIQqQQ7qQq"
 STATE_FMT = "<QQQQQ"
-REQUEST_FMT = "<iIqQQQ"
+REQUEST_FMT = "<iIqQQQII"
+CURSOR_FMT = "<iI"
+CURSOR_OWNER_FMT = "<QQQQ"
 LEVEL_FMT = "<IB3x"
 CONFIG_FMT = "<8IQ64s"
 COUNTER_FMT = "<QQ"
@@ -135,7 +139,10 @@ LEVEL_SIZE = struct.calcsize(LEVEL_FMT)
 CONFIG_SIZE = struct.calcsize(CONFIG_FMT)
 COUNTER_SIZE = struct.calcsize(COUNTER_FMT)
 RULE_SIZE = struct.calcsize(RULE_FMT)
-assert (KEY_SIZE, ENTRY_SIZE, STATE_SIZE, REQUEST_SIZE, LEVEL_SIZE, CONFIG_SIZE, RULE_SIZE) == (40, 128, 40, 40, 8, 104, 88)
+CURSOR_SIZE = struct.calcsize(CURSOR_FMT)
+CURSOR_OWNER_SIZE = struct.calcsize(CURSOR_OWNER_FMT)
+assert (KEY_SIZE, ENTRY_SIZE, STATE_SIZE, REQUEST_SIZE, LEVEL_SIZE, CONFIG_SIZE, RULE_SIZE) == (40, 128, 40, 48, 8, 104, 88)
+assert (CURSOR_SIZE, CURSOR_OWNER_SIZE) == (8, 32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +158,7 @@ class MapSpec:
     max_entries: int  # 0: socket storage (no limit of its own)
     also: tuple[str, ...] = ()  # other map types accepted when opening (hash and LRU hash alike)
     no_prealloc: bool = False  # BPF_F_NO_PREALLOC: elements freed after an RCU grace period
+    mmapable: bool = False  # BPF_F_MMAPABLE where the kernel has it (5.5+): user space maps it
     # the access group's share ("r", "w", "rw", "": none; docs/access.md): not part of the kernel
     # contract (no layout version), it sets the pins' modes and a non-root process's open flags
     member: str = ""
@@ -176,6 +184,8 @@ MAP_SPECS: dict[str, MapSpec] = {
         MapSpec("flows", "hash", KEY_SIZE, ENTRY_SIZE, FLOWS_MAX, also=("lru_hash",), no_prealloc=True),
         MapSpec("flow_state", "lru_hash", KEY_SIZE, STATE_SIZE, FLOWS_MAX, also=("hash",)),
         MapSpec("requests", "hash", 8, REQUEST_SIZE, REQUESTS_MAX, also=("lru_hash",), no_prealloc=True, member="w"),
+        MapSpec("cursors", "array", 4, CURSOR_SIZE, CURSORS_MAX, mmapable=True),
+        MapSpec("cursor_owners", "hash", 4, CURSOR_OWNER_SIZE, CURSORS_MAX, no_prealloc=True),
         MapSpec("levels", "array", 4, LEVEL_SIZE, MAX_LEVELS, member="r"),
         MapSpec("config", "array", 4, CONFIG_SIZE, 1, member="r"),
         MapSpec("stats", "percpu_array", 4, COUNTER_SIZE, NSTATS),
@@ -206,8 +216,9 @@ def pin_dir(ifname: str, netns: str | None = None, root: Path = PIN_ROOT) -> Pat
 
 
 _V4MAPPED = b"\0" * 10 + b"\xff\xff"
-_KEY = struct.Struct(KEY_FMT)
+_KEY = KEY_STRUCT = struct.Struct(KEY_FMT)
 _REQUEST = struct.Struct(REQUEST_FMT)
+_CURSOR_OWNER = struct.Struct(CURSOR_OWNER_FMT)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -343,15 +354,21 @@ def pidns_inode(pid: int, proc: str = "/proc") -> int | None:
 
 @dataclass(slots=True)
 class RequestRecord:
+    """A request's record in `requests`. `slot`: the index of its cursor in `cursors` (then
+    `cursor` here is not what the kernel reads), or SLOT_NONE (the kernel reads `cursor`)."""
+
     cursor: int = 0
     flags: int = 0
     deadline_ns: int = 0
     owner_pid: int = field(default_factory=os.getpid)
     owner_start: int = 0
     owner_pidns: int = 0
+    slot: int = SLOT_NONE
 
     def pack(self) -> bytes:
-        return _REQUEST.pack(self.cursor, self.flags, self.deadline_ns, self.owner_pid, self.owner_start, self.owner_pidns)
+        return _REQUEST.pack(
+            self.cursor, self.flags, self.deadline_ns, self.owner_pid, self.owner_start, self.owner_pidns, self.slot, 0
+        )
 
     @property
     def owner(self) -> Owner:
@@ -359,11 +376,36 @@ class RequestRecord:
 
     @classmethod
     def unpack(cls, raw: bytes) -> RequestRecord:
-        return cls(*struct.unpack(REQUEST_FMT, raw))
+        *vals, _rsvd = _REQUEST.unpack(raw)
+        return cls(*vals)
 
     @property
     def scavenged(self) -> bool:
         return bool(self.flags & R_SCAVENGER)
+
+    def kernel_cursor(self, slot_cursor: int | None) -> int:
+        """The cursor the classifier reads for this record (mirror of mfs_classifier.c's
+        flow_level): the slot's (`slot_cursor`, what cursors[slot] holds; None where the
+        array has no such element) when the slot is below CURSORS_MAX, else the record's own."""
+        if self.slot < CURSORS_MAX and slot_cursor is not None:
+            return slot_cursor
+        return self.cursor
+
+
+@dataclass(frozen=True, slots=True)
+class CursorOwner:
+    """Who owns a cursor slot (`cursor_owners`): the request's key and its owner process."""
+
+    request_key: int
+    owner: Owner
+
+    def pack(self) -> bytes:
+        return _CURSOR_OWNER.pack(self.request_key, self.owner.pid, self.owner.start, self.owner.pidns)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> CursorOwner:
+        key, pid, start, pidns = _CURSOR_OWNER.unpack(raw)
+        return cls(key, Owner(pid, start, pidns))
 
 
 @dataclass(slots=True)

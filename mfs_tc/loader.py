@@ -340,7 +340,11 @@ def compile_classifier(pin: Path, socket_storage: bool = True, src_dir: Path | N
             "(links linux-headers-amd64 where Debian has none for this kernel)"
         )
     cflags = [f"-I{bpf_dir}", f'-DMFS_PIN_DIR="{pin}"', "-Wno-unused-function"]
-    variants = [[], ["-DMFS_NO_SK_STORAGE=1"]] if socket_storage else [["-DMFS_NO_SK_STORAGE=1"]]
+    # a kernel without BPF_F_MMAPABLE (< 5.5) gets a cursor array controllers cannot map (they
+    # keep cursors in the request records, `mfs-tc doctor` says so); one without socket
+    # storage (< 5.2) also the 5-tuple-only program
+    no_mmap, no_sk = "-DMFS_NO_MMAP_CURSORS=1", "-DMFS_NO_SK_STORAGE=1"
+    variants = [[], [no_mmap], [no_sk], [no_mmap, no_sk]] if socket_storage else [[no_sk], [no_mmap, no_sk]]
     for i, extra in enumerate(variants):
         try:
             b = BPF(src_file=str(src).encode(), cflags=cflags + extra)
@@ -348,9 +352,8 @@ def compile_classifier(pin: Path, socket_storage: bool = True, src_dir: Path | N
             return b, fn
         except Exception as exc:  # bcc raises bare Exception with the verifier log printed
             if i + 1 < len(variants):
-                # a kernel without socket storage (BPF_MAP_TYPE_SK_STORAGE, bpf_sk_fullsock):
-                # the 5-tuple-only program (`mfs-tc doctor` says so)
-                for n in ("sk_flows", "sk_state"):
+                # the next variant declares these maps differently (or not at all)
+                for n in ("sk_flows", "sk_state", "cursors"):
                     try:
                         (pin / n).unlink()
                     except FileNotFoundError:

@@ -21,11 +21,14 @@ from typing import Any
 
 from . import access, bpfsys
 from .bpfsys import BpfMap
+from .cursors import CursorSlots
 from .entry import FlowEntry
 from .errors import LayoutMismatchError, MfsError, NotAttachedError, PermissionDeniedError
 from .layout import (
     COUNTER_FMT,
+    CURSORS_MAX,
     DSCP_KEEP,
+    KEY_STRUCT,
     LAYOUT_MAGIC,
     LAYOUT_VERSION,
     LEVEL_NONE,
@@ -38,11 +41,13 @@ from .layout import (
     STAT_NAMES,
     STAT_STALE,
     ConfigRecord,
+    CursorOwner,
     FlowKey,
     FlowState,
     LevelRecord,
     Owner,
     RequestRecord,
+    addr16,
     default_dscp,
     dscp_mask,
     dscp_to_level_table,
@@ -63,6 +68,7 @@ __all__ = [
     "GcResult",
     "STAGE_ORPHAN",
     "pack_flow_key",
+    "pack_flow_keys",
     "read_counters",
     "write_config",
     "set_static",
@@ -82,6 +88,33 @@ _U64 = struct.Struct("<Q")
 _I32 = struct.Struct("<i")
 
 _PROTOS: dict[Any, int] = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, 6: 6, 17: 17}
+
+
+def pack_flow_keys(targets: Iterable[FlowTarget]) -> list[bytes]:
+    """pack_flow_key of each target. 5-tuples of address strings, tcp/udp and int ports (what a
+    batch of connections is) take a fast path: each address is parsed once per call and the key
+    packed in one struct call; anything else (or anything bad) goes through pack_flow_key, which
+    names the problem."""
+    addrs: dict[str, tuple[bytes, bool]] = {}
+    protos = _PROTOS
+    pack = KEY_STRUCT.pack
+    out: list[bytes] = []
+    append = out.append
+    for t in targets:
+        try:
+            sa, da, sp, dp, pr = t  # type: ignore[misc]
+            s = addrs.get(sa)
+            if s is None:
+                s = addrs[sa] = addr16(sa)
+            d = addrs.get(da)
+            if d is None:
+                d = addrs[da] = addr16(da)
+            if s[1] is not d[1] or type(sp) is not int or type(dp) is not int:
+                raise ValueError
+            append(pack(s[0], d[0], sp, dp, protos[pr]))
+        except (TypeError, ValueError, KeyError, struct.error):
+            append(pack_flow_key(t))
+    return out
 
 
 def pack_flow_key(target: FlowTarget) -> bytes:
@@ -176,10 +209,18 @@ class DeniedMap:
 class PinnedMaps:
     """The maps of one attached interface, opened once. Serves the controller and the
     `flows`/`status`/`gc` commands. `sk_flows`/`sk_state` are None where the attach has no
-    socket storage (kernel without it, or maps made by `create`): sockets then use `flows`."""
+    socket storage (kernel without it, or maps made by `create`): sockets then use `flows`.
+    `cursor_slots` is the mapped cursor array (mfs_tc.cursors), None where the kernel cannot
+    map it (no BPF_F_MMAPABLE) or this process may not write it (an access-group member): request
+    cursors then live in the request records."""
 
     def __init__(self, path: Path, maps: dict[str, BpfMap]) -> None:
         self.path = path
+        self.cursors = maps["cursors"]
+        self.cursor_owners = maps["cursor_owners"]
+        self.cursor_slots: CursorSlots | None = None
+        if isinstance(self.cursors, BpfMap) and isinstance(self.cursor_owners, BpfMap):
+            self.cursor_slots = CursorSlots.open(self.cursors, self.cursor_owners)
         self.flows = maps["flows"]
         self.flow_state = maps["flow_state"]
         self.sk_flows: BpfMap | None = maps.get("sk_flows")
@@ -278,11 +319,13 @@ class PinnedMaps:
         requests_max: int | None = None,
         control_level: int = 0,
         keep_dscp: Iterable[int] = (),
+        mmap_cursors: bool = True,
     ) -> PinnedMaps:
         """Create the maps of MAP_NAMES as layout.MAP_SPECS says (type, shape, flags; not the socket-storage
         ones: they need BTF, which only the compiled program brings), pin them in `path` (made
         if missing, under a mounted bpffs) and write config and levels. For tests, benchmarks
-        and loaders that do not get their maps from the compiled program."""
+        and loaders that do not get their maps from the compiled program. `mmap_cursors` False
+        makes `cursors` without BPF_F_MMAPABLE, as on a kernel before 5.5."""
         if not 2 <= nlevels <= MAX_LEVELS:
             raise ValueError(f"levels must be in 2..{MAX_LEVELS}, got {nlevels}")
         path = Path(path)
@@ -298,6 +341,8 @@ class PinnedMaps:
                     n = requests_max
                 # maps user space updates: freed after an RCU grace period (see the classifier)
                 fl = bpfsys.BPF_F_NO_PREALLOC if spec.no_prealloc else 0
+                if spec.mmapable and mmap_cursors:
+                    fl |= bpfsys.BPF_F_MMAPABLE
                 m = BpfMap.create(bpfsys.MAP_TYPE_BY_NAME[spec.kind], spec.key_size, spec.value_size, n, name, fl)
                 m.pin(path / name)
                 maps[name] = m
@@ -338,7 +383,12 @@ class PinnedMaps:
             pass
 
     def close(self) -> None:
+        if self.cursor_slots is not None:
+            self.cursor_slots.close()
+            self.cursor_slots = None
         for m in (
+            self.cursors,
+            self.cursor_owners,
             self.flows,
             self.flow_state,
             self.sk_flows,
@@ -396,6 +446,19 @@ class PinnedMaps:
     def request_records(self) -> dict[int, RequestRecord]:
         return {_U64.unpack(k)[0]: RequestRecord.unpack(v) for k, v in self.requests.items()}
 
+    def request_cursor(self, rec: RequestRecord) -> int:
+        """The cursor the classifier reads for a request record: its slot's in `cursors` (through
+        the mapping where there is one), else the record's own (RequestRecord.kernel_cursor)."""
+        slot_cursor = None
+        if rec.slot < CURSORS_MAX:
+            cs = self.cursor_slots
+            if cs is not None and rec.slot < cs.max_entries:
+                slot_cursor = cs.read(rec.slot)
+            elif isinstance(self.cursors, BpfMap):
+                raw = self.cursors.lookup(rec.slot.to_bytes(4, "little"))
+                slot_cursor = _I32.unpack_from(raw)[0] if raw else None
+        return rec.kernel_cursor(slot_cursor)
+
     def flow_entries(self) -> Iterator[tuple[FlowKey, FlowEntry]]:
         for k, v in self.flows.items():
             yield FlowKey.unpack(k), FlowEntry.unpack(v)
@@ -445,7 +508,7 @@ class PinnedMaps:
             live = st if st is not None and st.gen == e.gen else None  # this registration's counts
             rec = reqs.get(e.request_id) if e.request_id else None
             scav = bool(rec and rec.scavenged)
-            cursor = rec.cursor if rec else None
+            cursor = self.request_cursor(rec) if rec else None
             lv = e.level(
                 now,
                 sent=live.sent_bytes if live is not None else None,
@@ -592,9 +655,11 @@ class GcResult:
     requests_scavenged: list[int] = field(default_factory=list)  # past deadline + grace, owner alive
     flows_demoted: int = 0  # orphaned 5-tuple flows rewritten to the scavenger level
     flows_removed: int = 0  # demoted flows that sent nothing since the previous gc
+    slots_freed: list[int] = field(default_factory=list)  # cursor slots of owners that are gone
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "slots_freed": self.slots_freed,
             "requests_removed": [f"{r:#x}" for r in self.requests_removed],
             "requests_scavenged": [f"{r:#x}" for r in self.requests_scavenged],
             "flows_demoted": self.flows_demoted,
@@ -663,7 +728,8 @@ def gc(maps: PinnedMaps, grace_s: float = 10.0, now_ns: int | None = None, check
     (same gen: the kernel's counts go on) marked orphan; an orphan entry whose flow sent nothing
     since the previous gc more than `grace_s` ago is removed (its socket is most likely gone:
     were it not, its next packets would get the default level, never a higher one). Static
-    entries (no request) that gc did not demote stay."""
+    entries (no request) that gc did not demote stay. Cursor slots whose owner is gone are freed
+    (with `check_pids`)."""
     if grace_s < 0:
         raise ValueError(f"grace must not be negative, got {grace_s}")
     now = time.monotonic_ns() if now_ns is None else now_ns
@@ -708,4 +774,15 @@ def gc(maps: PinnedMaps, grace_s: float = 10.0, now_ns: int | None = None, check
     if dk:
         maps.flows.update_batch_raw(b"".join(dk), b"".join(dv), len(dk))
     res.flows_removed = maps.flows.delete_batch(dead) if dead else 0
+    if check_pids and isinstance(maps.cursor_owners, BpfMap):
+        res.slots_freed = _free_dead_slots(maps.cursor_owners)
     return res
+
+
+def _free_dead_slots(owners: BpfMap) -> list[int]:
+    """Delete the `cursor_owners` claims of owners that are gone (mfs_tc.cursors)."""
+    freed = []
+    for k, v in list(owners.items()):
+        if not owner_alive(CursorOwner.unpack(v).owner) and owners.delete(k):
+            freed.append(int.from_bytes(k, "little"))
+    return sorted(freed)

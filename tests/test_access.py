@@ -266,6 +266,8 @@ def test_pins_carry_exactly_the_groups_share(net: VethPair, group) -> None:
         "stats": 0o600,
         "rules": 0o600,
         "rule_stats": 0o600,
+        "cursors": 0o600,  # members keep cursors in their records (docs/access.md)
+        "cursor_owners": 0o600,
         tcx.LINK_PIN: 0o600,
     }
     seen = {}

@@ -21,6 +21,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from mfs_tc import layout
+from mfs_tc.cursors import CursorSlots
 from mfs_tc.entry import FlowEntry, mlu_fixed, ps_per_byte
 from mfs_tc.layout import MLU_CAP, FlowKey, FlowState, RequestRecord
 
@@ -44,13 +45,25 @@ def clf():
         yield c
 
 
+@pytest.fixture(scope="module")
+def slots(clf: LoadedClassifier):
+    """The classifier's cursor array, mapped into this process as a controller maps it."""
+    with clf.map("cursors") as cursors, clf.map("cursor_owners") as owners:
+        cs = CursorSlots.open(cursors, owners)
+        assert cs is not None, "this kernel maps BPF arrays (BPF_F_MMAPABLE, 5.5+)"
+        yield cs
+        cs.close()
+
+
 def _thresholds(rng: random.Random, lo: int, hi: int) -> list[int]:
     n = rng.randint(0, layout.MAX_THRESH)
     return sorted(rng.randint(lo, hi) for _ in range(n))
 
 
-def random_entry(rng: random.Random, mode: int, now: int) -> tuple[FlowEntry, RequestRecord | None]:
-    """A random entry; its sent_bytes and cur_level are the kernel state the test plants."""
+def random_entry(rng: random.Random, mode: int, now: int) -> tuple[FlowEntry, RequestRecord | None, int]:
+    """A random entry; its sent_bytes and cur_level are the kernel state the test plants. With
+    its request record (which names a cursor slot, none, or one past the array) and the cursor
+    planted in that slot."""
     sec = 1_000_000_000
     th: list[int] = []
     kw: dict = {}
@@ -86,19 +99,34 @@ def random_entry(rng: random.Random, mode: int, now: int) -> tuple[FlowEntry, Re
     if rng.random() < 0.6:
         rid = RID
         if rng.random() < 0.9:  # else: the entry names a request that is not in the map
-            req = RequestRecord(cursor=rng.randint(-5, 70), flags=layout.R_SCAVENGER if rng.random() < 0.1 else 0)
+            slot = rng.choice([layout.SLOT_NONE, layout.CURSORS_MAX, rng.randrange(layout.CURSORS_MAX)])
+            flags = layout.R_SCAVENGER if rng.random() < 0.1 else 0
+            req = RequestRecord(cursor=rng.randint(-5, 70), flags=flags, slot=slot)
     e = FlowEntry(
         mode=mode, levels=levels, thresholds=th, flags=flags, cur_level=cur, request_id=rid, gen=rng.getrandbits(32), **kw
     )
-    return e, req
+    return e, req, rng.randint(-5, 70)
 
 
-def _check(clf: LoadedClassifier, e: FlowEntry, req: RequestRecord | None, nlevels: int, pkts: int = 0) -> bool:
-    """Plant the entry and a kernel state of the same registration (sent e.sent_bytes, level
-    e.cur_level), run one packet; assert the kernel agrees with the oracle, in its level and in
-    the state it leaves. True when the oracle was ambiguous (a threshold crossed mid-run)."""
+def _check(
+    clf: LoadedClassifier,
+    e: FlowEntry,
+    req: RequestRecord | None,
+    nlevels: int,
+    pkts: int = 0,
+    slots: CursorSlots | None = None,
+    slot_cursor: int = 0,
+) -> bool:
+    """Plant the entry, a kernel state of the same registration (sent e.sent_bytes, level
+    e.cur_level), the request record and (through the mapping `slots`) `slot_cursor` at the
+    record's cursor slot; run one packet; assert the kernel agrees with the oracle, in its level
+    and in the state it leaves. True when the oracle was ambiguous (a threshold crossed mid-run)."""
     flows, states, requests = clf.map("flows"), clf.map("flow_state"), clf.map("requests")
     st0 = FlowState(e.gen, e.cur_level, e.sent_bytes, pkts)
+    in_array = req is not None and req.slot < layout.CURSORS_MAX
+    if in_array:
+        assert slots is not None and req is not None
+        slots.write(req.slot, slot_cursor)
     try:
         rkey = RID.to_bytes(8, "little")
         if req is not None:
@@ -117,7 +145,7 @@ def _check(clf: LoadedClassifier, e: FlowEntry, req: RequestRecord | None, nleve
         requests.close()
     scav = bool(req and req.scavenged)
     kw = dict(
-        cursor=req.cursor if req else 0,
+        cursor=req.kernel_cursor(slot_cursor if in_array else None) if req else 0,
         scavenged=scav,
         scavenger_level=nlevels - 1,
         nlevels=nlevels,
@@ -144,15 +172,15 @@ def _check(clf: LoadedClassifier, e: FlowEntry, req: RequestRecord | None, nleve
     [layout.MODE_STATIC, layout.MODE_MLU, layout.MODE_RLI, layout.MODE_LAXITY, layout.MODE_SENT, layout.MODE_REMAINING],
     ids=lambda m: layout.MODE_NAMES[m],
 )
-def test_kernel_level_equals_python_mirror(clf: LoadedClassifier, mode: int, nlevels: int) -> None:
+def test_kernel_level_equals_python_mirror(clf: LoadedClassifier, slots: CursorSlots, mode: int, nlevels: int) -> None:
     clf.nlevels = nlevels
     clf.configure()
     rng = random.Random(1000 * mode + nlevels)
     n, ambiguous = 1000, 0
     levels_seen: set[int] = set()
     for _ in range(n):
-        e, req = random_entry(rng, mode, time.monotonic_ns())
-        ambiguous += _check(clf, e, req, nlevels)
+        e, req, slot_cursor = random_entry(rng, mode, time.monotonic_ns())
+        ambiguous += _check(clf, e, req, nlevels, slots=slots, slot_cursor=slot_cursor)
         with clf.map("flow_state") as m:
             levels_seen.add(FlowState.unpack(m.lookup(KEY.pack())).cur_level)
     assert ambiguous <= n // 100, f"{ambiguous} of {n} runs crossed a threshold mid-run"
@@ -194,14 +222,34 @@ def test_mlu_large_values_and_cap(clf: LoadedClassifier) -> None:
         _check(clf, e, None, 8)
 
 
+RLI_STEPS = [(10, 0), (9, 2), (8, 2), (7, 4), (5, 4), (4, 6), (0, 6), (12, 0)]
+
+
 def test_request_cursor_drives_rli_level(clf: LoadedClassifier) -> None:
-    """An rli entry's level follows its request's cursor, read at each packet."""
+    """An rli entry's level follows its request's cursor, read at each packet (a record
+    without a cursor slot: the cursor is the record's)."""
     clf.nlevels = 8
     clf.configure()
     e = FlowEntry(mode=layout.MODE_RLI, levels=[0, 2, 4, 6], thresholds=[1, 3, 6], target_layer=10, request_id=RID)
-    for cursor, want in [(10, 0), (9, 2), (8, 2), (7, 4), (5, 4), (4, 6), (0, 6), (12, 0)]:
+    for cursor, want in RLI_STEPS:
         _check(clf, e, RequestRecord(cursor=cursor), 8)
         assert clf.level_of(PACKET) == want, cursor
+
+
+def test_cursor_written_through_the_mapping_drives_rli_level(clf: LoadedClassifier, slots: CursorSlots) -> None:
+    """A record naming a cursor slot: the kernel reads the slot, which a plain store into the
+    mapped array changes (no syscall between packets), not the record's own cursor."""
+    clf.nlevels = 8
+    clf.configure()
+    e = FlowEntry(mode=layout.MODE_RLI, levels=[0, 2, 4, 6], thresholds=[1, 3, 6], target_layer=10, request_id=RID)
+    slot = layout.CURSORS_MAX - 1  # the last slot: the mapping covers the whole array
+    _check(clf, e, RequestRecord(cursor=-100, slot=slot), 8, slots=slots, slot_cursor=0)
+    assert clf.level_of(PACKET) == 6
+    for cursor, want in RLI_STEPS:
+        slots.view[slots.index(slot)] = cursor
+        assert clf.level_of(PACKET) == want, cursor
+    with clf.map("cursors") as m:  # the kernel's array holds what the store wrote
+        assert m.lookup(slot.to_bytes(4, "little"))[:4] == (12).to_bytes(4, "little", signed=True)
 
 
 def test_entry_counters_accumulate_over_packets(clf: LoadedClassifier) -> None:
@@ -236,6 +284,7 @@ _u64 = st.one_of(
     st.sampled_from([0, 1, 999, 1000, 1 << 32, (1 << 32) - 1, 1 << 40, (1 << 54), (1 << 63) - 1, 1 << 63, U64 - PAYLOAD]),
 )
 _s64 = st.one_of(st.integers(S64_MIN, S64_MAX), st.sampled_from([S64_MIN, S64_MIN + 1, -1, 0, 1, MLU_CAP, S64_MAX - 1, S64_MAX]))
+_s32 = st.integers(-(1 << 31), (1 << 31) - 1)
 _ps = st.one_of(st.sampled_from(RATES + [0, 1, (1 << 32) - 1, 1 << 32, U64]), st.integers(0, U64))
 
 
@@ -270,24 +319,27 @@ def adversarial(draw):
         st.one_of(
             st.none(),
             st.builds(
-                RequestRecord, cursor=st.integers(-(1 << 31), (1 << 31) - 1), flags=st.sampled_from([0, layout.R_SCAVENGER])
+                RequestRecord,
+                cursor=_s32,
+                flags=st.sampled_from([0, layout.R_SCAVENGER]),
+                slot=st.one_of(st.just(layout.SLOT_NONE), st.integers(0, layout.CURSORS_MAX + 2)),
             ),
         )
     )
-    return e, req, nlevels, draw(st.integers(0, U64 - 1))
+    return e, req, nlevels, draw(st.integers(0, U64 - 1)), draw(_s32)
 
 
 @settings(max_examples=600, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(case=adversarial())
-def test_kernel_equals_mirror_on_adversarial_inputs(clf: LoadedClassifier, case) -> None:
+def test_kernel_equals_mirror_on_adversarial_inputs(clf: LoadedClassifier, slots: CursorSlots, case) -> None:
     """Byte counts up to 2^64, deadlines at the signed limits, rates that overflow a 64-bit
     product, every table shape and level count, every mode and flag: the kernel's saturating
     arithmetic and its Python mirror agree (a level >= nlevels gives the default level)."""
-    e, req, nlevels, pkts = case
+    e, req, nlevels, pkts, slot_cursor = case
     if clf.nlevels != nlevels:
         clf.nlevels = nlevels
         clf.configure()
-    _check(clf, e, req, nlevels, pkts=pkts)
+    _check(clf, e, req, nlevels, pkts=pkts, slots=slots, slot_cursor=slot_cursor)
 
 
 def test_saturating_arithmetic_mirror_values() -> None:

@@ -21,21 +21,25 @@ from mfs_tc.controller import (
     STAGE_ORPHAN,
     BatchHandle,
     Controller,
+    FlowBatch,
     PinnedMaps,
     gc,
     owner_alive,
     pack_flow_key,
+    pack_flow_keys,
     rdma_table,
     request_key,
 )
 from mfs_tc.entry import FlowEntry
 from mfs_tc.errors import LayoutMismatchError, MapFullError, MfsError, NotAttachedError
 from mfs_tc.layout import (
+    CURSORS_MAX,
     DSCP_KEEP,
     MODE_MLU,
     MODE_RLI,
     R_SCAVENGER,
     STAGE_CODES,
+    CursorOwner,
     FlowKey,
     FlowState,
     LevelRecord,
@@ -84,6 +88,23 @@ def test_pack_flow_key_tuples_match_flowkey():
     ):
         with pytest.raises(ValueError, match=msg):
             pack_flow_key(bad)
+        with pytest.raises(ValueError, match=msg):  # the batch packer names the same problem
+            pack_flow_keys([("10.0.0.1", "10.0.0.2", 1, 2, "tcp"), bad])
+    # the batch packer's fast path gives exactly pack_flow_key's keys, on every kind of target
+    import ipaddress
+
+    targets = [
+        ("10.0.0.1", "10.0.0.2", 40000, 5201, "tcp"),
+        ("fd77::1", "fd77::2", 1, 2, "udp"),
+        ("10.0.0.1", "10.0.0.2", 1, 2, 17),
+        ("10.0.0.1", "10.0.0.2", 1, 2, "UDP"),
+        ("10.0.0.1", "10.0.0.2", 1, 2),
+        (ipaddress.ip_address("10.0.0.1"), "10.0.0.2", 1, 2, "tcp"),
+        fk,
+    ]
+    assert pack_flow_keys(targets) == [pack_flow_key(t) for t in targets]
+    with pytest.raises(ValueError, match="ports"):
+        pack_flow_keys([("10.0.0.1", "10.0.0.2", True, 2, "tcp")])
 
 
 def test_pack_flow_key_from_sockets_v4_v6_tcp_udp():
@@ -363,7 +384,7 @@ def test_batch_gives_policy_all_deadlines_and_moves_all_cursors(ctl, maps, polic
     assert {v.request_id for v in ctl.flows()} == {batch.id}
     batch.at_layer(2)
     recs = maps.request_records()
-    assert recs[batch.id].cursor == 2 and all(recs[m.id].cursor == 2 for m in members)
+    assert {maps.request_cursor(recs[o.id]) for o in [batch, *members]} == {2}  # through their slots
     assert {v.level for v in ctl.flows()} == {0}
     assert recs[batch.id].deadline_ns == max(m.deadline_ns for m in members)
     # scavenged only when every member is hopeless
@@ -553,10 +574,21 @@ def test_two_processes_writing_at_once_lose_no_entry(root, maps):
     recs = maps.request_records()
     assert len(recs) == 2 * n
     assert {r.owner_pid for r in recs.values()} == {p.pid for p in procs}
+    # each request got a cursor slot of its own (the two claimed slots at the same time), and
+    # its cursor, written through the writer's mapping, is in its slot
+    slots = [r.slot for r in recs.values()]
+    assert len(set(slots)) == 2 * n and max(slots) < CURSORS_MAX
+    for me in (1, 2):
+        for i in range(n):
+            assert maps.request_cursor(recs[request_key(f"p{me}-{i}")]) == i % 3
+    claims = dict(maps.cursor_owners.items())
+    assert {int.from_bytes(k, "little") for k in claims} == set(slots)
+    assert {CursorOwner.unpack(v).owner.pid for v in claims.values()} == {p.pid for p in procs}
     # both writers have exited without done(): gc finds their owners dead, removes their
     # requests and demotes their flows; a later gc removes the flows that stayed idle
     res = gc(maps, grace_s=3600)
     assert len(res.requests_removed) == 2 * n and res.flows_demoted == 2 * n * 3
+    assert res.slots_freed == sorted(slots) and len(maps.cursor_owners) == 0  # crashed owners' slots
     res = gc(maps, grace_s=3600, now_ns=time.monotonic_ns() + 3601 * 10**9)
     assert res.flows_removed == 2 * n * 3
     assert len(maps.flows) == 0
@@ -662,6 +694,43 @@ def test_entry_cache_shares_decisions_only_while_nothing_changed(maps, policy):
     assert len(policy.calls) == n0 + 8  # one call per distinct shape in a batch
     with pytest.raises(ValueError, match="entry_cache_ns"):
         Controller(maps, policy, entry_cache_ns=-1)
+
+
+@pytest.mark.privileged
+def test_register_flows_is_one_write_and_one_handle(ctl, maps, policy):
+    req = ctl.request("r-fb", slo_s=30.0)
+    st = req.stage("kv_fetch", layer=4)
+    conns = [("10.0.0.1", "10.0.0.2", 14000 + i, 80) for i in range(300)] + [("fd77::1", "fd77::2", 1, 2, "udp")]
+    n0 = len(policy.calls)
+    fb = st.register_flows(conns + conns[:5], bytes=700)  # a connection listed twice is one flow
+    assert isinstance(fb, FlowBatch) and len(fb) == 301 and len(policy.calls) == n0 + 1  # one decision
+    assert set(fb.flow_keys()) == {FlowKey.unpack(pack_flow_key(c)) for c in conns}
+    for c in conns:
+        e = raw_entry(maps, c)
+        assert e is not None and (e.gen, e.request_id, e.target_layer, e.total_bytes) == (fb.gen, req.id, 4, 700)
+    assert {v.level for v in ctl.flows()} == {5}  # RLI 4 (>= 3: TinyPolicy's level 5)
+    req.at_layer(4)
+    assert {v.level for v in ctl.flows()} == {0}  # RLI 0
+    # the kernel's counts of a flow are kept by a rewrite (update), and tell the policy `sent`
+    key = pack_flow_key(conns[0])
+    maps.flow_state.update(key, FlowState(fb.gen, 0, 5000, 5).pack())
+    fb.update(target_layer=6)
+    assert raw_entry(maps, conns[0]).target_layer == 6 and fb.states()[FlowKey.unpack(key)].sent_bytes == 5000
+    assert sorted(c[2].sent for c in policy.calls[-2:]) == [0, 5000]  # once per distinct count
+    # a connection registered again (single add_flow) belongs to the newer flow: the batch lets go
+    fh = req.stage("p2d").add_flow(conns[1], bytes=9)
+    assert len(fb) == 300 and pack_flow_key(conns[1]) not in fb.keys()
+    req.update_estimate(remaining_bytes=1)  # rewrites the batch's flows, not the re-registered one
+    assert raw_entry(maps, conns[1]).gen == fh.gen
+    fb.remove()
+    assert len(maps.flows) == 1 and raw_entry(maps, conns[1]).gen == fh.gen and len(fb) == 0
+    with pytest.raises(MfsError, match="removed"):
+        fb.update(bytes=1)
+    fb2 = st.register_flows(conns[2:10])
+    req.done()  # done() removes the batches' flows too
+    assert len(maps.flows) == 0 and len(fb2) == 0
+    with pytest.raises(MfsError, match="done"):
+        st.register_flows(conns[:1])
 
 
 @pytest.mark.privileged

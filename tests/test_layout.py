@@ -44,7 +44,12 @@ STRUCTS = {
         ],
     ),
     "mfs_flow_state": (layout.STATE_FMT, ["gen", "cur_level", "sent_bytes", "sent_pkts", "flags"]),
-    "mfs_request": (layout.REQUEST_FMT, ["cursor", "flags", "deadline_ns", "owner_pid", "owner_start", "owner_pidns"]),
+    "mfs_request": (
+        layout.REQUEST_FMT,
+        ["cursor", "flags", "deadline_ns", "owner_pid", "owner_start", "owner_pidns", "slot", "rsvd"],
+    ),
+    "mfs_cursor": (layout.CURSOR_FMT, ["cursor", "rsvd"]),
+    "mfs_cursor_owner": (layout.CURSOR_OWNER_FMT, ["request_key", "owner_pid", "owner_start", "owner_pidns"]),
     "mfs_level": (layout.LEVEL_FMT, ["priority", "dscp"]),
     "mfs_config": (
         layout.CONFIG_FMT,
@@ -120,6 +125,8 @@ DEFINES = {
     "MFS_STAT_RULE": layout.STAT_RULE,
     "MFS_NSTATS": layout.NSTATS,
     "MFS_RULES_MAX": layout.RULES_MAX,
+    "MFS_CURSORS_MAX": layout.CURSORS_MAX,
+    "MFS_SLOT_NONE": layout.SLOT_NONE,
 }
 
 
@@ -190,7 +197,9 @@ def test_map_shapes_match_sizes() -> None:
     assert shapes["flow_state"][:2] == (40, 40)
     assert shapes["sk_flows"][:2] == (4, 128)
     assert shapes["sk_state"][:2] == (4, 40)
-    assert shapes["requests"][:2] == (8, 40)
+    assert shapes["requests"][:2] == (8, 48)
+    assert shapes["cursors"] == (4, 8, layout.CURSORS_MAX) and layout.MAP_SPECS["cursors"].mmapable
+    assert shapes["cursor_owners"] == (4, 32, layout.CURSORS_MAX)
     assert shapes["levels"][:2] == (4, 8)
     assert shapes["config"][:2] == (4, 104)
     assert shapes["stats"] == (4, 16, layout.NSTATS)
@@ -227,6 +236,8 @@ def test_classifier_map_declarations_match_the_spec_table(c_layout: dict[str, in
         assert (_c_size(key, c_layout), _c_size(leaf, c_layout)) == (spec.key_size, spec.value_size), name
         assert (int(entries) if entries.isdigit() else limits[entries]) == spec.max_entries, name
         assert (flags == "BPF_F_NO_PREALLOC") == spec.no_prealloc, name
+        # BPF_F_MMAPABLE, or 0 in the build for kernels without it (-DMFS_NO_MMAP_CURSORS)
+        assert (flags == "MFS_CURSORS_FLAGS") == spec.mmapable, name
         seen.add(name)
     assert re.search(r"\.flags = BPF_F_NO_PREALLOC", src)  # what MFS_SK_STORAGE gives each sk map
     for m in re.finditer(r'^MFS_SK_STORAGE\((\w+), ([\w ]+?), MFS_PIN_DIR "/(\w+)"\);', src, re.M):
@@ -392,9 +403,16 @@ def test_flow_entry_pack_is_the_format_field_by_field() -> None:
 
 def test_records_round_trip() -> None:
     r = layout.RequestRecord(
-        cursor=-3, flags=layout.R_SCAVENGER, deadline_ns=5, owner_pid=9, owner_start=123456, owner_pidns=4026531836
+        cursor=-3, flags=layout.R_SCAVENGER, deadline_ns=5, owner_pid=9, owner_start=123456, owner_pidns=4026531836, slot=77
     )
     assert layout.RequestRecord.unpack(r.pack()) == r and r.scavenged
+    assert layout.RequestRecord().slot == layout.SLOT_NONE
+    # the cursor the kernel reads: the slot's where the record has one, else the record's own
+    assert r.kernel_cursor(12) == 12 and r.kernel_cursor(None) == -3
+    assert layout.RequestRecord(cursor=5).kernel_cursor(12) == 5
+    assert layout.RequestRecord(cursor=5, slot=layout.CURSORS_MAX).kernel_cursor(12) == 5
+    co = layout.CursorOwner(1 << 63, layout.Owner(9, 123456, 4026531836))
+    assert layout.CursorOwner.unpack(co.pack()) == co
     assert r.owner == layout.Owner(9, 123456, 4026531836)
     lv = layout.LevelRecord(0x4D460011, 46)
     assert layout.LevelRecord.unpack(lv.pack()) == lv

@@ -5,8 +5,9 @@ raw map updates per second, and `import mfs_tc.controller` time. Prints JSON.
 single: one `stage.add_flow` per flow (default entry cache: flows of a stage with the same shape
 registered within 1 ms share one policy decision; `single_uncached` asks the policy every time,
 and is what the single target is judged on); batched: `stage.add_flows` of --batch flows (one
-BPF_MAP_UPDATE_BATCH each). Best of --repeat, by wall clock and, in cpu_time_rates_per_s, by this
-process's CPU time (what the code costs when other load shares the cores).
+BPF_MAP_UPDATE_BATCH each), and `batched_flowbatch`: `stage.register_flows` of --batch flows (the
+same write, one FlowBatch handle per call instead of a FlowHandle per flow). Best of --repeat, by
+wall clock and, in cpu_time_rates_per_s, by this process's CPU time (what the code costs when other load shares the cores).
 
 The kernel's own ceilings, in the same run: `raw_insert` (one BPF_MAP_UPDATE_ELEM of a new
 5-tuple key into `flows` per call, what every add_flow pays), `raw_update` (an existing key:
@@ -19,7 +20,8 @@ Runs on real maps pinned in a scratch bpffs directory (root needed; no classifie
     .venv/bin/python tools/bench_controller.py [--flows 50000] [--policy mfs] [--repeat 3] [--baseline /work/main]
 
 `--baseline CHECKOUT` imports that checkout's controller too (as mfs_tc_baseline) and runs its
-registration paths in the same rounds, alternating with this one: before/after from one run.
+registration paths in the same rounds, alternating with this one: before/after from one run
+(on maps of its own, made by its own layout, so a checkout of another layout version compares too).
 """
 
 from __future__ import annotations
@@ -157,6 +159,17 @@ def registration_round(ctl, ctl_nc, rep: int, args, best: dict, best_cpu: dict) 
     for c in chunks:
         st.add_flows(c, bytes=65536, target_layer=8)
     record(best, best_cpu, "batched", n, t0)
+    # batched into one FlowBatch per call (register_flows: no FlowHandle per flow), fresh keys
+    if hasattr(st, "register_flows"):
+        ts2 = tuples(n, 1 + (rep + 50) % 100, args.peers)
+        req2 = ctl.request(f"bench-batch-fb-{rep}", slo_s=5.0, remaining_bytes=1 << 30)
+        st2 = req2.stage("collective", bytes=1 << 30, layer=8)
+        chunks2 = [ts2[i : i + args.batch] for i in range(0, n, args.batch)]
+        t0 = stamp()
+        for c in chunks2:
+            st2.register_flows(c, bytes=65536, target_layer=8)
+        record(best, best_cpu, "batched_flowbatch", n, t0)
+        req2.done()
     # at_layer: the per-layer hot path (one request record write)
     m = min(n, 50_000)
     t0 = stamp()
@@ -201,6 +214,7 @@ def main() -> int:
         "repeat": args.repeat,
     }
     tmpdir: Path | None = None
+    base_maps = base_path = base_maps_mod = None
     try:
         ctl = Controller.open("bench0", policy=args.policy, root=root)
         ctl_nc = Controller.open("bench0", policy=args.policy, root=root, entry_cache_ns=0)
@@ -213,9 +227,15 @@ def main() -> int:
 
             tmpdir = Path(tempfile.mkdtemp(prefix="mfs-bench-baseline-"))
             bc = load_baseline(args.baseline, tmpdir)
+            # its own maps, made by its own layout (the two may differ: layout versions)
+            import importlib
+
+            base_maps_mod = importlib.import_module("mfs_tc_baseline.maps")
+            base_path = pin_dir("bench1", None, root)
+            base_maps = base_maps_mod.PinnedMaps.create(base_path)
             base = (
-                bc.Controller.open("bench0", policy=args.policy, root=root),
-                bc.Controller.open("bench0", policy=args.policy, root=root, entry_cache_ns=0),
+                bc.Controller.open("bench1", policy=args.policy, root=root),
+                bc.Controller.open("bench1", policy=args.policy, root=root, entry_cache_ns=0),
             )
             base_best = dict.fromkeys(("single", "single_uncached", "batched", "at_layer"), 0.0)
         best_cpu: dict[str, float] = {}
@@ -223,6 +243,7 @@ def main() -> int:
             "single": 0.0,
             "single_uncached": 0.0,
             "batched": 0.0,
+            "batched_flowbatch": 0.0,
             "at_layer": 0.0,
             "raw_update": 0.0,
             "raw_batch": 0.0,
@@ -288,6 +309,8 @@ def main() -> int:
                 "batched_registrations_per_s": round(best["batched"]),
                 "batched_target_per_s": TARGETS["batched_per_s"],
                 "batched_meets_target": best["batched"] >= TARGETS["batched_per_s"],
+                "batched_flowbatch_registrations_per_s": round(best["batched_flowbatch"]),
+                "batched_flowbatch_meets_target": best["batched_flowbatch"] >= TARGETS["batched_per_s"],
                 "at_layer_per_s": round(best["at_layer"]),
                 "at_layer_target_per_s": TARGETS["at_layer_per_s"],
                 "at_layer_meets_target": best["at_layer"] >= TARGETS["at_layer_per_s"],
@@ -310,6 +333,9 @@ def main() -> int:
             shutil.rmtree(tmpdir, ignore_errors=True)
         maps.close()
         PinnedMaps.unpin(path)
+        if base_maps is not None:
+            base_maps.close()
+            base_maps_mod.PinnedMaps.unpin(base_path)
         for d in (path.parent, root, root.parent):
             try:
                 d.rmdir()

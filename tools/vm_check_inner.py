@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from mfs_tc import bpfsys, layout  # noqa: E402
 from mfs_tc.backends import HANDLE  # noqa: E402
+from mfs_tc.cursors import CursorSlots  # noqa: E402
 from mfs_tc.entry import FlowEntry  # noqa: E402
 from mfs_tc.layout import FlowKey  # noqa: E402
 from mfs_tc.loader import AttachOptions, attach, compile_classifier, detach  # noqa: E402
@@ -128,13 +129,26 @@ def step_verifier() -> dict:
         require(fn.fd >= 0, f"no program fd ({fn.fd})")
         pinned = sorted(p.name for p in pin.iterdir())
         require(set(layout.MAP_NAMES) <= set(pinned), f"maps pinned: {pinned}")
+        # the cursor array is mapped into user space (BPF_F_MMAPABLE), as controllers map it
+        with bpfsys.BpfMap.open(pin / "cursors") as cm, bpfsys.BpfMap.open(pin / "cursor_owners") as om:
+            cs = CursorSlots.open(cm, om)
+            mmap_cursors = cs is not None
+            if cs is not None:
+                cs.write(3, -42)
+                require(cm.lookup((3).to_bytes(4, "little"))[:4] == (-42).to_bytes(4, "little", signed=True), "mmap write")
+                cs.close()
         del b
     finally:
         for p in pin.iterdir():
             p.unlink()
         pin.rmdir()
     # the socket-storage variant loaded (else compile_classifier fell back to the 5-tuple one)
-    return {"compile_load_s": round(secs, 2), "maps_pinned": pinned, "socket_storage": set(layout.SK_MAP_NAMES) <= set(pinned)}
+    return {
+        "compile_load_s": round(secs, 2),
+        "maps_pinned": pinned,
+        "socket_storage": set(layout.SK_MAP_NAMES) <= set(pinned),
+        "mmap_cursors": mmap_cursors,
+    }
 
 
 # ---- step (b): attach -------------------------------------------------------------------------

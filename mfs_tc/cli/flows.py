@@ -202,7 +202,7 @@ def gc_cmd(
         typer.echo(
             f"removed {len(res.requests_removed)} requests of dead owners, scavenged {len(res.requests_scavenged)} "
             f"past their deadline; demoted {res.flows_demoted} orphaned flows to the scavenger level, "
-            f"removed {res.flows_removed} idle orphans"
+            f"removed {res.flows_removed} idle orphans; freed {len(res.slots_freed)} cursor slots of dead owners"
         )
 
 

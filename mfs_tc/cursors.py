@@ -1,0 +1,142 @@
+"""Request cursors without a syscall: the `cursors` array (BPF_F_MMAPABLE) mapped into this
+process, and the slots of it that controllers own (`cursor_owners`).
+
+A request's record names its slot (RequestRecord.slot); the classifier reads the cursor at
+that slot (layout version 4). Moving a cursor is one aligned 32-bit store into the shared
+mapping: no syscall, so `at_layer` costs what the Python call costs.
+
+Memory ordering: the store goes through a memoryview cast to "i" (CPython packs one C int with
+a fixed-size memcpy, compiled to a single 4-byte store) at a 4-byte aligned address (the
+mapping is page aligned, slots are 8 bytes). On x86-64 and arm64 an aligned 32-bit store is
+single-copy atomic: a program on another CPU reads the old or the new cursor, never a torn
+one. Nothing else is ordered against it: a cursor is one value, read on its own by each packet.
+
+Slots are owned: a controller claims slot s by inserting s into `cursor_owners` with
+BPF_NOEXIST (the kernel makes that atomic across processes, so two controllers never share a
+slot), sets the cursor, and only then writes the request record that names s. It frees the slot
+(deletes its owner entry, if still its own) when the request ends; `gc` frees the slots of
+owners that are gone. Each process looks for free slots from a random start onwards, so a
+claim is one insert while the array has room; when every slot is taken, one pass over the
+array (~16k refused inserts, some 20 ms) ends in a MapFullError naming gc.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import random
+
+from . import bpfsys
+from .bpfsys import BpfMap, BpfSyscallError
+from .errors import MapFullError
+from .layout import CURSOR_SIZE, CURSORS_MAX, CursorOwner, Owner
+
+__all__ = ["CursorSlots", "mmap_supported"]
+
+_INTS_PER_SLOT = CURSOR_SIZE // 4  # the cursor is the first int of its 8-byte slot
+
+
+def _map_size(max_entries: int) -> int:
+    return -(-max_entries * CURSOR_SIZE // mmap.PAGESIZE) * mmap.PAGESIZE
+
+
+def _mmap(fd: int, max_entries: int) -> mmap.mmap | None:
+    """The array mapped shared and writable, or None where the map or kernel does not allow it
+    (no BPF_F_MMAPABLE: EINVAL; an fd not opened for writing: EACCES/EPERM)."""
+    try:
+        return mmap.mmap(fd, _map_size(max_entries), flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError:
+        return None
+
+
+class CursorSlots:
+    """The mapped `cursors` array and this process's claims on it. `view` is the array as C
+    ints; slot s's cursor is view[2 * s] (`index(s)`)."""
+
+    def __init__(self, cursors: BpfMap, owners: BpfMap, mm: mmap.mmap) -> None:
+        self.cursors = cursors
+        self.owners = owners
+        self._mm = mm
+        self.view = memoryview(mm).cast("i")
+        self.max_entries = cursors.info.max_entries
+        self._next = random.randrange(self.max_entries)  # where this process looks for a free slot
+
+    @classmethod
+    def open(cls, cursors: BpfMap, owners: BpfMap) -> CursorSlots | None:
+        """None where `cursors` cannot be mapped (made without BPF_F_MMAPABLE, kernel < 5.5):
+        controllers then keep cursors in the request records (one update syscall each)."""
+        info = cursors.info
+        if not info.flags & bpfsys.BPF_F_MMAPABLE or info.max_entries > CURSORS_MAX:
+            return None
+        mm = _mmap(cursors.fd, info.max_entries)
+        return None if mm is None else cls(cursors, owners, mm)
+
+    def close(self) -> None:
+        """Unmap (writes through handles that still hold `view` raise ValueError after this)."""
+        self.view.release()
+        self._mm.close()
+
+    @staticmethod
+    def index(slot: int) -> int:
+        return slot * _INTS_PER_SLOT
+
+    def read(self, slot: int) -> int:
+        return self.view[slot * _INTS_PER_SLOT]
+
+    def write(self, slot: int, cursor: int) -> None:
+        self.view[slot * _INTS_PER_SLOT] = cursor
+
+    def claim(self, request_key: int, owner: Owner, cursor: int = 0) -> int:
+        """A free slot, now owned by `owner` for `request_key`, its cursor set to `cursor`."""
+        val = CursorOwner(request_key, owner).pack()
+        n = self.max_entries
+        full = MapFullError(
+            f"all {n} cursor slots are taken: finish requests (`done()`) or run `mfs-tc gc` "
+            f"(it frees the slots of controllers that are gone)"
+        )
+        for _ in range(n):
+            s = self._next
+            self._next = (s + 1) % n
+            try:
+                self.owners.update(s.to_bytes(4, "little"), val, bpfsys.BPF_NOEXIST)
+            except MapFullError:
+                raise full from None
+            except BpfSyscallError as exc:
+                if exc.errno == errno.EEXIST:
+                    continue
+                raise
+            self.write(s, cursor)
+            return s
+        raise full
+
+    def set_key(self, slot: int, request_key: int, owner: Owner) -> None:
+        """Record another request key for a slot this process owns (a private key retried)."""
+        self.owners.update(slot.to_bytes(4, "little"), CursorOwner(request_key, owner).pack(), bpfsys.BPF_EXIST)
+
+    def release(self, slot: int, owner: Owner) -> bool:
+        """Free `slot` if `owner` still owns it (gc may have freed it and another controller
+        claimed it since: then it stays). True if freed."""
+        k = slot.to_bytes(4, "little")
+        raw = self.owners.lookup(k)
+        if raw is None or CursorOwner.unpack(raw).owner != owner:
+            return False
+        return self.owners.delete(k)
+
+
+def mmap_supported() -> bool:
+    """Whether this kernel maps BPF arrays into user space (BPF_F_MMAPABLE, 5.5+): a one-page
+    scratch array is made, mapped and written. For `mfs-tc doctor`."""
+    try:
+        m = BpfMap.create(bpfsys.MAP_TYPE_BY_NAME["array"], 4, CURSOR_SIZE, 1, "mfs_probe", bpfsys.BPF_F_MMAPABLE)
+    except Exception:  # noqa: BLE001 - any refusal means no
+        return False
+    try:
+        mm = _mmap(m.fd, 1)
+        if mm is None:
+            return False
+        mm[0:4] = b"\1\0\0\0"
+        ok = m.lookup(b"\0\0\0\0") == b"\1\0\0\0\0\0\0\0"
+        mm.close()
+        return ok
+    finally:
+        m.close()
