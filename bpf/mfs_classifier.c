@@ -423,7 +423,11 @@ int mfs_egress(struct __sk_buff *skb)
 	}
 	l3off = off;
 
-	struct mfs_flow_key key = {};
+	/* the 5-tuple key is only built when the socket has no entry: IPv6 addresses go into it
+	 * here (they are copied anyway), IPv4 addresses and the ports wait in registers */
+	struct mfs_flow_key key;
+	__u32 sa4 = 0, da4 = 0;
+	__be16 sport = 0, dport = 0;
 	__u8 l4proto;
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
@@ -449,12 +453,8 @@ int mfs_egress(struct __sk_buff *skb)
 			reason = MFS_STAT_FRAGMENT;
 			goto out;
 		}
-		key.saddr[10] = 0xff;
-		key.saddr[11] = 0xff;
-		key.daddr[10] = 0xff;
-		key.daddr[11] = 0xff;
-		__builtin_memcpy(&key.saddr[12], &ip.saddr, 4);
-		__builtin_memcpy(&key.daddr[12], &ip.daddr, 4);
+		sa4 = ip.saddr;
+		da4 = ip.daddr;
 		l4proto = ip.protocol;
 		iplen = tot ? tot : 0;
 		off += ihl;
@@ -519,8 +519,8 @@ int mfs_egress(struct __sk_buff *skb)
 			reason = MFS_STAT_MALFORMED;
 			goto out;
 		}
-		key.sport = bpf_ntohs(th.source);
-		key.dport = bpf_ntohs(th.dest);
+		sport = th.source;
+		dport = th.dest;
 		tflags = ((__u8 *)&th)[13];
 	} else if (l4proto == IPPROTO_UDP) {
 		struct udphdr uh;
@@ -529,13 +529,12 @@ int mfs_egress(struct __sk_buff *skb)
 			goto out;
 		}
 		l4len = sizeof(uh);
-		key.sport = bpf_ntohs(uh.source);
-		key.dport = bpf_ntohs(uh.dest);
+		sport = uh.source;
+		dport = uh.dest;
 	} else {
 		reason = MFS_STAT_NOL4;
 		goto out;
 	}
-	key.proto = l4proto;
 
 	/* L4 payload: up to the IP header's own length (Ethernet padding is not payload) */
 	__u32 end = skb->len;
@@ -546,7 +545,6 @@ int mfs_egress(struct __sk_buff *skb)
 
 	struct mfs_flow_entry *e;
 	struct mfs_flow_state *st;
-	struct mfs_flow_state init = {.cur_level = MFS_LEVEL_NONE};
 #ifndef MFS_NO_SK_STORAGE
 	/* skb->sk straight to the storage helper: it returns NULL for sockets that are not full
 	 * ones (request and timewait sockets) itself, so no bpf_sk_fullsock call per packet */
@@ -554,9 +552,15 @@ int mfs_egress(struct __sk_buff *skb)
 	if (sk) {
 		e = sk_flows.sk_storage_get(sk, 0, 0);
 		if (e) {
-			init.gen = e->gen;
-			init.sent_bytes = e->sent_base;
-			st = sk_state.sk_storage_get(sk, &init, BPF_SK_STORAGE_GET_F_CREATE);
+			/* the state exists after the socket's first packet: get it without reading the
+			 * entry first (the two lookups overlap), create it from the entry only once */
+			st = sk_state.sk_storage_get(sk, 0, 0);
+			if (!st) {
+				struct mfs_flow_state init = {.gen = e->gen,
+							      .cur_level = MFS_LEVEL_NONE,
+							      .sent_bytes = e->sent_base};
+				st = sk_state.sk_storage_get(sk, &init, BPF_SK_STORAGE_GET_F_CREATE);
+			}
 			if (st && st->gen != e->gen) {
 				e = sk_flows.sk_storage_get(sk, 0, 0);
 				if (e && st->gen != e->gen)
@@ -571,6 +575,22 @@ int mfs_egress(struct __sk_buff *skb)
 		}
 	}
 #endif
+	if (v4) {
+		/* IPv4-mapped IPv6: ::ffff:a.b.c.d */
+		__builtin_memset(&key, 0, 32);
+		key.saddr[10] = 0xff;
+		key.saddr[11] = 0xff;
+		key.daddr[10] = 0xff;
+		key.daddr[11] = 0xff;
+		__builtin_memcpy(&key.saddr[12], &sa4, 4);
+		__builtin_memcpy(&key.daddr[12], &da4, 4);
+	}
+	key.sport = bpf_ntohs(sport);
+	key.dport = bpf_ntohs(dport);
+	key.proto = l4proto;
+	key.pad[0] = 0;
+	key.pad[1] = 0;
+	key.pad[2] = 0;
 	e = flows.lookup(&key);
 	st = e ? flow_state.lookup(&key) : 0; /* the miss path does one lookup */
 	if (e) {
@@ -585,8 +605,9 @@ int mfs_egress(struct __sk_buff *skb)
 	}
 	if (e) {
 		if (!st) {
-			init.gen = e->gen;
-			init.sent_bytes = e->sent_base;
+			struct mfs_flow_state init = {.gen = e->gen,
+						      .cur_level = MFS_LEVEL_NONE,
+						      .sent_bytes = e->sent_base};
 			flow_state.insert(&key, &init);
 			st = flow_state.lookup(&key);
 		}
