@@ -98,6 +98,7 @@ def point_workload(
 # with prefix reuse; models: dense and MoE (the testbed's shapes and hardware-derived ones);
 # clusters: the netns testbed's, the paper's testbed (8 x 4 GPUs, 100G) and a 256-host leaf-spine.
 CAPACITY_LOADS = (0.5, 0.7, 0.85, 1.0, 1.2)
+CLUSTER_LOADS = CAPACITY_LOADS + (1.5,)  # up to where the best policy falls through 90%
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -108,9 +109,15 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("paper-mixtral-poisson", "poisson", "mixtral-8x7b", "paper", CAPACITY_LOADS, (3.0,), 300, load_unit="capacity"),
         Scenario("paper-llama70b-mooncake", "mooncake", "llama3-70b", "paper", CAPACITY_LOADS, (3.0,), 200, load_unit="capacity"),
         Scenario("ls256-llama70b-azure", "azure", "llama3-70b", "ls256-200g", CAPACITY_LOADS, (3.0,), 600, load_unit="capacity"),
+        # cluster scale where the network is the bottleneck (qwen-72b's 2.6 MB of KV per token
+        # into c256's decode downlinks); not in the default matrix: ~40 min for 5 policies x 3
+        # seeds on 2 cores (docs/evaluation.md "At cluster scale")
+        Scenario("c256-qwen72b-poisson", "poisson", "qwen-72b", "c256", CLUSTER_LOADS, (3.0,), 1000, load_unit="capacity"),
+        Scenario("c256-qwen72b-azure", "azure", "qwen-72b", "c256", CLUSTER_LOADS, (3.0,), 1000, load_unit="capacity"),
     )
 }
-DEFAULT_SCENARIOS = tuple(SCENARIOS)
+CLUSTER_SCENARIOS = ("c256-qwen72b-poisson", "c256-qwen72b-azure")  # run on request (-s NAME)
+DEFAULT_SCENARIOS = tuple(name for name in SCENARIOS if name not in CLUSTER_SCENARIOS)
 
 
 def parse_scenario(text: str) -> Scenario:
