@@ -237,12 +237,10 @@ class FluidNetwork:
         a = self._arr
         assert a is not None  # called only with the arrays (allocator "numba")
         # a flow still in its setup latency can change level: its links are dirty, unindexed
-        lidx = a.lidx
-        d = []
-        for ln in self._dirty:
-            i = lidx.get(ln)
-            d.append(a._link(ln) if i is None else i)
-        dirty = np.array(d, np.int64)
+        try:
+            dirty = np.fromiter(map(a.lidx.__getitem__, self._dirty), np.int64, len(self._dirty))
+        except KeyError:
+            dirty = np.fromiter(map(a._link, self._dirty), np.int64, len(self._dirty))
         self._dirty.clear()
         no = a.recompute(t, self.window_s, dirty)
         if not no:
@@ -452,15 +450,15 @@ class _Arrays:
         self.links: list[Link] = []
         nl, nf = 16, 64
         self.l_f: npt.NDArray[np.float64] = np.zeros((nl, 5))
-        self.l_i: npt.NDArray[np.int64] = np.zeros((nl, 5), np.int64)
-        self.l_flows: npt.NDArray[np.int64] = np.zeros((nl, 8), np.int64)
+        self.l_i: npt.NDArray[np.int32] = np.zeros((nl, 5), np.int32)
+        self.l_flows: npt.NDArray[np.int32] = np.zeros((nl, 8), np.int32)
         self.m_hist: npt.NDArray[np.int64] = np.zeros((nl, BINS + 1), np.int64)
         self.lvbytes: npt.NDArray[np.float64] = np.zeros(nlevels)
         self.pid: dict[int, int] = {}
         self.paths: list[tuple[Link, ...]] = []  # kept alive: their ids key `pid`
-        self.p_links: npt.NDArray[np.int64] = np.zeros((16, 1 + 4), np.int64)
+        self.p_links: npt.NDArray[np.int32] = np.zeros((16, 1 + 4), np.int32)
         self.f_f: npt.NDArray[np.float64] = np.zeros((nf, 4))
-        self.f_i: npt.NDArray[np.int64] = np.zeros((nf, FI_POS + 4), np.int64)
+        self.f_i: npt.NDArray[np.int32] = np.zeros((nf, FI_POS + 4), np.int32)
         self.out_s: npt.NDArray[np.int64] = np.zeros(nf, np.int64)
         self.out_f: npt.NDArray[np.float64] = np.zeros((nf, 2))
         self.slots: list[FluidFlow | None] = []

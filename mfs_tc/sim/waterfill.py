@@ -179,7 +179,7 @@ def _meter(
     rate: float,
     window: float,
     l_f: npt.NDArray[np.float64],
-    l_i: npt.NDArray[np.int64],
+    l_i: npt.NDArray[np.int32],
     m_hist: npt.NDArray[np.int64],
 ) -> None:  # pragma: no cover - compiled
     """netutil.LinkMeter.set_rate(t, rate) on link i's meter in arrays (l_f[i] has its t, rate
@@ -216,10 +216,10 @@ if numba is not None:
 
 def _apply_ops(
     ops: npt.NDArray[np.int64],
-    paths: npt.NDArray[np.int64],
-    f_i: npt.NDArray[np.int64],
-    l_i: npt.NDArray[np.int64],
-    l_flows: npt.NDArray[np.int64],
+    paths: npt.NDArray[np.int32],
+    f_i: npt.NDArray[np.int32],
+    l_i: npt.NDArray[np.int32],
+    l_flows: npt.NDArray[np.int32],
 ) -> int:  # pragma: no cover - compiled
     """The pending joins and leaves of the links' lists of live flows, in order: a flow slot
     joins each of its path's links' lists (its place there into f_i[s, FI_POS + k]), or leaves
@@ -255,7 +255,7 @@ def _apply_ops(
                             f_i[moved, FI_POS + k2] = pos
                             break
                 l_i[li, LI_DEG] = last
-    return ops.shape[0]
+    return int(ops.shape[0])
 
 
 if numba is not None:
@@ -268,12 +268,12 @@ def _recompute(
     dirty: npt.NDArray[np.int64],
     ops: npt.NDArray[np.int64],
     l_f: npt.NDArray[np.float64],
-    l_i: npt.NDArray[np.int64],
-    l_flows: npt.NDArray[np.int64],
+    l_i: npt.NDArray[np.int32],
+    l_flows: npt.NDArray[np.int32],
     m_hist: npt.NDArray[np.int64],
-    paths: npt.NDArray[np.int64],
+    paths: npt.NDArray[np.int32],
     f_f: npt.NDArray[np.float64],
-    f_i: npt.NDArray[np.int64],
+    f_i: npt.NDArray[np.int32],
     lvbytes: npt.NDArray[np.float64],
     out_s: npt.NDArray[np.int64],
     out_f: npt.NDArray[np.float64],
