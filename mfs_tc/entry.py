@@ -11,6 +11,7 @@ tests/test_classifier_equivalence.py runs both on the same inputs through BPF_PR
 from __future__ import annotations
 
 import struct
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -254,7 +255,7 @@ class FlowEntry:
         m = self.metric(now_ns, sent, cursor)
         if self.flags & F_AUTO_SCAVENGE and self.mode == MODE_MLU and m > MLU_ONE:
             return min(scavenger_level, nlevels - 1)
-        i = sum(1 for t in self.thresholds if m >= t)
+        i = bisect_right(self.thresholds, m)  # the thresholds ascend (check_table): how many are <= m
         lv = self.levels[i]
         if lv >= nlevels:
             dl = max(nlevels - 2, 0) if default_level is None else default_level

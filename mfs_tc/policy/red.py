@@ -44,9 +44,11 @@ def red(deadlines_ns: Sequence[int]) -> int:
 def red_ranks(reds: Mapping[_Key, int]) -> dict[_Key, tuple[int, int]]:
     """The one ranking rule: each key's (rank, n) among `reds` (key -> RED, or a single request's
     deadline), rank 0 the earliest; ties by key order of arrival in the mapping."""
-    items = list(reds.items())
-    order = sorted(range(len(items)), key=lambda i: (items[i][1], i))
-    return {items[i][0]: (r, len(items)) for r, i in enumerate(order)}
+    keys = list(reds)
+    n = len(keys)
+    # a stable sort: equal REDs stay in the mapping's order
+    order = sorted(range(n), key=list(reds.values()).__getitem__)
+    return {keys[i]: (r, n) for r, i in enumerate(order)}
 
 
 def rank_bucket(rank: tuple[int, int] | None, buckets: int) -> int:

@@ -53,9 +53,11 @@ from .fabric import Fabric, Link
 from .fluid import FluidFlow, FluidNetwork
 
 NS = 1_000_000_000
-_ARRIVAL, _DONE, _COMPUTE, _TOKEN, _TICK, _FLOW, _LANDED = range(7)
+_ARRIVAL, _DONE, _COMPUTE, _TOKEN, _FLOW, _LANDED = range(6)
 # an event in the heap: (time s, sequence, kind, payload, extra); what payload and extra hold
-# depends on the kind (the handler `run` dispatches it to)
+# depends on the kind (the handler `run` dispatches it to). The re-level tick is an event too,
+# but outside the heap (Simulator._tick_t): at most one is pending, ordered by (time, sequence)
+# among the heap's events as if it were one of them
 _Event = tuple[float, int, int, Any, Any]
 # what a policy's entry is a function of (Simulator._entry): stage, layer, request id, cursor,
 # RED rank, remaining bytes, remaining compute ns, flow bytes, bytes sent, stage bytes,
@@ -330,7 +332,9 @@ class Simulator:
         self.ccts: list[float] = []
         self.stage_bytes = {"kv_fetch": 0.0, "collective": 0.0, "p2d": 0.0}
         self._bid = 0
-        self._tick_on = False
+        # the pending re-level tick: its time (None: no tick pending) and sequence number
+        self._tick_t: float | None = None
+        self._tick_seq = 0
         # the live time-dependent flows by id
         self._dyn: dict[int, _SimFlow] = {}
         # (due, entry, flow id) of the time-dependent flows: what the next ticks evaluate (ids,
@@ -400,15 +404,32 @@ class Simulator:
         skip = self.skip_unchanged
         on_done, on_arrival, launch = self._on_flow_event, self._on_arrival, self._launch
         on_compute, on_token, landed = self._on_compute_done, self._on_token, self._flow_landed
+        on_tick = self._on_tick
         push_next_arrival()
-        while heap and self._finished < total:
-            t = heap[0][0]
+        while (heap or self._tick_t is not None) and self._finished < total:
+            tick = self._tick_t
+            t = heap[0][0] if heap else tick
+            assert t is not None  # (the loop's condition)
+            if tick is not None and tick < t:
+                t = tick
             if horizon is not None and t > horizon:
                 break
             self.t = t
             self.now = now = int(round(t * NS))
-            # every event of this instant, then one rate recomputation
-            while heap and heap[0][0] <= t:
+            # every event of this instant (the tick among them in sequence order), then one
+            # rate recomputation
+            while True:
+                if heap and heap[0][0] <= t:
+                    if self._tick_t == t and self._tick_seq < heap[0][1]:
+                        self.events += 1
+                        on_tick()
+                        continue
+                elif self._tick_t == t:
+                    self.events += 1
+                    on_tick()
+                    continue
+                else:
+                    break
                 _, _, kind, payload, extra = heappop(heap)
                 self.events += 1
                 if kind == _DONE:
@@ -422,10 +443,8 @@ class Simulator:
                     on_compute(payload)
                 elif kind == _TOKEN:
                     on_token(payload, extra)
-                elif kind == _LANDED:
-                    landed(payload)
                 else:
-                    self._on_tick()
+                    landed(payload)
             if dirty:
                 for f in net.recompute(t):
                     assert isinstance(f, _SimFlow)  # the simulator's network holds only its flows
@@ -985,9 +1004,8 @@ class Simulator:
         self.net.add(f)
         if f.dynamic:
             self._dyn[f.fid] = f
-            if not self._tick_on:
-                self._tick_on = True
-                self._push(self.t + self.tick_s, _TICK, None)
+            if self._tick_t is None:
+                self._next_tick(self.t + self.tick_s)
 
     def _level(self, f: _SimFlow, sent: float, now_ns: int, rate: float) -> int:
         e = f.entry
@@ -1083,7 +1101,7 @@ class Simulator:
 
     def _on_tick(self) -> None:
         if not self._dyn:
-            self._tick_on = False
+            self._tick_t = None
             return
         if self._admission:
             self._admit_p2d()
@@ -1116,7 +1134,13 @@ class Simulator:
             lv = self._level(f, (f.size - (rem if rem > 0 else 0.0)) / w, now, f.rate / w)
             if lv != f.level:
                 net.set_level(f, lv, t)
-        self._push(t + self.tick_s, _TICK, None)
+        self._next_tick(t + self.tick_s)
+
+    def _next_tick(self, t: float) -> None:
+        """The next re-level tick at `t` (with the sequence number its event would have)."""
+        self._seq += 1
+        self._tick_t = t
+        self._tick_seq = self._seq
 
 
 def simulate(workload: Workload, policy: Policy, **kw: Any) -> SimResult:

@@ -24,6 +24,24 @@ import numpy.typing as npt
 from . import waterfill
 from .fabric import Link
 from .netutil import BINS, WINDOW_S, LinkMeter
+from .waterfill import (
+    FF_RATE,
+    FF_REM,
+    FF_T0,
+    FF_W,
+    FI_BNECK,
+    FI_LEVEL,
+    FI_PID,
+    FI_POS,
+    LF_BYTES,
+    LF_CAP,
+    LF_MT,
+    LF_MWBYTES,
+    LI_MK,
+    LI_MON,
+    OP_LINK,
+    OP_UNLINK,
+)
 
 EPS_BYTES = 1e-6
 
@@ -119,8 +137,9 @@ class FluidNetwork:
         if f.slot >= 0:
             a = self._arr
             assert a is not None  # a flow has a slot only in the arrays
-            a.f_rem[f.slot] = f.rem
-            a.f_t0[f.slot] = t
+            row = a.f_f[f.slot]
+            row[FF_REM] = f.rem
+            row[FF_T0] = t
 
     def add(self, f: FluidFlow) -> None:
         self.flows.add(f)
@@ -150,7 +169,7 @@ class FluidNetwork:
             if f.slot >= 0:
                 a = self._arr
                 assert a is not None  # a flow has a slot only in the arrays
-                a.f_level[f.slot] = level
+                a.f_i[f.slot, FI_LEVEL] = level
 
     @property
     def dirty(self) -> bool:
@@ -218,18 +237,19 @@ class FluidNetwork:
         a = self._arr
         assert a is not None  # called only with the arrays (allocator "numba")
         # a flow still in its setup latency can change level: its links are dirty, unindexed
-        lidx = a.lidx
-        d = []
-        for ln in self._dirty:
-            i = lidx.get(ln)
-            d.append(a._link(ln) if i is None else i)
-        dirty = np.array(d, np.int64)
+        try:
+            dirty = np.fromiter(map(a.lidx.__getitem__, self._dirty), np.int64, len(self._dirty))
+        except KeyError:
+            dirty = np.fromiter(map(a._link, self._dirty), np.int64, len(self._dirty))
         self._dirty.clear()
-        changed, rates, rems = waterfill.recompute_arrays(t, dirty, self.window_s, *a.kernel_args())
+        no = a.recompute(t, self.window_s, dirty)
+        if not no:
+            return []
         out = []
         slots = a.slots
-        for s, r, rem in zip(changed.tolist(), rates.tolist(), rems.tolist(), strict=True):
+        for s, (r, rem) in zip(a.out_s[:no].tolist(), a.out_f[:no].tolist(), strict=True):
             f = slots[s]
+            assert f is not None  # a changed slot holds a live flow
             f.rate = r
             f.rem = rem
             f.t0 = t
@@ -242,7 +262,7 @@ class FluidNetwork:
         if f.slot >= 0:
             a = self._arr
             assert a is not None  # a flow has a slot only in the arrays
-            b = int(a.f_bneck[f.slot])
+            b = int(a.f_i[f.slot, FI_BNECK])
             return a.links[b] if b >= 0 else None
         return f.bneck
 
@@ -252,19 +272,19 @@ class FluidNetwork:
         `meters`)."""
         a = self._arr
         if a is not None:
-            for i in np.flatnonzero(a.m_on[: len(a.links)]).tolist():
+            for i in np.flatnonzero(a.l_i[: len(a.links), LI_MON]).tolist():
                 m = LinkMeter(a.links[i].capacity, self.window_s)
-                m.t, m.rate, m.wbytes = a.m_f[i].tolist()
-                m.k = int(a.m_k[i])
+                m.t, m.rate, m.wbytes = a.l_f[i, LF_MT : LF_MWBYTES + 1].tolist()
+                m.k = int(a.l_i[i, LI_MK])
                 m.hist = a.m_hist[i].tolist()
                 self.meters[a.links[i]] = m
-            a.m_on[:] = False
+            a.l_i[:, LI_MON] = 0
         for m in self.meters.values():
             m.close(t)
         if a is not None:
-            for ln, b in zip(a.links, a.lbytes.tolist(), strict=False):
+            for ln, b in zip(a.links, a.l_f[:, LF_BYTES].tolist(), strict=False):
                 ln.bytes += b
-            a.lbytes[:] = 0.0
+            a.l_f[:, LF_BYTES] = 0.0
             for i, b in enumerate(a.lvbytes.tolist()):
                 self.level_bytes[i] += b
             a.lvbytes[:] = 0.0
@@ -417,85 +437,36 @@ _Scalar = TypeVar("_Scalar", bound=np.generic)
 
 
 class _Arrays:
-    """The fluid state of a network as arrays (allocator "numba"), kept in step with the flow
-    objects: links (capacity, bytes settled by the kernel, the live flows crossing each), paths
-    (their links), flow rows (remaining bytes, rate, t0, weight, level, path, bottleneck). The
-    flow objects stay the truth for the engine; the kernel writes back only flows whose rate
-    changed (a flow whose rate did not change needs no settling)."""
-
-    # the arrays recompute_arrays takes, in its order (after t, dirty, window)
-    KERNEL_ARRAYS = (
-        "cap",
-        "lbytes",
-        "lvbytes",
-        "p_links",
-        "p_len",
-        "f_rem",
-        "f_rate",
-        "f_t0",
-        "f_w",
-        "f_level",
-        "f_pid",
-        "f_bneck",
-        "l_flows",
-        "l_deg",
-        "lmark",
-        "fmark",
-        "lloc",
-        "m_f",
-        "m_k",
-        "m_hist",
-        "m_on",
-    )
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in _Arrays.KERNEL_ARRAYS:  # an array replaced (grown): the tuple is stale
-            object.__setattr__(self, "_kargs", None)
-        object.__setattr__(self, name, value)
-
-    # the KERNEL_ARRAYS as one tuple (None: stale); arrays of several dtypes
-    _kargs: tuple[npt.NDArray[Any], ...] | None
-
-    def kernel_args(self) -> tuple[npt.NDArray[Any], ...]:
-        """The arrays recompute_arrays takes, as one tuple (rebuilt after an array grew)."""
-        k = self._kargs
-        if k is None:
-            k = self._kargs = tuple(getattr(self, n) for n in _Arrays.KERNEL_ARRAYS)
-        return k
+    """The fluid state of a network as arrays (allocator "numba"; the layout is `waterfill`'s),
+    kept in step with the flow objects: links (capacity, bytes settled by the kernel, meter, the
+    live flows crossing each), paths (their links), flow rows (remaining bytes, rate, t0, weight,
+    level, path, bottleneck). The flow objects stay the truth for the engine; the kernel writes
+    back only flows whose rate changed (a flow whose rate did not change needs no settling).
+    Flows join and leave the links' lists of live flows at the next re-allocation (pending
+    operations, in order); a slot is reused only after its flow left them."""
 
     def __init__(self, nlevels: int) -> None:
-        self._kargs = None
         self.lidx: dict[Link, int] = {}
         self.links: list[Link] = []
-        self.cap: npt.NDArray[np.float64] = np.zeros(16)
-        self.lbytes: npt.NDArray[np.float64] = np.zeros(16)
-        self.lmark: npt.NDArray[np.bool_] = np.zeros(16, bool)
-        self.lloc: npt.NDArray[np.int64] = np.zeros(16, np.int64)
-        self.l_deg: npt.NDArray[np.int64] = np.zeros(16, np.int64)
-        self.l_flows: npt.NDArray[np.int64] = np.zeros((16, 8), np.int64)
-        # each link's utilisation meter (netutil.LinkMeter in arrays: t, rate, window bytes;
-        # window index; histogram; whether it was ever in a re-allocation)
-        self.m_f: npt.NDArray[np.float64] = np.zeros((16, 3))
-        self.m_k: npt.NDArray[np.int64] = np.zeros(16, np.int64)
-        self.m_hist: npt.NDArray[np.int64] = np.zeros((16, BINS + 1), np.int64)
-        self.m_on: npt.NDArray[np.bool_] = np.zeros(16, bool)
+        nl, nf = 16, 64
+        self.l_f: npt.NDArray[np.float64] = np.zeros((nl, 5))
+        self.l_i: npt.NDArray[np.int32] = np.zeros((nl, 5), np.int32)
+        self.l_flows: npt.NDArray[np.int32] = np.zeros((nl, 8), np.int32)
+        self.m_hist: npt.NDArray[np.int64] = np.zeros((nl, BINS + 1), np.int64)
         self.lvbytes: npt.NDArray[np.float64] = np.zeros(nlevels)
         self.pid: dict[int, int] = {}
         self.paths: list[tuple[Link, ...]] = []  # kept alive: their ids key `pid`
-        self.p_links: npt.NDArray[np.int64] = np.zeros((16, 4), np.int64)
-        self.p_len: npt.NDArray[np.int64] = np.zeros(16, np.int64)
-        n = 64
-        self.f_rem: npt.NDArray[np.float64] = np.zeros(n)
-        self.f_rate: npt.NDArray[np.float64] = np.zeros(n)
-        self.f_t0: npt.NDArray[np.float64] = np.zeros(n)
-        self.f_w: npt.NDArray[np.float64] = np.zeros(n)
-        self.f_level: npt.NDArray[np.int64] = np.zeros(n, np.int64)
-        self.f_pid: npt.NDArray[np.int64] = np.zeros(n, np.int64)
-        self.f_bneck: npt.NDArray[np.int64] = np.full(n, -1, np.int64)
-        self.f_pos: npt.NDArray[np.int64] = np.zeros((n, 4), np.int64)
-        self.fmark: npt.NDArray[np.bool_] = np.zeros(n, bool)
+        self.p_links: npt.NDArray[np.int32] = np.zeros((16, 1 + 4), np.int32)
+        self.f_f: npt.NDArray[np.float64] = np.zeros((nf, 4))
+        self.f_i: npt.NDArray[np.int32] = np.zeros((nf, FI_POS + 4), np.int32)
+        self.out_s: npt.NDArray[np.int64] = np.zeros(nf, np.int64)
+        self.out_f: npt.NDArray[np.float64] = np.zeros((nf, 2))
         self.slots: list[FluidFlow | None] = []
         self.free: list[int] = []
+        # (op, slot, path) of the joins and leaves not applied yet (waterfill.OP_*), flattened;
+        # the slots of flows that left, free once the leave is applied
+        self.ops: list[int] = []
+        self.leaving: list[int] = []
 
     @staticmethod
     def _grown(a: npt.NDArray[_Scalar], n: int, fill: float = 0) -> npt.NDArray[_Scalar]:
@@ -503,16 +474,22 @@ class _Arrays:
         b[: len(a)] = a
         return b
 
+    @staticmethod
+    def _widened(a: npt.NDArray[_Scalar], w: int) -> npt.NDArray[_Scalar]:
+        b = np.zeros((len(a), w), a.dtype)
+        b[:, : a.shape[1]] = a
+        return b
+
     def _link(self, ln: Link) -> int:
         i = self.lidx.get(ln)
         if i is None:
             i = self.lidx[ln] = len(self.links)
             self.links.append(ln)
-            if i >= len(self.cap):
-                n = 2 * len(self.cap)
-                for name in ("cap", "lbytes", "lmark", "lloc", "l_deg", "l_flows", "m_f", "m_k", "m_hist", "m_on"):
+            if i >= len(self.l_f):
+                n = 2 * len(self.l_f)
+                for name in ("l_f", "l_i", "l_flows", "m_hist"):
                     setattr(self, name, self._grown(getattr(self, name), n))
-            self.cap[i] = ln.capacity
+            self.l_f[i, LF_CAP] = ln.capacity
         return i
 
     def _path(self, path: tuple[Link, ...]) -> int:
@@ -520,16 +497,14 @@ class _Arrays:
         if p is None:
             p = self.pid[id(path)] = len(self.paths)
             self.paths.append(path)
-            if p >= len(self.p_len):
-                self.p_links = self._grown(self.p_links, 2 * len(self.p_len))
-                self.p_len = self._grown(self.p_len, 2 * len(self.p_len))
-            if len(path) > self.p_links.shape[1]:
-                w = len(path)
-                self.p_links = np.hstack([self.p_links, np.zeros((len(self.p_links), w - self.p_links.shape[1]), np.int64)])
-                self.f_pos = np.hstack([self.f_pos, np.zeros((len(self.f_pos), w - self.f_pos.shape[1]), np.int64)])
+            if p >= len(self.p_links):
+                self.p_links = self._grown(self.p_links, 2 * len(self.p_links))
+            if 1 + len(path) > self.p_links.shape[1]:
+                self.p_links = self._widened(self.p_links, 1 + len(path))
+                self.f_i = self._widened(self.f_i, FI_POS + len(path))
             for k, ln in enumerate(path):
-                self.p_links[p, k] = self._link(ln)
-            self.p_len[p] = len(path)
+                self.p_links[p, 1 + k] = self._link(ln)
+            self.p_links[p, 0] = len(path)
         return p
 
     def add(self, f: FluidFlow) -> None:
@@ -540,26 +515,58 @@ class _Arrays:
         else:
             s = len(self.slots)
             self.slots.append(f)
-            if s >= len(self.f_rem):
-                n = 2 * len(self.f_rem)
-                for name in ("f_rem", "f_rate", "f_t0", "f_w", "f_level", "f_pid", "f_pos", "fmark"):
+            if s >= len(self.f_f):
+                n = 2 * len(self.f_f)
+                for name in ("f_f", "f_i", "out_s", "out_f"):
                     setattr(self, name, self._grown(getattr(self, name), n))
-                self.f_bneck = self._grown(self.f_bneck, n, -1)
         f.slot = s
-        self.f_rem[s] = f.rem
-        self.f_rate[s] = f.rate
-        self.f_t0[s] = f.t0
-        self.f_w[s] = f.weight
-        self.f_level[s] = f.level
-        self.f_pid[s] = p
-        self.f_bneck[s] = -1
-        while not waterfill.link_flow(s, p, self.p_links, self.p_len, self.f_pos, self.l_flows, self.l_deg):
-            self.l_flows = np.hstack([self.l_flows, np.zeros_like(self.l_flows)])
+        row = self.f_f[s]
+        row[FF_REM] = f.rem
+        row[FF_RATE] = f.rate
+        row[FF_T0] = f.t0
+        row[FF_W] = f.weight
+        ir = self.f_i[s]
+        ir[FI_LEVEL] = f.level
+        ir[FI_PID] = p
+        ir[FI_BNECK] = -1
+        self.ops += (OP_LINK, s, p)
 
     def remove(self, f: FluidFlow) -> None:
         s = f.slot
-        waterfill.unlink_flow(s, self.f_pid[s], self.p_links, self.p_len, self.f_pid, self.f_pos, self.l_flows, self.l_deg)
-        self.f_rate[s] = 0.0
+        self.ops += (OP_UNLINK, s, int(self.f_i[s, FI_PID]))
+        self.f_f[s, FF_RATE] = 0.0
         self.slots[s] = None
-        self.free.append(s)
+        self.leaving.append(s)
         f.slot = -1
+
+    def recompute(self, t: float, window: float, dirty: npt.NDArray[np.int64]) -> int:
+        """The pending joins and leaves, then the re-allocation of `dirty`'s component
+        (`waterfill.recompute_arrays`): how many flows' rates changed (in out_s, out_f)."""
+        ops = np.array(self.ops, np.int64).reshape(-1, 3)
+        while True:
+            no: int = waterfill.recompute_arrays(
+                t,
+                window,
+                dirty,
+                ops,
+                self.l_f,
+                self.l_i,
+                self.l_flows,
+                self.m_hist,
+                self.p_links,
+                self.f_f,
+                self.f_i,
+                self.lvbytes,
+                self.out_s,
+                self.out_f,
+            )
+            if no >= 0:
+                break
+            # a link's list of live flows is full: wider lists, the rest of the operations
+            ops = ops[-1 - no :]
+            self.l_flows = self._widened(self.l_flows, 2 * self.l_flows.shape[1])
+        self.ops.clear()
+        if self.leaving:
+            self.free += self.leaving
+            self.leaving.clear()
+        return no

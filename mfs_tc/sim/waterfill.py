@@ -27,6 +27,20 @@ except ImportError:  # pragma: no cover - numba is a dependency; the python allo
     numba = None  # type: ignore[assignment]  # only on an install without numba (a pinned dependency): available() is False
 
 
+# The fluid state in arrays (fluid._Arrays holds them, the kernels below read and write them):
+# one row per link, path and flow slot, its fields in columns (a row's fields share cache lines).
+# links: l_f (float) and l_i (int); the meter is netutil.LinkMeter's state
+LF_CAP, LF_BYTES, LF_MT, LF_MRATE, LF_MWBYTES = range(5)  # capacity, bytes settled, meter t, rate, window bytes
+LI_DEG, LI_LOC, LI_MK, LI_MON, LI_MARK = range(5)  # live flows, row in a component, meter window, metered, seen
+# paths: p[0] its length, p[1:] its links
+# flows: f_f (float) and f_i (int); from FI_POS on, the flow's place in each of its links' lists
+FF_REM, FF_RATE, FF_T0, FF_W = range(4)  # remaining bytes, rate, t0, weight
+FI_LEVEL, FI_PID, FI_BNECK, FI_MARK, FI_POS = range(5)  # level, path, bottleneck link (-1), seen
+# pending list operations (fluid._Arrays.add / remove), applied by recompute_arrays first: rows of
+# (OP_LINK or OP_UNLINK, flow slot, path)
+OP_LINK, OP_UNLINK = 1, 2
+
+
 def available() -> bool:
     return numba is not None
 
@@ -163,24 +177,24 @@ def _meter(
     i: int | np.int64,
     t: float,
     rate: float,
-    cap: float,
     window: float,
-    m_f: npt.NDArray[np.float64],
-    m_k: npt.NDArray[np.int64],
+    l_f: npt.NDArray[np.float64],
+    l_i: npt.NDArray[np.int32],
     m_hist: npt.NDArray[np.int64],
 ) -> None:  # pragma: no cover - compiled
-    """netutil.LinkMeter.set_rate(t, rate) on link i's meter in arrays (m_f[i] = (t, rate,
-    bytes of the current window), m_k[i] = its window, m_hist[i] = the histogram), the same
-    arithmetic in the same order."""
-    mt = m_f[i, 0]
+    """netutil.LinkMeter.set_rate(t, rate) on link i's meter in arrays (l_f[i] has its t, rate
+    and bytes of the current window, l_i[i, LI_MK] its window, m_hist[i] the histogram), the
+    same arithmetic in the same order."""
+    mt = l_f[i, LF_MT]
     if t > mt:
-        r = m_f[i, 1]
-        k = m_k[i]
+        r = l_f[i, LF_MRATE]
+        cap = l_f[i, LF_CAP]
+        k = l_i[i, LI_MK]
         end = (k + 1) * window
         if t < end:
-            m_f[i, 2] += r * (t - mt)
+            l_f[i, LF_MWBYTES] += r * (t - mt)
         else:
-            wb = m_f[i, 2] + r * (end - mt)
+            wb = l_f[i, LF_MWBYTES] + r * (end - mt)
             m_hist[i, _bin(wb / (cap * window))] += 1
             k2 = int(t / window)
             if k2 <= k:
@@ -188,11 +202,11 @@ def _meter(
             full = k2 - k - 1
             if full > 0:
                 m_hist[i, _bin(r / cap)] += full
-            m_k[i] = k2
+            l_i[i, LI_MK] = k2
             rest = t - k2 * window
-            m_f[i, 2] = r * (rest if rest > 0.0 else 0.0)
-        m_f[i, 0] = t
-    m_f[i, 1] = rate if rate > 0 else 0.0
+            l_f[i, LF_MWBYTES] = r * (rest if rest > 0.0 else 0.0)
+        l_f[i, LF_MT] = t
+    l_f[i, LF_MRATE] = rate if rate > 0 else 0.0
 
 
 if numba is not None:
@@ -200,45 +214,89 @@ if numba is not None:
     _meter = numba.njit(cache=True, nogil=True)(_meter)
 
 
+def _apply_ops(
+    ops: npt.NDArray[np.int64],
+    paths: npt.NDArray[np.int32],
+    f_i: npt.NDArray[np.int32],
+    l_i: npt.NDArray[np.int32],
+    l_flows: npt.NDArray[np.int32],
+) -> int:  # pragma: no cover - compiled
+    """The pending joins and leaves of the links' lists of live flows, in order: a flow slot
+    joins each of its path's links' lists (its place there into f_i[s, FI_POS + k]), or leaves
+    them (the last entry of each list takes its place, and that flow's place follows). Returns
+    how many were applied: fewer than all when a list is full (the caller widens l_flows and
+    passes the rest again)."""
+    width = l_flows.shape[1]
+    for o in range(ops.shape[0]):
+        s = ops[o, 1]
+        p = ops[o, 2]
+        n = paths[p, 0]
+        if ops[o, 0] == OP_LINK:
+            for k in range(n):
+                if l_i[paths[p, 1 + k], LI_DEG] >= width:
+                    return o
+            for k in range(n):
+                li = paths[p, 1 + k]
+                d = l_i[li, LI_DEG]
+                l_flows[li, d] = s
+                f_i[s, FI_POS + k] = d
+                l_i[li, LI_DEG] = d + 1
+        else:
+            for k in range(n):
+                li = paths[p, 1 + k]
+                pos = f_i[s, FI_POS + k]
+                last = l_i[li, LI_DEG] - 1
+                moved = l_flows[li, last]
+                l_flows[li, pos] = moved
+                if moved != s:
+                    mp = f_i[moved, FI_PID]
+                    for k2 in range(paths[mp, 0]):
+                        if paths[mp, 1 + k2] == li:
+                            f_i[moved, FI_POS + k2] = pos
+                            break
+                l_i[li, LI_DEG] = last
+    return int(ops.shape[0])
+
+
+if numba is not None:
+    _apply_ops = numba.njit(cache=True, nogil=True)(_apply_ops)
+
+
 def _recompute(
     t: float,
-    dirty: npt.NDArray[np.int64],
     window: float,
-    cap: npt.NDArray[np.float64],
-    lbytes: npt.NDArray[np.float64],
-    lvbytes: npt.NDArray[np.float64],
-    p_links: npt.NDArray[np.int64],
-    p_len: npt.NDArray[np.int64],
-    f_rem: npt.NDArray[np.float64],
-    f_rate: npt.NDArray[np.float64],
-    f_t0: npt.NDArray[np.float64],
-    f_w: npt.NDArray[np.float64],
-    f_level: npt.NDArray[np.int64],
-    f_pid: npt.NDArray[np.int64],
-    f_bneck: npt.NDArray[np.int64],
-    l_flows: npt.NDArray[np.int64],
-    l_deg: npt.NDArray[np.int64],
-    lmark: npt.NDArray[np.bool_],
-    fmark: npt.NDArray[np.bool_],
-    lloc: npt.NDArray[np.int64],
-    m_f: npt.NDArray[np.float64],
-    m_k: npt.NDArray[np.int64],
+    dirty: npt.NDArray[np.int64],
+    ops: npt.NDArray[np.int64],
+    l_f: npt.NDArray[np.float64],
+    l_i: npt.NDArray[np.int32],
+    l_flows: npt.NDArray[np.int32],
     m_hist: npt.NDArray[np.int64],
-    m_on: npt.NDArray[np.bool_],
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:  # pragma: no cover - compiled
-    """A whole re-allocation over the fluid state in arrays: the component of the links in
-    `dirty` (links reachable through live flows), its classes (level, path), the filling
-    (`_kernel`), then the flows whose rate changed settled at their old rate and given the new
-    one; every component flow's bottleneck (shared, else -1) into `f_bneck`; each component
-    link's meter (netutil.LinkMeter, here in arrays: `_meter`) told its new aggregate rate.
-    Returns the changed flow slots, their new rates and remaining bytes."""
+    paths: npt.NDArray[np.int32],
+    f_f: npt.NDArray[np.float64],
+    f_i: npt.NDArray[np.int32],
+    lvbytes: npt.NDArray[np.float64],
+    out_s: npt.NDArray[np.int64],
+    out_f: npt.NDArray[np.float64],
+) -> int:  # pragma: no cover - compiled
+    """A whole re-allocation over the fluid state in arrays (the layout above): the pending list
+    operations `ops` (`_apply_ops`), then the component of the links in `dirty` (links reachable
+    through live flows), its classes (level, path), the filling (`_kernel`), then the flows
+    whose rate changed settled at their old rate and given the new one; every component flow's
+    bottleneck (shared, else -1) into f_i; each component link's meter (netutil.LinkMeter, here
+    in arrays: `_meter`) told its new aggregate rate. The changed flow slots go to `out_s`,
+    their new rates and remaining bytes to `out_f`; returns how many. When a link's list of
+    live flows is full, only the first k operations are applied and nothing else is done:
+    returns -1 - k."""
+    done = _apply_ops(ops, paths, f_i, l_i, l_flows)
+    if done < ops.shape[0]:
+        return -1 - done
     # component search
-    links = np.empty(cap.shape[0], np.int64)
-    flows = np.empty(f_rem.shape[0], np.int64)
+    links = np.empty(l_f.shape[0], np.int64)
+    flows = np.empty(f_f.shape[0], np.int64)
     nl = 0
     nf = 0
     # links to visit (a link is pushed once per flow that reaches it: at most every path's)
-    stack = np.empty(dirty.shape[0] + f_rem.shape[0] * p_links.shape[1], np.int64)
+    stack = np.empty(dirty.shape[0] + f_f.shape[0] * (paths.shape[1] - 1), np.int64)
     top = 0
     for x in dirty:
         stack[top] = x
@@ -246,34 +304,34 @@ def _recompute(
     while top > 0:
         top -= 1
         l = stack[top]
-        if lmark[l]:
+        if l_i[l, LI_MARK]:
             continue
-        lmark[l] = True
+        l_i[l, LI_MARK] = 1
         links[nl] = l
         nl += 1
-        for k in range(l_deg[l]):
+        for k in range(l_i[l, LI_DEG]):
             s = l_flows[l, k]
-            if fmark[s]:
+            if f_i[s, FI_MARK]:
                 continue
-            fmark[s] = True
+            f_i[s, FI_MARK] = 1
             flows[nf] = s
             nf += 1
-            p = f_pid[s]
-            for q in range(p_len[p]):
-                l2 = p_links[p, q]
-                if not lmark[l2]:
+            p = f_i[s, FI_PID]
+            for q in range(paths[p, 0]):
+                l2 = paths[p, 1 + q]
+                if not l_i[l2, LI_MARK]:
                     stack[top] = l2
                     top += 1
     for i in range(nl):
-        lloc[links[i]] = i
+        l_i[links[i], LI_LOC] = i
     fl = np.empty(nf, np.int64)
     key = np.empty(nf, np.int64)
-    npaths = p_len.shape[0]
+    npaths = paths.shape[0]
     for i in range(nf):
         s = flows[i]
         fl[i] = s
-        fmark[s] = False
-        key[i] = f_level[s] * npaths + f_pid[s]
+        f_i[s, FI_MARK] = 0
+        key[i] = f_i[s, FI_LEVEL] * npaths + f_i[s, FI_PID]
     order = _stable_order(key)
     # classes: runs of equal key
     cls_of = np.empty(nf, np.int64)
@@ -289,111 +347,53 @@ def _recompute(
     for i in range(nf):
         c = cls_of[i]
         s = fl[i]
-        level[c] = f_level[s]
-        cpath[c] = f_pid[s]
-        n[c] += f_w[s]
+        level[c] = f_i[s, FI_LEVEL]
+        cpath[c] = f_i[s, FI_PID]
+        n[c] += f_f[s, FF_W]
         nfl[c] += 1
     ptr = np.zeros(nc + 1, np.int64)
     for c in range(nc):
-        ptr[c + 1] = ptr[c] + p_len[cpath[c]]
+        ptr[c + 1] = ptr[c] + paths[cpath[c], 0]
     idx = np.empty(ptr[nc], np.int64)
     for c in range(nc):
         p = cpath[c]
-        for q in range(p_len[p]):
-            idx[ptr[c] + q] = lloc[p_links[p, q]]
+        for q in range(paths[p, 0]):
+            idx[ptr[c] + q] = l_i[paths[p, 1 + q], LI_LOC]
     lcap = np.empty(nl)
     for i in range(nl):
-        lcap[i] = cap[links[i]]
-        lmark[links[i]] = False
+        lcap[i] = l_f[links[i], LF_CAP]
+        l_i[links[i], LI_MARK] = 0
     rate, resid, bott = waterfill(lcap, level, n, ptr, idx, nfl)
     # changed flows: settle at the old rate, then the new rate
-    out = np.empty(nf, np.int64)
-    orate = np.empty(nf)
-    orem = np.empty(nf)
     no = 0
     for i in range(nf):
         s = fl[i]
         c = cls_of[i]
-        new = rate[c] * f_w[s]
-        old = f_rate[s]
-        f_bneck[s] = links[bott[c]] if bott[c] >= 0 else -1
+        new = rate[c] * f_f[s, FF_W]
+        old = f_f[s, FF_RATE]
+        f_i[s, FI_BNECK] = links[bott[c]] if bott[c] >= 0 else -1
         if new != old:
-            dt = t - f_t0[s]
+            dt = t - f_f[s, FF_T0]
             if dt > 0 and old > 0:
                 b = old * dt
-                if b > f_rem[s]:
-                    b = f_rem[s]
-                f_rem[s] -= b
-                lvbytes[f_level[s]] += b
-                p = f_pid[s]
-                for q in range(p_len[p]):
-                    lbytes[p_links[p, q]] += b
-            f_t0[s] = t
-            f_rate[s] = new
-            out[no] = s
-            orate[no] = new
-            orem[no] = f_rem[s]
+                if b > f_f[s, FF_REM]:
+                    b = f_f[s, FF_REM]
+                f_f[s, FF_REM] -= b
+                lvbytes[f_i[s, FI_LEVEL]] += b
+                p = f_i[s, FI_PID]
+                for q in range(paths[p, 0]):
+                    l_f[paths[p, 1 + q], LF_BYTES] += b
+            f_f[s, FF_T0] = t
+            f_f[s, FF_RATE] = new
+            out_s[no] = s
+            out_f[no, 0] = new
+            out_f[no, 1] = f_f[s, FF_REM]
             no += 1
     for i in range(nl):
         li = links[i]
-        _meter(li, t, lcap[i] - resid[i], lcap[i], window, m_f, m_k, m_hist)
-        m_on[li] = True
-    return out[:no], orate[:no], orem[:no]
+        _meter(li, t, lcap[i] - resid[i], window, l_f, l_i, m_hist)
+        l_i[li, LI_MON] = 1
+    return no
 
 
-def _link_flow(
-    s: int,
-    p: int,
-    p_links: npt.NDArray[np.int64],
-    p_len: npt.NDArray[np.int64],
-    f_pos: npt.NDArray[np.int64],
-    l_flows: npt.NDArray[np.int64],
-    l_deg: npt.NDArray[np.int64],
-) -> bool:  # pragma: no cover - compiled
-    """Flow slot `s` on path `p` joins each of its links' lists of live flows (f_pos: where).
-    False (nothing changed) when a list is full: the caller widens l_flows and asks again."""
-    for k in range(p_len[p]):
-        if l_deg[p_links[p, k]] >= l_flows.shape[1]:
-            return False
-    for k in range(p_len[p]):
-        li = p_links[p, k]
-        d = l_deg[li]
-        l_flows[li, d] = s
-        f_pos[s, k] = d
-        l_deg[li] = d + 1
-    return True
-
-
-def _unlink_flow(
-    s: int,
-    p: int | np.int64,
-    p_links: npt.NDArray[np.int64],
-    p_len: npt.NDArray[np.int64],
-    f_pid: npt.NDArray[np.int64],
-    f_pos: npt.NDArray[np.int64],
-    l_flows: npt.NDArray[np.int64],
-    l_deg: npt.NDArray[np.int64],
-) -> None:  # pragma: no cover - compiled
-    """Flow slot `s` (path `p`) leaves its links' lists: the last entry of each list takes its
-    place (and that flow's f_pos follows)."""
-    for k in range(p_len[p]):
-        li = p_links[p, k]
-        pos = f_pos[s, k]
-        last = l_deg[li] - 1
-        moved = l_flows[li, last]
-        l_flows[li, pos] = moved
-        if moved != s:
-            mp = f_pid[moved]
-            for k2 in range(p_len[mp]):
-                if p_links[mp, k2] == li:
-                    f_pos[moved, k2] = pos
-                    break
-        l_deg[li] = last
-
-
-if numba is not None:
-    recompute_arrays = numba.njit(cache=True, nogil=True)(_recompute)
-    link_flow = numba.njit(cache=True, nogil=True)(_link_flow)
-    unlink_flow = numba.njit(cache=True, nogil=True)(_unlink_flow)
-else:  # pragma: no cover
-    recompute_arrays = link_flow = unlink_flow = None
+recompute_arrays = numba.njit(cache=True, nogil=True)(_recompute) if numba is not None else None
