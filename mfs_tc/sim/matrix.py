@@ -110,7 +110,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("paper-llama70b-mooncake", "mooncake", "llama3-70b", "paper", CAPACITY_LOADS, (3.0,), 200, load_unit="capacity"),
         Scenario("ls256-llama70b-azure", "azure", "llama3-70b", "ls256-200g", CAPACITY_LOADS, (3.0,), 600, load_unit="capacity"),
         # cluster scale where the network is the bottleneck (qwen-72b's 2.6 MB of KV per token
-        # into c256's decode downlinks); not in the default matrix: ~40 min for 5 policies x 3
+        # into c256's decode downlinks); not in the default matrix: ~10 min for 5 policies x 5
         # seeds on 2 cores (docs/evaluation.md "At cluster scale")
         Scenario("c256-qwen72b-poisson", "poisson", "qwen-72b", "c256", CLUSTER_LOADS, (3.0,), 1000, load_unit="capacity"),
         Scenario("c256-qwen72b-azure", "azure", "qwen-72b", "c256", CLUSTER_LOADS, (3.0,), 1000, load_unit="capacity"),
