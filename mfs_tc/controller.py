@@ -635,9 +635,7 @@ class _Owner:
             cur = self._cursors
             if cur is not None:
                 cur[self._ci] = layer
-                if not self.record.flags & R_SCAVENGER and self._hopeless(self.ctl.clock()):
-                    self._mark_scavenged()
-                    self._write_record()
+                self._check_hopeless()
             elif not self._check_hopeless():
                 self._write_record()
 
