@@ -419,16 +419,12 @@ class Simulator:
             # every event of this instant (the tick among them in sequence order), then one
             # rate recomputation
             while True:
-                if heap and heap[0][0] <= t:
-                    if self._tick_t == t and self._tick_seq < heap[0][1]:
-                        self.events += 1
-                        on_tick()
-                        continue
-                elif self._tick_t == t:
+                due = heap and heap[0][0] <= t  # the heap's next event is of this instant
+                if self._tick_t == t and (not due or self._tick_seq < heap[0][1]):
                     self.events += 1
                     on_tick()
                     continue
-                else:
+                if not due:
                     break
                 _, _, kind, payload, extra = heappop(heap)
                 self.events += 1
