@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from mfs_tc.cli import main
-from mfs_tc.sim.matrix import RUNS_FILE, MatrixConfig, matrix_table, parse_scenario, read_lines, run_matrix
+from mfs_tc.sim.matrix import (
+    DEFAULT_SCENARIOS,
+    RUNS_FILE,
+    SCENARIOS,
+    MatrixConfig,
+    matrix_table,
+    parse_scenario,
+    read_lines,
+    run_matrix,
+)
 
 TINY = "name=tiny,workload=poisson,loads=2/4,slo=3,requests=16"
 
@@ -150,8 +159,6 @@ def test_cluster_preset_loads_the_network_and_mfs_holds_it(tmp_path: Path) -> No
     """The 256-host qwen-72b preset (outside the default matrix) is limited by a link, not by
     compute, and there MFS meets more requests than EDF beyond saturation (a 300-request version
     of docs/evaluation.md "At cluster scale"; 0.97/0.99 against 0.87/0.93 when measured)."""
-    from mfs_tc.sim.matrix import DEFAULT_SCENARIOS, SCENARIOS
-
     assert "c256-qwen72b-poisson" in SCENARIOS and "c256-qwen72b-poisson" not in DEFAULT_SCENARIOS
     sc = replace(parse_scenario("c256-qwen72b-poisson"), requests=300, loads=(1.5,))
     cfg = MatrixConfig(scenarios=[sc], policies=["mfs", "edf"], seeds=[1, 2], bound=False)
