@@ -15,13 +15,32 @@ import csv
 import json
 import math
 import statistics
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 # A JSON object as read from / written to summary.json and requests.csv (rows, runs, aggregates)
 JsonDict = dict[str, Any]
+
+
+class _Stderr:
+    """The default progress stream of the runners: sys.stderr as it is when a line is written,
+    not the object it was when the module was imported (a caller or a test harness that swaps
+    sys.stderr later gets the lines)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+STDERR = cast(TextIO, _Stderr())
 
 SCHEMA = "mfs-tc-results/1"
 CSV_FIELDS = [
@@ -331,7 +350,7 @@ def load_results(out_dir: Path) -> tuple[JsonDict, list[JsonDict]]:
     out_dir = Path(out_dir)
     sfile = out_dir / "summary.json"
     if not sfile.is_file():
-        raise FileNotFoundError(f"{sfile} not found: point at a directory written by `testbed run`")
+        raise FileNotFoundError(f"{sfile} not found: point at a directory written by `testbed run` or `sim run`")
     summary = json.loads(sfile.read_text())
     if summary.get("schema") != SCHEMA:
         raise ValueError(f"{sfile}: schema {summary.get('schema')!r}, expected {SCHEMA}")
@@ -429,6 +448,112 @@ def render_plots(out_dir: Path, summary: JsonDict, runs: list[JsonDict]) -> list
         fig.savefig(made[-1], dpi=110)
         plt.close(fig)
     return made
+
+
+COMPARED_TIMES = (*STAGE_FIELDS, "compute_s", "ttft_s")
+
+
+@dataclass(frozen=True)
+class PointComparison:
+    """One point (policy, load, SLO scale) of two results directories, over the requests both
+    have (same seed and request id): attainment and mean stage times in each, `a` then `b`."""
+
+    policy: str
+    load: float | None
+    slo_scale: float | None
+    seeds: tuple[int, ...]
+    requests: int
+    attainment: tuple[float, float]
+    times_s: dict[str, tuple[float | None, float | None]]
+
+    @property
+    def difference(self) -> float:
+        """b's attainment minus a's."""
+        return self.attainment[1] - self.attainment[0]
+
+    def as_dict(self) -> JsonDict:
+        return {
+            "policy": self.policy,
+            "load": self.load,
+            "slo_scale": self.slo_scale,
+            "seeds": list(self.seeds),
+            "requests": self.requests,
+            "attainment": list(self.attainment),
+            "difference": self.difference,
+            "times_mean_s": {k: list(v) for k, v in self.times_s.items()},
+        }
+
+
+def compare_results(a_dir: Path, b_dir: Path) -> list[PointComparison]:
+    """Two results directories side by side (the testbed against the simulator on the same
+    workload, or two runs of either), paired request by request: a request counts at a point
+    only if both have it, an unfinished one as missed. Points in only one of them are left out;
+    none in common is a clear error."""
+
+    def by_point(d: Path) -> dict[tuple[Any, ...], dict[tuple[int, int], JsonDict]]:
+        _, runs = load_results(d)
+        out: dict[tuple[Any, ...], dict[tuple[int, int], JsonDict]] = {}
+        for run in runs:
+            point = (run["policy"], _f(run.get("load")), _f(run.get("slo_scale")))
+            mine = out.setdefault(point, {})
+            for row in run["rows"]:
+                mine[(int(run["seed"]), int(row["request_id"]))] = row
+        return out
+
+    a, b = by_point(a_dir), by_point(b_dir)
+    common = [p for p in a if p in b]
+    if not common:
+        raise ValueError(f"{a_dir} and {b_dir} have no point (policy, load, SLO scale) in common")
+    out = []
+    for point in sorted(common, key=lambda p: (p[0], p[1] or 0.0, p[2] or 0.0)):
+        keys = sorted(k for k in a[point] if k in b[point])
+        if not keys:
+            continue
+        ra, rb = [a[point][k] for k in keys], [b[point][k] for k in keys]
+
+        def att(rows: list[JsonDict]) -> float:
+            return sum(1 for r in rows if _truthy(r.get("met"))) / len(rows)
+
+        times = {}
+        for f in COMPARED_TIMES:
+            pairs = ((_f(p.get(f)), _f(q.get(f))) for p, q in zip(ra, rb, strict=True))
+            both = [(x, y) for x, y in pairs if x is not None and y is not None]
+            times[f] = (_mean(x for x, _ in both), _mean(y for _, y in both))
+        out.append(
+            PointComparison(
+                policy=point[0],
+                load=point[1],
+                slo_scale=point[2],
+                seeds=tuple(sorted({s for s, _ in keys})),
+                requests=len(keys),
+                attainment=(att(ra), att(rb)),
+                times_s=times,
+            )
+        )
+    return out
+
+
+def comparison_table(points: Sequence[PointComparison], a_name: str = "a", b_name: str = "b") -> str:
+    """One line per point: attainment in a and b, b - a, and each mean stage time as a/b."""
+    cols = [f"{f.removesuffix('_s')} s" for f in COMPARED_TIMES]
+    head = f"{'policy':<12} {'load':>6} {'slo':>5} {'reqs':>5} {a_name[:7]:>7} {b_name[:7]:>7} {'b - a':>7} " + " ".join(
+        f"{c:>13}" for c in cols
+    )
+    lines = [head, "-" * len(head)]
+    for p in points:
+        cells = " ".join(f"{_fmt(x, 1, '.2f')}/{_fmt(y, 1, '.2f')}".rjust(13) for x, y in p.times_s.values())
+        lines.append(
+            f"{p.policy:<12} {_fmt(p.load, 1, '.2f'):>6} {_fmt(p.slo_scale, 1, '.1f'):>5} {p.requests:>5} "
+            f"{p.attainment[0]:>7.3f} {p.attainment[1]:>7.3f} {p.difference:>+7.3f} {cells}"
+        )
+    worst = max(points, key=lambda p: abs(p.difference), default=None)
+    if worst is not None:
+        lines.append("")
+        lines.append(
+            f"largest attainment difference: {worst.difference:+.3f} ({worst.policy} at load "
+            f"{_fmt(worst.load, 1, '.2f')}); stage times are means over the paired requests, {a_name}/{b_name}"
+        )
+    return "\n".join(lines)
 
 
 def _fmt(v: float | str | None, scale: float = 1.0, spec: str = ".3f") -> str:

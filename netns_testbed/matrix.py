@@ -10,12 +10,12 @@ six policies).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
+from mfs_tc.results import STDERR
 from mfs_tc.sim.matrix import SCENARIOS, MatrixConfig, Scenario, point_workload, run_matrix
 
 # the simulator's testbed-mooncake scenario at 3 of its loads (light, near saturation, overload)
@@ -65,7 +65,7 @@ def run_testbed_point(task: dict[str, Any], prefix: str | None = None) -> list[d
     if task["bound"]:
         lines.append({**base, "kind": "bound", "bound": point_bound(wl)})
     if task["policies"]:
-        summary = run_testbed(rc, None, progress_out=sys.stderr)
+        summary = run_testbed(rc, None, progress_out=STDERR)
         for r in summary["runs"]:
             r = {k: v for k, v in r.items() if k != "rows"} | load_info | {"load": load}
             lines.append({**base, "kind": "run", "policy": r["policy"], "run": r})
@@ -73,7 +73,7 @@ def run_testbed_point(task: dict[str, Any], prefix: str | None = None) -> list[d
 
 
 def run_testbed_matrix(
-    cfg: MatrixConfig, out_dir: Path, *, plots: bool = True, progress_out: TextIO | None = sys.stderr, prefix: str | None = None
+    cfg: MatrixConfig, out_dir: Path, *, plots: bool = True, progress_out: TextIO | None = STDERR, prefix: str | None = None
 ) -> dict[str, Any]:
     """Run (or resume) `cfg` on the testbed into `out_dir` (the simulator's files and summary)."""
     return run_matrix(

@@ -194,6 +194,7 @@ class Replay:
                 [self._spawn("kv_fetch", lp.layer, t, bid, None, sb, compute_after[g], kv_ends, kv_work) for t in lp.kv_fetch]
             )
         coll_s = 0.0
+        compute_s = 0.0  # measured: what the layers' sleeps really took
         for g, lp in enumerate(plan.layers):
             for t in kv_threads[g]:
                 t.join()
@@ -201,7 +202,9 @@ class Replay:
             self._safe(lambda: self.sched.update_estimates(bid, est, whole))  # noqa: B023 (called at once)
             self._safe(lambda: self.sched.at_layer(bid, g))  # noqa: B023 (called at once)
             if lp.compute_s > 0:
+                s0 = time.monotonic_ns()
                 time.sleep(lp.compute_s)
+                compute_s += (time.monotonic_ns() - s0) / 1e9
             if lp.collective:
                 c0 = time.monotonic_ns()
                 sb = sum(t.bytes for t in lp.collective)
@@ -225,6 +228,7 @@ class Replay:
             res = self.results[rid]
             res.kv_fetch_s = (kv_end - start) / 1e9
             res.collective_s = coll_s
+            res.compute_s = compute_s
             flows = plan.p2d.get(rid, [])
             threading.Thread(target=self._p2d, args=(rid, flows, nl, plan.decode_step_s), daemon=True, name=f"p2d-{rid}").start()
 

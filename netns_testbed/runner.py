@@ -9,7 +9,6 @@ KeyboardInterrupt handler); leftovers of crashed runs are removed at start.
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,7 +19,7 @@ from typing import Any, TextIO
 
 from mfs_tc import results
 from mfs_tc.errors import MfsError
-from mfs_tc.results import JsonDict, summarize_run, write_results
+from mfs_tc.results import STDERR, JsonDict, summarize_run, write_results
 from mfs_tc.workload.comparison import DEFAULT_POLICIES, ComparisonConfig
 from mfs_tc.workload.config import WorkloadConfig
 
@@ -149,7 +148,7 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v * 1e3:.0f} ms"
 
 
-def run_testbed(cfg: RunConfig, out_dir: Path | None, *, progress_out: TextIO | None = sys.stderr) -> JsonDict:
+def run_testbed(cfg: RunConfig, out_dir: Path | None, *, progress_out: TextIO | None = STDERR) -> JsonDict:
     """The default comparison / sweep on the workload. Returns the summary (also in out_dir)."""
     from mfs_tc.workload import generate
 

@@ -71,3 +71,25 @@ def test_sim_run_bad_input_is_a_clear_error(args: list[str], msg: str, capsys) -
     rc = main(["sim", "run", "--requests", "5", *args])
     assert rc != 0
     assert msg in capsys.readouterr().err
+
+
+def test_sim_compare_of_two_runs(tmp_path: Path, capsys) -> None:
+    # the same workload with and without a per-flow setup latency: every request is paired,
+    # and the latency shows in the times it lengthens (every layer's collective waits for it)
+    args = ["sim", "run", "-p", "fair", "--workload", "poisson", "--requests", "30", "--load", "6"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--flow-setup-ms", "20", "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    assert main(["sim", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json"]) == 0
+    (p,) = json.loads(capsys.readouterr().out)
+    assert p["policy"] == "fair" and p["requests"] == 30
+    a_coll, b_coll = p["times_mean_s"]["collective_s"]
+    assert b_coll >= a_coll + 0.02
+    a_ttft, b_ttft = p["times_mean_s"]["ttft_s"]
+    assert b_ttft > a_ttft
+    assert p["difference"] == pytest.approx(p["attainment"][1] - p["attainment"][0])
+    assert main(["sim", "compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["policy", "load", "slo"] and "largest attainment difference" in out
+    assert main(["sim", "compare", str(tmp_path / "a"), str(tmp_path / "nothing")]) == 1
+    assert "not found" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from mfs_tc.results import compare_results, comparison_table
 from mfs_tc.workload import default_trace_path
 
 TOLERANCE = {"mfs": 0.2, "fair": 0.2, "edf": 0.2}
@@ -92,9 +93,12 @@ def test_sim_attainment_within_tolerance_of_testbed(tmp_path: Path) -> None:
         progress_out=None,
     )
     tbp, simp = _by_point(tb["runs"]), _by_point(sim["runs"])
-    print("testbed", tbp, "\nsim", simp)
-    diffs = {k: round(sum(simp[k]) / len(simp[k]) - sum(v) / len(v), 3) for k, v in tbp.items()}
-    assert len(diffs) == len(POLICIES) * len(LOADS)
+    # request by request (`mfs-tc sim compare`): attainment and every stage's mean time
+    points = compare_results(tmp_path / "testbed", tmp_path / "sim")
+    print(comparison_table(points, "testbed", "sim"))
+    assert {(p.policy, p.load) for p in points} == {(p, x) for p in POLICIES for x in LOADS}
+    assert all(p.requests == REQUESTS * len(SEEDS) for p in points)
+    diffs = {(p.policy, p.load): round(p.difference, 3) for p in points}
     assert all(abs(d) <= TOLERANCE[p] for (p, _), d in diffs.items()), (diffs, tbp, simp)
     assert ranking_mismatches(tbp, simp) == [], (tbp, simp)
     # same result shape: the report code reads both

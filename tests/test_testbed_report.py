@@ -10,6 +10,8 @@ from mfs_tc.results import (
     CSV_FIELDS,
     SCHEMA,
     aggregate,
+    compare_results,
+    comparison_table,
     load_results,
     percentile,
     summarize_run,
@@ -113,3 +115,44 @@ def test_write_and_reload_round_trip_with_plots(tmp_path):
 def test_load_results_rejects_missing_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="testbed run"):
         load_results(tmp_path / "nope")
+
+
+def _results_dir(tmp_path, name: str, runs: list[tuple[str, int, float, list[float | None]]]):
+    d = tmp_path / name
+    write_results(
+        d,
+        [summarize_run(p, _rows(p, seed, load, ttfts), seed=seed, load=load, slo_scale=5.0) for p, seed, load, ttfts in runs],
+        plots=False,
+    )
+    return d
+
+
+def test_compare_pairs_requests_and_differs_per_point(tmp_path):
+    # a: mfs meets 2 of 3 at seed 1; b: the same requests, 3 of 3, plus a request and a point
+    # a does not have (left out: only what both have is compared)
+    a = _results_dir(tmp_path, "a", [("mfs", 1, 2.0, [0.5, 1.5, 0.9]), ("fair", 1, 2.0, [0.5, 0.5, 0.5])])
+    b = _results_dir(
+        tmp_path, "b", [("mfs", 1, 2.0, [0.5, 0.7, 0.9, 3.0]), ("fair", 1, 2.0, [0.5, None, 0.5]), ("edf", 1, 2.0, [0.1])]
+    )
+    pts = {p.policy: p for p in compare_results(a, b)}
+    assert set(pts) == {"fair", "mfs"}
+    mfs = pts["mfs"]
+    assert mfs.requests == 3 and mfs.seeds == (1,) and mfs.load == 2.0
+    assert mfs.attainment == pytest.approx((2 / 3, 1.0))
+    assert mfs.difference == pytest.approx(1 / 3)
+    assert mfs.times_s["ttft_s"] == pytest.approx(((0.5 + 1.5 + 0.9) / 3, (0.5 + 0.7 + 0.9) / 3))
+    assert mfs.times_s["p2d_s"] == pytest.approx((0.3, 0.3))
+    # an unfinished request is a miss, and has no TTFT to average
+    assert pts["fair"].attainment == pytest.approx((1.0, 2 / 3))
+    assert pts["fair"].times_s["ttft_s"] == pytest.approx((0.5, 0.5))
+    table = comparison_table(list(pts.values()), "a", "b")
+    assert "+0.333" in table and "-0.333" in table
+    assert "largest attainment difference: -0.333 (fair at load 2.00)" in table  # the first of a tie
+    assert pts["mfs"].as_dict()["difference"] == pytest.approx(1 / 3)
+
+
+def test_compare_without_a_common_point_is_a_clear_error(tmp_path):
+    a = _results_dir(tmp_path, "a", [("mfs", 1, 2.0, [0.5])])
+    b = _results_dir(tmp_path, "b", [("mfs", 1, 3.0, [0.5])])
+    with pytest.raises(ValueError, match="no point .* in common"):
+        compare_results(a, b)

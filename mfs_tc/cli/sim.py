@@ -224,6 +224,26 @@ def matrix_cmd(
     echo_matrix(summary, out, plots=plots, json_out=json_out)
 
 
+@sim_app.command("compare")
+def compare_cmd(
+    a: Annotated[Path, typer.Argument(help="A results directory (e.g. `testbed run -o A`)")],
+    b: Annotated[Path, typer.Argument(help="Another one on the same workload (e.g. `sim run -o B`)")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON")] = False,
+) -> None:
+    """Two results directories side by side, request by request: per point (policy, load, SLO
+    scale) the attainment in each, the difference, and the mean time of every stage."""
+    from ..results import compare_results, comparison_table
+
+    try:
+        points = compare_results(a, b)
+    except (FileNotFoundError, ValueError) as exc:
+        raise MfsError(str(exc)) from exc
+    if json_out:
+        typer.echo(json.dumps([p.as_dict() for p in points], indent=2))
+        return
+    typer.echo(comparison_table(points, a.name or str(a), b.name or str(b)))
+
+
 def isolated_stages(text: str | None) -> tuple[str, ...]:
     """--isolate: stage names, comma-separated."""
     from ..model import STAGES

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from ..bound import saturation_load
 from ..results import (
+    STDERR,
     TARGET_ATTAINMENT,
     JsonDict,
     aggregate,
@@ -364,7 +364,7 @@ def run_matrix(
     executor: str = "local",
     address: str | None = None,
     plots: bool = True,
-    progress_out: TextIO | None = sys.stderr,
+    progress_out: TextIO | None = STDERR,
     point_runner: Callable[[JsonDict], list[JsonDict]] | None = None,
 ) -> JsonDict:
     """Run (or resume) the matrix into `out_dir`; returns the matrix summary."""

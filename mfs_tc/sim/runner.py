@@ -8,7 +8,6 @@ schema "mfs-tc-results/1", plots), so `report` renders testbed and simulator run
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,7 +17,7 @@ from .. import results
 from ..bound import earliest_starts, reference_bound
 from ..policy.base import Policy
 from ..policy.registry import make_policy
-from ..results import JsonDict, aggregate, sweep, write_results
+from ..results import STDERR, JsonDict, aggregate, sweep, write_results
 from ..workload import ClusterShape, Workload, WorkloadConfig, cluster_preset, generate
 from ..workload.comparison import ComparisonConfig
 from .engine import SimResult, simulate
@@ -127,7 +126,7 @@ def point_bound(wl: Workload, **sim_kw: Any) -> JsonDict:
     return out
 
 
-def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> list[JsonDict]:
+def run_points(cfg: SimRunConfig, progress_out: TextIO | None = STDERR) -> list[JsonDict]:
     runs: list[JsonDict] = []
     for seed in cfg.seeds:
         for load in cfg.loads:
@@ -158,7 +157,7 @@ def run_points(cfg: SimRunConfig, progress_out: TextIO | None = sys.stderr) -> l
     return runs
 
 
-def run_sim(cfg: SimRunConfig, out_dir: Path | None, *, plots: bool = True, progress_out: TextIO | None = sys.stderr) -> JsonDict:
+def run_sim(cfg: SimRunConfig, out_dir: Path | None, *, plots: bool = True, progress_out: TextIO | None = STDERR) -> JsonDict:
     """Run every point and policy; write the results under `out_dir` (if given)."""
     runs = run_points(cfg, progress_out)
     meta = {"source": "sim", "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in _asdict(cfg).items()}}
