@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from ..errors import MfsError, NotAttachedError
+from .output import human_bytes, print_table
 
 if TYPE_CHECKING:
     from ..maps import PinnedMaps
@@ -35,22 +36,6 @@ def _attached(root: Path) -> list[tuple[Optional[str], str]]:
             if (if_dir / "flows").exists():
                 out.append((None if ns_dir.name == "host" else ns_dir.name, if_dir.name))
     return out
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "K", "M", "G", "T"):
-        if abs(n) < 1024 or unit == "T":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return str(n)
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=False)).rstrip()]
-    for r in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
-    return "\n".join(lines)
 
 
 def _proto(p: str) -> str:
@@ -121,11 +106,11 @@ def flows_cmd(
                 str(d["level"]),
                 "-" if d["cursor"] is None else str(d["cursor"]),
                 "yes" if d["scavenged"] else "",
-                f"{_fmt_bytes(d['sent_bytes'])}/{_fmt_bytes(d['total_bytes'])}",
+                f"{human_bytes(d['sent_bytes'])}/{human_bytes(d['total_bytes'])}",
                 f"{d['request_id']:#x}" if d["request_id"] else "static",
             ]
         )
-    typer.echo(_table(rows, ["IFACE", "FLOW", "STAGE", "MODE", "LEVEL", "CURSOR", "SCAV", "SENT/TOTAL", "REQUEST"]))
+    print_table(["IFACE", "FLOW", "STAGE", "MODE", "LEVEL", "CURSOR", "SCAV", "SENT/TOTAL", "REQUEST"], rows)
 
 
 def set_cmd(
