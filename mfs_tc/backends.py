@@ -65,109 +65,36 @@ class Backend:
     def commands(self, dev: str) -> list[list[str]]:
         """The tc commands that install this backend as the root qdisc of `dev`."""
         k = self.nlevels
+
+        def root(kind: str, *args: str) -> list[str]:
+            return ["tc", "qdisc", "replace", "dev", dev, "root", "handle", HANDLE, kind, *args]
+
+        def htb_class(parent: str, classid: str, *args: str) -> list[str]:
+            return ["tc", "class", "replace", "dev", dev, "parent", parent, "classid", classid, "htb", *args]
+
         if self.name == "none":
             return []
+        prio_map = [str(min(p, k - 1)) for p in range(16)]
         if self.name == "ets":
-            priomap = [str(min(p, k - 1)) for p in range(16)]
-            return [
-                [
-                    "tc",
-                    "qdisc",
-                    "replace",
-                    "dev",
-                    dev,
-                    "root",
-                    "handle",
-                    HANDLE,
-                    "ets",
-                    "bands",
-                    str(k),
-                    "strict",
-                    str(k),
-                    "priomap",
-                    *priomap,
-                ]
-            ]
+            return [root("ets", "bands", str(k), "strict", str(k), "priomap", *prio_map)]
         if self.name == "mqprio":
-            prio_map = [str(min(p, k - 1)) for p in range(16)]
             queues = [f"1@{i}" for i in range(k)]
-            return [
-                [
-                    "tc",
-                    "qdisc",
-                    "replace",
-                    "dev",
-                    dev,
-                    "root",
-                    "handle",
-                    HANDLE,
-                    "mqprio",
-                    "num_tc",
-                    str(k),
-                    "map",
-                    *prio_map,
-                    "queues",
-                    *queues,
-                    "hw",
-                    "1",
-                    "mode",
-                    "dcb",
-                ]
-            ]
+            return [root("mqprio", "num_tc", str(k), "map", *prio_map, "queues", *queues, "hw", "1", "mode", "dcb")]
         if self.name == "htb":
             if not self.rate_bps:
                 raise ValueError("the htb backend needs a rate (the link speed, or --rate)")
             rate = self.rate_bps
             leaf = max(MIN_LEAF_RATE_BPS, rate // (100 * k))
-            burst = max(rate // 8 // 500, 3 * 65536)  # 2 ms at rate, at least three GSO packets
+            burst = str(max(rate // 8 // 500, 3 * 65536))  # 2 ms at rate, at least three GSO packets
             cmds = [
-                [
-                    "tc",
-                    "qdisc",
-                    "replace",
-                    "dev",
-                    dev,
-                    "root",
-                    "handle",
-                    HANDLE,
-                    "htb",
-                    "default",
-                    f"{HTB_LEAF_MINOR + self.default_level:x}",
-                ],
-                [
-                    "tc",
-                    "class",
-                    "replace",
-                    "dev",
-                    dev,
-                    "parent",
-                    HANDLE,
-                    "classid",
-                    f"{HANDLE}1",
-                    "htb",
-                    "rate",
-                    f"{rate}bit",
-                    "ceil",
-                    f"{rate}bit",
-                    "burst",
-                    str(burst),
-                    "cburst",
-                    str(burst),
-                ],
+                root("htb", "default", f"{HTB_LEAF_MINOR + self.default_level:x}"),
+                htb_class(HANDLE, f"{HANDLE}1", "rate", f"{rate}bit", "ceil", f"{rate}bit", "burst", burst, "cburst", burst),
             ]
             for i in range(k):
                 cmds.append(
-                    [
-                        "tc",
-                        "class",
-                        "replace",
-                        "dev",
-                        dev,
-                        "parent",
+                    htb_class(
                         f"{HANDLE}1",
-                        "classid",
                         self.class_of(i),
-                        "htb",
                         "rate",
                         f"{leaf}bit",
                         "ceil",
@@ -177,10 +104,10 @@ class Backend:
                         "quantum",
                         str(HTB_QUANTUM),
                         "burst",
-                        str(burst),
+                        burst,
                         "cburst",
-                        str(burst),
-                    ]
+                        burst,
+                    )
                 )
             return cmds
         raise ValueError(f"unknown qdisc backend {self.name!r}: expected one of {', '.join(BACKENDS)}")
