@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sim_workloads import at_once
 
 from mfs_tc import bound as B
 from mfs_tc.entry import FlowEntry
 from mfs_tc.policy.base import Policy
 from mfs_tc.sim.engine import simulate
 from mfs_tc.sim.runner import make_sim_policy
-from mfs_tc.workload import ClusterShape, ModelShape, RequestSpec, Workload, WorkloadConfig, generate
+from mfs_tc.workload import Workload, WorkloadConfig, generate
 
 
 def _lp(parts: list[tuple[float, float, float]], integral: bool = False) -> float:
@@ -37,24 +38,9 @@ def test_nested_windows_and_fractional_lp() -> None:
     assert _lp([(0, 1, 1), (0, 1, 1), (5, 6, 1), (5, 6, 0.5)]) == pytest.approx(1.0 + 1.5)
 
 
-P2D_ONLY = ModelShape(
-    name="p2d-only",
-    layer_groups=1,
-    kv_bytes_per_token_per_group=1.0,
-    act_bytes_per_token_per_group=0.0,
-    collective="all_reduce",
-    compute_a_s=0.0,
-    compute_b_s_per_token=0.0,
-    decode_step_s=0.01,
-)
-
-
 def _three_p2d(group_size: int) -> Workload:
     """Three requests at t=0 whose only work is 1000 p2d bytes to one decode host at 1000 B/s."""
-    cl = ClusterShape(kv_hosts=1, prefill_groups=1, group_size=group_size, decode_hosts=1, link_rate_bps=8000.0)
-    cfg = WorkloadConfig(kind="poisson", load=1.0, num_requests=3, model=P2D_ONLY, cluster=cl, byte_scale=1.0, max_batch=8)
-    reqs = [RequestSpec(i + 1, 0.0, 1000, 0, 1, 0, "d0", "kv0", 2.02, 1.01) for i in range(3)]
-    return Workload(cfg=cfg, model=P2D_ONLY, cluster=cl, requests=reqs)
+    return at_once([1000] * 3, 8000.0, slo_s=2.02, unloaded_s=1.01, group_size=group_size)
 
 
 def test_workload_bound_matches_the_best_schedule() -> None:

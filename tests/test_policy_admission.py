@@ -7,11 +7,11 @@ import itertools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sim_workloads import at_once
 
 from mfs_tc.policy import make_policy
 from mfs_tc.policy.admission import admission_slack_ns, moore_hodgson
 from mfs_tc.sim.engine import simulate
-from mfs_tc.workload import ClusterShape, ModelShape, RequestSpec, Workload, WorkloadConfig
 
 
 def test_moore_hodgson_by_hand() -> None:
@@ -64,26 +64,11 @@ def test_admission_slack_is_how_long_nothing_is_given_up(jobs: list[tuple[int, i
     assert admission_slack_ns({}, 0) > 1 << 60  # nothing to give up, ever
 
 
-P2D_ONLY = ModelShape(
-    name="p2d-only",
-    layer_groups=1,
-    kv_bytes_per_token_per_group=1.0,
-    act_bytes_per_token_per_group=0.0,
-    collective="all_reduce",
-    compute_a_s=0.0,
-    compute_b_s_per_token=0.0,
-    decode_step_s=0.01,
-)
-
-
 def test_two_p2d_stages_that_cannot_both_make_it() -> None:
     """1000 B/s decode link, two 1000 B p2d stages due at 1.5 s: sharing it they both end at
     2 s and both miss (each is scavenged only when its own MLU passes 1, together); with the
     admission one is given up at the first tick and the other ends at 1 s."""
-    cl = ClusterShape(kv_hosts=1, prefill_groups=1, group_size=1, decode_hosts=1, link_rate_bps=8000.0)
-    cfg = WorkloadConfig(kind="poisson", load=1.0, num_requests=2, model=P2D_ONLY, cluster=cl, byte_scale=1.0, max_batch=8)
-    reqs = [RequestSpec(i + 1, 0.0, 1000, 0, 1, 0, "d0", "kv0", 1.5, 1.0) for i in range(2)]
-    w = Workload(cfg=cfg, model=P2D_ONLY, cluster=cl, requests=reqs)
+    w = at_once([1000] * 2, 8000.0, slo_s=1.5, unloaded_s=1.0)
     out = {}
     for admission in (False, True):
         pol = make_policy("mfs", ref_rate_bps=8000.0, p2d_admission=admission)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sim_workloads import P2D_ONLY, at_once
 
 from mfs_tc.entry import FlowEntry
 from mfs_tc.layout import MODE_LAXITY
@@ -11,7 +12,7 @@ from mfs_tc.policy.base import Policy
 from mfs_tc.sim.engine import simulate
 from mfs_tc.sim.fabric import Fabric, Link
 from mfs_tc.sim.fluid import FluidFlow, allocate
-from mfs_tc.workload import ClusterShape, ModelShape, RequestSpec, Workload, WorkloadConfig
+from mfs_tc.workload import ClusterShape, ModelShape, Workload, WorkloadConfig
 
 # ---- fluid allocation ---------------------------------------------------------------------------
 
@@ -55,27 +56,11 @@ def test_leaf_spine_paths() -> None:
 
 # ---- the engine on hand-built workloads ---------------------------------------------------------
 
-P2D_ONLY = ModelShape(
-    name="p2d-only",
-    layer_groups=1,
-    kv_bytes_per_token_per_group=1.0,
-    act_bytes_per_token_per_group=0.0,
-    collective="all_reduce",
-    compute_a_s=0.0,
-    compute_b_s_per_token=0.0,
-    decode_step_s=0.01,
-)
-
 
 def _workload(
     inputs: list[int], rate_bps: float, model: ModelShape = P2D_ONLY, group_size: int = 1, reused: int = 0, max_batch: int = 8
 ) -> Workload:
-    cl = ClusterShape(kv_hosts=1, prefill_groups=1, group_size=group_size, decode_hosts=1, link_rate_bps=rate_bps)
-    cfg = WorkloadConfig(
-        kind="poisson", load=1.0, num_requests=len(inputs), model=model, cluster=cl, byte_scale=1.0, max_batch=max_batch
-    )
-    reqs = [RequestSpec(i + 1, 0.0, n, reused, 1, 0, "d0", "kv0", 100.0, 1.0) for i, n in enumerate(inputs)]
-    return Workload(cfg=cfg, model=model, cluster=cl, requests=reqs)
+    return at_once(inputs, rate_bps, model=model, group_size=group_size, reused=reused, max_batch=max_batch)
 
 
 class ById(Policy):
