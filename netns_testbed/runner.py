@@ -35,6 +35,7 @@ class RunConfig(ComparisonConfig):
     datapath: str = "mfs"
     prefix: str = DEFAULT_PREFIX
     pause_s: float = 1.0
+    host_queue_ms: float = 1.0  # topology.TopologyConfig.host_queue_ms
 
     def checks_policies(self) -> bool:
         return self.datapath == "mfs"
@@ -153,7 +154,9 @@ def run_testbed(cfg: RunConfig, out_dir: Path | None, *, progress_out: TextIO | 
     from mfs_tc.workload import generate
 
     first = generate(cfg.workload_config(cfg.seeds[0], cfg.loads[0], cfg.slo_scales[0]))
-    tcfg = TopologyConfig.from_cluster(first.cluster, levels=cfg.levels, datapath=cfg.datapath, prefix=cfg.prefix)
+    tcfg = TopologyConfig.from_cluster(
+        first.cluster, levels=cfg.levels, datapath=cfg.datapath, prefix=cfg.prefix, host_queue_ms=cfg.host_queue_ms
+    )
     points: list[tuple[int, float | None, float, Callable[[], ReplayScenario]]] = []
     for load in cfg.loads:
         for slo in cfg.slo_scales:

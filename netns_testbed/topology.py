@@ -9,6 +9,16 @@ mfs-tc in trust-dscp mode (they rank packets by the DSCP the sender's classifier
 is what a datacenter switch does. Nothing is created in the root namespace; addresses live only
 inside the namespaces.
 
+Kernel queue budgets scaled to the emulated rate (`host_queue_ms`, default 1 ms). The emulated
+links run hundreds of times slower than the links they stand for, while the kernel's per-socket
+budgets are in bytes: TCP small queues (`net.ipv4.tcp_limit_output_bytes`, 4 MB) and GSO packets
+of up to 64 kB. At 200 Mbit/s one 64 kB packet is 2.6 ms on the wire, and the sockets of one
+priority band kept 10-40 ms of data queued in it (measured). A short flow arriving in that band
+(a layer's collective) waited behind them as in a FIFO, which no 100-400 Gbit/s link does. Each
+host namespace therefore gets a TSQ budget of `host_queue_ms` at the link rate, and GSO packets
+of at most the largest power of two within it (4-64 kB), on both ends of its veth. 0 leaves the
+kernel's defaults.
+
 Names carry the creating process's pid, so `cleanup_leftovers` removes what crashed runs left
 (their pid is gone) and never touches a concurrent live run.
 """
@@ -34,6 +44,7 @@ DEFAULT_PREFIX = "mfsb"
 SUBNET = "10.201.0"
 HOST_IF = "eth0"
 BRIDGE = "br0"
+GSO_MIN, GSO_MAX = 4096, 65536  # the GSO sizes host_queue_ms picks from (powers of two)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +78,7 @@ class TopologyConfig:
     datapath: str = "mfs"  # "mfs": mfs-tc attached everywhere; "plain": HTB only (no classifier)
     switch_trust_dscp: bool = True
     prefix: str = DEFAULT_PREFIX
+    host_queue_ms: float = 1.0  # kernel queue budgets in time at the link rate (module doc); 0: kernel defaults
 
     def __post_init__(self) -> None:
         for name in ("kv_hosts", "prefill_groups", "group_size", "decode_hosts"):
@@ -80,6 +92,19 @@ class TopologyConfig:
             raise ValueError(f"datapath {self.datapath!r}: expected mfs or plain")
         if not re.fullmatch(r"[a-z]{2,8}", self.prefix):
             raise ValueError(f"prefix {self.prefix!r}: 2-8 lowercase letters")
+        if not 0 <= self.host_queue_ms <= 1000:
+            raise ValueError(f"host queue {self.host_queue_ms:g} ms: use 0 (kernel defaults) .. 1000")
+
+    def host_queue_bytes(self) -> tuple[int, int] | None:
+        """(TCP small-queue budget, GSO packet size) in bytes for `host_queue_ms` at the link
+        rate, or None (the kernel's defaults). At 200 Mbit/s and 1 ms: (25000, 16384)."""
+        if not self.host_queue_ms:
+            return None
+        tsq = max(2 * GSO_MIN, int(self.rate_bps / 8 * self.host_queue_ms / 1e3))
+        gso = GSO_MIN
+        while gso * 2 <= min(tsq, GSO_MAX):
+            gso *= 2
+        return tsq, gso
 
     @property
     def prefill_hosts(self) -> int:
@@ -173,6 +198,12 @@ class Topology:
             ip("link", "set", h.port, "master", BRIDGE, ns=sw)
             ip("link", "set", h.port, "up", ns=sw)
             ip("addr", "add", f"{h.addr}/24", "dev", h.ifname, ns=h.netns)
+            queue = self.config.host_queue_bytes()
+            if queue is not None:
+                tsq, gso = queue
+                run_command(["ip", "netns", "exec", h.netns, "sysctl", "-q", "-w", f"net.ipv4.tcp_limit_output_bytes={tsq}"])
+                ip("link", "set", h.ifname, "gso_max_size", str(gso), ns=h.netns)
+                ip("link", "set", h.port, "gso_max_size", str(gso), ns=sw)
             ip("link", "set", h.ifname, "up", ns=h.netns)
         # static neighbours: no ARP round trips in the measurements
         macs = {h.name: _mac(h) for h in self.hosts}

@@ -8,14 +8,12 @@ connection handshake plus the controller's registration) and the payload fractio
 rate (`GOODPUT`: a 1448-byte TCP segment in a 1514-byte frame, which HTB counts).
 
 Claims checked (the ones docs/simulator.md makes, with the measured figures there):
-- per policy and load, the attainment (mean over the seeds) within `TOLERANCE[policy]` of the
-  testbed's, 0.2 for every policy. That is the old bound, not the 0.05 the issue asks:
-  - mfs was within 0.038 in two runs before the MLU > 1 scavenge rule and the unknown-flow
-    default level K-2;
-  - after those changes two runs measured +0.063 and +0.138 at 1.5 req/s, where the testbed's
-    mfs itself varies from 0.775 to 0.85 between runs (just-in-time p2d on real TCP);
-  - fair and edf keep residuals of up to 0.10 and 0.125 (real TCP sharing one FIFO band does worse
-    than max-min for fair; the simulator is pessimistic for edf at 2.5-3.5 req/s);
+- per policy and load, the attainment (mean over the seeds) within `TOLERANCE` of the testbed's:
+  0.125, 10 of a point's 80 requests. The testbed's hosts have their kernel queue budgets scaled
+  to the link rate (`host_queue_ms`, the default). Two runs measured at most 0.050 and 0.088.
+  The testbed's own run-to-run difference reaches 0.05 per point, so the 0.05 the issue asks for
+  held at every point in one run of the two. Before the queue budgets the bound was 0.2: fair's
+  collectives waited behind 4-40 ms of queued bulk data in their band.
 - mfs vs each baseline: the simulator never ranks the other way by more than its own seed spread
   wherever the testbed's gap exceeds the testbed's seed spread (the larger of the two policies'
   max-min over seeds at that load).
@@ -30,7 +28,7 @@ import pytest
 from mfs_tc.results import compare_results, comparison_table
 from mfs_tc.workload import default_trace_path
 
-TOLERANCE = {"mfs": 0.2, "fair": 0.2, "edf": 0.2}
+TOLERANCE = {"mfs": 0.125, "fair": 0.125, "edf": 0.125}
 POLICIES = ["mfs", "fair", "edf"]
 LOADS = [1.5, 2.5, 3.5]
 SEEDS = [1, 2]

@@ -36,6 +36,22 @@ def test_topology_up_down_and_plain_transfers_are_accounted():
     topo = Topology(TopologyConfig(prefill_groups=1, group_size=2, rate_bps=100e6, datapath="plain", prefix=PREFIX), tag=tag)
     with topo:
         assert len(_ours(tag)) == 5  # kv0, p0r0, p0r1, d0, switch
+        # the kernel's queue budgets scaled to 1 ms at 100 Mbit/s: TSQ 12.5 kB, GSO 8 kB on both
+        # ends of every host's veth (the root namespace keeps its own)
+        assert topo.config.host_queue_bytes() == (12500, 8192)
+        for h in topo.hosts:
+            tsq = subprocess.run(
+                ["ip", "netns", "exec", h.netns, "sysctl", "-n", "net.ipv4.tcp_limit_output_bytes"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            assert int(tsq) == 12500
+            for ns, dev in ((h.netns, h.ifname), (topo.switch_ns, h.port)):
+                link = subprocess.run(["ip", "-d", "-n", ns, "link", "show", dev], capture_output=True, text=True, check=True)
+                assert " gso_max_size 8192 " in link.stdout, link.stdout
+        with open("/proc/sys/net/ipv4/tcp_limit_output_bytes") as f:
+            assert int(f.read()) != 12500
         sinks = [Sink(h.netns, h.addr).start() for h in topo.hosts]
         kv, r0, r1 = topo.host("kv0"), topo.host("p0r0"), topo.host("p0r1")
         flows = [open_flow(kv.netns, r.addr, 2_500_000) for r in (r0, r1)]
@@ -51,6 +67,16 @@ def test_topology_up_down_and_plain_transfers_are_accounted():
         for s in sinks:
             s.close()
     assert _ours(tag) == []
+
+
+def test_host_queue_budgets_follow_the_link_rate() -> None:
+    assert TopologyConfig().host_queue_bytes() == (25000, 16384)  # 200 Mbit/s, 1 ms
+    assert TopologyConfig(rate_bps=10e9).host_queue_bytes() == (1_250_000, 65536)  # GSO at most 64 kB
+    assert TopologyConfig(rate_bps=1e6).host_queue_bytes() == (8192, 8192)  # at least two 4 kB packets
+    assert TopologyConfig(rate_bps=1e9, host_queue_ms=2).host_queue_bytes() == (250_000, 65536)
+    assert TopologyConfig(host_queue_ms=0).host_queue_bytes() is None  # the kernel's defaults
+    with pytest.raises(ValueError, match="host queue"):
+        TopologyConfig(host_queue_ms=-1)
 
 
 def test_leftovers_of_a_dead_run_are_removed_live_ones_kept():

@@ -64,6 +64,13 @@ def run_cmd(
     datapath: Annotated[
         str, typer.Option(help="mfs (classifier + strict-priority HTB) or plain (HTB only: no scheduling)")
     ] = "mfs",
+    host_queue_ms: Annotated[
+        float,
+        typer.Option(
+            help="Hosts' TCP small-queue budget and GSO size as this much time at the link rate (0: the kernel's "
+            "byte defaults, which queue tens of ms at emulated rates)"
+        ),
+    ] = 1.0,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results directory (default results/testbed-<time>)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
 ) -> None:
@@ -92,6 +99,7 @@ def run_cmd(
             max_batch=max_batch,
             datapath=datapath,
             spread_bursts=spread_bursts,
+            host_queue_ms=host_queue_ms,
         )
         cfg.workload_config(cfg.seeds[0], cfg.loads[0], cfg.slo_scales[0])
     except ValueError as exc:
