@@ -510,10 +510,6 @@ def compare_results(a_dir: Path, b_dir: Path) -> list[PointComparison]:
         if not keys:
             continue
         ra, rb = [a[point][k] for k in keys], [b[point][k] for k in keys]
-
-        def att(rows: list[JsonDict]) -> float:
-            return sum(1 for r in rows if _truthy(r.get("met"))) / len(rows)
-
         times = {}
         for f in COMPARED_TIMES:
             pairs = ((_f(p.get(f)), _f(q.get(f))) for p, q in zip(ra, rb, strict=True))
@@ -526,11 +522,16 @@ def compare_results(a_dir: Path, b_dir: Path) -> list[PointComparison]:
                 slo_scale=point[2],
                 seeds=tuple(sorted({s for s, _ in keys})),
                 requests=len(keys),
-                attainment=(att(ra), att(rb)),
+                attainment=(_attainment(ra), _attainment(rb)),
                 times_s=times,
             )
         )
     return out
+
+
+def _attainment(rows: list[JsonDict]) -> float:
+    """The fraction of `rows` that met their SLO (an unfinished request is a miss)."""
+    return sum(1 for r in rows if _truthy(r.get("met"))) / len(rows)
 
 
 def comparison_table(points: Sequence[PointComparison], a_name: str = "a", b_name: str = "b") -> str:
