@@ -26,7 +26,7 @@ from mfs_tc.workload.config import WorkloadConfig
 from .plan import ReplayScenario, scenario_from_workload
 from .replay import Replay, ReplayResult, start_sinks
 from .sched import ControllerScheduler, NullScheduler, Scheduler
-from .topology import DEFAULT_PREFIX, Topology, TopologyConfig
+from .topology import DEFAULT_HOST_QUEUE_MS, DEFAULT_PREFIX, Topology, TopologyConfig
 
 
 @dataclass(slots=True)
@@ -35,7 +35,7 @@ class RunConfig(ComparisonConfig):
     datapath: str = "mfs"
     prefix: str = DEFAULT_PREFIX
     pause_s: float = 1.0
-    host_queue_ms: float = 1.0  # topology.TopologyConfig.host_queue_ms
+    host_queue_ms: float = DEFAULT_HOST_QUEUE_MS  # topology.TopologyConfig.host_queue_ms
 
     def checks_policies(self) -> bool:
         return self.datapath == "mfs"

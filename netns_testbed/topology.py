@@ -45,6 +45,7 @@ SUBNET = "10.201.0"
 HOST_IF = "eth0"
 BRIDGE = "br0"
 GSO_MIN, GSO_MAX = 4096, 65536  # the GSO sizes host_queue_ms picks from (powers of two)
+DEFAULT_HOST_QUEUE_MS = 1.0  # kernel queue budgets in time at the link rate (module doc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,7 @@ class TopologyConfig:
     datapath: str = "mfs"  # "mfs": mfs-tc attached everywhere; "plain": HTB only (no classifier)
     switch_trust_dscp: bool = True
     prefix: str = DEFAULT_PREFIX
-    host_queue_ms: float = 1.0  # kernel queue budgets in time at the link rate (module doc); 0: kernel defaults
+    host_queue_ms: float = DEFAULT_HOST_QUEUE_MS  # 0: the kernel's defaults
 
     def __post_init__(self) -> None:
         for name in ("kv_hosts", "prefill_groups", "group_size", "decode_hosts"):
@@ -187,6 +188,7 @@ class Topology:
 
     def _build(self) -> None:
         sw = self.switch_ns
+        queue = self.config.host_queue_bytes()  # (TSQ, GSO) for every host, or the kernel's
         run_command(["ip", "netns", "add", sw])
         ip("link", "set", "lo", "up", ns=sw)
         ip("link", "add", BRIDGE, "type", "bridge", ns=sw)
@@ -198,7 +200,6 @@ class Topology:
             ip("link", "set", h.port, "master", BRIDGE, ns=sw)
             ip("link", "set", h.port, "up", ns=sw)
             ip("addr", "add", f"{h.addr}/24", "dev", h.ifname, ns=h.netns)
-            queue = self.config.host_queue_bytes()
             if queue is not None:
                 tsq, gso = queue
                 run_command(["ip", "netns", "exec", h.netns, "sysctl", "-q", "-w", f"net.ipv4.tcp_limit_output_bytes={tsq}"])
