@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mfs_tc.sim.engine import simulate  # noqa: E402
+from mfs_tc.sim.engine import ENGINES, simulate  # noqa: E402
 from mfs_tc.sim.netutil import load_for_utilisation  # noqa: E402
 from mfs_tc.sim.runner import make_sim_policy  # noqa: E402
 from mfs_tc.workload import ClusterShape, WorkloadConfig, cluster_preset, generate  # noqa: E402
@@ -94,7 +94,14 @@ def one_point(args: argparse.Namespace, n: int, gpus: int) -> dict:
     wl = generate(_config(args, cluster, n, load))
     gen_s = time.perf_counter() - t0
     pol = make_sim_policy(args.policy, nlevels=8, ref_rate_bps=wl.cluster.link_rate_bps, config={})
-    res = simulate(wl, pol, tick_s=args.tick_ms / 1e3, aggregate_groups=not args.no_aggregate_groups, allocator=args.allocator)
+    res = simulate(
+        wl,
+        pol,
+        tick_s=args.tick_ms / 1e3,
+        aggregate_groups=not args.no_aggregate_groups,
+        allocator=args.allocator,
+        engine=args.engine,
+    )
     nu = res.net_util
     bott = {
         "link": bneck,
@@ -104,6 +111,7 @@ def one_point(args: argparse.Namespace, n: int, gpus: int) -> dict:
     }
     return {
         "requests": n,
+        "engine": res.engine,
         "gpus": wl.cluster.gpus,
         "hosts": wl.cluster.num_hosts,
         "load_rps": round(load, 3),
@@ -153,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tick-ms", type=float, default=1.0)
     ap.add_argument("--max-batch", type=int, default=4)
     ap.add_argument("--allocator", default="numba", choices=("numba", "python"))
+    ap.add_argument(
+        "--engine",
+        default="auto",
+        choices=ENGINES,
+        help="the event loop: compiled (mfs_tc.sim.accel), python (the source), auto (compiled where built)",
+    )
     ap.add_argument("--no-aggregate-groups", action="store_true", help="one fluid flow per rank flow (slower; same results)")
     ap.add_argument("--against", default="", help="another checkout whose simulator runs every point too (speedup)")
     ap.add_argument("--single", default="", help=argparse.SUPPRESS)  # N:GPUS, one point, here

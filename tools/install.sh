@@ -70,6 +70,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 .venv/bin/python -c 'import bcc, pyroute2, typer, scapy, prometheus_client' || { say "import check failed"; exit 1; }
+# the simulator's event loop compiled by mypyc (mfs_tc/sim/accel.py; ~1 min, only when its
+# sources changed since the last build); without it the simulator runs its source, slower
+.venv/bin/python -m mfs_tc.sim.accel build || say "the compiled simulator did not build: the simulator runs its source"
 if [ "$systemd" = 1 ]; then
   unit_dir=${SYSTEMD_DIR:-/etc/systemd/system}
   etc_dir=${MFS_TC_ETC:-/etc/mfs-tc}

@@ -26,7 +26,7 @@ import heapq
 import time
 from collections import deque
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from ..entry import FlowEntry
@@ -35,7 +35,7 @@ from ..model import STAGES, Batch, Flow, Request, Stage, batch_hopeless, batch_r
 from ..policy.admission import admission_slack_ns, moore_hodgson
 from ..policy.base import Policy
 from ..policy.red import red, red_ranks
-from ..results import JsonDict, RequestRow
+from ..results import RequestRow
 from ..workload import (
     BatchPlan,
     RequestSpec,
@@ -47,10 +47,11 @@ from ..workload import (
     request_estimate,
     to_model_request,
 )
-from . import netutil
+from . import accel, netutil
 from .due import NEVER, next_change_ns
 from .fabric import Fabric, Link
 from .fluid import FluidFlow, FluidNetwork
+from .result import SimResult
 
 NS = 1_000_000_000
 _ARRIVAL, _DONE, _COMPUTE, _TOKEN, _FLOW, _LANDED = range(6)
@@ -64,28 +65,7 @@ _Event = tuple[float, int, int, Any, Any]
 # compute after ns
 _EntryKey = tuple[str, int, int, int, tuple[int, int] | None, int, int, float, int, int, int]
 _QUIET_MARGIN_NS = 1_000
-
-
-@dataclass(slots=True)
-class SimResult:
-    policy: str
-    requests: list[RequestRow]
-    ccts_s: list[float]
-    level_bytes: list[float]
-    stage_bytes: dict[str, float]
-    sim_time_s: float
-    wall_s: float
-    events: int
-    recomputes: int
-    flows: int
-    tick_s: float
-    stats: JsonDict = field(default_factory=dict)
-    net_util: dict[str, JsonDict] = field(default_factory=dict)  # per link class, see sim.netutil
-
-    @property
-    def attainment(self) -> float:
-        n = len(self.requests)
-        return sum(1 for r in self.requests if r.met) / n if n else 0.0
+ENGINES = ("auto", "compiled", "python")
 
 
 class _SimFlow(FluidFlow):
@@ -1139,6 +1119,17 @@ class Simulator:
         self._tick_seq = self._seq
 
 
-def simulate(workload: Workload, policy: Policy, **kw: Any) -> SimResult:
-    """Run `workload` under `policy`; see `Simulator` for the keyword options."""
+def simulate(workload: Workload, policy: Policy, *, engine: str = "auto", **kw: Any) -> SimResult:
+    """Run `workload` under `policy`; see `Simulator` for the keyword options. `engine`:
+    "compiled" (this module compiled by mypyc, `sim.accel`: the same code and results, faster),
+    "python" (this module as written), "auto" (compiled where it is built from these sources);
+    the result says which ran (`SimResult.engine`)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if engine != "python":
+        fast = accel.compiled_engine(required=engine == "compiled")
+        if fast is not None:
+            res: SimResult = fast.Simulator(workload, policy, **kw).run()
+            res.engine = "compiled"
+            return res
     return Simulator(workload, policy, **kw).run()

@@ -10,19 +10,18 @@ rack's uplink and its destination rack's downlink). Capacities are in bytes per 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..workload import ClusterShape
-
-if TYPE_CHECKING:
-    from .fluid import FluidFlow
 
 
 @dataclass(eq=False, slots=True)
 class Link:
     name: str
     capacity: float  # bytes/s
-    flows: set[FluidFlow] = field(default_factory=set)  # the flows crossing it now
+    # the flows crossing it now (the python allocator's index): fluid.FluidFlow, of the source
+    # or of its compiled copy (sim.accel), whichever engine runs
+    flows: set[Any] = field(default_factory=set)
     bytes: float = 0.0  # carried so far
 
     def __repr__(self) -> str:

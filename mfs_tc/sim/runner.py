@@ -20,7 +20,8 @@ from ..policy.registry import make_policy
 from ..results import STDERR, JsonDict, aggregate, sweep, write_results
 from ..workload import ClusterShape, Workload, WorkloadConfig, cluster_preset, generate
 from ..workload.comparison import ComparisonConfig
-from .engine import SimResult, simulate
+from .engine import simulate
+from .result import SimResult
 
 
 def make_sim_policy(name: str, *, nlevels: int, ref_rate_bps: float, config: JsonDict) -> Policy:
@@ -96,6 +97,7 @@ def summarize(res: SimResult, seed: int, load: float | None, slo_scale: float | 
             "stage_bytes": {k: int(v) for k, v in res.stage_bytes.items()},
             "sim_time_s": res.sim_time_s,
             "wall_s": res.wall_s,
+            "engine": res.engine,
             "events": res.events,
             "flows": res.flows,
             "recomputes": res.recomputes,

@@ -1,0 +1,134 @@
+"""The compiled simulator (mfs_tc.sim.accel): built by tools/install.sh, fresh, and bit for bit
+the engine it is compiled from."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from mfs_tc.errors import MfsError
+from mfs_tc.sim import accel
+from mfs_tc.sim.engine import simulate
+from mfs_tc.sim.result import SimResult
+from mfs_tc.sim.runner import make_sim_policy
+from mfs_tc.workload import WorkloadConfig, generate
+
+
+def _compiled_or_skip() -> None:
+    st = accel.status()
+    if st != "compiled":
+        if os.environ.get("CI"):  # tools/install.sh builds it: CI must run the compiled engine
+            pytest.fail(f"the compiled simulator is {st}")
+        pytest.skip(f"the compiled simulator is {st}")
+
+
+def _same(a: SimResult, b: SimResult, what: str) -> None:
+    """Everything a run computes (not its wall time, nor which engine ran it) equal: requests,
+    collective times, events; the byte totals to 1e-12, since they sum per level and link in the
+    order sets of flows iterate, which is the objects' addresses (the same holds between two runs
+    of one engine)."""
+    assert [dataclasses.asdict(x) for x in a.requests] == [dataclasses.asdict(x) for x in b.requests], what
+    assert (a.ccts_s, a.sim_time_s, a.events, a.recomputes, a.flows) == (b.ccts_s, b.sim_time_s, b.events, b.recomputes, b.flows)
+    assert b.level_bytes == pytest.approx(a.level_bytes, rel=1e-12, abs=1e-6), what
+    assert b.stage_bytes == pytest.approx(a.stage_bytes, rel=1e-12), what
+    assert b.net_util.keys() == a.net_util.keys()
+    for k, v in a.net_util.items():
+        assert b.net_util[k] == pytest.approx(v, rel=1e-12, abs=1e-12), (what, k)
+
+
+@pytest.mark.parametrize(
+    "cfg,policies,kw",
+    [
+        # the testbed's workload with the testbed's emulation (setup latency, goodput, queue)
+        (
+            WorkloadConfig(kind="mooncake", num_requests=40, load=2.5),
+            ("mfs", "fair", "edf", "sjf", "karuna", "llf-oracle"),
+            {"aggregate_groups": True, "flow_setup_s": 0.006, "goodput": 1448 / 1514, "queue_bytes": 757e3},
+        ),
+        # the network-bound benchmark preset (RED re-ranking, p2d admission, leaf-spine)
+        (
+            WorkloadConfig(kind="poisson", load=63.0, num_requests=150, model="qwen-72b", cluster="c1024"),
+            ("mfs", "pias"),
+            {"aggregate_groups": True},
+        ),
+        # overload: batches of several requests, hopeless ones scavenged; every rank flow its own
+        (
+            WorkloadConfig(kind="poisson", load=40.0, num_requests=60, model="dense-small", cluster="testbed", byte_scale=1 / 32),
+            ("mfs", "mfs-laxity", "fair"),
+            {"check_entry_keys": True},
+        ),
+    ],
+)
+def test_compiled_engine_gives_what_the_source_gives(cfg: WorkloadConfig, policies: tuple[str, ...], kw: dict) -> None:
+    _compiled_or_skip()
+    w = generate(cfg)
+    for name in policies:
+        runs = [
+            simulate(w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={}), engine=e, **kw)
+            for e in ("python", "compiled")
+        ]
+        assert [r.engine for r in runs] == ["python", "compiled"]
+        _same(runs[0], runs[1], name)
+        assert runs[0].events > 0 and any(r.met for r in runs[0].requests)
+
+
+def test_isolated_stages_bound_run_is_the_same() -> None:
+    _compiled_or_skip()
+    w = generate(WorkloadConfig(kind="mooncake", num_requests=30, load=2.0))
+    pol = make_sim_policy("fair", nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={})
+    a, b = (simulate(w, pol, isolate_stages=True, aggregate_groups=True, engine=e) for e in ("python", "compiled"))
+    _same(a, b, "isolated")
+
+
+def test_unknown_engine_is_one_clear_error() -> None:
+    w = generate(WorkloadConfig(kind="mooncake", num_requests=2, load=1.0))
+    pol = make_sim_policy("fair", nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={})
+    with pytest.raises(ValueError, match="engine 'rust': choose one of auto, compiled, python"):
+        simulate(w, pol, engine="rust")
+
+
+def test_copies_import_the_shared_modules_absolutely() -> None:
+    src = (
+        "from ..entry import FlowEntry\n"
+        "from . import accel, netutil\n"
+        "from .due import NEVER\n"
+        "from .fabric import Link\n"
+        "    from ..policy.red import red\n"
+        "from . import fluid\n"
+    )
+    assert accel.rewrite(src) == (
+        "from mfs_tc.entry import FlowEntry\n"
+        "from mfs_tc.sim import accel, netutil\n"
+        "from .due import NEVER\n"
+        "from mfs_tc.sim.fabric import Link\n"
+        "    from mfs_tc.policy.red import red\n"
+        "from . import fluid\n"
+    )
+    with pytest.raises(MfsError, match="mixes compiled and other modules"):
+        accel.rewrite("from . import fluid, netutil\n")
+
+
+def _fake_build(src: Path, out: Path, hashes: dict[str, str]) -> None:
+    out.mkdir()
+    (out / "__init__.py").write_text(f"SOURCE_SHA256 = {hashes!r}\n")
+    for m in accel.COMPILED:
+        (out / f"{m}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+
+
+def test_a_build_of_other_sources_is_stale_and_never_loaded(tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for m in accel.COMPILED:
+        (src / f"{m}.py").write_text(f"# {m}\n")
+    assert accel.status(src, out).startswith("not built (run: ")
+    _fake_build(src, out, accel.source_hashes(src))
+    assert accel.status(src, out) == "compiled"
+    (src / "engine.py").write_text("# engine, edited after the build\n")
+    assert accel.status(src, out).startswith("stale: the sources changed since the build")
+    # the real build: whatever it is, the engine the source runs by default is reported
+    if accel.status() != "compiled":
+        with pytest.raises(MfsError, match="the compiled simulator is "):
+            accel.compiled_engine(required=True)
