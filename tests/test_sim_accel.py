@@ -97,36 +97,43 @@ def test_copies_import_the_shared_modules_absolutely() -> None:
         "from .due import NEVER\n"
         "from .fabric import Link\n"
         "    from ..policy.red import red\n"
+        "from ..workload.batching import (\n"
         "from . import fluid\n"
     )
-    assert accel.rewrite(src) == (
+    assert accel.rewrite(src, "sim.engine") == (
         "from mfs_tc.entry import FlowEntry\n"
         "from mfs_tc.sim import accel, netutil\n"
-        "from .due import NEVER\n"
+        "from mfs_tc.sim._compiled.due import NEVER\n"
         "from mfs_tc.sim.fabric import Link\n"
-        "    from mfs_tc.policy.red import red\n"
-        "from . import fluid\n"
+        "    from mfs_tc.sim._compiled.red import red\n"
+        "from mfs_tc.sim._compiled.batching import (\n"
+        "from mfs_tc.sim._compiled import fluid\n"
+    )
+    # a module one package down: `.` is its own package
+    assert accel.rewrite("from .spec import RequestSpec\nfrom .estimate import work_ahead\n", "workload.adapt") == (
+        "from mfs_tc.workload.spec import RequestSpec\nfrom mfs_tc.sim._compiled.estimate import work_ahead\n"
     )
     with pytest.raises(MfsError, match="mixes compiled and other modules"):
-        accel.rewrite("from . import fluid, netutil\n")
+        accel.rewrite("from . import fluid, netutil\n", "sim.engine")
 
 
-def _fake_build(src: Path, out: Path, hashes: dict[str, str]) -> None:
+def _fake_build(out: Path, hashes: dict[str, str]) -> None:
     out.mkdir()
     (out / "__init__.py").write_text(f"SOURCE_SHA256 = {hashes!r}\n")
     for m in accel.COMPILED:
-        (out / f"{m}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+        (out / f"{m.rsplit('.', 1)[-1]}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
 
 
 def test_a_build_of_other_sources_is_stale_and_never_loaded(tmp_path: Path) -> None:
     src, out = tmp_path / "src", tmp_path / "out"
-    src.mkdir()
     for m in accel.COMPILED:
-        (src / f"{m}.py").write_text(f"# {m}\n")
+        f = src.joinpath(*m.split(".")).with_suffix(".py")
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(f"# {m}\n")
     assert accel.status(src, out).startswith("not built (run: ")
-    _fake_build(src, out, accel.source_hashes(src))
+    _fake_build(out, accel.source_hashes(src))
     assert accel.status(src, out) == "compiled"
-    (src / "engine.py").write_text("# engine, edited after the build\n")
+    (src / "workload" / "batching.py").write_text("# batching, edited after the build\n")
     assert accel.status(src, out).startswith("stale: the sources changed since the build")
     # the real build: whatever it is, the engine the source runs by default is reported
     if accel.status() != "compiled":

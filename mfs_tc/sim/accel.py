@@ -1,17 +1,20 @@
-"""The simulator's event loop compiled to C by mypyc: the same source, bit-identical results.
+"""The simulator's event loop compiled to C by mypyc: the same source, the same results.
 
 The engine's time is Python: ~60 events and ~25 re-allocations a request, each a few dozen
-attribute reads and calls. mypyc (the mypy project's compiler for type-annotated Python; the
-engine is mypy-strict clean) turns the classes of `engine`, `fluid` and `due` into C structs and
-their methods into C functions, with the same arithmetic (IEEE doubles, Python ints), the same
-containers and the same calls into the rest of mfs_tc (policies, workload, the numba kernels).
+attribute reads and calls. mypyc (the mypy project's compiler for type-annotated Python; these
+modules are mypy-strict clean) turns the classes of the event loop (`engine`, `fluid`, `due`) and
+of the batch plan and work estimates it asks for at every batch start and layer boundary
+(`workload.batching`, `workload.estimate`, `workload.adapt`, `policy.red`) into C structs and
+their functions into C functions, with the same arithmetic (IEEE doubles, Python ints), the same
+containers and the same calls into the rest of mfs_tc (the policies, the numba kernels).
 
 The compiled modules are copies, built into `mfs_tc/sim/_compiled/` (not in git): `build()`
-copies the three sources there (their imports of the other modules made absolute, so the
-copies share `fabric`, `netutil`, `waterfill`, the policies and the result types with the rest
-of the program), records the sources' SHA-256, and compiles the copies. `compiled_engine()`
-loads them only while the sources are still the ones they were built from, so an edit to the
-engine never runs stale compiled code: it runs the source until the next build.
+copies the sources there (`COMPILED`; their relative imports made absolute, pointing at the
+other copies for compiled modules and at mfs_tc itself for the rest, so the copies share
+`fabric`, `netutil`, `waterfill`, the policies, the workload and the result types with the rest
+of the program), records the sources' SHA-256, and compiles the copies. `compiled_engine()` loads
+them only while the sources are still the ones they were built from, so an edit never runs stale
+compiled code: the source runs until the next build.
 
     .venv/bin/python -m mfs_tc.sim.accel [build] [--force]   # tools/install.sh runs it
     .venv/bin/python -m mfs_tc.sim.accel status
@@ -37,47 +40,69 @@ from types import ModuleType
 from ..errors import MfsError
 
 SIM_DIR = Path(__file__).resolve().parent
+PKG_DIR = SIM_DIR.parent  # mfs_tc/
 OUT_DIR = SIM_DIR / "_compiled"
-PACKAGE = "mfs_tc.sim"
-OUT_PACKAGE = f"{PACKAGE}._compiled"
-# the modules compiled, in import order (a copy imports only earlier ones of these relatively)
-COMPILED = ("due", "fluid", "engine")
+OUT_PACKAGE = "mfs_tc.sim._compiled"
+# the modules compiled (under mfs_tc): the event loop and what it calls per batch and layer.
+# Their copies sit side by side in OUT_DIR under their last name (unique); a copy imports the
+# other compiled modules' copies and every other module of mfs_tc as it is
+COMPILED = (
+    "sim.due",
+    "sim.fluid",
+    "sim.engine",
+    "workload.batching",
+    "workload.estimate",
+    "workload.adapt",
+    "policy.red",
+)
 # bumped when the copying below changes what a copy holds
-REWRITE_VERSION = 1
+REWRITE_VERSION = 2
 
 
-def source_hashes(src: Path = SIM_DIR) -> dict[str, str]:
+def _short(mod: str) -> str:
+    return mod.rsplit(".", 1)[-1]
+
+
+def _source(mod: str, pkg_dir: Path = PKG_DIR) -> Path:
+    return pkg_dir.joinpath(*mod.split(".")).with_suffix(".py")
+
+
+def source_hashes(pkg_dir: Path = PKG_DIR) -> dict[str, str]:
     """The SHA-256 of each compiled module's source, with the copy rule's version."""
     out = {"rewrite": str(REWRITE_VERSION)}
     for m in COMPILED:
-        out[m] = hashlib.sha256((src / f"{m}.py").read_bytes()).hexdigest()
+        out[_short(m)] = hashlib.sha256(_source(m, pkg_dir).read_bytes()).hexdigest()
     return out
 
 
-_FROM_PARENT = re.compile(r"^(\s*)from \.\.(\w)", re.M)
-_FROM_SIBLING = re.compile(r"^(\s*)from \.(\w+) import", re.M)
-_FROM_PACKAGE = re.compile(r"^(\s*)from \. import ([\w, ]+)$", re.M)
+_FROM = re.compile(r"^(\s*)from (\.+)([\w.]*) import (.+)$", re.M)
 
 
-def rewrite(text: str) -> str:
-    """A module's source as its copy in `_compiled`: relative imports of modules that are not
-    compiled become absolute (`..x` -> `mfs_tc.x`, `.netutil` -> `mfs_tc.sim.netutil`), those of
-    compiled siblings stay relative (the copies import each other)."""
-    text = _FROM_PARENT.sub(r"\1from mfs_tc.\2", text)
+def rewrite(text: str, module: str) -> str:
+    """The source of `module` (e.g. "sim.engine") as its copy in `_compiled`: each relative
+    import made absolute, and pointed at the copy where it names a compiled module
+    (`from ..workload.batching import x` -> `from mfs_tc.sim._compiled.batching import x`,
+    `from .fabric import Link` -> `from mfs_tc.sim.fabric import Link`)."""
+    package = ["mfs_tc", *module.split(".")[:-1]]
 
-    def sibling(m: re.Match[str]) -> str:
-        name = m.group(2)
-        return m.group(0) if name in COMPILED else f"{m.group(1)}from {PACKAGE}.{name} import"
+    def target(dots: str, rest: str) -> str:
+        base = package[: len(package) - (len(dots) - 1)]
+        return ".".join(base + ([rest] if rest else []))
 
-    def package(m: re.Match[str]) -> str:
-        names = [n.strip() for n in m.group(2).split(",")]
-        if any(n in COMPILED for n in names):
-            if not all(n in COMPILED for n in names):
-                raise MfsError(f"sim.accel: `from . import {m.group(2)}` mixes compiled and other modules")
-            return m.group(0)
-        return f"{m.group(1)}from {PACKAGE} import {m.group(2)}"
+    def one(m: re.Match[str]) -> str:
+        indent, dots, rest, names = m.groups()
+        absolute = target(dots, rest)
+        if rest:
+            mod = absolute.removeprefix("mfs_tc.")
+            return f"{indent}from {OUT_PACKAGE + '.' + _short(mod) if mod in COMPILED else absolute} import {names}"
+        # `from . import a, b`: modules of that package
+        mods = [n.strip() for n in names.split(",")]
+        compiled = [f"{absolute.removeprefix('mfs_tc.')}.{n}" in COMPILED for n in mods]
+        if any(compiled) and not all(compiled):
+            raise MfsError(f"sim.accel: `from {dots} import {names}` in {module} mixes compiled and other modules")
+        return f"{indent}from {OUT_PACKAGE if all(compiled) else absolute} import {names}"
 
-    return _FROM_PACKAGE.sub(package, _FROM_SIBLING.sub(sibling, text))
+    return _FROM.sub(one, text)
 
 
 def _built_hashes(out: Path) -> dict[str, str] | None:
@@ -98,12 +123,12 @@ def _extensions(mod: str, out: Path) -> list[Path]:
     return sorted(out.glob(f"{mod}.cpython-*.so")) + sorted(out.glob(f"{mod}.*.pyd"))
 
 
-def status(src: Path = SIM_DIR, out: Path = OUT_DIR) -> str:
+def status(pkg_dir: Path = PKG_DIR, out: Path = OUT_DIR) -> str:
     """One line: "compiled", or why the source runs instead (and the command that fixes it)."""
     built = _built_hashes(out)
-    if built is None or not all(_extensions(m, out) for m in COMPILED):
+    if built is None or not all(_extensions(_short(m), out) for m in COMPILED):
         return f"not built (run: {sys.executable} -m mfs_tc.sim.accel build)"
-    if built != source_hashes(src):
+    if built != source_hashes(pkg_dir):
         return f"stale: the sources changed since the build (run: {sys.executable} -m mfs_tc.sim.accel build)"
     return "compiled"
 
@@ -161,19 +186,21 @@ def build(force: bool = False, quiet: bool = False) -> str:
     if OUT_DIR.exists():
         shutil.rmtree(OUT_DIR)
     OUT_DIR.mkdir()
+    if len({_short(m) for m in COMPILED}) != len(COMPILED):
+        raise MfsError("sim.accel: two compiled modules share a name")
     for m in COMPILED:
-        (OUT_DIR / f"{m}.py").write_text(rewrite((SIM_DIR / f"{m}.py").read_text()))
-    root = SIM_DIR.parent.parent  # the directory holding the mfs_tc package
+        (OUT_DIR / f"{_short(m)}.py").write_text(rewrite(_source(m).read_text(), m))
+    root = PKG_DIR.parent  # the directory holding the mfs_tc package
     with tempfile.TemporaryDirectory(prefix="mfs-sim-build-") as tmp:
         setup = Path(tmp) / "setup.py"
         setup.write_text(_SETUP.format(group=f"{OUT_PACKAGE}.lib", c_dir=f"{tmp}/c", build_dir=f"{tmp}/build"))
         # the package marker last-but-one: a build that fails leaves no SOURCE_SHA256 behind
         (OUT_DIR / "__init__.py").write_text('"""Built by mfs_tc.sim.accel; not in git."""\n')
-        paths = [str((OUT_DIR / f"{m}.py").relative_to(root)) for m in COMPILED]
+        paths = [str((OUT_DIR / f"{_short(m)}.py").relative_to(root)) for m in COMPILED]
         if not quiet:
             print(f"compiling {', '.join(paths)} with mypyc ...", file=sys.stderr, flush=True)
         r = subprocess.run([sys.executable, str(setup), *paths], cwd=root, capture_output=True, text=True)
-        if r.returncode != 0 or not all(_extensions(m, OUT_DIR) for m in COMPILED):
+        if r.returncode != 0 or not all(_extensions(_short(m), OUT_DIR) for m in COMPILED):
             shutil.rmtree(OUT_DIR, ignore_errors=True)
             tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-20:])
             raise MfsError(f"the mypyc build failed (the simulator runs its source):\n{tail}")

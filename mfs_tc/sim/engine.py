@@ -36,17 +36,9 @@ from ..policy.admission import admission_slack_ns, moore_hodgson
 from ..policy.base import Policy
 from ..policy.red import red, red_ranks
 from ..results import RequestRow
-from ..workload import (
-    BatchPlan,
-    RequestSpec,
-    Transfer,
-    Workload,
-    batch_of,
-    form_batch,
-    plan_batch,
-    request_estimate,
-    to_model_request,
-)
+from ..workload import RequestSpec, Workload
+from ..workload.adapt import batch_of, request_estimate, to_model_request
+from ..workload.batching import BatchPlan, Transfer, form_batch, plan_batch
 from . import accel, netutil
 from .due import NEVER, next_change_ns
 from .fabric import Fabric, Link
