@@ -21,8 +21,11 @@ Target: 100k requests on 1,024 GPUs in under 120 s (generation + simulation) on 
 bench_sim.py, e.g. `git archive REF | tar -x -C DIR`), right after this one in the same session,
 and the JSON gives both times and the speedup (the house rule: ratios measured in one run).
 
+`--engine`: the event loop compiled by mypyc (`mfs_tc.sim.accel`, the default where it is built)
+or the source; each point's JSON says which ran.
+
   .venv/bin/python tools/bench_sim.py [--quick] [--policy mfs] [--allocator numba|python]
-                                      [--against DIR]
+                                      [--engine auto|compiled|python] [--against DIR]
 """
 
 from __future__ import annotations
