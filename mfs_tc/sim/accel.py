@@ -167,7 +167,7 @@ from mypyc.build import mypycify
 setup(
     name="mfs-tc-sim-compiled",
     ext_modules=mypycify(sys.argv[1:], group_name="{group}", target_dir="{c_dir}", opt_level="3"),
-    script_args=["-q", "build_ext", "--inplace", "--build-temp", "{build_dir}"],
+    script_args=["-q", "build_ext", "--inplace", "--build-temp", "{build_dir}", "--build-lib", "{build_dir}/lib"],
 )
 """
 
