@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from .backends import ProbeError, cleanup_stale_probes, probe_qdisc_kinds
 from .cursors import mmap_supported
 from .layout import PIN_ROOT
 from .pinroot import UnsafePinRootError, secure_pin_dir
+from .sim import accel
 
 
 @dataclass
@@ -191,6 +193,16 @@ def run_checks() -> list[Check]:
             hdr.exists(),
             str(hdr.resolve()) if hdr.exists() else f"{hdr} missing",
             "sudo ./tools/install.sh (installs linux-headers and links them for this kernel)",
+        )
+    )
+    sim = accel.status()
+    checks.append(
+        Check(
+            "compiled simulator",
+            sim == "compiled",
+            sim.split(" (run: ")[0],
+            f"{sys.executable} -m mfs_tc.sim.accel build (tools/install.sh runs it); the simulator runs its source meanwhile",
+            required=False,
         )
     )
     return checks

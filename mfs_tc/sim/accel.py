@@ -25,6 +25,7 @@ installs them). Without them the simulator runs the modules as written, slower, 
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import importlib
@@ -106,17 +107,13 @@ def rewrite(text: str, module: str) -> str:
 
 
 def _built_hashes(out: Path) -> dict[str, str] | None:
-    """What the build in `out` was made from, or None (no build)."""
+    """What the build in `out` was made from, or None (no build, or one that did not finish)."""
     init = out / "__init__.py"
-    if not init.exists():
-        return None
-    m = re.search(r"^SOURCE_SHA256 = (\{.*\})$", init.read_text(), re.M)
+    m = re.search(r"^SOURCE_SHA256 = (\{.*\})$", init.read_text(), re.M) if init.exists() else None
     if m is None:
         return None
-    found: dict[str, str] = {}
-    for k, v in re.findall(r"'(\w+)': '(\w+)'", m.group(1)):
-        found[k] = v
-    return found
+    found = ast.literal_eval(m.group(1))
+    return found if isinstance(found, dict) else None
 
 
 def _extensions(mod: str, out: Path) -> list[Path]:
