@@ -152,7 +152,7 @@ def run_points(cfg: SimRunConfig, progress_out: TextIO | None = STDERR) -> list[
                             f"sim {name:10s} seed={seed} load={load} slo_scale={slo}: "
                             f"attainment {run['attainment']:.3f}, p99 TTFT "
                             f"{(run['ttft_p99_s'] or 0) * 1e3:.1f} ms "
-                            f"({res.events} events, {time.perf_counter() - t0:.1f} s)",
+                            f"({res.events} events, {time.perf_counter() - t0:.1f} s, {res.engine})",
                             file=progress_out,
                             flush=True,
                         )
