@@ -139,3 +139,14 @@ def test_a_build_of_other_sources_is_stale_and_never_loaded(tmp_path: Path) -> N
     if accel.status() != "compiled":
         with pytest.raises(MfsError, match="the compiled simulator is "):
             accel.compiled_engine(required=True)
+
+
+@pytest.mark.privileged
+def test_a_build_by_someone_who_cannot_write_is_one_error_and_keeps_the_build() -> None:
+    from asuser import as_user
+
+    before = accel.status()
+    r = as_user("nobody", "from mfs_tc.sim import accel\nsys.exit(accel.main(['build', '--force']))\n")
+    assert r.returncode == 1, r
+    assert "error: cannot write the build into" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert accel.status() == before

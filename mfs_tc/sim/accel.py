@@ -29,6 +29,7 @@ import ast
 import functools
 import hashlib
 import importlib
+import os
 import re
 import shutil
 import subprocess
@@ -173,6 +174,8 @@ def build(force: bool = False, quiet: bool = False) -> str:
     """Compile the copies (about a minute); nothing to do where the build is fresh. Returns
     what it did; raises MfsError with the compiler's output when the build fails (the old build,
     if any, is removed first: a failed build leaves the source running, never a stale copy)."""
+    if not os.access(SIM_DIR, os.W_OK | os.X_OK):
+        raise MfsError(f"cannot write the build into {OUT_DIR}: build as the user who installed mfs-tc")
     hashes = source_hashes()
     if not force and status() == "compiled":
         return "fresh: nothing to build"
@@ -180,13 +183,18 @@ def build(force: bool = False, quiet: bool = False) -> str:
         import mypyc  # noqa: F401  (only to say what is missing)
     except ImportError:
         raise MfsError("mypyc is not installed: pip install 'mfs-tc[fast]' (it comes with mypy)") from None
-    if OUT_DIR.exists():
-        shutil.rmtree(OUT_DIR)
-    OUT_DIR.mkdir()
     if len({_short(m) for m in COMPILED}) != len(COMPILED):
         raise MfsError("sim.accel: two compiled modules share a name")
-    for m in COMPILED:
-        (OUT_DIR / f"{_short(m)}.py").write_text(rewrite(_source(m).read_text(), m))
+    try:
+        if OUT_DIR.exists():
+            shutil.rmtree(OUT_DIR)
+        OUT_DIR.mkdir()
+        for m in COMPILED:
+            (OUT_DIR / f"{_short(m)}.py").write_text(rewrite(_source(m).read_text(), m))
+    except OSError as exc:
+        raise MfsError(
+            f"cannot write the build into {OUT_DIR} ({exc.strerror}): build as the user who installed mfs-tc"
+        ) from None
     root = PKG_DIR.parent  # the directory holding the mfs_tc package
     with tempfile.TemporaryDirectory(prefix="mfs-sim-build-") as tmp:
         setup = Path(tmp) / "setup.py"
