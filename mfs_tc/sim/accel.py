@@ -118,15 +118,20 @@ def _built_hashes(out: Path) -> dict[str, str] | None:
 
 
 def _extensions(mod: str, out: Path) -> list[Path]:
-    return sorted(out.glob(f"{mod}.cpython-*.so")) + sorted(out.glob(f"{mod}.*.pyd"))
+    return sorted(out.glob(f"{mod}.cpython-*.so"))
 
 
 def status(pkg_dir: Path = PKG_DIR, out: Path = OUT_DIR) -> str:
     """One line: "compiled", or why the source runs instead (and the command that fixes it)."""
+    return _status(source_hashes(pkg_dir), out)
+
+
+def _status(hashes: dict[str, str], out: Path) -> str:
+    """status() against the sources' `hashes`."""
     built = _built_hashes(out)
     if built is None or not all(_extensions(_short(m), out) for m in COMPILED):
         return f"not built (run: {sys.executable} -m mfs_tc.sim.accel build)"
-    if built != source_hashes(pkg_dir):
+    if built != hashes:
         return f"stale: the sources changed since the build (run: {sys.executable} -m mfs_tc.sim.accel build)"
     return "compiled"
 
@@ -177,7 +182,7 @@ def build(force: bool = False, quiet: bool = False) -> str:
     if not os.access(SIM_DIR, os.W_OK | os.X_OK):
         raise MfsError(f"cannot write the build into {OUT_DIR}: build as the user who installed mfs-tc")
     hashes = source_hashes()
-    if not force and status() == "compiled":
+    if not force and _status(hashes, OUT_DIR) == "compiled":
         return "fresh: nothing to build"
     try:
         import mypyc  # noqa: F401  (only to say what is missing)
