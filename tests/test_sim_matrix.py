@@ -98,7 +98,7 @@ def test_isolated_matrix_is_kept_apart(tmp_path: Path) -> None:
 
 
 def test_ray_executor_gives_the_same_numbers(tmp_path: Path) -> None:
-    ray = pytest.importorskip("ray")  # optional extra: mfs-tc[ray]
+    ray = pytest.importorskip("ray")  # the `ray` extra; the `test` extra (tools/install.sh) has it
     run_matrix(_cfg(), tmp_path / "serial", jobs=1, plots=False, progress_out=None)
     ray.init(num_cpus=2, include_dashboard=False)
     try:
