@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         "--requests", default="1000,10000,100000", help="request counts of the requests curve (on the largest --gpus)"
     )
     ap.add_argument("--gpus", default="64,256,1024", help="GPU counts of the size curve")
-    ap.add_argument("--size-requests", type=int, default=10000, help="requests per point of the size curve")
+    ap.add_argument(
+        "--size-requests", type=int, default=10000, help="requests per point of the size curve (0: no size curve)"
+    )
     ap.add_argument("--quick", action="store_true", help="a small version: 1k/5k, 64/256 GPUs at 1k")
     ap.add_argument("--policy", default="mfs")
     ap.add_argument("--model", default="qwen-72b")
@@ -194,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [int(x) for x in args.requests.split(",") if x.strip()]
         gpus = [int(x) for x in args.gpus.split(",") if x.strip()]
         size_n = args.size_requests
+        if size_n < 0:
+            ap.error(f"--size-requests {size_n}: a request count, or 0 for no size curve")
+        if size_n == 0:
+            gpus = []
     top = cluster_preset(args.cluster).gpus if not args.quick else max(gpus)
     points = [(n, top) for n in sizes] + [(size_n, g) for g in gpus if (size_n, g) not in [(n, top) for n in sizes]]
     done: dict[tuple[int, int], dict] = {}
