@@ -14,6 +14,7 @@ import struct
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .layout import (
     ENTRY_FMT,
@@ -153,7 +154,8 @@ class FlowEntry:
         taken as they are, not copied (policy.levels.make_entry passes its table's lists)."""
         if total_bytes < 0 or ps_per_byte < 0:
             raise ValueError("bytes and rate term must not be negative")
-        e = cls.__new__(cls)
+        c: Any = cls  # (looked up as any object's: mypyc compiles no call of a class's __new__)
+        e: FlowEntry = c.__new__(c)
         e.mode = mode
         e.levels = levels
         e.thresholds = thresholds
@@ -211,7 +213,8 @@ class FlowEntry:
         th = list(v[19:26])
         sent, created = v[26:28]
         n = min(n, MAX_THRESH)
-        e = cls.__new__(cls)
+        c: Any = cls  # (looked up as any object's: mypyc compiles no call of a class's __new__)
+        e: FlowEntry = c.__new__(c)
         e.mode, e.flags, e.cur_level = mode, flags, LEVEL_NONE
         e.levels, e.thresholds = lv[: n + 1], th[:n]
         e.target_layer, e.stage, e.request_id, e.gen = target, stage, rid, gen

@@ -57,7 +57,7 @@ def _same(a: SimResult, b: SimResult, what: str) -> None:
         # overload: batches of several requests, hopeless ones scavenged; every rank flow its own
         (
             WorkloadConfig(kind="poisson", load=40.0, num_requests=60, model="dense-small", cluster="testbed", byte_scale=1 / 32),
-            ("mfs", "mfs-laxity", "fair"),
+            ("mfs", "mfs-laxity", "fair", "fifo", "srpt", "stage"),
             {"check_entry_keys": True},
         ),
     ],
@@ -83,6 +83,29 @@ def test_isolated_stages_bound_run_is_the_same() -> None:
     _same(a, b, "isolated")
 
 
+def test_the_compiled_engine_asks_the_compiled_policies_configured_alike() -> None:
+    """The compiled engine runs the policies compiled with it: the registry's class of the same
+    name, with an equal configuration; a policy the registry does not have runs on the source
+    (auto) or is one clear error (compiled)."""
+    _compiled_or_skip()
+    from mfs_tc.policy import make_policy
+    from mfs_tc.policy.mfs import MfsPolicy
+
+    pol = make_policy("mfs", nlevels=6, ref_rate_bps=1e9, red_shift=2)
+    twin = accel.compiled_policy(pol)
+    assert twin is not None and type(twin) is not type(pol) and type(twin).__name__ == "MfsPolicy"
+    assert dataclasses.asdict(twin.config) == dataclasses.asdict(pol.config)  # type: ignore[attr-defined]
+
+    class Mine(MfsPolicy):  # a caller's own policy: not the registry's class
+        pass
+
+    w = generate(WorkloadConfig(kind="mooncake", num_requests=4, load=1.0))
+    assert accel.compiled_policy(Mine()) is None
+    assert simulate(w, Mine(), engine="auto").engine == "python"
+    with pytest.raises(MfsError, match="runs the registry's policies"):
+        simulate(w, Mine(), engine="compiled")
+
+
 def test_unknown_engine_is_one_clear_error() -> None:
     w = generate(WorkloadConfig(kind="mooncake", num_requests=2, load=1.0))
     pol = make_sim_policy("fair", nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={})
@@ -92,6 +115,7 @@ def test_unknown_engine_is_one_clear_error() -> None:
 
 def test_copies_import_the_shared_modules_absolutely() -> None:
     src = (
+        "from ..layout import MODE_RLI\n"
         "from ..entry import FlowEntry\n"
         "from . import accel, netutil\n"
         "from .due import NEVER\n"
@@ -101,7 +125,8 @@ def test_copies_import_the_shared_modules_absolutely() -> None:
         "from . import fluid\n"
     )
     assert accel.rewrite(src, "sim.engine") == (
-        "from mfs_tc.entry import FlowEntry\n"
+        "from mfs_tc.layout import MODE_RLI\n"
+        "from mfs_tc.sim._compiled.entry import FlowEntry\n"
         "from mfs_tc.sim import accel, netutil\n"
         "from mfs_tc.sim._compiled.due import NEVER\n"
         "from mfs_tc.sim.fabric import Link\n"

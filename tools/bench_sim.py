@@ -151,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "--requests", default="1000,10000,100000", help="request counts of the requests curve (on the largest --gpus)"
     )
     ap.add_argument("--gpus", default="64,256,1024", help="GPU counts of the size curve")
-    ap.add_argument(
-        "--size-requests", type=int, default=10000, help="requests per point of the size curve (0: no size curve)"
-    )
+    ap.add_argument("--size-requests", type=int, default=10000, help="requests per point of the size curve (0: no size curve)")
     ap.add_argument("--quick", action="store_true", help="a small version: 1k/5k, 64/256 GPUs at 1k")
     ap.add_argument("--policy", default="mfs")
     ap.add_argument("--model", default="qwen-72b")

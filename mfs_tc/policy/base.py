@@ -12,7 +12,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Generic, cast
+
+from typing_extensions import TypeVar
 
 from ..entry import FlowEntry
 from ..layout import MAX_LEVELS
@@ -37,25 +39,28 @@ class PolicyConfig:
         return self.nlevels - 1
 
 
-class Policy(ABC):
-    name: str = ""
-    config_class: type[PolicyConfig] = PolicyConfig  # the configuration this policy reads
-    config: PolicyConfig
+# a policy's configuration class (Policy[MfsConfig] reads an MfsConfig); bare `Policy` is any
+C = TypeVar("C", bound=PolicyConfig, covariant=True, default=PolicyConfig)
 
-    def __init__(self, config: PolicyConfig | None = None) -> None:
-        if config is None:
-            config = self.config_class()
-        if not isinstance(config, self.config_class):
+
+class Policy(ABC, Generic[C]):
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[PolicyConfig]] = PolicyConfig  # the configuration this policy reads
+    config: C
+
+    def __init__(self, config: C | None = None) -> None:
+        cfg: Any = self.config_class() if config is None else config
+        if not isinstance(cfg, self.config_class):
             raise ValueError(
                 f"policy {self.name or type(self).__name__} needs a {self.config_class.__name__}, "
-                f"got {type(config).__name__}: build it with mfs_tc.policy.make_policy(name, **keys)"
+                f"got {type(cfg).__name__}: build it with mfs_tc.policy.make_policy(name, **keys)"
             )
-        self.config = config
+        self.config = cast(C, cfg)  # (an instance of config_class, which is C's)
 
     # True: entry() reads only what stays fixed for one flow (ids, sizes, deadlines, arrival,
     # batch, stage, layer), never now_ns, flow.sent or the request's cursor, estimates, RED rank
     # or scavenged flag; so entry_key() is () and a caller asking again gets an equal entry
-    fixed_entry: bool = False
+    fixed_entry: ClassVar[bool] = False
 
     @property
     def entry_key_per_request(self) -> bool:

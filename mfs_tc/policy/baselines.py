@@ -80,11 +80,10 @@ class FairConfig(PolicyConfig):
         check_level(self.level, self.nlevels, "level")
 
 
-class FairPolicy(Policy):
+class FairPolicy(Policy[FairConfig]):
     name = "fair"
     fixed_entry = True  # Policy.entry_key
     config_class = FairConfig
-    config: FairConfig
 
     def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
         return make_entry(request, stage, flow, now_ns, _static(self.config.level))
@@ -110,10 +109,9 @@ class SizeConfig(PolicyConfig):
         self.size_levels = int_levels(self.size_levels, "size_levels")
 
 
-class _SizePolicy(Policy):
+class _SizePolicy(Policy[SizeConfig]):
     fixed_entry = True  # Policy.entry_key
     config_class = SizeConfig
-    config: SizeConfig
     mode = MODE_STATIC
     metric = "size"
 
@@ -201,11 +199,10 @@ class KarunaConfig(PolicyConfig):
         self.sent_levels = int_levels(self.sent_levels, "sent_levels")
 
 
-class KarunaPolicy(Policy):
+class KarunaPolicy(Policy[KarunaConfig]):
     name = "karuna"
     fixed_entry = True  # Policy.entry_key
     config_class = KarunaConfig
-    config: KarunaConfig
 
     def __init__(self, config: KarunaConfig | None = None) -> None:
         super().__init__(config)
@@ -269,11 +266,10 @@ class EdfConfig(PolicyConfig):
         self.deadline_levels = int_levels(self.deadline_levels, "deadline_levels")
 
 
-class EdfPolicy(Policy):
+class EdfPolicy(Policy[EdfConfig]):
     name = "edf"
     fixed_entry = True  # Policy.entry_key
     config_class = EdfConfig
-    config: EdfConfig
 
     def __init__(self, config: EdfConfig | None = None) -> None:
         super().__init__(config)
@@ -321,14 +317,13 @@ class FifoConfig(PolicyConfig):
         self.age_levels = int_levels(self.age_levels, "age_levels")
 
 
-class FifoPolicy(Policy):
+class FifoPolicy(Policy[FifoConfig]):
     """First come first served by request arrival: metric = arrival - now = -age (the kernel's
     laxity mode with no rate term), so the table is the age table mirrored."""
 
     name = "fifo"
     fixed_entry = True  # Policy.entry_key
     config_class = FifoConfig
-    config: FifoConfig
 
     def __init__(self, config: FifoConfig | None = None) -> None:
         super().__init__(config)
@@ -387,11 +382,10 @@ class StageConfig(PolicyConfig):
             check_level(getattr(self, key), self.nlevels, key)
 
 
-class StagePolicy(Policy):
+class StagePolicy(Policy[StageConfig]):
     name = "stage"
     fixed_entry = True  # Policy.entry_key
     config_class = StageConfig
-    config: StageConfig
 
     def level_of(self, stage: Stage) -> int:
         level: int = getattr(self.config, f"{stage.name}_level")
@@ -424,13 +418,12 @@ class LlfOracleConfig(PolicyConfig):
         self.laxity_levels = int_levels(self.laxity_levels, "laxity_levels")
 
 
-class LlfOraclePolicy(Policy):
+class LlfOraclePolicy(Policy[LlfOracleConfig]):
     """Exact least-laxity-first: base = deadline - true work ahead (at decision, as the testbed or
     simulator knows it), ps_per_byte at the reference rate so sending keeps the laxity honest."""
 
     name = "llf-oracle"
     config_class = LlfOracleConfig
-    config: LlfOracleConfig
 
     def __init__(self, config: LlfOracleConfig | None = None) -> None:
         super().__init__(config)

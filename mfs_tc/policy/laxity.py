@@ -56,10 +56,9 @@ def effective_deadline(request: Request, stage: Stage, use_red: bool) -> int:
     return request.deadline_ns
 
 
-class MfsLaxityPolicy(Policy):
+class MfsLaxityPolicy(Policy[MfsLaxityConfig]):
     name = "mfs-laxity"
     config_class = MfsLaxityConfig
-    config: MfsLaxityConfig
 
     def __init__(self, config: MfsLaxityConfig | None = None) -> None:
         super().__init__(config)

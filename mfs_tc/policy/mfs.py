@@ -148,10 +148,9 @@ def _mlu_str(fixed: int) -> str:
     return f"{fixed / MLU_ONE:.4g}"
 
 
-class MfsPolicy(Policy):
+class MfsPolicy(Policy[MfsConfig]):
     name = "mfs"
     config_class = MfsConfig
-    config: MfsConfig
 
     def __init__(self, config: MfsConfig | None = None) -> None:
         super().__init__(config)

@@ -2,16 +2,23 @@
 
 The engine's time is Python: ~60 events and ~25 re-allocations a request, each a few dozen
 attribute reads and calls. mypyc (the mypy project's compiler for type-annotated Python; these
-modules are mypy-strict clean) turns the classes of the event loop (`engine`, `fluid`, `due`) and
-of the batch plan and work estimates it asks for at every batch start and layer boundary
-(`workload.batching`, `workload.estimate`, `workload.adapt`, `policy.red`) into C structs and
-their functions into C functions, with the same arithmetic (IEEE doubles, Python ints), the same
-containers and the same calls into the rest of mfs_tc (the policies, the numba kernels).
+modules are mypy-strict clean) turns the classes of the event loop (`engine`, `fluid`, `due`), of
+the batch plan and work estimates it asks for at every batch start and layer boundary
+(`workload.batching`, `workload.estimate`, `workload.adapt`) and of the decisions it asks for at
+every flow start and re-ask (the policies, their tables and work estimates, `model`'s requests
+and `entry`'s FlowEntry with its level function) into C structs and their functions into C
+functions, with the same arithmetic (IEEE doubles, Python ints), the same containers and the
+same calls into the rest of mfs_tc (the fabric, the numba kernels, the result types).
+
+The compiled engine runs the compiled policies: `compiled_policy()` builds, for a policy of the
+registry, the compiled class of the same name with an equal configuration (a policy is its
+configuration). A policy the registry does not have (a caller's own subclass) runs on the source
+engine. The serving library (`mfs_tc.controller`) keeps the modules as written.
 
 The compiled modules are copies, built into `mfs_tc/sim/_compiled/` (not in git): `build()`
 copies the sources there (`COMPILED`; their relative imports made absolute, pointing at the
 other copies for compiled modules and at mfs_tc itself for the rest, so the copies share
-`fabric`, `netutil`, `waterfill`, the policies, the workload and the result types with the rest
+`fabric`, `netutil`, `waterfill`, `layout`, the workload and the result types with the rest
 of the program), records the sources' SHA-256, and compiles the copies. `compiled_engine()` loads
 them only while the sources are still the ones they were built from, so an edit never runs stale
 compiled code: the source runs until the next build.
@@ -45,7 +52,7 @@ SIM_DIR = Path(__file__).resolve().parent
 PKG_DIR = SIM_DIR.parent  # mfs_tc/
 OUT_DIR = SIM_DIR / "_compiled"
 OUT_PACKAGE = "mfs_tc.sim._compiled"
-# the modules compiled (under mfs_tc): the event loop and what it calls per batch and layer.
+# the modules compiled (under mfs_tc): the event loop and what it calls per batch, layer and flow.
 # Their copies sit side by side in OUT_DIR under their last name (unique); a copy imports the
 # other compiled modules' copies and every other module of mfs_tc as it is
 COMPILED = (
@@ -56,6 +63,16 @@ COMPILED = (
     "workload.estimate",
     "workload.adapt",
     "policy.red",
+    "model",
+    "entry",
+    "policy.base",
+    "policy.levels",
+    "policy.work",
+    "policy.mfs",
+    "policy.laxity",
+    "policy.baselines",
+    "policy.admission",
+    "policy.registry",
 )
 # bumped when the copying below changes what a copy holds
 REWRITE_VERSION = 2
@@ -146,6 +163,30 @@ def _load() -> ModuleType | str:
         return importlib.import_module(f"{OUT_PACKAGE}.engine")
     except ImportError as exc:  # another Python, a broken build
         return f"does not load ({exc}; rebuild: {sys.executable} -m mfs_tc.sim.accel build --force)"
+
+
+def compiled_policy(policy: object, required: bool = False) -> object | None:
+    """The compiled copy of `policy` for the compiled engine, which runs the policies compiled
+    with it: the registry's class of the same name, built from an equal configuration (a policy
+    is its configuration). None for a policy the registry does not have (a subclass of one, or
+    a caller's own; `required`: an MfsError instead), which the source engine runs."""
+    import dataclasses
+
+    from ..policy.registry import POLICIES
+
+    name = getattr(policy, "name", "")
+    twins = importlib.import_module(f"{OUT_PACKAGE}.registry").POLICIES
+    if name not in POLICIES or type(policy) is not POLICIES[name] or name not in twins:
+        if required:
+            raise MfsError(
+                f"the compiled simulator runs the registry's policies (mfs_tc.policy.make_policy), not "
+                f"{type(policy).__name__}: use engine='python' or 'auto'"
+            )
+        return None
+    cfg = getattr(policy, "config")  # noqa: B009  (a registry policy has one)
+    cls = twins[name]
+    twin: object = cls(cls.config_class(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}))
+    return twin
 
 
 def compiled_engine(required: bool = False) -> ModuleType | None:

@@ -1120,8 +1120,11 @@ def simulate(workload: Workload, policy: Policy, *, engine: str = "auto", **kw: 
         raise ValueError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
     if engine != "python":
         fast = accel.compiled_engine(required=engine == "compiled")
-        if fast is not None:
-            res: SimResult = fast.Simulator(workload, policy, **kw).run()
+        # the compiled engine asks the policies compiled with it (the same classes, configured
+        # alike); a policy they do not have runs on the source
+        twin = accel.compiled_policy(policy, required=engine == "compiled") if fast is not None else None
+        if fast is not None and twin is not None:
+            res: SimResult = fast.Simulator(workload, twin, **kw).run()
             res.engine = "compiled"
             return res
     return Simulator(workload, policy, **kw).run()
