@@ -1,8 +1,9 @@
 """Shared test plumbing.
 
-Tests marked `privileged` need root, network namespaces, eBPF and qdiscs. Where they cannot run
-they skip locally, but under CI (`CI` set) such a skip is turned into a failure: the privileged
-tests must really run there.
+Tests marked `privileged` need root, network namespaces, eBPF and qdiscs; tests marked
+`ci_required` need what tools/install.sh builds or installs (the compiled simulator, the test
+extra's Ray). Where they cannot run they skip locally, but under CI (`CI` set) such a skip is
+turned into a failure: those tests must really run there.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and os.environ.get("CI") and item.get_closest_marker("privileged"):
+    must = item.get_closest_marker("privileged") or item.get_closest_marker("ci_required")
+    if report.skipped and os.environ.get("CI") and must:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
-        report.longrepr = f"privileged test skipped under CI (must run): {reason}"
+        report.longrepr = f"{must.name} test skipped under CI (must run): {reason}"
 
 
 def pytest_collection_modifyitems(config, items):

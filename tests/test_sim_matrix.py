@@ -97,6 +97,7 @@ def test_isolated_matrix_is_kept_apart(tmp_path: Path) -> None:
     assert b["isolated_stages"] == []
 
 
+@pytest.mark.ci_required
 def test_ray_executor_gives_the_same_numbers(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")  # the `ray` extra; the `test` extra (tools/install.sh) has it
     run_matrix(_cfg(), tmp_path / "serial", jobs=1, plots=False, progress_out=None)

@@ -30,3 +30,14 @@ def test_bad_numbers_are_named():
 def test_report_of_missing_directory(tmp_path):
     r = _run("report", str(tmp_path / "none"))
     assert r.returncode != 0 and "summary.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_defaults_are_the_testbeds_own():
+    """The CLI keeps literal defaults (it imports the testbed only when a command runs); they
+    must be the testbed's constants, so the two never drift apart."""
+    import inspect
+
+    from mfs_tc.cli.testbed import run_cmd
+    from netns_testbed.topology import DEFAULT_HOST_QUEUE_MS
+
+    assert inspect.signature(run_cmd).parameters["host_queue_ms"].default == DEFAULT_HOST_QUEUE_MS
