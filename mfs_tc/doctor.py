@@ -195,13 +195,14 @@ def run_checks() -> list[Check]:
             "sudo ./tools/install.sh (installs linux-headers and links them for this kernel)",
         )
     )
-    sim = accel.status()
+    sim, build = accel.state()
     checks.append(
         Check(
             "compiled simulator",
             sim == "compiled",
-            sim.split(" (run: ")[0],
-            f"{sys.executable} -m mfs_tc.sim.accel build (tools/install.sh runs it); the simulator runs its source meanwhile",
+            sim,
+            f"{build or f'{sys.executable} -m mfs_tc.sim.accel build'} (tools/install.sh runs it); "
+            "the simulator runs its source meanwhile",
             required=False,
         )
     )

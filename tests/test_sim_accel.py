@@ -4,6 +4,7 @@ the engine it is compiled from."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,8 +157,9 @@ def test_a_build_of_other_sources_is_stale_and_never_loaded(tmp_path: Path) -> N
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(f"# {m}\n")
     assert accel.status(src, out).startswith("not built (run: ")
+    assert accel.state(src, out) == ("not built", f"{sys.executable} -m mfs_tc.sim.accel build")
     _fake_build(out, accel.source_hashes(src))
-    assert accel.status(src, out) == "compiled"
+    assert accel.status(src, out) == "compiled" and accel.state(src, out) == ("compiled", "")
     (src / "workload" / "batching.py").write_text("# batching, edited after the build\n")
     assert accel.status(src, out).startswith("stale: the sources changed since the build")
     # the real build: whatever it is, the engine the source runs by default is reported

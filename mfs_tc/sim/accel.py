@@ -138,19 +138,27 @@ def _extensions(mod: str, out: Path) -> list[Path]:
     return sorted(out.glob(f"{mod}.cpython-*.so"))
 
 
+def state(pkg_dir: Path = PKG_DIR, out: Path = OUT_DIR) -> tuple[str, str]:
+    """(what the build is: "compiled", "not built" or "stale: why", the command that makes it
+    current, or "" when it is)."""
+    return _state(source_hashes(pkg_dir), out)
+
+
 def status(pkg_dir: Path = PKG_DIR, out: Path = OUT_DIR) -> str:
     """One line: "compiled", or why the source runs instead (and the command that fixes it)."""
-    return _status(source_hashes(pkg_dir), out)
+    what, fix = state(pkg_dir, out)
+    return f"{what} (run: {fix})" if fix else what
 
 
-def _status(hashes: dict[str, str], out: Path) -> str:
-    """status() against the sources' `hashes`."""
+def _state(hashes: dict[str, str], out: Path) -> tuple[str, str]:
+    """state() against the sources' `hashes`."""
+    build = f"{sys.executable} -m mfs_tc.sim.accel build"
     built = _built_hashes(out)
     if built is None or not all(_extensions(_short(m), out) for m in COMPILED):
-        return f"not built (run: {sys.executable} -m mfs_tc.sim.accel build)"
+        return "not built", build
     if built != hashes:
-        return f"stale: the sources changed since the build (run: {sys.executable} -m mfs_tc.sim.accel build)"
-    return "compiled"
+        return "stale: the sources changed since the build", build
+    return "compiled", ""
 
 
 @functools.cache
@@ -223,7 +231,7 @@ def build(force: bool = False, quiet: bool = False) -> str:
     if not os.access(SIM_DIR, os.W_OK | os.X_OK):
         raise MfsError(f"cannot write the build into {OUT_DIR}: build as the user who installed mfs-tc")
     hashes = source_hashes()
-    if not force and _status(hashes, OUT_DIR) == "compiled":
+    if not force and _state(hashes, OUT_DIR)[0] == "compiled":
         return "fresh: nothing to build"
     try:
         import mypyc  # noqa: F401  (only to say what is missing)
