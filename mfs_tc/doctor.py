@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,14 +194,13 @@ def run_checks() -> list[Check]:
             "sudo ./tools/install.sh (installs linux-headers and links them for this kernel)",
         )
     )
-    sim, build = accel.state()
+    sim, _ = accel.state()
     checks.append(
         Check(
             "compiled simulator",
             sim == "compiled",
             sim,
-            f"{build or f'{sys.executable} -m mfs_tc.sim.accel build'} (tools/install.sh runs it); "
-            "the simulator runs its source meanwhile",
+            f"{accel.BUILD_COMMAND} (tools/install.sh runs it); the simulator runs its source meanwhile",
             required=False,
         )
     )

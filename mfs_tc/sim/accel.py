@@ -33,6 +33,7 @@ installs them). Without them the simulator runs the modules as written, slower, 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import hashlib
 import importlib
@@ -52,6 +53,8 @@ SIM_DIR = Path(__file__).resolve().parent
 PKG_DIR = SIM_DIR.parent  # mfs_tc/
 OUT_DIR = SIM_DIR / "_compiled"
 OUT_PACKAGE = "mfs_tc.sim._compiled"
+# what makes the build current (tools/install.sh runs it)
+BUILD_COMMAND = f"{sys.executable} -m mfs_tc.sim.accel build"
 # the modules compiled (under mfs_tc): the event loop and what it calls per batch, layer and flow.
 # Their copies sit side by side in OUT_DIR under their last name (unique); a copy imports the
 # other compiled modules' copies and every other module of mfs_tc as it is
@@ -152,12 +155,11 @@ def status(pkg_dir: Path = PKG_DIR, out: Path = OUT_DIR) -> str:
 
 def _state(hashes: dict[str, str], out: Path) -> tuple[str, str]:
     """state() against the sources' `hashes`."""
-    build = f"{sys.executable} -m mfs_tc.sim.accel build"
     built = _built_hashes(out)
     if built is None or not all(_extensions(_short(m), out) for m in COMPILED):
-        return "not built", build
+        return "not built", BUILD_COMMAND
     if built != hashes:
-        return "stale: the sources changed since the build", build
+        return "stale: the sources changed since the build", BUILD_COMMAND
     return "compiled", ""
 
 
@@ -170,7 +172,7 @@ def _load() -> ModuleType | str:
     try:
         return importlib.import_module(f"{OUT_PACKAGE}.engine")
     except ImportError as exc:  # another Python, a broken build
-        return f"does not load ({exc}; rebuild: {sys.executable} -m mfs_tc.sim.accel build --force)"
+        return f"does not load ({exc}; rebuild: {BUILD_COMMAND} --force)"
 
 
 def compiled_policy(policy: object, required: bool = False) -> object | None:
@@ -178,8 +180,6 @@ def compiled_policy(policy: object, required: bool = False) -> object | None:
     with it: the registry's class of the same name, built from an equal configuration (a policy
     is its configuration). None for a policy the registry does not have (a subclass of one, or
     a caller's own; `required`: an MfsError instead), which the source engine runs."""
-    import dataclasses
-
     from ..policy.registry import POLICIES
 
     name = getattr(policy, "name", "")
