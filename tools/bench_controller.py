@@ -80,7 +80,7 @@ def stamp() -> tuple[float, float]:
 
 def record(best: dict, best_cpu: dict, key: str, n: int, t0: tuple[float, float]) -> None:
     wall, cpu = time.perf_counter() - t0[0], time.process_time() - t0[1]
-    best[key] = max(best.get(key, 0.0), rate(n, wall))
+    best[key] = max(best[key], rate(n, wall))
     best_cpu[key] = max(best_cpu.get(key, 0.0), rate(n, cpu))
 
 
@@ -204,6 +204,7 @@ def main() -> int:
         return 2
 
     bpfsys.ensure_bpffs()
+    made_pin_root = not PIN_ROOT.exists()  # removed again at the end: the host as it was
     root = PIN_ROOT / "bench-ctl" / uuid.uuid4().hex[:8]
     path = pin_dir("bench0", None, root)
     maps = PinnedMaps.create(path)
@@ -348,7 +349,7 @@ def main() -> int:
         if base_maps is not None:
             base_maps.close()
             base_maps_mod.PinnedMaps.unpin(base_path)
-        for d in (path.parent, root, root.parent):
+        for d in (path.parent, root, root.parent, *([PIN_ROOT] if made_pin_root else [])):
             try:
                 d.rmdir()
             except OSError:
