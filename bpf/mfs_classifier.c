@@ -593,11 +593,12 @@ int mfs_egress(struct __sk_buff *skb)
 	key.pad[2] = 0;
 	e = flows.lookup(&key);
 	st = e ? flow_state.lookup(&key) : 0; /* the miss path does one lookup */
-	if (e) {
+	if (e && e->request_id) {
 		if (st && st->gen == e->gen && (st->flags & MFS_S_ACKED) &&
 		    (tflags & (TCP_SYN_ | TCP_ACK_)) == TCP_SYN_) {
 			/* a new connection on the 5-tuple of one that already ran: it must not
-			 * inherit that flow's level */
+			 * inherit that flow's request. (An operator's static entry, request 0,
+			 * names the 5-tuple, not one connection: it stays.) */
 			flows.delete(&key);
 			count(MFS_STAT_STALE, 0);
 			e = 0;

@@ -104,7 +104,7 @@
 #define MFS_STAT_SK_HIT     16  /* flow entry found in socket storage                           */
 #define MFS_STAT_CONTROL    17  /* unknown flow, pure control packet (control level)            */
 #define MFS_STAT_ORPHAN     18  /* reserved (not counted: it would cost the miss path a lookup)  */
-#define MFS_STAT_STALE      19  /* SYN (no ACK) on an entry whose connection was set up: dropped */
+#define MFS_STAT_STALE      19  /* SYN (no ACK) on a request's entry whose connection was set up: deleted */
 #define MFS_STAT_BAD_LEVEL  20  /* entry chose a level >= nlevels: default level used           */
 #define MFS_STAT_RULE       21  /* no exact entry, a rule matched (its level)                   */
 #define MFS_NSTATS          22

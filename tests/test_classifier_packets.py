@@ -188,6 +188,34 @@ def test_unknown_flows_control_packets_urgent_payload_bulk() -> None:
         assert c.level_of(bytes(ETH / IP(src=A4, dst=B4) / UDP(sport=9, dport=10))) == 6
 
 
+def test_a_new_connection_on_a_used_5tuple() -> None:
+    """A SYN on the 5-tuple of a connection that already ran (the kernel saw its ACK): a
+    request's entry is deleted (`stale`) and the SYN is an unknown flow's control packet, so the
+    new connection never inherits a dead request's level. An operator's static entry (no
+    request) stays: `mfs-tc set` promises every packet of the 5-tuple its level."""
+
+    def seg(sport: int, flags: str, body: bytes = b"") -> bytes:
+        return bytes(ETH / IP(src=A4, dst=B4) / TCP(sport=sport, dport=DP, flags=flags) / Raw(body))
+
+    request_flow, static_flow = FlowKey(A4, B4, 7001, DP, 6).pack(), FlowKey(A4, B4, 7002, DP, 6).pack()
+    with LoadedClassifier(default_level=6, control_level=1, dscp=layout.DEFAULT_DSCP) as c:
+        with c.map("flows") as m:
+            m.update(request_flow, FlowEntry.static(3, request_id=0x55, gen=7).pack())
+            m.update(static_flow, FlowEntry.static(3, gen=8).pack())
+        for sport in (7001, 7002):  # the first connection: its SYN, then data with ACK
+            assert c.level_of(seg(sport, "S")) == 3
+            assert c.level_of(seg(sport, "PA", b"x" * 100)) == 3
+        before = c.stats()
+        assert c.level_of(seg(7001, "S")) == 1  # a new connection: the control level
+        assert c.level_of(seg(7001, "PA", b"x" * 100)) == 6  # and its payload the default
+        assert c.level_of(seg(7002, "S")) == 3
+        assert c.level_of(seg(7002, "PA", b"x" * 100)) == 3
+        assert stats_delta(before, c.stats())[layout.STAT_STALE][0] == 1
+        with c.map("flows") as m:
+            assert m.lookup(request_flow) is None
+            assert m.lookup(static_flow) is not None
+
+
 def test_default_level_follows_config() -> None:
     raw = ODD["arp"][0]
     with LoadedClassifier(default_level=1) as c:
