@@ -201,10 +201,8 @@ class Topology:
             ip("link", "set", h.port, "up", ns=sw)
             ip("addr", "add", f"{h.addr}/24", "dev", h.ifname, ns=h.netns)
             if queue is not None:
-                tsq, gso = queue
-                run_command(["ip", "netns", "exec", h.netns, "sysctl", "-q", "-w", f"net.ipv4.tcp_limit_output_bytes={tsq}"])
-                ip("link", "set", h.ifname, "gso_max_size", str(gso), ns=h.netns)
-                ip("link", "set", h.port, "gso_max_size", str(gso), ns=sw)
+                set_queue_budgets(h.netns, h.ifname, queue)
+                set_queue_budgets(sw, h.port, queue, tcp=False)
             ip("link", "set", h.ifname, "up", ns=h.netns)
         # static neighbours: no ARP round trips in the measurements
         macs = {h.name: _mac(h) for h in self.hosts}
@@ -232,6 +230,15 @@ class Topology:
 
     def __exit__(self, *exc: object) -> None:
         self.down()
+
+
+def set_queue_budgets(ns: str, dev: str, budgets: tuple[int, int], *, tcp: bool = True) -> None:
+    """Apply `TopologyConfig.host_queue_bytes()` (TSQ budget, GSO size) to `dev` in `ns`: its
+    GSO packets, and (tcp: a namespace whose sockets send) the namespace's TCP small-queue budget."""
+    tsq, gso = budgets
+    if tcp:
+        run_command(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"net.ipv4.tcp_limit_output_bytes={tsq}"])
+    ip("link", "set", dev, "gso_max_size", str(gso), ns=ns)
 
 
 def _mac(h: Host) -> str:

@@ -10,7 +10,7 @@ with the testbed's queue budgets:
   its HTB backend at --rate, and the TCP small-queue and GSO budgets of --host-queue-ms as the
   testbed sets them (netns_testbed.topology);
 - --senders connections at level 0 send for D seconds (one process each, so they keep their
-  band busy); one connection at the bulk level starts 10 ms later with --mbytes to send;
+  band busy); one connection at the bulk level (the default level, K-2) starts 10 ms later with --mbytes to send;
 - per D: the bytes the bulk flow got while starved, the time from the last byte of the level-0
   flows to its own last byte, the time its remaining bytes take at the link's goodput
   (1448/1514 of --rate, the simulator's `goodput`), the difference (the resume penalty) and the
@@ -44,7 +44,7 @@ from mfs_tc.entry import FlowEntry  # noqa: E402
 from mfs_tc.layout import FlowKey  # noqa: E402
 from mfs_tc.loader import AttachOptions, attach, detach  # noqa: E402
 from mfs_tc.units import parse_rate  # noqa: E402
-from netns_testbed.topology import TopologyConfig  # noqa: E402
+from netns_testbed.topology import TopologyConfig, set_queue_budgets  # noqa: E402
 
 BULK_PORT, URGENT_PORT0 = 6002, 6011  # destination ports: the bulk flow, the level-0 flows
 BULK_SPORT, URGENT_SPORT0 = 7002, 7101
@@ -165,18 +165,17 @@ def main() -> int:
         print(json.dumps({"error": "needs root (network namespaces, tc, bpf)"}))
         return 2
     queue = TopologyConfig(rate_bps=rate, host_queue_ms=args.host_queue_ms).host_queue_bytes()
-    bulk_level = 6  # the bulk level of 8 (K-2)
     rounds = []
     with VethPair() as net, tempfile.TemporaryDirectory(prefix="mfs-starve-") as tmp:
-        for ns, dev in ((net.a, net.dev_a), (net.b, net.dev_b)):
-            if queue is not None:
-                tsq = f"net.ipv4.tcp_limit_output_bytes={queue[0]}"
-                subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", tsq], check=True)
-                subprocess.run(["ip", "-n", ns, "link", "set", dev, "gso_max_size", str(queue[1])], check=True)
-        attach(AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=int(rate)))
+        if queue is not None:
+            for ns, dev in ((net.a, net.dev_a), (net.b, net.dev_b)):
+                set_queue_budgets(ns, dev, queue)
+        opts = AttachOptions(net.dev_a, netns=net.a, qdisc="htb", rate_bps=int(rate))
+        attach(opts)
         try:
             with bpfsys.BpfMap.open(layout.pin_dir(net.dev_a, net.a) / "flows") as m:
-                m.update(FlowKey(net.ip_a, net.ip_b, BULK_SPORT, BULK_PORT).pack(), FlowEntry.static(bulk_level).pack())
+                bulk = FlowEntry.static(opts.resolved_default_level).pack()  # K-2, the bulk level
+                m.update(FlowKey(net.ip_a, net.ip_b, BULK_SPORT, BULK_PORT).pack(), bulk)
                 for i in range(args.senders):
                     m.update(FlowKey(net.ip_a, net.ip_b, URGENT_SPORT0 + i, URGENT_PORT0 + i).pack(), FlowEntry.static(0).pack())
             for r in range(args.repeat):
