@@ -266,6 +266,7 @@ class Replay:
             res.met = res.ttft_s <= res.slo_s
         if error:
             res.error = error
+        self._safe(lambda: setattr(res, "scavenged", self.sched.scavenged(rid)))
         self._safe(lambda: self.sched.done(rid))
         with self._lock:
             self._done += 1

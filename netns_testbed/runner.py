@@ -79,6 +79,10 @@ class Progress:
         self.out.flush()
 
 
+# what builds a run's scheduler: (topology, policy, datapath, policy config) -> Scheduler
+SchedulerFactory = Callable[[Topology, str, str, dict[str, Any]], Scheduler]
+
+
 def make_scheduler(topo: Topology, policy: str, datapath: str, config: dict[str, Any]) -> Scheduler:
     if datapath == "plain":
         s = NullScheduler()
@@ -94,14 +98,16 @@ def run_scenarios(
     out_dir: Path | None,
     progress: Progress,
     meta: JsonDict,
+    scheduler: SchedulerFactory = make_scheduler,
 ) -> JsonDict:
-    """Replay each (seed, load, slo_scale, scenario) under every policy on a live topology."""
+    """Replay each (seed, load, slo_scale, scenario) under every policy on a live topology
+    (`scheduler` builds each run's scheduler: a probe may wrap the controllers')."""
     runs: list[JsonDict] = []
     summary: JsonDict = {}
     for seed, load, slo, make in points:
         scenario = make()
         for policy in cfg.policies:
-            sched = make_scheduler(topo, policy, cfg.datapath, cfg.policy_config)
+            sched = scheduler(topo, policy, cfg.datapath, cfg.policy_config)
             label = f"{policy:<11} seed {seed}" + (f" load {load:g}" if load else "") + f" slo x{slo:g}"
             progress.begin(label, len(scenario.requests))
             try:
@@ -149,7 +155,13 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v * 1e3:.0f} ms"
 
 
-def run_testbed(cfg: RunConfig, out_dir: Path | None, *, progress_out: TextIO | None = STDERR) -> JsonDict:
+def run_testbed(
+    cfg: RunConfig,
+    out_dir: Path | None,
+    *,
+    progress_out: TextIO | None = STDERR,
+    scheduler: SchedulerFactory = make_scheduler,
+) -> JsonDict:
     """The default comparison / sweep on the workload. Returns the summary (also in out_dir)."""
     from mfs_tc.workload import generate
 
@@ -170,7 +182,7 @@ def run_testbed(cfg: RunConfig, out_dir: Path | None, *, progress_out: TextIO | 
     }
     progress = Progress(progress_out)
     with live_topology(tcfg) as topo:
-        return run_scenarios(topo, points, cfg, out_dir, progress, meta)
+        return run_scenarios(topo, points, cfg, out_dir, progress, meta, scheduler)
 
 
 def _scenario_at(cfg: RunConfig, seed: int, load: float | None, slo: float) -> ReplayScenario:

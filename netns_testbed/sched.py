@@ -76,6 +76,11 @@ class Scheduler:
     def end_batch(self, batch_id: int) -> None:
         """The batch's kv_fetch and collective flows are over."""
 
+    def scavenged(self, request_id: int) -> bool:
+        """Whether the request was given up (the scavenger level) on some host, so far: what
+        the simulator reports as `scavenged`. Asked before `done`."""
+        return False
+
     def done(self, request_id: int) -> None:
         """The request has its first token (or failed)."""
 
@@ -276,6 +281,10 @@ class ControllerScheduler(Scheduler):
             for skey in [k for k in self._stages if k[1] == "b" and k[2] == batch_id]:
                 del self._stages[skey]
             self._members.pop(batch_id, None)
+
+    def scavenged(self, request_id: int) -> bool:
+        with self._lock:
+            return any(r.scavenged for r in self._handles.get(request_id, ()))
 
     def done(self, request_id: int) -> None:
         with self._lock:

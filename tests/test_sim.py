@@ -64,21 +64,28 @@ def _workload(
 
 
 class ById(Policy):
-    """Static level = table[request_id] (0 if absent); a laxity entry for ids in `promote`."""
+    """Static level = table[request_id] (0 if absent); a laxity entry for ids in `promote`: level
+    `promote_from` until the time given, 0 after."""
 
     name = "by-id"
 
-    def __init__(self, table: dict[int, int], promote: dict[int, int] | None = None) -> None:
+    def __init__(self, table: dict[int, int], promote: dict[int, int] | None = None, promote_from: int = 5) -> None:
         super().__init__()
         self.table = table
         self.promote = promote or {}
+        self.promote_from = promote_from
 
     def entry(self, request: Request, stage: Stage, flow: Flow, now_ns: int) -> FlowEntry:
         rid = request.request_id
         if rid in self.promote:
-            # level 5 while base - now >= 0, level 0 after: a promotion at `base`
+            # level promote_from while base - now >= 0, level 0 after: a promotion at `base`
             return FlowEntry(
-                mode=MODE_LAXITY, levels=[0, 5], thresholds=[0], deadline_ns=self.promote[rid], ps_per_byte=0, request_id=rid
+                mode=MODE_LAXITY,
+                levels=[0, self.promote_from],
+                thresholds=[0],
+                deadline_ns=self.promote[rid],
+                ps_per_byte=0,
+                request_id=rid,
             )
         return FlowEntry.static(self.table.get(rid, 0), request_id=rid)
 
@@ -122,6 +129,44 @@ def test_promotion_in_mid_flow() -> None:
     assert t[1] == pytest.approx(1.5 + 0.01, abs=2e-3)
     assert res.level_bytes[1] == pytest.approx(1000.0)
     assert res.level_bytes[0] == pytest.approx(500.0, abs=2.0)
+
+
+def test_a_starved_flows_promotion_waits_for_its_retransmission_timeout() -> None:
+    # as above, with promotion_rto_s 0.2: r2 is starved from its start (0 s) behind r1, so its
+    # promotion due at 0.5 s waits for a packet to carry it, TCP's timeouts at 0.2 s and then
+    # 0.2 + 0.4 = 0.6 s: 0..0.6 r1 sends 600 B; 0.6..1.1 r2; 1.1..1.5 r1's last 400 B
+    w = _workload([1000, 500], 8000.0)
+    res = simulate(w, ById({1: 1}, promote={2: 500_000_000}), tick_s=0.001, promotion_rto_s=0.2)
+    t = _ttfts(res)
+    assert t[2] == pytest.approx(1.1 + 0.01, abs=2e-3)
+    assert t[1] == pytest.approx(1.5 + 0.01, abs=2e-3)
+    assert res.level_bytes[0] == pytest.approx(500.0, abs=2.0)
+    with pytest.raises(ValueError, match="promotion_rto_s"):
+        simulate(w, ById({}), promotion_rto_s=-0.1)
+
+
+def test_a_starved_flows_promotion_lands_when_its_band_moves() -> None:
+    # r1 550 B at level 1 ends at 0.55 s, before r2's next timeout (0.6 s): r2's band moves
+    # then, and its first packet carries the promotion due since 0.5 s (all 500 B at level 0).
+    # In the fluid ideal r2 preempts r1 at 0.5 s instead (r2 done at 1.0, r1 at 1.05).
+    w = _workload([550, 500], 8000.0)
+    lag = simulate(w, ById({1: 1}, promote={2: 500_000_000}), tick_s=0.001, promotion_rto_s=0.2)
+    t = _ttfts(lag)
+    assert t[1] == pytest.approx(0.55 + 0.01, abs=2e-3)
+    assert t[2] == pytest.approx(1.05 + 0.01, abs=2e-3)
+    assert lag.level_bytes[0] == pytest.approx(500.0, abs=2.0)
+    ideal = _ttfts(simulate(w, ById({1: 1}, promote={2: 500_000_000}), tick_s=0.001))
+    assert ideal[2] == pytest.approx(1.0 + 0.01, abs=2e-3)
+    assert ideal[1] == pytest.approx(1.05 + 0.01, abs=2e-3)
+
+
+def test_a_flow_with_a_rate_is_promoted_at_once() -> None:
+    # r1 (500 B) at level 1 until 0.5 s, then level 0; r2 (3000 B) static at level 1: they
+    # share the link (500 B/s each), so r1 is not starved and its promotion at 0.5 s lands at
+    # once: its last 250 B alone at 1000 B/s, done at 0.75 s
+    w = _workload([500, 3000], 8000.0)
+    res = simulate(w, ById({2: 1}, promote={1: 500_000_000}, promote_from=1), tick_s=0.001, promotion_rto_s=0.2)
+    assert _ttfts(res)[1] == pytest.approx(0.75 + 0.01, abs=2e-3)
 
 
 def test_lone_request_matches_unloaded_ttft() -> None:
@@ -220,13 +265,19 @@ def test_skipping_unchanged_levels_changes_nothing() -> None:
     from mfs_tc.workload import generate
 
     w = generate(WorkloadConfig(kind="poisson", load=40.0, num_requests=60, seed=3, max_input_tokens=8192))
-    for name in ("mfs", "mfs-laxity", "pias", "karuna", "srpt"):
+    cases = [(name, 0.0) for name in ("mfs", "mfs-laxity", "pias", "karuna", "srpt")] + [("mfs", 0.2), ("mfs-laxity", 0.2)]
+    for name, rto in cases:
         runs = [
-            simulate(w, make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={}), skip_unchanged=skip)
+            simulate(
+                w,
+                make_sim_policy(name, nlevels=8, ref_rate_bps=w.cluster.link_rate_bps, config={}),
+                skip_unchanged=skip,
+                promotion_rto_s=rto,
+            )
             for skip in (True, False)
         ]
         a, b = ([r.ttft_s for r in run.requests] for run in runs)
-        assert a == pytest.approx(b, rel=1e-9), name
+        assert a == pytest.approx(b, rel=1e-9), (name, rto)
 
 
 def test_flow_setup_latency_delays_each_flow() -> None:

@@ -43,11 +43,17 @@ def _same(a: SimResult, b: SimResult, what: str) -> None:
 @pytest.mark.parametrize(
     "cfg,policies,kw",
     [
-        # the testbed's workload with the testbed's emulation (setup latency, goodput, queue)
+        # the testbed's workload with the testbed's emulation (setup latency, goodput, queue, promotion lag)
         (
             WorkloadConfig(kind="mooncake", num_requests=40, load=2.5),
             ("mfs", "fair", "edf", "sjf", "karuna", "llf-oracle"),
-            {"aggregate_groups": True, "flow_setup_s": 0.006, "goodput": 1448 / 1514, "queue_bytes": 757e3},
+            {
+                "aggregate_groups": True,
+                "flow_setup_s": 0.006,
+                "goodput": 1448 / 1514,
+                "queue_bytes": 757e3,
+                "promotion_rto_s": 0.2,
+            },
         ),
         # the network-bound benchmark preset (RED re-ranking, p2d admission, leaf-spine)
         (

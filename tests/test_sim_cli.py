@@ -64,6 +64,8 @@ def test_sim_run_writes_testbed_shaped_results(tmp_path: Path, capsys) -> None:
         (["--model", "gpt"], "unknown model"),
         (["--tick-ms", "0"], "tick"),
         (["--policy-config", "oops"], "KEY=VALUE"),
+        (["--policy", "mfs,edf", "--policy-config", "scavenger=false"], "no config key scavenger"),
+        (["--promotion-rto-ms", "-1"], "--promotion-rto-ms"),
         (["--trace", "/no/such/trace.jsonl"], "--trace"),
     ],
 )

@@ -4,16 +4,18 @@ Both replay the same `mfs_tc.workload` (Mooncake trace windows of 40 requests, d
 2x2 prefill + 1 decode host at 200 Mbit/s, slo_scale 5) at 1.5 / 2.5 / 3.5 req/s, seeds 1 and 2,
 under the same policy objects. The fluid model is given what the testbed's TCP has and the fluid
 ideal lacks (docs/simulator.md, "Cross-check"): a per-flow setup latency (`FLOW_SETUP_S`: the
-connection handshake plus the controller's registration) and the payload fraction of the link
-rate (`GOODPUT`: a 1448-byte TCP segment in a 1514-byte frame, which HTB counts).
+connection handshake plus the controller's registration), the payload fraction of the link
+rate (`GOODPUT`: a 1448-byte TCP segment in a 1514-byte frame, which HTB counts) and promotions
+that wait for a packet (`PROMOTION_RTO_S`: a starved flow's new level lands when its band moves
+or at TCP's retransmission timeout, Linux's minimum 200 ms, doubling).
 
 Claims checked (the ones docs/simulator.md makes, with the measured figures there):
 - per policy and load, the attainment (mean over the seeds) within `TOLERANCE` of the testbed's:
-  0.125, 10 of a point's 80 requests. The testbed's hosts have their kernel queue budgets scaled
-  to the link rate (`host_queue_ms`, the default). Three runs measured at most 0.050, 0.088 and
-  0.088. The testbed's own run-to-run difference reaches 0.05 per point, so the 0.05 the issue
-  asks for held at every point in one run of the three. Before the queue budgets the bound was 0.2: fair's
-  collectives waited behind 4-40 ms of queued bulk data in their band.
+  0.1, 8 of a point's 80 requests. The testbed's hosts have their kernel queue budgets scaled
+  to the link rate (`host_queue_ms`, the default). Against three testbed runs the largest gap
+  was 0.026, 0.051 and 0.075 (fair at 2.5 req/s, where the testbed's own runs differ by 0.06);
+  before the promotion model mfs was off by up to 0.088, and before the queue budgets the bound
+  was 0.2.
 - mfs vs each baseline: the simulator never ranks the other way by more than its own seed spread
   wherever the testbed's gap exceeds the testbed's seed spread (the larger of the two policies'
   max-min over seeds at that load).
@@ -28,13 +30,14 @@ import pytest
 from mfs_tc.results import compare_results, comparison_table
 from mfs_tc.workload import default_trace_path
 
-TOLERANCE = {"mfs": 0.125, "fair": 0.125, "edf": 0.125}
+TOLERANCE = {"mfs": 0.1, "fair": 0.1, "edf": 0.1}
 POLICIES = ["mfs", "fair", "edf"]
 LOADS = [1.5, 2.5, 3.5]
 SEEDS = [1, 2]
 REQUESTS = 40
 FLOW_SETUP_S = 0.006
 GOODPUT = 1448 / 1514
+PROMOTION_RTO_S = 0.2
 
 
 def _by_point(runs: list[dict]) -> dict[tuple[str, float], list[float]]:
@@ -85,7 +88,7 @@ def test_sim_attainment_within_tolerance_of_testbed(tmp_path: Path) -> None:
     common = dict(policies=POLICIES, num_requests=REQUESTS, loads=LOADS, seeds=SEEDS)
     tb = run_testbed(RunConfig(**common, prefix="mfsx", pause_s=0.5), tmp_path / "testbed", progress_out=None)
     sim = run_sim(
-        SimRunConfig(**common, flow_setup_s=FLOW_SETUP_S, goodput=GOODPUT, bound=False),
+        SimRunConfig(**common, flow_setup_s=FLOW_SETUP_S, goodput=GOODPUT, promotion_rto_s=PROMOTION_RTO_S, bound=False),
         tmp_path / "sim",
         plots=False,
         progress_out=None,

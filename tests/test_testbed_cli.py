@@ -27,6 +27,14 @@ def test_bad_numbers_are_named():
     assert r.returncode != 0 and "--seed" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_bad_policy_config_is_named_before_any_run():
+    # a key one of the policies does not take fails before the testbed is built
+    r = _run("run", "--policy", "mfs,edf", "--policy-config", "scavenger=false", "--out", "/tmp/mfs-tc-never")
+    assert r.returncode != 0 and "edf" in r.stderr and "scavenger" in r.stderr and "Traceback" not in r.stderr
+    r = _run("run", "--policy-config", "oops")
+    assert r.returncode != 0 and "KEY=VALUE" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_report_of_missing_directory(tmp_path):
     r = _run("report", str(tmp_path / "none"))
     assert r.returncode != 0 and "summary.json" in r.stderr and "Traceback" not in r.stderr

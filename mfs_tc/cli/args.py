@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from ..errors import MfsError
 
 
@@ -27,3 +30,17 @@ def ints(text: str, what: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise MfsError(f"--{what}: expected integers like 1,2,3 or 1-3, got {text!r}") from None
+
+
+def policy_config_items(items: list[str]) -> dict[str, Any]:
+    """--policy-config KEY=VALUE items -> the policy config (VALUE as JSON, else the string)."""
+    cfg: dict[str, Any] = {}
+    for it in items:
+        if "=" not in it:
+            raise MfsError(f"bad --policy-config {it!r}: use KEY=VALUE (VALUE as JSON, e.g. " "mlu_thresholds=[0.1,0.5])")
+        k, v = it.split("=", 1)
+        try:
+            cfg[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            cfg[k.strip()] = v
+    return cfg

@@ -9,22 +9,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..errors import MfsError
-from .args import floats, ints
+from .args import floats, ints, policy_config_items
 
 sim_app = typer.Typer(help="Flow-level simulator: the same policies and workloads at cluster scale.", no_args_is_help=True)
-
-
-def _policy_config(items: list[str]) -> dict[str, Any]:
-    cfg: dict[str, Any] = {}
-    for it in items:
-        if "=" not in it:
-            raise MfsError(f"bad --policy-config {it!r}: use KEY=VALUE (VALUE as JSON, e.g. " "mlu_thresholds=[0.1,0.5])")
-        k, v = it.split("=", 1)
-        try:
-            cfg[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            cfg[k.strip()] = v
-    return cfg
 
 
 ISOLATE_HELP = (
@@ -84,6 +71,13 @@ def run_cmd(
             help="Standing queue of a shared saturated band in kB: such flows land queue/rate after their last byte (0: fluid ideal)"
         ),
     ] = 0.0,
+    promotion_rto_ms: Annotated[
+        float,
+        typer.Option(
+            help="A starved flow's promotion waits for a packet: its band moving again or TCP's retransmission "
+            "timeout, this long after it stalled and doubling (200: Linux's minimum; 0: fluid ideal)"
+        ),
+    ] = 0.0,
     aggregate_groups: Annotated[
         bool, typer.Option(help="Simulate each prefill group's G symmetric rank flows as one weighted flow (exact; much faster)")
     ] = True,
@@ -127,8 +121,9 @@ def run_cmd(
             flow_setup_s=flow_setup_ms / 1e3,
             goodput=goodput,
             queue_bytes=queue_kb * 1e3,
+            promotion_rto_s=promotion_rto_ms / 1e3,
             aggregate_groups=aggregate_groups,
-            policy_config=_policy_config(policy_config or []),
+            policy_config=policy_config_items(policy_config or []),
             bound=bound,
             isolate=isolated_stages(isolate),
         )
@@ -213,7 +208,7 @@ def matrix_cmd(
             tick_s=tick_ms / 1e3,
             flow_setup_s=flow_setup_ms / 1e3,
             bound=bound,
-            policy_config=_policy_config(policy_config or []),
+            policy_config=policy_config_items(policy_config or []),
             isolate=isolated_stages(isolate),
         )
         if tick_ms <= 0 or flow_setup_ms < 0:

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import MfsError
-from .args import floats, ints
+from .args import floats, ints, policy_config_items
 
 testbed_app = typer.Typer(
     help="Emulated cluster in network namespaces: replay a workload under " "each policy, real TCP flows, SLO attainment.",
@@ -71,6 +71,7 @@ def run_cmd(
             "byte defaults, which queue tens of ms at emulated rates)"
         ),
     ] = 1.0,
+    policy_config: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE policy setting (repeatable)")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results directory (default results/testbed-<time>)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
 ) -> None:
@@ -100,6 +101,7 @@ def run_cmd(
             datapath=datapath,
             spread_bursts=spread_bursts,
             host_queue_ms=host_queue_ms,
+            policy_config=policy_config_items(policy_config or []),
         )
         cfg.workload_config(cfg.seeds[0], cfg.loads[0], cfg.slo_scales[0])
     except ValueError as exc:

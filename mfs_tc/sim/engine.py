@@ -46,7 +46,7 @@ from .fluid import FluidFlow, FluidNetwork
 from .result import SimResult
 
 NS = 1_000_000_000
-_ARRIVAL, _DONE, _COMPUTE, _TOKEN, _FLOW, _LANDED = range(6)
+_ARRIVAL, _DONE, _COMPUTE, _TOKEN, _FLOW, _LANDED, _PROMOTE = range(7)
 # an event in the heap: (time s, sequence, kind, payload, extra); what payload and extra hold
 # depends on the kind (the handler `run` dispatches it to). The re-level tick is an event too,
 # but outside the heap (Simulator._tick_t): at most one is pending, ordered by (time, sequence)
@@ -83,6 +83,9 @@ class _SimFlow(FluidFlow):
         "lv_cursor",
         "policy_stage",
         "policy_flow",
+        "starved_t",
+        "promo_v",
+        "promo_pending",
     )
 
     def __init__(
@@ -122,6 +125,11 @@ class _SimFlow(FluidFlow):
         # what the policy is shown for this flow (entry, entry_key)
         self.policy_stage = policy_stage
         self.policy_flow = policy_flow
+        # promotion_rto_s: since when its rate is 0 (-1.0: it has a rate), and its promotion
+        # waiting for a packet to carry it (the version of its _PROMOTE event)
+        self.starved_t = -1.0
+        self.promo_v = 0
+        self.promo_pending = False
 
 
 class _BatchRun:
@@ -232,6 +240,7 @@ class Simulator:
         allocator: str | None = None,
         goodput: float = 1.0,
         queue_bytes: float = 0.0,
+        promotion_rto_s: float = 0.0,
         check_entry_keys: bool = False,
         isolate_stages: bool | Iterable[str] = False,
     ) -> None:
@@ -288,6 +297,17 @@ class Simulator:
         # time from a flow's registration to its first byte on the wire (connection setup,
         # controller registration); 0 in the fluid ideal
         self.flow_setup_s = flow_setup_s
+        if promotion_rto_s < 0:
+            raise ValueError(f"promotion_rto_s must not be negative, got {promotion_rto_s}")
+        # a level is carried by packets: the classifier sets it as a packet leaves the sender,
+        # and a packet already queued keeps its band. A flow whose rate is 0 (its band starved
+        # somewhere on its path) sends no packet, so a promotion that comes due then waits for
+        # the first packet that can carry it: the moment its old band moves again (its rate
+        # turns positive) or TCP's retransmission timeout, which fires promotion_rto_s after
+        # the flow stalled and again after each doubling (Linux: TCP_RTO_MIN, 200 ms, at
+        # sub-millisecond round trips). 0: a level takes effect when it comes due (the fluid
+        # ideal, and a datapath that ranks at dequeue)
+        self.promotion_rto_s = promotion_rto_s
         self.nlevels = policy.config.nlevels
         self.scav_level = policy.config.scavenger_level
         # the fluid rate allocation (fluid.ALLOCATORS; None: the default, compiled if available)
@@ -376,7 +396,8 @@ class Simulator:
         skip = self.skip_unchanged
         on_done, on_arrival, launch = self._on_flow_event, self._on_arrival, self._launch
         on_compute, on_token, landed = self._on_compute_done, self._on_token, self._flow_landed
-        on_tick = self._on_tick
+        on_tick, on_promote = self._on_tick, self._on_promote
+        rto_on = self.promotion_rto_s > 0.0
         push_next_arrival()
         while (heap or self._tick_t is not None) and self._finished < total:
             tick = self._tick_t
@@ -411,6 +432,8 @@ class Simulator:
                     on_compute(payload)
                 elif kind == _TOKEN:
                     on_token(payload, extra)
+                elif kind == _PROMOTE:
+                    on_promote(payload, extra)
                 else:
                     landed(payload)
             if dirty:
@@ -420,6 +443,15 @@ class Simulator:
                     if f.rate > 0:
                         self._seq += 1
                         heappush(heap, (t + f.rem / f.rate, self._seq, _DONE, f, f.version))
+                    if rto_on:
+                        if f.rate > 0:
+                            if f.starved_t >= 0.0:
+                                f.starved_t = -1.0
+                                if f.promo_pending:  # its band moved: the next packet carries it
+                                    self._seq += 1
+                                    heappush(heap, (t, self._seq, _PROMOTE, f, f.promo_v))
+                        elif f.starved_t < 0.0:
+                            f.starved_t = t
                     # a bound already reached stays: the next tick must evaluate the flow
                     if f.dynamic and skip and f.due > now:
                         w = f.weight
@@ -725,9 +757,10 @@ class Simulator:
                         f.due_heap_t = NEVER  # its entries in the heap of dues are stale
                     f.dynamic = dyn
                 f.entry = entry
+            cur0 = f.cur_level
             lv = self._level(f, sent, now, f.rate / w)
             if lv != f.level:
-                net.set_level(f, lv, self.t)
+                self._set_level(f, lv, cur0)
 
     def _check_key(self, f: _SimFlow, now: int, sent: int) -> None:
         """check_entry_keys: the entry the policy gives now must be the one the flow keeps."""
@@ -969,6 +1002,8 @@ class Simulator:
         """The flow's first byte: its level now, onto the fabric."""
         f.level = self._level(f, 0.0, self.now, 0.0)
         f.t0 = f.start_t = self.t
+        if self.promotion_rto_s > 0.0:
+            f.starved_t = self.t  # until its first allocation gives it a rate
         self.net.add(f)
         if f.dynamic:
             self._dyn[f.fid] = f
@@ -1002,9 +1037,41 @@ class Simulator:
             if f.rem <= 0:
                 continue
             net.settle(f, self.t)
+            cur0 = f.cur_level
             lv = self._level(f, (f.size - f.rem) / f.weight, now, f.rate / f.weight)
             if lv != f.level:
-                net.set_level(f, lv, self.t)
+                self._set_level(f, lv, cur0)
+
+    def _set_level(self, f: _SimFlow, lv: int, cur0: int) -> None:
+        """Move `f` to level `lv` (its level evaluated to it; `cur0`: its cur_level before that
+        evaluation). With promotion_rto_s, a promotion of a starved flow waits for the packet
+        that carries it (a _PROMOTE event): its level and the kernel's cur_level stay."""
+        if lv < f.level and f.starved_t >= 0.0 and self.promotion_rto_s > 0.0:
+            f.cur_level = cur0
+            if not f.promo_pending:
+                f.promo_pending = True
+                f.promo_v += 1
+                rto = self.promotion_rto_s
+                due = f.starved_t + rto
+                while due < self.t:
+                    rto *= 2.0
+                    due += rto
+                self._push(due, _PROMOTE, f, f.promo_v)
+            return
+        self.net.set_level(f, lv, self.t)
+
+    def _on_promote(self, f: _SimFlow, version: int) -> None:
+        """A packet of `f` leaves (a retransmission, or its band moved): it carries the level
+        the flow has now."""
+        if version != f.promo_v or not f.promo_pending:
+            return
+        f.promo_pending = False
+        if f.rem <= 0 or f not in self.net.flows:
+            return
+        self.net.settle(f, self.t)
+        lv = self._level(f, (f.size - f.rem) / f.weight, self.now, f.rate / f.weight)
+        if lv != f.level:
+            self.net.set_level(f, lv, self.t)
 
     def _scavenge(self, req: Request) -> None:
         req.scavenged = True
@@ -1093,15 +1160,15 @@ class Simulator:
                     todo.append(f)
         else:
             todo = list(self._dyn.values())
-        net = self.net
         for f in todo:
             if f.due > now or (f.request.scavenged and f.level == self.scav_level):
                 continue
             rem = f.rem - f.rate * (t - f.t0)
             w = f.weight
+            cur0 = f.cur_level
             lv = self._level(f, (f.size - (rem if rem > 0 else 0.0)) / w, now, f.rate / w)
             if lv != f.level:
-                net.set_level(f, lv, t)
+                self._set_level(f, lv, cur0)
         self._next_tick(t + self.tick_s)
 
     def _next_tick(self, t: float) -> None:

@@ -42,6 +42,7 @@ class SimRunConfig(ComparisonConfig):
     isolate: tuple[str, ...] = ()
     goodput: float = 1.0  # payload fraction of the link rate (sim.engine); 1: fluid ideal
     queue_bytes: float = 0.0  # standing queue of a saturated band (sim.engine); 0: fluid ideal
+    promotion_rto_s: float = 0.0  # a starved flow's promotion waits for a packet (sim.engine); 0: fluid ideal
     aggregate_groups: bool = True  # exact for plan_batch workloads (see sim.engine)
     bound: bool = True  # the reference bound per point (mfs_tc.bound), in each run's summary
 
@@ -53,6 +54,8 @@ class SimRunConfig(ComparisonConfig):
             raise ValueError("--flow-setup-ms must not be negative")
         if self.queue_bytes < 0:
             raise ValueError("--queue-kb must not be negative")
+        if self.promotion_rto_s < 0:
+            raise ValueError("--promotion-rto-ms must not be negative")
         if not 0.0 < self.goodput <= 1.0:
             raise ValueError(f"--goodput must be in (0, 1], got {self.goodput}")
         cluster_preset(self.cluster)
@@ -66,6 +69,7 @@ class SimRunConfig(ComparisonConfig):
             "aggregate_groups": self.aggregate_groups,
             "goodput": self.goodput,
             "queue_bytes": self.queue_bytes,
+            "promotion_rto_s": self.promotion_rto_s,
         }
 
     def cluster_shape(self) -> ClusterShape:

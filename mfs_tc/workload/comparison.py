@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..policy.registry import POLICY_NAMES
+from ..policy.registry import POLICY_NAMES, make_policy
 from .config import TRACE_KINDS, WorkloadConfig
 from .generate import trace_window
 from .shapes import ClusterShape
@@ -42,6 +42,9 @@ class ComparisonConfig:
             bad = [p for p in self.policies if p not in POLICY_NAMES]
             if bad:
                 raise ValueError(f"unknown policy {', '.join(bad)}: choose from {', '.join(POLICY_NAMES)}")
+            if self.policy_config:
+                for p in self.policies:  # a key or value a policy does not take: fail before any run
+                    make_policy(p, **self.policy_config)
         if not self.seeds or not self.loads or not self.slo_scales:
             raise ValueError("seeds, loads and slo scales must not be empty")
         if self.num_requests < 1:
