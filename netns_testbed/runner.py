@@ -36,6 +36,12 @@ class RunConfig(ComparisonConfig):
     prefix: str = DEFAULT_PREFIX
     pause_s: float = 1.0
     host_queue_ms: float = DEFAULT_HOST_QUEUE_MS  # topology.TopologyConfig.host_queue_ms
+    rto_min_ms: float = 0.0  # topology.TopologyConfig.rto_min_ms
+
+    def __post_init__(self) -> None:
+        ComparisonConfig.__post_init__(self)
+        if not 0 <= self.rto_min_ms <= 1000:
+            raise ValueError(f"--rto-min-ms {self.rto_min_ms:g}: use 0 (the kernel's 200 ms) .. 1000")
 
     def checks_policies(self) -> bool:
         return self.datapath == "mfs"
@@ -167,7 +173,12 @@ def run_testbed(
 
     first = generate(cfg.workload_config(cfg.seeds[0], cfg.loads[0], cfg.slo_scales[0]))
     tcfg = TopologyConfig.from_cluster(
-        first.cluster, levels=cfg.levels, datapath=cfg.datapath, prefix=cfg.prefix, host_queue_ms=cfg.host_queue_ms
+        first.cluster,
+        levels=cfg.levels,
+        datapath=cfg.datapath,
+        prefix=cfg.prefix,
+        host_queue_ms=cfg.host_queue_ms,
+        rto_min_ms=cfg.rto_min_ms,
     )
     points: list[tuple[int, float | None, float, Callable[[], ReplayScenario]]] = []
     for load in cfg.loads:

@@ -80,6 +80,9 @@ class TopologyConfig:
     switch_trust_dscp: bool = True
     prefix: str = DEFAULT_PREFIX
     host_queue_ms: float = DEFAULT_HOST_QUEUE_MS  # 0: the kernel's defaults
+    # TCP's minimum retransmission timeout on the hosts' routes (`ip route ... rto_min`); 0: the
+    # kernel's (200 ms). A starved flow's promotion waits for it (docs/datapath.md)
+    rto_min_ms: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("kv_hosts", "prefill_groups", "group_size", "decode_hosts"):
@@ -95,6 +98,8 @@ class TopologyConfig:
             raise ValueError(f"prefix {self.prefix!r}: 2-8 lowercase letters")
         if not 0 <= self.host_queue_ms <= 1000:
             raise ValueError(f"host queue {self.host_queue_ms:g} ms: use 0 (kernel defaults) .. 1000")
+        if not 0 <= self.rto_min_ms <= 1000:
+            raise ValueError(f"rto_min {self.rto_min_ms:g} ms: use 0 (the kernel's 200 ms) .. 1000")
 
     def host_queue_bytes(self) -> tuple[int, int] | None:
         """(TCP small-queue budget, GSO packet size) in bytes for `host_queue_ms` at the link
@@ -204,6 +209,24 @@ class Topology:
                 set_queue_budgets(h.netns, h.ifname, queue)
                 set_queue_budgets(sw, h.port, queue, tcp=False)
             ip("link", "set", h.ifname, "up", ns=h.netns)
+            if self.config.rto_min_ms:
+                # the subnet's route, as the kernel made it, with TCP's minimum timeout
+                ip(
+                    "route",
+                    "replace",
+                    f"{SUBNET}.0/24",
+                    "dev",
+                    h.ifname,
+                    "proto",
+                    "kernel",
+                    "scope",
+                    "link",
+                    "src",
+                    h.addr,
+                    "rto_min",
+                    f"{self.config.rto_min_ms:g}ms",
+                    ns=h.netns,
+                )
         # static neighbours: no ARP round trips in the measurements
         macs = {h.name: _mac(h) for h in self.hosts}
         for h in self.hosts:

@@ -79,6 +79,20 @@ def test_host_queue_budgets_follow_the_link_rate() -> None:
         TopologyConfig(host_queue_ms=-1)
 
 
+def test_minimum_retransmission_timeout_is_set_on_the_hosts_routes() -> None:
+    import json as _json
+
+    cfg = TopologyConfig(prefill_groups=1, group_size=1, datapath="plain", prefix=PREFIX, rto_min_ms=10)
+    with Topology(cfg, tag=_tag()) as topo:
+        for h in topo.hosts:
+            out = subprocess.run(["ip", "-j", "-d", "-n", h.netns, "route"], capture_output=True, text=True, check=True).stdout
+            (route,) = _json.loads(out)
+            assert route["dst"] == "10.201.0.0/24" and route["prefsrc"] == h.addr
+            assert route["metrics"] == [{"rto_min": 10}]
+    with pytest.raises(ValueError, match="rto_min"):
+        TopologyConfig(rto_min_ms=-1)
+
+
 def test_leftovers_of_a_dead_run_are_removed_live_ones_kept():
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

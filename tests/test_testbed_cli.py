@@ -25,6 +25,8 @@ def test_bad_numbers_are_named():
     assert r.returncode != 0 and "rate" in r.stderr and "Traceback" not in r.stderr
     r = _run("run", "--seed", "a-b")
     assert r.returncode != 0 and "--seed" in r.stderr and "Traceback" not in r.stderr
+    r = _run("run", "--rto-min-ms", "-5")
+    assert r.returncode != 0 and "--rto-min-ms" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bad_policy_config_is_named_before_any_run():

@@ -18,6 +18,7 @@ they had waited. Only MONOTONIC entries are followed (mfs: every flow; their cur
 falls).
 
     sudo .venv/bin/python tools/probe_promotion.py [--policy mfs] [--load 2.5] [--seed 1,2] [--requests 40]
+                                                   [--rto-min-ms 0]
 
 Prints JSON: per run the attainment, and over all runs the lag's quantiles in ms, per stage too.
 """
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", default="1,2")
     ap.add_argument("--requests", type=int, default=40)
     ap.add_argument("--interval-ms", type=float, default=10.0)
+    ap.add_argument("--rto-min-ms", type=float, default=0.0, help="the hosts' routes' rto_min (0: the kernel's 200 ms)")
     a = ap.parse_args(argv)
     out = Lags()
     interval = a.interval_ms / 1e3
@@ -176,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         return SamplingScheduler(topo, policy, dict(config), interval_s=interval, out=out)
 
     cfg = RunConfig(
-        policies=[a.policy], num_requests=a.requests, loads=[a.load], seeds=[int(x) for x in a.seed.split(",")], pause_s=0.5
+        policies=[a.policy],
+        num_requests=a.requests,
+        loads=[a.load],
+        seeds=[int(x) for x in a.seed.split(",")],
+        pause_s=0.5,
+        rto_min_ms=a.rto_min_ms,
     )
     summary = run_testbed(cfg, None, progress_out=sys.stderr, scheduler=factory)
     every = [x for v in out.lags_s.values() for x in v]
@@ -187,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 "policy": a.policy,
                 "load": a.load,
                 "interval_ms": a.interval_ms,
+                "rto_min_ms": a.rto_min_ms,
                 "attainment": {str(r["seed"]): r["attainment"] for r in summary["runs"]},
                 "lag_ms": quantiles_ms(every),
                 "lag_ms_by_stage": {k: quantiles_ms(v) for k, v in sorted(out.lags_s.items())},

@@ -71,6 +71,10 @@ def run_cmd(
             "byte defaults, which queue tens of ms at emulated rates)"
         ),
     ] = 1.0,
+    rto_min_ms: Annotated[
+        float,
+        typer.Option(help="TCP's minimum retransmission timeout on the hosts' routes in ms (0: the kernel's 200 ms)"),
+    ] = 0.0,
     policy_config: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE policy setting (repeatable)")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results directory (default results/testbed-<time>)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
@@ -101,6 +105,7 @@ def run_cmd(
             datapath=datapath,
             spread_bursts=spread_bursts,
             host_queue_ms=host_queue_ms,
+            rto_min_ms=rto_min_ms,
             policy_config=policy_config_items(policy_config or []),
         )
         cfg.workload_config(cfg.seeds[0], cfg.loads[0], cfg.slo_scales[0])
