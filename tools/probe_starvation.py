@@ -16,7 +16,14 @@ with the testbed's queue budgets:
   (1448/1514 of --rate, the simulator's `goodput`), the difference (the resume penalty) and the
   TCP timeouts in namespace a (nstat TcpExtTCPTimeouts).
 
-    sudo .venv/bin/python tools/probe_starvation.py [--starve 0.15,0.5,1,2,3] [--repeat 2]
+With --promote-after S the bulk flow's entry is a laxity entry that comes due for level 0 S
+seconds into each round, while the level-0 flows still send (S < D). The fluid model moves it at
+once: it takes its share at level 0. The probe reports when its next 64 kB arrived after that
+(`promotion_lag_s`, against `promotion_fluid_s`, the time at its fluid share): a starved flow's
+promotion has no packet to carry it until a segment leaves its band or TCP's timeout fires
+(docs/datapath.md "A level travels with packets"; the simulator's --promotion-rto-ms).
+
+    sudo .venv/bin/python tools/probe_starvation.py [--starve 0.15,0.5,1,2,3] [--repeat 2] [--promote-after S]
 
 Prints JSON. Levels come from static entries (`mfs-tc set`'s kind), written once: every round
 reuses the same 5-tuples.
@@ -31,7 +38,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -41,7 +51,7 @@ from nettools import VethPair  # noqa: E402
 
 from mfs_tc import bpfsys, layout  # noqa: E402
 from mfs_tc.entry import FlowEntry  # noqa: E402
-from mfs_tc.layout import FlowKey  # noqa: E402
+from mfs_tc.layout import MODE_LAXITY, FlowKey  # noqa: E402
 from mfs_tc.loader import AttachOptions, attach, detach  # noqa: E402
 from mfs_tc.units import parse_rate  # noqa: E402
 from netns_testbed.topology import TopologyConfig, set_queue_budgets  # noqa: E402
@@ -49,6 +59,23 @@ from netns_testbed.topology import TopologyConfig, set_queue_budgets  # noqa: E4
 BULK_PORT, URGENT_PORT0 = 6002, 6011  # destination ports: the bulk flow, the level-0 flows
 BULK_SPORT, URGENT_SPORT0 = 7002, 7101
 GOODPUT = 1448 / 1514
+PROMOTED_BYTES = 64 << 10  # --promote-after: bytes that show the promotion landed
+
+
+@dataclass
+class Promotion:
+    """--promote-after: the bulk flow's entry is a laxity entry at the bulk level until its
+    deadline, level 0 from then on (written at each round's start, deadline `after_s` later)."""
+
+    after_s: float
+    bulk_level: int
+    flows: bpfsys.BpfMap
+    key: bytes
+
+    def write(self, deadline_ns: int) -> None:
+        e = FlowEntry(mode=MODE_LAXITY, levels=[0, self.bulk_level], thresholds=[0], deadline_ns=deadline_ns, ps_per_byte=0)
+        self.flows.update(self.key, e.pack())
+
 
 # the receiver, in namespace b: accepts every connection, records (time, bytes so far) per port
 RECEIVER = r"""
@@ -94,7 +121,9 @@ def _timeouts(ns: str) -> int:
     return int(parts[1].split()[0]) if len(parts) > 1 else 0
 
 
-def _round(net: VethPair, starve_s: float, senders: int, mbytes: int, rate_bps: float, scratch: Path) -> dict:
+def _round(
+    net: VethPair, starve_s: float, senders: int, mbytes: int, rate_bps: float, scratch: Path, promote: Promotion | None = None
+) -> dict[str, Any]:
     out = scratch / f"marks-{starve_s}.json"
     ports = [BULK_PORT] + [URGENT_PORT0 + i for i in range(senders)]
     rx = subprocess.Popen(
@@ -107,6 +136,10 @@ def _round(net: VethPair, starve_s: float, senders: int, mbytes: int, rate_bps: 
         if rx.stdout.readline().strip() != "ready":
             raise RuntimeError("the receiver did not start")
         rto0 = _timeouts(net.a)
+        due_s = None
+        if promote is not None:
+            due_s = time.monotonic() + promote.after_s
+            promote.write(int(due_s * 1e9))
         procs = [
             subprocess.Popen(
                 ["ip", "netns", "exec", net.a, sys.executable, "-c", SENDER, "urgent", net.ip_a, net.ip_b]
@@ -134,7 +167,21 @@ def _round(net: VethPair, starve_s: float, senders: int, mbytes: int, rate_bps: 
     total = mbytes << 20
     after = bulk[-1][0] - urgent_end
     ideal = (total - got) / (rate_bps / 8 * GOODPUT)
-    return {
+    row: dict[str, Any] = {}
+    if due_s is not None:
+        # the bytes the bulk flow got from the moment its promotion came due until the level-0
+        # flows stopped, and when its first PROMOTED_BYTES after that arrived (None: not before
+        # the band went idle); the fluid answer is its share of the link at level 0 at once
+        at_due = max([n for t, n in bulk if t <= due_s] or [0])
+        moved = next((t for t, n in bulk if n >= at_due + PROMOTED_BYTES and t <= urgent_end), None)
+        share = rate_bps / 8 * GOODPUT / (senders + 1)
+        row = {
+            "promote_after_s": promote.after_s if promote is not None else None,
+            "bytes_after_due_while_urgent": max([n for t, n in bulk if t <= urgent_end] or [0]) - at_due,
+            "promotion_lag_s": round(moved - due_s, 4) if moved is not None else None,
+            "promotion_fluid_s": round(PROMOTED_BYTES / share, 4),
+        }
+    return row | {
         "starve_s": starve_s,
         "bulk_bytes_while_starved": got,
         "starved_through": got < total,  # False: the bulk flow finished before the band went idle
@@ -153,6 +200,12 @@ def main() -> int:
     ap.add_argument("--senders", type=int, default=4, help="level-0 connections")
     ap.add_argument("--mbytes", type=int, default=8, help="MiB the bulk flow sends")
     ap.add_argument("--repeat", type=int, default=2, help="rounds per starvation time")
+    ap.add_argument(
+        "--promote-after",
+        type=float,
+        default=0.0,
+        help="seconds after a round starts at which the bulk flow's level comes due for level 0 (0: it stays bulk)",
+    )
     args = ap.parse_args()
     try:
         rate = float(parse_rate(args.rate))
@@ -174,17 +227,22 @@ def main() -> int:
         attach(opts)
         try:
             with bpfsys.BpfMap.open(layout.pin_dir(net.dev_a, net.a) / "flows") as m:
-                bulk = FlowEntry.static(opts.resolved_default_level).pack()  # K-2, the bulk level
-                m.update(FlowKey(net.ip_a, net.ip_b, BULK_SPORT, BULK_PORT).pack(), bulk)
+                bulk_key = FlowKey(net.ip_a, net.ip_b, BULK_SPORT, BULK_PORT).pack()
+                m.update(bulk_key, FlowEntry.static(opts.resolved_default_level).pack())  # K-2, the bulk level
                 for i in range(args.senders):
                     m.update(FlowKey(net.ip_a, net.ip_b, URGENT_SPORT0 + i, URGENT_PORT0 + i).pack(), FlowEntry.static(0).pack())
-            for r in range(args.repeat):
-                for d in starve:
-                    row = _round(net, d, args.senders, args.mbytes, rate, Path(tmp))
-                    row["round"] = r
-                    rounds.append(row)
-                    line = f"starved {d:g} s: penalty {row['penalty_ms']:+.1f} ms, {row['tcp_timeouts']} timeouts"
-                    print(line, file=sys.stderr)
+                promote = (
+                    Promotion(args.promote_after, opts.resolved_default_level, m, bulk_key) if args.promote_after > 0 else None
+                )
+                for r in range(args.repeat):
+                    for d in starve:
+                        row = _round(net, d, args.senders, args.mbytes, rate, Path(tmp), promote)
+                        row["round"] = r
+                        rounds.append(row)
+                        line = f"starved {d:g} s: penalty {row['penalty_ms']:+.1f} ms, {row['tcp_timeouts']} timeouts"
+                        if promote is not None:
+                            line += f", promotion lag {row['promotion_lag_s']} s (fluid {row['promotion_fluid_s']} s)"
+                        print(line, file=sys.stderr)
         finally:
             detach(net.dev_a, net.a)
     starved = [x for x in rounds if x["starved_through"]]
