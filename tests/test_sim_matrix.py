@@ -97,6 +97,25 @@ def test_isolated_matrix_is_kept_apart(tmp_path: Path) -> None:
     assert b["isolated_stages"] == []
 
 
+def test_matrix_runs_with_the_promotion_lag_are_kept_apart(tmp_path: Path) -> None:
+    # the lag changes mfs's numbers (its p2d waits for timeouts) and not fair's; the runs record
+    # it, and the same directory refuses a matrix without it
+    lag = replace(_cfg(), promotion_rto_s=0.2)
+    run_matrix(lag, tmp_path, jobs=1, plots=False, progress_out=None)
+    lines = read_lines(tmp_path / RUNS_FILE)
+    assert {json.dumps(ln["emulation"]) for ln in lines} == {'{"promotion_rto_s": 0.2}'}
+    with pytest.raises(ValueError, match="fluid ideal"):
+        run_matrix(_cfg(), tmp_path, jobs=1, plots=False, progress_out=None)
+    run_matrix(_cfg(), tmp_path / "ideal", jobs=1, plots=False, progress_out=None)
+
+    def ttfts(d: Path, policy: str) -> list[float]:
+        runs = [ln for ln in read_lines(d / RUNS_FILE) if ln["kind"] == "run" and ln["policy"] == policy]
+        return sorted(ln["run"]["ttft_p50_s"] for ln in runs)
+
+    assert ttfts(tmp_path, "fair") == ttfts(tmp_path / "ideal", "fair")
+    assert ttfts(tmp_path, "mfs") != ttfts(tmp_path / "ideal", "mfs")
+
+
 @pytest.mark.ci_required
 def test_ray_executor_gives_the_same_numbers(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")  # the `ray` extra; the `test` extra (tools/install.sh) has it

@@ -165,6 +165,9 @@ def matrix_cmd(
     levels: Annotated[int, typer.Option("--levels", "-k", help="Strict-priority levels K")] = 8,
     tick_ms: Annotated[float, typer.Option(help="Re-level tick in simulated ms")] = 1.0,
     flow_setup_ms: Annotated[float, typer.Option(help="Per-flow setup latency in ms")] = 0.0,
+    promotion_rto_ms: Annotated[
+        float, typer.Option(help="A starved flow's promotion waits for a packet (as in `sim run`; 0: fluid ideal)")
+    ] = 0.0,
     bound: Annotated[bool, typer.Option(help="Compute the reference bound and the coupled bound per point")] = True,
     policy_config: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE policy setting (repeatable)")] = None,
     isolate: Annotated[
@@ -207,12 +210,13 @@ def matrix_cmd(
             levels=levels,
             tick_s=tick_ms / 1e3,
             flow_setup_s=flow_setup_ms / 1e3,
+            promotion_rto_s=promotion_rto_ms / 1e3,
             bound=bound,
             policy_config=policy_config_items(policy_config or []),
             isolate=isolated_stages(isolate),
         )
-        if tick_ms <= 0 or flow_setup_ms < 0:
-            raise ValueError("--tick-ms must be positive and --flow-setup-ms not negative")
+        if tick_ms <= 0 or flow_setup_ms < 0 or promotion_rto_ms < 0:
+            raise ValueError("--tick-ms must be positive, --flow-setup-ms and --promotion-rto-ms not negative")
         summary = run_matrix(cfg, out, jobs=jobs, executor=executor, address=address, plots=plots)
     except ValueError as exc:
         raise MfsError(str(exc)) from None

@@ -173,6 +173,7 @@ class MatrixConfig:
     levels: int = 8
     tick_s: float = 0.001
     flow_setup_s: float = 0.0
+    promotion_rto_s: float = 0.0  # a starved flow's promotion waits for a packet (sim.engine)
     bound: bool = True
     policy_config: JsonDict = field(default_factory=dict)
     isolate: tuple[str, ...] = ()  # stages with the network to themselves (SimRunConfig.isolate)
@@ -190,6 +191,12 @@ class MatrixConfig:
             model_preset(s.model)
             self.sim_config(s, self.policies, 1, s.loads[0], s.slo_scales[0])
 
+    def emulation(self) -> JsonDict:
+        """What the runs have of the testbed's TCP beyond the fluid ideal (the non-zero ones of
+        flow_setup_s, promotion_rto_s): recorded in each run, so a resumed matrix never mixes
+        runs made with other settings."""
+        return {k: v for k, v in (("flow_setup_s", self.flow_setup_s), ("promotion_rto_s", self.promotion_rto_s)) if v}
+
     def sim_config(self, sc: Scenario, policies: list[str], seed: int, load: float, slo: float) -> SimRunConfig:
         return SimRunConfig(
             policies=list(policies),
@@ -204,6 +211,7 @@ class MatrixConfig:
             levels=self.levels,
             tick_s=self.tick_s,
             flow_setup_s=self.flow_setup_s,
+            promotion_rto_s=self.promotion_rto_s,
             policy_config=dict(self.policy_config),
             bound=False,
             isolate=tuple(self.isolate),
@@ -226,6 +234,8 @@ def run_point(task: JsonDict) -> list[JsonDict]:
     scfg = cfg.sim_config(sc, task["policies"] or cfg.policies, seed, load, slo)
     wl, load_info = point_workload(sc, scfg.workload_config, seed, load, slo)
     base = {"scenario": sc.name, "spec": sc.spec(), "seed": seed, "load": load, "slo_scale": slo, **load_info}
+    if cfg.emulation():
+        base["emulation"] = cfg.emulation()
     lines = []
     if task["bound"]:
         lines.append(
@@ -276,11 +286,17 @@ def plan_tasks(cfg: MatrixConfig, done: list[JsonDict]) -> list[JsonDict]:
                 f"{RUNS_FILE} holds runs with isolated stages {ln['run'].get('isolated_stages', [])}, "
                 f"this matrix isolates {sorted(cfg.isolate)}: use another --out directory"
             )
+        if ln.get("scenario") in specs and ln.get("emulation", {}) != cfg.emulation():
+            raise ValueError(
+                f"{RUNS_FILE} holds results made with {ln.get('emulation') or 'the fluid ideal'}, this matrix "
+                f"asks for {cfg.emulation() or 'the fluid ideal'}: use another --out directory"
+            )
         have.add(
             _key(ln["scenario"], ln["seed"], ln["load"], ln["slo_scale"], ln.get("policy") if ln.get("kind") == "run" else None)
         )
     cdict = {
-        k: getattr(cfg, k) for k in ("policies", "seeds", "levels", "tick_s", "flow_setup_s", "bound", "policy_config", "isolate")
+        k: getattr(cfg, k)
+        for k in ("policies", "seeds", "levels", "tick_s", "flow_setup_s", "promotion_rto_s", "bound", "policy_config", "isolate")
     }
     cdict["scenarios"] = []  # a worker needs the scenario of its task only
     tasks = []
