@@ -40,8 +40,16 @@ class RunConfig(ComparisonConfig):
 
     def __post_init__(self) -> None:
         ComparisonConfig.__post_init__(self)
-        if not 0 <= self.rto_min_ms <= 1000:
-            raise ValueError(f"--rto-min-ms {self.rto_min_ms:g}: use 0 (the kernel's 200 ms) .. 1000")
+        # the topology's own checks, before anything is built (its host counts come later, from
+        # the workload's cluster)
+        TopologyConfig(
+            rate_bps=self.rate_bps,
+            levels=self.levels,
+            datapath=self.datapath,
+            prefix=self.prefix,
+            host_queue_ms=self.host_queue_ms,
+            rto_min_ms=self.rto_min_ms,
+        )
 
     def checks_policies(self) -> bool:
         return self.datapath == "mfs"

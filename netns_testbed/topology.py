@@ -99,7 +99,7 @@ class TopologyConfig:
         if not 0 <= self.host_queue_ms <= 1000:
             raise ValueError(f"host queue {self.host_queue_ms:g} ms: use 0 (kernel defaults) .. 1000")
         if not 0 <= self.rto_min_ms <= 1000:
-            raise ValueError(f"rto_min {self.rto_min_ms:g} ms: use 0 (the kernel's 200 ms) .. 1000")
+            raise ValueError(f"rto_min {self.rto_min_ms:g} ms (--rto-min-ms): use 0 (the kernel's 200 ms) .. 1000")
 
     def host_queue_bytes(self) -> tuple[int, int] | None:
         """(TCP small-queue budget, GSO packet size) in bytes for `host_queue_ms` at the link

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mfs_tc.layout import F_MONOTONIC  # noqa: E402
+from mfs_tc.results import percentile  # noqa: E402
 from mfs_tc.workload import Transfer  # noqa: E402
 from netns_testbed.runner import RunConfig, run_testbed  # noqa: E402
 from netns_testbed.sched import ControllerScheduler  # noqa: E402
@@ -149,16 +150,17 @@ class SamplingScheduler(ControllerScheduler):
 def quantiles_ms(xs: list[float]) -> dict[str, float | int]:
     if not xs:
         return {"n": 0}
-    s = sorted(xs)
 
     def q(p: float) -> float:
-        return round(s[min(len(s) - 1, int(p * (len(s) - 1) + 0.5))] * 1e3, 1)
+        v = percentile(xs, p)
+        assert v is not None  # (xs is not empty)
+        return round(v * 1e3, 1)
 
     return {
-        "n": len(s),
-        "mean": round(statistics.fmean(s) * 1e3, 1),
-        **{f"p{round(p * 100)}": q(p) for p in (0.5, 0.75, 0.9, 0.99)},
-        "max": q(1.0),
+        "n": len(xs),
+        "mean": round(statistics.fmean(xs) * 1e3, 1),
+        **{f"p{p}": q(p) for p in (50, 75, 90, 99)},
+        "max": q(100),
     }
 
 

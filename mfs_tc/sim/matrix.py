@@ -234,8 +234,9 @@ def run_point(task: JsonDict) -> list[JsonDict]:
     scfg = cfg.sim_config(sc, task["policies"] or cfg.policies, seed, load, slo)
     wl, load_info = point_workload(sc, scfg.workload_config, seed, load, slo)
     base = {"scenario": sc.name, "spec": sc.spec(), "seed": seed, "load": load, "slo_scale": slo, **load_info}
-    if cfg.emulation():
-        base["emulation"] = cfg.emulation()
+    emulation = cfg.emulation()
+    if emulation:
+        base["emulation"] = emulation
     lines = []
     if task["bound"]:
         lines.append(
@@ -275,6 +276,7 @@ def plan_tasks(cfg: MatrixConfig, done: list[JsonDict]) -> list[JsonDict]:
     """Tasks for every point with a policy run or bound not yet in `done`."""
     specs = {s.name: s.spec() for s in cfg.scenarios}
     have: set[PointKey] = set()
+    emulation = cfg.emulation()
     for ln in done:
         if ln.get("scenario") in specs and ln.get("spec") != specs[ln["scenario"]]:
             raise ValueError(
@@ -286,10 +288,10 @@ def plan_tasks(cfg: MatrixConfig, done: list[JsonDict]) -> list[JsonDict]:
                 f"{RUNS_FILE} holds runs with isolated stages {ln['run'].get('isolated_stages', [])}, "
                 f"this matrix isolates {sorted(cfg.isolate)}: use another --out directory"
             )
-        if ln.get("scenario") in specs and ln.get("emulation", {}) != cfg.emulation():
+        if ln.get("scenario") in specs and ln.get("emulation", {}) != emulation:
             raise ValueError(
                 f"{RUNS_FILE} holds results made with {ln.get('emulation') or 'the fluid ideal'}, this matrix "
-                f"asks for {cfg.emulation() or 'the fluid ideal'}: use another --out directory"
+                f"asks for {emulation or 'the fluid ideal'}: use another --out directory"
             )
         have.add(
             _key(ln["scenario"], ln["seed"], ln["load"], ln["slo_scale"], ln.get("policy") if ln.get("kind") == "run" else None)
