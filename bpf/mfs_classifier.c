@@ -5,7 +5,8 @@
  * Per packet: parse Ethernet (+ up to two VLAN tags: 802.1Q, 802.1ad QinQ), IPv4 (options) or
  * IPv6 (extension headers), TCP or UDP. The flow's decision comes from the sending socket's
  * local storage (skb->sk, sk_flows) when it has one, else from the 5-tuple map (flows). Its
- * threshold table is evaluated (see mfs_maps.h) at bpf_ktime_get_ns(); skb->priority is written
+ * threshold table is evaluated (see mfs_maps.h) at CLOCK_MONOTONIC now (a TCP segment's own
+ * departure stamp, else bpf_ktime_get_ns()); skb->priority is written
  * from `levels` and, when the level has one, the DSCP (ECN bits kept, IPv4 header checksum
  * fixed); bytes are counted into the flow's kernel state and per level. In trust-dscp mode
  * (switch ports) the level comes from the packet's DSCP instead.
@@ -99,6 +100,9 @@ MFS_SK_STORAGE(sk_state, struct mfs_flow_state, MFS_PIN_DIR "/sk_state");
 #define U64_MAX_ (~0ULL)
 #define S64_MAX_ ((__s64)(U64_MAX_ >> 1))
 #define S64_MIN_ (-S64_MAX_ - 1)
+/* __sk_buff.tstamp_type of a monotonic delivery time: BPF_SKB_TSTAMP_DELIVERY_MONO (5.18),
+ * renamed BPF_SKB_CLOCK_MONOTONIC (6.11), the same value */
+#define MFS_TSTAMP_MONO 1
 
 /* Copy `len` header bytes at `off`: straight from the packet when they are in its linear part
  * (the common case, no helper call), else through bpf_skb_load_bytes (paged / GSO skbs). */
@@ -207,13 +211,32 @@ static __always_inline __s64 flow_metric(struct mfs_flow_entry *e, __s64 now, __
 	}
 }
 
-/* Level of a packet of a known flow; counts its payload into the flow's state. */
-static __always_inline __u32 flow_level(struct mfs_flow_entry *e, struct mfs_flow_state *st,
-					struct mfs_config *cfg, __u64 payload, __u32 *scavenged,
-					__u32 *bad)
+/* CLOCK_MONOTONIC now, for a packet of a flow whose level depends on time. A TCP segment
+ * carries it already: TCP stamps every segment it transmits with its departure time (EDT,
+ * CLOCK_MONOTONIC ns: the clock TCP read for this transmission, or under pacing the time the
+ * segment may leave), marked as a monotonic delivery time (tstamp_type, Linux 5.18+). Reading
+ * it saves the clock helper call. Everything else reads the clock: UDP (SO_TXTIME lets a
+ * sender choose its stamp) and packets whose stamp is not a monotonic delivery time (one being
+ * forwarded from another host carries its arrival time). -DMFS_NO_TSTAMP_TYPE: before 5.18. */
+static __always_inline __s64 packet_now(struct __sk_buff *skb, int tcp)
 {
-	/* only mlu and laxity depend on time: the others skip the clock read */
-	__s64 now = (e->mode == MFS_MODE_MLU || e->mode == MFS_MODE_LAXITY) ? (__s64)bpf_ktime_get_ns() : 0;
+#ifndef MFS_NO_TSTAMP_TYPE
+	if (tcp && skb->tstamp_type == MFS_TSTAMP_MONO) {
+		__u64 ts = skb->tstamp;
+		if (ts && ts <= (__u64)S64_MAX_)
+			return (__s64)ts;
+	}
+#endif
+	return (__s64)bpf_ktime_get_ns();
+}
+
+/* Level of a packet of a known flow; counts its payload into the flow's state. */
+static __always_inline __u32 flow_level(struct __sk_buff *skb, int tcp, struct mfs_flow_entry *e,
+					struct mfs_flow_state *st, struct mfs_config *cfg,
+					__u64 payload, __u32 *scavenged, __u32 *bad)
+{
+	/* only mlu and laxity depend on time: the others skip the clock */
+	__s64 now = (e->mode == MFS_MODE_MLU || e->mode == MFS_MODE_LAXITY) ? packet_now(skb, tcp) : 0;
 	__u64 sent = st->sent_bytes;
 	__u64 cur = st->cur_level;
 	__s32 cursor = 0;
@@ -567,7 +590,7 @@ int mfs_egress(struct __sk_buff *skb)
 					state_restart(e, st);
 			}
 			if (st && e) {
-				level = flow_level(e, st, cfg, payload, &scav, &bad);
+				level = flow_level(skb, l4proto == IPPROTO_TCP, e, st, cfg, payload, &scav, &bad);
 				known = 1;
 				reason = scav ? MFS_STAT_SCAVENGED : MFS_STAT_SK_HIT;
 				goto out;
@@ -620,7 +643,7 @@ int mfs_egress(struct __sk_buff *skb)
 		if (st && e) {
 			if ((tflags & TCP_ACK_) && !(st->flags & MFS_S_ACKED))
 				st->flags |= MFS_S_ACKED;
-			level = flow_level(e, st, cfg, payload, &scav, &bad);
+			level = flow_level(skb, l4proto == IPPROTO_TCP, e, st, cfg, payload, &scav, &bad);
 			known = 1;
 			reason = scav ? MFS_STAT_SCAVENGED : MFS_STAT_HIT;
 			goto out;

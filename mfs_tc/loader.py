@@ -278,8 +278,7 @@ def _kernel_has_tcx(netns: str | None) -> bool:
         except MfsError:
             lo = [1]
         return tcx.available(lo[0], netns)
-    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
-    return (major, minor) >= (6, 6)
+    return access.kernel_version() >= (6, 6)
 
 
 def _choose_hook(opts: AttachOptions, prev: AttachState | None, idx: int) -> str:
@@ -340,6 +339,8 @@ def compile_classifier(pin: Path, socket_storage: bool = True, src_dir: Path | N
             "(links linux-headers-amd64 where Debian has none for this kernel)"
         )
     cflags = [f"-I{bpf_dir}", f'-DMFS_PIN_DIR="{pin}"', "-Wno-unused-function"]
+    if access.kernel_version() < (5, 18):  # no __sk_buff.tstamp_type: mlu/laxity read the clock on TCP too
+        cflags.append("-DMFS_NO_TSTAMP_TYPE=1")
     # a kernel without BPF_F_MMAPABLE (< 5.5) gets a cursor array controllers cannot map (they
     # keep cursors in the request records, `mfs-tc doctor` says so); one without socket
     # storage (< 5.2) also the 5-tuple-only program

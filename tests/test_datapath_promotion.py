@@ -7,19 +7,22 @@ maps. An `rli` flow changes level when, and only when, its request's cursor move
 Each packet is a UDP datagram numbered in its payload; its level is read from the DSCP captured on
 the peer. The oracle is FlowEntry.level() at CLOCK_MONOTONIC taken just before and just after the
 send (the classifier runs inside sendto on veth), with the bytes already sent and the cursor.
+TCP segments are ranked at the departure stamp TCP gave them (not the classifier's own clock read):
+the same oracle holds for them, on the 5-tuple path and on the socket-storage path.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 
 import pytest
 from attach_support import attached_veth
 from datapath_support import Capture
 from nettools import VethPair
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from mfs_tc import bpfsys, layout
@@ -140,6 +143,106 @@ def test_mlu_and_laxity_promote_on_time_without_a_controller(net: VethPair) -> N
         for f in flows:
             st = FlowState.unpack(m.lookup(f.key.pack()))
             assert st.sent_bytes == f.sent and st.sent_pkts == len(f.sends) and st.cur_level == 1
+
+
+class TcpFlow(Flow):
+    """One TCP connection (no Nagle: a small write every 10 ms leaves as one segment of its own)."""
+
+    def __init__(self, net: VethPair, sport: int, entry: FlowEntry, lst: socket.socket, port: int) -> None:
+        from mfs_tc.netlink import socket_in
+
+        self.sock = socket_in(net.a, socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((net.ip_a, sport))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sport = sport
+        self.entry = entry
+        self.sent = 0
+        self.sends = []
+        self.key = FlowKey(net.ip_a, net.ip_b, sport, port, socket.IPPROTO_TCP)
+        self.sock.connect((net.ip_b, port))
+        conn, _ = lst.accept()
+        self.drain = threading.Thread(target=lambda: [None for _ in iter(lambda: conn.recv(65536), b"")], daemon=True)
+        self.drain.start()
+
+    def send(self, seq: int) -> None:
+        data = struct.pack("!I", seq) + b"\0" * (PAYLOAD - 4)
+        t0 = time.monotonic_ns()
+        self.sock.sendall(data)
+        t1 = time.monotonic_ns()
+        self.sends.append((seq, t0, t1, self.sent))
+        self.sent += PAYLOAD
+
+
+def _tcp_levels_on_wire(frames: list[bytes], sport: int) -> dict[int, int]:
+    out = {}
+    for f in frames:
+        p = Ether(f)
+        if TCP in p and p[TCP].sport == sport and len(p[TCP].payload) == PAYLOAD:
+            seq = struct.unpack("!I", bytes(p[TCP].payload)[:4])[0]
+            out[seq] = DSCP_TO_LEVEL[p[IP].tos >> 2]
+    return out
+
+
+def test_tcp_segments_rank_at_their_departure_stamp(net: VethPair) -> None:
+    """mlu and laxity on TCP: the level of each segment is the oracle's between the clock before
+    and after its write, and the crossing falls where the entry says, on both lookup paths (an
+    mlu flow by its 5-tuple, a laxity flow by its socket's storage). The stamp TCP gives a
+    segment is CLOCK_MONOTONIC at its transmission: a stamp on another clock (or none) would put
+    the levels seconds away from the oracle."""
+    from mfs_tc.netlink import socket_in
+
+    port = 7001
+    lst = socket_in(net.b, socket.AF_INET, socket.SOCK_STREAM)
+    lst.bind((net.ip_b, port))
+    lst.listen(4)
+    now = time.monotonic_ns()
+    rate = ps_per_byte(100e6)
+    mlu = FlowEntry(
+        mode=layout.MODE_MLU,
+        levels=[5, 1],
+        thresholds=[mlu_fixed(0.5)],
+        total_bytes=2_500_000,
+        ps_per_byte=rate,
+        deadline_ns=now + 1000 * MS,
+    )
+    lax = FlowEntry(mode=layout.MODE_LAXITY, levels=[1, 5], thresholds=[300 * MS], ps_per_byte=rate, deadline_ns=now + 700 * MS)
+    pin = layout.pin_dir(net.dev_a, net.a)
+    with bpfsys.BpfMap.open(pin / "flows") as fm:
+        fm.update(FlowKey(net.ip_a, net.ip_b, 43011, port, socket.IPPROTO_TCP).pack(), mlu.pack())
+    flows = [TcpFlow(net, 43011, mlu, lst, port), TcpFlow(net, 43012, lax, lst, port)]
+    try:
+        with bpfsys.BpfMap.open(pin / "sk_flows") as sm:
+            sm.update(flows[1].sock.fileno().to_bytes(4, "little"), lax.pack())
+        with Capture(net.b, net.dev_b) as cap:
+            seq = 0
+            while time.monotonic_ns() < now + 1000 * MS - 50 * MS:
+                for f in flows:
+                    f.send(seq)
+                seq += 1
+                time.sleep(0.01)
+            frames = cap.frames(2 * seq, timeout=2.0, match=lambda fr: TCP in (p := Ether(fr)) and len(p[TCP].payload) == PAYLOAD)
+        for f, name in zip(flows, ("mlu (5-tuple)", "laxity (socket storage)"), strict=True):
+            seen = _tcp_levels_on_wire(frames, f.sport)
+            assert len(seen) >= 0.95 * len(f.sends), f"{name}: {len(seen)} of {len(f.sends)} segments captured"
+            cross = _crossing(f.entry, now, now + 1000 * MS, f.sent // 2)
+            before = after = 0
+            for s, t0, t1, sent in f.sends:
+                if s not in seen:
+                    continue
+                expect = {f.entry.level(t0, sent=sent), f.entry.level(t1, sent=sent)}
+                assert seen[s] in expect, f"{name} segment {s}: level {seen[s]}, oracle {expect}"
+                if t1 < cross - MS:
+                    before += 1
+                elif t0 > cross + MS:
+                    after += 1
+            assert before >= 10 and after >= 10, f"{name}: {before} deferred, {after} promoted segments"
+        with bpfsys.BpfMap.open(pin / "flow_state") as m:  # the payload counted exactly, once a segment
+            st = FlowState.unpack(m.lookup(flows[0].key.pack()))
+            assert st.sent_bytes == flows[0].sent
+    finally:
+        for f in flows:
+            f.sock.close()
+        lst.close()
 
 
 def test_rli_level_moves_with_the_cursor_only(net: VethPair) -> None:
