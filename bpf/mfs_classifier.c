@@ -245,14 +245,25 @@ static __always_inline __u32 flow_level(struct __sk_buff *skb, int tcp, struct m
 
 	if (e->request_id) {
 		__u64 rid = e->request_id;
-		struct mfs_request *r = requests.lookup(&rid);
-		if (r) {
-			__u32 slot = r->slot;
-			struct mfs_cursor *c = slot < MFS_CURSORS_MAX ? cursors.lookup(&slot) : 0;
-			cursor = c ? c->cursor : r->cursor;
-			if (r->flags & MFS_R_SCAVENGER)
-				scav = 1;
+		__u32 rflags = 0;
+		/* the request's slot, where the entry names it and it still holds this request: an
+		 * array access (inlined), no hash lookup; else its record */
+		__u32 es = e->slot;
+		struct mfs_cursor *c = es < MFS_CURSORS_MAX ? cursors.lookup(&es) : 0;
+		if (c && c->request_key == rid) {
+			cursor = c->cursor;
+			rflags = c->flags;
+		} else {
+			struct mfs_request *r = requests.lookup(&rid);
+			if (r) {
+				__u32 slot = r->slot;
+				c = slot < MFS_CURSORS_MAX ? cursors.lookup(&slot) : 0;
+				cursor = c ? c->cursor : r->cursor;
+				rflags = r->flags;
+			}
 		}
+		if (rflags & MFS_R_SCAVENGER)
+			scav = 1;
 	}
 	__s64 m = flow_metric(e, now, sent, cursor, &scav);
 	if (scav) {

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * mfs-tc map contract, layout version 4.
+ * mfs-tc map contract, layout version 5.
  *
  * The maps are the contract between the controller (any process that opens the pins under
  * /sys/fs/bpf/mfs/<netns>/<ifname>/) and the tc egress classifier. Python mirrors every
@@ -52,6 +52,14 @@
  * record with slot MFS_SLOT_NONE (no mmapable array on this kernel, or a controller without
  * access to it) keeps its cursor in the record itself (request.cursor, one update syscall).
  *
+ * Request slots (version 5): an entry of a request names the request's cursor slot too
+ * (entry.slot), and the slot holds what the classifier needs of the request: its cursor, its
+ * flags (MFS_R_SCAVENGER) and its key. Where the slot's request_key is the entry's request_id,
+ * the packet's request is read there (one array access, no hash lookup); else (MFS_SLOT16_NONE,
+ * a slot freed or taken by another request since) from the `requests` record as before. The
+ * controller claims a slot, writes its cursor and flags, then its key; it sets the flags in the
+ * slot and in the record alike; it clears the key before it frees the slot.
+ *
  * Unknown flows never get a level because their entry is missing: pure control packets (TCP
  * SYN, FIN, RST, or an ACK without payload) get config.control_level, everything else
  * config.default_level. Untracked traffic (no entry, ICMP, fragments) leaves with the DSCP of
@@ -61,7 +69,7 @@
 #define MFS_MAPS_H
 
 #define MFS_LAYOUT_MAGIC   0x4d465331u /* "MFS1" */
-#define MFS_LAYOUT_VERSION 4u
+#define MFS_LAYOUT_VERSION 5u
 #define MFS_MAX_LEVELS     8
 #define MFS_MAX_THRESH     (MFS_MAX_LEVELS - 1)
 #define MFS_MLU_ONE        65536ll     /* MLU fixed point: 1.0 */
@@ -112,6 +120,7 @@
 /* cursors (version 4) */
 #define MFS_CURSORS_MAX     16384       /* = MFS_REQUESTS_MAX: one slot per request record      */
 #define MFS_SLOT_NONE       0xffffffffu /* request.slot: the cursor is request.cursor           */
+#define MFS_SLOT16_NONE     0xffffu     /* entry.slot: no slot named, read the request record   */
 
 /* rules (version 3): an ordered table scanned on the exact-entry miss path, first match wins */
 #define MFS_RULES_MAX       64
@@ -134,7 +143,8 @@ struct mfs_flow_entry {
 	__u8  rsvd0;
 	__u8  lvl[8];        /* level for each threshold index 0..nthresh                     */
 	__u32 target_layer;  /* rli                                                           */
-	__u32 stage;         /* informational: 0 other, 1 kv_fetch, 2 collective, 3 p2d       */
+	__u16 stage;         /* informational: 0 other, 1 kv_fetch, 2 collective, 3 p2d       */
+	__u16 slot;          /* request_id's cursor slot, or MFS_SLOT16_NONE (version 5)      */
 	__u32 gen;           /* registration id; a different gen restarts the kernel's state  */
 	__u64 request_id;    /* key in `requests` (0: none)                                   */
 	__s64 deadline_ns;   /* mlu: deadline; laxity: base (CLOCK_MONOTONIC ns)              */
@@ -168,8 +178,9 @@ struct mfs_request {
 /* One slot of `cursors` (BPF_F_MMAPABLE array): written by the controller through its mmap. */
 struct mfs_cursor {
 	__s32 cursor;        /* compute layer the request (its batch) is at                   */
-	__u32 rsvd;
-};                                                   /* 8 bytes */
+	__u32 flags;         /* MFS_R_*, as in the request's record (version 5)               */
+	__u64 request_key;   /* the request's key in `requests`; 0: the slot is free          */
+};                                                   /* 16 bytes */
 
 /* Who owns a cursor slot (`cursor_owners`, slot -> owner): user space only. */
 struct mfs_cursor_owner {

@@ -50,6 +50,7 @@ from .layout import (
     ENTRY_GEN_OFFSET,
     ENTRY_REQUEST_ID_OFFSET,
     R_SCAVENGER,
+    SLOT16_NONE,
     SLOT_NONE,
     STAGE_CODES,
     FlowKey,
@@ -655,11 +656,15 @@ class _Owner:
         return False
 
     def _mark_scavenged(self) -> None:
-        """The scavenger flag, set in the record (sticky) and the policy's model; the caller
-        writes the record."""
+        """The scavenger flag, set in the record (sticky), the cursor slot (where the kernel
+        reads it for entries that name the slot) and the policy's model; the caller writes the
+        record."""
         self.record.flags |= R_SCAVENGER
         self.model.scavenged = True
         self._version += 1
+        cs = self.ctl.maps.cursor_slots
+        if cs is not None and self._cursors is not None:
+            cs.set_flags(self.record.slot, self.record.flags)
 
     def _write_record(self) -> None:
         self.ctl.maps.requests.update(self._rkey, self.record.pack())
@@ -677,7 +682,7 @@ class _Owner:
         key = (secrets.randbits(64) or 1) if ctl.private_keys else self.id
         cs = ctl.maps.cursor_slots
         if cs is not None:
-            slot = cs.claim(key, ctl.owner, self.record.cursor)
+            slot = cs.claim(key, ctl.owner, self.record.cursor, self.record.flags)
             self.record.slot = slot
             self._cursors, self._ci = cs.view, cs.index(slot)
         try:
@@ -725,6 +730,7 @@ class _Owner:
         `mfs-tc flows`) and, for a registered flow, its registration's `gen`."""
         e = self.ctl.policy.entry(self.model, stage, flow, now)
         e.request_id = self.id
+        e.slot = self.record.slot if self.record.slot < SLOT16_NONE else SLOT16_NONE
         e.stage = STAGE_CODES.get(stage.name, 0)
         e.created_ns = created_ns
         if not e.total_bytes:

@@ -11,6 +11,14 @@ mapping is page aligned, slots are 8 bytes). On x86-64 and arm64 an aligned 32-b
 single-copy atomic: a program on another CPU reads the old or the new cursor, never a torn
 one. Nothing else is ordered against it: a cursor is one value, read on its own by each packet.
 
+A slot (layout version 5) also holds the request's flags (MFS_R_SCAVENGER) and its key, so
+that a flow entry naming the slot (entry.slot) lets the classifier read its request there
+without a hash lookup. The key is a 64-bit store at an 8-byte aligned address (single-copy
+atomic as the cursor's). The classifier trusts a slot only while its key is the entry's
+request id: a claim stores cursor and flags before the key, a release clears the key before
+the slot is freed. (A packet that reads the key just before a release and the cursor just
+after the next claim may see the next request's cursor once: one packet, at a slot's reuse.)
+
 Slots are owned: a controller claims slot s by inserting s into `cursor_owners` with
 BPF_NOEXIST (the kernel makes that atomic across processes, so two controllers never share a
 slot), sets the cursor, and only then writes the request record that names s. It frees the slot
@@ -33,7 +41,8 @@ from .layout import CURSOR_SIZE, CURSORS_MAX, CursorOwner, Owner
 
 __all__ = ["CursorSlots", "mmap_supported"]
 
-_INTS_PER_SLOT = CURSOR_SIZE // 4  # the cursor is the first int of its 8-byte slot
+_INTS_PER_SLOT = CURSOR_SIZE // 4  # the cursor is the first int of its 16-byte slot, the flags the second
+_QUADS_PER_SLOT = CURSOR_SIZE // 8  # the request key is the second 8-byte word
 
 
 def _map_size(max_entries: int) -> int:
@@ -58,6 +67,7 @@ class CursorSlots:
         self.owners = owners
         self._mm = mm
         self.view = memoryview(mm).cast("i")
+        self._keys = memoryview(mm).cast("Q")
         self.max_entries = cursors.info.max_entries
         self._next = random.randrange(self.max_entries)  # where this process looks for a free slot
 
@@ -74,6 +84,7 @@ class CursorSlots:
     def close(self) -> None:
         """Unmap (writes through handles that still hold `view` raise ValueError after this)."""
         self.view.release()
+        self._keys.release()
         self._mm.close()
 
     @staticmethod
@@ -86,8 +97,28 @@ class CursorSlots:
     def write(self, slot: int, cursor: int) -> None:
         self.view[slot * _INTS_PER_SLOT] = cursor
 
-    def claim(self, request_key: int, owner: Owner, cursor: int = 0) -> int:
-        """A free slot, now owned by `owner` for `request_key`, its cursor set to `cursor`."""
+    def read_flags(self, slot: int) -> int:
+        return self.view[slot * _INTS_PER_SLOT + 1] & 0xFFFFFFFF
+
+    def set_flags(self, slot: int, flags: int) -> None:
+        """The request's flags as the classifier reads them from the slot (kept equal to its
+        record's by whoever sets them there)."""
+        self.view[slot * _INTS_PER_SLOT + 1] = flags - (1 << 32) if flags >= 1 << 31 else flags
+
+    def read_key(self, slot: int) -> int:
+        return self._keys[slot * _QUADS_PER_SLOT + 1]
+
+    def publish(self, slot: int, request_key: int) -> None:
+        """The request the classifier reads at this slot (0: none)."""
+        self._keys[slot * _QUADS_PER_SLOT + 1] = request_key
+
+    def clear_key(self, slot: int) -> None:
+        """No request is read at this slot any more (before it is freed)."""
+        self.publish(slot, 0)
+
+    def claim(self, request_key: int, owner: Owner, cursor: int = 0, flags: int = 0) -> int:
+        """A free slot, now owned by `owner` for `request_key`, its cursor set to `cursor`
+        and its flags to `flags`, then its key published (the classifier reads it from then)."""
         val = CursorOwner(request_key, owner).pack()
         n = self.max_entries
         full = MapFullError(
@@ -106,12 +137,15 @@ class CursorSlots:
                     continue
                 raise
             self.write(s, cursor)
+            self.set_flags(s, flags)
+            self.publish(s, request_key)
             return s
         raise full
 
     def set_key(self, slot: int, request_key: int, owner: Owner) -> None:
         """Record another request key for a slot this process owns (a private key retried)."""
         self.owners.update(slot.to_bytes(4, "little"), CursorOwner(request_key, owner).pack(), bpfsys.BPF_EXIST)
+        self.publish(slot, request_key)
 
     def release(self, slot: int, owner: Owner) -> bool:
         """Free `slot` if `owner` still owns it (gc may have freed it and another controller
@@ -120,6 +154,7 @@ class CursorSlots:
         raw = self.owners.lookup(k)
         if raw is None or CursorOwner.unpack(raw).owner != owner:
             return False
+        self.clear_key(slot)
         return self.owners.delete(k)
 
 

@@ -31,13 +31,14 @@ from .layout import (
     MODE_RLI,
     MODE_SENT,
     MODE_STATIC,
+    SLOT16_NONE,
     STAGE_CODES,
 )
 
 _ENTRY = struct.Struct(ENTRY_FMT)
 # ENTRY_FMT with the threshold table's bytes as two runs: (mode, flags, nthresh, rsvd0, lvl[8])
 # and thresh[7]; what FlowEntry.pack writes around the per-flow fields
-_ENTRY_SPLIT = struct.Struct("<12sIIIQqQQ56sQq")
+_ENTRY_SPLIT = struct.Struct("<12sIHHIQqQQ56sQq")
 _TABLE_END, _THRESH_AT, _THRESH_END = 12, 56, 112  # byte offsets of those runs in a packed entry
 assert _ENTRY_SPLIT.size == _ENTRY.size
 _S64_MIN = -(1 << 63)
@@ -79,6 +80,7 @@ class FlowEntry:
     target_layer: int = 0
     stage: int = 0
     request_id: int = 0
+    slot: int = SLOT16_NONE  # request_id's cursor slot (the kernel reads the request there)
     deadline_ns: int = 0  # mlu: deadline; laxity: base
     total_bytes: int = 0
     ps_per_byte: int = 0
@@ -194,6 +196,7 @@ class FlowEntry:
             tb[0],
             self.target_layer,
             self.stage,
+            self.slot,
             self.gen if gen is None else gen,
             self.request_id,
             self.deadline_ns,
@@ -209,15 +212,15 @@ class FlowEntry:
         v = struct.unpack(ENTRY_FMT, raw)
         mode, flags, n, _rsvd = v[0:4]
         lv = list(v[4:12])
-        target, stage, gen, rid, dl, total, ps = v[12:19]
-        th = list(v[19:26])
-        sent, created = v[26:28]
+        target, stage, slot, gen, rid, dl, total, ps = v[12:20]
+        th = list(v[20:27])
+        sent, created = v[27:29]
         n = min(n, MAX_THRESH)
         c: Any = cls  # (looked up as any object's: mypyc compiles no call of a class's __new__)
         e: FlowEntry = c.__new__(c)
         e.mode, e.flags, e.cur_level = mode, flags, LEVEL_NONE
         e.levels, e.thresholds = lv[: n + 1], th[:n]
-        e.target_layer, e.stage, e.request_id, e.gen = target, stage, rid, gen
+        e.target_layer, e.stage, e.request_id, e.gen, e.slot = target, stage, rid, gen, slot
         e.deadline_ns, e.total_bytes, e.ps_per_byte = dl, total, ps
         e.sent_bytes, e.created_ns = sent, created
         return e
@@ -291,7 +294,7 @@ def _table_bytes(
         lv = [*lv, *[lv[-1]] * (MAX_LEVELS - len(lv))]
     if n < MAX_THRESH:
         th = [*th, *_ZEROS[: MAX_THRESH - n]]
-    raw = _ENTRY.pack(mode, flags, n, 0, *lv, 0, 0, 0, 0, 0, 0, 0, *th, 0, 0)
+    raw = _ENTRY.pack(mode, flags, n, 0, *lv, 0, 0, 0, 0, 0, 0, 0, 0, *th, 0, 0)
     tb = raw[:_TABLE_END], raw[_THRESH_AT:_THRESH_END]
     if len(_TABLE_BYTES) >= _TABLE_BYTES_MAX:
         _TABLE_BYTES.clear()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LAYOUT_MAGIC = 0x4D465331  # "MFS1"
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5
 MAX_LEVELS = 8
 MAX_THRESH = MAX_LEVELS - 1
 MLU_ONE = 65536
@@ -75,6 +75,7 @@ NSTATS = 22
 RULES_MAX = 64
 CURSORS_MAX = 16384  # = REQUESTS_MAX: one cursor slot per request record
 SLOT_NONE = 0xFFFFFFFF  # request.slot: the cursor is the record's own (no mmapable cursors)
+SLOT16_NONE = 0xFFFF  # entry.slot: the entry names no cursor slot (the kernel reads the record)
 STAT_NAMES = {
     STAT_MISS: "miss",
     STAT_MALFORMED: "malformed",
@@ -122,10 +123,10 @@ FLOWS_MAX = 65536
 REQUESTS_MAX = 16384
 
 KEY_FMT = "<16s16sHHB3x"
-ENTRY_FMT = "<BBBB8BIIIQqQQ7qQq"
+ENTRY_FMT = "<BBBB8BIHHIQqQQ7qQq"
 STATE_FMT = "<QQQQQ"
 REQUEST_FMT = "<iIqQQQII"
-CURSOR_FMT = "<iI"
+CURSOR_FMT = "<iIQ"
 CURSOR_OWNER_FMT = "<QQQQ"
 LEVEL_FMT = "<IB3x"
 CONFIG_FMT = "<8IQ64s"
@@ -142,7 +143,7 @@ RULE_SIZE = struct.calcsize(RULE_FMT)
 CURSOR_SIZE = struct.calcsize(CURSOR_FMT)
 CURSOR_OWNER_SIZE = struct.calcsize(CURSOR_OWNER_FMT)
 assert (KEY_SIZE, ENTRY_SIZE, STATE_SIZE, REQUEST_SIZE, LEVEL_SIZE, CONFIG_SIZE, RULE_SIZE) == (40, 128, 40, 48, 8, 104, 88)
-assert (CURSOR_SIZE, CURSOR_OWNER_SIZE) == (8, 32)
+assert (CURSOR_SIZE, CURSOR_OWNER_SIZE) == (16, 32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +200,9 @@ MAP_NAMES = tuple(n for n, s in MAP_SPECS.items() if not s.socket_storage)
 SK_MAP_NAMES = tuple(n for n, s in MAP_SPECS.items() if s.socket_storage)
 
 # byte offsets in a packed mfs_flow_entry of the fields user space compares without unpacking
-# (after mode, flags, nthresh, rsvd0, lvl[8], target_layer, stage); tests/test_layout.py checks them
-ENTRY_GEN_OFFSET = struct.calcsize("<4B8BII")
-ENTRY_REQUEST_ID_OFFSET = struct.calcsize("<4B8BIII")
+# (after mode, flags, nthresh, rsvd0, lvl[8], target_layer, stage, slot); tests/test_layout.py checks them
+ENTRY_GEN_OFFSET = struct.calcsize("<4B8BIHH")
+ENTRY_REQUEST_ID_OFFSET = struct.calcsize("<4B8BIHHI")
 
 
 def netns_label(netns: str | None) -> str:

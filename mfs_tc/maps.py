@@ -753,6 +753,9 @@ def gc(maps: PinnedMaps, grace_s: float = 10.0, now_ns: int | None = None, check
                 maps.requests.update(_U64.pack(rid), rec.pack(), bpfsys.BPF_EXIST)
             except MfsError:
                 continue  # finished meanwhile
+            cs = maps.cursor_slots  # and where the kernel reads it for entries naming the slot
+            if cs is not None and rec.slot < cs.max_entries and cs.read_key(rec.slot) == rid:
+                cs.set_flags(rec.slot, cs.read_flags(rec.slot) | R_SCAVENGER)
             res.requests_scavenged.append(rid)
     scav = maps.config.scavenger_level
     dk, dv, dead = [], [], []
@@ -775,14 +778,20 @@ def gc(maps: PinnedMaps, grace_s: float = 10.0, now_ns: int | None = None, check
         maps.flows.update_batch_raw(b"".join(dk), b"".join(dv), len(dk))
     res.flows_removed = maps.flows.delete_batch(dead) if dead else 0
     if check_pids and isinstance(maps.cursor_owners, BpfMap):
-        res.slots_freed = _free_dead_slots(maps.cursor_owners)
+        res.slots_freed = _free_dead_slots(maps.cursor_owners, maps.cursor_slots)
     return res
 
 
-def _free_dead_slots(owners: BpfMap) -> list[int]:
-    """Delete the `cursor_owners` claims of owners that are gone (mfs_tc.cursors)."""
+def _free_dead_slots(owners: BpfMap, slots: CursorSlots | None) -> list[int]:
+    """Delete the `cursor_owners` claims of owners that are gone (mfs_tc.cursors), their
+    slots' request keys cleared first (an entry of the request no longer reads it there)."""
     freed = []
     for k, v in list(owners.items()):
-        if not owner_alive(CursorOwner.unpack(v).owner) and owners.delete(k):
-            freed.append(int.from_bytes(k, "little"))
+        if owner_alive(CursorOwner.unpack(v).owner):
+            continue
+        s = int.from_bytes(k, "little")
+        if slots is not None and s < slots.max_entries:
+            slots.clear_key(s)
+        if owners.delete(k):
+            freed.append(s)
     return sorted(freed)

@@ -96,14 +96,28 @@ def random_entry(rng: random.Random, mode: int, now: int) -> tuple[FlowEntry, Re
     cur = rng.choice([0xFF, rng.randint(0, 7)])
     req = None
     rid = 0
+    eslot = layout.SLOT16_NONE
     if rng.random() < 0.6:
         rid = RID
         if rng.random() < 0.9:  # else: the entry names a request that is not in the map
             slot = rng.choice([layout.SLOT_NONE, layout.CURSORS_MAX, rng.randrange(layout.CURSORS_MAX)])
-            flags = layout.R_SCAVENGER if rng.random() < 0.1 else 0
-            req = RequestRecord(cursor=rng.randint(-5, 70), flags=flags, slot=slot)
+            rflags = layout.R_SCAVENGER if rng.random() < 0.1 else 0
+            req = RequestRecord(cursor=rng.randint(-5, 70), flags=rflags, slot=slot)
+        # the entry names the record's slot (as the controller writes it), none, or another one
+        choices = [layout.SLOT16_NONE, rng.randrange(layout.CURSORS_MAX)]
+        if req is not None and req.slot < layout.CURSORS_MAX:
+            choices += [req.slot] * 2
+        eslot = rng.choice(choices)
     e = FlowEntry(
-        mode=mode, levels=levels, thresholds=th, flags=flags, cur_level=cur, request_id=rid, gen=rng.getrandbits(32), **kw
+        mode=mode,
+        levels=levels,
+        thresholds=th,
+        flags=flags,
+        cur_level=cur,
+        request_id=rid,
+        slot=eslot,
+        gen=rng.getrandbits(32),
+        **kw,
     )
     return e, req, rng.randint(-5, 70)
 
@@ -116,17 +130,28 @@ def _check(
     pkts: int = 0,
     slots: CursorSlots | None = None,
     slot_cursor: int = 0,
+    slot_key: int = 0,
+    slot_flags: int = 0,
 ) -> bool:
     """Plant the entry, a kernel state of the same registration (sent e.sent_bytes, level
     e.cur_level), the request record and (through the mapping `slots`) `slot_cursor` at the
-    record's cursor slot; run one packet; assert the kernel agrees with the oracle, in its level
-    and in the state it leaves. True when the oracle was ambiguous (a threshold crossed mid-run)."""
+    record's cursor slot; at the slot the entry names, `slot_cursor` too, with `slot_flags` and
+    the request key `slot_key` (the kernel reads the request there when that key is the
+    entry's request id, else from the record); run one packet; assert the kernel agrees with the
+    oracle, in its level and in the state it leaves. True when the oracle was ambiguous (a
+    threshold crossed mid-run)."""
     flows, states, requests = clf.map("flows"), clf.map("flow_state"), clf.map("requests")
     st0 = FlowState(e.gen, e.cur_level, e.sent_bytes, pkts)
     in_array = req is not None and req.slot < layout.CURSORS_MAX
     if in_array:
         assert slots is not None and req is not None
         slots.write(req.slot, slot_cursor)
+    named = e.request_id and e.slot < layout.CURSORS_MAX
+    if named:
+        assert slots is not None
+        slots.write(e.slot, slot_cursor)
+        slots.set_flags(e.slot, slot_flags)
+        slots.publish(e.slot, slot_key)
     try:
         rkey = RID.to_bytes(8, "little")
         if req is not None:
@@ -143,9 +168,13 @@ def _check(
         flows.close()
         states.close()
         requests.close()
-    scav = bool(req and req.scavenged)
+    if named and slot_key == e.request_id:  # read at the entry's slot
+        cursor, scav = slot_cursor, bool(slot_flags & layout.R_SCAVENGER)
+    else:
+        cursor = req.kernel_cursor(slot_cursor if in_array else None) if req else 0
+        scav = bool(req and req.scavenged)
     kw = dict(
-        cursor=req.kernel_cursor(slot_cursor if in_array else None) if req else 0,
+        cursor=cursor,
         scavenged=scav,
         scavenger_level=nlevels - 1,
         nlevels=nlevels,
@@ -180,7 +209,11 @@ def test_kernel_level_equals_python_mirror(clf: LoadedClassifier, slots: CursorS
     levels_seen: set[int] = set()
     for _ in range(n):
         e, req, slot_cursor = random_entry(rng, mode, time.monotonic_ns())
-        ambiguous += _check(clf, e, req, nlevels, slots=slots, slot_cursor=slot_cursor)
+        # the slot's key: this request (the fast path), another one (a slot taken since), none;
+        # its flags drawn apart from the record's, so the level shows which one the kernel read
+        key = rng.choice([RID, RID, RID ^ 1, 0])
+        sflags = layout.R_SCAVENGER if rng.random() < 0.15 else 0
+        ambiguous += _check(clf, e, req, nlevels, slots=slots, slot_cursor=slot_cursor, slot_key=key, slot_flags=sflags)
         with clf.map("flow_state") as m:
             levels_seen.add(FlowState.unpack(m.lookup(KEY.pack())).cur_level)
     assert ambiguous <= n // 100, f"{ambiguous} of {n} runs crossed a threshold mid-run"
@@ -308,6 +341,7 @@ def adversarial(draw):
         flags=draw(st.integers(0, 3)),
         target_layer=draw(st.integers(0, (1 << 32) - 1)),
         request_id=RID,
+        slot=draw(st.one_of(st.just(layout.SLOT16_NONE), st.integers(0, layout.CURSORS_MAX + 2))),
         deadline_ns=dl,
         total_bytes=draw(_u64),
         ps_per_byte=draw(_ps),
@@ -326,7 +360,9 @@ def adversarial(draw):
             ),
         )
     )
-    return e, req, nlevels, draw(st.integers(0, U64 - 1)), draw(_s32)
+    slot_key = draw(st.sampled_from([RID, RID ^ (1 << 63), 0]))
+    slot_flags = draw(st.sampled_from([0, layout.R_SCAVENGER, 0xFFFFFFFF]))
+    return e, req, nlevels, draw(st.integers(0, U64 - 1)), draw(_s32), slot_key, slot_flags
 
 
 @settings(max_examples=600, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
@@ -335,11 +371,11 @@ def test_kernel_equals_mirror_on_adversarial_inputs(clf: LoadedClassifier, slots
     """Byte counts up to 2^64, deadlines at the signed limits, rates that overflow a 64-bit
     product, every table shape and level count, every mode and flag: the kernel's saturating
     arithmetic and its Python mirror agree (a level >= nlevels gives the default level)."""
-    e, req, nlevels, pkts, slot_cursor = case
+    e, req, nlevels, pkts, slot_cursor, slot_key, slot_flags = case
     if clf.nlevels != nlevels:
         clf.nlevels = nlevels
         clf.configure()
-    _check(clf, e, req, nlevels, pkts=pkts, slots=slots, slot_cursor=slot_cursor)
+    _check(clf, e, req, nlevels, pkts=pkts, slots=slots, slot_cursor=slot_cursor, slot_key=slot_key, slot_flags=slot_flags)
 
 
 def test_saturating_arithmetic_mirror_values() -> None:

@@ -1,7 +1,9 @@
 """Request cursors in the mapped cursor array (layout v4, mfs_tc.cursors), on the real kernel:
 `at_layer` is a store into the mapping that the classifier reads (BPF_PROG_TEST_RUN), each
 request owns its slot, slots are freed at done() and by gc, a full array is a clear error, and
-a kernel without BPF_F_MMAPABLE falls back to the record's own cursor."""
+a kernel without BPF_F_MMAPABLE falls back to the record's own cursor. Since layout v5 the flow
+entries name their request's slot, and the classifier reads the request there (cursor and
+scavenger flag) without looking its record up."""
 
 from __future__ import annotations
 
@@ -77,6 +79,34 @@ def test_controller_cursor_changes_the_classifiers_level() -> None:
             assert ctl.maps.requests.lookup(rkey) == record  # the record was never rewritten
             req.done()
             assert len(ctl.maps.cursor_owners) == 0
+        finally:
+            ctl.close()
+
+
+def test_flows_read_their_request_at_its_slot_without_the_record() -> None:
+    """The entry the controller writes names the request's slot, and the slot carries the
+    request's key: the kernel reads cursor and scavenger flag there. With the record deleted
+    behind the controller's back, the level still follows at_layer and scavenge(); once the
+    request is done its slot no longer names it (its key cleared)."""
+    with LoadedClassifier() as clf:
+        ctl = Controller.open(IF, policy=TinyPolicy(), pin_path=clf.pin)
+        try:
+            cs = ctl.maps.cursor_slots
+            assert cs is not None
+            req = ctl.request("fast", slo_s=30.0)
+            fh = req.stage("kv_fetch", layer=6).add_flow((SRC, DST, SPORT, DPORT))
+            slot = req.record.slot
+            e = fh.read()
+            assert e is not None and e.slot == slot and cs.read_key(slot) == req.id
+            ctl.maps.requests.delete(req.id.to_bytes(8, "little"))  # only the slot is left
+            for layer, want in [(0, 5), (4, 2), (6, 0)]:
+                req.at_layer(layer)
+                assert clf.level_of(PACKET) == want, layer
+            req.at_layer(0)
+            req.scavenge()
+            assert cs.read_flags(slot) & 1 and clf.level_of(PACKET) == clf.nlevels - 1  # the scavenger level
+            req.done()
+            assert cs.read_key(slot) == 0
         finally:
             ctl.close()
 

@@ -33,6 +33,7 @@ STRUCTS = {
             "lvl",
             "target_layer",
             "stage",
+            "slot",
             "gen",
             "request_id",
             "deadline_ns",
@@ -48,7 +49,7 @@ STRUCTS = {
         layout.REQUEST_FMT,
         ["cursor", "flags", "deadline_ns", "owner_pid", "owner_start", "owner_pidns", "slot", "rsvd"],
     ),
-    "mfs_cursor": (layout.CURSOR_FMT, ["cursor", "rsvd"]),
+    "mfs_cursor": (layout.CURSOR_FMT, ["cursor", "flags", "request_key"]),
     "mfs_cursor_owner": (layout.CURSOR_OWNER_FMT, ["request_key", "owner_pid", "owner_start", "owner_pidns"]),
     "mfs_level": (layout.LEVEL_FMT, ["priority", "dscp"]),
     "mfs_config": (
@@ -198,7 +199,7 @@ def test_map_shapes_match_sizes() -> None:
     assert shapes["sk_flows"][:2] == (4, 128)
     assert shapes["sk_state"][:2] == (4, 40)
     assert shapes["requests"][:2] == (8, 48)
-    assert shapes["cursors"] == (4, 8, layout.CURSORS_MAX) and layout.MAP_SPECS["cursors"].mmapable
+    assert shapes["cursors"] == (4, 16, layout.CURSORS_MAX) and layout.MAP_SPECS["cursors"].mmapable
     assert shapes["cursor_owners"] == (4, 32, layout.CURSORS_MAX)
     assert shapes["levels"][:2] == (4, 8)
     assert shapes["config"][:2] == (4, 104)
@@ -306,6 +307,7 @@ def test_flow_entry_round_trip() -> None:
         target_layer=7,
         stage=3,
         request_id=(1 << 63) + 5,
+        slot=16383,
         deadline_ns=-12345,
         total_bytes=1 << 40,
         ps_per_byte=80,
@@ -324,6 +326,7 @@ def test_flow_entry_round_trip() -> None:
         "target_layer",
         "stage",
         "request_id",
+        "slot",
         "deadline_ns",
         "total_bytes",
         "ps_per_byte",
@@ -351,6 +354,7 @@ def _reference_pack(e: FlowEntry, gen: int) -> bytes:
         *lv,
         e.target_layer,
         e.stage,
+        e.slot,
         gen,
         e.request_id,
         e.deadline_ns,

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Classifier cost per packet through BPF_PROG_TEST_RUN, next to an empty tc program in the same run.
 
-Paths: miss (no flow entry), static, mlu, rli (request lookup) and laxity, on a 1 kB IPv4/TCP
+Paths: miss (no flow entry), static, mlu, rli (its request read at the cursor slot the entry
+names, as the controller writes it), rli_record (the request read from its record: the
+`requests` lookup) and laxity, on a 1 kB IPv4/TCP
 packet, with DSCP rewrite on (the default DSCP table). Each path runs `--repeat` times per round
 inside the kernel (the kernel reports the mean ns per run); rounds alternate over all programs and
 the median round counts. Prints JSON: each figure, its target and pass/fail.
@@ -102,7 +104,8 @@ PRIMITIVES = ("hash_lookup_40b", "lru_lookup_40b", "hash_lookup_8b", "sk_storage
 FLOORS = {
     "miss": ("sk_storage_get", "hash_lookup_40b"),
     "static": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b"),
-    "rli": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b", "hash_lookup_8b"),
+    "rli": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b"),
+    "rli_record": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b", "hash_lookup_8b"),
     "mlu": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b", "ktime_get_ns"),
     "laxity": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b", "ktime_get_ns"),
 }
@@ -139,6 +142,20 @@ def _packet(sport: int) -> bytes:
     )
 
 
+RID, RLI_SLOT, RLI_CURSOR = 99, 7, 8
+
+
+def _plant_request(c) -> None:
+    """The rli paths' request: its record (cursor 8) and, where the classifier's cursor slots
+    carry request keys (layout v5: 16-byte slots), slot 7 holding it as a controller claims it."""
+    import struct as _s
+
+    with c.map("requests") as rm, c.map("cursors") as cm:
+        rm.update(RID.to_bytes(8, "little"), RequestRecord(cursor=RLI_CURSOR).pack())
+        if cm.info.value_size == 16:
+            cm.update(RLI_SLOT.to_bytes(4, "little"), _s.pack("<iIQ", RLI_CURSOR, 0, RID))
+
+
 def _entries(now: int) -> dict[str, FlowEntry | None]:
     ps = ps_per_byte(10e9)
     far = now + 10**13  # far deadlines: the level does not change during the run
@@ -154,7 +171,12 @@ def _entries(now: int) -> dict[str, FlowEntry | None]:
             ps_per_byte=ps,
             deadline_ns=far,
         ),
-        "rli": FlowEntry(mode=layout.MODE_RLI, levels=[0, 1, 2, 3], thresholds=[1, 2, 4], target_layer=10, request_id=99),
+        # rli as the controller writes it: the entry names its request's cursor slot (layout v5);
+        # rli_record: the same entry naming none, its request read from the `requests` record
+        "rli": FlowEntry(
+            mode=layout.MODE_RLI, levels=[0, 1, 2, 3], thresholds=[1, 2, 4], target_layer=10, request_id=RID, slot=RLI_SLOT
+        ),
+        "rli_record": FlowEntry(mode=layout.MODE_RLI, levels=[0, 1, 2, 3], thresholds=[1, 2, 4], target_layer=10, request_id=RID),
         "laxity": FlowEntry(
             mode=layout.MODE_LAXITY,
             levels=[0, 1, 2, 3, 4, 5, 6, 7],
@@ -168,7 +190,7 @@ def _entries(now: int) -> dict[str, FlowEntry | None]:
 # the wire's paths: UDP datagrams from sockets with entries in their storage, then TCP segments
 # from such sockets (mlu and laxity on TCP read the segment's departure stamp, not the clock),
 # then a socket without storage whose 5-tuple has an entry, and an unknown one
-WIRE_PATHS = ("static", "mlu", "rli", "laxity", "static_tcp", "mlu_tcp", "laxity_tcp", "tuple_static", "miss")
+WIRE_PATHS = ("static", "mlu", "rli", "rli_record", "laxity", "static_tcp", "mlu_tcp", "laxity_tcp", "tuple_static", "miss")
 
 
 def _drain(conn) -> None:
@@ -246,8 +268,8 @@ def wire_paths(clf, empty_fd: int, n: int, rounds: int, baseline=None) -> dict:
                 socks[name] = s
             clfs = {"this": clf} if baseline is None else {"this": clf, "baseline": baseline}
             for c in clfs.values():
-                with c.map("sk_flows") as skm, c.map("flows") as fm, c.map("requests") as rm:
-                    rm.update((99).to_bytes(8, "little"), RequestRecord(cursor=8).pack())
+                _plant_request(c)
+                with c.map("sk_flows") as skm, c.map("flows") as fm:
                     for i, (name, s) in enumerate(socks.items()):
                         if name == "tuple_static":
                             fm.update(FlowKey(net.ip_a, net.ip_b, 31000 + i, 9000, 17).pack(), FlowEntry.static(2, gen=1).pack())
@@ -293,8 +315,10 @@ def wire_paths(clf, empty_fd: int, n: int, rounds: int, baseline=None) -> dict:
                     transport = "tcp" if name.endswith("_tcp") else "udp"
                     base = bases[transport]
                     kind = name.removesuffix("_tcp")
-                    path = "socket_storage" if kind in ("static", "mlu", "rli", "laxity") else "5-tuple"
-                    target = (30.0 if kind in ("static", "rli") else 45.0) if path == "socket_storage" else TARGET_NS
+                    path = "socket_storage" if kind in ("static", "mlu", "rli", "rli_record", "laxity") else "5-tuple"
+                    target = (
+                        (30.0 if kind in ("static", "rli", "rli_record") else 45.0) if path == "socket_storage" else TARGET_NS
+                    )
                     res[name] = {
                         "path": path,
                         "transport": transport,
@@ -350,8 +374,8 @@ def main() -> int:
         for c in (clf, base_clf):
             if c is None:
                 continue
-            with c.map("flows") as fm, c.map("requests") as rm:
-                rm.update((99).to_bytes(8, "little"), RequestRecord(cursor=8).pack())
+            _plant_request(c)
+            with c.map("flows") as fm:
                 for i, (name, e) in enumerate(_entries(now).items()):
                     pkt = _packet(30000 + i)
                     packets[name] = pkt
