@@ -165,6 +165,7 @@ class FlowEntry:
         e.target_layer = target_layer
         e.stage = stage
         e.request_id = request_id
+        e.slot = SLOT16_NONE
         e.deadline_ns = deadline_ns
         e.total_bytes = total_bytes
         e.ps_per_byte = ps_per_byte
