@@ -254,6 +254,7 @@ static __always_inline __u32 flow_level(struct __sk_buff *skb, int tcp, struct m
 			cursor = c->cursor;
 			rflags = c->flags;
 		} else {
+			count(MFS_STAT_REQ_RECORD, 0);
 			struct mfs_request *r = requests.lookup(&rid);
 			if (r) {
 				__u32 slot = r->slot;

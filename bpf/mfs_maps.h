@@ -115,7 +115,9 @@
 #define MFS_STAT_STALE      19  /* SYN (no ACK) on a request's entry whose connection was set up: deleted */
 #define MFS_STAT_BAD_LEVEL  20  /* entry chose a level >= nlevels: default level used           */
 #define MFS_STAT_RULE       21  /* no exact entry, a rule matched (its level)                   */
-#define MFS_NSTATS          22
+#define MFS_STAT_REQ_RECORD 22  /* request read from its record: the entry names no slot, or its
+                                 * slot holds another request (version 5)                       */
+#define MFS_NSTATS          23
 
 /* cursors (version 4) */
 #define MFS_CURSORS_MAX     16384       /* = MFS_REQUESTS_MAX: one slot per request record      */

@@ -71,7 +71,8 @@ STAT_ORPHAN = 18
 STAT_STALE = 19
 STAT_BAD_LEVEL = 20
 STAT_RULE = 21
-NSTATS = 22
+STAT_REQ_RECORD = 22
+NSTATS = 23
 RULES_MAX = 64
 CURSORS_MAX = 16384  # = REQUESTS_MAX: one cursor slot per request record
 SLOT_NONE = 0xFFFFFFFF  # request.slot: the cursor is the record's own (no mmapable cursors)
@@ -91,6 +92,7 @@ STAT_NAMES = {
     STAT_STALE: "stale",
     STAT_BAD_LEVEL: "bad_level",
     STAT_RULE: "rule",
+    STAT_REQ_RECORD: "request_record",
 }
 
 # stage codes carried in entries (informational)

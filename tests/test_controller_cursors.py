@@ -21,7 +21,7 @@ from scapy.packet import Raw
 from mfs_tc import bpfsys
 from mfs_tc.controller import Controller, PinnedMaps, gc
 from mfs_tc.errors import MapFullError
-from mfs_tc.layout import CURSORS_MAX, SLOT_NONE, CursorOwner, Owner, RequestRecord, pin_dir
+from mfs_tc.layout import CURSORS_MAX, SLOT_NONE, STAT_REQ_RECORD, CursorOwner, Owner, RequestRecord, pin_dir
 
 pytestmark = pytest.mark.privileged
 
@@ -99,12 +99,18 @@ def test_flows_read_their_request_at_its_slot_without_the_record() -> None:
             e = fh.read()
             assert e is not None and e.slot == slot and cs.read_key(slot) == req.id
             ctl.maps.requests.delete(req.id.to_bytes(8, "little"))  # only the slot is left
+            before = clf.stats()[STAT_REQ_RECORD][0]
             for layer, want in [(0, 5), (4, 2), (6, 0)]:
                 req.at_layer(layer)
                 assert clf.level_of(PACKET) == want, layer
             req.at_layer(0)
             req.scavenge()
             assert cs.read_flags(slot) & 1 and clf.level_of(PACKET) == clf.nlevels - 1  # the scavenger level
+            assert clf.stats()[STAT_REQ_RECORD][0] == before  # no packet needed the record
+            # the slot no longer names it: the record is looked up (scavenge() wrote it again)
+            cs.publish(slot, 0)
+            assert clf.level_of(PACKET) == clf.nlevels - 1 and clf.stats()[STAT_REQ_RECORD][0] == before + 1
+            cs.publish(slot, req.id)
             req.done()
             assert cs.read_key(slot) == 0
         finally:
