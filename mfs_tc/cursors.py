@@ -170,7 +170,8 @@ def mmap_supported() -> bool:
         if mm is None:
             return False
         mm[0:4] = b"\1\0\0\0"
-        ok = m.lookup(b"\0\0\0\0") == b"\1\0\0\0\0\0\0\0"
+        raw = m.lookup(b"\0\0\0\0")
+        ok = raw is not None and raw[:4] == b"\1\0\0\0"
         mm.close()
         return ok
     finally:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bpfsys, tcx
+from . import access, bpfsys, tcx
 from .access import OBJ_GET_UNPRIV_SINCE, member_open_problem, unprivileged_bpf_disabled
 from .backends import ProbeError, cleanup_stale_probes, probe_qdisc_kinds
 from .cursors import mmap_supported
@@ -101,6 +101,18 @@ def run_checks() -> list[Check]:
             if sk
             else "no socket storage: every flow uses the 5-tuple map (slower, LRU-evicted)",
             "a kernel >= 5.2 with CONFIG_BPF_SYSCALL and CONFIG_INET",
+            required=False,
+        )
+    )
+    stamp = access.kernel_version() >= (5, 18)
+    checks.append(
+        Check(
+            "tcp departure stamps",
+            stamp,
+            "mlu/laxity rank TCP segments at the stamp TCP gave them (__sk_buff.tstamp_type): no clock call per packet"
+            if stamp
+            else "no __sk_buff.tstamp_type: mlu/laxity read the clock on every packet (slower, same levels)",
+            "a kernel >= 5.18",
             required=False,
         )
     )

@@ -306,6 +306,16 @@ def test_doctor_exit_code_follows_its_checks() -> None:
 
 
 @pytest.mark.privileged
+def test_doctor_reports_the_kernel_features_this_kernel_has() -> None:
+    """This kernel (6.18) maps BPF arrays (its probe writes a scratch array through the mapping
+    and reads it back with a lookup), has socket storage and stamps TCP segments: each optional
+    feature's line says so, or the classifier would be described as slower than it is."""
+    checks = {c["name"]: c for c in json.loads(mfs("doctor", "--json").stdout)}
+    for name in ("mmap cursors", "socket storage", "tcp departure stamps"):
+        assert checks[name]["ok"] and not checks[name]["required"], checks[name]
+
+
+@pytest.mark.privileged
 @pytest.mark.parametrize(
     "args, needle",
     [
