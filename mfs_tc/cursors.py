@@ -7,7 +7,7 @@ mapping: no syscall, so `at_layer` costs what the Python call costs.
 
 Memory ordering: the store goes through a memoryview cast to "i" (CPython packs one C int with
 a fixed-size memcpy, compiled to a single 4-byte store) at a 4-byte aligned address (the
-mapping is page aligned, slots are 8 bytes). On x86-64 and arm64 an aligned 32-bit store is
+mapping is page aligned, slots are 16 bytes). On x86-64 and arm64 an aligned 32-bit store is
 single-copy atomic: a program on another CPU reads the old or the new cursor, never a torn
 one. Nothing else is ordered against it: a cursor is one value, read on its own by each packet.
 

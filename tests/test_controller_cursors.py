@@ -196,10 +196,27 @@ def test_gc_frees_only_slots_of_dead_owners(ctl, maps) -> None:
     p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     dead = Owner(int(p.stdout), 1, 0)  # exited (start time 1: not a recycled pid's either)
     maps.cursor_owners.update((5).to_bytes(4, "little"), CursorOwner(7, dead).pack(), bpfsys.BPF_NOEXIST)
+    cs = maps.cursor_slots
+    assert cs is not None
+    cs.publish(5, 7)  # the dead owner's request, as its claim left it
     live = ctl.request("live", slo_s=30.0)
     res = gc(maps)
     assert res.slots_freed == [5] and set(claims(maps)) == {live.record.slot}
+    # a freed slot names no request any more (its entries read their record); the live one does
+    assert cs.read_key(5) == 0 and cs.read_key(live.record.slot) == live.id
     assert gc(maps, check_pids=False).slots_freed == []
+
+
+def test_gc_scavenging_a_request_past_its_deadline_sets_the_flag_in_its_slot(ctl, maps) -> None:
+    """Where the kernel reads the flag for entries naming the slot: gc's scavenging must reach
+    the slot as well as the record, or those flows would stay at their levels."""
+    req = ctl.request("late", slo_s=1.0)
+    cs = maps.cursor_slots
+    assert cs is not None and not cs.read_flags(req.record.slot)
+    res = gc(maps, grace_s=0.0, now_ns=req.record.deadline_ns + 10**9)
+    assert res.requests_scavenged == [req.id]
+    assert maps.request_records()[req.id].scavenged and cs.read_flags(req.record.slot) & 1
+    req.done()
 
 
 def test_without_mmapable_cursors_the_record_carries_the_cursor(root) -> None:
