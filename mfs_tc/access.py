@@ -173,6 +173,11 @@ def unprivileged_bpf_disabled() -> int | None:
         return None
 
 
+# __sk_buff.tstamp_type (a monotonic delivery time marked as such): the classifier reads TCP's
+# departure stamps from it (mfs_classifier.c packet_now); before it, the loader builds without
+TSTAMP_TYPE_SINCE = (5, 18)
+
+
 def kernel_version(release: str | None = None) -> tuple[int, int]:
     rel = release or os.uname().release
     parts = rel.split("-")[0].split(".")

@@ -104,7 +104,7 @@ def run_checks() -> list[Check]:
             required=False,
         )
     )
-    stamp = access.kernel_version() >= (5, 18)
+    stamp = access.kernel_version() >= access.TSTAMP_TYPE_SINCE
     checks.append(
         Check(
             "tcp departure stamps",

@@ -339,7 +339,7 @@ def compile_classifier(pin: Path, socket_storage: bool = True, src_dir: Path | N
             "(links linux-headers-amd64 where Debian has none for this kernel)"
         )
     cflags = [f"-I{bpf_dir}", f'-DMFS_PIN_DIR="{pin}"', "-Wno-unused-function"]
-    if access.kernel_version() < (5, 18):  # no __sk_buff.tstamp_type: mlu/laxity read the clock on TCP too
+    if access.kernel_version() < access.TSTAMP_TYPE_SINCE:  # mlu/laxity read the clock on TCP too
         cflags.append("-DMFS_NO_TSTAMP_TYPE=1")
     # a kernel without BPF_F_MMAPABLE (< 5.5) gets a cursor array controllers cannot map (they
     # keep cursors in the request records, `mfs-tc doctor` says so); one without socket

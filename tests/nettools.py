@@ -6,9 +6,17 @@ Names carry the pid so parallel or crashed runs never collide; everything is rem
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import uuid
 from dataclasses import dataclass, field
+
+
+def drain(conn: socket.socket) -> None:
+    """Read a connection until its peer closes it, then close it (a sink for a sender's data)."""
+    with conn:
+        while conn.recv(1 << 16):
+            pass
 
 
 def sh(*args: str, ns: str | None = None, check: bool = True, timeout: float = 30) -> str:

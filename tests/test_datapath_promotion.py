@@ -21,7 +21,7 @@ import time
 import pytest
 from attach_support import attached_veth
 from datapath_support import Capture
-from nettools import VethPair
+from nettools import VethPair, drain
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
@@ -63,21 +63,26 @@ class Flow:
         self.sends: list[tuple[int, int, int, int]] = []  # (seq, t0, t1, bytes sent before)
         self.key = FlowKey(net.ip_a, net.ip_b, sport, 7000, socket.IPPROTO_UDP)
 
+    def _write(self, data: bytes) -> None:
+        self.sock.sendto(data, self.dst)
+
     def send(self, seq: int) -> None:
         data = struct.pack("!I", seq) + b"\0" * (PAYLOAD - 4)
         t0 = time.monotonic_ns()
-        self.sock.sendto(data, self.dst)
+        self._write(data)
         t1 = time.monotonic_ns()
         self.sends.append((seq, t0, t1, self.sent))
         self.sent += PAYLOAD
 
 
-def _levels_on_wire(frames: list[bytes], sport: int) -> dict[int, int]:
+def _levels_on_wire(frames: list[bytes], sport: int, l4: type = UDP) -> dict[int, int]:
+    """The level of each numbered packet of `sport` (a UDP datagram, or a TCP segment that holds
+    exactly one write) from its DSCP."""
     out = {}
     for f in frames:
         p = Ether(f)
-        if UDP in p and p[UDP].sport == sport:
-            seq = struct.unpack("!I", bytes(p[UDP].payload)[:4])[0]
+        if l4 in p and p[l4].sport == sport and len(p[l4].payload) == PAYLOAD:
+            seq = struct.unpack("!I", bytes(p[l4].payload)[:4])[0]
             out[seq] = DSCP_TO_LEVEL[p[IP].tos >> 2]
     return out
 
@@ -95,8 +100,8 @@ def _crossing(e: FlowEntry, start: int, end: int, sent: int) -> int:
     return hi
 
 
-def test_mlu_and_laxity_promote_on_time_without_a_controller(net: VethPair) -> None:
-    now = time.monotonic_ns()
+def _promotion_entries(now: int) -> tuple[FlowEntry, FlowEntry]:
+    """An mlu and a laxity entry at a 100 Mbit/s reference rate, both promoted 5 -> 1 within 1 s."""
     rate = ps_per_byte(100e6)
     # mlu: needs 200 ms of the link; deadline in 1 s; promoted 5 -> 1 when MLU >= 0.5 (at ~0.6 s)
     mlu = FlowEntry(
@@ -109,11 +114,12 @@ def test_mlu_and_laxity_promote_on_time_without_a_controller(net: VethPair) -> N
     )
     # laxity: base 700 ms ahead; promoted 5 -> 1 once laxity < 300 ms (at ~0.4 s)
     lax = FlowEntry(mode=layout.MODE_LAXITY, levels=[1, 5], thresholds=[300 * MS], ps_per_byte=rate, deadline_ns=now + 700 * MS)
-    flows = [Flow(net, 43001, mlu), Flow(net, 43002, lax)]
-    pin = layout.pin_dir(net.dev_a, net.a)
-    with bpfsys.BpfMap.open(pin / "flows") as m:
-        for f in flows:
-            m.update(f.key.pack(), f.entry.pack())
+    return mlu, lax
+
+
+def _send_until_the_deadline(net: VethPair, flows: list[Flow], now: int, l4: type) -> list[bytes]:
+    """A numbered packet of each flow every 10 ms until just before `now` + 1 s; the frames of
+    `l4` that reached the peer."""
     with Capture(net.b, net.dev_b) as cap:
         seq = 0
         while time.monotonic_ns() < now + 1000 * MS - 50 * MS:
@@ -121,9 +127,14 @@ def test_mlu_and_laxity_promote_on_time_without_a_controller(net: VethPair) -> N
                 f.send(seq)
             seq += 1
             time.sleep(0.01)
-        frames = cap.frames(2 * seq, timeout=2.0, match=lambda fr: UDP in Ether(fr))
-    for f, name in zip(flows, ("mlu", "laxity"), strict=False):
-        seen = _levels_on_wire(frames, f.sport)
+        return cap.frames(2 * seq, timeout=2.0, match=lambda fr: l4 in (p := Ether(fr)) and len(p[l4].payload) == PAYLOAD)
+
+
+def _check_promotion(flows: list[Flow], names: tuple[str, ...], frames: list[bytes], now: int, l4: type) -> None:
+    """Each captured packet's level is the oracle's between the clock before and after its send:
+    deferred (5) well before the entry's crossing, promoted (1) well after, at least 10 of each."""
+    for f, name in zip(flows, names, strict=True):
+        seen = _levels_on_wire(frames, f.sport, l4)
         assert len(seen) >= 0.95 * len(f.sends), f"{name}: {len(seen)} of {len(f.sends)} captured"
         cross = _crossing(f.entry, now, now + 1000 * MS, f.sent // 2)
         before = after = 0
@@ -139,6 +150,18 @@ def test_mlu_and_laxity_promote_on_time_without_a_controller(net: VethPair) -> N
                 assert seen[s] == 1, f"{name} packet {s} after the crossing is promoted"
                 after += 1
         assert before >= 10 and after >= 10, f"{name}: {before} deferred, {after} promoted packets"
+
+
+def test_mlu_and_laxity_promote_on_time_without_a_controller(net: VethPair) -> None:
+    now = time.monotonic_ns()
+    mlu, lax = _promotion_entries(now)
+    flows = [Flow(net, 43001, mlu), Flow(net, 43002, lax)]
+    pin = layout.pin_dir(net.dev_a, net.a)
+    with bpfsys.BpfMap.open(pin / "flows") as m:
+        for f in flows:
+            m.update(f.key.pack(), f.entry.pack())
+    frames = _send_until_the_deadline(net, flows, now, UDP)
+    _check_promotion(flows, ("mlu", "laxity"), frames, now, UDP)
     with bpfsys.BpfMap.open(pin / "flow_state") as m:  # what the kernel counted, in its own map
         for f in flows:
             st = FlowState.unpack(m.lookup(f.key.pack()))
@@ -161,26 +184,11 @@ class TcpFlow(Flow):
         self.key = FlowKey(net.ip_a, net.ip_b, sport, port, socket.IPPROTO_TCP)
         self.sock.connect((net.ip_b, port))
         conn, _ = lst.accept()
-        self.drain = threading.Thread(target=lambda: [None for _ in iter(lambda: conn.recv(65536), b"")], daemon=True)
-        self.drain.start()
+        self.sink = threading.Thread(target=drain, args=(conn,), daemon=True)
+        self.sink.start()
 
-    def send(self, seq: int) -> None:
-        data = struct.pack("!I", seq) + b"\0" * (PAYLOAD - 4)
-        t0 = time.monotonic_ns()
+    def _write(self, data: bytes) -> None:
         self.sock.sendall(data)
-        t1 = time.monotonic_ns()
-        self.sends.append((seq, t0, t1, self.sent))
-        self.sent += PAYLOAD
-
-
-def _tcp_levels_on_wire(frames: list[bytes], sport: int) -> dict[int, int]:
-    out = {}
-    for f in frames:
-        p = Ether(f)
-        if TCP in p and p[TCP].sport == sport and len(p[TCP].payload) == PAYLOAD:
-            seq = struct.unpack("!I", bytes(p[TCP].payload)[:4])[0]
-            out[seq] = DSCP_TO_LEVEL[p[IP].tos >> 2]
-    return out
 
 
 def test_tcp_segments_rank_at_their_departure_stamp(net: VethPair) -> None:
@@ -196,46 +204,16 @@ def test_tcp_segments_rank_at_their_departure_stamp(net: VethPair) -> None:
     lst.bind((net.ip_b, port))
     lst.listen(4)
     now = time.monotonic_ns()
-    rate = ps_per_byte(100e6)
-    mlu = FlowEntry(
-        mode=layout.MODE_MLU,
-        levels=[5, 1],
-        thresholds=[mlu_fixed(0.5)],
-        total_bytes=2_500_000,
-        ps_per_byte=rate,
-        deadline_ns=now + 1000 * MS,
-    )
-    lax = FlowEntry(mode=layout.MODE_LAXITY, levels=[1, 5], thresholds=[300 * MS], ps_per_byte=rate, deadline_ns=now + 700 * MS)
+    mlu, lax = _promotion_entries(now)
     pin = layout.pin_dir(net.dev_a, net.a)
     with bpfsys.BpfMap.open(pin / "flows") as fm:
         fm.update(FlowKey(net.ip_a, net.ip_b, 43011, port, socket.IPPROTO_TCP).pack(), mlu.pack())
-    flows = [TcpFlow(net, 43011, mlu, lst, port), TcpFlow(net, 43012, lax, lst, port)]
+    flows: list[Flow] = [TcpFlow(net, 43011, mlu, lst, port), TcpFlow(net, 43012, lax, lst, port)]
     try:
         with bpfsys.BpfMap.open(pin / "sk_flows") as sm:
             sm.update(flows[1].sock.fileno().to_bytes(4, "little"), lax.pack())
-        with Capture(net.b, net.dev_b) as cap:
-            seq = 0
-            while time.monotonic_ns() < now + 1000 * MS - 50 * MS:
-                for f in flows:
-                    f.send(seq)
-                seq += 1
-                time.sleep(0.01)
-            frames = cap.frames(2 * seq, timeout=2.0, match=lambda fr: TCP in (p := Ether(fr)) and len(p[TCP].payload) == PAYLOAD)
-        for f, name in zip(flows, ("mlu (5-tuple)", "laxity (socket storage)"), strict=True):
-            seen = _tcp_levels_on_wire(frames, f.sport)
-            assert len(seen) >= 0.95 * len(f.sends), f"{name}: {len(seen)} of {len(f.sends)} segments captured"
-            cross = _crossing(f.entry, now, now + 1000 * MS, f.sent // 2)
-            before = after = 0
-            for s, t0, t1, sent in f.sends:
-                if s not in seen:
-                    continue
-                expect = {f.entry.level(t0, sent=sent), f.entry.level(t1, sent=sent)}
-                assert seen[s] in expect, f"{name} segment {s}: level {seen[s]}, oracle {expect}"
-                if t1 < cross - MS:
-                    before += 1
-                elif t0 > cross + MS:
-                    after += 1
-            assert before >= 10 and after >= 10, f"{name}: {before} deferred, {after} promoted segments"
+        frames = _send_until_the_deadline(net, flows, now, TCP)
+        _check_promotion(flows, ("mlu (5-tuple)", "laxity (socket storage)"), frames, now, TCP)
         with bpfsys.BpfMap.open(pin / "flow_state") as m:  # the payload counted exactly, once a segment
             st = FlowState.unpack(m.lookup(flows[0].key.pack()))
             assert st.sent_bytes == flows[0].sent

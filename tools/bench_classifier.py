@@ -152,8 +152,8 @@ def _plant_request(c) -> None:
 
     with c.map("requests") as rm, c.map("cursors") as cm:
         rm.update(RID.to_bytes(8, "little"), RequestRecord(cursor=RLI_CURSOR).pack())
-        if cm.info.value_size == 16:
-            cm.update(RLI_SLOT.to_bytes(4, "little"), _s.pack("<iIQ", RLI_CURSOR, 0, RID))
+        if cm.info.value_size == layout.CURSOR_SIZE:
+            cm.update(RLI_SLOT.to_bytes(4, "little"), _s.pack(layout.CURSOR_FMT, RLI_CURSOR, 0, RID))
 
 
 def _entries(now: int) -> dict[str, FlowEntry | None]:
@@ -193,12 +193,6 @@ def _entries(now: int) -> dict[str, FlowEntry | None]:
 WIRE_PATHS = ("static", "mlu", "rli", "rli_record", "laxity", "static_tcp", "mlu_tcp", "laxity_tcp", "tuple_static", "miss")
 
 
-def _drain(conn) -> None:
-    with conn:
-        while conn.recv(1 << 16):
-            pass
-
-
 PROG_RUN_TIME_OFF, PROG_RUN_CNT_OFF = 192, 200  # struct bpf_prog_info: run_time_ns, run_cnt
 
 
@@ -223,7 +217,7 @@ def wire_paths(clf, empty_fd: int, n: int, rounds: int, baseline=None) -> dict:
     the same rounds (its figures under "baseline")."""
     import socket
 
-    from nettools import VethPair, sh
+    from nettools import VethPair, drain, sh
 
     from mfs_tc.loader import EGRESS_PARENT, ETH_P_ALL, FILTER_PREF
     from mfs_tc.netlink import ifindex, iproute, socket_in
@@ -258,7 +252,7 @@ def wire_paths(clf, empty_fd: int, n: int, rounds: int, baseline=None) -> dict:
                     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     s.connect((tcp_ip, 9001))
                     conn, _ = lst.accept()
-                    t = threading.Thread(target=_drain, args=(conn,), daemon=True)
+                    t = threading.Thread(target=drain, args=(conn,), daemon=True)
                     t.start()
                     drains.append(t)
                 else:
