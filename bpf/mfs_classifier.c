@@ -8,7 +8,8 @@
  * threshold table is evaluated (see mfs_maps.h) at CLOCK_MONOTONIC now (a TCP segment's own
  * departure stamp, else bpf_ktime_get_ns()); skb->priority is written
  * from `levels` and, when the level has one, the DSCP (ECN bits kept, IPv4 header checksum
- * fixed); bytes are counted into the flow's kernel state and per level. In trust-dscp mode
+ * fixed); bytes are counted into the flow's kernel state (at the state slot its entry names,
+ * else looked up by socket or 5-tuple) and per level. In trust-dscp mode
  * (switch ports) the level comes from the packet's DSCP instead.
  *
  * It never drops: unknown flows, non-IP, fragments, truncated or malformed headers are
@@ -60,9 +61,14 @@ BPF_TABLE_PINNED("hash", __u64, struct mfs_request, requests, MFS_REQUESTS_MAX,
 		 MFS_PIN_DIR "/requests", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("array", __u32, struct mfs_cursor, cursors, MFS_CURSORS_MAX, MFS_PIN_DIR "/cursors",
 		 MFS_CURSORS_FLAGS);
-/* user space only (slot ownership across controllers); declared so attach creates and pins it */
+/* state slots (version 6): mapped by the controllers like the cursors (they write `owner`) */
+BPF_TABLE_PINNED("array", __u32, struct mfs_flow_state, states, MFS_STATES_MAX, MFS_PIN_DIR "/states",
+		 MFS_CURSORS_FLAGS);
+/* user space only (slot ownership across controllers); declared so attach creates and pins them */
 BPF_TABLE_PINNED("hash", __u32, struct mfs_cursor_owner, cursor_owners, MFS_CURSORS_MAX,
 		 MFS_PIN_DIR "/cursor_owners", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", __u32, struct mfs_cursor_owner, state_owners, MFS_STATE_CHUNKS,
+		 MFS_PIN_DIR "/state_owners", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("array", __u32, struct mfs_level, levels, MFS_MAX_LEVELS, MFS_PIN_DIR "/levels");
 BPF_TABLE_PINNED("array", __u32, struct mfs_config, config, 1, MFS_PIN_DIR "/config");
 BPF_TABLE_PINNED("percpu_array", __u32, struct mfs_counter, stats, MFS_NSTATS,
@@ -316,6 +322,15 @@ static __always_inline void state_restart(struct mfs_flow_entry *e, struct mfs_f
 	st->sent_pkts = 0;
 	st->flags = 0;
 	st->gen = e->gen;
+}
+
+/* The registration's state at the slot its entry names, where the slot is its own (owner ==
+ * gen; gen 0 is no registration): an array access, inlined. 0: look the state up instead. */
+static __always_inline struct mfs_flow_state *slot_state(struct mfs_flow_entry *e)
+{
+	__u32 s = e->state;
+	struct mfs_flow_state *st = s < MFS_STATES_MAX ? states.lookup(&s) : 0;
+	return st && e->gen && st->owner == e->gen ? st : 0;
 }
 
 /* Rewrite DSCP, keeping ECN. l3off: offset of the IP header; v4: IPv4 (else IPv6). Where the
@@ -587,19 +602,27 @@ int mfs_egress(struct __sk_buff *skb)
 	if (sk) {
 		e = sk_flows.sk_storage_get(sk, 0, 0);
 		if (e) {
-			/* the state exists after the socket's first packet: get it without reading the
-			 * entry first (the two lookups overlap), create it from the entry only once */
-			st = sk_state.sk_storage_get(sk, 0, 0);
-			if (!st) {
-				struct mfs_flow_state init = {.gen = e->gen,
-							      .cur_level = MFS_LEVEL_NONE,
-							      .sent_bytes = e->sent_base};
-				st = sk_state.sk_storage_get(sk, &init, BPF_SK_STORAGE_GET_F_CREATE);
-			}
-			if (st && st->gen != e->gen) {
-				e = sk_flows.sk_storage_get(sk, 0, 0);
-				if (e && st->gen != e->gen)
+			st = slot_state(e);
+			if (st) {
+				/* the slot is this registration's (owner == gen): a gen of its own
+				 * that differs is the slot's first packet since the claim */
+				if (st->gen != e->gen)
 					state_restart(e, st);
+			} else {
+				/* no slot: the state in the socket's storage, created from the entry once */
+				count(MFS_STAT_STATE_LOOKUP, 0);
+				st = sk_state.sk_storage_get(sk, 0, 0);
+				if (!st) {
+					struct mfs_flow_state init = {.gen = e->gen,
+								      .cur_level = MFS_LEVEL_NONE,
+								      .sent_bytes = e->sent_base};
+					st = sk_state.sk_storage_get(sk, &init, BPF_SK_STORAGE_GET_F_CREATE);
+				}
+				if (st && st->gen != e->gen) {
+					e = sk_flows.sk_storage_get(sk, 0, 0);
+					if (e && st->gen != e->gen)
+						state_restart(e, st);
+				}
 			}
 			if (st && e) {
 				level = flow_level(skb, l4proto == IPPROTO_TCP, e, st, cfg, payload, &scav, &bad);
@@ -627,7 +650,17 @@ int mfs_egress(struct __sk_buff *skb)
 	key.pad[1] = 0;
 	key.pad[2] = 0;
 	e = flows.lookup(&key);
-	st = e ? flow_state.lookup(&key) : 0; /* the miss path does one lookup */
+	st = 0; /* the miss path does one lookup */
+	int slotted = 0;
+	if (e) {
+		st = slot_state(e);
+		if (st) {
+			slotted = 1;
+		} else {
+			count(MFS_STAT_STATE_LOOKUP, 0);
+			st = flow_state.lookup(&key);
+		}
+	}
 	if (e && e->request_id) {
 		if (st && st->gen == e->gen && (st->flags & MFS_S_ACKED) &&
 		    (tflags & (TCP_SYN_ | TCP_ACK_)) == TCP_SYN_) {
@@ -648,7 +681,10 @@ int mfs_egress(struct __sk_buff *skb)
 			st = flow_state.lookup(&key);
 		}
 		if (st && st->gen != e->gen) {
-			e = flows.lookup(&key);
+			/* a slot owned by this gen is this registration's; a looked-up state may be
+			 * read against a replaced element: look the entry up again first */
+			if (!slotted)
+				e = flows.lookup(&key);
 			if (e && st->gen != e->gen)
 				state_restart(e, st);
 		}

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * mfs-tc map contract, layout version 5.
+ * mfs-tc map contract, layout version 6.
  *
  * The maps are the contract between the controller (any process that opens the pins under
  * /sys/fs/bpf/mfs/<netns>/<ifname>/) and the tc egress classifier. Python mirrors every
@@ -60,6 +60,18 @@
  * controller claims a slot, writes its cursor and flags, then its key; it sets the flags in the
  * slot and in the record alike; it clears the key before it frees the slot.
  *
+ * State slots (version 6): a registration's kernel state lives at the slot of `states` (an
+ * array; BPF_F_MMAPABLE where the kernel has it) that its entry names (entry.state), where that
+ * slot's `owner` is the entry's gen: one array access (inlined) instead of a second socket-storage
+ * get or 5-tuple lookup. `owner` is the one word of a state that user space writes: the
+ * controller sets it to the gen of the registration it gives the slot to (after zeroing the
+ * slot's gen, so the kernel restarts the state at the entry's sent_base on its first packet)
+ * and clears it before it gives the slot up; the kernel writes everything else, as in
+ * sk_state and flow_state. An entry naming MFS_STATE_NONE, or a slot another registration owns
+ * (a stale entry), keeps its state in sk_state / flow_state as before (counted as
+ * state_lookup). Controllers own slots in chunks of MFS_STATE_CHUNK (`state_owners`, chunk ->
+ * owner, inserted with BPF_NOEXIST), so a registration claims its slot without a syscall.
+ *
  * Unknown flows never get a level because their entry is missing: pure control packets (TCP
  * SYN, FIN, RST, or an ACK without payload) get config.control_level, everything else
  * config.default_level. Untracked traffic (no entry, ICMP, fragments) leaves with the DSCP of
@@ -69,7 +81,7 @@
 #define MFS_MAPS_H
 
 #define MFS_LAYOUT_MAGIC   0x4d465331u /* "MFS1" */
-#define MFS_LAYOUT_VERSION 5u
+#define MFS_LAYOUT_VERSION 6u
 #define MFS_MAX_LEVELS     8
 #define MFS_MAX_THRESH     (MFS_MAX_LEVELS - 1)
 #define MFS_MLU_ONE        65536ll     /* MLU fixed point: 1.0 */
@@ -117,12 +129,20 @@
 #define MFS_STAT_RULE       21  /* no exact entry, a rule matched (its level)                   */
 #define MFS_STAT_REQ_RECORD 22  /* request read from its record: the entry names no slot, or its
                                  * slot holds another request (version 5)                       */
-#define MFS_NSTATS          23
+#define MFS_STAT_STATE_LOOKUP 23 /* an entry's state looked up in sk_state / flow_state: it names
+                                 * no state slot, or one it does not own (version 6)           */
+#define MFS_NSTATS          24
 
 /* cursors (version 4) */
 #define MFS_CURSORS_MAX     16384       /* = MFS_REQUESTS_MAX: one slot per request record      */
 #define MFS_SLOT_NONE       0xffffffffu /* request.slot: the cursor is request.cursor           */
 #define MFS_SLOT16_NONE     0xffffu     /* entry.slot: no slot named, read the request record   */
+
+/* state slots (version 6) */
+#define MFS_STATES_MAX      65536       /* = MFS_FLOWS_MAX                                      */
+#define MFS_STATE_CHUNK     64          /* slots a controller claims at once (state_owners)     */
+#define MFS_STATE_CHUNKS    1024        /* = MFS_STATES_MAX / MFS_STATE_CHUNK                   */
+#define MFS_STATE_NONE      0xffffffffu /* entry.state: no slot, the state is looked up          */
 
 /* rules (version 3): an ordered table scanned on the exact-entry miss path, first match wins */
 #define MFS_RULES_MAX       64
@@ -155,16 +175,20 @@ struct mfs_flow_entry {
 	__s64 thresh[7];     /* ascending; units of the mode's metric                         */
 	__u64 sent_base;     /* bytes already sent at registration: where the state starts    */
 	__s64 created_ns;    /* when the controller registered the flow                       */
-};                                                   /* 128 bytes */
+	__u32 state;         /* this registration's slot in `states`, or MFS_STATE_NONE (v6)  */
+	__u32 rsvd1;
+};                                                   /* 136 bytes */
 
-/* The state: written by the kernel only (flow_state, sk_state). 64-bit fields for the atomics. */
+/* The state: written by the kernel only (flow_state, sk_state, states), but for `owner` in
+ * `states`. 64-bit fields for the atomics. */
 struct mfs_flow_state {
 	__u64 gen;           /* the entry gen these counts belong to                          */
 	__u64 cur_level;     /* last level chosen (MONOTONIC: lowest so far); MFS_LEVEL_NONE  */
 	__u64 sent_bytes;    /* sent_base + L4 payload bytes seen (atomic add)                */
 	__u64 sent_pkts;     /* packets seen                                                  */
 	__u64 flags;         /* MFS_S_*                                                       */
-};                                                   /* 40 bytes */
+	__u64 owner;         /* states: the gen whose entries count here (controller); 0: free */
+};                                                   /* 48 bytes */
 
 struct mfs_request {
 	__s32 cursor;        /* compute layer the request (its batch) is at, if slot is NONE  */
@@ -184,7 +208,8 @@ struct mfs_cursor {
 	__u64 request_key;   /* the request's key in `requests`; 0: the slot is free          */
 };                                                   /* 16 bytes */
 
-/* Who owns a cursor slot (`cursor_owners`, slot -> owner): user space only. */
+/* Who owns a cursor slot (`cursor_owners`, slot -> owner) or a chunk of state slots
+ * (`state_owners`, chunk -> owner; request_key 0): user space only. */
 struct mfs_cursor_owner {
 	__u64 request_key;   /* the request's key in `requests` (informational)               */
 	__u64 owner_pid;     /* as in struct mfs_request                                      */

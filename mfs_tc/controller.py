@@ -38,6 +38,7 @@ import socket
 import struct
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -49,10 +50,12 @@ from .errors import MfsError
 from .layout import (
     ENTRY_GEN_OFFSET,
     ENTRY_REQUEST_ID_OFFSET,
+    ENTRY_STATE_OFFSET,
     R_SCAVENGER,
     SLOT16_NONE,
     SLOT_NONE,
     STAGE_CODES,
+    STATE_NONE,
     FlowKey,
     FlowState,
     Owner,
@@ -75,6 +78,7 @@ from .maps import (  # the pinned-map layer: re-exported for serving processes (
 )
 from .model import Batch, Flow, Request, Stage, batch_hopeless, batch_request, check_stage
 from .policy.base import Policy
+from .stateslots import StateSlots
 from .units import seconds_to_ns
 
 __all__ = [
@@ -103,6 +107,20 @@ _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 _GEN_OFF = ENTRY_GEN_OFFSET  # where a packed entry's gen is (layout)
 _RID_OFF = ENTRY_REQUEST_ID_OFFSET  # and its request id
+_SLOT_OFF = ENTRY_STATE_OFFSET  # and its state slot (layout v6: the entry's last 8 bytes start with it)
+_SLOT_END = _SLOT_OFF + 4
+
+
+def _with_gen_slot(v: bytes, gen: bytes, slot: int) -> bytes:
+    """A packed entry `v` with registration `gen` (packed) and state slot `slot`."""
+    return v[:_GEN_OFF] + gen + v[_GEN_OFF + 4 : _SLOT_OFF] + _U32.pack(slot) + v[_SLOT_END:]
+
+
+def _stamp_slots(v: bytes, slots: list[int]) -> bytes:
+    """`v` once per slot, each copy naming its slot (one strided store, no loop per flow)."""
+    buf = bytearray(v * len(slots))
+    memoryview(buf).cast("I")[_SLOT_OFF // 4 :: len(v) // 4] = array("I", slots)
+    return bytes(buf)
 
 
 def wall_to_monotonic_ns(wall_ns: int) -> int:
@@ -167,9 +185,10 @@ class FlowHandle:
 
     `key` identifies the flow in this controller: the 5-tuple map key, or for a socket-storage
     flow b"sk" + the socket's fd (`sock` is then the socket). `gen` is the registration the
-    kernel's counts belong to."""
+    kernel's counts belong to, `slot` the state slot they are kept at (STATE_NONE: in the
+    lookup maps)."""
 
-    __slots__ = ("owner", "stage", "key", "flow", "entry", "removed", "gen", "sock")
+    __slots__ = ("owner", "stage", "key", "flow", "entry", "removed", "gen", "sock", "slot")
 
     def __init__(
         self,
@@ -180,8 +199,10 @@ class FlowHandle:
         entry: FlowEntry | None = None,
         gen: int = 0,
         sock: socket.socket | None = None,
+        slot: int = STATE_NONE,
     ) -> None:
         self.owner = owner
+        self.slot = slot
         self.stage = stage
         self.key = key
         # replaced on change, never mutated here: flows of one add_flows call may share one
@@ -206,11 +227,13 @@ class FlowHandle:
     def state(self) -> FlowState | None:
         """What the kernel counted for this registration (None before its first packet)."""
         maps = self.owner.ctl.maps
-        if self.sock is not None:
-            fd = self.sock.fileno()
-            st = maps.sk_state_of(fd) if fd >= 0 else None
-        else:
-            st = maps.state_of(self.key)
+        st = maps.slot_state(self.slot, self.gen)
+        if st is None:
+            if self.sock is not None:
+                fd = self.sock.fileno()
+                st = maps.sk_state_of(fd) if fd >= 0 else None
+            else:
+                st = maps.state_of(self.key)
         return st if st is not None and st.gen == self.gen else None
 
     def update(
@@ -265,12 +288,15 @@ class FlowBatch:
     the batch whose connection is registered again (in this process) belongs to the newer
     registration from then on: `keys()` and everything below leave it alone."""
 
-    __slots__ = ("owner", "stage", "_keys", "flow", "entry", "gen", "removed")
+    __slots__ = ("owner", "stage", "_keys", "_slots", "flow", "entry", "gen", "removed")
 
-    def __init__(self, owner: _Owner, stage: StageHandle, keys: list[bytes], flow: Flow, entry: FlowEntry, gen: int) -> None:
+    def __init__(
+        self, owner: _Owner, stage: StageHandle, keys: list[bytes], flow: Flow, entry: FlowEntry, gen: int, slots: list[int]
+    ) -> None:
         self.owner = owner
         self.stage = stage
-        self._keys = keys
+        self._keys = keys  # distinct
+        self._slots = slots  # the state slot of each key (STATE_NONE: counted in flow_state)
         self.flow = flow  # replaced on change, never mutated
         self.entry = entry
         self.gen = gen
@@ -288,12 +314,24 @@ class FlowBatch:
     def flow_keys(self) -> list[FlowKey]:
         return [FlowKey.unpack(k) for k in self.keys()]
 
+    def _owned(self) -> list[tuple[bytes, int]]:
+        """(key, state slot) of the flows this batch still owns."""
+        if self.removed:
+            return []
+        owner_of = self.owner.ctl.registrations._owner_of
+        return [(k, s) for k, s in zip(self._keys, self._slots, strict=True) if owner_of.get(k) is self]
+
+    def _state(self, key: bytes, slot: int) -> FlowState | None:
+        maps = self.owner.ctl.maps
+        st = maps.slot_state(slot, self.gen) or maps.state_of(key)
+        return st if st is not None and st.gen == self.gen else None
+
     def states(self) -> dict[FlowKey, FlowState]:
         """What the kernel counted for the flows of this registration that sent packets."""
-        maps, out = self.owner.ctl.maps, {}
-        for k in self.keys():
-            st = maps.state_of(k)
-            if st is not None and st.gen == self.gen:
+        out = {}
+        for k, s in self._owned():
+            st = self._state(k, s)
+            if st is not None:
                 out[FlowKey.unpack(k)] = st
         return out
 
@@ -317,15 +355,16 @@ class FlowBatch:
         the decisions of the flows still owned, keeping gen. Caller holds the lock."""
         owner = self.owner
         owner._check_live()
-        keys = self.keys()
-        if not keys:
+        owned = self._owned()
+        if not owned:
             return
         maps, now = owner.ctl.maps, owner.ctl.clock()
         by_sent: dict[int, bytes] = {}
+        g = _U32.pack(self.gen)
         vals = []
-        for k in keys:
-            st = maps.state_of(k)
-            sent = st.sent_bytes if st is not None and st.gen == self.gen else self.flow.sent
+        for k, s in owned:
+            st = self._state(k, s)
+            sent = st.sent_bytes if st is not None else self.flow.sent
             v = by_sent.get(sent)
             if v is None:
                 f = self.flow if sent == self.flow.sent else dataclasses.replace(self.flow, sent=sent)
@@ -333,8 +372,8 @@ class FlowBatch:
                 v = by_sent[sent] = e.pack()
                 if sent == self.flow.sent:
                     self.entry = e
-            vals.append(v)
-        maps.flows.update_batch_raw(b"".join(keys), b"".join(vals), len(keys))
+            vals.append(_with_gen_slot(v, g, s))
+        maps.flows.update_batch_raw(b"".join(k for k, _ in owned), b"".join(vals), len(owned))
 
     def remove(self) -> None:
         """Remove the entries of the flows this batch still owns (those in the map with its gen)."""
@@ -409,15 +448,18 @@ class StageHandle:
             if owner.closed:
                 owner._check_live()
             now = ctl.clock()
+            slots = ctl.state_slots
             if ctl.entry_cache_ns:
                 v, e = self._entry_for(flow, now)
                 gen = reg.next_gen()
-                v = v[:_GEN_OFF] + _U32.pack(gen) + v[_GEN_OFF + 4 :]
-            else:  # the policy asked for this flow: packed once, with its gen
+                slot = slots.claim(gen) if slots is not None else STATE_NONE
+                v = _with_gen_slot(v, _U32.pack(gen), slot)
+            else:  # the policy asked for this flow: packed once, with its gen and slot
                 e = owner.decide(self.stage, flow, now, now)
                 gen = reg.next_gen()
+                slot = e.state_slot = slots.claim(gen) if slots is not None else STATE_NONE
                 v = e.pack(gen)
-            fh = FlowHandle(owner, self, key, flow, e, gen, sock)
+            fh = FlowHandle(owner, self, key, flow, e, gen, sock, slot)
             if sock is not None and sk_flows is not None:  # (a sock only where there is sk_flows)
                 sk_flows.update(fdkey, v)
             else:
@@ -470,24 +512,26 @@ class StageHandle:
             now = ctl.clock()
             gen = ctl.registrations.next_gen()
             g = _U32.pack(gen)
+            sl = ctl.state_slots
+            slots = sl.claim_many(n, gen) if sl is not None else [STATE_NONE] * n
             if uniform:
                 v, e = self._entry_for(flows[0], now)
                 v = v[:_GEN_OFF] + g + v[_GEN_OFF + 4 :]
                 f0 = flows[0]
                 if not any(socks):  # all 5-tuples: one batch write of one decision, n times
-                    handles = [FlowHandle(owner, self, k, f0, e, gen) for k in keys]
-                    ctl.maps.flows.update_batch_raw(b"".join(keys), v * n, n)
+                    handles = [FlowHandle(owner, self, k, f0, e, gen, None, s) for k, s in zip(keys, slots, strict=True)]
+                    ctl.maps.flows.update_batch_raw(b"".join(keys), _stamp_slots(v, slots), n)
                     ctl.registrations.claim(handles)
                     self.flows.extend(handles)
                     return handles
-                handles = [FlowHandle(owner, self, k, f0, e, gen, sk) for k, sk in zip(keys, socks, strict=False)]
-                vals = [v] * n
+                handles = [FlowHandle(owner, self, k, f0, e, gen, sk, s) for k, sk, s in zip(keys, socks, slots, strict=True)]
+                vals = [_with_gen_slot(v, g, s) for s in slots]
             else:
                 handles, vals = [], []
-                for k, f, sk in zip(keys, flows, socks, strict=False):
+                for k, f, sk, s in zip(keys, flows, socks, slots, strict=True):
                     v, e = self._entry_for(f, now)
-                    handles.append(FlowHandle(owner, self, k, f, e, gen, sk))
-                    vals.append(v[:_GEN_OFF] + g + v[_GEN_OFF + 4 :])
+                    handles.append(FlowHandle(owner, self, k, f, e, gen, sk, s))
+                    vals.append(_with_gen_slot(v, g, s))
             _write_decisions(ctl.maps, handles, vals)
             ctl.registrations.claim(handles)
             self.flows.extend(handles)
@@ -502,7 +546,7 @@ class StageHandle:
         (what add_flows costs beyond the kernel's insert is mostly the handles). Sockets: use
         add_flow/add_flows (their entries go to the socket's storage)."""
         owner, ctl = self.owner, self.owner.ctl
-        keys = pack_flow_keys(targets)
+        keys = list(dict.fromkeys(pack_flow_keys(targets)))  # a connection listed twice is one flow
         flow = Flow(
             _nonneg(bytes, "flow bytes"),
             _nonneg(self._default_layer() if target_layer is None else target_layer, "target layer"),
@@ -515,10 +559,13 @@ class StageHandle:
             now = ctl.clock()
             v, e = self._entry_for(flow, now)
             gen = reg.next_gen()
-            fb = FlowBatch(owner, self, keys, flow, e, gen)
             n = len(keys)
+            sl = ctl.state_slots
+            slots = sl.claim_many(n, gen) if sl is not None else [STATE_NONE] * n
+            fb = FlowBatch(owner, self, keys, flow, e, gen, slots)
             if n:
-                ctl.maps.flows.update_batch_raw(b"".join(keys), (v[:_GEN_OFF] + _U32.pack(gen) + v[_GEN_OFF + 4 :]) * n, n)
+                v = v[:_GEN_OFF] + _U32.pack(gen) + v[_GEN_OFF + 4 :]
+                ctl.maps.flows.update_batch_raw(b"".join(keys), _stamp_slots(v, slots), n)
             reg.claim_batch(fb)
             owner.batches.append(fb)
             self.batches.append(fb)
@@ -752,8 +799,9 @@ class _Owner:
                 fh.flow = dataclasses.replace(fh.flow, sent=st.sent_bytes)
             # sent_bytes (the policy's flow.sent) is where a lost state would restart
             created = fh.entry.created_ns if fh.entry is not None else now
-            fh.entry = self.decide(fh.stage.stage, fh.flow, now, created, fh.gen)
-            vals.append(fh.entry.pack())
+            fh.entry = e = self.decide(fh.stage.stage, fh.flow, now, created, fh.gen)
+            e.state_slot = fh.slot  # the same registration keeps its slot (and counts)
+            vals.append(e.pack())
         if handles:
             _write_decisions(self.ctl.maps, handles, vals)
 
@@ -762,10 +810,12 @@ class _Owner:
         entry another controller wrote since on the same 5-tuple stays)."""
         ctl = self.ctl
         mine = ctl.registrations.release(handles)
+        freed = [fh for fh in handles if not fh.removed]
         for fh in handles:
             fh.removed = True
             self.flows.pop(fh.key, None)
         if not mine:
+            ctl.release_slots(freed)
             return
         tuples = []
         for fh in mine:
@@ -779,6 +829,7 @@ class _Owner:
             tuples.append((fh.key, fh.gen))
         if tuples:
             self._delete_own(tuples)
+        ctl.release_slots(freed)  # after their entries are gone
 
     def _drop_batch(self, fb: FlowBatch) -> None:
         """Remove the entries of a FlowBatch that are still its own (as _drop)."""
@@ -790,6 +841,8 @@ class _Owner:
             fb.stage.batches.remove(fb)
         if mine:
             self._delete_own([(k, fb.gen) for k in mine])
+        if self.ctl.state_slots is not None:  # every slot of the batch: its keys' entries are gone or newer
+            self.ctl.state_slots.release_many(fb._slots, fb.gen)
 
     def _delete_own(self, handles: list[tuple[bytes, int]]) -> None:
         """Delete these 5-tuple entries where they are still this registration's: the map's
@@ -974,13 +1027,13 @@ class Registrations:
         only stops owning it: owned_keys looks the owner up.)"""
         if isinstance(prev, FlowHandle):
             prev.owner.flows.pop(k, None)
-            prev.removed = True
+            if not prev.removed:
+                prev.removed = True
+                prev.owner.ctl.release_slots([prev])  # its entry was overwritten by the newer one
 
     def claim_batch(self, fb: FlowBatch) -> None:
         """claim_one for each connection of a new FlowBatch, in one dict update."""
-        new = dict.fromkeys(fb._keys, fb)
-        if len(new) != len(fb._keys):
-            fb._keys = list(new)  # a connection listed twice is one flow
+        new = dict.fromkeys(fb._keys, fb)  # distinct (register_flows), parallel to fb._slots
         owner_of = self._owner_of
         if not owner_of.keys().isdisjoint(new):
             for k in new:
@@ -1081,6 +1134,8 @@ class Controller:
         self.owner_pid = self.owner.pid
         self.private_keys = (maps.member or maps.shared) if private_keys is None else private_keys
         self.registrations = Registrations()
+        # the state slots this controller gives its flows (None: the kernel looks states up)
+        self.state_slots = StateSlots.of(maps.state_words, maps.state_owners, self.owner)
 
     @classmethod
     def open(
@@ -1110,7 +1165,19 @@ class Controller:
         with self.registrations.lock:
             for o in self.registrations.open_owners():
                 o.done()
+            if self.state_slots is not None:
+                self.state_slots.close()
+                self.state_slots = None
             self.maps.close()
+
+    def release_slots(self, handles: Iterable[FlowHandle]) -> None:
+        """Give back the state slots of these flows (their entries are gone or overwritten)."""
+        sl = self.state_slots
+        if sl is not None:
+            for fh in handles:
+                if fh.slot != STATE_NONE:
+                    sl.release(fh.slot, fh.gen)
+                    fh.slot = STATE_NONE
 
     def __enter__(self) -> Controller:
         return self

@@ -39,21 +39,19 @@ from .bpfsys import BpfMap, BpfSyscallError
 from .errors import MapFullError
 from .layout import CURSOR_SIZE, CURSORS_MAX, CursorOwner, Owner
 
-__all__ = ["CursorSlots", "mmap_supported"]
+__all__ = ["CursorSlots", "map_array", "mmap_supported"]
 
 _INTS_PER_SLOT = CURSOR_SIZE // 4  # the cursor is the first int of its 16-byte slot, the flags the second
 _QUADS_PER_SLOT = CURSOR_SIZE // 8  # the request key is the second 8-byte word
 
 
-def _map_size(max_entries: int) -> int:
-    return -(-max_entries * CURSOR_SIZE // mmap.PAGESIZE) * mmap.PAGESIZE
-
-
-def _mmap(fd: int, max_entries: int) -> mmap.mmap | None:
-    """The array mapped shared and writable, or None where the map or kernel does not allow it
-    (no BPF_F_MMAPABLE: EINVAL; an fd not opened for writing: EACCES/EPERM)."""
+def map_array(fd: int, max_entries: int, value_size: int = CURSOR_SIZE) -> mmap.mmap | None:
+    """A BPF_F_MMAPABLE array mapped shared and writable (whole pages), or None where the map or
+    kernel does not allow it (no BPF_F_MMAPABLE: EINVAL; an fd not opened for writing:
+    EACCES/EPERM). Also mfs_tc.stateslots'."""
+    size = -(-max_entries * value_size // mmap.PAGESIZE) * mmap.PAGESIZE
     try:
-        return mmap.mmap(fd, _map_size(max_entries), flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     except OSError:
         return None
 
@@ -78,7 +76,7 @@ class CursorSlots:
         info = cursors.info
         if not info.flags & bpfsys.BPF_F_MMAPABLE or info.max_entries > CURSORS_MAX:
             return None
-        mm = _mmap(cursors.fd, info.max_entries)
+        mm = map_array(cursors.fd, info.max_entries)
         return None if mm is None else cls(cursors, owners, mm)
 
     def close(self) -> None:
@@ -166,7 +164,7 @@ def mmap_supported() -> bool:
     except Exception:  # noqa: BLE001 - any refusal means no
         return False
     try:
-        mm = _mmap(m.fd, 1)
+        mm = map_array(m.fd, 1)
         if mm is None:
             return False
         mm[0:4] = b"\1\0\0\0"

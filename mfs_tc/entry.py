@@ -33,12 +33,13 @@ from .layout import (
     MODE_STATIC,
     SLOT16_NONE,
     STAGE_CODES,
+    STATE_NONE,
 )
 
 _ENTRY = struct.Struct(ENTRY_FMT)
 # ENTRY_FMT with the threshold table's bytes as two runs: (mode, flags, nthresh, rsvd0, lvl[8])
 # and thresh[7]; what FlowEntry.pack writes around the per-flow fields
-_ENTRY_SPLIT = struct.Struct("<12sIHHIQqQQ56sQq")
+_ENTRY_SPLIT = struct.Struct("<12sIHHIQqQQ56sQqII")
 _TABLE_END, _THRESH_AT, _THRESH_END = 12, 56, 112  # byte offsets of those runs in a packed entry
 assert _ENTRY_SPLIT.size == _ENTRY.size
 _S64_MIN = -(1 << 63)
@@ -88,6 +89,7 @@ class FlowEntry:
     created_ns: int = 0
     gen: int = 0
     cur_level: int = LEVEL_NONE
+    state_slot: int = STATE_NONE  # the registration's slot in `states` (the controller's; v6)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -173,6 +175,7 @@ class FlowEntry:
         e.created_ns = created_ns
         e.gen = 0
         e.cur_level = LEVEL_NONE
+        e.state_slot = STATE_NONE
         return e
 
     @property
@@ -206,6 +209,8 @@ class FlowEntry:
             tb[1],
             self.sent_bytes,
             self.created_ns,
+            self.state_slot,
+            0,
         )
 
     @classmethod
@@ -215,7 +220,7 @@ class FlowEntry:
         lv = list(v[4:12])
         target, stage, slot, gen, rid, dl, total, ps = v[12:20]
         th = list(v[20:27])
-        sent, created = v[27:29]
+        sent, created, state_slot = v[27:30]
         n = min(n, MAX_THRESH)
         c: Any = cls  # (looked up as any object's: mypyc compiles no call of a class's __new__)
         e: FlowEntry = c.__new__(c)
@@ -223,7 +228,7 @@ class FlowEntry:
         e.levels, e.thresholds = lv[: n + 1], th[:n]
         e.target_layer, e.stage, e.request_id, e.gen, e.slot = target, stage, rid, gen, slot
         e.deadline_ns, e.total_bytes, e.ps_per_byte = dl, total, ps
-        e.sent_bytes, e.created_ns = sent, created
+        e.sent_bytes, e.created_ns, e.state_slot = sent, created, state_slot
         return e
 
     # ---- the level function (mirror of the kernel) -------------------------------------------
@@ -295,7 +300,7 @@ def _table_bytes(
         lv = [*lv, *[lv[-1]] * (MAX_LEVELS - len(lv))]
     if n < MAX_THRESH:
         th = [*th, *_ZEROS[: MAX_THRESH - n]]
-    raw = _ENTRY.pack(mode, flags, n, 0, *lv, 0, 0, 0, 0, 0, 0, 0, 0, *th, 0, 0)
+    raw = _ENTRY.pack(mode, flags, n, 0, *lv, 0, 0, 0, 0, 0, 0, 0, 0, *th, 0, 0, 0, 0)
     tb = raw[:_TABLE_END], raw[_THRESH_AT:_THRESH_END]
     if len(_TABLE_BYTES) >= _TABLE_BYTES_MAX:
         _TABLE_BYTES.clear()

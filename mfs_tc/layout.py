@@ -1,4 +1,4 @@
-"""The map contract, Python side: mirrors bpf/mfs_maps.h (layout version 4).
+"""The map contract, Python side: mirrors bpf/mfs_maps.h (layout version 6).
 
 Every struct here has the same size and field order as its C twin; tests/test_layout.py checks
 the sizes against what the C compiler lays out. Nothing here needs root or bcc.
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LAYOUT_MAGIC = 0x4D465331  # "MFS1"
-LAYOUT_VERSION = 5
+LAYOUT_VERSION = 6
 MAX_LEVELS = 8
 MAX_THRESH = MAX_LEVELS - 1
 MLU_ONE = 65536
@@ -72,11 +72,15 @@ STAT_STALE = 19
 STAT_BAD_LEVEL = 20
 STAT_RULE = 21
 STAT_REQ_RECORD = 22
-NSTATS = 23
+STAT_STATE_LOOKUP = 23
+NSTATS = 24
 RULES_MAX = 64
 CURSORS_MAX = 16384  # = REQUESTS_MAX: one cursor slot per request record
 SLOT_NONE = 0xFFFFFFFF  # request.slot: the cursor is the record's own (no mmapable cursors)
 SLOT16_NONE = 0xFFFF  # entry.slot: the entry names no cursor slot (the kernel reads the record)
+STATES_MAX = 65536  # state slots (version 6) = FLOWS_MAX
+STATE_CHUNK = 64  # state slots a controller claims at once (`state_owners`)
+STATE_NONE = 0xFFFFFFFF  # entry.state: no state slot (the kernel looks the state up)
 STAT_NAMES = {
     STAT_MISS: "miss",
     STAT_MALFORMED: "malformed",
@@ -93,6 +97,7 @@ STAT_NAMES = {
     STAT_BAD_LEVEL: "bad_level",
     STAT_RULE: "rule",
     STAT_REQ_RECORD: "request_record",
+    STAT_STATE_LOOKUP: "state_lookup",
 }
 
 # stage codes carried in entries (informational)
@@ -125,8 +130,8 @@ FLOWS_MAX = 65536
 REQUESTS_MAX = 16384
 
 KEY_FMT = "<16s16sHHB3x"
-ENTRY_FMT = "<BBBB8BIHHIQqQQ7qQq"
-STATE_FMT = "<QQQQQ"
+ENTRY_FMT = "<BBBB8BIHHIQqQQ7qQqII"
+STATE_FMT = "<QQQQQQ"
 REQUEST_FMT = "<iIqQQQII"
 CURSOR_FMT = "<iIQ"
 CURSOR_OWNER_FMT = "<QQQQ"
@@ -144,7 +149,7 @@ COUNTER_SIZE = struct.calcsize(COUNTER_FMT)
 RULE_SIZE = struct.calcsize(RULE_FMT)
 CURSOR_SIZE = struct.calcsize(CURSOR_FMT)
 CURSOR_OWNER_SIZE = struct.calcsize(CURSOR_OWNER_FMT)
-assert (KEY_SIZE, ENTRY_SIZE, STATE_SIZE, REQUEST_SIZE, LEVEL_SIZE, CONFIG_SIZE, RULE_SIZE) == (40, 128, 40, 48, 8, 104, 88)
+assert (KEY_SIZE, ENTRY_SIZE, STATE_SIZE, REQUEST_SIZE, LEVEL_SIZE, CONFIG_SIZE, RULE_SIZE) == (40, 136, 48, 48, 8, 104, 88)
 assert (CURSOR_SIZE, CURSOR_OWNER_SIZE) == (16, 32)
 
 
@@ -189,6 +194,8 @@ MAP_SPECS: dict[str, MapSpec] = {
         MapSpec("requests", "hash", 8, REQUEST_SIZE, REQUESTS_MAX, also=("lru_hash",), no_prealloc=True, member="w"),
         MapSpec("cursors", "array", 4, CURSOR_SIZE, CURSORS_MAX, mmapable=True),
         MapSpec("cursor_owners", "hash", 4, CURSOR_OWNER_SIZE, CURSORS_MAX, no_prealloc=True),
+        MapSpec("states", "array", 4, STATE_SIZE, STATES_MAX, mmapable=True),
+        MapSpec("state_owners", "hash", 4, CURSOR_OWNER_SIZE, STATES_MAX // STATE_CHUNK, no_prealloc=True),
         MapSpec("levels", "array", 4, LEVEL_SIZE, MAX_LEVELS, member="r"),
         MapSpec("config", "array", 4, CONFIG_SIZE, 1, member="r"),
         MapSpec("stats", "percpu_array", 4, COUNTER_SIZE, NSTATS),
@@ -205,6 +212,7 @@ SK_MAP_NAMES = tuple(n for n, s in MAP_SPECS.items() if s.socket_storage)
 # (after mode, flags, nthresh, rsvd0, lvl[8], target_layer, stage, slot); tests/test_layout.py checks them
 ENTRY_GEN_OFFSET = struct.calcsize("<4B8BIHH")
 ENTRY_REQUEST_ID_OFFSET = struct.calcsize("<4B8BIHHI")
+ENTRY_STATE_OFFSET = struct.calcsize("<4B8BIHHIQqQQ7qQq")  # the state slot (version 6)
 
 
 def netns_label(netns: str | None) -> str:
@@ -474,17 +482,19 @@ def dscp_mask(dscps: Iterable[int]) -> int:
 
 @dataclass(slots=True)
 class FlowState:
-    """What the kernel counted for one registration (flow_state / sk_state): never written by
-    user space."""
+    """What the kernel counted for one registration (flow_state / sk_state / states): never
+    written by user space, but for `owner` in `states` (the gen whose entries count at that
+    slot; layout version 6)."""
 
     gen: int = 0
     cur_level: int = LEVEL_NONE
     sent_bytes: int = 0
     sent_pkts: int = 0
     flags: int = 0
+    owner: int = 0
 
     def pack(self) -> bytes:
-        return struct.pack(STATE_FMT, self.gen, self.cur_level, self.sent_bytes, self.sent_pkts, self.flags)
+        return struct.pack(STATE_FMT, self.gen, self.cur_level, self.sent_bytes, self.sent_pkts, self.flags, self.owner)
 
     @classmethod
     def unpack(cls, raw: bytes) -> FlowState:

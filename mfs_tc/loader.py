@@ -354,7 +354,7 @@ def compile_classifier(pin: Path, socket_storage: bool = True, src_dir: Path | N
         except Exception as exc:  # bcc raises bare Exception with the verifier log printed
             if i + 1 < len(variants):
                 # the next variant declares these maps differently (or not at all)
-                for n in ("sk_flows", "sk_state", "cursors"):
+                for n in ("sk_flows", "sk_state", "cursors", "states"):
                     try:
                         (pin / n).unlink()
                     except FileNotFoundError:

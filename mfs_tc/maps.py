@@ -40,6 +40,8 @@ from .layout import (
     SK_MAP_NAMES,
     STAT_NAMES,
     STAT_STALE,
+    STATE_CHUNK,
+    STATE_NONE,
     ConfigRecord,
     CursorOwner,
     FlowKey,
@@ -58,6 +60,7 @@ from .layout import (
     proc_start_ticks,
 )
 from .pinpath import pin_root
+from .stateslots import STATE_QUADS, clear_chunk, map_states
 from .units import seconds_to_ns
 
 __all__ = [
@@ -221,6 +224,12 @@ class PinnedMaps:
         self.cursor_slots: CursorSlots | None = None
         if isinstance(self.cursors, BpfMap) and isinstance(self.cursor_owners, BpfMap):
             self.cursor_slots = CursorSlots.open(self.cursors, self.cursor_owners)
+        # the kernel's states at the slots entries name (layout v6), mapped where it can be
+        self.states = maps["states"]
+        self.state_owners = maps["state_owners"]
+        mapped = map_states(self.states)
+        self._states_mm = mapped[0] if mapped else None
+        self.state_words: memoryview | None = mapped[1] if mapped else None
         self.flows = maps["flows"]
         self.flow_state = maps["flow_state"]
         self.sk_flows: BpfMap | None = maps.get("sk_flows")
@@ -386,9 +395,15 @@ class PinnedMaps:
         if self.cursor_slots is not None:
             self.cursor_slots.close()
             self.cursor_slots = None
+        if self.state_words is not None and self._states_mm is not None:
+            self.state_words.release()
+            self._states_mm.close()
+            self.state_words = self._states_mm = None
         for m in (
             self.cursors,
             self.cursor_owners,
+            self.states,
+            self.state_owners,
             self.flows,
             self.flow_state,
             self.sk_flows,
@@ -477,6 +492,33 @@ class PinnedMaps:
         raw = self.sk_state.lookup(_I32.pack(fd))
         return FlowState.unpack(raw) if raw else None
 
+    def slot_state(self, slot: int, gen: int) -> FlowState | None:
+        """The state at state slot `slot` where registration `gen` owns it (mirror of the
+        classifier's slot_state), else None: then the kernel counts in the lookup maps."""
+        if not gen or slot == STATE_NONE:
+            return None
+        w = self.state_words
+        if w is not None:
+            i = slot * STATE_QUADS
+            if i >= len(w) or w[i + STATE_QUADS - 1] != gen:
+                return None
+            return FlowState(*w[i : i + STATE_QUADS].tolist())
+        if not isinstance(self.states, BpfMap) or slot >= self.states.info.max_entries:
+            return None
+        raw = self.states.lookup(slot.to_bytes(4, "little"))
+        st = FlowState.unpack(raw) if raw else None
+        return st if st is not None and st.owner == gen else None
+
+    def entry_state(self, e: FlowEntry, key: bytes | None = None, fd: int | None = None) -> FlowState | None:
+        """Where the kernel counts for entry `e` (of 5-tuple `key`, or of the socket `fd`): its
+        state slot where it owns one, else the lookup map's state (any registration: compare gen)."""
+        st = self.slot_state(e.state_slot, e.gen)
+        if st is not None:
+            return st
+        if fd is not None:
+            return self.sk_state_of(fd) if fd >= 0 else None
+        return self.state_of(key) if key is not None else None
+
     def pressure(self) -> dict[str, Any]:
         """How full the 5-tuple maps are, and what fell out of them (status)."""
         n = len(self.flows)
@@ -504,7 +546,7 @@ class PinnedMaps:
         out = []
         for k, v in raw:
             key, e = FlowKey.unpack(k), FlowEntry.unpack(v)
-            st = states.get(k)
+            st = self.slot_state(e.state_slot, e.gen) or states.get(k)
             live = st if st is not None and st.gen == e.gen else None  # this registration's counts
             rec = reqs.get(e.request_id) if e.request_id else None
             scav = bool(rec and rec.scavenged)
@@ -656,10 +698,12 @@ class GcResult:
     flows_demoted: int = 0  # orphaned 5-tuple flows rewritten to the scavenger level
     flows_removed: int = 0  # demoted flows that sent nothing since the previous gc
     slots_freed: list[int] = field(default_factory=list)  # cursor slots of owners that are gone
+    state_chunks_freed: list[int] = field(default_factory=list)  # state slot chunks of owners that are gone
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "slots_freed": self.slots_freed,
+            "state_chunks_freed": self.state_chunks_freed,
             "requests_removed": [f"{r:#x}" for r in self.requests_removed],
             "requests_scavenged": [f"{r:#x}" for r in self.requests_scavenged],
             "flows_demoted": self.flows_demoted,
@@ -760,7 +804,7 @@ def gc(maps: PinnedMaps, grace_s: float = 10.0, now_ns: int | None = None, check
     scav = maps.config.scavenger_level
     dk, dv, dead = [], [], []
     for k, e in flows:
-        st = states.get(k)
+        st = maps.slot_state(e.state_slot, e.gen) or states.get(k)
         pkts = st.sent_pkts if st is not None and st.gen == e.gen else 0
         if e.stage == STAGE_ORPHAN and not e.request_id:
             # total_bytes holds the packet count at demotion (unused by a static entry)
@@ -771,15 +815,42 @@ def gc(maps: PinnedMaps, grace_s: float = 10.0, now_ns: int | None = None, check
                 dv.append(FlowEntry.static(scav, stage=STAGE_ORPHAN, gen=e.gen, created_ns=now, total_bytes=pkts).pack())
             continue
         if e.request_id and e.request_id not in live:
+            # the demoted entry names no state slot (its owner's chunks are freed below): it
+            # counts in flow_state from here, so its packets are those counted there
+            lk = states.get(k)
+            base = lk.sent_pkts if lk is not None and lk.gen == e.gen else 0
             dk.append(k)
-            dv.append(FlowEntry.static(scav, stage=STAGE_ORPHAN, gen=e.gen, created_ns=now, total_bytes=pkts).pack())
+            dv.append(FlowEntry.static(scav, stage=STAGE_ORPHAN, gen=e.gen, created_ns=now, total_bytes=base).pack())
             res.flows_demoted += 1
     if dk:
         maps.flows.update_batch_raw(b"".join(dk), b"".join(dv), len(dk))
     res.flows_removed = maps.flows.delete_batch(dead) if dead else 0
     if check_pids and isinstance(maps.cursor_owners, BpfMap):
         res.slots_freed = _free_dead_slots(maps.cursor_owners, maps.cursor_slots)
+    if check_pids and isinstance(maps.state_owners, BpfMap):
+        res.state_chunks_freed = _free_dead_chunks(maps)
     return res
+
+
+def _free_dead_chunks(maps: PinnedMaps) -> list[int]:
+    """Delete the `state_owners` claims of owners that are gone (mfs_tc.stateslots), the
+    chunks' slots cleared first (owner 0: no entry counts there any more)."""
+    owners = maps.state_owners
+    freed = []
+    for k, v in list(owners.items()):
+        if owner_alive(CursorOwner.unpack(v).owner):
+            continue
+        c = int.from_bytes(k, "little")
+        w = maps.state_words
+        if w is not None:
+            clear_chunk(w, c)
+        elif isinstance(maps.states, BpfMap):
+            for s in range(c * STATE_CHUNK, (c + 1) * STATE_CHUNK):
+                if s < maps.states.info.max_entries:
+                    maps.states.update(s.to_bytes(4, "little"), FlowState(gen=0, cur_level=LEVEL_NONE).pack())
+        if owners.delete(k):
+            freed.append(c)
+    return sorted(freed)
 
 
 def _free_dead_slots(owners: BpfMap, slots: CursorSlots | None) -> list[int]:

@@ -6,7 +6,8 @@ import uuid
 from pathlib import Path
 
 from mfs_tc.entry import FlowEntry, mlu_fixed, ps_per_byte
-from mfs_tc.layout import F_AUTO_SCAVENGE, MODE_MLU, MODE_RLI, PIN_ROOT
+from mfs_tc.layout import F_AUTO_SCAVENGE, MODE_MLU, MODE_RLI, PIN_ROOT, FlowState
+from mfs_tc.maps import PinnedMaps
 from mfs_tc.model import Flow, Request, Stage
 from mfs_tc.policy.base import Policy, PolicyConfig
 
@@ -66,3 +67,18 @@ def remove_root(root: Path) -> None:
         SCRATCH.rmdir()
     except OSError:
         pass
+
+
+def count_as_kernel(maps: PinnedMaps, key: bytes, st: FlowState) -> str:
+    """Plant `st` where the classifier counts for the 5-tuple `key`'s entry (what the kernel
+    would have done): at the state slot the entry names where its gen owns it ("slot"), else in
+    flow_state ("lookup")."""
+    raw = maps.flows.lookup(key)
+    assert raw is not None, "no entry"
+    e = FlowEntry.unpack(raw)
+    if maps.slot_state(e.state_slot, e.gen) is not None:
+        st = FlowState(st.gen, st.cur_level, st.sent_bytes, st.sent_pkts, st.flags, owner=e.gen)
+        maps.states.update(e.state_slot.to_bytes(4, "little"), st.pack())
+        return "slot"
+    maps.flow_state.update(key, st.pack())
+    return "lookup"

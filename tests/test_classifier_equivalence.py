@@ -132,6 +132,8 @@ def _check(
     slot_cursor: int = 0,
     slot_key: int = 0,
     slot_flags: int = 0,
+    state_at: str = "lookup",
+    state_slot: int = layout.STATES_MAX - 1,
 ) -> bool:
     """Plant the entry, a kernel state of the same registration (sent e.sent_bytes, level
     e.cur_level), the request record and (through the mapping `slots`) `slot_cursor` at the
@@ -139,9 +141,20 @@ def _check(
     the request key `slot_key` (the kernel reads the request there when that key is the
     entry's request id, else from the record); run one packet; assert the kernel agrees with the
     oracle, in its level and in the state it leaves. True when the oracle was ambiguous (a
-    threshold crossed mid-run)."""
+    threshold crossed mid-run).
+
+    `state_at` is where the registration's state is (layout v6): "lookup" (flow_state; the entry
+    names no state slot), "slot" (the entry names `state_slot`, which its gen owns: the kernel
+    counts there and leaves flow_state alone) or "stale" (the entry names `state_slot`, which
+    another registration owns: the kernel counts in flow_state and leaves the slot alone)."""
     flows, states, requests = clf.map("flows"), clf.map("flow_state"), clf.map("requests")
+    slot_states = clf.map("states")
+    if state_at == "slot" and not e.gen:
+        state_at = "lookup"  # gen 0 is no registration: no slot is ever its own
+    e.state_slot = layout.STATE_NONE if state_at == "lookup" else state_slot
     st0 = FlowState(e.gen, e.cur_level, e.sent_bytes, pkts)
+    decoy = FlowState((e.gen ^ 0x5A5A) or 1, 3, 12345, 6, 0, owner=(e.gen ^ 0x5A5A) or 1)
+    skey = state_slot.to_bytes(4, "little")
     in_array = req is not None and req.slot < layout.CURSORS_MAX
     if in_array:
         assert slots is not None and req is not None
@@ -159,15 +172,31 @@ def _check(
         else:
             requests.delete(rkey)
         flows.update(KEY.pack(), e.pack())
-        states.update(KEY.pack(), st0.pack())
+        if state_at == "slot":
+            st0.owner = e.gen
+            slot_states.update(skey, st0.pack())
+            states.update(KEY.pack(), decoy.pack())
+        else:
+            states.update(KEY.pack(), st0.pack())
+            slot_states.update(skey, decoy.pack())
+        lookups0 = clf.stats()[layout.STAT_STATE_LOOKUP][0]
         t0 = time.monotonic_ns()
         r = clf.run(PACKET)
         t1 = time.monotonic_ns()
-        after = FlowState.unpack(states.lookup(KEY.pack()))
+        lookups = clf.stats()[layout.STAT_STATE_LOOKUP][0] - lookups0
+        if state_at == "slot":
+            after = FlowState.unpack(slot_states.lookup(skey))
+            assert after.owner == e.gen  # the kernel never writes the owner
+            assert FlowState.unpack(states.lookup(KEY.pack())) == decoy  # nor the lookup map
+        else:
+            after = FlowState.unpack(states.lookup(KEY.pack()))
+            assert FlowState.unpack(slot_states.lookup(skey)) == decoy  # a slot not its own: untouched
+        assert lookups == (0 if state_at == "slot" else 1)
     finally:
         flows.close()
         states.close()
         requests.close()
+        slot_states.close()
     if named and slot_key == e.request_id:  # read at the entry's slot
         cursor, scav = slot_cursor, bool(slot_flags & layout.R_SCAVENGER)
     else:
@@ -213,9 +242,25 @@ def test_kernel_level_equals_python_mirror(clf: LoadedClassifier, slots: CursorS
         # its flags drawn apart from the record's, so the level shows which one the kernel read
         key = rng.choice([RID, RID, RID ^ 1, 0])
         sflags = layout.R_SCAVENGER if rng.random() < 0.15 else 0
-        ambiguous += _check(clf, e, req, nlevels, slots=slots, slot_cursor=slot_cursor, slot_key=key, slot_flags=sflags)
-        with clf.map("flow_state") as m:
-            levels_seen.add(FlowState.unpack(m.lookup(KEY.pack())).cur_level)
+        # the state at its slot (as the controller registers flows), looked up, or behind a slot
+        # another registration owns
+        at = rng.choice(["slot", "slot", "lookup", "stale"])
+        ss = rng.randrange(layout.STATES_MAX)
+        ambiguous += _check(
+            clf,
+            e,
+            req,
+            nlevels,
+            slots=slots,
+            slot_cursor=slot_cursor,
+            slot_key=key,
+            slot_flags=sflags,
+            state_at=at,
+            state_slot=ss,
+        )
+        with clf.map("flow_state") as m, clf.map("states") as sm:
+            raw = sm.lookup(ss.to_bytes(4, "little")) if e.state_slot != layout.STATE_NONE and at == "slot" else None
+            levels_seen.add(FlowState.unpack(raw or m.lookup(KEY.pack())).cur_level)
     assert ambiguous <= n // 100, f"{ambiguous} of {n} runs crossed a threshold mid-run"
     assert len(levels_seen) >= min(nlevels, 4)  # the random entries exercise many levels
 
@@ -362,7 +407,9 @@ def adversarial(draw):
     )
     slot_key = draw(st.sampled_from([RID, RID ^ (1 << 63), 0]))
     slot_flags = draw(st.sampled_from([0, layout.R_SCAVENGER, 0xFFFFFFFF]))
-    return e, req, nlevels, draw(st.integers(0, U64 - 1)), draw(_s32), slot_key, slot_flags
+    state_at = draw(st.sampled_from(["slot", "lookup", "stale"]))
+    state_slot = draw(st.sampled_from([0, layout.STATES_MAX - 1, 4097]))
+    return e, req, nlevels, draw(st.integers(0, U64 - 1)), draw(_s32), slot_key, slot_flags, state_at, state_slot
 
 
 @settings(max_examples=600, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
@@ -371,11 +418,23 @@ def test_kernel_equals_mirror_on_adversarial_inputs(clf: LoadedClassifier, slots
     """Byte counts up to 2^64, deadlines at the signed limits, rates that overflow a 64-bit
     product, every table shape and level count, every mode and flag: the kernel's saturating
     arithmetic and its Python mirror agree (a level >= nlevels gives the default level)."""
-    e, req, nlevels, pkts, slot_cursor, slot_key, slot_flags = case
+    e, req, nlevels, pkts, slot_cursor, slot_key, slot_flags, state_at, state_slot = case
     if clf.nlevels != nlevels:
         clf.nlevels = nlevels
         clf.configure()
-    _check(clf, e, req, nlevels, pkts=pkts, slots=slots, slot_cursor=slot_cursor, slot_key=slot_key, slot_flags=slot_flags)
+    _check(
+        clf,
+        e,
+        req,
+        nlevels,
+        pkts=pkts,
+        slots=slots,
+        slot_cursor=slot_cursor,
+        slot_key=slot_key,
+        slot_flags=slot_flags,
+        state_at=state_at,
+        state_slot=state_slot,
+    )
 
 
 def test_saturating_arithmetic_mirror_values() -> None:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from controller_helpers import TinyPolicy, remove_root, scratch_root
+from controller_helpers import TinyPolicy, count_as_kernel, remove_root, scratch_root
 
 from mfs_tc import bpfsys
 from mfs_tc.controller import (
@@ -204,9 +204,9 @@ def test_layout_version_mismatch(root, maps):
 @pytest.mark.privileged
 def test_map_shape_mismatch(root, maps):
     (maps.path / "flows").unlink()
-    with bpfsys.BpfMap.create(bpfsys.MAP_TYPE_LRU_HASH, 40, 136, 64, "flows") as wrong:
+    with bpfsys.BpfMap.create(bpfsys.MAP_TYPE_LRU_HASH, 40, 128, 64, "flows") as wrong:  # layout v5's
         wrong.pin(maps.path / "flows")
-    with pytest.raises(LayoutMismatchError, match="value size 136 \\(want 128\\)"):
+    with pytest.raises(LayoutMismatchError, match="value size 128 \\(want 136\\)"):
         Controller.open(IF, policy=TinyPolicy(), root=root)
 
 
@@ -279,12 +279,12 @@ def test_update_estimate_keeps_kernel_counters(ctl, maps, policy):
     fh = req.stage("p2d").add_flow(("10.0.0.1", "10.0.0.2", 4000, 80), bytes=1_000_000)
     # what the classifier would have done: count bytes and remember the level, in its own map
     e = fh.read()
-    st = FlowState(fh.gen, 3, 400_000, 300)
-    maps.flow_state.update(fh.key, st.pack())
+    st = FlowState(fh.gen, 3, 400_000, 300, owner=fh.gen)
+    assert count_as_kernel(maps, fh.key, st) == "slot"  # (the controller gave the flow a state slot)
     req.update_estimate(remaining_bytes=600_000, remaining_compute_s=0.01)
     e2 = fh.read()
-    assert (e2.sent_bytes, e2.cur_level, e2.gen) == (400_000, 3, fh.gen)
-    assert fh.state() == st and FlowState.unpack(maps.flow_state.lookup(fh.key)) == st  # never written
+    assert (e2.sent_bytes, e2.cur_level, e2.gen, e2.state_slot) == (400_000, 3, fh.gen, fh.slot)
+    assert fh.state() == st and maps.entry_state(e2, fh.key) == st  # never written
     assert e2.created_ns == e.created_ns
     assert policy.calls[-1][2].sent == 400_000  # the policy was told what was sent
     assert policy.calls[-1][0].remaining_bytes == 600_000
@@ -713,7 +713,7 @@ def test_register_flows_is_one_write_and_one_handle(ctl, maps, policy):
     assert {v.level for v in ctl.flows()} == {0}  # RLI 0
     # the kernel's counts of a flow are kept by a rewrite (update), and tell the policy `sent`
     key = pack_flow_key(conns[0])
-    maps.flow_state.update(key, FlowState(fb.gen, 0, 5000, 5).pack())
+    count_as_kernel(maps, key, FlowState(fb.gen, 0, 5000, 5))
     fb.update(target_layer=6)
     assert raw_entry(maps, conns[0]).target_layer == 6 and fb.states()[FlowKey.unpack(key)].sent_bytes == 5000
     assert sorted(c[2].sent for c in policy.calls[-2:]) == [0, 5000]  # once per distinct count

@@ -42,9 +42,11 @@ STRUCTS = {
             "thresh",
             "sent_base",
             "created_ns",
+            "state",
+            "rsvd1",
         ],
     ),
-    "mfs_flow_state": (layout.STATE_FMT, ["gen", "cur_level", "sent_bytes", "sent_pkts", "flags"]),
+    "mfs_flow_state": (layout.STATE_FMT, ["gen", "cur_level", "sent_bytes", "sent_pkts", "flags", "owner"]),
     "mfs_request": (
         layout.REQUEST_FMT,
         ["cursor", "flags", "deadline_ns", "owner_pid", "owner_start", "owner_pidns", "slot", "rsvd"],
@@ -128,6 +130,12 @@ DEFINES = {
     "MFS_RULES_MAX": layout.RULES_MAX,
     "MFS_CURSORS_MAX": layout.CURSORS_MAX,
     "MFS_SLOT_NONE": layout.SLOT_NONE,
+    "MFS_STAT_REQ_RECORD": layout.STAT_REQ_RECORD,
+    "MFS_STAT_STATE_LOOKUP": layout.STAT_STATE_LOOKUP,
+    "MFS_STATES_MAX": layout.STATES_MAX,
+    "MFS_STATE_CHUNK": layout.STATE_CHUNK,
+    "MFS_STATE_CHUNKS": layout.STATES_MAX // layout.STATE_CHUNK,
+    "MFS_STATE_NONE": layout.STATE_NONE,
 }
 
 
@@ -194,10 +202,12 @@ def test_defines_match(c_layout: dict[str, int]) -> None:
 
 def test_map_shapes_match_sizes() -> None:
     shapes = {n: s.shape for n, s in layout.MAP_SPECS.items()}
-    assert shapes["flows"][:2] == (40, 128)
-    assert shapes["flow_state"][:2] == (40, 40)
-    assert shapes["sk_flows"][:2] == (4, 128)
-    assert shapes["sk_state"][:2] == (4, 40)
+    assert shapes["flows"][:2] == (40, 136)
+    assert shapes["flow_state"][:2] == (40, 48)
+    assert shapes["sk_flows"][:2] == (4, 136)
+    assert shapes["sk_state"][:2] == (4, 48)
+    assert shapes["states"] == (4, 48, layout.STATES_MAX) and layout.MAP_SPECS["states"].mmapable
+    assert shapes["state_owners"] == (4, 32, layout.STATES_MAX // layout.STATE_CHUNK)
     assert shapes["requests"][:2] == (8, 48)
     assert shapes["cursors"] == (4, 16, layout.CURSORS_MAX) and layout.MAP_SPECS["cursors"].mmapable
     assert shapes["cursor_owners"] == (4, 32, layout.CURSORS_MAX)
@@ -254,6 +264,7 @@ def test_classifier_map_declarations_match_the_spec_table(c_layout: dict[str, in
 def test_entry_offsets_match_c(c_layout: dict[str, int]) -> None:
     assert layout.ENTRY_GEN_OFFSET == c_layout["mfs_flow_entry.gen"]
     assert layout.ENTRY_REQUEST_ID_OFFSET == c_layout["mfs_flow_entry.request_id"]
+    assert layout.ENTRY_STATE_OFFSET == c_layout["mfs_flow_entry.state"]
 
 
 def test_member_access_is_the_spec_tables_column() -> None:
@@ -314,9 +325,10 @@ def test_flow_entry_round_trip() -> None:
         sent_bytes=99,
         created_ns=42,
         gen=0xDEADBEEF,
+        state_slot=65535,
     )
     raw = e.pack()
-    assert len(raw) == 128
+    assert len(raw) == 136
     back = FlowEntry.unpack(raw)
     for f in (
         "mode",
@@ -333,6 +345,7 @@ def test_flow_entry_round_trip() -> None:
         "sent_bytes",
         "created_ns",
         "gen",
+        "state_slot",
     ):
         assert getattr(back, f) == getattr(e, f), f
     assert back.cur_level == layout.LEVEL_NONE  # the kernel's, not the decision's
@@ -363,6 +376,8 @@ def _reference_pack(e: FlowEntry, gen: int) -> bytes:
         *th,
         e.sent_bytes,
         e.created_ns,
+        e.state_slot,
+        0,
     )
 
 
@@ -397,6 +412,7 @@ def test_flow_entry_pack_is_the_format_field_by_field() -> None:
             sent_bytes=rnd.randrange(1 << 64),
             created_ns=rnd.randrange(-(1 << 63), 1 << 63),
             gen=rnd.randrange(1 << 32),
+            state_slot=rnd.choice([layout.STATE_NONE, rnd.randrange(layout.STATES_MAX)]),
         )
         assert e.pack() == _reference_pack(e, e.gen), i
         g = rnd.randrange(1 << 32)
