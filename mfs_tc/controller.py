@@ -50,6 +50,7 @@ from .errors import MfsError
 from .layout import (
     ENTRY_GEN_OFFSET,
     ENTRY_REQUEST_ID_OFFSET,
+    ENTRY_SIZE,
     ENTRY_STATE_OFFSET,
     R_SCAVENGER,
     SLOT16_NONE,
@@ -111,9 +112,18 @@ _SLOT_OFF = ENTRY_STATE_OFFSET  # and its state slot (layout v6: the entry's las
 _SLOT_END = _SLOT_OFF + 4
 
 
-def _with_gen_slot(v: bytes, gen: bytes, slot: int) -> bytes:
-    """A packed entry `v` with registration `gen` (packed) and state slot `slot`."""
-    return v[:_GEN_OFF] + gen + v[_GEN_OFF + 4 : _SLOT_OFF] + _U32.pack(slot) + v[_SLOT_END:]
+# a packed entry around its gen and state slot: (head, gen, middle, slot, tail)
+_GEN_SLOT = struct.Struct(f"<{_GEN_OFF}sI{_SLOT_OFF - _GEN_OFF - 4}sI{ENTRY_SIZE - _SLOT_END}s")
+
+
+def _split(v: bytes) -> tuple[bytes, bytes, bytes]:
+    """A packed entry's bytes around its gen and state slot (for _GEN_SLOT)."""
+    return v[:_GEN_OFF], v[_GEN_OFF + 4 : _SLOT_OFF], v[_SLOT_END:]
+
+
+def _with_gen_slot(v: bytes, gen: int, slot: int) -> bytes:
+    """A packed entry `v` with registration `gen` and state slot `slot`."""
+    return _GEN_SLOT.pack(v[:_GEN_OFF], gen, v[_GEN_OFF + 4 : _SLOT_OFF], slot, v[_SLOT_END:])
 
 
 def _stamp_slots(v: bytes, slots: list[int]) -> bytes:
@@ -360,7 +370,6 @@ class FlowBatch:
             return
         maps, now = owner.ctl.maps, owner.ctl.clock()
         by_sent: dict[int, bytes] = {}
-        g = _U32.pack(self.gen)
         vals = []
         for k, s in owned:
             st = self._state(k, s)
@@ -372,7 +381,7 @@ class FlowBatch:
                 v = by_sent[sent] = e.pack()
                 if sent == self.flow.sent:
                     self.entry = e
-            vals.append(_with_gen_slot(v, g, s))
+            vals.append(_with_gen_slot(v, self.gen, s))
         maps.flows.update_batch_raw(b"".join(k for k, _ in owned), b"".join(vals), len(owned))
 
     def remove(self) -> None:
@@ -390,8 +399,9 @@ class StageHandle:
         self.stage = stage
         self.flows: list[FlowHandle] = []
         self.batches: list[FlowBatch] = []
-        # (owner version, bytes, target, sent) -> (decided at, packed, entry): see _entry_for
-        self._cache: dict[tuple[int, int, int, int], tuple[int, bytes, FlowEntry]] = {}
+        # (owner version, bytes, target, sent) -> (decided at, packed, entry, packed split around
+        # gen and slot): see _entry_for
+        self._cache: dict[tuple[int, int, int, int], tuple[int, bytes, FlowEntry, tuple[bytes, bytes, bytes]]] = {}
 
     @property
     def name(self) -> str:
@@ -414,8 +424,15 @@ class StageHandle:
         v = e.pack()
         if len(cache) >= 64:
             cache.clear()
-        cache[ck] = (now, v, e)
+        cache[ck] = (now, v, e, _split(v))
         return v, e
+
+    def _parts_for(self, flow: Flow, now: int) -> tuple[tuple[bytes, bytes, bytes], FlowEntry]:
+        """_entry_for's decision as its bytes around gen and state slot (add_flow packs each
+        flow's with _GEN_SLOT: one call)."""
+        self._entry_for(flow, now)
+        hit = self._cache[(self.owner._version, flow.bytes, flow.target_layer, flow.sent)]
+        return hit[3], hit[2]
 
     def add_flow(self, target: FlowTarget, *, bytes: int = 0, target_layer: int | None = None, sent: int = 0) -> FlowHandle:
         """Register one flow (a socket, FlowKey or 5-tuple) of this stage. A socket goes to its
@@ -450,10 +467,10 @@ class StageHandle:
             now = ctl.clock()
             slots = ctl.state_slots
             if ctl.entry_cache_ns:
-                v, e = self._entry_for(flow, now)
+                (head, mid, tail), e = self._parts_for(flow, now)
                 gen = reg.next_gen()
                 slot = slots.claim(gen) if slots is not None else STATE_NONE
-                v = _with_gen_slot(v, _U32.pack(gen), slot)
+                v = _GEN_SLOT.pack(head, gen, mid, slot, tail)
             else:  # the policy asked for this flow: packed once, with its gen and slot
                 e = owner.decide(self.stage, flow, now, now)
                 gen = reg.next_gen()
@@ -525,13 +542,13 @@ class StageHandle:
                     self.flows.extend(handles)
                     return handles
                 handles = [FlowHandle(owner, self, k, f0, e, gen, sk, s) for k, sk, s in zip(keys, socks, slots, strict=True)]
-                vals = [_with_gen_slot(v, g, s) for s in slots]
+                vals = [_with_gen_slot(v, gen, s) for s in slots]
             else:
                 handles, vals = [], []
                 for k, f, sk, s in zip(keys, flows, socks, slots, strict=True):
                     v, e = self._entry_for(f, now)
                     handles.append(FlowHandle(owner, self, k, f, e, gen, sk, s))
-                    vals.append(_with_gen_slot(v, g, s))
+                    vals.append(_with_gen_slot(v, gen, s))
             _write_decisions(ctl.maps, handles, vals)
             ctl.registrations.claim(handles)
             self.flows.extend(handles)

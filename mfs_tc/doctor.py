@@ -122,9 +122,11 @@ def run_checks() -> list[Check]:
             Check(
                 "mmap cursors",
                 mm,
-                "BPF_F_MMAPABLE arrays: at_layer is a store into mapped memory (no syscall)"
+                "BPF_F_MMAPABLE arrays: at_layer is a store into mapped memory (no syscall), and flows "
+                "keep their kernel state at state slots (one lookup a packet fewer)"
                 if mm
-                else "no BPF_F_MMAPABLE: request cursors live in the request records (at_layer is one update syscall)",
+                else "no BPF_F_MMAPABLE: request cursors live in the request records (at_layer is one update "
+                "syscall) and every flow's kernel state is looked up (sk_state / flow_state)",
                 "a kernel >= 5.5",
                 required=False,
             )

@@ -40,6 +40,7 @@ from .layout import (
     SK_MAP_NAMES,
     STAT_NAMES,
     STAT_STALE,
+    STAT_STATE_LOOKUP,
     STATE_CHUNK,
     STATE_NONE,
     ConfigRecord,
@@ -534,6 +535,11 @@ class PinnedMaps:
             "decision's sent_base; packets whose entry is gone get the default level",
             "stale_packets": counters[STAT_STALE][0],
             "socket_storage": self.sk_flows is not None,
+            # layout v6: controllers' chunks of `states`; packets whose entry named no slot of its own
+            "state_slots_max": self.states.info.max_entries if isinstance(self.states, BpfMap) else 0,
+            "state_slots_claimed": len(self.state_owners) * STATE_CHUNK if isinstance(self.state_owners, BpfMap) else None,
+            "state_slots_mapped": self.state_words is not None,
+            "state_lookup_packets": counters[STAT_STATE_LOOKUP][0],
         }
 
     def flow_views(self, now_ns: int | None = None) -> list[FlowView]:

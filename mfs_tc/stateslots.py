@@ -103,17 +103,17 @@ class StateSlots:
         """A slot for the registration `gen` (its owner set), or STATE_NONE when no chunk is
         left. gen 0 is no registration."""
         free = self._free
-        if not free and not self._grow(1):
-            return STATE_NONE
-        s = free.pop()
-        self.words[s * STATE_QUADS + _OWNER] = gen
-        return s
+        if free or self._grow(1):
+            s = free.pop()
+            self.words[s * STATE_QUADS + _OWNER] = gen
+            return s
+        return STATE_NONE
 
     def claim_many(self, n: int, gen: int) -> list[int]:
         """Slots for `n` flows of the registration `gen`; STATE_NONE for those no chunk is left for."""
         free = self._free
         if len(free) < n:
-            self._grow(n - len(free))
+            self._grow(n)
         k = min(n, len(free))
         got = free[len(free) - k :]
         del free[len(free) - k :]

@@ -228,6 +228,7 @@ def test_without_mmapable_cursors_the_record_carries_the_cursor(root) -> None:
         c = Controller.open(IF, policy=TinyPolicy(), root=root)
         try:
             assert c.maps.cursor_slots is None
+            assert c.state_slots is None  # nor state slots: flows keep their state in the lookup maps
             req = c.request("r", slo_s=30.0)
             req.at_layer(4)
             rec = RequestRecord.unpack(maps.requests.lookup(req.id.to_bytes(8, "little")))

@@ -38,13 +38,21 @@ def _frame(sport: int, payload: int) -> bytes:
     return bytes(ETH / IP(src=SRC, dst=DST) / TCP(sport=sport, dport=5201, flags="PA") / Raw(b"\x11" * payload))
 
 
-def test_rewrites_during_traffic_lose_no_kernel_count() -> None:
+@pytest.mark.parametrize("state_at", ["slot", "lookup"])
+def test_rewrites_during_traffic_lose_no_kernel_count(state_at: str) -> None:
+    """Both places a kernel state can be: the state slot the controller gives a flow (layout v6)
+    and, without one, flow_state."""
     sizes = [1, 64, 500, 1000, 1448, 2000, 3000, 1200]
     with LoadedClassifier(dscp=layout.DEFAULT_DSCP) as clf, PinnedMaps.open_dir(clf.pin) as maps:
         ctl = Controller(maps, resolve_policy("mfs", 8), entry_cache_ns=0)
+        assert ctl.state_slots is not None, "this kernel maps BPF arrays (5.5+)"
+        if state_at == "lookup":
+            ctl.state_slots = None  # as a controller that cannot map `states`
         req = ctl.request("counts", slo_s=30.0, remaining_bytes=1 << 32, num_layers=8)
         st = req.stage("p2d", bytes=1 << 32)
         handles = [st.add_flow((SRC, DST, 42000 + i, 5201), bytes=1 << 29, sent=1000 * i) for i in range(len(sizes))]
+        assert all((fh.slot != layout.STATE_NONE) == (state_at == "slot") for fh in handles)
+        lookups0 = clf.stats()[layout.STAT_STATE_LOOKUP][0]
         frames = [_frame(42000 + i, n) for i, n in enumerate(sizes)]
         stop = threading.Event()
         rewrites = [0]
@@ -81,7 +89,16 @@ def test_rewrites_during_traffic_lose_no_kernel_count() -> None:
             assert s is not None and s.gen == fh.gen
             assert s.sent_bytes == 1000 * i + sent[i], (i, s.sent_bytes - 1000 * i, sent[i])
             assert s.sent_pkts == pkts[i]
+            # and where: at the slot, with flow_state never touched; or in flow_state
+            in_lookup = maps.state_of(fh.key)
+            assert (in_lookup is None) == (state_at == "slot"), in_lookup
+        lookups = clf.stats()[layout.STAT_STATE_LOOKUP][0] - lookups0
+        assert lookups == (0 if state_at == "slot" else sum(pkts))
+        held = [(fh.slot, fh.gen) for fh in handles]
         req.done()
+        if state_at == "slot":  # done() gave the slots back: owner 0
+            assert all(maps.slot_state(slot, gen) is None for slot, gen in held)
+            assert all(fh.slot == layout.STATE_NONE for fh in handles)
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +145,7 @@ def test_socket_storage_entry_counts_exactly_and_dies_with_the_socket(net: VethP
             req = ctl.request("sk", slo_s=60.0)
             fh = req.stage("kv_fetch", layer=3).add_flow(cli, bytes=4 << 20)
             assert fh.on_socket and len(ctl.maps.flows) == 0  # no 5-tuple entry at all
+            assert fh.slot != layout.STATE_NONE  # its counts at a state slot: one storage get a packet
             before = ctl.maps.stats()["events"]["sk_hit"]["packets"]
             n = 3 << 20
             with Capture(net.b, net.dev_b) as cap:
@@ -144,6 +162,7 @@ def test_socket_storage_entry_counts_exactly_and_dies_with_the_socket(net: VethP
             assert tcp_sent >= n
             assert s is not None and s.sent_bytes == tcp_sent, (s, tcp_sent, n)
             assert ctl.maps.stats()["events"]["sk_hit"]["packets"] - before == s.sent_pkts > 0
+            assert ctl.maps.sk_state_of(cli.fileno()) is None  # the second storage was never made
             level = s.cur_level
             assert level < 8 and fh.read().sent_bytes == tcp_sent  # (n, unless TCP retransmitted)
             dscps = {Ether(f)[IP].tos >> 2 for f in frames if IP in Ether(f)}

@@ -35,6 +35,7 @@ segment's departure stamp instead of reading the clock), over a veth, the progra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -101,13 +102,16 @@ int percpu_count(struct __sk_buff *skb) {
 """
 PRIMITIVES = ("hash_lookup_40b", "lru_lookup_40b", "hash_lookup_8b", "sk_storage_get", "ktime_get_ns", "percpu_count")
 # which primitives each path needs at least (its floor: the sum, above the empty program)
+# (layout v6: a flow registered by the controller keeps its state at a state slot, an inlined
+# array access; `static_lookup` is the same entry naming none, its state in `flow_state`)
 FLOORS = {
     "miss": ("sk_storage_get", "hash_lookup_40b"),
-    "static": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b"),
-    "rli": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b"),
-    "rli_record": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b", "hash_lookup_8b"),
-    "mlu": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b", "ktime_get_ns"),
-    "laxity": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b", "ktime_get_ns"),
+    "static": ("sk_storage_get", "hash_lookup_40b"),
+    "static_lookup": ("sk_storage_get", "hash_lookup_40b", "lru_lookup_40b"),
+    "rli": ("sk_storage_get", "hash_lookup_40b"),
+    "rli_record": ("sk_storage_get", "hash_lookup_40b", "hash_lookup_8b"),
+    "mlu": ("sk_storage_get", "hash_lookup_40b", "ktime_get_ns"),
+    "laxity": ("sk_storage_get", "hash_lookup_40b", "ktime_get_ns"),
 }
 
 
@@ -145,6 +149,32 @@ def _packet(sport: int) -> bytes:
 RID, RLI_SLOT, RLI_CURSOR = 99, 7, 8
 
 
+def _plant_states(c, entries: dict[str, FlowEntry | None], base: int = 0) -> None:
+    """Give every entry gen 1 and (where the classifier has state slots: layout v6) a state slot
+    of its own, owned by gen 1, as the controller registers flows; `*_lookup` entries name none."""
+    has_slots = "states" in _map_names(c)
+    for i, (name, e) in enumerate(entries.items()):
+        if e is None:
+            continue
+        e.gen = 1
+        e.state_slot = base + i if has_slots and not name.endswith("_lookup") else layout.STATE_NONE
+    if has_slots:
+        with c.map("states") as sm:
+            for e in entries.values():
+                if e is not None and e.state_slot != layout.STATE_NONE:
+                    sm.update(e.state_slot.to_bytes(4, "little"), layout.FlowState(gen=0, owner=1).pack())
+
+
+def _map_names(c) -> set[str]:
+    return {p.name for p in Path(c.pin).iterdir()}
+
+
+def _packed(c, name: str, e: FlowEntry) -> bytes:
+    """`e` packed for classifier `c`'s entry size (layout v5's entry is v6's without its last 8 bytes)."""
+    with c.map(name) as m:
+        return e.pack()[: m.info.value_size]
+
+
 def _plant_request(c) -> None:
     """The rli paths' request: its record (cursor 8) and, where the classifier's cursor slots
     carry request keys (layout v5: 16-byte slots), slot 7 holding it as a controller claims it."""
@@ -163,6 +193,7 @@ def _entries(now: int) -> dict[str, FlowEntry | None]:
     return {
         "miss": None,
         "static": FlowEntry.static(2),
+        "static_lookup": FlowEntry.static(2),
         "mlu": FlowEntry(
             mode=layout.MODE_MLU,
             levels=[7, 6, 5, 4, 3, 2, 1, 0],
@@ -190,7 +221,20 @@ def _entries(now: int) -> dict[str, FlowEntry | None]:
 # the wire's paths: UDP datagrams from sockets with entries in their storage, then TCP segments
 # from such sockets (mlu and laxity on TCP read the segment's departure stamp, not the clock),
 # then a socket without storage whose 5-tuple has an entry, and an unknown one
-WIRE_PATHS = ("static", "mlu", "rli", "rli_record", "laxity", "static_tcp", "mlu_tcp", "laxity_tcp", "tuple_static", "miss")
+WIRE_PATHS = (
+    "static",
+    "static_lookup",
+    "mlu",
+    "rli",
+    "rli_record",
+    "laxity",
+    "static_tcp",
+    "mlu_tcp",
+    "laxity_tcp",
+    "tuple_static",
+    "tuple_static_lookup",
+    "miss",
+)
 
 
 PROG_RUN_TIME_OFF, PROG_RUN_CNT_OFF = 192, 200  # struct bpf_prog_info: run_time_ns, run_cnt
@@ -261,16 +305,26 @@ def wire_paths(clf, empty_fd: int, n: int, rounds: int, baseline=None) -> dict:
                     s.connect((net.ip_b, 9000))
                 socks[name] = s
             clfs = {"this": clf} if baseline is None else {"this": clf, "baseline": baseline}
+            # one entry per wire path (the UDP and TCP ones apart: each its own state slot)
+            wire_entries: dict[str, FlowEntry | None] = {}
+            for name in WIRE_PATHS:
+                if name.startswith("tuple_static"):
+                    wire_entries[name] = FlowEntry.static(2)
+                elif name != "miss":
+                    base_e = entries[name.removesuffix("_tcp")]
+                    wire_entries[name] = dataclasses.replace(base_e) if base_e is not None else None
             for c in clfs.values():
                 _plant_request(c)
+                _plant_states(c, wire_entries, base=64)  # apart from the test run's entries
                 with c.map("sk_flows") as skm, c.map("flows") as fm:
                     for i, (name, s) in enumerate(socks.items()):
-                        if name == "tuple_static":
-                            fm.update(FlowKey(net.ip_a, net.ip_b, 31000 + i, 9000, 17).pack(), FlowEntry.static(2, gen=1).pack())
-                        elif name != "miss":
-                            e = entries[name.removesuffix("_tcp")]
-                            e.gen = 1
-                            skm.update(s.fileno().to_bytes(4, "little"), e.pack())
+                        e = wire_entries.get(name)
+                        if e is None:
+                            continue
+                        if name.startswith("tuple_static"):
+                            fm.update(FlowKey(net.ip_a, net.ip_b, 31000 + i, 9000, 17).pack(), _packed(c, "flows", e))
+                        else:
+                            skm.update(s.fileno().to_bytes(4, "little"), _packed(c, "sk_flows", e))
 
             def measure(fd: int, s: socket.socket) -> float:
                 with iproute(net.a) as ipr:
@@ -309,9 +363,11 @@ def wire_paths(clf, empty_fd: int, n: int, rounds: int, baseline=None) -> dict:
                     transport = "tcp" if name.endswith("_tcp") else "udp"
                     base = bases[transport]
                     kind = name.removesuffix("_tcp")
-                    path = "socket_storage" if kind in ("static", "mlu", "rli", "rli_record", "laxity") else "5-tuple"
+                    path = "5-tuple" if kind.startswith("tuple_") or kind == "miss" else "socket_storage"
                     target = (
-                        (30.0 if kind in ("static", "rli", "rli_record") else 45.0) if path == "socket_storage" else TARGET_NS
+                        (30.0 if kind in ("static", "static_lookup", "rli", "rli_record") else 45.0)
+                        if path == "socket_storage"
+                        else TARGET_NS
                     )
                     res[name] = {
                         "path": path,
@@ -369,12 +425,14 @@ def main() -> int:
             if c is None:
                 continue
             _plant_request(c)
+            ents = _entries(now)
+            _plant_states(c, ents)
             with c.map("flows") as fm:
-                for i, (name, e) in enumerate(_entries(now).items()):
+                for i, (name, e) in enumerate(ents.items()):
                     pkt = _packet(30000 + i)
                     packets[name] = pkt
                     if e is not None:
-                        fm.update(FlowKey("10.9.0.1", "10.9.0.2", 30000 + i, 5201).pack(), e.pack())
+                        fm.update(FlowKey("10.9.0.1", "10.9.0.2", 30000 + i, 5201).pack(), _packed(c, "flows", e))
         progs = {"empty": (empty_fd, packets["static"])}
         progs.update({name: (clf.fd, pkt) for name, pkt in packets.items()})
         if base_clf is not None:

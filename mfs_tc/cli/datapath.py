@@ -178,6 +178,13 @@ def status(
             f"{pr['flow_states']} kernel states; stale {pr['stale_packets']}; "
             f"socket storage {'on' if pr['socket_storage'] else 'off (kernel lacks it)'}"
         )
+        if pr["state_slots_mapped"]:
+            typer.echo(
+                f"state slots: {pr['state_slots_claimed']}/{pr['state_slots_max']} in controllers' chunks; "
+                f"{pr['state_lookup_packets']} packets looked their state up (no slot of their own)"
+            )
+        else:
+            typer.echo("state slots: not mapped (no BPF_F_MMAPABLE): every flow's state is looked up")
         if s["rules"]:
             from .rules import print_rules
 
