@@ -24,7 +24,8 @@ and arm64, as the cursors' in mfs_tc.cursors).
 Slots are owned in chunks of STATE_CHUNK: a controller inserts the chunk's index into
 `state_owners` with BPF_NOEXIST (atomic across processes), so claiming a slot costs no syscall
 while the chunk has room. Chunks are given back when the controller closes; `gc` frees the
-chunks of owners that are gone. When no chunk is left, a claim returns STATE_NONE and the flow
+chunks of owners that are gone. A forked child starts with no chunks of its own (it never hands
+out its parent's free slots). When no chunk is left, a claim returns STATE_NONE and the flow
 keeps its state in the lookup maps, as on a kernel without mappable arrays: slower per packet,
 never wrong. A full array is looked at again one second later (or after a release), not at
 every registration.
@@ -34,9 +35,12 @@ from __future__ import annotations
 
 import errno
 import mmap
+import os
 import random
 import time
+import weakref
 from array import array
+from collections.abc import Callable
 
 from . import bpfsys
 from .bpfsys import BpfMap, BpfSyscallError
@@ -49,6 +53,12 @@ __all__ = ["STATE_QUADS", "StateSlots", "clear_chunk", "map_states"]
 STATE_QUADS = STATE_SIZE // 8  # 64-bit words per slot: gen, cur_level, sent_bytes, sent_pkts, flags, owner
 _GEN, _OWNER = 0, STATE_QUADS - 1
 _RETRY_NS = 1_000_000_000  # a full array is scanned again after this long
+
+
+def _call(ref: weakref.WeakMethod[Callable[[], None]]) -> None:
+    m = ref()
+    if m is not None:
+        m()
 
 
 def clear_chunk(words: memoryview, chunk: int) -> None:
@@ -75,6 +85,16 @@ class StateSlots:
         self.chunks: set[int] = set()
         self._next = random.randrange(self.nchunks) if self.nchunks else 0
         self._retry_at = 0  # while the array is full: when to look for a chunk again
+        # a forked child must not hand out its parent's free slots: it starts with no chunks
+        ref = weakref.WeakMethod(self._forked)
+        os.register_at_fork(after_in_child=lambda: _call(ref))
+
+    def _forked(self) -> None:
+        self.owner = Owner.of()
+        self._free = []
+        self.chunks = set()
+        self._next = random.randrange(self.nchunks) if self.nchunks else 0
+        self._retry_at = 0
 
     @classmethod
     def of(cls, words: memoryview | None, owners: object, owner: Owner) -> StateSlots | None:

@@ -105,7 +105,7 @@ if what == "keys":
     attempt("items", lambda: list(m.requests.items()))
     attempt("lookup", lambda: m.requests.lookup(guess))
     attempt("write_guess", lambda: m.requests.update(guess, RequestRecord(cursor=5, owner_pid=os.getpid()).pack()))
-    attempt("sk_other_fd", lambda: m.sk_flows.update(struct.pack("<i", a_fd), bytes(128)))
+    attempt("sk_other_fd", lambda: m.sk_flows.update(struct.pack("<i", a_fd), bytes(m.sk_flows.value_size)))
     attempt("proc_fd", lambda: open(f"/proc/{a_pid}/fd/{a_fd}", "rb"))
 elif what == "config":
     attempt("config_write", lambda: m.config_map.update(b"\0" * 4, bytes(m.config_map.value_size)))
@@ -268,6 +268,8 @@ def test_pins_carry_exactly_the_groups_share(net: VethPair, group) -> None:
         "rule_stats": 0o600,
         "cursors": 0o600,  # members keep cursors in their records (docs/access.md)
         "cursor_owners": 0o600,
+        "states": 0o600,  # members' flows keep their state in sk_state (docs/access.md)
+        "state_owners": 0o600,
         tcx.LINK_PIN: 0o600,
     }
     seen = {}

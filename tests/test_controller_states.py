@@ -187,3 +187,32 @@ def test_flow_views_read_the_counts_at_the_slot(ctl, maps) -> None:
     st = fh.state()
     assert st is not None and (st.sent_bytes, st.owner) == (12345, fh.gen)
     req.done()
+
+
+def test_a_forked_child_claims_chunks_of_its_own(ctl, maps) -> None:
+    """A serving process that forks workers after opening its controller: the child must not
+    hand out the free slots its parent holds (both would give one slot to two flows)."""
+    import os  # noqa: PLC0415
+
+    req = ctl.request("parent", slo_s=30.0)
+    st = req.stage("kv_fetch", layer=1)
+    st.add_flow(("10.7.0.1", "10.7.0.2", 1000, 80), bytes=1)  # the parent holds a chunk with 63 free slots
+    assert ctl.state_slots is not None
+    parent_chunks = set(ctl.state_slots.chunks)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one flow, its slot and chunk owner to the parent
+        try:
+            fh = st.add_flow(("10.7.0.1", "10.7.0.2", 1001, 80), bytes=1)
+            assert ctl.state_slots is not None
+            os.write(w, f"{fh.slot} {os.getpid()} {int(ctl.state_slots.owner.pid)}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    slot, child, owner_pid = (int(x) for x in os.read(r, 100).split())
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert slot // STATE_CHUNK not in parent_chunks
+    assert owner_pid == child and chunk_claims(maps)[slot // STATE_CHUNK].pid == child
+    assert gc(maps).state_chunks_freed == [slot // STATE_CHUNK]  # the child is gone
+    req.done()
